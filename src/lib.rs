@@ -1,0 +1,10 @@
+//! standin: high availability for any network service.
+//!
+//! A node daemon (`node`), the operator CLI (`cli`) and the admin API (`api`) in one crate.
+//! See DESIGN in `docs/` and the module docs: `failover` holds the rules, `cluster` the Raft
+//! wiring, `node` the runtime that connects them to the service.
+#![forbid(unsafe_code)]
+#![warn(rust_2018_idioms)]
+
+pub mod config;
+pub mod failover;
