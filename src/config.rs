@@ -377,7 +377,7 @@ impl Config {
                 )
             })?;
         let voters = self.members.len();
-        if voters % 2 == 0 {
+        if voters.is_multiple_of(2) {
             return Err(invalid(
                 "member",
                 format!("{voters} voters cannot break ties; use an odd number (add a witness)"),
