@@ -8,3 +8,4 @@
 
 pub mod config;
 pub mod failover;
+pub mod cluster;

@@ -1,0 +1,349 @@
+//! openraft wiring: the type config, durable storage, the Raft network over our transport,
+//! and [`Cluster`], the handle the rest of the node uses.
+//!
+//! openraft's types stay inside this module (and `rpc`): the rest of the crate talks in
+//! [`Command`]s, [`ClusterState`] and [`RaftInfo`], so a move to openraft 0.10 stays local.
+
+pub mod rpc;
+pub mod state;
+pub mod storage;
+pub mod transport;
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::{EmptyNode, Raft, ServerState};
+
+pub use state::{ClusterState, Command, CommandResult};
+
+use crate::config::{raft_id, Config, NodeKind};
+use rpc::{Request, Response};
+use storage::{LogStore, StateMachine};
+use transport::Transport;
+
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of standin.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = NodeId,
+        Node = EmptyNode,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+);
+
+/// Errors of cluster operations, with what the caller needs to act.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("raft: {0}")]
+    Raft(String),
+    /// No leader is known right now (an election is running, or the quorum is lost).
+    #[error("no leader known (election in progress or quorum lost)")]
+    NoLeader,
+    #[error("leader {leader} unreachable: {reason}")]
+    LeaderUnreachable { leader: String, reason: String },
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+impl ClusterError {
+    /// Whether trying again later can help.
+    pub fn retryable(&self) -> bool {
+        matches!(self, ClusterError::NoLeader | ClusterError::LeaderUnreachable { .. })
+    }
+}
+
+/// Raft progress as the rest of the crate sees it.
+#[derive(Debug, Clone, Default)]
+pub struct RaftInfo {
+    pub term: u64,
+    pub leader: Option<String>,
+    pub is_leader: bool,
+    pub last_log_index: u64,
+    pub last_applied: u64,
+    pub committed: u64,
+    /// On the leader: highest index replicated to each peer.
+    pub matched: BTreeMap<String, u64>,
+    pub millis_since_quorum_ack: Option<u64>,
+}
+
+/// openraft's network: one client per target, over the shared transport.
+#[derive(Clone)]
+pub struct Network {
+    transport: Transport,
+    names: Arc<BTreeMap<NodeId, String>>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = NetworkClient;
+
+    async fn new_client(&mut self, target: NodeId, _node: &EmptyNode) -> Self::Network {
+        NetworkClient {
+            transport: self.transport.clone(),
+            target,
+            name: self.names.get(&target).cloned().unwrap_or_default(),
+        }
+    }
+}
+
+pub struct NetworkClient {
+    transport: Transport,
+    target: NodeId,
+    name: String,
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, EmptyNode, RaftError<NodeId, E>>;
+
+impl NetworkClient {
+    async fn send<E: std::error::Error>(&self, req: Request, option: &RPCOption) -> Result<Response, RpcErr<E>> {
+        // Transport failures are "network" errors, not "unreachable": openraft backs off for
+        // 500 ms after an unreachable error, which would slow re-replication after a blip.
+        self.transport
+            .call(&self.name, &req, option.hard_ttl())
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+
+    fn unexpected<E: std::error::Error>(&self, resp: Response) -> RpcErr<E> {
+        let e = std::io::Error::other(format!("unexpected reply from {}: {resp:?}", self.name));
+        RPCError::Network(NetworkError::new(&e))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for NetworkClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        match self.send(Request::AppendEntries(rpc), &option).await? {
+            Response::AppendEntries(Ok(r)) => Ok(r),
+            Response::AppendEntries(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
+        match self.send(Request::InstallSnapshot(rpc), &option).await? {
+            Response::InstallSnapshot(Ok(r)) => Ok(r),
+            Response::InstallSnapshot(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr> {
+        match self.send(Request::Vote(rpc), &option).await? {
+            Response::Vote(Ok(r)) => Ok(r),
+            Response::Vote(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            other => Err(self.unexpected(other)),
+        }
+    }
+}
+
+/// One node's membership in the Raft group.
+#[derive(Clone)]
+pub struct Cluster {
+    pub raft: Raft<TypeConfig>,
+    pub sm: StateMachine,
+    pub transport: Transport,
+    names: Arc<BTreeMap<NodeId, String>>,
+    me: String,
+}
+
+impl Cluster {
+    /// Opens storage under the data directory and starts Raft. Initializes the group from the
+    /// config's member list on first start (every node may do this; openraft accepts the same
+    /// initial membership from each).
+    pub async fn start(config: &Config, transport: Transport) -> Result<Cluster, ClusterError> {
+        std::fs::create_dir_all(&config.node.data_dir).map_err(|e| {
+            ClusterError::Storage(format!("cannot create {}: {e}", config.node.data_dir.display()))
+        })?;
+        let db = storage::open_db(&config.node.data_dir).map_err(|e| {
+            ClusterError::Storage(format!(
+                "cannot open {}: {e}",
+                config.node.data_dir.join("standin.redb").display()
+            ))
+        })?;
+        let log = LogStore::new(db.clone());
+        let sm = StateMachine::open(db)
+            .await
+            .map_err(|e| ClusterError::Storage(e.to_string()))?;
+        let names: Arc<BTreeMap<NodeId, String>> = Arc::new(
+            config
+                .members
+                .iter()
+                .map(|m| (raft_id(&m.id), m.id.clone()))
+                .collect(),
+        );
+        let hb = config.timing.heartbeat_interval.as_millis() as u64;
+        let me = config.me();
+        let raft_config = openraft::Config {
+            cluster_name: "standin".into(),
+            // Raft's own heartbeat is twice as frequent as ours: leadership is what lease
+            // renewals depend on, so it must survive a lost packet or two.
+            heartbeat_interval: (hb / 2).max(5),
+            election_timeout_min: (hb * 3 / 2).max(20),
+            election_timeout_max: (hb * 3).max(40),
+            // A witness votes but never campaigns.
+            enable_elect: me.kind == NodeKind::Data,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(2000),
+            max_in_snapshot_log_to_keep: 500,
+            install_snapshot_timeout: 2000,
+            ..Default::default()
+        };
+        let raft_config = Arc::new(
+            raft_config
+                .validate()
+                .map_err(|e| ClusterError::Raft(format!("raft config: {e}")))?,
+        );
+        let network = Network {
+            transport: transport.clone(),
+            names: names.clone(),
+        };
+        let raft = Raft::new(raft_id(&me.id), raft_config, network, log, sm.clone())
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let cluster = Cluster {
+            raft,
+            sm,
+            transport,
+            names,
+            me: me.id.clone(),
+        };
+        let initialized = cluster
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        if !initialized {
+            let voters: BTreeSet<NodeId> = config.members.iter().map(|m| raft_id(&m.id)).collect();
+            match cluster.raft.initialize(voters).await {
+                Ok(()) => tracing::info!("raft group initialized"),
+                // Another node initialized first and already replicated to us: fine.
+                Err(e) => tracing::info!(error = %e, "raft group not initialized by this node"),
+            }
+        }
+        Ok(cluster)
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    pub fn name_of(&self, id: NodeId) -> Option<String> {
+        self.names.get(&id).cloned()
+    }
+
+    pub fn id_of(&self, name: &str) -> NodeId {
+        raft_id(name)
+    }
+
+    /// Raft progress from openraft's metrics.
+    pub fn info(&self) -> RaftInfo {
+        let m = self.raft.metrics().borrow().clone();
+        let matched = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .filter_map(|(id, log)| {
+                        Some((self.name_of(*id)?, log.as_ref().map_or(0, |l| l.index)))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let committed = self.sm.read(|d| d.last_applied.map_or(0, |l| l.index));
+        RaftInfo {
+            term: m.current_term,
+            leader: m.current_leader.and_then(|id| self.name_of(id)),
+            is_leader: m.state == ServerState::Leader,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            last_applied: m.last_applied.map_or(0, |l| l.index),
+            committed,
+            matched,
+            millis_since_quorum_ack: m.millis_since_quorum_ack,
+        }
+    }
+
+    /// Commits `cmd`: directly when this node leads, otherwise forwarded to the leader.
+    pub async fn write(&self, cmd: Command) -> Result<CommandResult, ClusterError> {
+        let info = self.info();
+        let Some(leader) = info.leader else {
+            return Err(ClusterError::NoLeader);
+        };
+        if leader == self.me {
+            return self.write_local(cmd).await;
+        }
+        match self
+            .transport
+            .call(&leader, &Request::Write(cmd), Duration::from_secs(5))
+            .await
+        {
+            Ok(Response::Write(Ok(r))) => Ok(r),
+            Ok(Response::Write(Err(e))) => Err(ClusterError::Refused(e)),
+            Ok(Response::Error { message, .. }) => Err(ClusterError::LeaderUnreachable {
+                leader,
+                reason: message,
+            }),
+            Ok(other) => Err(ClusterError::Raft(format!("unexpected reply {other:?}"))),
+            Err(e) => Err(ClusterError::LeaderUnreachable {
+                leader,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Commits `cmd` on this node, which must be the leader.
+    pub async fn write_local(&self, cmd: Command) -> Result<CommandResult, ClusterError> {
+        match self.raft.client_write(cmd).await {
+            Ok(r) => Ok(r.data),
+            Err(e) => Err(ClusterError::Raft(e.to_string())),
+        }
+    }
+
+    /// Confirms with a quorum round that this node is still the leader (read barrier).
+    pub async fn confirm_leadership(&self) -> Result<(), ClusterError> {
+        self.raft
+            .ensure_linearizable()
+            .await
+            .map(|_| ())
+            .map_err(|e| ClusterError::Raft(e.to_string()))
+    }
+
+    /// Answers the Raft part of an inbound request; `None` if it is not a Raft RPC.
+    pub async fn handle_raft(&self, req: Request) -> Result<Response, Request> {
+        Ok(match req {
+            Request::AppendEntries(r) => Response::AppendEntries(self.raft.append_entries(r).await),
+            Request::Vote(r) => Response::Vote(self.raft.vote(r).await),
+            Request::InstallSnapshot(r) => Response::InstallSnapshot(self.raft.install_snapshot(r).await),
+            Request::Elect => match self.raft.trigger().elect().await {
+                Ok(()) => Response::Ok,
+                Err(e) => Response::Error {
+                    message: e.to_string(),
+                    retry: false,
+                },
+            },
+            Request::Write(cmd) => Response::Write(self.write_local(cmd).await.map_err(|e| e.to_string())),
+            other => return Err(other),
+        })
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}

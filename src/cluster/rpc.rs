@@ -1,0 +1,67 @@
+//! The messages nodes exchange over the cluster transport, encoded with postcard.
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use super::state::{Command, CommandResult};
+use super::{NodeId, TypeConfig};
+
+/// A request, sent by `from` over one of its paths.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Heartbeat on one path: liveness and RTT of that path.
+    Ping,
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// The active node asks the leader to confirm (with a quorum round) its lease for `epoch`.
+    Lease { node: String, epoch: u64 },
+    /// A command for the Raft log, forwarded to the leader.
+    Write(Command),
+    /// "Campaign now": moves Raft leadership to the receiver (openraft 0.9 has no transfer).
+    Elect,
+    /// The leader's live view of the cluster (JSON of `api::Status`).
+    Status,
+    /// An admin action forwarded to the leader (JSON of `api::AdminAction`).
+    Admin(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    Pong,
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    Lease(LeaseReply),
+    Write(Result<CommandResult, String>),
+    Ok,
+    /// JSON text (status, admin results).
+    Json(String),
+    /// The request failed on the receiver; `retry` says whether trying again (elsewhere or
+    /// later) can help, e.g. "not the leader".
+    Error { message: String, retry: bool },
+}
+
+/// The answer to a lease request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum LeaseReply {
+    /// The leader confirmed its leadership with a quorum *after* the request arrived, and the
+    /// state names the requester active at this epoch. The requester may act until its own
+    /// send time + lease.
+    Granted,
+    /// The requester is not (or no longer) active at that epoch.
+    Refused(String),
+}
+
+/// Envelope on the wire: a request id so replies can come back out of order.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Frame<T> {
+    pub id: u64,
+    /// The sender's node name, so the receiver counts any message as "heard from".
+    pub from: String,
+    pub body: T,
+}

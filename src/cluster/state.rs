@@ -1,0 +1,701 @@
+//! The replicated cluster state and the commands that change it.
+//!
+//! Every node applies the same committed [`Command`]s in the same order, so every node tells the
+//! same story: who is active at which epoch, who was deposed and whether it confirmed it
+//! stopped, health per node, maintenance flags, and the event history. Commands carry the
+//! proposer's wall-clock time, never read the clock while applying, and are guarded (a
+//! `Promote` only applies while nobody is active and only for `epoch + 1`), so a stale
+//! coordinator's command is refused instead of doing harm.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::failover::Cause;
+
+/// How many events the history keeps; older ones are dropped.
+pub const EVENT_RETENTION: usize = 2000;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ClusterState {
+    /// Fencing token: grows by one with every promotion, never goes back.
+    pub epoch: u64,
+    /// The node entitled to act as active (it still needs a lease to actually act).
+    pub active: Option<String>,
+    pub active_since_unix_ms: Option<u64>,
+    /// A committed promotion whose hook result has not arrived yet.
+    pub promotion: Option<Promotion>,
+    /// The previous active while its lease may still run.
+    pub deposed: Option<DeposedRecord>,
+    pub switchover: Option<SwitchoverRequest>,
+    pub nodes: BTreeMap<String, NodeRecord>,
+    pub events: VecDeque<Event>,
+    pub next_event_seq: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Promotion {
+    pub node: String,
+    pub epoch: u64,
+    pub previous: Option<String>,
+    pub cause: Cause,
+    pub fence: bool,
+    pub at_unix_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeposedRecord {
+    pub node: String,
+    pub epoch: u64,
+    pub released: bool,
+    pub cause: Cause,
+    pub at_unix_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SwitchoverRequest {
+    pub target: Option<String>,
+    pub cause: Cause,
+    pub requested_unix_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NodeRecord {
+    pub maintenance: bool,
+    /// Every check (and the supervised process) passing.
+    pub healthy: bool,
+    pub healthy_since_unix_ms: Option<u64>,
+    /// Last reported state of each check, by name ("process" is the supervised process).
+    pub checks: BTreeMap<String, CheckRecord>,
+    pub version: String,
+    pub started_unix_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CheckRecord {
+    pub healthy: bool,
+    pub detail: String,
+    pub since_unix_ms: u64,
+}
+
+/// One line of the event history.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    pub seq: u64,
+    pub at_unix_ms: u64,
+    pub kind: EventKind,
+    pub node: Option<String>,
+    pub epoch: u64,
+    pub cause: Option<Cause>,
+    pub detail: String,
+    /// For promotions: time without an active node, from deposition to the promote hook's end.
+    pub duration_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    NodeStarted,
+    HealthChanged,
+    Deposed,
+    Released,
+    Promoting,
+    Promoted,
+    PromotionFailed,
+    Hook,
+    Maintenance,
+    SwitchoverRequested,
+    SwitchoverCancelled,
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        f.write_str(&s)
+    }
+}
+
+/// A hook run, as recorded in the history.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HookRecord {
+    pub hook: String,
+    pub ok: bool,
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    pub duration_ms: u64,
+    pub output: String,
+}
+
+/// A change to the cluster state. Entries of the Raft log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum Command {
+    /// A node (re)started. If the state still names it active, it steps down: a returning node
+    /// never resumes as active on its own.
+    NodeStarted {
+        node: String,
+        version: String,
+        checks: Vec<String>,
+        at: u64,
+    },
+    /// A health check (or the process) changed state on `node`.
+    Health {
+        node: String,
+        check: String,
+        healthy: bool,
+        detail: String,
+        at: u64,
+    },
+    Depose {
+        node: String,
+        epoch: u64,
+        cause: Cause,
+        detail: String,
+        at: u64,
+    },
+    /// `node` confirms it no longer acts as active for `epoch` (after a depose, or on its own).
+    Released {
+        node: String,
+        epoch: u64,
+        reason: String,
+        at: u64,
+    },
+    Promote {
+        node: String,
+        epoch: u64,
+        previous: Option<String>,
+        cause: Cause,
+        fence: bool,
+        at: u64,
+    },
+    /// The promoted node ran its hooks; `ok == false` means the next candidate is tried.
+    PromoteResult {
+        node: String,
+        epoch: u64,
+        ok: bool,
+        hooks: Vec<HookRecord>,
+        at: u64,
+    },
+    /// The promoted node did not report in time.
+    PromotionTimedOut { node: String, epoch: u64, at: u64 },
+    /// A hook run outside a promotion (on-demote).
+    HookRun {
+        node: String,
+        epoch: u64,
+        hook: HookRecord,
+        at: u64,
+    },
+    Maintenance { node: String, on: bool, at: u64 },
+    Switchover {
+        target: Option<String>,
+        cause: Cause,
+        at: u64,
+    },
+    CancelSwitchover { reason: String, at: u64 },
+    /// Several commands in one log entry, applied in order.
+    Batch(Vec<Command>),
+}
+
+/// The answer to a command: applied, or refused with the reason.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CommandResult {
+    pub ok: bool,
+    pub message: String,
+}
+
+impl CommandResult {
+    fn ok() -> Self {
+        CommandResult {
+            ok: true,
+            message: String::new(),
+        }
+    }
+    fn refused(message: impl Into<String>) -> Self {
+        CommandResult {
+            ok: false,
+            message: message.into(),
+        }
+    }
+}
+
+impl ClusterState {
+    fn event(
+        &mut self,
+        at: u64,
+        kind: EventKind,
+        node: Option<&str>,
+        cause: Option<Cause>,
+        detail: String,
+        duration_ms: Option<u64>,
+    ) {
+        let seq = self.next_event_seq;
+        self.next_event_seq += 1;
+        self.events.push_back(Event {
+            seq,
+            at_unix_ms: at,
+            kind,
+            node: node.map(str::to_string),
+            epoch: self.epoch,
+            cause,
+            detail,
+            duration_ms,
+        });
+        while self.events.len() > EVENT_RETENTION {
+            self.events.pop_front();
+        }
+    }
+
+    fn node_mut(&mut self, node: &str) -> &mut NodeRecord {
+        self.nodes.entry(node.to_string()).or_default()
+    }
+
+    fn recompute_health(&mut self, node: &str, at: u64) {
+        let rec = self.node_mut(node);
+        let healthy = !rec.checks.is_empty() && rec.checks.values().all(|c| c.healthy);
+        if healthy != rec.healthy {
+            rec.healthy = healthy;
+            rec.healthy_since_unix_ms = healthy.then_some(at);
+            let detail = if healthy {
+                "all checks passing".to_string()
+            } else {
+                let failing: Vec<&str> = rec
+                    .checks
+                    .iter()
+                    .filter(|(_, c)| !c.healthy)
+                    .map(|(n, _)| n.as_str())
+                    .collect();
+                format!("failing: {}", failing.join(", "))
+            };
+            self.event(
+                at,
+                EventKind::HealthChanged,
+                Some(node),
+                None,
+                format!("{} ({detail})", if healthy { "healthy" } else { "unhealthy" }),
+                None,
+            );
+        }
+    }
+
+    /// Applies one command. Deterministic: depends only on the state and the command.
+    pub fn apply(&mut self, cmd: &Command) -> CommandResult {
+        match cmd {
+            Command::Batch(cmds) => {
+                let mut last = CommandResult::ok();
+                for c in cmds {
+                    let r = self.apply(c);
+                    if !r.ok {
+                        last = r;
+                    }
+                }
+                last
+            }
+            Command::NodeStarted {
+                node,
+                version,
+                checks,
+                at,
+            } => {
+                let rec = self.node_mut(node);
+                rec.version = version.clone();
+                rec.started_unix_ms = Some(*at);
+                // Checks restart from "unhealthy": the new process has proven nothing yet.
+                rec.checks = checks
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.clone(),
+                            CheckRecord {
+                                healthy: false,
+                                detail: "not yet checked".into(),
+                                since_unix_ms: *at,
+                            },
+                        )
+                    })
+                    .collect();
+                self.event(
+                    *at,
+                    EventKind::NodeStarted,
+                    Some(node),
+                    None,
+                    format!("version {version}"),
+                    None,
+                );
+                self.recompute_health(node, *at);
+                if self.active.as_deref() == Some(node) {
+                    let epoch = self.epoch;
+                    self.step_down(node, epoch, Cause::Released, "node restarted", *at);
+                }
+                CommandResult::ok()
+            }
+            Command::Health {
+                node,
+                check,
+                healthy,
+                detail,
+                at,
+            } => {
+                let rec = self.node_mut(node);
+                rec.checks.insert(
+                    check.clone(),
+                    CheckRecord {
+                        healthy: *healthy,
+                        detail: detail.clone(),
+                        since_unix_ms: *at,
+                    },
+                );
+                self.recompute_health(node, *at);
+                CommandResult::ok()
+            }
+            Command::Depose {
+                node,
+                epoch,
+                cause,
+                detail,
+                at,
+            } => {
+                if self.active.as_deref() != Some(node) || self.epoch != *epoch {
+                    return CommandResult::refused(format!("{node} is not active at epoch {epoch}"));
+                }
+                self.active = None;
+                self.active_since_unix_ms = None;
+                self.promotion = None;
+                self.deposed = Some(DeposedRecord {
+                    node: node.clone(),
+                    epoch: *epoch,
+                    released: false,
+                    cause: *cause,
+                    at_unix_ms: *at,
+                });
+                self.event(*at, EventKind::Deposed, Some(node), Some(*cause), detail.clone(), None);
+                CommandResult::ok()
+            }
+            Command::Released {
+                node,
+                epoch,
+                reason,
+                at,
+            } => {
+                if self.active.as_deref() == Some(node) && self.epoch == *epoch {
+                    self.step_down(node, *epoch, Cause::Released, reason, *at);
+                    return CommandResult::ok();
+                }
+                match &mut self.deposed {
+                    Some(d) if d.node == *node && d.epoch == *epoch && !d.released => {
+                        d.released = true;
+                        self.event(*at, EventKind::Released, Some(node), None, reason.clone(), None);
+                        CommandResult::ok()
+                    }
+                    _ => CommandResult::refused("nothing to release"),
+                }
+            }
+            Command::Promote {
+                node,
+                epoch,
+                previous,
+                cause,
+                fence,
+                at,
+            } => {
+                if self.active.is_some() {
+                    return CommandResult::refused("a node is already active");
+                }
+                if *epoch != self.epoch + 1 {
+                    return CommandResult::refused(format!(
+                        "epoch {epoch} is not the next epoch ({})",
+                        self.epoch + 1
+                    ));
+                }
+                self.epoch = *epoch;
+                self.active = Some(node.clone());
+                self.active_since_unix_ms = Some(*at);
+                self.promotion = Some(Promotion {
+                    node: node.clone(),
+                    epoch: *epoch,
+                    previous: previous.clone(),
+                    cause: *cause,
+                    fence: *fence,
+                    at_unix_ms: *at,
+                });
+                self.switchover = None;
+                let from = previous.as_deref().map(|p| format!(" from {p}")).unwrap_or_default();
+                let fence = if *fence { ", fencing the previous active" } else { "" };
+                self.event(
+                    *at,
+                    EventKind::Promoting,
+                    Some(node),
+                    Some(*cause),
+                    format!("promoting{from}{fence}"),
+                    None,
+                );
+                CommandResult::ok()
+            }
+            Command::PromoteResult {
+                node,
+                epoch,
+                ok,
+                hooks,
+                at,
+            } => {
+                let Some(p) = self.promotion.clone().filter(|p| p.node == *node && p.epoch == *epoch) else {
+                    return CommandResult::refused("no such promotion in progress");
+                };
+                self.promotion = None;
+                let hooks_text: Vec<String> = hooks
+                    .iter()
+                    .map(|h| {
+                        format!(
+                            "{} {} in {} ms",
+                            h.hook,
+                            if h.ok { "ok" } else { "failed" },
+                            h.duration_ms
+                        )
+                    })
+                    .collect();
+                let since = self
+                    .events
+                    .iter()
+                    .rev()
+                    .find(|e| e.kind == EventKind::Deposed || e.kind == EventKind::Released)
+                    .map(|e| e.at_unix_ms)
+                    .filter(|_| p.previous.is_some())
+                    .unwrap_or(p.at_unix_ms);
+                if *ok {
+                    self.event(
+                        *at,
+                        EventKind::Promoted,
+                        Some(node),
+                        Some(p.cause),
+                        hooks_text.join("; "),
+                        Some(at.saturating_sub(since)),
+                    );
+                } else {
+                    self.active = None;
+                    self.active_since_unix_ms = None;
+                    self.deposed = Some(DeposedRecord {
+                        node: node.clone(),
+                        epoch: *epoch,
+                        released: true,
+                        cause: p.cause,
+                        at_unix_ms: *at,
+                    });
+                    self.event(
+                        *at,
+                        EventKind::PromotionFailed,
+                        Some(node),
+                        Some(p.cause),
+                        hooks_text.join("; "),
+                        None,
+                    );
+                }
+                CommandResult::ok()
+            }
+            Command::PromotionTimedOut { node, epoch, at } => {
+                let Some(p) = self.promotion.clone().filter(|p| p.node == *node && p.epoch == *epoch) else {
+                    return CommandResult::refused("no such promotion in progress");
+                };
+                self.promotion = None;
+                self.active = None;
+                self.active_since_unix_ms = None;
+                // It may have acquired a lease: treat it like a lost active.
+                self.deposed = Some(DeposedRecord {
+                    node: node.clone(),
+                    epoch: *epoch,
+                    released: false,
+                    cause: p.cause,
+                    at_unix_ms: *at,
+                });
+                self.event(
+                    *at,
+                    EventKind::PromotionFailed,
+                    Some(node),
+                    Some(p.cause),
+                    "no promotion result in time".into(),
+                    None,
+                );
+                CommandResult::ok()
+            }
+            Command::HookRun {
+                node,
+                epoch: _,
+                hook,
+                at,
+            } => {
+                let detail = format!(
+                    "{} {} in {} ms{}",
+                    hook.hook,
+                    if hook.ok { "ok" } else { "failed" },
+                    hook.duration_ms,
+                    hook.exit_code.map(|c| format!(" (exit {c})")).unwrap_or_default()
+                );
+                self.event(*at, EventKind::Hook, Some(node), None, detail, None);
+                CommandResult::ok()
+            }
+            Command::Maintenance { node, on, at } => {
+                self.node_mut(node).maintenance = *on;
+                self.event(
+                    *at,
+                    EventKind::Maintenance,
+                    Some(node),
+                    None,
+                    if *on { "maintenance on" } else { "maintenance off" }.into(),
+                    None,
+                );
+                CommandResult::ok()
+            }
+            Command::Switchover { target, cause, at } => {
+                if self.switchover.is_some() {
+                    return CommandResult::refused("a switchover is already in progress");
+                }
+                self.switchover = Some(SwitchoverRequest {
+                    target: target.clone(),
+                    cause: *cause,
+                    requested_unix_ms: *at,
+                });
+                let to = target.as_deref().unwrap_or("the best standby");
+                self.event(
+                    *at,
+                    EventKind::SwitchoverRequested,
+                    target.as_deref(),
+                    Some(*cause),
+                    format!("to {to}"),
+                    None,
+                );
+                CommandResult::ok()
+            }
+            Command::CancelSwitchover { reason, at } => {
+                if self.switchover.take().is_none() {
+                    return CommandResult::refused("no switchover in progress");
+                }
+                self.event(*at, EventKind::SwitchoverCancelled, None, None, reason.clone(), None);
+                CommandResult::ok()
+            }
+        }
+    }
+
+    fn step_down(&mut self, node: &str, epoch: u64, cause: Cause, reason: &str, at: u64) {
+        self.active = None;
+        self.active_since_unix_ms = None;
+        self.promotion = None;
+        self.deposed = Some(DeposedRecord {
+            node: node.to_string(),
+            epoch,
+            released: true,
+            cause,
+            at_unix_ms: at,
+        });
+        self.event(at, EventKind::Released, Some(node), Some(cause), reason.to_string(), None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn promote(node: &str, epoch: u64) -> Command {
+        Command::Promote {
+            node: node.into(),
+            epoch,
+            previous: None,
+            cause: Cause::Bootstrap,
+            fence: false,
+            at: 1,
+        }
+    }
+
+    #[test]
+    fn promote_requires_next_epoch_and_no_active() {
+        let mut s = ClusterState::default();
+        assert!(!s.apply(&promote("a", 2)).ok, "skipping an epoch is refused");
+        assert!(s.apply(&promote("a", 1)).ok);
+        assert!(!s.apply(&promote("b", 2)).ok, "a second active is refused");
+        assert_eq!(s.active.as_deref(), Some("a"));
+        assert_eq!(s.epoch, 1);
+    }
+
+    #[test]
+    fn stale_depose_is_refused() {
+        let mut s = ClusterState::default();
+        s.apply(&promote("a", 1));
+        let stale = Command::Depose {
+            node: "a".into(),
+            epoch: 0,
+            cause: Cause::NodeLost,
+            detail: String::new(),
+            at: 2,
+        };
+        assert!(!s.apply(&stale).ok);
+        assert_eq!(s.active.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn restarted_active_steps_down() {
+        let mut s = ClusterState::default();
+        s.apply(&promote("a", 1));
+        s.apply(&Command::NodeStarted {
+            node: "a".into(),
+            version: "1".into(),
+            checks: vec!["process".into()],
+            at: 5,
+        });
+        assert_eq!(s.active, None);
+        let d = s.deposed.as_ref().expect("deposed");
+        assert!(d.released && d.node == "a" && d.epoch == 1);
+    }
+
+    #[test]
+    fn failed_promotion_releases_and_keeps_epoch() {
+        let mut s = ClusterState::default();
+        s.apply(&promote("a", 1));
+        s.apply(&Command::PromoteResult {
+            node: "a".into(),
+            epoch: 1,
+            ok: false,
+            hooks: vec![],
+            at: 3,
+        });
+        assert_eq!(s.active, None);
+        assert_eq!(s.epoch, 1, "the epoch never goes back");
+        assert!(s.apply(&promote("b", 2)).ok);
+    }
+
+    #[test]
+    fn health_is_all_checks() {
+        let mut s = ClusterState::default();
+        s.apply(&Command::NodeStarted {
+            node: "a".into(),
+            version: "1".into(),
+            checks: vec!["process".into(), "http".into()],
+            at: 1,
+        });
+        let h = |check: &str, healthy| Command::Health {
+            node: "a".into(),
+            check: check.into(),
+            healthy,
+            detail: String::new(),
+            at: 2,
+        };
+        s.apply(&h("process", true));
+        assert!(!s.nodes["a"].healthy);
+        s.apply(&h("http", true));
+        assert!(s.nodes["a"].healthy);
+        s.apply(&h("http", false));
+        assert!(!s.nodes["a"].healthy);
+    }
+
+    #[test]
+    fn events_are_bounded() {
+        let mut s = ClusterState::default();
+        for i in 0..(EVENT_RETENTION as u64 + 10) {
+            s.apply(&Command::Maintenance {
+                node: "a".into(),
+                on: i % 2 == 0,
+                at: i,
+            });
+        }
+        assert_eq!(s.events.len(), EVENT_RETENTION);
+        assert_eq!(s.events.back().map(|e| e.seq), Some(EVENT_RETENTION as u64 + 9));
+    }
+}

@@ -1,0 +1,471 @@
+//! Durable Raft storage in one redb file under the data directory.
+//!
+//! * `LogStore`: log entries, the vote, the committed id and the purge point. Every append is one
+//!   redb write transaction committed with `Durability::Immediate` (fsync) before openraft is
+//!   told the entries are flushed.
+//! * `StateMachine`: the [`ClusterState`] in memory, plus the last snapshot in redb. On restart
+//!   the state is the snapshot and openraft re-applies the committed log after it (the committed
+//!   id is saved, so a lone restarted node recovers without a leader).
+
+// openraft fixes the error type (`StorageError`, 224 bytes); boxing it is not ours to choose.
+#![allow(clippy::result_large_err)]
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, RaftLogReader, RaftSnapshotBuilder,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::state::{ClusterState, CommandResult};
+use super::{NodeId, TypeConfig};
+
+const LOGS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("raft_log");
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("raft_meta");
+const SNAPSHOT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("snapshot");
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::new(subject, verb, AnyError::new(&e)).into()
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_allocvec(v)
+}
+
+/// Opens (or creates) the node's database.
+pub fn open_db(data_dir: &Path) -> Result<Arc<Database>, redb::DatabaseError> {
+    let db = Database::create(data_dir.join("standin.redb"))?;
+    Ok(Arc::new(db))
+}
+
+/// Runs blocking redb work off the async threads.
+async fn blocking<T, F>(f: F) -> StorageResult<T>
+where
+    F: FnOnce() -> StorageResult<T> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(io_err(ErrorSubject::Store, ErrorVerb::Write, e)),
+    }
+}
+
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+impl LogStore {
+    pub fn new(db: Arc<Database>) -> Self {
+        LogStore { db }
+    }
+
+    fn read_meta<T: for<'de> Deserialize<'de>>(db: &Database, key: &str) -> StorageResult<Option<T>> {
+        let e = |e: &dyn std::fmt::Display| {
+            io_err(
+                ErrorSubject::Store,
+                ErrorVerb::Read,
+                std::io::Error::other(e.to_string()),
+            )
+        };
+        let tx = db.begin_read().map_err(|x| e(&x))?;
+        let table = match tx.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(x) => return Err(e(&x)),
+        };
+        match table.get(key).map_err(|x| e(&x))? {
+            Some(v) => Ok(Some(postcard::from_bytes(v.value()).map_err(|x| e(&x))?)),
+            None => Ok(None),
+        }
+    }
+
+    fn write_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> StorageResult<()> {
+        let e = |e: &dyn std::fmt::Display| {
+            io_err(
+                ErrorSubject::Store,
+                ErrorVerb::Write,
+                std::io::Error::other(e.to_string()),
+            )
+        };
+        let bytes = encode(value).map_err(|x| e(&x))?;
+        let tx = db.begin_write().map_err(|x| e(&x))?;
+        {
+            let mut table = tx.open_table(META).map_err(|x| e(&x))?;
+            table.insert(key, bytes.as_slice()).map_err(|x| e(&x))?;
+        }
+        tx.commit().map_err(|x| e(&x))
+    }
+}
+
+fn logs_err(verb: ErrorVerb) -> impl Fn(&dyn std::fmt::Display) -> StorageError<NodeId> {
+    move |e| io_err(ErrorSubject::Logs, verb, std::io::Error::other(e.to_string()))
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        let db = self.db.clone();
+        let start = range.start_bound().cloned();
+        let end = range.end_bound().cloned();
+        blocking(move || {
+            let e = logs_err(ErrorVerb::Read);
+            let tx = db.begin_read().map_err(|x| e(&x))?;
+            let table = match tx.open_table(LOGS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(x) => return Err(e(&x)),
+            };
+            let mut out = Vec::new();
+            for item in table.range::<u64>((start, end)).map_err(|x| e(&x))? {
+                let (_, v) = item.map_err(|x| e(&x))?;
+                out.push(postcard::from_bytes(v.value()).map_err(|x| e(&x))?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let db = self.db.clone();
+        blocking(move || {
+            let e = logs_err(ErrorVerb::Read);
+            let purged: Option<LogId<NodeId>> = LogStore::read_meta(&db, "purged")?;
+            let tx = db.begin_read().map_err(|x| e(&x))?;
+            let last = match tx.open_table(LOGS) {
+                Ok(t) => match t.last().map_err(|x| e(&x))? {
+                    Some((_, v)) => {
+                        let entry: Entry<TypeConfig> = postcard::from_bytes(v.value()).map_err(|x| e(&x))?;
+                        Some(entry.log_id)
+                    }
+                    None => None,
+                },
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(x) => return Err(e(&x)),
+            };
+            Ok(LogState {
+                last_purged_log_id: purged,
+                last_log_id: last.or(purged),
+            })
+        })
+        .await
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
+        let db = self.db.clone();
+        let vote = *vote;
+        blocking(move || LogStore::write_meta(&db, "vote", &vote)).await
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
+        let db = self.db.clone();
+        blocking(move || LogStore::read_meta(&db, "vote")).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        let db = self.db.clone();
+        blocking(move || LogStore::write_meta(&db, "committed", &committed)).await
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
+        let db = self.db.clone();
+        blocking(move || Ok(LogStore::read_meta::<Option<LogId<NodeId>>>(&db, "committed")?.flatten())).await
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let db = self.db.clone();
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let result = blocking(move || {
+            let e = logs_err(ErrorVerb::Write);
+            let tx = db.begin_write().map_err(|x| e(&x))?;
+            {
+                let mut table = tx.open_table(LOGS).map_err(|x| e(&x))?;
+                for entry in &entries {
+                    let bytes = encode(entry).map_err(|x| e(&x))?;
+                    table.insert(entry.log_id.index, bytes.as_slice()).map_err(|x| e(&x))?;
+                }
+            }
+            // Durability::Immediate (the default): fsync before the commit returns.
+            tx.commit().map_err(|x| e(&x))
+        })
+        .await;
+        // Tell openraft only after the data is on disk (or that it failed).
+        match &result {
+            Ok(()) => callback.log_io_completed(Ok(())),
+            Err(err) => callback.log_io_completed(Err(std::io::Error::other(err.to_string()))),
+        }
+        result
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let db = self.db.clone();
+        blocking(move || {
+            let e = logs_err(ErrorVerb::Delete);
+            let tx = db.begin_write().map_err(|x| e(&x))?;
+            {
+                let mut table = tx.open_table(LOGS).map_err(|x| e(&x))?;
+                table.retain_in(log_id.index.., |_, _| false).map_err(|x| e(&x))?;
+            }
+            tx.commit().map_err(|x| e(&x))
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let db = self.db.clone();
+        blocking(move || {
+            let e = logs_err(ErrorVerb::Delete);
+            let bytes = encode(&Some(log_id)).map_err(|x| e(&x))?;
+            let tx = db.begin_write().map_err(|x| e(&x))?;
+            {
+                let mut meta = tx.open_table(META).map_err(|x| e(&x))?;
+                meta.insert("purged", bytes.as_slice()).map_err(|x| e(&x))?;
+                let mut table = tx.open_table(LOGS).map_err(|x| e(&x))?;
+                table.retain_in(..=log_id.index, |_, _| false).map_err(|x| e(&x))?;
+            }
+            tx.commit().map_err(|x| e(&x))
+        })
+        .await
+    }
+}
+
+/// What a snapshot holds (and what the state machine is made of).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SmData {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, openraft::EmptyNode>,
+    pub state: ClusterState,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, openraft::EmptyNode>,
+    data: Vec<u8>,
+}
+
+/// The state machine. Readers (API, coordinator, role loop) share `data` and watch `applied`.
+#[derive(Clone)]
+pub struct StateMachine {
+    db: Arc<Database>,
+    data: Arc<RwLock<SmData>>,
+    applied: Arc<watch::Sender<u64>>,
+}
+
+impl StateMachine {
+    /// Loads the last snapshot, if any.
+    pub async fn open(db: Arc<Database>) -> StorageResult<Self> {
+        let db2 = db.clone();
+        let stored = blocking(move || load_snapshot(&db2)).await?;
+        let data = match stored {
+            Some(s) => postcard::from_bytes::<SmData>(&s.data)
+                .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?,
+            None => SmData::default(),
+        };
+        let (tx, _) = watch::channel(data.last_applied.map_or(0, |l| l.index));
+        Ok(StateMachine {
+            db,
+            data: Arc::new(RwLock::new(data)),
+            applied: Arc::new(tx),
+        })
+    }
+
+    /// A copy of the current cluster state.
+    pub fn state(&self) -> ClusterState {
+        self.read(|d| d.state.clone())
+    }
+
+    /// Runs `f` on the current data under the read lock.
+    pub fn read<T>(&self, f: impl FnOnce(&SmData) -> T) -> T {
+        let guard = self.data.read().unwrap_or_else(|p| p.into_inner());
+        f(&guard)
+    }
+
+    /// Changes whenever an entry is applied (value: the last applied index).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+}
+
+fn load_snapshot(db: &Database) -> StorageResult<Option<StoredSnapshot>> {
+    let e = |x: &dyn std::fmt::Display| {
+        io_err(
+            ErrorSubject::Snapshot(None),
+            ErrorVerb::Read,
+            std::io::Error::other(x.to_string()),
+        )
+    };
+    let tx = db.begin_read().map_err(|x| e(&x))?;
+    let table = match tx.open_table(SNAPSHOT) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(x) => return Err(e(&x)),
+    };
+    match table.get("current").map_err(|x| e(&x))? {
+        Some(v) => Ok(Some(postcard::from_bytes(v.value()).map_err(|x| e(&x))?)),
+        None => Ok(None),
+    }
+}
+
+fn save_snapshot(db: &Database, snap: &StoredSnapshot) -> StorageResult<()> {
+    let e = |x: &dyn std::fmt::Display| {
+        io_err(
+            ErrorSubject::Snapshot(None),
+            ErrorVerb::Write,
+            std::io::Error::other(x.to_string()),
+        )
+    };
+    let bytes = encode(snap).map_err(|x| e(&x))?;
+    let tx = db.begin_write().map_err(|x| e(&x))?;
+    {
+        let mut table = tx.open_table(SNAPSHOT).map_err(|x| e(&x))?;
+        table.insert("current", bytes.as_slice()).map_err(|x| e(&x))?;
+    }
+    tx.commit().map_err(|x| e(&x))
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let (bytes, last_applied, membership) = self.read(|d| {
+            (
+                postcard::to_allocvec(d),
+                d.last_applied,
+                d.membership.clone(),
+            )
+        });
+        let bytes = bytes.map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+        let snapshot_id = match last_applied {
+            Some(l) => format!("{}-{}", l.leader_id, l.index),
+            None => "empty".to_string(),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: bytes.clone(),
+        };
+        let db = self.db.clone();
+        blocking(move || save_snapshot(&db, &stored)).await?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, openraft::EmptyNode>)> {
+        Ok(self.read(|d| (d.last_applied, d.membership.clone())))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<CommandResult>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut results = Vec::new();
+        let last = {
+            let mut d = self.data.write().unwrap_or_else(|p| p.into_inner());
+            for entry in entries {
+                d.last_applied = Some(entry.log_id);
+                let r = match &entry.payload {
+                    EntryPayload::Blank => CommandResult {
+                        ok: true,
+                        message: String::new(),
+                    },
+                    EntryPayload::Normal(cmd) => d.state.apply(cmd),
+                    EntryPayload::Membership(m) => {
+                        d.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                        CommandResult {
+                            ok: true,
+                            message: String::new(),
+                        }
+                    }
+                };
+                results.push(r);
+            }
+            d.last_applied.map_or(0, |l| l.index)
+        };
+        self.applied.send_replace(last);
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::EmptyNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let bytes = snapshot.into_inner();
+        let new: SmData = postcard::from_bytes(&bytes).map_err(|e| {
+            io_err(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Read,
+                e,
+            )
+        })?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: bytes,
+        };
+        let db = self.db.clone();
+        blocking(move || save_snapshot(&db, &stored)).await?;
+        let last = {
+            let mut d = self.data.write().unwrap_or_else(|p| p.into_inner());
+            *d = SmData {
+                last_applied: meta.last_log_id,
+                membership: meta.last_membership.clone(),
+                state: new.state,
+            };
+            d.last_applied.map_or(0, |l| l.index)
+        };
+        self.applied.send_replace(last);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let db = self.db.clone();
+        let stored = blocking(move || load_snapshot(&db)).await?;
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}

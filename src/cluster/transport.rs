@@ -1,0 +1,558 @@
+//! The cluster transport: persistent TCP connections to every peer over each of its addresses
+//! (one address = one independent network path), request/response multiplexed by id.
+//!
+//! Every path carries its own heartbeat (`Ping`), so the state of each path (up/down, RTT, loss,
+//! last heard) is known separately, and a node counts as heard while *any* path, or any inbound
+//! message, reaches it. RPCs go over the best path that is up and fall back to the others when
+//! a connection cannot be made; a path whose ping times out has its connection dropped so the
+//! next use reconnects (a half-open connection after a partition never lingers).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+
+use super::rpc::{Frame, Request, Response};
+
+/// Largest frame accepted (snapshot chunks and log batches stay far below).
+const MAX_FRAME: usize = 64 * 1024 * 1024;
+/// Results kept per path to compute loss.
+const LOSS_WINDOW: usize = 50;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("unknown peer {0}")]
+    UnknownPeer(String),
+    #[error("{peer} unreachable on every path: {last}")]
+    Unreachable { peer: String, last: String },
+    #[error("{peer} did not answer within {timeout:?}")]
+    Timeout { peer: String, timeout: Duration },
+    #[error("encoding failed: {0}")]
+    Encode(String),
+}
+
+/// What is known about one path to one peer. Shown by `standin status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PathStatus {
+    pub address: String,
+    pub up: bool,
+    /// Smoothed round-trip time of heartbeats.
+    pub rtt_ms: Option<f64>,
+    /// Milliseconds since the last heartbeat answer on this path.
+    pub last_heard_ms_ago: Option<u64>,
+    /// Share of the last heartbeats that got no answer (0.0 - 1.0).
+    pub loss: f64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Default)]
+struct PathStats {
+    rtt_ms: Option<f64>,
+    last_pong: Option<Instant>,
+    recent: VecDeque<bool>,
+    last_error: Option<String>,
+    was_up: bool,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
+
+struct Conn {
+    tx: mpsc::Sender<Bytes>,
+    pending: Pending,
+    closed: CancellationToken,
+}
+
+struct Path {
+    addr: SocketAddr,
+    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    stats: Mutex<PathStats>,
+}
+
+struct Peer {
+    paths: Vec<Path>,
+    /// Last inbound message of any kind from this peer.
+    last_inbound: Mutex<Option<Instant>>,
+}
+
+struct Inner {
+    me: String,
+    peers: BTreeMap<String, Peer>,
+    next_id: AtomicU64,
+    heartbeat_interval: Duration,
+    failure_timeout: Duration,
+}
+
+/// Handle to the transport; cheap to clone.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Transport {
+    /// `peers`: every other member with its addresses (paths), in configured order.
+    pub fn new(
+        me: String,
+        peers: Vec<(String, Vec<SocketAddr>)>,
+        heartbeat_interval: Duration,
+        failure_timeout: Duration,
+    ) -> Self {
+        let peers = peers
+            .into_iter()
+            .map(|(id, addrs)| {
+                let paths = addrs
+                    .into_iter()
+                    .map(|addr| Path {
+                        addr,
+                        conn: tokio::sync::Mutex::new(None),
+                        stats: Mutex::new(PathStats::default()),
+                    })
+                    .collect();
+                (
+                    id,
+                    Peer {
+                        paths,
+                        last_inbound: Mutex::new(None),
+                    },
+                )
+            })
+            .collect();
+        Transport {
+            inner: Arc::new(Inner {
+                me,
+                peers,
+                next_id: AtomicU64::new(1),
+                heartbeat_interval,
+                failure_timeout,
+            }),
+        }
+    }
+
+    pub fn me(&self) -> &str {
+        &self.inner.me
+    }
+
+    pub fn peer_ids(&self) -> Vec<String> {
+        self.inner.peers.keys().cloned().collect()
+    }
+
+    /// The last time `peer` was heard on any path (heartbeat answer or inbound message).
+    pub fn last_heard(&self, peer: &str) -> Option<Instant> {
+        let p = self.inner.peers.get(peer)?;
+        let inbound = *lock(&p.last_inbound);
+        p.paths
+            .iter()
+            .filter_map(|path| lock(&path.stats).last_pong)
+            .chain(inbound)
+            .max()
+    }
+
+    /// State of every path to `peer`.
+    pub fn paths(&self, peer: &str) -> Vec<PathStatus> {
+        let Some(p) = self.inner.peers.get(peer) else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        p.paths
+            .iter()
+            .map(|path| {
+                let s = lock(&path.stats);
+                let lost = s.recent.iter().filter(|ok| !**ok).count();
+                PathStatus {
+                    address: path.addr.to_string(),
+                    up: self.path_up(&s, now),
+                    rtt_ms: s.rtt_ms.map(|r| (r * 100.0).round() / 100.0),
+                    last_heard_ms_ago: s.last_pong.map(|t| now.duration_since(t).as_millis() as u64),
+                    loss: if s.recent.is_empty() {
+                        0.0
+                    } else {
+                        lost as f64 / s.recent.len() as f64
+                    },
+                    last_error: s.last_error.clone(),
+                }
+            })
+            .collect()
+    }
+
+    fn path_up(&self, s: &PathStats, now: Instant) -> bool {
+        s.last_pong
+            .is_some_and(|t| now.duration_since(t) < self.inner.failure_timeout)
+    }
+
+    fn heard_inbound(&self, peer: &str) {
+        if let Some(p) = self.inner.peers.get(peer) {
+            *lock(&p.last_inbound) = Some(Instant::now());
+        }
+    }
+
+    fn encode(&self, req: &Request) -> Result<(u64, Bytes), TransportError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = Frame {
+            id,
+            from: self.inner.me.clone(),
+            body: req,
+        };
+        let bytes = postcard::to_allocvec(&frame).map_err(|e| TransportError::Encode(e.to_string()))?;
+        Ok((id, Bytes::from(bytes)))
+    }
+
+    /// Sends `req` to `peer` over its best path, falling back to the other paths when a
+    /// connection cannot be made. Waits at most `timeout` in all.
+    pub async fn call(&self, peer: &str, req: &Request, timeout: Duration) -> Result<Response, TransportError> {
+        let p = self
+            .inner
+            .peers
+            .get(peer)
+            .ok_or_else(|| TransportError::UnknownPeer(peer.to_string()))?;
+        let deadline = Instant::now() + timeout;
+        // Paths that are up first (fastest first), then the others in configured order.
+        let now = Instant::now();
+        let mut order: Vec<(usize, bool, f64)> = p
+            .paths
+            .iter()
+            .enumerate()
+            .map(|(i, path)| {
+                let s = lock(&path.stats);
+                (i, self.path_up(&s, now), s.rtt_ms.unwrap_or(f64::MAX))
+            })
+            .collect();
+        order.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.total_cmp(&b.2)).then(a.0.cmp(&b.0)));
+        let mut last = String::from("no path configured");
+        for (i, _, _) in order {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            match self.call_path(peer, i, req, remaining).await {
+                Ok(r) => return Ok(r),
+                Err(PathError::Timeout) => {
+                    return Err(TransportError::Timeout {
+                        peer: peer.to_string(),
+                        timeout,
+                    })
+                }
+                Err(PathError::Failed(e)) => last = e,
+            }
+        }
+        Err(TransportError::Unreachable {
+            peer: peer.to_string(),
+            last,
+        })
+    }
+
+    async fn call_path(&self, peer: &str, idx: usize, req: &Request, timeout: Duration) -> Result<Response, PathError> {
+        let path = &self.inner.peers[peer].paths[idx];
+        let deadline = tokio::time::Instant::now() + timeout;
+        let conn = self.connection(path, deadline).await?;
+        let (id, bytes) = self.encode(req).map_err(|e| PathError::Failed(e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        lock(&conn.pending).insert(id, tx);
+        if conn.tx.send(bytes).await.is_err() {
+            lock(&conn.pending).remove(&id);
+            return Err(PathError::Failed("connection closed".into()));
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(_)) => Err(PathError::Failed("connection closed".into())),
+            Err(_) => {
+                lock(&conn.pending).remove(&id);
+                Err(PathError::Timeout)
+            }
+        }
+    }
+
+    /// The open connection of `path`, or a new one.
+    async fn connection(&self, path: &Path, deadline: tokio::time::Instant) -> Result<Arc<Conn>, PathError> {
+        let mut slot = match tokio::time::timeout_at(deadline, path.conn.lock()).await {
+            Ok(s) => s,
+            Err(_) => return Err(PathError::Timeout),
+        };
+        if let Some(c) = slot.as_ref() {
+            if !c.closed.is_cancelled() {
+                return Ok(c.clone());
+            }
+        }
+        *slot = None;
+        let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(path.addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                lock(&path.stats).last_error = Some(format!("connect: {e}"));
+                return Err(PathError::Failed(format!("connect {}: {e}", path.addr)));
+            }
+            Err(_) => {
+                lock(&path.stats).last_error = Some("connect timed out".into());
+                return Err(PathError::Failed(format!("connect {} timed out", path.addr)));
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = Arc::new(spawn_client_conn(stream));
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Drops the connection of a path (after a heartbeat timeout) so the next use reconnects.
+    async fn reset_path(&self, path: &Path) {
+        if let Some(c) = path.conn.lock().await.take() {
+            c.closed.cancel();
+        }
+    }
+
+    /// Starts one heartbeat task per path per peer.
+    pub fn spawn_heartbeats(&self, cancel: CancellationToken) {
+        for (peer, p) in &self.inner.peers {
+            for idx in 0..p.paths.len() {
+                let t = self.clone();
+                let peer = peer.clone();
+                let cancel = cancel.clone();
+                tokio::spawn(async move { t.heartbeat_path(peer, idx, cancel).await });
+            }
+        }
+    }
+
+    async fn heartbeat_path(self, peer: String, idx: usize, cancel: CancellationToken) {
+        let interval = self.inner.heartbeat_interval;
+        // A ping must come back well within the failure timeout to count.
+        let ping_timeout = (self.inner.failure_timeout / 2).max(interval);
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let start = Instant::now();
+            let result = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = self.call_path(&peer, idx, &Request::Ping, ping_timeout) => r,
+            };
+            let path = &self.inner.peers[&peer].paths[idx];
+            let ok = matches!(result, Ok(Response::Pong));
+            {
+                let mut s = lock(&path.stats);
+                s.recent.push_back(ok);
+                while s.recent.len() > LOSS_WINDOW {
+                    s.recent.pop_front();
+                }
+                if ok {
+                    let rtt = start.elapsed().as_secs_f64() * 1000.0;
+                    s.rtt_ms = Some(match s.rtt_ms {
+                        Some(prev) => prev * 0.8 + rtt * 0.2,
+                        None => rtt,
+                    });
+                    s.last_pong = Some(Instant::now());
+                    s.last_error = None;
+                } else {
+                    s.last_error = Some(match &result {
+                        Err(PathError::Timeout) => "heartbeat timed out".to_string(),
+                        Err(PathError::Failed(e)) => e.clone(),
+                        Ok(other) => format!("unexpected reply {other:?}"),
+                    });
+                }
+                let up = self.path_up(&s, Instant::now());
+                if up != s.was_up {
+                    s.was_up = up;
+                    if up {
+                        tracing::info!(peer = %peer, path = %path.addr, "path up");
+                    } else {
+                        tracing::warn!(peer = %peer, path = %path.addr, error = ?s.last_error, "path down");
+                    }
+                }
+            }
+            if matches!(result, Err(PathError::Timeout)) {
+                self.reset_path(path).await;
+            }
+        }
+    }
+}
+
+enum PathError {
+    Timeout,
+    Failed(String),
+}
+
+fn spawn_client_conn(stream: TcpStream) -> Conn {
+    let (read, write) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Bytes>(256);
+    let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+    let closed = CancellationToken::new();
+    let codec = || LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME).new_codec();
+    let mut sink = FramedWrite::new(write, codec());
+    let mut source = FramedRead::new(read, codec());
+    {
+        let closed = closed.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = closed.cancelled() => break,
+                    msg = rx.recv() => match msg {
+                        Some(bytes) => if sink.send(bytes).await.is_err() { break },
+                        None => break,
+                    },
+                }
+            }
+            closed.cancel();
+        });
+    }
+    {
+        let closed = closed.clone();
+        let pending = pending.clone();
+        tokio::spawn(async move {
+            loop {
+                let frame = tokio::select! {
+                    _ = closed.cancelled() => break,
+                    f = source.next() => f,
+                };
+                let Some(Ok(bytes)) = frame else { break };
+                let Ok(frame) = postcard::from_bytes::<Frame<Response>>(&bytes) else {
+                    tracing::warn!("undecodable response frame; closing connection");
+                    break;
+                };
+                if let Some(tx) = lock(&pending).remove(&frame.id) {
+                    let _ = tx.send(frame.body);
+                }
+            }
+            closed.cancel();
+            // Callers waiting on this connection learn at once that it is gone.
+            lock(&pending).clear();
+        });
+    }
+    Conn { tx, pending, closed }
+}
+
+/// Handles one inbound request. Returned futures run concurrently.
+pub type Handler =
+    Arc<dyn Fn(String, Request) -> futures::future::BoxFuture<'static, Response> + Send + Sync>;
+
+/// Accepts peer connections on `listener` until `cancel` fires.
+pub async fn serve(listener: TcpListener, transport: Transport, handler: Handler, cancel: CancellationToken) {
+    loop {
+        let (stream, remote) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let transport = transport.clone();
+        let handler = handler.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            serve_conn(stream, remote, transport, handler, cancel).await;
+        });
+    }
+}
+
+async fn serve_conn(
+    stream: TcpStream,
+    remote: SocketAddr,
+    transport: Transport,
+    handler: Handler,
+    cancel: CancellationToken,
+) {
+    let (read, write) = stream.into_split();
+    let codec = || LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME).new_codec();
+    let mut source = FramedRead::new(read, codec());
+    let mut sink = FramedWrite::new(write, codec());
+    let (tx, mut rx) = mpsc::channel::<Bytes>(256);
+    let me = transport.me().to_string();
+    let conn_done = CancellationToken::new();
+    let writer = {
+        let conn_done = conn_done.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = conn_done.cancelled() => break,
+                    m = rx.recv() => match m {
+                        Some(b) => if sink.send(b).await.is_err() { break },
+                        None => break,
+                    },
+                }
+            }
+            conn_done.cancel();
+        })
+    };
+    loop {
+        let frame = tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = conn_done.cancelled() => break,
+            f = source.next() => f,
+        };
+        let bytes = match frame {
+            Some(Ok(b)) => b,
+            Some(Err(e)) => {
+                tracing::debug!(%remote, error = %e, "peer connection error");
+                break;
+            }
+            None => break,
+        };
+        let frame = match postcard::from_bytes::<Frame<Request>>(&bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(%remote, error = %e, "malformed frame from peer; closing connection");
+                break;
+            }
+        };
+        transport.heard_inbound(&frame.from);
+        let tx = tx.clone();
+        let me = me.clone();
+        let id = frame.id;
+        if let Request::Ping = frame.body {
+            let _ = tx.send(encode_response(&me, id, &Response::Pong)).await;
+            continue;
+        }
+        let fut = handler(frame.from, frame.body);
+        tokio::spawn(async move {
+            let resp = fut.await;
+            let _ = tx.send(encode_response(&me, id, &resp)).await;
+        });
+    }
+    conn_done.cancel();
+    let _ = writer.await;
+}
+
+fn encode_response(me: &str, id: u64, resp: &Response) -> Bytes {
+    let frame = Frame {
+        id,
+        from: me.to_string(),
+        body: resp,
+    };
+    match postcard::to_allocvec(&frame) {
+        Ok(b) => Bytes::from(b),
+        Err(e) => {
+            let fallback = Frame {
+                id,
+                from: me.to_string(),
+                body: Response::Error {
+                    message: format!("cannot encode response: {e}"),
+                    retry: false,
+                },
+            };
+            Bytes::from(postcard::to_allocvec(&fallback).unwrap_or_default())
+        }
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch (for recorded events; never for decisions).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
