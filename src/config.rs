@@ -63,6 +63,10 @@ pub struct NodeSection {
     pub id: String,
     /// Raft log, snapshots and state live here (created if missing).
     pub data_dir: PathBuf,
+    /// Addresses to bind instead of this member's `addresses`, one per path, when peers reach
+    /// this node through a NAT, relay or port forward. Default: bind `addresses`.
+    #[serde(default)]
+    pub listen: Option<Vec<SocketAddr>>,
 }
 
 /// Whether a member runs the service or only votes.
@@ -204,22 +208,150 @@ fn default_http_status() -> u16 {
     200
 }
 
+/// One health check. In TOML the probe's fields sit beside the common ones:
+/// `kind = "http"`, `url = "..."`; parsed through [`RawCheck`] so unknown keys are rejected
+/// (serde cannot combine `flatten` with `deny_unknown_fields`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(try_from = "RawCheck", into = "RawCheck")]
 pub struct CheckConfig {
     pub name: String,
-    #[serde(flatten)]
     pub kind: CheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes before an unhealthy check turns healthy.
+    pub rise: u32,
+    /// Consecutive failures before a healthy check turns unhealthy.
+    pub fall: u32,
+}
+
+/// The TOML shape of a `[[check]]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawCheck {
+    pub name: String,
+    /// `tcp`, `http` or `exec`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<SocketAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
     #[serde(default = "default_check_interval", with = "humantime_serde")]
     pub interval: Duration,
     #[serde(default = "default_check_timeout", with = "humantime_serde")]
     pub timeout: Duration,
-    /// Consecutive successes before an unhealthy check turns healthy.
     #[serde(default = "default_rise")]
     pub rise: u32,
-    /// Consecutive failures before a healthy check turns unhealthy.
     #[serde(default = "default_fall")]
     pub fall: u32,
+}
+
+impl TryFrom<RawCheck> for CheckConfig {
+    type Error = String;
+
+    fn try_from(r: RawCheck) -> Result<Self, String> {
+        let name = &r.name;
+        let unexpected = |key: &str, present: bool| -> Result<(), String> {
+            if present {
+                Err(format!(
+                    "check {name:?}: `{key}` does not apply to kind = {:?}",
+                    r.kind
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let kind = match r.kind.as_str() {
+            "tcp" => {
+                unexpected("url", r.url.is_some())?;
+                unexpected("status", r.status.is_some())?;
+                unexpected("body", r.body.is_some())?;
+                unexpected("command", r.command.is_some())?;
+                CheckKind::Tcp {
+                    address: r
+                        .address
+                        .ok_or_else(|| format!("check {name:?}: kind = \"tcp\" needs `address`"))?,
+                }
+            }
+            "http" => {
+                unexpected("address", r.address.is_some())?;
+                unexpected("command", r.command.is_some())?;
+                CheckKind::Http {
+                    url: r
+                        .url
+                        .clone()
+                        .ok_or_else(|| format!("check {name:?}: kind = \"http\" needs `url`"))?,
+                    status: r.status.unwrap_or_else(default_http_status),
+                    body: r.body.clone(),
+                }
+            }
+            "exec" => {
+                unexpected("address", r.address.is_some())?;
+                unexpected("url", r.url.is_some())?;
+                unexpected("status", r.status.is_some())?;
+                unexpected("body", r.body.is_some())?;
+                CheckKind::Exec {
+                    command: r
+                        .command
+                        .clone()
+                        .ok_or_else(|| format!("check {name:?}: kind = \"exec\" needs `command`"))?,
+                }
+            }
+            other => {
+                return Err(format!(
+                    "check {name:?}: unknown kind {other:?}; expected \"tcp\", \"http\" or \"exec\""
+                ))
+            }
+        };
+        Ok(CheckConfig {
+            name: r.name,
+            kind,
+            interval: r.interval,
+            timeout: r.timeout,
+            rise: r.rise,
+            fall: r.fall,
+        })
+    }
+}
+
+impl From<CheckConfig> for RawCheck {
+    fn from(c: CheckConfig) -> RawCheck {
+        let mut raw = RawCheck {
+            name: c.name,
+            kind: String::new(),
+            address: None,
+            url: None,
+            status: None,
+            body: None,
+            command: None,
+            interval: c.interval,
+            timeout: c.timeout,
+            rise: c.rise,
+            fall: c.fall,
+        };
+        match c.kind {
+            CheckKind::Tcp { address } => {
+                raw.kind = "tcp".into();
+                raw.address = Some(address);
+            }
+            CheckKind::Http { url, status, body } => {
+                raw.kind = "http".into();
+                raw.url = Some(url);
+                raw.status = Some(status);
+                raw.body = body;
+            }
+            CheckKind::Exec { command } => {
+                raw.kind = "exec".into();
+                raw.command = Some(command);
+            }
+        }
+        raw
+    }
 }
 
 fn default_check_interval() -> Duration {
@@ -376,6 +508,18 @@ impl Config {
                     format!("{:?} is not one of the [[member]] ids", self.node.id),
                 )
             })?;
+        if let Some(listen) = &self.node.listen {
+            if listen.len() != me.addresses.len() {
+                return Err(invalid(
+                    "node.listen",
+                    format!(
+                        "has {} addresses but this member has {} paths; give one per path",
+                        listen.len(),
+                        me.addresses.len()
+                    ),
+                ));
+            }
+        }
         let voters = self.members.len();
         if voters.is_multiple_of(2) {
             return Err(invalid(
@@ -391,13 +535,13 @@ impl Config {
         if t.heartbeat_interval < Duration::from_millis(5) {
             return Err(invalid("timing.heartbeat-interval", "must be at least 5ms"));
         }
-        if t.lease < t.heartbeat_interval * 3 {
+        if t.lease < t.heartbeat_interval.saturating_mul(3) {
             return Err(invalid(
                 "timing.lease",
                 "must be at least three heartbeat intervals, or one late renewal demotes the active node",
             ));
         }
-        if t.failure_timeout < t.heartbeat_interval * 2 {
+        if t.failure_timeout < t.heartbeat_interval.saturating_mul(2) {
             return Err(invalid(
                 "timing.failure-timeout",
                 "must be at least two heartbeat intervals, or one lost heartbeat causes a failover",
@@ -530,4 +674,621 @@ pub fn raft_id(name: &str) -> u64 {
     }
     // Raft reserves nothing, but keep 0 free so "no node" is never a valid id.
     h.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A complete 3-node cluster as seen from data node `a`: two data nodes and a witness,
+    /// two cluster addresses each, a service, one check of every kind, hooks and failback.
+    const FULL: &str = r#"
+[node]
+id = "a"
+data-dir = "/var/lib/standin"
+
+[[member]]
+id = "a"
+kind = "data"
+priority = 100
+addresses = ["10.0.0.1:7100", "10.1.0.1:7100"]
+admin = "10.0.0.1:7180"
+service-address = "10.0.0.1:6379"
+
+[[member]]
+id = "b"
+kind = "data"
+priority = 50
+addresses = ["10.0.0.2:7100", "10.1.0.2:7100"]
+admin = "10.0.0.2:7180"
+
+[[member]]
+id = "w"
+kind = "witness"
+addresses = ["10.0.0.3:7100", "10.1.0.3:7100"]
+admin = "10.0.0.3:7180"
+
+[timing]
+heartbeat-interval = "50ms"
+failure-timeout = "250ms"
+lease = "200ms"
+promote-timeout = "5s"
+max-lag = 16
+
+[service]
+command = "/usr/bin/redis-server"
+args = ["--port", "6379"]
+env = { REDIS_LOG = "verbose" }
+workdir = "/srv/redis"
+mode = "warm"
+stop-grace = "2s"
+restart-backoff-min = "50ms"
+restart-backoff-max = "1m"
+
+[[check]]
+name = "http-ok"
+kind = "http"
+url = "http://127.0.0.1:8080/health"
+status = 204
+body = "ok"
+interval = "100ms"
+timeout = "80ms"
+rise = 3
+fall = 1
+
+[[check]]
+name = "port"
+kind = "tcp"
+address = "127.0.0.1:6379"
+
+[[check]]
+name = "ping"
+kind = "exec"
+command = "redis-cli ping"
+
+[hooks]
+on-promote = "/etc/standin/promote.sh"
+on-demote = "/etc/standin/demote.sh"
+on-fence = "/etc/standin/fence.sh"
+timeout = "3s"
+
+[failback]
+mode = "auto"
+hold-down = "45s"
+"#;
+
+    /// The smallest valid config: only the required keys, every section with defaults omitted.
+    const MINIMAL: &str = r#"
+[node]
+id = "a"
+data-dir = "/tmp/a"
+
+[[member]]
+id = "a"
+kind = "data"
+addresses = ["127.0.0.1:7101"]
+admin = "127.0.0.1:7181"
+
+[[member]]
+id = "b"
+kind = "data"
+addresses = ["127.0.0.1:7102"]
+admin = "127.0.0.1:7182"
+
+[[member]]
+id = "w"
+kind = "witness"
+addresses = ["127.0.0.1:7103"]
+admin = "127.0.0.1:7183"
+
+[service]
+command = "sleep"
+args = ["1000"]
+"#;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Parses `text` and returns the error message, failing the test if it parsed.
+    fn err(text: &str) -> String {
+        match Config::parse(text) {
+            Ok(_) => panic!("config was accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// Asserts that `text` is refused by `validate()` for `key`.
+    fn assert_invalid(text: &str, key: &str) {
+        match Config::parse(text) {
+            Ok(_) => panic!("config was accepted, expected an error for `{key}`:\n{text}"),
+            Err(ConfigError::Invalid { key: k, reason }) => {
+                assert_eq!(k, key, "wrong key (reason: {reason})")
+            }
+            Err(e) => panic!("expected a validation error for `{key}`, got: {e}"),
+        }
+    }
+
+    /// `FULL` with one line replaced (the line must occur exactly once).
+    fn full_with(old: &str, new: &str) -> String {
+        assert_eq!(FULL.matches(old).count(), 1, "{old:?} must occur once in FULL");
+        FULL.replacen(old, new, 1)
+    }
+
+    /// `FULL` with `line` inserted right after the first occurrence of `after`.
+    fn full_insert(after: &str, line: &str) -> String {
+        let at = FULL.find(after).expect("anchor present") + after.len();
+        format!("{}\n{line}{}", &FULL[..at], &FULL[at..])
+    }
+
+    #[test]
+    fn full_config_parses_with_the_right_values() {
+        let c = Config::parse(FULL).expect("valid");
+        assert_eq!(c.node.id, "a");
+        assert_eq!(c.node.data_dir, PathBuf::from("/var/lib/standin"));
+        assert_eq!(c.members.len(), 3);
+        let a = c.me();
+        assert_eq!(a.id, "a");
+        assert_eq!(a.kind, NodeKind::Data);
+        assert_eq!(a.priority, 100);
+        assert_eq!(
+            a.addresses,
+            vec![
+                "10.0.0.1:7100".parse::<SocketAddr>().unwrap(),
+                "10.1.0.1:7100".parse().unwrap()
+            ]
+        );
+        assert_eq!(a.admin, "10.0.0.1:7180".parse().unwrap());
+        assert_eq!(a.service_address, Some("10.0.0.1:6379".parse().unwrap()));
+        let b = c.member("b").unwrap();
+        assert_eq!(
+            (b.kind, b.priority, b.service_address),
+            (NodeKind::Data, 50, None)
+        );
+        assert_eq!(b.addresses.len(), 2);
+        let w = c.member("w").unwrap();
+        assert_eq!(w.kind, NodeKind::Witness);
+        assert_eq!(w.priority, 100, "default priority");
+        assert_eq!(c.member_by_raft_id(raft_id("w")).unwrap().id, "w");
+
+        assert_eq!(
+            c.timing,
+            Timing {
+                heartbeat_interval: ms(50),
+                failure_timeout: ms(250),
+                lease: ms(200),
+                promote_timeout: Duration::from_secs(5),
+                max_lag: 16,
+            }
+        );
+
+        let s = c.service.as_ref().unwrap();
+        assert_eq!(s.command, "/usr/bin/redis-server");
+        assert_eq!(s.args, vec!["--port", "6379"]);
+        assert_eq!(s.env.get("REDIS_LOG").map(String::as_str), Some("verbose"));
+        assert_eq!(s.workdir, Some(PathBuf::from("/srv/redis")));
+        assert_eq!(s.mode, ServiceMode::Warm);
+        assert_eq!(s.stop_grace, Duration::from_secs(2));
+        assert_eq!(s.restart_backoff_min, ms(50));
+        assert_eq!(s.restart_backoff_max, Duration::from_secs(60));
+
+        assert_eq!(c.checks.len(), 3);
+        let http = &c.checks[0];
+        assert_eq!(http.name, "http-ok");
+        assert_eq!(
+            http.kind,
+            CheckKind::Http {
+                url: "http://127.0.0.1:8080/health".into(),
+                status: 204,
+                body: Some("ok".into()),
+            }
+        );
+        assert_eq!(
+            (http.interval, http.timeout, http.rise, http.fall),
+            (ms(100), ms(80), 3, 1)
+        );
+        let tcp = &c.checks[1];
+        assert_eq!(tcp.name, "port");
+        assert_eq!(
+            tcp.kind,
+            CheckKind::Tcp {
+                address: "127.0.0.1:6379".parse().unwrap()
+            }
+        );
+        assert_eq!(
+            (tcp.interval, tcp.timeout, tcp.rise, tcp.fall),
+            (ms(200), ms(500), 2, 2)
+        );
+        assert_eq!(
+            c.checks[2].kind,
+            CheckKind::Exec {
+                command: "redis-cli ping".into()
+            }
+        );
+
+        assert_eq!(
+            c.hooks,
+            Hooks {
+                on_promote: Some("/etc/standin/promote.sh".into()),
+                on_demote: Some("/etc/standin/demote.sh".into()),
+                on_fence: Some("/etc/standin/fence.sh".into()),
+                timeout: Duration::from_secs(3),
+            }
+        );
+        assert_eq!(
+            c.failback,
+            Failback {
+                mode: FailbackMode::Auto,
+                hold_down: Duration::from_secs(45),
+            }
+        );
+    }
+
+    #[test]
+    fn the_same_cluster_validates_on_the_witness() {
+        // The witness's file: same members, its own id, no [service] and no [[check]].
+        let end = FULL.find("[service]").unwrap();
+        let text = FULL[..end].replace("id = \"a\"\ndata-dir", "id = \"w\"\ndata-dir");
+        let c = Config::parse(&text).expect("valid witness config");
+        assert_eq!(c.me().kind, NodeKind::Witness);
+        assert!(c.service.is_none() && c.checks.is_empty());
+    }
+
+    #[test]
+    fn defaults_apply_when_sections_are_omitted() {
+        let c = Config::parse(MINIMAL).expect("valid");
+        assert_eq!(c.timing, Timing::default());
+        assert_eq!(c.timing.heartbeat_interval, ms(100));
+        assert_eq!(c.timing.failure_timeout, ms(500));
+        assert_eq!(c.timing.lease, ms(400));
+        assert_eq!(c.timing.promote_timeout, Duration::from_secs(10));
+        assert_eq!(c.timing.max_lag, 64);
+        assert!(c.members.iter().all(|m| m.priority == 100));
+        assert!(c.members.iter().all(|m| m.service_address.is_none()));
+        let s = c.service.as_ref().unwrap();
+        assert!(s.env.is_empty() && s.workdir.is_none());
+        assert_eq!(s.mode, ServiceMode::Hot);
+        assert_eq!(s.stop_grace, Duration::from_secs(5));
+        assert_eq!(s.restart_backoff_min, ms(100));
+        assert_eq!(s.restart_backoff_max, Duration::from_secs(10));
+        assert!(c.checks.is_empty());
+        assert_eq!(c.hooks, Hooks::default());
+        assert_eq!(c.hooks.timeout, Duration::from_secs(5));
+        assert!(c.hooks.on_promote.is_none() && c.hooks.on_fence.is_none());
+        assert_eq!(c.failback, Failback::default());
+        assert_eq!(c.failback.mode, FailbackMode::Manual);
+        assert_eq!(c.failback.hold_down, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn partial_sections_keep_defaults_for_omitted_keys() {
+        let text = format!("{MINIMAL}\n[timing]\nlease = \"450ms\"\n\n[failback]\nmode = \"auto\"\n");
+        let c = Config::parse(&text).expect("valid");
+        assert_eq!(c.timing.lease, ms(450));
+        assert_eq!(c.timing.failure_timeout, ms(500));
+        assert_eq!(c.failback.hold_down, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_everywhere() {
+        let cases = [
+            ("top level", full_insert("", "colour = \"red\"")),
+            (
+                "[node]",
+                full_insert("data-dir = \"/var/lib/standin\"", "colour = \"red\""),
+            ),
+            ("[[member]]", full_insert("priority = 50", "colour = \"red\"")),
+            ("[timing]", full_insert("max-lag = 16", "colour = \"red\"")),
+            ("[service]", full_insert("mode = \"warm\"", "colour = \"red\"")),
+            ("[[check]] http", full_insert("rise = 3", "colour = \"red\"")),
+            (
+                "[[check]] tcp",
+                full_insert("address = \"127.0.0.1:6379\"", "colour = \"red\""),
+            ),
+            ("[hooks]", full_insert("timeout = \"3s\"", "colour = \"red\"")),
+            (
+                "[failback]",
+                full_insert("hold-down = \"45s\"", "colour = \"red\""),
+            ),
+            // A key of another check kind is unknown for this kind.
+            (
+                "[[check]] tcp with url",
+                full_insert("address = \"127.0.0.1:6379\"", "url = \"http://x/\""),
+            ),
+            // snake_case spelling of a kebab-case key.
+            ("snake_case key", full_with("max-lag = 16", "max_lag = 16")),
+        ];
+        for (place, text) in cases {
+            let e = err(&text);
+            let key = if place == "[[check]] tcp with url" {
+                "url"
+            } else if place == "snake_case key" {
+                "max_lag"
+            } else {
+                "colour"
+            };
+            // The message itself names the key (not only the quoted source line).
+            let named = e.contains(&format!("unknown field `{key}`"))
+                || e.contains(&format!("`{key}` does not apply"));
+            assert!(named, "{place}: error does not name `{key}`: {e}");
+        }
+    }
+
+    #[test]
+    fn type_errors_are_parse_errors() {
+        let e = err(&full_with("priority = 50", "priority = \"high\""));
+        assert!(e.contains("priority"), "{e}");
+        let e = err(&full_with("kind = \"witness\"", "kind = \"observer\""));
+        assert!(e.contains("observer"), "{e}");
+        let e = err(&full_with("kind = \"exec\"", "kind = \"smtp\""));
+        assert!(e.contains("smtp"), "{e}");
+        let e = err(&full_with(
+            "addresses = [\"10.0.0.2:7100\", \"10.1.0.2:7100\"]",
+            "addresses = [\"nowhere\"]",
+        ));
+        assert!(e.contains("addresses") || e.contains("address"), "{e}");
+    }
+
+    #[test]
+    fn bad_durations_are_rejected_naming_the_key() {
+        // toml points at the offending line and quotes it, so the key is in the message.
+        for (old, new, expected) in [
+            ("lease = \"200ms\"", "lease = \"fast\"", "expected a duration"),
+            (
+                "hold-down = \"45s\"",
+                "hold-down = \"fast\"",
+                "expected a duration",
+            ),
+            (
+                "stop-grace = \"2s\"",
+                "stop-grace = \"fast\"",
+                "expected a duration",
+            ),
+            (
+                "interval = \"100ms\"",
+                "interval = \"fast\"",
+                "expected a duration",
+            ),
+            ("lease = \"200ms\"", "lease = 200", "invalid type"),
+        ] {
+            let e = err(&full_with(old, new));
+            assert!(
+                e.contains(&format!("| {new}")) && e.contains(expected),
+                "{new}: error does not show the key: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_validation_rule_names_its_key() {
+        let cases: Vec<(&str, String, &str)> = vec![
+            (
+                "duplicate member id",
+                full_with("id = \"b\"", "id = \"a\""),
+                "member[1].id",
+            ),
+            (
+                "node.id not a member",
+                full_with("id = \"a\"\ndata-dir", "id = \"x\"\ndata-dir"),
+                "node.id",
+            ),
+            (
+                "even number of voters",
+                {
+                    let start = FULL.find("[[member]]\nid = \"w\"").unwrap();
+                    let end = FULL.find("[timing]").unwrap();
+                    format!("{}{}", &FULL[..start], &FULL[end..])
+                },
+                "member",
+            ),
+            (
+                "witness with [service]",
+                {
+                    let end = FULL.find("[[check]]").unwrap();
+                    FULL[..end].replace("id = \"a\"\ndata-dir", "id = \"w\"\ndata-dir")
+                },
+                "service",
+            ),
+            (
+                "witness with [[check]]",
+                {
+                    let start = FULL.find("[service]").unwrap();
+                    let end = FULL.find("[[check]]").unwrap();
+                    format!("{}{}", &FULL[..start], &FULL[end..])
+                        .replace("id = \"a\"\ndata-dir", "id = \"w\"\ndata-dir")
+                },
+                "check",
+            ),
+            (
+                "data node without [service]",
+                {
+                    let start = FULL.find("[service]").unwrap();
+                    let end = FULL.find("[[check]]").unwrap();
+                    format!("{}{}", &FULL[..start], &FULL[end..])
+                },
+                "service",
+            ),
+            (
+                "lease < 3 heartbeats",
+                full_with("lease = \"200ms\"", "lease = \"149ms\""),
+                "timing.lease",
+            ),
+            (
+                "failure-timeout < 2 heartbeats",
+                full_with("failure-timeout = \"250ms\"", "failure-timeout = \"99ms\""),
+                "timing.failure-timeout",
+            ),
+            (
+                "heartbeat too fast",
+                full_with("heartbeat-interval = \"50ms\"", "heartbeat-interval = \"1ms\""),
+                "timing.heartbeat-interval",
+            ),
+            (
+                "promote-timeout 0",
+                full_with("promote-timeout = \"5s\"", "promote-timeout = \"0s\""),
+                "timing.promote-timeout",
+            ),
+            (
+                "bad characters in node.id",
+                full_with("id = \"a\"\ndata-dir", "id = \"A!\"\ndata-dir"),
+                "node.id",
+            ),
+            (
+                "bad characters in member id",
+                full_with("id = \"b\"", "id = \"b c\""),
+                "member[1].id",
+            ),
+            (
+                "member id too long",
+                full_with("id = \"b\"", &format!("id = \"{}\"", "b".repeat(33))),
+                "member[1].id",
+            ),
+            (
+                "empty check name",
+                full_with("name = \"port\"", "name = \"\""),
+                "check[1].name",
+            ),
+            (
+                "duplicate check name",
+                full_with("name = \"ping\"", "name = \"port\""),
+                "check[2].name",
+            ),
+            (
+                "check named process",
+                full_with("name = \"port\"", "name = \"process\""),
+                "check[1].name",
+            ),
+            (
+                "https url",
+                full_with(
+                    "url = \"http://127.0.0.1:8080/health\"",
+                    "url = \"https://127.0.0.1:8080/health\"",
+                ),
+                "check[0].url",
+            ),
+            (
+                "bad http status",
+                full_with("status = 204", "status = 99"),
+                "check[0].status",
+            ),
+            ("rise 0", full_with("rise = 3", "rise = 0"), "check[0].rise"),
+            ("fall 0", full_with("fall = 1", "fall = 0"), "check[0].fall"),
+            (
+                "check interval 0",
+                full_with("interval = \"100ms\"", "interval = \"0s\""),
+                "check[0].interval",
+            ),
+            (
+                "empty exec command",
+                full_with("command = \"redis-cli ping\"", "command = \" \""),
+                "check[2].command",
+            ),
+            (
+                "address used twice",
+                full_with("admin = \"10.0.0.2:7180\"", "admin = \"10.0.0.1:7100\""),
+                "member[1].admin",
+            ),
+            (
+                "port 0",
+                full_with(
+                    "addresses = [\"10.0.0.2:7100\", \"10.1.0.2:7100\"]",
+                    "addresses = [\"10.0.0.2:0\"]",
+                ),
+                "member[1].addresses",
+            ),
+            (
+                "no addresses",
+                full_with(
+                    "addresses = [\"10.0.0.2:7100\", \"10.1.0.2:7100\"]",
+                    "addresses = []",
+                ),
+                "member[1].addresses",
+            ),
+            (
+                "empty service command",
+                full_with("command = \"/usr/bin/redis-server\"", "command = \"\""),
+                "service.command",
+            ),
+            (
+                "backoff max < min",
+                full_with("restart-backoff-max = \"1m\"", "restart-backoff-max = \"10ms\""),
+                "service.restart-backoff-max",
+            ),
+            (
+                "hooks timeout 0",
+                full_with("timeout = \"3s\"", "timeout = \"0s\""),
+                "hooks.timeout",
+            ),
+        ];
+        for (rule, text, key) in cases {
+            match Config::parse(&text) {
+                Ok(_) => panic!("{rule}: config was accepted"),
+                Err(ConfigError::Invalid { key: k, reason }) => {
+                    assert_eq!(k, key, "{rule}: wrong key (reason: {reason})");
+                    let msg = ConfigError::Invalid { key: k, reason }.to_string();
+                    assert!(msg.contains(&format!("`{key}`")), "{rule}: {msg}");
+                }
+                Err(e) => panic!("{rule}: expected a validation error for `{key}`, got: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn boundary_timings_are_accepted() {
+        // Exactly three heartbeats of lease and two of failure timeout are enough.
+        let text = full_with("lease = \"200ms\"", "lease = \"150ms\"")
+            .replace("failure-timeout = \"250ms\"", "failure-timeout = \"100ms\"");
+        let c = Config::parse(&text).expect("valid");
+        assert_eq!((c.timing.lease, c.timing.failure_timeout), (ms(150), ms(100)));
+    }
+
+    #[test]
+    fn a_data_member_is_required() {
+        let text = MINIMAL
+            .replace("kind = \"data\"", "kind = \"witness\"")
+            .replace("[service]\ncommand = \"sleep\"\nargs = [\"1000\"]\n", "");
+        assert_invalid(&text, "member");
+    }
+
+    #[test]
+    fn load_reports_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("standin.toml");
+        let e = Config::load(&path).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }));
+        assert!(e.to_string().contains("standin.toml"), "{e}");
+
+        std::fs::write(&path, format!("{MINIMAL}\nbogus = 1\n")).unwrap();
+        let e = Config::load(&path).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, ConfigError::Parse { .. }), "{msg}");
+        assert!(msg.contains("standin.toml") && msg.contains("bogus"), "{msg}");
+
+        std::fs::write(&path, MINIMAL).unwrap();
+        assert_eq!(Config::load(&path).unwrap(), Config::parse(MINIMAL).unwrap());
+    }
+
+    #[test]
+    fn a_config_round_trips_through_toml() {
+        let c = Config::parse(FULL).unwrap();
+        let text = toml::to_string(&c).expect("serializes");
+        assert_eq!(Config::parse(&text).expect("re-parses"), c);
+    }
+
+    #[test]
+    fn huge_durations_are_refused_not_a_panic() {
+        // heartbeat * 3 would overflow `Duration`: validate() must report it, not panic.
+        let text = full_with(
+            "heartbeat-interval = \"50ms\"",
+            "heartbeat-interval = \"300000000000years\"",
+        );
+        assert_invalid(&text, "timing.lease");
+    }
+
+    #[test]
+    fn raft_ids_are_stable_and_nonzero() {
+        assert_eq!(raft_id(""), 0xcbf2_9ce4_8422_2325);
+        assert_ne!(raft_id("a"), raft_id("b"));
+        assert!(raft_id("a") != 0);
+    }
 }

@@ -6,6 +6,13 @@
 #![forbid(unsafe_code)]
 #![warn(rust_2018_idioms)]
 
-pub mod config;
-pub mod failover;
+pub mod api;
+pub mod bench;
+pub mod cli;
 pub mod cluster;
+pub mod config;
+pub mod demo;
+pub mod failover;
+pub mod health;
+pub mod node;
+pub mod service;

@@ -1,1 +1,277 @@
-fn main() {}
+//! The `standin` binary: parse arguments, set up logging, load config, call into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use standin::cli::{self, exit, CliError};
+use standin::config::{Config, EXIT_CONFIG};
+
+#[derive(Parser)]
+#[command(
+    name = "standin",
+    version,
+    about = "High availability for any network service"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one cluster node (daemon; logs to stderr; SIGTERM/SIGINT stop it cleanly).
+    Node {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file without starting anything.
+    CheckConfig { file: PathBuf },
+    /// Show the cluster: nodes, roles, epoch, health, sync and paths.
+    Status {
+        #[command(flatten)]
+        api: Api,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Planned move of the active role (waits for the target to be in sync).
+    Switchover {
+        #[command(flatten)]
+        api: Api,
+        /// Target node (default: the best standby).
+        #[arg(long)]
+        to: Option<String>,
+        /// How long to wait for the new active node ("0s": do not wait).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move the active role back to the preferred (highest-priority) node.
+    Failback {
+        #[command(flatten)]
+        api: Api,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a node into maintenance (never promoted; moved away from if active) or back.
+    Maintenance {
+        #[command(flatten)]
+        api: Api,
+        #[arg(value_parser = ["on", "off"])]
+        mode: String,
+        node: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The event history: role changes, failovers with cause and timing, health, hooks.
+    Events {
+        #[command(flatten)]
+        api: Api,
+        /// Only events newer than this (e.g. 10m).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a local 3-node cluster (a, b, witness w) with a demo HTTP service.
+    Demo {
+        /// Where configs, data and logs go (default: a new temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Benchmarks (see README: Performance).
+    Bench {
+        #[command(subcommand)]
+        which: BenchCmd,
+    },
+    /// The demo's built-in HTTP service (started by `standin demo`).
+    #[command(hide = true)]
+    DemoService {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        admin: std::net::SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Failover interruption per fault kind (BENCHMARKS.md §1).
+    Failover {
+        /// Trials per fault.
+        #[arg(long, default_value_t = 20)]
+        trials: usize,
+        /// Faults to run (comma separated): node-killed, service-killed, node-frozen, switchover.
+        #[arg(long, default_value = "node-killed,service-killed,node-frozen,switchover")]
+        faults: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct Api {
+    /// A node's admin API, host:port.
+    #[arg(long, env = "STANDIN_API", default_value = "127.0.0.1:7400")]
+    api: String,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STANDIN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=off"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Cancels the token on SIGTERM or SIGINT.
+fn shutdown_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        token.cancel();
+    });
+}
+
+fn code(c: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(c).unwrap_or(1))
+}
+
+fn cli_result(r: Result<(), CliError>) -> ExitCode {
+    match r {
+        Ok(()) => code(exit::OK),
+        Err(e) => {
+            eprintln!("standin: {e}");
+            code(e.code)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("standin: cannot start the runtime: {e}");
+            return code(70);
+        }
+    };
+    rt.block_on(async_main(args))
+}
+
+async fn async_main(args: Args) -> ExitCode {
+    match args.command {
+        Cmd::Node { config } => {
+            init_tracing();
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("standin: {e}");
+                    return code(EXIT_CONFIG);
+                }
+            };
+            let listeners = match standin::node::Listeners::bind(&config).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("standin: {e}");
+                    return code(exit::UNAVAILABLE);
+                }
+            };
+            let token = CancellationToken::new();
+            shutdown_on_signals(token.clone());
+            match standin::node::run(config, listeners, token).await {
+                Ok(()) => code(exit::OK),
+                Err(e) => {
+                    tracing::error!(error = %e, "node failed");
+                    eprintln!("standin: {e}");
+                    code(1)
+                }
+            }
+        }
+        Cmd::CheckConfig { file } => match Config::load(&file) {
+            Ok(c) => {
+                println!(
+                    "{}: ok (node {}, {} members)",
+                    file.display(),
+                    c.node.id,
+                    c.members.len()
+                );
+                code(exit::OK)
+            }
+            Err(e) => {
+                eprintln!("standin: {e}");
+                code(EXIT_CONFIG)
+            }
+        },
+        Cmd::Status { api, json } => cli_result(cli::status(&api.api, json).await),
+        Cmd::Switchover { api, to, wait, json } => {
+            let wait = (!wait.is_zero()).then_some(wait);
+            cli_result(cli::switchover(&api.api, to.as_deref(), false, wait, json).await)
+        }
+        Cmd::Failback { api, wait, json } => {
+            let wait = (!wait.is_zero()).then_some(wait);
+            cli_result(cli::switchover(&api.api, None, true, wait, json).await)
+        }
+        Cmd::Maintenance {
+            api,
+            mode,
+            node,
+            json,
+        } => cli_result(cli::maintenance(&api.api, &node, mode == "on", json).await),
+        Cmd::Events { api, since, json } => cli_result(cli::events(&api.api, since.as_deref(), json).await),
+        Cmd::Demo { dir } => {
+            init_tracing();
+            let token = CancellationToken::new();
+            shutdown_on_signals(token.clone());
+            match standin::demo::run(dir, token).await {
+                Ok(()) => code(exit::OK),
+                Err(e) => {
+                    eprintln!("standin: {e:#}");
+                    code(1)
+                }
+            }
+        }
+        Cmd::Bench { which } => match which {
+            BenchCmd::Failover { trials, faults, json } => {
+                init_tracing();
+                match standin::bench::failover(trials, &faults, json).await {
+                    Ok(()) => code(exit::OK),
+                    Err(e) => {
+                        eprintln!("standin: {e:#}");
+                        code(1)
+                    }
+                }
+            }
+        },
+        Cmd::DemoService { listen, node, admin } => {
+            init_tracing();
+            let token = CancellationToken::new();
+            shutdown_on_signals(token.clone());
+            match standin::demo::service::run(listen, node, admin, token).await {
+                Ok(()) => code(exit::OK),
+                Err(e) => {
+                    eprintln!("standin: {e}");
+                    code(1)
+                }
+            }
+        }
+    }
+}

@@ -17,8 +17,8 @@ use std::time::Duration;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use openraft::{EmptyNode, Raft, ServerState};
 
@@ -60,7 +60,10 @@ pub enum ClusterError {
 impl ClusterError {
     /// Whether trying again later can help.
     pub fn retryable(&self) -> bool {
-        matches!(self, ClusterError::NoLeader | ClusterError::LeaderUnreachable { .. })
+        matches!(
+            self,
+            ClusterError::NoLeader | ClusterError::LeaderUnreachable { .. }
+        )
     }
 }
 
@@ -106,7 +109,11 @@ pub struct NetworkClient {
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, EmptyNode, RaftError<NodeId, E>>;
 
 impl NetworkClient {
-    async fn send<E: std::error::Error>(&self, req: Request, option: &RPCOption) -> Result<Response, RpcErr<E>> {
+    async fn send<E: std::error::Error>(
+        &self,
+        req: Request,
+        option: &RPCOption,
+    ) -> Result<Response, RpcErr<E>> {
         // Transport failures are "network" errors, not "unreachable": openraft backs off for
         // 500 ms after an unreachable error, which would slow re-replication after a blip.
         self.transport
@@ -146,7 +153,11 @@ impl RaftNetwork<TypeConfig> for NetworkClient {
         }
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr> {
         match self.send(Request::Vote(rpc), &option).await? {
             Response::Vote(Ok(r)) => Ok(r),
             Response::Vote(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
@@ -230,7 +241,9 @@ impl Cluster {
             .is_initialized()
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        if !initialized {
+        // Only data nodes initialize: openraft's initialize() campaigns at once, even on a node
+        // with elections disabled, and a witness should not lead from the start.
+        if !initialized && me.kind == NodeKind::Data {
             let voters: BTreeSet<NodeId> = config.members.iter().map(|m| raft_id(&m.id)).collect();
             match cluster.raft.initialize(voters).await {
                 Ok(()) => tracing::info!("raft group initialized"),
@@ -261,9 +274,7 @@ impl Cluster {
             .as_ref()
             .map(|r| {
                 r.iter()
-                    .filter_map(|(id, log)| {
-                        Some((self.name_of(*id)?, log.as_ref().map_or(0, |l| l.index)))
-                    })
+                    .filter_map(|(id, log)| Some((self.name_of(*id)?, log.as_ref().map_or(0, |l| l.index))))
                     .collect()
             })
             .unwrap_or_default();

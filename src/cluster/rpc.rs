@@ -2,8 +2,8 @@
 
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +19,10 @@ pub enum Request {
     Vote(VoteRequest<NodeId>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// The active node asks the leader to confirm (with a quorum round) its lease for `epoch`.
-    Lease { node: String, epoch: u64 },
+    Lease {
+        node: String,
+        epoch: u64,
+    },
     /// A command for the Raft log, forwarded to the leader.
     Write(Command),
     /// "Campaign now": moves Raft leadership to the receiver (openraft 0.9 has no transfer).
@@ -43,7 +46,10 @@ pub enum Response {
     Json(String),
     /// The request failed on the receiver; `retry` says whether trying again (elsewhere or
     /// later) can help, e.g. "not the leader".
-    Error { message: String, retry: bool },
+    Error {
+        message: String,
+        retry: bool,
+    },
 }
 
 /// The answer to a lease request.

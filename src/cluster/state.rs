@@ -179,7 +179,11 @@ pub enum Command {
         at: u64,
     },
     /// The promoted node did not report in time.
-    PromotionTimedOut { node: String, epoch: u64, at: u64 },
+    PromotionTimedOut {
+        node: String,
+        epoch: u64,
+        at: u64,
+    },
     /// A hook run outside a promotion (on-demote).
     HookRun {
         node: String,
@@ -187,13 +191,20 @@ pub enum Command {
         hook: HookRecord,
         at: u64,
     },
-    Maintenance { node: String, on: bool, at: u64 },
+    Maintenance {
+        node: String,
+        on: bool,
+        at: u64,
+    },
     Switchover {
         target: Option<String>,
         cause: Cause,
         at: u64,
     },
-    CancelSwitchover { reason: String, at: u64 },
+    CancelSwitchover {
+        reason: String,
+        at: u64,
+    },
     /// Several commands in one log entry, applied in order.
     Batch(Vec<Command>),
 }
@@ -369,7 +380,14 @@ impl ClusterState {
                     cause: *cause,
                     at_unix_ms: *at,
                 });
-                self.event(*at, EventKind::Deposed, Some(node), Some(*cause), detail.clone(), None);
+                self.event(
+                    *at,
+                    EventKind::Deposed,
+                    Some(node),
+                    Some(*cause),
+                    detail.clone(),
+                    None,
+                );
                 CommandResult::ok()
             }
             Command::Released {
@@ -420,8 +438,15 @@ impl ClusterState {
                     at_unix_ms: *at,
                 });
                 self.switchover = None;
-                let from = previous.as_deref().map(|p| format!(" from {p}")).unwrap_or_default();
-                let fence = if *fence { ", fencing the previous active" } else { "" };
+                let from = previous
+                    .as_deref()
+                    .map(|p| format!(" from {p}"))
+                    .unwrap_or_default();
+                let fence = if *fence {
+                    ", fencing the previous active"
+                } else {
+                    ""
+                };
                 self.event(
                     *at,
                     EventKind::Promoting,
@@ -439,7 +464,11 @@ impl ClusterState {
                 hooks,
                 at,
             } => {
-                let Some(p) = self.promotion.clone().filter(|p| p.node == *node && p.epoch == *epoch) else {
+                let Some(p) = self
+                    .promotion
+                    .clone()
+                    .filter(|p| p.node == *node && p.epoch == *epoch)
+                else {
                     return CommandResult::refused("no such promotion in progress");
                 };
                 self.promotion = None;
@@ -493,7 +522,11 @@ impl ClusterState {
                 CommandResult::ok()
             }
             Command::PromotionTimedOut { node, epoch, at } => {
-                let Some(p) = self.promotion.clone().filter(|p| p.node == *node && p.epoch == *epoch) else {
+                let Some(p) = self
+                    .promotion
+                    .clone()
+                    .filter(|p| p.node == *node && p.epoch == *epoch)
+                else {
                     return CommandResult::refused("no such promotion in progress");
                 };
                 self.promotion = None;
@@ -569,7 +602,14 @@ impl ClusterState {
                 if self.switchover.take().is_none() {
                     return CommandResult::refused("no switchover in progress");
                 }
-                self.event(*at, EventKind::SwitchoverCancelled, None, None, reason.clone(), None);
+                self.event(
+                    *at,
+                    EventKind::SwitchoverCancelled,
+                    None,
+                    None,
+                    reason.clone(),
+                    None,
+                );
                 CommandResult::ok()
             }
         }
@@ -586,7 +626,14 @@ impl ClusterState {
             cause,
             at_unix_ms: at,
         });
-        self.event(at, EventKind::Released, Some(node), Some(cause), reason.to_string(), None);
+        self.event(
+            at,
+            EventKind::Released,
+            Some(node),
+            Some(cause),
+            reason.to_string(),
+            None,
+        );
     }
 }
 

@@ -34,7 +34,11 @@ const SNAPSHOT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("snapsho
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
-fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+fn io_err(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError<NodeId> {
     StorageIOError::new(subject, verb, AnyError::new(&e)).into()
 }
 
@@ -206,7 +210,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let mut table = tx.open_table(LOGS).map_err(|x| e(&x))?;
                 for entry in &entries {
                     let bytes = encode(entry).map_err(|x| e(&x))?;
-                    table.insert(entry.log_id.index, bytes.as_slice()).map_err(|x| e(&x))?;
+                    table
+                        .insert(entry.log_id.index, bytes.as_slice())
+                        .map_err(|x| e(&x))?;
                 }
             }
             // Durability::Immediate (the default): fsync before the commit returns.
@@ -245,7 +251,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let mut meta = tx.open_table(META).map_err(|x| e(&x))?;
                 meta.insert("purged", bytes.as_slice()).map_err(|x| e(&x))?;
                 let mut table = tx.open_table(LOGS).map_err(|x| e(&x))?;
-                table.retain_in(..=log_id.index, |_, _| false).map_err(|x| e(&x))?;
+                table
+                    .retain_in(..=log_id.index, |_, _| false)
+                    .map_err(|x| e(&x))?;
             }
             tx.commit().map_err(|x| e(&x))
         })
@@ -349,13 +357,8 @@ fn save_snapshot(db: &Database, snap: &StoredSnapshot) -> StorageResult<()> {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let (bytes, last_applied, membership) = self.read(|d| {
-            (
-                postcard::to_allocvec(d),
-                d.last_applied,
-                d.membership.clone(),
-            )
-        });
+        let (bytes, last_applied, membership) =
+            self.read(|d| (postcard::to_allocvec(d), d.last_applied, d.membership.clone()));
         let bytes = bytes.map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
         let snapshot_id = match last_applied {
             Some(l) => format!("{}-{}", l.leader_id, l.index),
@@ -384,7 +387,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(
         &mut self,
-    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, openraft::EmptyNode>)> {
+    ) -> StorageResult<(
+        Option<LogId<NodeId>>,
+        StoredMembership<NodeId, openraft::EmptyNode>,
+    )> {
         Ok(self.read(|d| (d.last_applied, d.membership.clone())))
     }
 
@@ -434,13 +440,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let bytes = snapshot.into_inner();
-        let new: SmData = postcard::from_bytes(&bytes).map_err(|e| {
-            io_err(
-                ErrorSubject::Snapshot(Some(meta.signature())),
-                ErrorVerb::Read,
-                e,
-            )
-        })?;
+        let new: SmData = postcard::from_bytes(&bytes)
+            .map_err(|e| io_err(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Read, e))?;
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data: bytes,

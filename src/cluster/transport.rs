@@ -210,7 +210,12 @@ impl Transport {
 
     /// Sends `req` to `peer` over its best path, falling back to the other paths when a
     /// connection cannot be made. Waits at most `timeout` in all.
-    pub async fn call(&self, peer: &str, req: &Request, timeout: Duration) -> Result<Response, TransportError> {
+    pub async fn call(
+        &self,
+        peer: &str,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<Response, TransportError> {
         let p = self
             .inner
             .peers
@@ -252,7 +257,13 @@ impl Transport {
         })
     }
 
-    async fn call_path(&self, peer: &str, idx: usize, req: &Request, timeout: Duration) -> Result<Response, PathError> {
+    async fn call_path(
+        &self,
+        peer: &str,
+        idx: usize,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<Response, PathError> {
         let path = &self.inner.peers[peer].paths[idx];
         let deadline = tokio::time::Instant::now() + timeout;
         let conn = self.connection(path, deadline).await?;
@@ -387,7 +398,11 @@ fn spawn_client_conn(stream: TcpStream) -> Conn {
     let (tx, mut rx) = mpsc::channel::<Bytes>(256);
     let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
     let closed = CancellationToken::new();
-    let codec = || LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME).new_codec();
+    let codec = || {
+        LengthDelimitedCodec::builder()
+            .max_frame_length(MAX_FRAME)
+            .new_codec()
+    };
     let mut sink = FramedWrite::new(write, codec());
     let mut source = FramedRead::new(read, codec());
     {
@@ -467,7 +482,11 @@ async fn serve_conn(
     cancel: CancellationToken,
 ) {
     let (read, write) = stream.into_split();
-    let codec = || LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME).new_codec();
+    let codec = || {
+        LengthDelimitedCodec::builder()
+            .max_frame_length(MAX_FRAME)
+            .new_codec()
+    };
     let mut source = FramedRead::new(read, codec());
     let mut sink = FramedWrite::new(write, codec());
     let (tx, mut rx) = mpsc::channel::<Bytes>(256);

@@ -217,6 +217,21 @@ fn decide_successor(v: &ClusterView, now: Millis) -> Vec<Action> {
             "no eligible standby: none is healthy, reachable, in sync and out of maintenance",
         )];
     };
+    if v.epoch == 0 && deposed.is_none() && now < v.bootstrap_until {
+        let top = v
+            .nodes
+            .iter()
+            .filter(|n| !n.witness && n.priority > 0 && !n.maintenance)
+            .map(|n| n.priority)
+            .max()
+            .unwrap_or(0);
+        if c.priority < top {
+            return vec![wait(format!(
+                "bootstrap: waiting {} ms for the highest-priority node",
+                v.bootstrap_until - now
+            ))];
+        }
+    }
     let cause = match (deposed, &v.switchover) {
         (Some(d), _) => d.cause,
         (None, Some(sw)) => sw.cause,
@@ -227,6 +242,6 @@ fn decide_successor(v: &ClusterView, now: Millis) -> Vec<Action> {
         epoch: v.epoch + 1,
         previous: deposed.map(|d| d.node.clone()),
         cause,
-        fence: deposed.is_some_and(|d| !d.released),
+        fence: deposed.is_some_and(|d| !d.released && d.node != c.id),
     }]
 }

@@ -132,6 +132,10 @@ pub struct ClusterView {
     pub promote_timeout: Millis,
     pub auto_failback: bool,
     pub hold_down: Millis,
+    /// While the cluster has never had an active node (epoch 0), promotion waits until this
+    /// time for the highest-priority data node, so the first active does not depend on which
+    /// node happened to start first.
+    pub bootstrap_until: Millis,
 }
 
 /// What the coordinator should do now. Several may be returned; they are applied in order.

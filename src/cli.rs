@@ -1,0 +1,339 @@
+//! Operator commands. Each talks to a node's admin API (`--api host:port` or `STANDIN_API`);
+//! every read command takes `--json` and prints exactly what the API returned.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use hyper::Method;
+
+use crate::api::client::{request, ClientError};
+use crate::api::{AdminReply, NodeStatus, Status};
+use crate::cluster::state::Event;
+
+/// Exit codes (sysexits.h).
+pub mod exit {
+    pub const OK: i32 = 0;
+    /// The request was refused (e.g. switchover to an unhealthy node).
+    pub const REFUSED: i32 = 1;
+    pub const USAGE: i32 = 64;
+    /// The admin API or the cluster is unavailable.
+    pub const UNAVAILABLE: i32 = 69;
+    /// A wait ran out of time.
+    pub const TEMPFAIL: i32 = 75;
+}
+
+/// An error that ends a CLI command, with its exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CliError {
+    pub message: String,
+    pub code: i32,
+}
+
+impl CliError {
+    fn new(code: i32, message: impl Into<String>) -> Self {
+        CliError {
+            message: message.into(),
+            code,
+        }
+    }
+}
+
+impl From<ClientError> for CliError {
+    fn from(e: ClientError) -> Self {
+        let code = match e {
+            ClientError::Address(_) => exit::USAGE,
+            _ => exit::UNAVAILABLE,
+        };
+        CliError::new(code, e.to_string())
+    }
+}
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn get_json<T: serde::de::DeserializeOwned>(api: &str, path: &str) -> Result<(T, String), CliError> {
+    let reply = request(api, Method::GET, path, None, TIMEOUT).await?;
+    if reply.status != 200 {
+        return Err(CliError::new(
+            if reply.status == 400 {
+                exit::USAGE
+            } else {
+                exit::UNAVAILABLE
+            },
+            api_error(&reply.body, reply.status),
+        ));
+    }
+    let parsed = serde_json::from_str(&reply.body)
+        .map_err(|e| CliError::new(exit::UNAVAILABLE, format!("unexpected answer from {api}: {e}")))?;
+    Ok((parsed, reply.body))
+}
+
+fn api_error(body: &str, status: u16) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+        .unwrap_or_else(|| format!("HTTP {status}: {body}"))
+}
+
+async fn post(api: &str, path: &str, body: Option<serde_json::Value>) -> Result<AdminReply, CliError> {
+    let reply = request(api, Method::POST, path, body.map(|b| b.to_string()), TIMEOUT).await?;
+    match reply.status {
+        200 => serde_json::from_str(&reply.body)
+            .map_err(|e| CliError::new(exit::UNAVAILABLE, format!("unexpected answer from {api}: {e}"))),
+        400 => Err(CliError::new(exit::USAGE, api_error(&reply.body, 400))),
+        409 => Err(CliError::new(exit::REFUSED, api_error(&reply.body, 409))),
+        s => Err(CliError::new(exit::UNAVAILABLE, api_error(&reply.body, s))),
+    }
+}
+
+/// Fetches the cluster status.
+pub async fn fetch_status(api: &str) -> Result<Status, CliError> {
+    Ok(get_json::<Status>(api, "/v1/status").await?.0)
+}
+
+/// `standin status`.
+pub async fn status(api: &str, json: bool) -> Result<(), CliError> {
+    let (status, raw) = get_json::<Status>(api, "/v1/status").await?;
+    if json {
+        println!("{raw}");
+    } else {
+        print!("{}", render_status(&status));
+    }
+    Ok(())
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn paths_text(n: &NodeStatus) -> String {
+    if n.paths.is_empty() {
+        return "(self)".into();
+    }
+    n.paths
+        .iter()
+        .map(|p| match (p.up, p.rtt_ms) {
+            (true, Some(rtt)) => format!("{} up {rtt:.1}ms", p.address),
+            (true, None) => format!("{} up", p.address),
+            (false, _) => format!("{} DOWN", p.address),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The human-readable status: a header line and one table row per node.
+pub fn render_status(s: &Status) -> String {
+    let mut out = format!(
+        "epoch {}  active {}  raft leader {}  term {}{}\n",
+        s.epoch,
+        s.active.as_deref().unwrap_or("NONE"),
+        s.leader.as_deref().unwrap_or("none"),
+        s.term,
+        if s.stale {
+            format!("  (view of {}: leader unreachable)", s.view_from)
+        } else {
+            String::new()
+        }
+    );
+    if let Some(w) = &s.waiting {
+        out.push_str(&format!("waiting: {w}\n"));
+    }
+    if let Some(sw) = &s.switchover {
+        out.push_str(&format!(
+            "{} in progress to {}\n",
+            sw.cause,
+            sw.target.as_deref().unwrap_or("the best standby")
+        ));
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec![
+        "node", "kind", "prio", "role", "healthy", "in sync", "lag", "maint", "checks", "paths",
+    ]);
+    for n in &s.nodes {
+        let checks = n
+            .checks
+            .iter()
+            .map(|c| format!("{} {}", c.name, if c.healthy { "ok" } else { "FAIL" }))
+            .collect::<Vec<_>>()
+            .join("\n");
+        t.add_row(vec![
+            n.id.clone(),
+            n.kind.to_string(),
+            n.priority.to_string(),
+            n.role.clone(),
+            if n.kind == crate::config::NodeKind::Witness {
+                "-".into()
+            } else {
+                yes_no(n.healthy).to_string()
+            },
+            yes_no(n.in_sync).to_string(),
+            n.lag.to_string(),
+            yes_no(n.maintenance).to_string(),
+            checks,
+            paths_text(n),
+        ]);
+    }
+    out.push_str(&t.to_string());
+    out.push('\n');
+    out
+}
+
+/// `standin events`.
+pub async fn events(api: &str, since: Option<&str>, json: bool) -> Result<(), CliError> {
+    let path = match since {
+        Some(s) => format!("/v1/events?since={s}"),
+        None => "/v1/events".to_string(),
+    };
+    let (events, raw) = get_json::<Vec<Event>>(api, &path).await?;
+    if json {
+        println!("{raw}");
+        return Ok(());
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec![
+        "time (UTC)",
+        "event",
+        "node",
+        "epoch",
+        "cause",
+        "took",
+        "detail",
+    ]);
+    for e in &events {
+        t.add_row(vec![
+            format_time(e.at_unix_ms),
+            e.kind.to_string(),
+            e.node.clone().unwrap_or_default(),
+            e.epoch.to_string(),
+            e.cause.map(|c| c.to_string()).unwrap_or_default(),
+            e.duration_ms.map(|d| format!("{d} ms")).unwrap_or_default(),
+            e.detail.clone(),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+fn format_time(unix_ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(unix_ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// `standin maintenance on|off NODE`.
+pub async fn maintenance(api: &str, node: &str, on: bool, json: bool) -> Result<(), CliError> {
+    let r = post(
+        api,
+        "/v1/maintenance",
+        Some(serde_json::json!({"node": node, "on": on})),
+    )
+    .await?;
+    print_reply(&r, json);
+    Ok(())
+}
+
+fn print_reply(r: &AdminReply, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(r).unwrap_or_default());
+    } else {
+        println!("{}", r.message);
+    }
+}
+
+/// `standin switchover [--to NODE]` and `standin failback`: request, then wait until a new
+/// epoch is active (or the request is cancelled).
+pub async fn switchover(
+    api: &str,
+    to: Option<&str>,
+    failback: bool,
+    wait: Option<Duration>,
+    json: bool,
+) -> Result<(), CliError> {
+    let before = fetch_status(api).await?;
+    let r = if failback {
+        post(api, "/v1/failback", None).await?
+    } else {
+        post(api, "/v1/switchover", Some(serde_json::json!({ "to": to }))).await?
+    };
+    if !json {
+        println!("{}", r.message);
+    }
+    let Some(limit) = wait else {
+        if json {
+            print_reply(&r, true);
+        }
+        return Ok(());
+    };
+    let start = Instant::now();
+    let spinner = (!json && std::io::stderr().is_terminal()).then(|| {
+        let pb = indicatif::ProgressBar::new_spinner();
+        pb.enable_steady_tick(Duration::from_millis(100));
+        pb.set_message("waiting for the new active node");
+        pb
+    });
+    let result = loop {
+        if start.elapsed() > limit {
+            break Err(CliError::new(
+                exit::TEMPFAIL,
+                format!("no new active node after {}", humantime::format_duration(limit)),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let Ok(s) = fetch_status(api).await else { continue };
+        let active_role = s
+            .active
+            .as_ref()
+            .and_then(|a| s.nodes.iter().find(|n| &n.id == a))
+            .map(|n| n.role.as_str());
+        if s.epoch > before.epoch && active_role == Some("active") {
+            break Ok(s);
+        }
+        if s.epoch == before.epoch && s.switchover.is_none() && start.elapsed() > Duration::from_millis(200) {
+            // Cancelled: the reason is the last event.
+            let (events, _) = get_json::<Vec<Event>>(api, "/v1/events?since=5m").await?;
+            let reason = events
+                .iter()
+                .rev()
+                .find(|e| e.kind == crate::cluster::state::EventKind::SwitchoverCancelled)
+                .map(|e| e.detail.clone())
+                .unwrap_or_else(|| "request dropped".into());
+            break Err(CliError::new(
+                exit::REFUSED,
+                format!("switchover cancelled: {reason}"),
+            ));
+        }
+        if let Some(pb) = &spinner {
+            pb.set_message(match &s.waiting {
+                Some(w) => w.clone(),
+                None => "waiting for the new active node".to_string(),
+            });
+        }
+    };
+    if let Some(pb) = spinner {
+        pb.finish_and_clear();
+    }
+    let s = result?;
+    let took = start.elapsed();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"ok": true, "active": s.active, "epoch": s.epoch, "previous": before.active, "took_ms": took.as_millis() as u64})
+        );
+    } else {
+        println!(
+            "{} is active at epoch {} (was {} at epoch {}), took {} ms",
+            s.active.as_deref().unwrap_or("-"),
+            s.epoch,
+            before.active.as_deref().unwrap_or("none"),
+            before.epoch,
+            took.as_millis()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,500 @@
+//! A local cluster of real `standin node` processes on loopback: used by `standin demo`, the
+//! failover benchmark and the multi-process tests.
+//!
+//! Ports are chosen by binding port 0 and releasing the socket just before the node binds it.
+//! Every node runs in its own process group, so a fault can hit the daemon and its service
+//! together (`killpg`) or one of them alone. Dropping the cluster kills every process group it
+//! started.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::Method;
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::client::request;
+use crate::api::{LeaseStatus, Status};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HarnessError(pub String);
+
+fn err(msg: impl Into<String>) -> HarnessError {
+    HarnessError(msg.into())
+}
+
+/// How to build the local cluster.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub dir: PathBuf,
+    /// The `standin` binary to run.
+    pub binary: PathBuf,
+    /// Data nodes, in priority order (the first has the highest priority).
+    pub data_nodes: Vec<String>,
+    pub witness: bool,
+    /// Route each node's second path through a relay the harness controls (for path faults).
+    pub relay_second_path: bool,
+    /// Extra TOML appended to every config (timing, failback, hooks...).
+    pub extra_toml: String,
+    /// Hooks per data node, as TOML lines for `[hooks]`.
+    pub hooks_toml: String,
+}
+
+impl Spec {
+    pub fn new(dir: &Path, binary: &Path) -> Spec {
+        Spec {
+            dir: dir.to_path_buf(),
+            binary: binary.to_path_buf(),
+            data_nodes: vec!["a".into(), "b".into()],
+            witness: true,
+            relay_second_path: false,
+            extra_toml: String::new(),
+            hooks_toml: String::new(),
+        }
+    }
+}
+
+/// One node of the local cluster.
+pub struct LocalNode {
+    pub id: String,
+    pub witness: bool,
+    pub config: PathBuf,
+    pub admin: SocketAddr,
+    pub service: Option<SocketAddr>,
+    /// Advertised cluster addresses (the second may be a relay).
+    pub paths: Vec<SocketAddr>,
+    pub child: Option<Child>,
+}
+
+impl LocalNode {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
+
+/// A relay in front of one path: forwards bytes until cut, then drops them (a black hole,
+/// like a dead link: no reset, no refusal).
+pub struct Relay {
+    pub listen: SocketAddr,
+    cut: Arc<AtomicBool>,
+    cancel: CancellationToken,
+}
+
+impl Relay {
+    pub fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn start_relay(target: SocketAddr) -> Result<Relay, HarnessError> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| err(format!("relay bind: {e}")))?;
+    let listen = listener.local_addr().map_err(|e| err(e.to_string()))?;
+    let cut = Arc::new(AtomicBool::new(false));
+    let cancel = CancellationToken::new();
+    let (c2, k2) = (cut.clone(), cancel.clone());
+    tokio::spawn(async move {
+        loop {
+            let (inbound, _) = tokio::select! {
+                _ = k2.cancelled() => return,
+                r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            };
+            let (cut, cancel) = (c2.clone(), k2.clone());
+            tokio::spawn(async move {
+                let Ok(outbound) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let _ = inbound.set_nodelay(true);
+                let _ = outbound.set_nodelay(true);
+                let (ri, wi) = inbound.into_split();
+                let (ro, wo) = outbound.into_split();
+                let a = pump(ri, wo, cut.clone(), cancel.clone());
+                let b = pump(ro, wi, cut, cancel);
+                let _ = tokio::join!(a, b);
+            });
+        }
+    });
+    Ok(Relay { listen, cut, cancel })
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    cut: Arc<AtomicBool>,
+    cancel: CancellationToken,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = from.read(&mut buf) => match r { Ok(0) | Err(_) => return, Ok(n) => n },
+        };
+        if cut.load(Ordering::SeqCst) {
+            continue; // black hole
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn free_port() -> Result<SocketAddr, HarnessError> {
+    let l = StdListener::bind("127.0.0.1:0").map_err(|e| err(format!("cannot bind port 0: {e}")))?;
+    l.local_addr().map_err(|e| err(e.to_string()))
+}
+
+/// A running local cluster.
+pub struct LocalCluster {
+    pub spec: Spec,
+    pub nodes: Vec<LocalNode>,
+    /// Relays of each node's second path, by node id.
+    pub relays: BTreeMap<String, Relay>,
+    /// Service processes seen (killed with the cluster, in case a daemon died before them).
+    service_pids: std::sync::Mutex<Vec<u32>>,
+}
+
+impl LocalCluster {
+    /// Chooses ports, writes one config per node under `spec.dir` (nothing is started).
+    pub async fn create(spec: Spec) -> Result<LocalCluster, HarnessError> {
+        std::fs::create_dir_all(&spec.dir).map_err(|e| err(format!("{}: {e}", spec.dir.display())))?;
+        let mut ids: Vec<(String, bool)> = spec.data_nodes.iter().map(|d| (d.clone(), false)).collect();
+        if spec.witness {
+            ids.push(("w".into(), true));
+        }
+        let mut nodes = Vec::new();
+        let mut listens = BTreeMap::new();
+        let mut relays = BTreeMap::new();
+        for (id, witness) in &ids {
+            let admin = free_port()?;
+            let p1 = free_port()?;
+            let p2 = free_port()?;
+            let service = if *witness { None } else { Some(free_port()?) };
+            let mut paths = vec![p1, p2];
+            if spec.relay_second_path {
+                let relay = start_relay(p2).await?;
+                paths[1] = relay.listen;
+                relays.insert(id.clone(), relay);
+                listens.insert(id.clone(), vec![p1, p2]);
+            }
+            nodes.push(LocalNode {
+                id: id.clone(),
+                witness: *witness,
+                config: spec.dir.join(format!("{id}.toml")),
+                admin,
+                service,
+                paths,
+                child: None,
+            });
+        }
+        let mut members = String::new();
+        let count = spec.data_nodes.len() as u32;
+        for (i, n) in nodes.iter().enumerate() {
+            let addrs: Vec<String> = n.paths.iter().map(|p| format!("\"{p}\"")).collect();
+            members.push_str(&format!(
+                "\n[[member]]\nid = \"{}\"\nkind = \"{}\"\npriority = {}\naddresses = [{}]\nadmin = \"{}\"\n{}",
+                n.id,
+                if n.witness { "witness" } else { "data" },
+                if n.witness { 0 } else { 100 * (count - i as u32) },
+                addrs.join(", "),
+                n.admin,
+                n.service.map(|s| format!("service-address = \"{s}\"\n")).unwrap_or_default()
+            ));
+        }
+        for n in &nodes {
+            let data_dir = spec.dir.join(format!("{}-data", n.id));
+            let listen = listens
+                .get(&n.id)
+                .map(|l: &Vec<SocketAddr>| {
+                    let l: Vec<String> = l.iter().map(|a| format!("\"{a}\"")).collect();
+                    format!("listen = [{}]\n", l.join(", "))
+                })
+                .unwrap_or_default();
+            let mut text = format!(
+                "# generated by standin's local cluster harness\n[node]\nid = \"{}\"\ndata-dir = \"{}\"\n{listen}{members}\n{}\n",
+                n.id,
+                data_dir.display(),
+                spec.extra_toml
+            );
+            if let Some(svc) = n.service {
+                text.push_str(&format!(
+                    "\n[service]\ncommand = \"{}\"\nargs = [\"demo-service\", \"--listen\", \"{svc}\", \"--node\", \"{}\", \"--admin\", \"{}\"]\nstop-grace = \"2s\"\n\n[[check]]\nname = \"http\"\nkind = \"http\"\nurl = \"http://{svc}/health\"\ninterval = \"100ms\"\ntimeout = \"300ms\"\nrise = 1\nfall = 2\n",
+                    spec.binary.display(),
+                    n.id,
+                    n.admin
+                ));
+                if !spec.hooks_toml.is_empty() {
+                    text.push_str(&format!("\n[hooks]\n{}\n", spec.hooks_toml));
+                }
+            }
+            std::fs::write(&n.config, text).map_err(|e| err(format!("{}: {e}", n.config.display())))?;
+        }
+        Ok(LocalCluster {
+            spec,
+            nodes,
+            relays,
+            service_pids: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn node(&self, id: &str) -> Option<&LocalNode> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    fn node_mut(&mut self, id: &str) -> Result<&mut LocalNode, HarnessError> {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .ok_or_else(|| err(format!("no node {id}")))
+    }
+
+    /// Starts `standin node` for `id` in its own process group; stderr goes to `DIR/ID.log`.
+    pub fn start(&mut self, id: &str) -> Result<(), HarnessError> {
+        let binary = self.spec.binary.clone();
+        let log_path = self.spec.dir.join(format!("{id}.log"));
+        let n = self.node_mut(id)?;
+        if let Some(c) = n.child.as_mut() {
+            if matches!(c.try_wait(), Ok(None)) {
+                return Err(err(format!("{id} is already running")));
+            }
+        }
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| err(format!("{}: {e}", log_path.display())))?;
+        let child = Command::new(&binary)
+            .arg("node")
+            .arg("--config")
+            .arg(&n.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .env(
+                "STANDIN_LOG",
+                std::env::var("STANDIN_LOG").unwrap_or_else(|_| "info,openraft=off".into()),
+            )
+            .process_group(0)
+            .spawn()
+            .map_err(|e| err(format!("cannot start {}: {e}", binary.display())))?;
+        n.child = Some(child);
+        Ok(())
+    }
+
+    pub fn start_all(&mut self) -> Result<(), HarnessError> {
+        let ids: Vec<String> = self.nodes.iter().map(|n| n.id.clone()).collect();
+        for id in ids {
+            self.start(&id)?;
+        }
+        Ok(())
+    }
+
+    /// Sends `sig` to the node's whole process group (daemon and service).
+    pub fn signal_group(&self, id: &str, sig: Signal) -> Result<(), HarnessError> {
+        let pid = self
+            .node(id)
+            .and_then(|n| n.pid())
+            .ok_or_else(|| err(format!("{id} not running")))?;
+        killpg(Pid::from_raw(pid as i32), sig).map_err(|e| err(format!("killpg {id}: {e}")))
+    }
+
+    /// Sends `sig` to the daemon only.
+    pub fn signal_daemon(&self, id: &str, sig: Signal) -> Result<(), HarnessError> {
+        let pid = self
+            .node(id)
+            .and_then(|n| n.pid())
+            .ok_or_else(|| err(format!("{id} not running")))?;
+        kill(Pid::from_raw(pid as i32), sig).map_err(|e| err(format!("kill {id}: {e}")))
+    }
+
+    /// `kill -9` of the node's daemon and its service (each has its own process group), and
+    /// reaps the daemon.
+    pub async fn kill(&mut self, id: &str) -> Result<(), HarnessError> {
+        let service = self.lease(id).await.and_then(|l| l.service_pid);
+        let _ = self.signal_group(id, Signal::SIGKILL);
+        if let Some(pid) = service {
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        let n = self.node_mut(id)?;
+        if let Some(mut c) = n.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        Ok(())
+    }
+
+    /// Graceful stop (SIGTERM, then SIGKILL after `grace`).
+    pub fn stop(&mut self, id: &str, grace: Duration) -> Result<(), HarnessError> {
+        let _ = self.signal_daemon(id, Signal::SIGTERM);
+        let n = self.node_mut(id)?;
+        if let Some(mut c) = n.child.take() {
+            let deadline = Instant::now() + grace;
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) => break,
+                    _ if Instant::now() > deadline => {
+                        let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
+                        let _ = c.wait();
+                        break;
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The cluster status from the first node that answers.
+    pub async fn status(&self) -> Option<Status> {
+        for n in &self.nodes {
+            if n.child.is_none() {
+                continue;
+            }
+            if let Ok(r) = request(
+                &n.admin.to_string(),
+                Method::GET,
+                "/v1/status",
+                None,
+                Duration::from_millis(800),
+            )
+            .await
+            {
+                if r.status == 200 {
+                    if let Ok(s) = serde_json::from_str::<Status>(&r.body) {
+                        return Some(s);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// What a node's daemon says about its own role (and its service's pid).
+    pub async fn lease(&self, id: &str) -> Option<LeaseStatus> {
+        let n = self.node(id)?;
+        let r = request(
+            &n.admin.to_string(),
+            Method::GET,
+            "/v1/lease",
+            None,
+            Duration::from_millis(800),
+        )
+        .await
+        .ok()?;
+        let l: LeaseStatus = serde_json::from_str(&r.body).ok()?;
+        if let Some(pid) = l.service_pid {
+            let mut seen = self.service_pids.lock().unwrap_or_else(|p| p.into_inner());
+            if !seen.contains(&pid) {
+                seen.push(pid);
+            }
+        }
+        Some(l)
+    }
+
+    /// Waits until `pred` holds for the status, checking every 50 ms, at most `timeout`.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&Status) -> bool,
+    ) -> Result<Status, HarnessError> {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        while Instant::now() < deadline {
+            if let Some(s) = self.status().await {
+                if pred(&s) {
+                    return Ok(s);
+                }
+                last = Some(s);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(err(format!(
+            "timed out after {timeout:?} waiting for {what}; last status: {}",
+            last.map(|s| serde_json::to_string(&s).unwrap_or_default())
+                .unwrap_or_else(|| "none".into())
+        )))
+    }
+
+    /// Waits until some node is active (role "active") and every data node is healthy.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<Status, HarnessError> {
+        self.wait_for(timeout, "an active node and healthy standbys", |s| {
+            let active_ok = s
+                .active
+                .as_ref()
+                .and_then(|a| s.nodes.iter().find(|n| &n.id == a))
+                .is_some_and(|n| n.role == "active");
+            active_ok
+                && s.nodes
+                    .iter()
+                    .filter(|n| n.kind == crate::config::NodeKind::Data)
+                    .all(|n| n.healthy && n.in_sync)
+        })
+        .await
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
+                let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        for pid in self.service_pids.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = killpg(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Probes a demo service once: `Some((node, epoch))` if it answered as active.
+pub async fn probe_service(addr: SocketAddr, timeout: Duration) -> Option<(String, u64)> {
+    let r = request(&addr.to_string(), Method::GET, "/", None, timeout)
+        .await
+        .ok()?;
+    if r.status != 200 {
+        return None;
+    }
+    parse_active(&r.body)
+}
+
+/// Parses the demo service's answer `node=a epoch=3 role=active`.
+pub fn parse_active(body: &str) -> Option<(String, u64)> {
+    let mut node = None;
+    let mut epoch = None;
+    let mut active = false;
+    for kv in body.split_whitespace() {
+        match kv.split_once('=') {
+            Some(("node", v)) => node = Some(v.to_string()),
+            Some(("epoch", v)) => epoch = v.parse().ok(),
+            Some(("role", "active")) => active = true,
+            _ => {}
+        }
+    }
+    if active {
+        Some((node?, epoch?))
+    } else {
+        None
+    }
+}

@@ -1,0 +1,158 @@
+//! `standin demo`: a 3-node cluster on loopback (data nodes `a` and `b`, witness `w`) managing
+//! the built-in HTTP service, with a live status view. Writes `DIR/demo.json` so scripts can
+//! drive it, and stops every process it started on Ctrl-C or SIGTERM.
+
+pub mod harness;
+pub mod service;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use harness::{HarnessError, LocalCluster, Spec};
+
+#[derive(Serialize, PartialEq)]
+struct DemoNode {
+    id: String,
+    kind: String,
+    pid: Option<u32>,
+    service_pid: Option<u32>,
+    admin: String,
+    service: Option<String>,
+}
+
+#[derive(Serialize, PartialEq)]
+struct DemoFile {
+    dir: String,
+    nodes: Vec<DemoNode>,
+}
+
+pub async fn run(dir: Option<PathBuf>, cancel: CancellationToken) -> Result<(), HarnessError> {
+    let (dir, remove_after) = match dir {
+        Some(d) => (d, false),
+        None => (
+            std::env::temp_dir().join(format!("standin-demo-{}", std::process::id())),
+            true,
+        ),
+    };
+    let binary = std::env::current_exe().map_err(|e| HarnessError(format!("cannot find own binary: {e}")))?;
+    let mut spec = Spec::new(&dir, &binary);
+    spec.hooks_toml = concat!(
+        "on-promote = \"echo promoted $STANDIN_NODE to epoch $STANDIN_EPOCH, previous: $STANDIN_PREVIOUS\"\n",
+        "on-demote = \"echo $STANDIN_NODE demoted\"\n",
+        "on-fence = \"echo fencing $STANDIN_PREVIOUS\"\n"
+    )
+    .to_string();
+    let mut cluster = LocalCluster::create(spec).await?;
+    cluster.start_all()?;
+    let tty = std::io::stdout().is_terminal();
+    println!("standin demo: 3 nodes in {}", dir.display());
+    for n in &cluster.nodes {
+        println!(
+            "  {} ({}): admin http://{}{}",
+            n.id,
+            if n.witness { "witness" } else { "data" },
+            n.admin,
+            n.service
+                .map(|s| format!("  service http://{s}/"))
+                .unwrap_or_default()
+        );
+    }
+    println!(
+        "  try: STANDIN_API={} standin status | switchover | events; Ctrl-C stops everything",
+        cluster.nodes[0].admin
+    );
+    let result = live(&cluster, &dir, tty, &cancel).await;
+    println!("stopping the demo cluster...");
+    let ids: Vec<String> = cluster.nodes.iter().map(|n| n.id.clone()).collect();
+    for id in &ids {
+        let _ = cluster.signal_daemon(id, nix::sys::signal::Signal::SIGTERM);
+    }
+    for id in &ids {
+        let _ = cluster.stop(id, Duration::from_secs(10));
+    }
+    drop(cluster);
+    if remove_after {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    println!("stopped");
+    result
+}
+
+async fn live(
+    cluster: &LocalCluster,
+    dir: &std::path::Path,
+    tty: bool,
+    cancel: &CancellationToken,
+) -> Result<(), HarnessError> {
+    let mut last_file = None;
+    let mut last_line = String::new();
+    loop {
+        let mut nodes = Vec::new();
+        for n in &cluster.nodes {
+            let service_pid = if n.witness {
+                None
+            } else {
+                cluster.lease(&n.id).await.and_then(|l| l.service_pid)
+            };
+            nodes.push(DemoNode {
+                id: n.id.clone(),
+                kind: if n.witness { "witness" } else { "data" }.into(),
+                pid: n.pid(),
+                service_pid,
+                admin: n.admin.to_string(),
+                service: n.service.map(|s| s.to_string()),
+            });
+        }
+        let file = DemoFile {
+            dir: dir.display().to_string(),
+            nodes,
+        };
+        if last_file.as_ref() != Some(&file) {
+            let text = serde_json::to_string_pretty(&file).map_err(|e| HarnessError(e.to_string()))?;
+            let tmp = dir.join("demo.json.tmp");
+            std::fs::write(&tmp, text)
+                .and_then(|_| std::fs::rename(&tmp, dir.join("demo.json")))
+                .map_err(|e| HarnessError(format!("cannot write demo.json: {e}")))?;
+            last_file = Some(file);
+        }
+        match cluster.status().await {
+            Some(s) if tty => {
+                // Clear the screen and redraw.
+                print!("\x1b[2J\x1b[H{}", crate::cli::render_status(&s));
+                println!("demo dir {}  (Ctrl-C to stop)", dir.display());
+            }
+            Some(s) => {
+                let line = format!(
+                    "epoch={} active={} leader={} healthy={}",
+                    s.epoch,
+                    s.active.as_deref().unwrap_or("none"),
+                    s.leader.as_deref().unwrap_or("none"),
+                    s.nodes
+                        .iter()
+                        .filter(|n| n.healthy)
+                        .map(|n| n.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+                if line != last_line {
+                    println!("{line}");
+                    last_line = line;
+                }
+            }
+            None => {
+                if !tty && last_line != "unreachable" {
+                    println!("cluster not answering yet");
+                    last_line = "unreachable".into();
+                }
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}

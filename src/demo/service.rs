@@ -1,0 +1,109 @@
+//! The demo's managed service: a tiny HTTP server that answers with the node and the epoch
+//! serving it, and only claims to be active while its node holds a lease.
+//!
+//! It learns its role by asking the local daemon (`GET /v1/lease`) every 20 ms and stops
+//! claiming "active" by itself when the lease it last heard of runs out, even if the daemon is
+//! frozen or dead. That is what a lease-aware backend does: no stale primary after a
+//! `SIGSTOP` of the daemon.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use hyper::Method;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::client::request;
+use crate::api::LeaseStatus;
+
+#[derive(Default)]
+struct Role {
+    epoch: u64,
+    /// Active until this instant (from the daemon's remaining lease).
+    until: Option<Instant>,
+}
+
+struct Shared {
+    node: String,
+    role: Mutex<Role>,
+}
+
+/// Runs the demo service until `cancel` fires or its parent daemon goes away.
+pub async fn run(
+    listen: SocketAddr,
+    node: String,
+    admin: SocketAddr,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let shared = Arc::new(Shared {
+        node,
+        role: Mutex::new(Role::default()),
+    });
+    let poller = {
+        let shared = shared.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move { poll_role(shared, admin, cancel).await })
+    };
+    let app = Router::new()
+        .route("/", get(root))
+        .route("/health", get(|| async { "ok\n" }))
+        .with_state(shared);
+    let c2 = cancel.clone();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { c2.cancelled().await })
+        .await;
+    cancel.cancel();
+    let _ = poller.await;
+    served
+}
+
+async fn root(State(s): State<Arc<Shared>>) -> (StatusCode, String) {
+    let role = s.role.lock().unwrap_or_else(|p| p.into_inner());
+    match role.until {
+        Some(until) if Instant::now() < until => (
+            StatusCode::OK,
+            format!("node={} epoch={} role=active\n", s.node, role.epoch),
+        ),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("node={} role=standby\n", s.node),
+        ),
+    }
+}
+
+async fn poll_role(shared: Arc<Shared>, admin: SocketAddr, cancel: CancellationToken) {
+    let parent = nix::unistd::getppid();
+    let admin = admin.to_string();
+    loop {
+        // Our daemon died (we were re-parented): a service must not outlive its supervisor.
+        if nix::unistd::getppid() != parent {
+            tracing::warn!("daemon gone; demo service exits");
+            cancel.cancel();
+            return;
+        }
+        let sent = Instant::now();
+        let reply = request(&admin, Method::GET, "/v1/lease", None, Duration::from_millis(200)).await;
+        if let Ok(r) = reply {
+            if let Ok(l) = serde_json::from_str::<LeaseStatus>(&r.body) {
+                let mut role = shared.role.lock().unwrap_or_else(|p| p.into_inner());
+                match (l.role.as_str(), l.lease_remaining_ms) {
+                    ("active", Some(ms)) => {
+                        role.epoch = l.epoch;
+                        // Counted from when we asked, so the daemon's lease ends no earlier.
+                        role.until = Some(sent + Duration::from_millis(ms));
+                    }
+                    _ => role.until = None,
+                }
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! The coordinator: on the Raft leader, turns what this node knows into a [`ClusterView`],
+//! asks [`failover::decide`] what to do, and applies the actions. Runs on every node but acts
+//! only while this node leads.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::lease::margin;
+use super::Node;
+use crate::cluster::rpc::Request;
+use crate::cluster::state::Command;
+use crate::cluster::transport::unix_ms;
+use crate::config::{FailbackMode, NodeKind};
+use crate::failover::{self, Action, ClusterView, Deposed, NodeView, Pending, Switchover};
+
+/// What the coordinator last concluded; shown in status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CoordinatorStatus {
+    pub is_leader: bool,
+    /// Why nothing happened, when something is waiting ("waiting for the lease of a ...").
+    pub waiting: Option<String>,
+}
+
+struct State {
+    leader_since: Option<Instant>,
+    /// When each committed promotion was first seen (for the promote timeout).
+    pending_seen: HashMap<(String, u64), Instant>,
+    /// Nodes whose promotion failed, not tried again before the instant.
+    excluded: HashMap<String, Instant>,
+    last_elect: Option<Instant>,
+}
+
+pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
+    let tick_every = (node.config.timing.heartbeat_interval / 2).max(Duration::from_millis(5));
+    let mut tick = tokio::time::interval(tick_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut applied = node.cluster.sm.subscribe();
+    let mut st = State {
+        leader_since: None,
+        pending_seen: HashMap::new(),
+        excluded: HashMap::new(),
+        last_elect: None,
+    };
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+            r = applied.changed() => if r.is_err() { return },
+        }
+        let info = node.cluster.info();
+        if !info.is_leader {
+            st.leader_since = None;
+            st.pending_seen.clear();
+            let mut c = node.coordinator.lock().unwrap_or_else(|p| p.into_inner());
+            c.is_leader = false;
+            c.waiting = None;
+            continue;
+        }
+        let now = Instant::now();
+        if st.leader_since.is_none() {
+            tracing::info!(term = info.term, "became raft leader; coordinating");
+            st.leader_since = Some(now);
+        }
+        let view = build_view(&node, &mut st, &info, now);
+        let now_ms = node.to_ms(now);
+        let actions = failover::decide(&view, now_ms);
+        let mut waiting = None;
+        for action in actions {
+            if let Action::Wait { reason } = &action {
+                waiting = Some(reason.clone());
+            }
+            apply(&node, &mut st, action, now).await;
+        }
+        let mut c = node.coordinator.lock().unwrap_or_else(|p| p.into_inner());
+        if c.waiting != waiting {
+            if let Some(w) = &waiting {
+                tracing::info!(reason = %w, "coordinator waiting");
+            }
+        }
+        c.is_leader = true;
+        c.waiting = waiting;
+    }
+}
+
+/// Builds the coordinator's view. Public to the crate for status output.
+fn build_view(
+    node: &Arc<Node>,
+    st: &mut State,
+    info: &crate::cluster::RaftInfo,
+    now: Instant,
+) -> ClusterView {
+    let cfg = &node.config;
+    let me = node.cluster.me().to_string();
+    let state = node.cluster.sm.read(|d| {
+        (
+            d.state.active.clone(),
+            d.state.epoch,
+            d.state.deposed.clone(),
+            d.state.promotion.clone(),
+            d.state.switchover.clone(),
+            d.state.nodes.clone(),
+        )
+    });
+    let (active, epoch, deposed, promotion, switchover, records) = state;
+    // A node whose promotion failed recently is not tried again for a while (replicated, so
+    // a new leader honours it too).
+    let exclusion = cfg.timing.failure_timeout.as_millis() as u64 * 20;
+    let failed: HashMap<String, u64> = node.cluster.sm.read(|d| {
+        let mut m = HashMap::new();
+        for e in d.state.events.iter().rev().take(200) {
+            if e.kind == crate::cluster::state::EventKind::PromotionFailed {
+                if let Some(n) = &e.node {
+                    m.entry(n.clone()).or_insert(e.at_unix_ms + exclusion);
+                }
+            }
+        }
+        m
+    });
+    let unix_now = unix_ms();
+    let now_ms = node.to_ms(now);
+    let unix_to_ms = |u: u64| {
+        if u >= unix_now {
+            now_ms + (u - unix_now)
+        } else {
+            now_ms.saturating_sub(unix_now - u)
+        }
+    };
+    let mut heard_count = 0;
+    let nodes: Vec<NodeView> = cfg
+        .members
+        .iter()
+        .map(|m| {
+            let last_heard = if m.id == me {
+                Some(now_ms)
+            } else {
+                node.cluster.transport.last_heard(&m.id).map(|t| node.to_ms(t))
+            };
+            if last_heard
+                .is_some_and(|t| now_ms.saturating_sub(t) < cfg.timing.failure_timeout.as_millis() as u64)
+            {
+                heard_count += 1;
+            }
+            let rec = records.get(&m.id);
+            let matched = if m.id == me {
+                info.last_log_index
+            } else {
+                info.matched.get(&m.id).copied().unwrap_or(0)
+            };
+            NodeView {
+                id: m.id.clone(),
+                witness: m.kind == NodeKind::Witness,
+                priority: m.priority,
+                last_heard,
+                healthy: rec.is_some_and(|r| r.healthy),
+                healthy_since: rec.and_then(|r| r.healthy_since_unix_ms).map(unix_to_ms),
+                in_sync: matched + cfg.timing.max_lag >= info.last_log_index,
+                matched,
+                maintenance: rec.is_some_and(|r| r.maintenance),
+                excluded_until: st
+                    .excluded
+                    .get(&m.id)
+                    .map(|t| node.to_ms(*t))
+                    .max(failed.get(&m.id).map(|u| unix_to_ms(*u))),
+            }
+        })
+        .collect();
+    let pending = promotion.map(|p| {
+        let seen = *st.pending_seen.entry((p.node.clone(), p.epoch)).or_insert(now);
+        Pending {
+            node: p.node,
+            epoch: p.epoch,
+            since: node.to_ms(seen),
+        }
+    });
+    let grant_of = deposed.as_ref().map(|d| d.node.clone()).or(active.clone());
+    let last_grant = grant_of.and_then(|n| {
+        node.grants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&n)
+            .map(|t| node.to_ms(*t))
+    });
+    let leader_since = node.to_ms(st.leader_since.unwrap_or(now));
+    let t = &cfg.timing;
+    ClusterView {
+        nodes,
+        active,
+        epoch,
+        deposed: deposed.map(|d| Deposed {
+            node: d.node,
+            epoch: d.epoch,
+            released: d.released,
+            cause: d.cause,
+        }),
+        pending,
+        switchover: switchover.map(|s| Switchover {
+            target: s.target,
+            cause: s.cause,
+        }),
+        quorum: heard_count * 2 > cfg.members.len(),
+        leader_since,
+        last_grant,
+        leader: me,
+        failure_timeout: t.failure_timeout.as_millis() as u64,
+        lease: t.lease.as_millis() as u64,
+        lease_margin: margin(t.lease).as_millis() as u64,
+        promote_timeout: t.promote_timeout.as_millis() as u64,
+        auto_failback: cfg.failback.mode == FailbackMode::Auto,
+        hold_down: cfg.failback.hold_down.as_millis() as u64,
+        bootstrap_until: leader_since + 3 * t.failure_timeout.as_millis() as u64,
+    }
+}
+
+async fn apply(node: &Arc<Node>, st: &mut State, action: Action, now: Instant) {
+    let at = unix_ms();
+    let cmd = match action {
+        Action::Wait { .. } => return,
+        Action::Depose {
+            node: n,
+            epoch,
+            cause,
+        } => {
+            tracing::warn!(node = %n, epoch, cause = %cause, "deposing active node");
+            Command::Depose {
+                detail: format!("{cause}"),
+                node: n,
+                epoch,
+                cause,
+                at,
+            }
+        }
+        Action::Promote {
+            node: n,
+            epoch,
+            previous,
+            cause,
+            fence,
+        } => {
+            tracing::warn!(node = %n, epoch, cause = %cause, fence, "promoting");
+            Command::Promote {
+                node: n,
+                epoch,
+                previous,
+                cause,
+                fence,
+                at,
+            }
+        }
+        Action::PromotionTimedOut { node: n, epoch } => {
+            tracing::warn!(node = %n, epoch, "promotion timed out");
+            st.excluded
+                .insert(n.clone(), now + node.config.timing.failure_timeout * 20);
+            Command::PromotionTimedOut { node: n, epoch, at }
+        }
+        Action::RequestSwitchover { target, cause } => Command::Switchover {
+            target: Some(target),
+            cause,
+            at,
+        },
+        Action::CancelSwitchover { reason } => {
+            tracing::warn!(reason = %reason, "switchover cancelled");
+            Command::CancelSwitchover { reason, at }
+        }
+        Action::TransferLeadership { to } => {
+            // Give the previous attempt time to finish before asking again.
+            let due = st
+                .last_elect
+                .is_none_or(|t| now.duration_since(t) > node.config.timing.failure_timeout * 4);
+            let settled = st
+                .leader_since
+                .is_some_and(|t| now.duration_since(t) > node.config.timing.failure_timeout);
+            if due && settled {
+                st.last_elect = Some(now);
+                tracing::info!(to = %to, "moving raft leadership to the active node");
+                let transport = node.cluster.transport.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = transport.call(&to, &Request::Elect, Duration::from_secs(1)).await {
+                        tracing::debug!(error = %e, "leadership transfer request failed");
+                    }
+                });
+            }
+            return;
+        }
+    };
+    match node.cluster.write_local(cmd).await {
+        Ok(r) if !r.ok => tracing::debug!(message = %r.message, "coordinator command refused"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "coordinator command failed"),
+    }
+}

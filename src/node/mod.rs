@@ -1,0 +1,251 @@
+//! The node daemon: binds its ports, starts Raft, the transport, the coordinator, the role
+//! loop, the service supervisor and health checks, serves the admin API, and shuts all of it
+//! down on one cancellation token.
+//!
+//! ```text
+//!   health checks ──transitions──> reporter ──Command::Health──> Raft (leader)
+//!   supervisor ────process state──┘                                │ applied state
+//!   coordinator (on the leader): ClusterView -> failover::decide -> commands / Elect RPCs
+//!   role loop (data nodes): state + lease grants -> promote / demote hooks, service role
+//! ```
+
+mod coordinator;
+mod lease;
+mod reporter;
+pub mod role;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cluster::rpc::{Request, Response};
+use crate::cluster::transport::{self, Transport};
+use crate::cluster::{Cluster, ClusterError};
+use crate::config::{Config, NodeKind};
+use crate::health::{self, HealthHandle};
+use crate::service::hooks::HookRunner;
+use crate::service::{self, Supervisor};
+
+pub use coordinator::CoordinatorStatus;
+pub use role::LocalRole;
+
+/// Errors that stop a node from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+}
+
+/// The version recorded in the cluster state for this node.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Everything the node's tasks share.
+pub struct Node {
+    pub config: Arc<Config>,
+    pub cluster: Cluster,
+    /// Monotonic origin for the coordinator's millisecond clock.
+    pub origin: Instant,
+    /// Leader side: when a lease request of each node last arrived (grants may run until then
+    /// plus the lease).
+    pub grants: Mutex<HashMap<String, Instant>>,
+    /// This node's acting role, for the service (`/v1/lease`) and status.
+    pub local: watch::Sender<LocalRole>,
+    /// The lease this node holds, if any (holder side).
+    pub lease: watch::Sender<Option<lease::Lease>>,
+    pub coordinator: Mutex<CoordinatorStatus>,
+    pub health: Option<HealthHandle>,
+    pub supervisor: Option<Supervisor>,
+    pub hooks: HookRunner,
+}
+
+impl Node {
+    pub fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    pub fn to_ms(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.origin).as_millis() as u64
+    }
+
+    pub fn is_data(&self) -> bool {
+        self.config.me().kind == NodeKind::Data
+    }
+}
+
+/// Listeners a node needs, bound before anything else starts.
+pub struct Listeners {
+    pub admin: TcpListener,
+    pub cluster: Vec<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the admin API and every cluster address of this node.
+    pub async fn bind(config: &Config) -> Result<Listeners, NodeError> {
+        let me = config.me();
+        let admin = TcpListener::bind(me.admin)
+            .await
+            .map_err(|source| NodeError::Bind {
+                what: "admin API",
+                addr: me.admin,
+                source,
+            })?;
+        let mut cluster = Vec::new();
+        for addr in config.node.listen.as_ref().unwrap_or(&me.addresses) {
+            cluster.push(TcpListener::bind(addr).await.map_err(|source| NodeError::Bind {
+                what: "cluster path",
+                addr: *addr,
+                source,
+            })?);
+        }
+        Ok(Listeners { admin, cluster })
+    }
+}
+
+/// Runs a node until `shutdown` fires, then stops everything (service included) and returns.
+pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationToken) -> Result<(), NodeError> {
+    let config = Arc::new(config);
+    let me = config.me().clone();
+    let peers = config
+        .members
+        .iter()
+        .filter(|m| m.id != me.id)
+        .map(|m| (m.id.clone(), m.addresses.clone()))
+        .collect();
+    let transport = Transport::new(
+        me.id.clone(),
+        peers,
+        config.timing.heartbeat_interval,
+        config.timing.failure_timeout,
+    );
+    let cluster = Cluster::start(&config, transport.clone()).await?;
+    tracing::info!(node.id = %me.id, kind = %me.kind, "raft started");
+
+    // Internal tasks get their own token so that the service is stopped before Raft goes.
+    let tasks = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    let (transitions_tx, transitions_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (health, supervisor) = match (&config.service, me.kind) {
+        (Some(svc), NodeKind::Data) => {
+            let health = health::spawn_checks(config.checks.clone(), transitions_tx, tasks.clone());
+            let sup = service::spawn_supervisor(svc.clone(), me.id.clone(), tasks.clone());
+            // A hot service runs on standbys too; a warm one starts on promotion.
+            if svc.mode == crate::config::ServiceMode::Hot {
+                sup.set_desired(true).await;
+            }
+            (Some(health), Some(sup))
+        }
+        _ => (None, None),
+    };
+    let (local_tx, _) = watch::channel(LocalRole::default());
+    let node = Arc::new(Node {
+        config: config.clone(),
+        cluster: cluster.clone(),
+        origin: Instant::now(),
+        grants: Mutex::new(HashMap::new()),
+        local: local_tx,
+        lease: watch::channel(None).0,
+        coordinator: Mutex::new(CoordinatorStatus::default()),
+        health,
+        supervisor,
+        hooks: HookRunner::new(config.hooks.clone(), me.id.clone()),
+    });
+
+    // Peer connections.
+    let handler: transport::Handler = {
+        let node = node.clone();
+        Arc::new(move |from, req| {
+            let node = node.clone();
+            async move { handle_peer(&node, from, req).await }.boxed()
+        })
+    };
+    for l in listeners.cluster {
+        tracker.spawn(transport::serve(
+            l,
+            transport.clone(),
+            handler.clone(),
+            tasks.clone(),
+        ));
+    }
+    transport.spawn_heartbeats(tasks.clone());
+
+    tracker.spawn(crate::api::serve(listeners.admin, node.clone(), tasks.clone()));
+    tracker.spawn(coordinator::run(node.clone(), tasks.clone()));
+    // The role and lease loops stop first on shutdown, so nothing re-promotes while the node
+    // steps down.
+    let role_token = tasks.child_token();
+    let mut role_task = None;
+    if node.is_data() {
+        tracker.spawn(reporter::run(node.clone(), transitions_rx, tasks.clone()));
+        tracker.spawn(lease::run(node.clone(), role_token.clone()));
+        role_task = Some(tokio::spawn(role::run(node.clone(), role_token.clone())));
+    }
+    tracing::info!(node.id = %me.id, admin = %me.admin, "node running");
+
+    shutdown.cancelled().await;
+    tracing::info!(node.id = %me.id, "shutting down");
+    // Stop acting as active first (demote hook, release), then the service.
+    role_token.cancel();
+    if let Some(t) = role_task {
+        let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
+    }
+    role::shutdown(&node).await;
+    if let Some(sup) = &node.supervisor {
+        sup.shutdown().await;
+    }
+    tasks.cancel();
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not stop within 5 s");
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// Answers one request from a peer.
+async fn handle_peer(node: &Arc<Node>, from: String, req: Request) -> Response {
+    let req = match node.cluster.handle_raft(req).await {
+        Ok(resp) => return resp,
+        Err(req) => req,
+    };
+    match req {
+        Request::Lease { node: who, epoch } => Response::Lease(lease::grant(node, &who, epoch).await),
+        Request::Status => match crate::api::local_status(node) {
+            Ok(s) => Response::Json(s),
+            Err(e) => Response::Error {
+                message: e,
+                retry: true,
+            },
+        },
+        Request::Admin(body) => match crate::api::apply_admin(node, &body).await {
+            Ok(s) => Response::Json(s),
+            Err(e) => Response::Error {
+                message: e.to_string(),
+                retry: e.retryable(),
+            },
+        },
+        other => {
+            tracing::warn!(peer = %from, request = ?other, "unexpected request");
+            Response::Error {
+                message: "unexpected request".into(),
+                retry: false,
+            }
+        }
+    }
+}

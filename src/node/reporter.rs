@@ -1,0 +1,149 @@
+//! Reports this node's health to the cluster state: only transitions are written, and a
+//! write that fails (no leader yet) is retried until the replicated state matches what the
+//! node observes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_util::sync::CancellationToken;
+
+use super::role::Acting;
+use super::{Node, VERSION};
+use crate::cluster::state::Command;
+use crate::cluster::transport::unix_ms;
+use crate::config::ServiceMode;
+use crate::health::Transition;
+use crate::service::ProcState;
+
+/// The name of the check that stands for "the supervised process is running".
+pub const PROCESS_CHECK: &str = "process";
+
+fn describe(state: &ProcState) -> (bool, String) {
+    match state {
+        ProcState::Running { pid, .. } => (true, format!("running (pid {pid})")),
+        ProcState::Stopped => (false, "stopped".into()),
+        ProcState::Starting => (false, "starting".into()),
+        ProcState::Exited { code, signal } => (
+            false,
+            match (code, signal) {
+                (Some(c), _) => format!("exited with code {c}"),
+                (None, Some(s)) => format!("killed by signal {s}"),
+                _ => "exited".into(),
+            },
+        ),
+        ProcState::Backoff { restart_in_ms } => (false, format!("crashed; restart in {restart_in_ms} ms")),
+    }
+}
+
+pub async fn run(node: Arc<Node>, mut transitions: UnboundedReceiver<Transition>, cancel: CancellationToken) {
+    let me = node.cluster.me().to_string();
+    let warm = node
+        .config
+        .service
+        .as_ref()
+        .is_some_and(|s| s.mode == ServiceMode::Warm);
+    // What the checks say (observed) and what the cluster state has (reported).
+    let mut observed: BTreeMap<String, (bool, String)> = node
+        .config
+        .checks
+        .iter()
+        .map(|c| (c.name.clone(), (false, "not yet checked".to_string())))
+        .collect();
+    observed.insert(PROCESS_CHECK.into(), (false, "starting".into()));
+    let mut reported: BTreeMap<String, (bool, String)> = BTreeMap::new();
+    let mut started = false;
+    let mut proc_rx = node.supervisor.as_ref().map(|s| s.state());
+    let mut local_rx = node.local.subscribe();
+    if let Some(rx) = proc_rx.as_mut() {
+        observed.insert(PROCESS_CHECK.into(), describe(&rx.borrow_and_update()));
+    }
+    loop {
+        // A warm standby runs no service by design: it is healthy while the node is up.
+        let acting = node.local.borrow().acting != Acting::Standby;
+        let effective: BTreeMap<String, (bool, String)> = if warm && !acting {
+            observed
+                .keys()
+                .map(|k| {
+                    (
+                        k.clone(),
+                        (true, "warm standby (service not running)".to_string()),
+                    )
+                })
+                .collect()
+        } else {
+            observed.clone()
+        };
+        let mut pending = false;
+        if !started {
+            let cmd = Command::NodeStarted {
+                node: me.clone(),
+                version: VERSION.into(),
+                checks: observed.keys().cloned().collect(),
+                at: unix_ms(),
+            };
+            match node.cluster.write(cmd).await {
+                Ok(_) => {
+                    started = true;
+                    reported = observed
+                        .keys()
+                        .map(|k| (k.clone(), (false, "not yet checked".to_string())))
+                        .collect();
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot register node yet");
+                    pending = true;
+                }
+            }
+        }
+        if started {
+            for (check, (healthy, detail)) in &effective {
+                if reported.get(check).map(|r| r.0) == Some(*healthy) {
+                    continue;
+                }
+                let cmd = Command::Health {
+                    node: me.clone(),
+                    check: check.clone(),
+                    healthy: *healthy,
+                    detail: detail.clone(),
+                    at: unix_ms(),
+                };
+                match node.cluster.write(cmd).await {
+                    Ok(_) => {
+                        tracing::info!(check = %check, healthy, detail = %detail, "health transition recorded");
+                        reported.insert(check.clone(), (*healthy, detail.clone()));
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot record health transition yet");
+                        pending = true;
+                        break;
+                    }
+                }
+            }
+        }
+        let retry = if pending {
+            Duration::from_millis(50)
+        } else {
+            Duration::from_secs(3600)
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            t = transitions.recv() => match t {
+                Some(t) => { observed.insert(t.check, (t.healthy, t.detail)); }
+                None => return,
+            },
+            r = async {
+                match proc_rx.as_mut() {
+                    Some(rx) => rx.changed().await.map(|_| describe(&rx.borrow_and_update())),
+                    None => std::future::pending().await,
+                }
+            } => match r {
+                Ok(d) => { observed.insert(PROCESS_CHECK.into(), d); }
+                Err(_) => return,
+            },
+            r = local_rx.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(retry) => {}
+        }
+    }
+}

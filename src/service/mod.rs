@@ -1,0 +1,372 @@
+//! The managed service: supervising its process, and the role hooks (`hooks`).
+//!
+//! [`spawn_supervisor`] starts one task that owns the service process. The node runtime tells
+//! it whether the service should run ([`Supervisor::set_desired`]) and watches what it is
+//! doing ([`Supervisor::state`]); the task does the rest:
+//!
+//! - the process runs as the leader of its own process group, so stopping it (SIGTERM to the
+//!   group, SIGKILL to the group after `stop-grace`) also stops whatever it forked;
+//! - its stdout and stderr go to tracing, line by line, under the `service` target;
+//! - while it should run and it exits, it is restarted after a backoff that starts at
+//!   `restart-backoff-min`, doubles up to `restart-backoff-max`, and resets once the process
+//!   stayed up for [`STABLE_UPTIME`];
+//! - when the daemon's cancellation token fires, the process is stopped before the task ends,
+//!   so a shutdown never leaves the service orphaned. If the task is dropped without that
+//!   (runtime torn down), a guard SIGKILLs the group as a last resort.
+
+pub mod hooks;
+pub(crate) mod process;
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServiceConfig;
+use process::GroupGuard;
+
+pub use hooks::{HookKind, HookOutcome, HookRunner};
+
+/// A process that stayed up this long is considered healthy again: its next crash restarts
+/// after `restart-backoff-min`, not after the last (doubled) backoff.
+pub const STABLE_UPTIME: Duration = Duration::from_secs(10);
+
+/// Longest service output line logged as one event; longer lines are split.
+const MAX_LINE: u64 = 8 * 1024;
+
+/// What the supervised process is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "state")]
+pub enum ProcState {
+    /// Not running, and not supposed to run.
+    Stopped,
+    /// Being spawned.
+    Starting,
+    Running {
+        pid: u32,
+        since_unix_ms: u64,
+    },
+    /// Exited on its own (a crash, from the supervisor's point of view). `signal` is set when
+    /// a signal killed it; `code` when it exited. Both are `None` if it could not be started.
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    /// Waiting to restart after an exit.
+    Backoff {
+        restart_in_ms: u64,
+    },
+}
+
+/// What a [`Supervisor`] handle asks of its task.
+enum Request {
+    /// Start or stop; the reply is sent once the process runs (or failed to start) or is gone.
+    SetDesired(bool, oneshot::Sender<()>),
+    /// Stop and end the task.
+    Shutdown,
+}
+
+/// Handle to the supervisor task of the managed service. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Supervisor {
+    commands: mpsc::Sender<Request>,
+    state: watch::Receiver<ProcState>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::SetDesired(running, _) => write!(f, "SetDesired({running})"),
+            Request::Shutdown => f.write_str("Shutdown"),
+        }
+    }
+}
+
+/// Starts the supervisor task for `cfg`. The service is not started until
+/// [`Supervisor::set_desired`]`(true)`. `node` is this node's id (`STANDIN_NODE`, log field).
+/// When `cancel` fires the service is stopped and the task ends.
+pub fn spawn_supervisor(cfg: ServiceConfig, node: String, cancel: CancellationToken) -> Supervisor {
+    let (commands, rx) = mpsc::channel(16);
+    let (state_tx, state) = watch::channel(ProcState::Stopped);
+    let task = Task {
+        backoff: cfg.restart_backoff_min,
+        cfg,
+        node,
+        state: state_tx,
+        child: None,
+        desired: false,
+        restart_at: None,
+    };
+    tokio::spawn(task.run(rx, cancel));
+    Supervisor { commands, state }
+}
+
+impl Supervisor {
+    /// Starts (`true`) or stops (`false`) the service. Starting returns once the process was
+    /// spawned (a failed spawn is retried with backoff). Stopping returns once the whole
+    /// process group is gone. Does nothing if the supervisor has ended.
+    pub async fn set_desired(&self, running: bool) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Request::SetDesired(running, tx)).await.is_ok() {
+            // An Err means the task ended meanwhile (shutdown); nothing left to wait for.
+            let _ = rx.await;
+        }
+    }
+
+    /// Follows the process state.
+    pub fn state(&self) -> watch::Receiver<ProcState> {
+        self.state.clone()
+    }
+
+    /// The pid of the running process (also its process group id).
+    pub fn pid(&self) -> Option<u32> {
+        match *self.state.borrow() {
+            ProcState::Running { pid, .. } => Some(pid),
+            _ => None,
+        }
+    }
+
+    /// Stops the service and ends the supervisor task; returns when both are done. Safe to
+    /// call more than once, from several clones, and after `cancel` fired.
+    pub async fn shutdown(&self) {
+        let _ = self.commands.send(Request::Shutdown).await;
+        // The task owns the only state sender: the channel closes exactly when it has ended.
+        let mut state = self.state.clone();
+        while state.changed().await.is_ok() {}
+    }
+}
+
+/// The running process and what the task needs to stop it.
+struct Running {
+    child: Child,
+    pgid: Pid,
+    started: Instant,
+    /// SIGKILLs the group if the task is dropped while the process runs.
+    guard: GroupGuard,
+}
+
+struct Task {
+    cfg: ServiceConfig,
+    node: String,
+    state: watch::Sender<ProcState>,
+    child: Option<Running>,
+    /// What the node runtime asked for.
+    desired: bool,
+    /// Next restart delay after an exit.
+    backoff: Duration,
+    /// Set while in backoff.
+    restart_at: Option<tokio::time::Instant>,
+}
+
+impl Task {
+    async fn run(mut self, mut commands: mpsc::Receiver<Request>, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                cmd = commands.recv() => match cmd {
+                    Some(Request::SetDesired(running, reply)) => {
+                        self.set_desired(running).await;
+                        let _ = reply.send(());
+                    }
+                    // All handles dropped is a shutdown too: nobody could stop it later.
+                    Some(Request::Shutdown) | None => break,
+                },
+                status = wait_child(&mut self.child) => self.exited(status),
+                _ = sleep_until(self.restart_at) => {
+                    self.restart_at = None;
+                    self.start();
+                }
+            }
+        }
+        self.desired = false;
+        self.stop().await;
+        tracing::debug!(node = %self.node, "service supervisor ended");
+    }
+
+    async fn set_desired(&mut self, running: bool) {
+        self.desired = running;
+        if running {
+            // Already running or waiting to restart: leave it be, the backoff protects
+            // against a crash loop.
+            if self.child.is_none() && self.restart_at.is_none() {
+                self.backoff = self.cfg.restart_backoff_min;
+                self.start();
+            }
+        } else {
+            self.stop().await;
+        }
+    }
+
+    fn start(&mut self) {
+        self.state.send_replace(ProcState::Starting);
+        match self.spawn() {
+            Ok(running) => {
+                let pid = running.pgid.as_raw().unsigned_abs();
+                tracing::info!(node = %self.node, pid, command = %self.cfg.command, "service started");
+                self.child = Some(running);
+                self.state.send_replace(ProcState::Running {
+                    pid,
+                    since_unix_ms: unix_ms(),
+                });
+            }
+            Err(e) => {
+                tracing::error!(node = %self.node, command = %self.cfg.command, error = %e, "cannot start service");
+                self.state.send_replace(ProcState::Exited {
+                    code: None,
+                    signal: None,
+                });
+                self.schedule_restart();
+            }
+        }
+    }
+
+    fn spawn(&self) -> std::io::Result<Running> {
+        let mut cmd = Command::new(&self.cfg.command);
+        cmd.args(&self.cfg.args)
+            .envs(&self.cfg.env)
+            // Set after the configured env so the service cannot be told a wrong node id.
+            .env("STANDIN_NODE", &self.node)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(dir) = &self.cfg.workdir {
+            cmd.current_dir(dir);
+        }
+        let mut child = cmd.spawn()?;
+        let pgid =
+            process::leader_pgid(&child).ok_or_else(|| std::io::Error::other("spawned child has no pid"))?;
+        let guard = GroupGuard::new(pgid);
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(log_lines(out, self.node.clone(), "stdout"));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(log_lines(err, self.node.clone(), "stderr"));
+        }
+        Ok(Running {
+            child,
+            pgid,
+            started: Instant::now(),
+            guard,
+        })
+    }
+
+    /// The process exited on its own.
+    fn exited(&mut self, status: std::io::Result<ExitStatus>) {
+        let Some(mut running) = self.child.take() else {
+            return;
+        };
+        running.guard.disarm();
+        let (code, signal) = match &status {
+            Ok(s) => (s.code(), s.signal()),
+            Err(_) => (None, None),
+        };
+        let uptime = running.started.elapsed();
+        tracing::warn!(
+            node = %self.node,
+            pid = running.pgid.as_raw(),
+            code = ?code,
+            signal = ?signal,
+            uptime_ms = u64::try_from(uptime.as_millis()).unwrap_or(u64::MAX),
+            "service exited"
+        );
+        // Leftover members of the group (workers of a crashed master) would hold its ports
+        // and data: kill them before a restart. Done in the background so that commands stay
+        // responsive; SIGKILL because their leader is already gone.
+        let pgid = running.pgid;
+        if process::group_alive(pgid) {
+            process::signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
+        }
+        self.state.send_replace(ProcState::Exited { code, signal });
+        if uptime >= STABLE_UPTIME {
+            self.backoff = self.cfg.restart_backoff_min;
+        }
+        if self.desired {
+            self.schedule_restart();
+        }
+    }
+
+    fn schedule_restart(&mut self) {
+        let delay = self.backoff;
+        self.backoff = (self.backoff * 2).min(self.cfg.restart_backoff_max);
+        self.restart_at = Some(tokio::time::Instant::now() + delay);
+        self.state.send_replace(ProcState::Backoff {
+            restart_in_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+        });
+    }
+
+    /// Stops the process (if any) and cancels a pending restart; publishes `Stopped`.
+    async fn stop(&mut self) {
+        self.restart_at = None;
+        if let Some(mut running) = self.child.take() {
+            let pid = running.pgid.as_raw();
+            tracing::info!(node = %self.node, pid, "stopping service");
+            let status = process::stop_group(&mut running.child, running.pgid, self.cfg.stop_grace).await;
+            running.guard.disarm();
+            tracing::info!(
+                node = %self.node,
+                pid,
+                code = ?status.and_then(|s| s.code()),
+                signal = ?status.and_then(|s| s.signal()),
+                "service stopped"
+            );
+        }
+        self.state.send_replace(ProcState::Stopped);
+    }
+}
+
+/// Waits for the running child to exit; pending forever when there is none, so it can sit in
+/// a `select!` next to the other events.
+async fn wait_child(child: &mut Option<Running>) -> std::io::Result<ExitStatus> {
+    match child {
+        Some(running) => running.child.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Forwards a pipe of the service to tracing, one event per line (lossy UTF-8, long lines
+/// split at [`MAX_LINE`] bytes).
+async fn log_lines(pipe: impl AsyncRead + Unpin, node: String, stream: &'static str) {
+    use tokio::io::AsyncReadExt;
+    let mut reader = BufReader::new(pipe);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match (&mut reader).take(MAX_LINE).read_until(b'\n', &mut buf).await {
+            Ok(0) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&buf);
+                let line = text.trim_end_matches(['\n', '\r']);
+                tracing::info!(target: "service", node = %node, stream, line, "service output");
+            }
+            Err(e) => {
+                tracing::debug!(node = %node, stream, error = %e, "cannot read service output");
+                return;
+            }
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;
