@@ -231,12 +231,14 @@ fn build_status(node: &Arc<Node>) -> Status {
                 0
             };
             let reachable = last_heard.is_some_and(|t| now.duration_since(t) < failure_timeout);
+            // A node nobody hears is shown as such, whatever it last reported.
+            let role = if reachable { role } else { "unreachable" };
             NodeStatus {
                 id: m.id.clone(),
                 kind: m.kind,
                 priority: m.priority,
                 role: role.to_string(),
-                healthy: rec.healthy,
+                healthy: rec.healthy && reachable,
                 in_sync: if info.is_leader {
                     reachable && lag <= cfg.timing.max_lag
                 } else {
@@ -390,6 +392,10 @@ async fn maintenance_handler(State(node): State<Arc<Node>>, Json(b): Json<Mainte
 }
 
 async fn admin(node: &Arc<Node>, action: AdminAction) -> Response {
+    // Bad requests are refused here, whichever node gets them.
+    if let Err(e) = validate_admin(&node.config, &action) {
+        return error_response(e.status(), e.to_string(), false);
+    }
     let body = match serde_json::to_string(&action) {
         Ok(b) => b,
         Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), false),
@@ -436,12 +442,8 @@ async fn forward_admin(node: &Arc<Node>, body: &str) -> Result<AdminReply, Admin
     serde_json::from_str(&json).map_err(|e| AdminError::Refused(format!("bad reply from leader: {e}")))
 }
 
-/// Leader side of an admin action: validate, commit, answer JSON of [`AdminReply`].
-pub async fn apply_admin(node: &Arc<Node>, body: &str) -> Result<String, AdminError> {
-    let action: AdminAction =
-        serde_json::from_str(body).map_err(|e| AdminError::Invalid(format!("bad admin request: {e}")))?;
-    let cfg = &node.config;
-    let (active, epoch) = node.cluster.sm.read(|d| (d.state.active.clone(), d.state.epoch));
+/// Checks an action against the configuration (members and their kinds).
+fn validate_admin(cfg: &crate::config::Config, action: &AdminAction) -> Result<(), AdminError> {
     let data_member = |id: &str| -> Result<(), AdminError> {
         match cfg.member(id) {
             None => Err(AdminError::Invalid(format!(
@@ -453,11 +455,25 @@ pub async fn apply_admin(node: &Arc<Node>, body: &str) -> Result<String, AdminEr
             Some(_) => Ok(()),
         }
     };
+    match action {
+        AdminAction::Switchover { to: Some(t) } => data_member(t),
+        AdminAction::Maintenance { node, .. } if cfg.member(node).is_none() => Err(AdminError::Invalid(
+            format!("{node} is not a member of the cluster"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Leader side of an admin action: validate, commit, answer JSON of [`AdminReply`].
+pub async fn apply_admin(node: &Arc<Node>, body: &str) -> Result<String, AdminError> {
+    let action: AdminAction =
+        serde_json::from_str(body).map_err(|e| AdminError::Invalid(format!("bad admin request: {e}")))?;
+    validate_admin(&node.config, &action)?;
+    let (active, epoch) = node.cluster.sm.read(|d| (d.state.active.clone(), d.state.epoch));
     let at = unix_ms();
     let (cmd, message) = match action {
         AdminAction::Switchover { to } => {
             if let Some(t) = &to {
-                data_member(t)?;
                 if active.as_deref() == Some(t.as_str()) {
                     return Err(AdminError::Refused(format!("{t} is already active")));
                 }
@@ -495,9 +511,6 @@ pub async fn apply_admin(node: &Arc<Node>, body: &str) -> Result<String, AdminEr
             )
         }
         AdminAction::Maintenance { node: n, on } => {
-            if cfg.member(&n).is_none() {
-                return Err(AdminError::Invalid(format!("{n} is not a member of the cluster")));
-            }
             let msg = format!("maintenance {} for {n}", if on { "on" } else { "off" });
             (Command::Maintenance { node: n, on, at }, msg)
         }

@@ -5,7 +5,7 @@
 //! Interruption = from the fault (or, for a planned switchover, from the last answer of the
 //! old active) to the first answer of the new active, as the client sees it.
 
-mod probe;
+pub mod probe;
 
 use std::time::{Duration, Instant};
 

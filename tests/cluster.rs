@@ -1,0 +1,422 @@
+//! Multi-process tests: real `standin node` processes on loopback (data nodes `a`, `b`, witness
+//! `w`), real faults (`kill -9`, `SIGSTOP`, a black-holed network path), and a client that
+//! probes every service every 10 ms and fails the test if two nodes ever answer as active in
+//! the same round or an older epoch answers after a newer one.
+//!
+//! Tests run one at a time (they share two cores and measure liveness).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use standin::api::Status;
+use standin::bench::probe::Prober;
+use standin::cluster::state::{Event, EventKind};
+use standin::demo::harness::{LocalCluster, Spec};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_standin"))
+}
+
+struct Fixture {
+    cluster: LocalCluster,
+    prober: Option<Prober>,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn start(relay: bool, extra_toml: &str) -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut spec = Spec::new(dir.path(), &binary());
+        spec.relay_second_path = relay;
+        spec.extra_toml = extra_toml.to_string();
+        let mut cluster = LocalCluster::create(spec).await.expect("create cluster");
+        cluster.start_all().expect("start");
+        cluster
+            .wait_ready(Duration::from_secs(30))
+            .await
+            .expect("cluster ready");
+        let services = cluster.nodes.iter().filter_map(|n| n.service).collect();
+        let prober = Some(Prober::start(services, Duration::from_millis(10)));
+        Fixture {
+            cluster,
+            prober,
+            _dir: dir,
+        }
+    }
+
+    async fn status(&self) -> Status {
+        self.cluster.status().await.expect("some node answers")
+    }
+
+    fn api(&self, id: &str) -> String {
+        self.cluster.node(id).expect("node").admin.to_string()
+    }
+
+    /// Waits for a node other than `old` to be active at an epoch above `epoch`.
+    async fn wait_new_active(&self, old: &str, epoch: u64, timeout: Duration) -> Status {
+        self.cluster
+            .wait_for(timeout, "a new active node", |s| {
+                s.epoch > epoch
+                    && s.active.as_deref().is_some_and(|a| a != old)
+                    && s.nodes
+                        .iter()
+                        .any(|n| Some(&n.id) == s.active.as_ref() && n.role == "active")
+            })
+            .await
+            .expect("failover")
+    }
+
+    async fn wait_standby(&self, id: &str, timeout: Duration) -> Status {
+        self.cluster
+            .wait_for(timeout, "the node back as a healthy standby", |s| {
+                s.nodes
+                    .iter()
+                    .any(|n| n.id == id && n.role == "standby" && n.healthy && n.in_sync)
+            })
+            .await
+            .expect("rejoin as standby")
+    }
+
+    async fn events(&self, id: &str) -> Vec<Event> {
+        let r = standin::api::client::request(
+            &self.api(id),
+            hyper::Method::GET,
+            "/v1/events",
+            None,
+            Duration::from_secs(2),
+        )
+        .await
+        .expect("events");
+        serde_json::from_str(&r.body).expect("events json")
+    }
+
+    /// Stops probing and asserts no two nodes ever acted as active at once.
+    async fn assert_single_active(&mut self) {
+        let prober = self.prober.take().expect("prober");
+        let stale = prober.stale_answers();
+        prober.stop().await;
+        assert_eq!(
+            stale, 0,
+            "two nodes answered as active, or an old epoch answered after a newer one"
+        );
+    }
+
+    /// Observes the cluster for `d` and asserts the active node and epoch did not change.
+    async fn assert_no_failover(&self, d: Duration, active: &str, epoch: u64) {
+        let deadline = std::time::Instant::now() + d;
+        while std::time::Instant::now() < deadline {
+            if let Some(s) = self.cluster.status().await {
+                assert_eq!(s.epoch, epoch, "epoch moved: {s:?}");
+                assert_eq!(s.active.as_deref(), Some(active), "active moved: {s:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn active_of(s: &Status) -> String {
+    s.active.clone().expect("an active node")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_active_node_fails_over_and_it_rejoins_as_standby() {
+    let _g = SERIAL.lock().await;
+    let mut f = Fixture::start(false, "").await;
+    let s = f.status().await;
+    let old = active_of(&s);
+    assert_eq!(old, "a", "the highest-priority node starts active");
+    f.cluster.kill(&old).await.expect("kill");
+    let after = f.wait_new_active(&old, s.epoch, Duration::from_secs(10)).await;
+    assert_eq!(after.epoch, s.epoch + 1, "one promotion, one epoch");
+    let events = f.events("b").await;
+    let deposed = events
+        .iter()
+        .find(|e| e.kind == EventKind::Deposed && e.node.as_deref() == Some("a"))
+        .expect("deposed event");
+    assert_eq!(deposed.cause, Some(standin::failover::Cause::NodeLost));
+    assert!(events
+        .iter()
+        .any(|e| e.kind == EventKind::Promoted && e.node.as_deref() == Some("b") && e.duration_ms.is_some()));
+
+    // The old node comes back as a standby and does not take the role back (manual failback).
+    f.cluster.start(&old).expect("restart");
+    let back = f.wait_standby(&old, Duration::from_secs(20)).await;
+    assert_eq!(back.active.as_deref(), Some("b"));
+    f.assert_no_failover(Duration::from_secs(1), "b", after.epoch)
+        .await;
+    f.assert_single_active().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_service_only_fails_over() {
+    let _g = SERIAL.lock().await;
+    let mut f = Fixture::start(false, "").await;
+    let s = f.status().await;
+    let old = active_of(&s);
+    let pid = f
+        .cluster
+        .lease(&old)
+        .await
+        .and_then(|l| l.service_pid)
+        .expect("service pid");
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill service");
+    let after = f.wait_new_active(&old, s.epoch, Duration::from_secs(10)).await;
+    let events = f.events(&active_of(&after)).await;
+    assert!(events.iter().any(|e| e.kind == EventKind::Deposed
+        && e.node.as_deref() == Some(old.as_str())
+        && e.cause == Some(standin::failover::Cause::ServiceUnhealthy)));
+    // The daemon lived: the old active released its lease itself, so no fencing was needed.
+    let promoted = events
+        .iter()
+        .rev()
+        .find(|e| e.kind == EventKind::Promoting)
+        .expect("promoting event");
+    assert!(!promoted.detail.contains("fencing"), "{promoted:?}");
+    // The supervisor restarts the crashed service; the node is a healthy standby again.
+    f.wait_standby(&old, Duration::from_secs(20)).await;
+    f.assert_single_active().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigstop_beyond_the_failure_timeout_fails_over_and_sigcont_rejoins_as_standby() {
+    let _g = SERIAL.lock().await;
+    let mut f = Fixture::start(false, "").await;
+    let s = f.status().await;
+    let old = active_of(&s);
+    f.cluster.signal_daemon(&old, Signal::SIGSTOP).expect("stop");
+    let after = f.wait_new_active(&old, s.epoch, Duration::from_secs(10)).await;
+    // Let it sleep well past its lease, then wake it: it must not act as active again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    f.cluster.signal_daemon(&old, Signal::SIGCONT).expect("cont");
+    let back = f.wait_standby(&old, Duration::from_secs(20)).await;
+    assert_eq!(back.active, after.active);
+    assert_eq!(back.epoch, after.epoch);
+    let lease = f.cluster.lease(&old).await.expect("lease");
+    assert_eq!(lease.role, "standby");
+    f.assert_single_active().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_shorter_than_the_failure_timeout_causes_no_failover() {
+    let _g = SERIAL.lock().await;
+    let mut f = Fixture::start(false, "").await;
+    let s = f.status().await;
+    let active = active_of(&s);
+    for _ in 0..3 {
+        f.cluster.signal_daemon(&active, Signal::SIGSTOP).expect("stop");
+        // Default failure timeout is 500 ms.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        f.cluster.signal_daemon(&active, Signal::SIGCONT).expect("cont");
+        f.assert_no_failover(Duration::from_millis(1500), &active, s.epoch)
+            .await;
+    }
+    f.assert_single_active().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_one_of_two_paths_causes_no_failover() {
+    let _g = SERIAL.lock().await;
+    let mut f = Fixture::start(true, "").await;
+    let s = f.status().await;
+    let active = active_of(&s);
+    // The second path of every node goes dark (a switch dies): packets vanish, no resets.
+    for relay in f.cluster.relays.values() {
+        relay.set_cut(true);
+    }
+    let down = f
+        .cluster
+        .wait_for(Duration::from_secs(10), "second paths reported down", |st| {
+            st.nodes
+                .iter()
+                .filter(|n| !n.paths.is_empty())
+                .all(|n| n.paths.len() == 2 && n.paths[0].up && !n.paths[1].up)
+        })
+        .await
+        .expect("path state visible");
+    assert_eq!(down.epoch, s.epoch);
+    f.assert_no_failover(Duration::from_secs(2), &active, s.epoch)
+        .await;
+    for relay in f.cluster.relays.values() {
+        relay.set_cut(false);
+    }
+    f.cluster
+        .wait_for(Duration::from_secs(10), "second paths back up", |st| {
+            st.nodes
+                .iter()
+                .filter(|n| !n.paths.is_empty())
+                .all(|n| n.paths.iter().all(|p| p.up))
+        })
+        .await
+        .expect("paths recover");
+    f.assert_no_failover(Duration::from_millis(500), &active, s.epoch)
+        .await;
+    f.assert_single_active().await;
+}
+
+fn cli(args: &[&str], api: &str) -> (i32, String, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .env("STANDIN_API", api)
+        .output()
+        .expect("run cli");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_switchover_and_failback_through_the_cli() {
+    let _g = SERIAL.lock().await;
+    let mut f = Fixture::start(false, "").await;
+    let s = f.status().await;
+    assert_eq!(active_of(&s), "a");
+    let api = f.api("w"); // any node answers, even the witness
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let api = api.clone();
+        move || cli(&["switchover", "--to", "b", "--json"], &api)
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 0, "stdout: {out} stderr: {err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(v["active"], "b");
+    assert_eq!(v["epoch"], s.epoch + 1);
+    let events = f.events("b").await;
+    let promoted = events
+        .iter()
+        .rev()
+        .find(|e| e.kind == EventKind::Promoting)
+        .expect("promoting");
+    assert_eq!(promoted.cause, Some(standin::failover::Cause::Switchover));
+    assert!(
+        !promoted.detail.contains("fencing"),
+        "planned: the old active released: {promoted:?}"
+    );
+
+    // Refusals are clear and do not move anything.
+    let (code, _, err) = tokio::task::spawn_blocking({
+        let api = api.clone();
+        move || cli(&["switchover", "--to", "w"], &api)
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("witness"), "{err}");
+
+    // Failback goes to the preferred (highest-priority) node.
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let api = api.clone();
+        move || cli(&["failback", "--json"], &api)
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 0, "stdout: {out} stderr: {err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(v["active"], "a");
+    assert_eq!(v["epoch"], s.epoch + 2);
+    f.assert_single_active().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_moves_the_role_away_and_status_json_is_stable() {
+    let _g = SERIAL.lock().await;
+    let mut f = Fixture::start(false, "").await;
+    let s = f.status().await;
+    let api = f.api("a");
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let api = api.clone();
+        move || cli(&["maintenance", "on", "a", "--json"], &api)
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 0, "{out} {err}");
+    let after = f.wait_new_active("a", s.epoch, Duration::from_secs(10)).await;
+    assert_eq!(active_of(&after), "b");
+    let a = after.nodes.iter().find(|n| n.id == "a").expect("a");
+    assert!(a.maintenance);
+
+    // The JSON scripts rely on.
+    let (code, out, _) = tokio::task::spawn_blocking({
+        let api = api.clone();
+        move || cli(&["status", "--json"], &api)
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert!(v["epoch"].is_u64());
+    assert_eq!(v["active"], "b");
+    let nodes = v["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3);
+    for n in nodes {
+        for key in ["id", "kind", "role", "healthy", "in_sync", "paths"] {
+            assert!(n.get(key).is_some(), "node lacks {key}: {n}");
+        }
+    }
+    let w = nodes.iter().find(|n| n["id"] == "w").expect("w");
+    assert_eq!(w["kind"], "witness");
+    assert_eq!(w["role"], "witness");
+
+    let (code, _, _) = tokio::task::spawn_blocking({
+        let api = api.clone();
+        move || cli(&["maintenance", "off", "a"], &api)
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 0);
+    f.cluster
+        .wait_for(Duration::from_secs(5), "maintenance off", |st| {
+            st.nodes.iter().any(|n| n.id == "a" && !n.maintenance)
+        })
+        .await
+        .expect("maintenance off");
+    f.assert_no_failover(Duration::from_secs(1), "b", after.epoch)
+        .await;
+    f.assert_single_active().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_every_node_keeps_the_state() {
+    let _g = SERIAL.lock().await;
+    let mut f = Fixture::start(false, "").await;
+    let s = f.status().await;
+    let before = f.events("a").await;
+    let last_seq = before.last().map(|e| e.seq).expect("events");
+    f.assert_single_active().await;
+    let ids: Vec<String> = f.cluster.nodes.iter().map(|n| n.id.clone()).collect();
+    for id in &ids {
+        f.cluster.stop(id, Duration::from_secs(10)).expect("stop");
+    }
+    f.cluster.start_all().expect("start again");
+    let after = f
+        .cluster
+        .wait_ready(Duration::from_secs(30))
+        .await
+        .expect("ready again");
+    assert!(
+        after.epoch > s.epoch,
+        "a restarted active never resumes on its own: new epoch"
+    );
+    let events = f.events("b").await;
+    // History survived the restart, in order, without gaps.
+    for e in &before {
+        assert!(
+            events.iter().any(|x| x.seq == e.seq && x.kind == e.kind),
+            "lost event {e:?}"
+        );
+    }
+    assert!(events
+        .iter()
+        .any(|e| e.seq > last_seq && e.kind == EventKind::Released));
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "event seqs have gaps: {seqs:?}"
+    );
+}

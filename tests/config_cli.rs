@@ -1,0 +1,113 @@
+//! The binary refuses bad configuration with exit code 64 and a message naming the key, before
+//! binding any port.
+
+use std::net::TcpListener;
+use std::process::Command;
+
+fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_standin")
+}
+
+fn config(admin_port: u16, extra: &str) -> String {
+    format!(
+        r#"
+[node]
+id = "a"
+data-dir = "/nonexistent/should-not-be-created"
+
+[[member]]
+id = "a"
+kind = "data"
+addresses = ["127.0.0.1:1"]
+admin = "127.0.0.1:{admin_port}"
+
+[service]
+command = "sleep"
+args = ["30"]
+{extra}
+"#
+    )
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn check_config_accepts_a_good_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ok.toml");
+    std::fs::write(&path, config(free_port(), "")).unwrap();
+    let out = Command::new(binary())
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn unknown_key_exits_64_naming_it_and_binds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, config(port, "restart-delay = \"1s\"")).unwrap();
+    for cmd in [vec!["check-config"], vec!["node", "--config"]] {
+        let out = Command::new(binary()).args(&cmd).arg(&path).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{cmd:?}: {err}");
+        assert!(
+            err.contains("restart-delay"),
+            "{cmd:?}: message must name the key: {err}"
+        );
+    }
+    // Nothing was bound and no data directory was made.
+    assert!(TcpListener::bind(("127.0.0.1", port)).is_ok());
+    assert!(!std::path::Path::new("/nonexistent/should-not-be-created").exists());
+}
+
+#[test]
+fn bad_values_exit_64_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[timing]\nlease = \"fast\"", "lease"),
+        ("[timing]\nlease = \"150ms\"", "timing.lease"),
+        (
+            "[[check]]\nname = \"h\"\nkind = \"http\"\nurl = \"ftp://x\"",
+            "check[0].url",
+        ),
+    ];
+    for (extra, key) in cases {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, config(free_port(), extra)).unwrap();
+        let out = Command::new(binary())
+            .arg("node")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{extra}: {err}");
+        assert!(err.contains(key), "{extra}: message must name {key}: {err}");
+    }
+}
+
+#[test]
+fn cli_reports_an_unreachable_api_with_exit_69() {
+    let port = free_port();
+    let out = Command::new(binary())
+        .args(["status", "--json", "--api", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+}
