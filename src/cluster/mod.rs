@@ -208,8 +208,10 @@ impl Cluster {
             // Raft's own heartbeat is twice as frequent as ours: leadership is what lease
             // renewals depend on, so it must survive a lost packet or two.
             heartbeat_interval: (hb / 2).max(5),
-            election_timeout_min: (hb * 3 / 2).max(20),
-            election_timeout_max: (hb * 3).max(40),
+            // openraft adds `election_timeout_max` (its leader lease) to the follower's timeout,
+            // so a dead leader is replaced after 2-2.5 heartbeat intervals of silence.
+            election_timeout_min: hb.max(20),
+            election_timeout_max: (hb * 3 / 2).max(30),
             // A witness votes but never campaigns.
             enable_elect: me.kind == NodeKind::Data,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(2000),

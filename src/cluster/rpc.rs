@@ -31,6 +31,12 @@ pub enum Request {
     Status,
     /// An admin action forwarded to the leader (JSON of `api::AdminAction`).
     Admin(String),
+    /// A new leader asks: when did you last take part in a confirmation round of a leader
+    /// other than `leader`, or grant `node` a lease yourself? (see `node::lease`)
+    LeaseBound {
+        leader: String,
+        node: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -44,6 +50,8 @@ pub enum Response {
     Ok,
     /// JSON text (status, admin results).
     Json(String),
+    /// Milliseconds since that last confirmation or grant; `None`: never.
+    LeaseBound(Option<u64>),
     /// The request failed on the receiver; `retry` says whether trying again (elsewhere or
     /// later) can help, e.g. "not the leader".
     Error {

@@ -136,6 +136,11 @@ pub struct ClusterView {
     /// time for the highest-priority data node, so the first active does not depend on which
     /// node happened to start first.
     pub bootstrap_until: Millis,
+    /// A proven upper bound on when any lease grant to the deposed node was confirmed: every
+    /// voter but the deposed one reported when it last took part in a leader's confirmation
+    /// round (see `node::lease`). When known it replaces `leader_since`, so a new leader does
+    /// not wait a full lease after its own election.
+    pub grant_bound: Option<Millis>,
 }
 
 /// What the coordinator should do now. Several may be returned; they are applied in order.
@@ -178,7 +183,8 @@ impl ClusterView {
 
     /// The earliest time at which any lease granted to a deposed node has certainly expired.
     pub fn lease_expiry(&self) -> Millis {
-        let granted = self.last_grant.unwrap_or(0).max(self.leader_since);
+        let since = self.grant_bound.unwrap_or(self.leader_since);
+        let granted = self.last_grant.unwrap_or(0).max(since);
         granted + self.lease + self.lease_margin
     }
 }

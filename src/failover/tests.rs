@@ -65,6 +65,7 @@ fn base() -> ClusterView {
         auto_failback: false,
         hold_down: 30_000,
         bootstrap_until: 0,
+        grant_bound: None,
     }
 }
 
@@ -881,6 +882,7 @@ prop_compose! {
         timing in (100..1_000u64, 100..1_000u64, 0..100u64, 100..20_000u64),
         auto_failback in any::<bool>(),
         hold_down in 0..40_000u64,
+        grant_bound in proptest::option::of(arb_time()),
     ) -> ClusterView {
         let (a, b, c, d, w) = nodes;
         let mut nodes = vec![a, b, c, d, w];
@@ -904,6 +906,7 @@ prop_compose! {
             auto_failback,
             hold_down,
             bootstrap_until: 0,
+            grant_bound,
         }
     }
 }
@@ -973,4 +976,36 @@ proptest! {
             }
         }
     }
+}
+
+/// With every surviving voter's report, the lease wait counts from the last confirmation the
+/// deposed node could have had, not from this leader's election.
+#[test]
+fn grant_bound_shortens_the_lease_wait_after_a_new_election() {
+    let mut v = base();
+    v.active = None;
+    v.deposed = Some(Deposed {
+        node: "a".into(),
+        epoch: 5,
+        released: false,
+        cause: Cause::NodeLost,
+    });
+    n(&mut v, "a").last_heard = Some(NOW - 1_000);
+    v.leader = "b".into();
+    v.last_grant = None;
+    v.leader_since = NOW - 100; // elected 100 ms ago: without a bound, wait until NOW + 350
+    assert!(matches!(decide(&v, NOW).as_slice(), [Action::Wait { .. }]));
+    v.grant_bound = Some(NOW - 600); // the last confirmation anyone took part in
+    match decide(&v, NOW).as_slice() {
+        [Action::Promote {
+            node,
+            epoch: 6,
+            fence: true,
+            ..
+        }] => assert_eq!(node, "b"),
+        other => panic!("expected a promotion of b, got {other:?}"),
+    }
+    // A grant given later than the bound still counts.
+    v.last_grant = Some(NOW - 300);
+    assert!(matches!(decide(&v, NOW).as_slice(), [Action::Wait { .. }]));
 }

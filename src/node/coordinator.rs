@@ -32,6 +32,8 @@ struct State {
     /// Nodes whose promotion failed, not tried again before the instant.
     excluded: HashMap<String, Instant>,
     last_elect: Option<Instant>,
+    /// The grant bound for a deposed (node, epoch), once every other voter reported.
+    grant_bound: Option<((String, u64), Instant)>,
 }
 
 pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
@@ -44,6 +46,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
         pending_seen: HashMap::new(),
         excluded: HashMap::new(),
         last_elect: None,
+        grant_bound: None,
     };
     loop {
         tokio::select! {
@@ -65,6 +68,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
             tracing::info!(term = info.term, "became raft leader; coordinating");
             st.leader_since = Some(now);
         }
+        refresh_grant_bound(&node, &mut st).await;
         let view = build_view(&node, &mut st, &info, now);
         let now_ms = node.to_ms(now);
         let actions = failover::decide(&view, now_ms);
@@ -84,6 +88,67 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
         c.is_leader = true;
         c.waiting = waiting;
     }
+}
+
+/// While a deposed node's lease may still run, asks every other voter for its report (see
+/// `lease::bound_ms_ago`). Only a complete set of reports gives a bound.
+async fn refresh_grant_bound(node: &Arc<Node>, st: &mut State) {
+    let deposed = node
+        .cluster
+        .sm
+        .read(|d| d.state.deposed.clone().filter(|d| !d.released));
+    let Some(d) = deposed else {
+        st.grant_bound = None;
+        return;
+    };
+    let key = (d.node.clone(), d.epoch);
+    if st.grant_bound.as_ref().is_some_and(|(k, _)| *k == key) {
+        return;
+    }
+    let me = node.cluster.me().to_string();
+    let timeout = node.config.timing.heartbeat_interval;
+    let asks = node
+        .config
+        .members
+        .iter()
+        .filter(|m| m.id != d.node && m.id != me)
+        .map(|m| {
+            let req = Request::LeaseBound {
+                leader: me.clone(),
+                node: d.node.clone(),
+            };
+            let transport = node.cluster.transport.clone();
+            let id = m.id.clone();
+            async move {
+                match transport.call(&id, &req, timeout).await {
+                    Ok(crate::cluster::rpc::Response::LeaseBound(ago)) => {
+                        let received = Instant::now();
+                        Ok(ago.map(|ms| {
+                            received
+                                .checked_sub(Duration::from_millis(ms))
+                                .unwrap_or(received)
+                        }))
+                    }
+                    _ => Err(()),
+                }
+            }
+        });
+    let replies = futures::future::join_all(asks).await;
+    if replies.iter().any(|r| r.is_err()) {
+        return;
+    }
+    let now = Instant::now();
+    let local = super::lease::bound_ms_ago(node, &me, &d.node)
+        .map(|ms| now.checked_sub(Duration::from_millis(ms)).unwrap_or(now));
+    let bound = replies
+        .into_iter()
+        .flatten()
+        .flatten()
+        .chain(local)
+        .max()
+        .unwrap_or(node.origin);
+    tracing::info!(node = %d.node, epoch = d.epoch, ago_ms = bound.elapsed().as_millis() as u64, "lease bound from every voter");
+    st.grant_bound = Some((key, bound));
 }
 
 /// Builds the coordinator's view. Public to the crate for status output.
@@ -212,6 +277,7 @@ fn build_view(
         auto_failback: cfg.failback.mode == FailbackMode::Auto,
         hold_down: cfg.failback.hold_down.as_millis() as u64,
         bootstrap_until: leader_since + 3 * t.failure_timeout.as_millis() as u64,
+        grant_bound: st.grant_bound.as_ref().map(|(_, t)| node.to_ms(*t)),
     }
 }
 

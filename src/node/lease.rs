@@ -53,6 +53,33 @@ pub async fn grant(node: &Arc<Node>, who: &str, epoch: u64) -> LeaseReply {
     LeaseReply::Granted
 }
 
+/// This node's contribution to a grant bound: the latest instant at which it took part in a
+/// confirmation round of a leader other than `leader` (it received AppendEntries from it), or
+/// answered a lease request of `deposed` itself (as a leader), in milliseconds ago.
+///
+/// Any grant to `deposed` was confirmed by a quorum: by its leader and by followers that
+/// received the leader's round after the request was sent. If every voter but `deposed`
+/// reports, the latest report bounds when a grant could have started; the holder stops
+/// acting a lease after its own send time, which came earlier still.
+pub fn bound_ms_ago(node: &Arc<Node>, leader: &str, deposed: &str) -> Option<u64> {
+    let appends = node
+        .appends
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|(from, _)| from.as_str() != leader)
+        .map(|(_, t)| *t)
+        .max();
+    let granted = node
+        .grants
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(deposed)
+        .copied();
+    let last = appends.max(granted)?;
+    Some(last.elapsed().as_millis() as u64 + 1)
+}
+
 /// Holder side: while the state names this node active, renew the lease every heartbeat.
 pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
     let timing = node.config.timing.clone();

@@ -61,6 +61,9 @@ pub struct Node {
     /// Leader side: when a lease request of each node last arrived (grants may run until then
     /// plus the lease).
     pub grants: Mutex<HashMap<String, Instant>>,
+    /// When each node last sent us Raft AppendEntries (as leader): the confirmation rounds
+    /// this node took part in, for [`lease::bound_ms_ago`].
+    pub appends: Mutex<HashMap<String, Instant>>,
     /// This node's acting role, for the service (`/v1/lease`) and status.
     pub local: watch::Sender<LocalRole>,
     /// The lease this node holds, if any (holder side).
@@ -156,6 +159,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         cluster: cluster.clone(),
         origin: Instant::now(),
         grants: Mutex::new(HashMap::new()),
+        appends: Mutex::new(HashMap::new()),
         local: local_tx,
         lease: watch::channel(None).0,
         coordinator: Mutex::new(CoordinatorStatus::default()),
@@ -220,12 +224,22 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
 
 /// Answers one request from a peer.
 async fn handle_peer(node: &Arc<Node>, from: String, req: Request) -> Response {
+    if let Request::AppendEntries(_) = &req {
+        // Recorded before the request is handled, so the instant precedes our answer.
+        node.appends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(from.clone(), Instant::now());
+    }
     let req = match node.cluster.handle_raft(req).await {
         Ok(resp) => return resp,
         Err(req) => req,
     };
     match req {
         Request::Lease { node: who, epoch } => Response::Lease(lease::grant(node, &who, epoch).await),
+        Request::LeaseBound { leader, node: who } => {
+            Response::LeaseBound(lease::bound_ms_ago(node, &leader, &who))
+        }
         Request::Status => match crate::api::local_status(node) {
             Ok(s) => Response::Json(s),
             Err(e) => Response::Error {
