@@ -420,3 +420,29 @@ async fn restarting_every_node_keeps_the_state() {
         "event seqs have gaps: {seqs:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_of_the_active_hands_over_without_waiting_for_its_lease() {
+    let _g = SERIAL.lock().await;
+    let mut f = Fixture::start(false, "").await;
+    let s = f.status().await;
+    let old = active_of(&s);
+    f.cluster
+        .stop(&old, Duration::from_secs(10))
+        .expect("graceful stop");
+    let after = f.wait_new_active(&old, s.epoch, Duration::from_secs(10)).await;
+    let events = f.events(&active_of(&after)).await;
+    let released = events
+        .iter()
+        .any(|e| e.kind == EventKind::Released && e.node.as_deref() == Some(old.as_str()));
+    assert!(released, "a stopping active releases its role: {events:?}");
+    let promoted = events
+        .iter()
+        .rev()
+        .find(|e| e.kind == EventKind::Promoting)
+        .expect("promoting");
+    assert!(!promoted.detail.contains("fencing"), "{promoted:?}");
+    // Its service was stopped with it.
+    assert!(f.cluster.lease(&old).await.is_none(), "the daemon is gone");
+    f.assert_single_active().await;
+}

@@ -12,7 +12,8 @@ pub fn decide(v: &ClusterView, now: Millis) -> Vec<Action> {
 
     // A committed promotion waits for its node's hook result (or times out).
     if let Some(p) = &v.pending {
-        if now.saturating_sub(p.since) >= v.promote_timeout {
+        // A promoted node that cannot be heard will not report: no need to wait it out.
+        if now.saturating_sub(p.since) >= v.promote_timeout || !v.reachable(&p.node, now) {
             return vec![Action::PromotionTimedOut {
                 node: p.node.clone(),
                 epoch: p.epoch,
@@ -198,11 +199,10 @@ fn decide_successor(v: &ClusterView, now: Millis) -> Vec<Action> {
         }
     }
 
-    // A planned move names its target; otherwise the best candidate. A node moved away from
-    // on purpose is only taken back when nobody else can serve.
-    let planned =
-        deposed.is_some_and(|d| matches!(d.cause, Cause::Switchover | Cause::Failback | Cause::Maintenance));
-    let exclude = deposed.filter(|_| planned).map(|d| d.node.as_str());
+    // A planned move names its target; otherwise the best candidate. The node that just lost
+    // or gave up the role (moved away on purpose, crashed, shutting down, restarted) is only
+    // taken back when nobody else can serve.
+    let exclude = deposed.map(|d| d.node.as_str());
     let target = v
         .switchover
         .as_ref()

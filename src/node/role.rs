@@ -284,12 +284,25 @@ pub async fn shutdown(node: &Arc<Node>) {
         return;
     }
     demote(node, local.epoch, "shutting down").await;
-    let cmd = Command::Released {
-        node: node.cluster.me().to_string(),
-        epoch: local.epoch,
-        reason: "node shutting down".into(),
-        at: unix_ms(),
-    };
+    let me = node.cluster.me().to_string();
+    let at = unix_ms();
+    // One entry: the coordinator must never see the release without the node being unhealthy,
+    // or it could pick this node again.
+    let cmd = Command::Batch(vec![
+        Command::Health {
+            node: me.clone(),
+            check: super::reporter::PROCESS_CHECK.into(),
+            healthy: false,
+            detail: "node shutting down".into(),
+            at,
+        },
+        Command::Released {
+            node: me,
+            epoch: local.epoch,
+            reason: "node shutting down".into(),
+            at,
+        },
+    ]);
     if let Err(e) = tokio::time::timeout(Duration::from_secs(2), node.cluster.write(cmd)).await {
         tracing::warn!(error = %e, "could not record release before shutdown");
     }
