@@ -131,6 +131,9 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        // If stderr goes away (the reader died), tracing would report that with eprintln!,
+        // which panics: a daemon must outlive its log reader.
+        .log_internal_errors(false)
         .init();
 }
 

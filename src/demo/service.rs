@@ -54,12 +54,18 @@ pub async fn run(
         .route("/health", get(|| async { "ok\n" }))
         .with_state(shared);
     let c2 = cancel.clone();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { c2.cancelled().await })
-        .await;
-    cancel.cancel();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { c2.cancelled().await })
+            .await
+    });
+    cancel.cancelled().await;
     let _ = poller.await;
-    served
+    // Graceful, but bounded: an idle client connection must not keep the process alive.
+    match tokio::time::timeout(Duration::from_secs(1), server).await {
+        Ok(Ok(r)) => r,
+        _ => Ok(()),
+    }
 }
 
 async fn root(State(s): State<Arc<Shared>>) -> (StatusCode, String) {
@@ -82,8 +88,9 @@ async fn poll_role(shared: Arc<Shared>, admin: SocketAddr, cancel: CancellationT
     loop {
         // Our daemon died (we were re-parented): a service must not outlive its supervisor.
         if nix::unistd::getppid() != parent {
-            tracing::warn!("daemon gone; demo service exits");
+            // Cancel before logging: our stderr was the daemon's pipe and may be gone.
             cancel.cancel();
+            tracing::warn!("daemon gone; demo service exits");
             return;
         }
         let sent = Instant::now();
