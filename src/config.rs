@@ -629,6 +629,12 @@ impl Config {
         if self.hooks.timeout.is_zero() {
             return Err(invalid("hooks.timeout", "must be greater than 0"));
         }
+        if me.kind == NodeKind::Data && self.timing.promote_timeout < self.hooks.timeout.saturating_mul(2) {
+            return Err(invalid(
+                "timing.promote-timeout",
+                "must cover on-fence and on-promote: at least twice hooks.timeout",
+            ));
+        }
         Ok(())
     }
 
@@ -712,7 +718,7 @@ admin = "10.0.0.3:7180"
 heartbeat-interval = "50ms"
 failure-timeout = "250ms"
 lease = "200ms"
-promote-timeout = "5s"
+promote-timeout = "6s"
 max-lag = 16
 
 [service]
@@ -857,7 +863,7 @@ args = ["1000"]
                 heartbeat_interval: ms(50),
                 failure_timeout: ms(250),
                 lease: ms(200),
-                promote_timeout: Duration::from_secs(5),
+                promote_timeout: Duration::from_secs(6),
                 max_lag: 16,
             }
         );
@@ -1125,7 +1131,7 @@ args = ["1000"]
             ),
             (
                 "promote-timeout 0",
-                full_with("promote-timeout = \"5s\"", "promote-timeout = \"0s\""),
+                full_with("promote-timeout = \"6s\"", "promote-timeout = \"0s\""),
                 "timing.promote-timeout",
             ),
             (

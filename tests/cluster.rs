@@ -446,3 +446,118 @@ async fn sigterm_of_the_active_hands_over_without_waiting_for_its_lease() {
     assert!(f.cluster.lease(&old).await.is_none(), "the daemon is gone");
     f.assert_single_active().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_promote_hook_moves_on_to_the_next_candidate() {
+    let _g = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = Spec::new(dir.path(), &binary());
+    // Node a refuses to become active; b accepts.
+    spec.hooks_toml = "on-promote = 'echo checking; test \"$STANDIN_NODE\" != a'\n".into();
+    let mut cluster = LocalCluster::create(spec).await.expect("create");
+    cluster.start_all().expect("start");
+    let s = cluster.wait_ready(Duration::from_secs(30)).await.expect("ready");
+    assert_eq!(s.active.as_deref(), Some("b"));
+    let r = standin::api::client::request(
+        &cluster.node("b").expect("b").admin.to_string(),
+        hyper::Method::GET,
+        "/v1/events",
+        None,
+        Duration::from_secs(2),
+    )
+    .await
+    .expect("events");
+    let events: Vec<Event> = serde_json::from_str(&r.body).expect("json");
+    let failed = events
+        .iter()
+        .find(|e| e.kind == EventKind::PromotionFailed)
+        .expect("a promotion-failed event");
+    assert_eq!(failed.node.as_deref(), Some("a"));
+    assert!(failed.detail.contains("on-promote failed"), "{failed:?}");
+    let ok = events
+        .iter()
+        .find(|e| e.kind == EventKind::Promoted)
+        .expect("promoted");
+    assert_eq!(ok.node.as_deref(), Some("b"));
+    assert!(ok.epoch > failed.epoch, "the failed promotion used up its epoch");
+}
+
+/// The witness holds committed entries the surviving data node lacks: that node cannot win an
+/// election on its own, so the witness leads until it has caught up, and the failover happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_witness_leads_when_the_survivor_lacks_committed_entries() {
+    let _g = SERIAL.lock().await;
+    let mut f = Fixture::start(false, "").await;
+    let s = f.status().await;
+    assert_eq!(active_of(&s), "a");
+    // Leadership follows the active node.
+    f.cluster
+        .wait_for(Duration::from_secs(10), "a leading raft", |st| {
+            st.leader.as_deref() == Some("a")
+        })
+        .await
+        .expect("leadership moves to the active node");
+    f.cluster.signal_daemon("b", Signal::SIGSTOP).expect("stop b");
+    // Entries committed by a and w only.
+    for on in [true, false, true, false] {
+        let r = standin::api::client::request(
+            &f.api("a"),
+            hyper::Method::POST,
+            "/v1/maintenance",
+            Some(format!("{{\"node\":\"w\",\"on\":{on}}}")),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("maintenance");
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    f.cluster.kill("a").await.expect("kill a");
+    f.cluster.signal_daemon("b", Signal::SIGCONT).expect("cont b");
+    let after = f.wait_new_active("a", s.epoch, Duration::from_secs(20)).await;
+    assert_eq!(active_of(&after), "b");
+    let events = f.events("b").await;
+    assert!(
+        events.iter().filter(|e| e.kind == EventKind::Maintenance).count() >= 4,
+        "b caught up with what a and w committed"
+    );
+    f.assert_single_active().await;
+}
+
+/// Warm mode: the standby runs no service; promotion starts it, and a service that is still
+/// starting is not taken for a failed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_standby_starts_the_service_on_promotion() {
+    let _g = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = Spec::new(dir.path(), &binary());
+    spec.service_toml = "mode = \"warm\"\n".into();
+    let mut cluster = LocalCluster::create(spec).await.expect("create");
+    cluster.start_all().expect("start");
+    let s = cluster.wait_ready(Duration::from_secs(30)).await.expect("ready");
+    assert_eq!(s.active.as_deref(), Some("a"));
+    assert!(cluster.lease("a").await.and_then(|l| l.service_pid).is_some());
+    assert!(
+        cluster.lease("b").await.expect("b").service_pid.is_none(),
+        "a warm standby runs no service"
+    );
+    let services = cluster.nodes.iter().filter_map(|n| n.service).collect();
+    let prober = Prober::start(services, Duration::from_millis(10));
+    cluster.kill("a").await.expect("kill a");
+    let after = cluster
+        .wait_for(Duration::from_secs(10), "b active", |st| {
+            st.active.as_deref() == Some("b") && st.nodes.iter().any(|n| n.id == "b" && n.role == "active")
+        })
+        .await
+        .expect("failover to the warm standby");
+    assert!(cluster.lease("b").await.and_then(|l| l.service_pid).is_some());
+    // It stays there: no bouncing while the service starts.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        let st = cluster.status().await.expect("status");
+        assert_eq!(st.epoch, after.epoch, "{st:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stale = prober.stale_answers();
+    prober.stop().await;
+    assert_eq!(stale, 0);
+}

@@ -351,6 +351,15 @@ async fn lease_handler(State(node): State<Arc<Node>>) -> Json<LeaseStatus> {
         Acting::Promoting => ("promoting", None),
         Acting::Standby => ("standby", None),
     };
+    {
+        // Remember what the service was told: a release waits until it has heard "standby"
+        // or the lease it was given has run out.
+        let mut handed = node.handed_out.lock().unwrap_or_else(|p| p.into_inner());
+        match (role, local.lease_until) {
+            ("active", Some(until)) => *handed = Some(handed.map_or(until, |h| h.max(until))),
+            _ => *handed = None,
+        }
+    }
     Json(LeaseStatus {
         node: node.cluster.me().to_string(),
         role: role.to_string(),

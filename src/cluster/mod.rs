@@ -325,6 +325,8 @@ impl Cluster {
     pub async fn write_local(&self, cmd: Command) -> Result<CommandResult, ClusterError> {
         match self.raft.client_write(cmd).await {
             Ok(r) => Ok(r.data),
+            // Leadership moved between our check and the write: the caller may retry.
+            Err(e) if e.forward_to_leader().is_some() => Err(ClusterError::NoLeader),
             Err(e) => Err(ClusterError::Raft(e.to_string())),
         }
     }

@@ -49,6 +49,8 @@ pub struct Spec {
     pub extra_toml: String,
     /// Hooks per data node, as TOML lines for `[hooks]`.
     pub hooks_toml: String,
+    /// Extra TOML lines for `[service]` (e.g. `mode = "warm"`).
+    pub service_toml: String,
 }
 
 impl Spec {
@@ -61,6 +63,7 @@ impl Spec {
             relay_second_path: false,
             extra_toml: String::new(),
             hooks_toml: String::new(),
+            service_toml: String::new(),
         }
     }
 }
@@ -236,10 +239,12 @@ impl LocalCluster {
             );
             if let Some(svc) = n.service {
                 text.push_str(&format!(
-                    "\n[service]\ncommand = \"{}\"\nargs = [\"demo-service\", \"--listen\", \"{svc}\", \"--node\", \"{}\", \"--admin\", \"{}\"]\nstop-grace = \"2s\"\n\n[[check]]\nname = \"http\"\nkind = \"http\"\nurl = \"http://{svc}/health\"\ninterval = \"100ms\"\ntimeout = \"300ms\"\nrise = 1\nfall = 2\n",
+                    "\n[service]\ncommand = \"{}\"\nargs = [\"demo-service\", \"--listen\", \"{svc}\", \"--node\", \"{}\", \"--admin\", \"{}\"]\nstop-grace = \"2s\"\n{}\n[[check]]\nname = \"http\"\nkind = \"http\"\nurl = \"http://{svc}/health\"\ninterval = \"100ms\"\ntimeout = \"300ms\"\nrise = 1\nfall = 2\n",
                     spec.binary.display(),
                     n.id,
-                    n.admin
+                    n.admin,
+                    spec.service_toml,
+                    svc = svc,
                 ));
                 if !spec.hooks_toml.is_empty() {
                     text.push_str(&format!("\n[hooks]\n{}\n", spec.hooks_toml));

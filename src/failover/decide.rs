@@ -144,8 +144,16 @@ fn decide_with_active(v: &ClusterView, now: Millis, active: &str) -> Vec<Action>
         ))];
     }
 
-    // 4. A requested switchover (or failback).
+    // 4. A requested switchover (or failback), unless it waited too long.
     if let Some(sw) = &v.switchover {
+        if now.saturating_sub(sw.since) > v.switchover_timeout {
+            return vec![Action::CancelSwitchover {
+                reason: format!(
+                    "not carried out within {} ms (target never became eligible)",
+                    v.switchover_timeout
+                ),
+            }];
+        }
         return match switchover_target(v, now, active) {
             Ok(_) => vec![depose(sw.cause)],
             Err(reason) if reason.is_empty() => {

@@ -95,6 +95,9 @@ pub struct Switchover {
     /// `None`: the best other candidate.
     pub target: Option<String>,
     pub cause: Cause,
+    /// When it was requested; a request not carried out within `switchover_timeout` is
+    /// dropped, so it never happens long after the operator gave up on it.
+    pub since: Millis,
 }
 
 /// A promotion that was committed and whose node has not yet reported the hook's result.
@@ -141,6 +144,7 @@ pub struct ClusterView {
     /// round (see `node::lease`). When known it replaces `leader_since`, so a new leader does
     /// not wait a full lease after its own election.
     pub grant_bound: Option<Millis>,
+    pub switchover_timeout: Millis,
 }
 
 /// What the coordinator should do now. Several may be returned; they are applied in order.

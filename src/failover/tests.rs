@@ -66,6 +66,7 @@ fn base() -> ClusterView {
         hold_down: 30_000,
         bootstrap_until: 0,
         grant_bound: None,
+        switchover_timeout: u64::MAX,
     }
 }
 
@@ -113,6 +114,7 @@ fn switchover(v: &mut ClusterView, target: Option<&str>, cause: Cause) {
     v.switchover = Some(Switchover {
         target: target.map(String::from),
         cause,
+        since: NOW - 1_000,
     });
 }
 
@@ -894,7 +896,7 @@ prop_compose! {
             epoch,
             deposed: deposed.map(|(node, released, cause)| Deposed { node, epoch, released, cause }),
             pending: pending.map(|(node, since)| Pending { node, epoch: epoch + 1, since }),
-            switchover: switchover.map(|(target, cause)| Switchover { target, cause }),
+            switchover: switchover.map(|(target, cause)| Switchover { target, cause, since: 0 }),
             quorum,
             leader_since,
             last_grant,
@@ -907,6 +909,7 @@ prop_compose! {
             hold_down,
             bootstrap_until: 0,
             grant_bound,
+            switchover_timeout: u64::MAX,
         }
     }
 }
@@ -1008,4 +1011,22 @@ fn grant_bound_shortens_the_lease_wait_after_a_new_election() {
     // A grant given later than the bound still counts.
     v.last_grant = Some(NOW - 300);
     assert!(matches!(decide(&v, NOW).as_slice(), [Action::Wait { .. }]));
+}
+
+/// A switchover the target never became eligible for is dropped after the timeout.
+#[test]
+fn a_stale_switchover_request_is_cancelled() {
+    let mut v = base();
+    switchover(&mut v, Some("b"), Cause::Switchover);
+    n(&mut v, "b").in_sync = false; // catching up: wait
+    v.switchover_timeout = 30_000;
+    assert!(matches!(decide(&v, NOW).as_slice(), [Action::Wait { .. }]));
+    let later = NOW + 40_000;
+    for node in v.nodes.iter_mut() {
+        node.last_heard = Some(later);
+    }
+    assert!(matches!(
+        decide(&v, later).as_slice(),
+        [Action::CancelSwitchover { .. }]
+    ));
 }

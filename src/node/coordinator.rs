@@ -32,6 +32,8 @@ struct State {
     /// Nodes whose promotion failed, not tried again before the instant.
     excluded: HashMap<String, Instant>,
     last_elect: Option<Instant>,
+    /// Since when no leader is known (witness only: see `witness_rescue`).
+    leaderless_since: Option<Instant>,
     /// The grant bound for a deposed (node, epoch), once every other voter reported.
     grant_bound: Option<((String, u64), Instant)>,
 }
@@ -47,6 +49,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
         excluded: HashMap::new(),
         last_elect: None,
         grant_bound: None,
+        leaderless_since: None,
     };
     loop {
         tokio::select! {
@@ -55,6 +58,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
             r = applied.changed() => if r.is_err() { return },
         }
         let info = node.cluster.info();
+        witness_rescue(&node, &mut st, &info);
         if !info.is_leader {
             st.leader_since = None;
             st.pending_seen.clear();
@@ -88,6 +92,41 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
         c.is_leader = true;
         c.waiting = waiting;
     }
+}
+
+/// A witness never campaigns on its own, but if it holds committed entries the surviving data
+/// node lacks, that node cannot win an election (the witness refuses a shorter log) and the
+/// cluster would stay leaderless. So after two failure timeouts without a leader the witness
+/// campaigns itself; it leads (and coordinates) until the data node caught up, and then
+/// leadership moves to the active node like from any leader.
+fn witness_rescue(node: &Arc<Node>, st: &mut State, info: &crate::cluster::RaftInfo) {
+    let wait = node.config.timing.failure_timeout * 2;
+    // The leader we know of may be long dead: a follower keeps its last leader until another
+    // one wins.
+    let leader_alive = info.leader.as_deref().is_some_and(|l| {
+        node.cluster
+            .transport
+            .last_heard(l)
+            .is_some_and(|t| t.elapsed() < node.config.timing.failure_timeout)
+    });
+    if node.is_data() || leader_alive {
+        st.leaderless_since = None;
+        return;
+    }
+    let now = Instant::now();
+    let since = *st.leaderless_since.get_or_insert(now);
+    let retry = node.config.timing.failure_timeout;
+    if now.duration_since(since) < wait || st.last_elect.is_some_and(|t| now.duration_since(t) < retry) {
+        return;
+    }
+    st.last_elect = Some(now);
+    tracing::warn!("no leader for {wait:?}: the witness campaigns so the cluster can recover");
+    let raft = node.cluster.raft.clone();
+    tokio::spawn(async move {
+        if let Err(e) = raft.trigger().elect().await {
+            tracing::warn!(error = %e, "witness election trigger failed");
+        }
+    });
 }
 
 /// While a deposed node's lease may still run, asks every other voter for its report (see
@@ -265,6 +304,7 @@ fn build_view(
         switchover: switchover.map(|s| Switchover {
             target: s.target,
             cause: s.cause,
+            since: unix_to_ms(s.requested_unix_ms),
         }),
         quorum: heard_count * 2 > cfg.members.len(),
         leader_since,
@@ -278,6 +318,8 @@ fn build_view(
         hold_down: cfg.failback.hold_down.as_millis() as u64,
         bootstrap_until: leader_since + 3 * t.failure_timeout.as_millis() as u64,
         grant_bound: st.grant_bound.as_ref().map(|(_, t)| node.to_ms(*t)),
+        // As long as the CLI waits by default, plus a margin.
+        switchover_timeout: 30_000 + t.promote_timeout.as_millis() as u64,
     }
 }
 

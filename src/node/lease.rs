@@ -76,7 +76,9 @@ pub fn bound_ms_ago(node: &Arc<Node>, leader: &str, deposed: &str) -> Option<u64
         .unwrap_or_else(|p| p.into_inner())
         .get(deposed)
         .copied();
-    let last = appends.max(granted)?;
+    // Records are in memory: a restarted node cannot know what it did before it started, so
+    // its own start time is the earliest it may answer.
+    let last = appends.max(granted).unwrap_or(node.origin).max(node.origin);
     Some(last.elapsed().as_millis() as u64 + 1)
 }
 

@@ -66,6 +66,9 @@ pub struct Node {
     pub appends: Mutex<HashMap<String, Instant>>,
     /// This node's acting role, for the service (`/v1/lease`) and status.
     pub local: watch::Sender<LocalRole>,
+    /// The latest lease end told to the service through `/v1/lease`, until the service has
+    /// been told "standby" again. A release waits for this (see `role::wait_service_stood_down`).
+    pub handed_out: Mutex<Option<Instant>>,
     /// The lease this node holds, if any (holder side).
     pub lease: watch::Sender<Option<lease::Lease>>,
     pub coordinator: Mutex<CoordinatorStatus>,
@@ -160,6 +163,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         origin: Instant::now(),
         grants: Mutex::new(HashMap::new()),
         appends: Mutex::new(HashMap::new()),
+        handed_out: Mutex::new(None),
         local: local_tx,
         lease: watch::channel(None).0,
         coordinator: Mutex::new(CoordinatorStatus::default()),

@@ -56,25 +56,43 @@ pub async fn run(node: Arc<Node>, mut transitions: UnboundedReceiver<Transition>
     let mut started = false;
     let mut proc_rx = node.supervisor.as_ref().map(|s| s.state());
     let mut local_rx = node.local.subscribe();
+    // Warm mode: when the service was started for a promotion, and which checks have passed
+    // since. Until a check passes once (or the promote timeout runs out), it is not reported
+    // failing: a service that is still starting is not a failed service.
+    let mut warm_started: Option<std::time::Instant> = None;
+    let mut passed_since_start: std::collections::BTreeSet<String> = Default::default();
+    let grace = node.config.timing.promote_timeout;
     if let Some(rx) = proc_rx.as_mut() {
         observed.insert(PROCESS_CHECK.into(), describe(&rx.borrow_and_update()));
     }
     loop {
         // A warm standby runs no service by design: it is healthy while the node is up.
         let acting = node.local.borrow().acting != Acting::Standby;
-        let effective: BTreeMap<String, (bool, String)> = if warm && !acting {
-            observed
-                .keys()
-                .map(|k| {
-                    (
-                        k.clone(),
-                        (true, "warm standby (service not running)".to_string()),
-                    )
-                })
-                .collect()
+        if warm && acting {
+            warm_started.get_or_insert_with(std::time::Instant::now);
+            for (k, (healthy, _)) in &observed {
+                if *healthy {
+                    passed_since_start.insert(k.clone());
+                }
+            }
         } else {
-            observed.clone()
-        };
+            warm_started = None;
+            passed_since_start.clear();
+        }
+        let in_grace = warm_started.is_some_and(|s| s.elapsed() < grace);
+        let effective: BTreeMap<String, (bool, String)> = observed
+            .iter()
+            .map(|(k, (healthy, detail))| {
+                let v = if warm && !acting {
+                    (true, "warm standby (service not running)".to_string())
+                } else if in_grace && !healthy && !passed_since_start.contains(k) {
+                    (true, "warm start: service starting".to_string())
+                } else {
+                    (*healthy, detail.clone())
+                };
+                (k.clone(), v)
+            })
+            .collect();
         let mut pending = false;
         if !started {
             let cmd = Command::NodeStarted {
@@ -124,6 +142,9 @@ pub async fn run(node: Arc<Node>, mut transitions: UnboundedReceiver<Transition>
         }
         let retry = if pending {
             Duration::from_millis(50)
+        } else if in_grace {
+            // Re-evaluate when the warm-start grace may have ended.
+            Duration::from_millis(100)
         } else {
             Duration::from_secs(3600)
         };

@@ -93,6 +93,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
         if local.acting == Acting::Active {
             if !named || local.epoch != epoch {
                 demote(&node, local.epoch, "deposed").await;
+                wait_service_stood_down(&node).await;
                 if deposed
                     .as_ref()
                     .is_some_and(|d| d.node == me && d.epoch == local.epoch)
@@ -123,8 +124,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
             });
         } else if named && lease_valid && failed_epoch != Some(epoch) {
             let pending = promotion.as_ref().filter(|p| p.node == me && p.epoch == epoch);
-            let ok = promote(&node, epoch, pending.cloned()).await;
-            if !ok {
+            if promote(&node, epoch, pending.cloned()).await == Promoted::HookFailed {
                 failed_epoch = Some(epoch);
             }
             continue;
@@ -146,9 +146,23 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
     }
 }
 
+/// How a promotion on this node ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Promoted {
+    Acting,
+    /// The hook failed: the cluster tries another node; this one never retries the epoch.
+    HookFailed,
+    /// The hook succeeded but the lease ran out meanwhile: act once it is renewed.
+    LeaseLapsed,
+}
+
 /// Runs the promotion on this node: fence (if asked), start a warm service, the promote hook;
-/// then reports the result. Returns whether the node now acts as active.
-async fn promote(node: &Arc<Node>, epoch: u64, pending: Option<crate::cluster::state::Promotion>) -> bool {
+/// then reports the result.
+async fn promote(
+    node: &Arc<Node>,
+    epoch: u64,
+    pending: Option<crate::cluster::state::Promotion>,
+) -> Promoted {
     let me = node.cluster.me().to_string();
     let previous = pending.as_ref().and_then(|p| p.previous.clone());
     tracing::info!(epoch, previous = ?previous, "promoting");
@@ -247,7 +261,29 @@ async fn promote(node: &Arc<Node>, epoch: u64, pending: Option<crate::cluster::s
             }
         }
     }
-    ok && lease_ok
+    match (ok, lease_ok) {
+        (false, _) => Promoted::HookFailed,
+        (true, true) => Promoted::Acting,
+        (true, false) => Promoted::LeaseLapsed,
+    }
+}
+
+/// Waits until the service can no longer believe it is active: it has asked `/v1/lease` again
+/// and heard "standby", or the lease it was last told has run out. Only then may the node
+/// confirm a release (which lets a successor start without waiting for the lease).
+async fn wait_service_stood_down(node: &Arc<Node>) {
+    loop {
+        let handed = *node.handed_out.lock().unwrap_or_else(|p| p.into_inner());
+        match handed {
+            Some(until) if Instant::now() < until => {
+                tokio::time::sleep(
+                    Duration::from_millis(2).min(until.saturating_duration_since(Instant::now())),
+                )
+                .await;
+            }
+            _ => return,
+        }
+    }
 }
 
 /// Stops acting as active: the service learns at once, then the demote hook runs.
@@ -284,6 +320,7 @@ pub async fn shutdown(node: &Arc<Node>) {
         return;
     }
     demote(node, local.epoch, "shutting down").await;
+    wait_service_stood_down(node).await;
     let me = node.cluster.me().to_string();
     let at = unix_ms();
     // One entry: the coordinator must never see the release without the node being unhealthy,

@@ -5,7 +5,7 @@
 //! `STANDIN_ROLE`, `STANDIN_EPOCH`, `STANDIN_PREVIOUS` and `STANDIN_HOOK`. It never blocks the
 //! caller longer than `hooks.timeout`: past that the whole group is SIGKILLed and the hook
 //! counts as failed. The outcome is returned, not logged only, so the caller can record it in
-//! the event history and decide (a failed fence blocks a promotion).
+//! the event history (a failed fence is recorded; the expired lease is what makes promotion safe).
 
 use std::fmt;
 use std::time::Instant;
