@@ -77,7 +77,24 @@ fn api_error(body: &str, status: u16) -> String {
 }
 
 async fn post(api: &str, path: &str, body: Option<serde_json::Value>) -> Result<AdminReply, CliError> {
-    let reply = request(api, Method::POST, path, body.map(|b| b.to_string()), TIMEOUT).await?;
+    // A leader election (e.g. leadership moving to the active node) takes a moment: retry
+    // what the API marks as retryable for up to five seconds.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let reply = loop {
+        let reply = request(
+            api,
+            Method::POST,
+            path,
+            body.as_ref().map(|b| b.to_string()),
+            TIMEOUT,
+        )
+        .await?;
+        if reply.status == 503 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        break reply;
+    };
     match reply.status {
         200 => serde_json::from_str(&reply.body)
             .map_err(|e| CliError::new(exit::UNAVAILABLE, format!("unexpected answer from {api}: {e}"))),

@@ -112,6 +112,9 @@ enum BenchCmd {
         /// Faults to run (comma separated): node-killed, service-killed, node-frozen, switchover.
         #[arg(long, default_value = "node-killed,service-killed,node-frozen,switchover")]
         faults: String,
+        /// Keep one core saturated by a busy process during the run.
+        #[arg(long)]
+        cpu_hog: bool,
         #[arg(long)]
         json: bool,
     },
@@ -253,9 +256,14 @@ async fn async_main(args: Args) -> ExitCode {
             }
         }
         Cmd::Bench { which } => match which {
-            BenchCmd::Failover { trials, faults, json } => {
+            BenchCmd::Failover {
+                trials,
+                faults,
+                cpu_hog,
+                json,
+            } => {
                 init_tracing();
-                match standin::bench::failover(trials, &faults, json).await {
+                match standin::bench::failover(trials, &faults, cpu_hog, json).await {
                     Ok(()) => code(exit::OK),
                     Err(e) => {
                         eprintln!("standin: {e:#}");

@@ -355,8 +355,9 @@ async fn lease_handler(State(node): State<Arc<Node>>) -> Json<LeaseStatus> {
         // Remember what the service was told: a release waits until it has heard "standby"
         // or the lease it was given has run out.
         let mut handed = node.handed_out.lock().unwrap_or_else(|p| p.into_inner());
+        let pid = node.supervisor.as_ref().and_then(|s| s.pid());
         match (role, local.lease_until) {
-            ("active", Some(until)) => *handed = Some(handed.map_or(until, |h| h.max(until))),
+            ("active", Some(until)) => *handed = Some((handed.map_or(until, |h| h.0.max(until)), pid)),
             _ => *handed = None,
         }
     }

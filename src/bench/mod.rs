@@ -7,6 +7,7 @@
 
 pub mod probe;
 
+use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
@@ -73,8 +74,19 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 }
 
 /// Runs the failover benchmark and prints its results.
-pub async fn failover(trials: usize, faults: &str, json: bool) -> Result<(), HarnessError> {
+pub async fn failover(trials: usize, faults: &str, cpu_hog: bool, json: bool) -> Result<(), HarnessError> {
     let faults: Vec<Fault> = faults.split(',').map(Fault::parse).collect::<Result<_, _>>()?;
+    // A busy loop in its own process group, killed when the run ends (even on error).
+    let hog = if cpu_hog {
+        let child = std::process::Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .process_group(0)
+            .spawn()
+            .map_err(|e| HarnessError(format!("cannot start the CPU hog: {e}")))?;
+        Some(KillOnDrop(child))
+    } else {
+        None
+    };
     let dir = std::env::temp_dir().join(format!("standin-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let binary = std::env::current_exe().map_err(|e| HarnessError(e.to_string()))?;
@@ -89,6 +101,7 @@ pub async fn failover(trials: usize, faults: &str, json: bool) -> Result<(), Har
         results.push(r?);
     }
     let _ = std::fs::remove_dir_all(&dir);
+    drop(hog);
     if json {
         println!(
             "{}",
@@ -123,7 +136,19 @@ pub async fn failover(trials: usize, faults: &str, json: bool) -> Result<(), Har
     }
     println!("{t}");
     println!("client probes every 10 ms; interruption = fault (or last answer of the old active) -> first answer of the new active");
+    if cpu_hog {
+        println!("one core saturated by a busy process throughout");
+    }
     Ok(())
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 async fn run_fault(
@@ -174,7 +199,7 @@ async fn run_fault(
                     .node(&old)
                     .map(|n| n.admin.to_string())
                     .unwrap_or_default();
-                let r = crate::api::client::request(
+                let mut r = crate::api::client::request(
                     &api,
                     hyper::Method::POST,
                     "/v1/switchover",
@@ -183,6 +208,22 @@ async fn run_fault(
                 )
                 .await
                 .map_err(|e| HarnessError(e.to_string()))?;
+                // 503: a leader election is in progress; retry briefly.
+                for _ in 0..50 {
+                    if r.status != 503 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    r = crate::api::client::request(
+                        &api,
+                        hyper::Method::POST,
+                        "/v1/switchover",
+                        Some("{}".into()),
+                        Duration::from_secs(5),
+                    )
+                    .await
+                    .map_err(|e| HarnessError(e.to_string()))?;
+                }
                 if r.status != 200 {
                     return Err(HarnessError(format!("switchover refused: {}", r.body)));
                 }

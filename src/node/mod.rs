@@ -68,7 +68,7 @@ pub struct Node {
     pub local: watch::Sender<LocalRole>,
     /// The latest lease end told to the service through `/v1/lease`, until the service has
     /// been told "standby" again. A release waits for this (see `role::wait_service_stood_down`).
-    pub handed_out: Mutex<Option<Instant>>,
+    pub handed_out: Mutex<Option<(Instant, Option<u32>)>>,
     /// The lease this node holds, if any (holder side).
     pub lease: watch::Sender<Option<lease::Lease>>,
     pub coordinator: Mutex<CoordinatorStatus>,

@@ -274,8 +274,12 @@ async fn promote(
 async fn wait_service_stood_down(node: &Arc<Node>) {
     loop {
         let handed = *node.handed_out.lock().unwrap_or_else(|p| p.into_inner());
+        // The process that was told "active" is gone (crashed, or replaced by a restart that
+        // never heard it): nothing can still act on that lease.
+        let current = node.supervisor.as_ref().and_then(|s| s.pid());
+        let gone = |told: Option<u32>| told.is_none() || told != current;
         match handed {
-            Some(until) if Instant::now() < until => {
+            Some((until, told)) if Instant::now() < until && !gone(told) => {
                 tokio::time::sleep(
                     Duration::from_millis(2).min(until.saturating_duration_since(Instant::now())),
                 )
