@@ -54,6 +54,42 @@ pub struct Config {
     pub hooks: Hooks,
     #[serde(default)]
     pub failback: Failback,
+    /// The replicated Redis-protocol store (data nodes only).
+    #[serde(default)]
+    pub store: Option<StoreConfig>,
+}
+
+/// `[store]`: a Redis-protocol server on this node over the replicated key-value state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StoreConfig {
+    /// Where Redis clients connect to this node.
+    pub listen: SocketAddr,
+    /// Like Redis `requirepass`: clients must AUTH first.
+    #[serde(default)]
+    pub requirepass: Option<String>,
+    /// Bytes of keys and values after which writes that add data get an OOM error (0: none).
+    #[serde(default)]
+    pub maxmemory: u64,
+    /// Connections beyond this get "ERR max number of clients reached".
+    #[serde(default = "default_max_clients")]
+    pub max_clients: u32,
+    /// Largest bulk string accepted (Redis `proto-max-bulk-len`).
+    #[serde(default = "default_max_request_size")]
+    pub max_request_size: u64,
+    /// While no leader is known (a failover), requests wait this long before failing.
+    #[serde(default = "default_retry_for", with = "humantime_serde")]
+    pub retry_for: Duration,
+}
+
+fn default_max_clients() -> u32 {
+    10_000
+}
+fn default_max_request_size() -> u64 {
+    512 * 1024 * 1024
+}
+fn default_retry_for() -> Duration {
+    Duration::from_secs(5)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -624,6 +660,26 @@ impl Config {
                     return Err(invalid(format!("{key}.command"), "must not be empty"));
                 }
                 _ => {}
+            }
+        }
+        if let Some(st) = &self.store {
+            if me.kind == NodeKind::Witness {
+                return Err(invalid("store", "a witness serves no store; remove [store]"));
+            }
+            if st.listen.port() == 0 {
+                return Err(invalid("store.listen", "port 0 is not allowed"));
+            }
+            if st.max_clients == 0 {
+                return Err(invalid("store.max-clients", "must be at least 1"));
+            }
+            if st.max_request_size < 1024 {
+                return Err(invalid("store.max-request-size", "must be at least 1024 bytes"));
+            }
+            if st.requirepass.as_deref() == Some("") {
+                return Err(invalid(
+                    "store.requirepass",
+                    "must not be empty (omit it for no password)",
+                ));
             }
         }
         if self.hooks.timeout.is_zero() {

@@ -16,3 +16,4 @@ pub mod failover;
 pub mod health;
 pub mod node;
 pub mod service;
+pub mod store;

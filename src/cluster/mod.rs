@@ -304,7 +304,7 @@ impl Cluster {
         }
         match self
             .transport
-            .call(&leader, &Request::Write(cmd), Duration::from_secs(5))
+            .call_once(&leader, &Request::Write(cmd), Duration::from_secs(5))
             .await
         {
             Ok(Response::Write(Ok(r))) => Ok(r),
@@ -329,6 +329,28 @@ impl Cluster {
             Err(e) if e.forward_to_leader().is_some() => Err(ClusterError::NoLeader),
             Err(e) => Err(ClusterError::Raft(e.to_string())),
         }
+    }
+
+    /// Submits `cmd` to the log now (entries keep the order of their submissions) and returns
+    /// a future for its result, so the caller can submit the next entry before this one
+    /// commits. This node must be the leader; otherwise the future gives `NoLeader`.
+    pub async fn submit(
+        &self,
+        cmd: Command,
+    ) -> Result<impl std::future::Future<Output = Result<CommandResult, ClusterError>>, ClusterError> {
+        let rx = self
+            .raft
+            .client_write_ff(cmd)
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        Ok(async move {
+            match rx.await {
+                Ok(Ok(r)) => Ok(r.data),
+                Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(_))) => Err(ClusterError::NoLeader),
+                Ok(Err(e)) => Err(ClusterError::Raft(e.to_string())),
+                Err(_) => Err(ClusterError::Raft("raft stopped".into())),
+            }
+        })
     }
 
     /// Confirms with a quorum round that this node is still the leader (read barrier).

@@ -37,6 +37,15 @@ pub enum Request {
         leader: String,
         node: String,
     },
+    /// A group of store writes for the leader's batcher.
+    StoreWrite {
+        ops: Vec<crate::store::cmd::Op>,
+        kind: crate::store::replicate::GroupKind,
+    },
+    /// Store reads the leader serves after a quorum round.
+    StoreRead {
+        ops: Vec<crate::store::cmd::Op>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -52,6 +61,7 @@ pub enum Response {
     Json(String),
     /// Milliseconds since that last confirmation or grant; `None`: never.
     LeaseBound(Option<u64>),
+    Store(Result<Vec<crate::store::reply::Reply>, crate::store::replicate::StoreError>),
     /// The request failed on the receiver; `retry` says whether trying again (elsewhere or
     /// later) can help, e.g. "not the leader".
     Error {

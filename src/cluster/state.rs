@@ -207,6 +207,12 @@ pub enum Command {
     },
     /// Several commands in one log entry, applied in order.
     Batch(Vec<Command>),
+    /// Store operations: every group of one log entry, applied at the proposer's time
+    /// `now_ms` (absolute Unix milliseconds). Applied by the state machine on its key space.
+    Store {
+        groups: Vec<(Vec<crate::store::cmd::Op>, crate::store::replicate::GroupKind)>,
+        now_ms: i64,
+    },
 }
 
 /// The answer to a command: applied, or refused with the reason.
@@ -214,19 +220,23 @@ pub enum Command {
 pub struct CommandResult {
     pub ok: bool,
     pub message: String,
+    /// For `Command::Store`: the replies of each group.
+    #[serde(default)]
+    pub store: Vec<Vec<crate::store::reply::Reply>>,
 }
 
 impl CommandResult {
     fn ok() -> Self {
         CommandResult {
             ok: true,
-            message: String::new(),
+            ..Default::default()
         }
     }
     fn refused(message: impl Into<String>) -> Self {
         CommandResult {
             ok: false,
             message: message.into(),
+            ..Default::default()
         }
     }
 }
@@ -597,6 +607,10 @@ impl ClusterState {
                     None,
                 );
                 CommandResult::ok()
+            }
+            // Applied by the state machine, which owns the key space.
+            Command::Store { .. } => {
+                CommandResult::refused("store commands are applied by the state machine")
             }
             Command::CancelSwitchover { reason, at } => {
                 if self.switchover.take().is_none() {

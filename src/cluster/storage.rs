@@ -25,7 +25,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::state::{ClusterState, CommandResult};
+use super::state::{ClusterState, Command, CommandResult};
 use super::{NodeId, TypeConfig};
 
 const LOGS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("raft_log");
@@ -267,6 +267,9 @@ pub struct SmData {
     pub last_applied: Option<LogId<NodeId>>,
     pub membership: StoredMembership<NodeId, openraft::EmptyNode>,
     pub state: ClusterState,
+    /// The replicated key space of the Redis-protocol store.
+    #[serde(default)]
+    pub kv: crate::store::db::Db,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -407,14 +410,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let r = match &entry.payload {
                     EntryPayload::Blank => CommandResult {
                         ok: true,
+                        ..Default::default()
+                    },
+                    EntryPayload::Normal(Command::Store { groups, now_ms }) => CommandResult {
+                        ok: true,
                         message: String::new(),
+                        store: groups
+                            .iter()
+                            .map(|(ops, kind)| crate::store::apply_group(&mut d.kv, ops, *kind, *now_ms))
+                            .collect(),
                     },
                     EntryPayload::Normal(cmd) => d.state.apply(cmd),
                     EntryPayload::Membership(m) => {
                         d.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                         CommandResult {
                             ok: true,
-                            message: String::new(),
+                            ..Default::default()
                         }
                     }
                 };
@@ -454,6 +465,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 last_applied: meta.last_log_id,
                 membership: meta.last_membership.clone(),
                 state: new.state,
+                kv: new.kv,
             };
             d.last_applied.map_or(0, |l| l.index)
         };

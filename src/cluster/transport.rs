@@ -36,6 +36,9 @@ pub enum TransportError {
     Unreachable { peer: String, last: String },
     #[error("{peer} did not answer within {timeout:?}")]
     Timeout { peer: String, timeout: Duration },
+    /// The request was sent but the connection died before the answer: it may have run.
+    #[error("connection to {peer} lost after sending: {reason}")]
+    Lost { peer: String, reason: String },
     #[error("encoding failed: {0}")]
     Encode(String),
 }
@@ -216,6 +219,28 @@ impl Transport {
         req: &Request,
         timeout: Duration,
     ) -> Result<Response, TransportError> {
+        self.call_inner(peer, req, timeout, true).await
+    }
+
+    /// Like [`Transport::call`] for requests that must not run twice (store writes, forwarded
+    /// commands): another path is tried only if the request was never sent; once sent, a lost
+    /// connection is reported as [`TransportError::Lost`].
+    pub async fn call_once(
+        &self,
+        peer: &str,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<Response, TransportError> {
+        self.call_inner(peer, req, timeout, false).await
+    }
+
+    async fn call_inner(
+        &self,
+        peer: &str,
+        req: &Request,
+        timeout: Duration,
+        idempotent: bool,
+    ) -> Result<Response, TransportError> {
         let p = self
             .inner
             .peers
@@ -249,6 +274,13 @@ impl Transport {
                     })
                 }
                 Err(PathError::Failed(e)) => last = e,
+                Err(PathError::Lost(e)) if idempotent => last = e,
+                Err(PathError::Lost(reason)) => {
+                    return Err(TransportError::Lost {
+                        peer: peer.to_string(),
+                        reason,
+                    })
+                }
             }
         }
         Err(TransportError::Unreachable {
@@ -276,7 +308,7 @@ impl Transport {
         }
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(_)) => Err(PathError::Failed("connection closed".into())),
+            Ok(Err(_)) => Err(PathError::Lost("connection closed".into())),
             Err(_) => {
                 lock(&conn.pending).remove(&id);
                 Err(PathError::Timeout)
@@ -367,7 +399,7 @@ impl Transport {
                 } else {
                     s.last_error = Some(match &result {
                         Err(PathError::Timeout) => "heartbeat timed out".to_string(),
-                        Err(PathError::Failed(e)) => e.clone(),
+                        Err(PathError::Failed(e)) | Err(PathError::Lost(e)) => e.clone(),
                         Ok(other) => format!("unexpected reply {other:?}"),
                     });
                 }
@@ -390,6 +422,8 @@ impl Transport {
 
 enum PathError {
     Timeout,
+    /// Sent, then the connection died.
+    Lost(String),
     Failed(String),
 }
 

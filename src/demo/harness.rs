@@ -51,6 +51,9 @@ pub struct Spec {
     pub hooks_toml: String,
     /// Extra TOML lines for `[service]` (e.g. `mode = "warm"`).
     pub service_toml: String,
+    /// Run the Redis-protocol store on every data node; extra lines for `[store]`.
+    pub store: bool,
+    pub store_toml: String,
 }
 
 impl Spec {
@@ -64,6 +67,8 @@ impl Spec {
             extra_toml: String::new(),
             hooks_toml: String::new(),
             service_toml: String::new(),
+            store: true,
+            store_toml: String::new(),
         }
     }
 }
@@ -75,6 +80,8 @@ pub struct LocalNode {
     pub config: PathBuf,
     pub admin: SocketAddr,
     pub service: Option<SocketAddr>,
+    /// The node's Redis-protocol store, if enabled.
+    pub store: Option<SocketAddr>,
     /// Advertised cluster addresses (the second may be a relay).
     pub paths: Vec<SocketAddr>,
     pub child: Option<Child>,
@@ -191,6 +198,11 @@ impl LocalCluster {
             let p1 = free_port()?;
             let p2 = free_port()?;
             let service = if *witness { None } else { Some(free_port()?) };
+            let store = if *witness || !spec.store {
+                None
+            } else {
+                Some(free_port()?)
+            };
             let mut paths = vec![p1, p2];
             if spec.relay_second_path {
                 let relay = start_relay(p2).await?;
@@ -204,6 +216,7 @@ impl LocalCluster {
                 config: spec.dir.join(format!("{id}.toml")),
                 admin,
                 service,
+                store,
                 paths,
                 child: None,
             });
@@ -246,6 +259,9 @@ impl LocalCluster {
                     spec.service_toml,
                     svc = svc,
                 ));
+                if let Some(st) = n.store {
+                    text.push_str(&format!("\n[store]\nlisten = \"{st}\"\n{}\n", spec.store_toml));
+                }
                 if !spec.hooks_toml.is_empty() {
                     text.push_str(&format!("\n[hooks]\n{}\n", spec.hooks_toml));
                 }

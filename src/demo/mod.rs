@@ -22,6 +22,7 @@ struct DemoNode {
     service_pid: Option<u32>,
     admin: String,
     service: Option<String>,
+    store: Option<String>,
 }
 
 #[derive(Serialize, PartialEq)]
@@ -60,6 +61,13 @@ pub async fn run(dir: Option<PathBuf>, cancel: CancellationToken) -> Result<(), 
                 .map(|s| format!("  service http://{s}/"))
                 .unwrap_or_default()
         );
+        if let Some(st) = n.store {
+            println!(
+                "      store (Redis protocol): redis-cli -h {} -p {}",
+                st.ip(),
+                st.port()
+            );
+        }
     }
     println!(
         "  try: STANDIN_API={} standin status | switchover | events; Ctrl-C stops everything",
@@ -105,6 +113,7 @@ async fn live(
                 service_pid,
                 admin: n.admin.to_string(),
                 service: n.service.map(|s| s.to_string()),
+                store: n.store.map(|s| s.to_string()),
             });
         }
         let file = DemoFile {

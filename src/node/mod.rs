@@ -75,6 +75,8 @@ pub struct Node {
     pub health: Option<HealthHandle>,
     pub supervisor: Option<Supervisor>,
     pub hooks: HookRunner,
+    /// Leader-side store queues (every node: a witness may lead for a while).
+    pub store: std::sync::OnceLock<crate::store::replicate::Replicator>,
 }
 
 impl Node {
@@ -95,6 +97,8 @@ impl Node {
 pub struct Listeners {
     pub admin: TcpListener,
     pub cluster: Vec<TcpListener>,
+    /// The Redis-protocol store, if `[store]` is configured.
+    pub store: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -116,7 +120,23 @@ impl Listeners {
                 source,
             })?);
         }
-        Ok(Listeners { admin, cluster })
+        let store = match &config.store {
+            Some(s) => Some(
+                TcpListener::bind(s.listen)
+                    .await
+                    .map_err(|source| NodeError::Bind {
+                        what: "store",
+                        addr: s.listen,
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        Ok(Listeners {
+            admin,
+            cluster,
+            store,
+        })
     }
 }
 
@@ -170,7 +190,11 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         health,
         supervisor,
         hooks: HookRunner::new(config.hooks.clone(), me.id.clone()),
+        store: std::sync::OnceLock::new(),
     });
+    let maxmemory = config.store.as_ref().map_or(0, |s| s.maxmemory);
+    let replicator = crate::store::replicate::Replicator::start(node.clone(), maxmemory, tasks.clone());
+    let _ = node.store.set(replicator.clone());
 
     // Peer connections.
     let handler: transport::Handler = {
@@ -191,6 +215,15 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     transport.spawn_heartbeats(tasks.clone());
 
     tracker.spawn(crate::api::serve(listeners.admin, node.clone(), tasks.clone()));
+    if let (Some(l), Some(cfg)) = (listeners.store, config.store.clone()) {
+        tracker.spawn(crate::store::server::serve(
+            l,
+            node.clone(),
+            cfg,
+            replicator,
+            tasks.clone(),
+        ));
+    }
     tracker.spawn(coordinator::run(node.clone(), tasks.clone()));
     // The role and lease loops stop first on shutdown, so nothing re-promotes while the node
     // steps down.
@@ -241,6 +274,14 @@ async fn handle_peer(node: &Arc<Node>, from: String, req: Request) -> Response {
     };
     match req {
         Request::Lease { node: who, epoch } => Response::Lease(lease::grant(node, &who, epoch).await),
+        Request::StoreWrite { ops, kind } => match node.store.get() {
+            Some(r) => Response::Store(r.write_local(ops, kind).await),
+            None => Response::Store(Err(crate::store::replicate::StoreError::NoLeader)),
+        },
+        Request::StoreRead { ops } => match node.store.get() {
+            Some(r) => Response::Store(r.read_local(ops).await),
+            None => Response::Store(Err(crate::store::replicate::StoreError::NoLeader)),
+        },
         Request::LeaseBound { leader, node: who } => {
             Response::LeaseBound(lease::bound_ms_ago(node, &leader, &who))
         }

@@ -1,0 +1,305 @@
+//! How store operations reach the Raft log and how reads stay linearizable.
+//!
+//! * Writes: every node hands a *group* of ops (a run of pipelined writes, or a MULTI/EXEC
+//!   block) to the leader. The leader's batcher collects the groups that arrive while the
+//!   previous entry is being written and proposes them as ONE log entry (group commit: one
+//!   fsync for many clients), submitting entries in arrival order so a connection's pipeline
+//!   keeps its order. Relative expiry times are resolved with the leader's clock at proposal.
+//!   A group is acknowledged only after its entry is committed on a quorum and applied.
+//! * Reads: the leader runs one quorum round (`ensure_linearizable`) for all the reads that
+//!   arrived before it started, then serves them from its state machine. Followers forward
+//!   reads to the leader, unless the connection asked for stale local reads (`READONLY`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::cmd::Op;
+use super::reply::Reply;
+use crate::cluster::rpc::{Request, Response};
+use crate::cluster::state::Command;
+use crate::cluster::transport::unix_ms;
+use crate::cluster::ClusterError;
+use crate::node::Node;
+
+/// Most groups in one log entry.
+const MAX_GROUPS_PER_ENTRY: usize = 1024;
+/// Entries in flight at once (submitted, not yet committed).
+const MAX_IN_FLIGHT: usize = 16;
+
+/// What a group of ops is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum GroupKind {
+    /// Pipelined commands: one reply per op.
+    Pipeline,
+    /// MULTI/EXEC: one array reply.
+    Exec,
+}
+
+/// Why a store request failed, with whether the client may retry safely.
+#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
+pub enum StoreError {
+    /// Nothing was proposed: safe to retry.
+    #[error("no leader (election in progress or quorum lost)")]
+    NoLeader,
+    /// The write may or may not have been applied.
+    #[error("write outcome unknown: {0}")]
+    Unknown(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl StoreError {
+    pub fn retryable(&self) -> bool {
+        matches!(self, StoreError::NoLeader)
+    }
+}
+
+struct WriteReq {
+    ops: Vec<Op>,
+    kind: GroupKind,
+    tx: oneshot::Sender<Result<Vec<Reply>, StoreError>>,
+}
+
+struct ReadReq {
+    ops: Vec<Op>,
+    tx: oneshot::Sender<Result<Vec<Reply>, StoreError>>,
+}
+
+/// Leader-side queues. Cheap to clone.
+#[derive(Clone)]
+pub struct Replicator {
+    writes: mpsc::UnboundedSender<WriteReq>,
+    reads: mpsc::UnboundedSender<ReadReq>,
+    node: Arc<Node>,
+}
+
+impl Replicator {
+    pub fn start(node: Arc<Node>, maxmemory: u64, cancel: CancellationToken) -> Replicator {
+        let (wtx, wrx) = mpsc::unbounded_channel();
+        let (rtx, rrx) = mpsc::unbounded_channel();
+        tokio::spawn(write_batcher(node.clone(), wrx, maxmemory, cancel.clone()));
+        tokio::spawn(read_batcher(node.clone(), rrx, cancel.clone()));
+        let r = Replicator {
+            writes: wtx,
+            reads: rtx,
+            node: node.clone(),
+        };
+        tokio::spawn(active_expiry(r.clone(), cancel));
+        r
+    }
+
+    /// Writes a group (from any node): here if leading, else on the leader.
+    pub async fn write(&self, ops: Vec<Op>, kind: GroupKind) -> Result<Vec<Reply>, StoreError> {
+        let info = self.node.cluster.info();
+        match info.leader {
+            None => Err(StoreError::NoLeader),
+            Some(l) if l == self.node.cluster.me() => self.write_local(ops, kind).await,
+            Some(l) => self.forward(&l, Request::StoreWrite { ops, kind }).await,
+        }
+    }
+
+    /// Linearizable read of a group (from any node).
+    pub async fn read(&self, ops: Vec<Op>) -> Result<Vec<Reply>, StoreError> {
+        let info = self.node.cluster.info();
+        match info.leader {
+            None => Err(StoreError::NoLeader),
+            Some(l) if l == self.node.cluster.me() => self.read_local(ops).await,
+            Some(l) => self.forward(&l, Request::StoreRead { ops }).await,
+        }
+    }
+
+    /// Leader side of a write.
+    pub async fn write_local(&self, ops: Vec<Op>, kind: GroupKind) -> Result<Vec<Reply>, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.writes
+            .send(WriteReq { ops, kind, tx })
+            .map_err(|_| StoreError::NoLeader)?;
+        rx.await
+            .unwrap_or_else(|_| Err(StoreError::Unknown("node shutting down".into())))
+    }
+
+    /// Leader side of a read.
+    pub async fn read_local(&self, ops: Vec<Op>) -> Result<Vec<Reply>, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.reads
+            .send(ReadReq { ops, tx })
+            .map_err(|_| StoreError::NoLeader)?;
+        rx.await.unwrap_or_else(|_| Err(StoreError::NoLeader))
+    }
+
+    /// A stale read from this node's own state (the client asked for it with READONLY).
+    pub fn read_stale(&self, ops: &[Op]) -> Vec<Reply> {
+        let now = unix_ms() as i64;
+        self.node
+            .cluster
+            .sm
+            .read(|d| ops.iter().map(|op| d.kv.read(op, now)).collect())
+    }
+
+    async fn forward(&self, leader: &str, req: Request) -> Result<Vec<Reply>, StoreError> {
+        let transport = &self.node.cluster.transport;
+        let timeout = Duration::from_secs(10);
+        let result = match &req {
+            // A write must not run twice: only a request that was never sent is retried.
+            Request::StoreWrite { .. } => transport.call_once(leader, &req, timeout).await,
+            _ => transport.call(leader, &req, timeout).await,
+        };
+        match result {
+            Ok(Response::Store(r)) => r,
+            Ok(other) => Err(StoreError::Unknown(format!("unexpected reply {other:?}"))),
+            // Could not connect on any path: nothing was sent.
+            Err(crate::cluster::transport::TransportError::Unreachable { .. }) => Err(StoreError::NoLeader),
+            Err(e) if matches!(req, Request::StoreWrite { .. }) => Err(StoreError::Unknown(e.to_string())),
+            Err(_) => Err(StoreError::NoLeader),
+        }
+    }
+}
+
+async fn write_batcher(
+    node: Arc<Node>,
+    mut rx: mpsc::UnboundedReceiver<WriteReq>,
+    maxmemory: u64,
+    cancel: CancellationToken,
+) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        let first = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = rx.recv() => match r { Some(r) => r, None => return },
+        };
+        // Wait for a slot first: while all slots are busy, more groups pile up and the next
+        // entry carries them all.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_GROUPS_PER_ENTRY {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let now = unix_ms() as i64;
+        // maxmemory: refuse writes that add data once the limit is passed (like Redis, the
+        // check is made before the command, on the leader).
+        let over = maxmemory > 0 && node.cluster.sm.read(|d| d.kv.used_memory() as u64) > maxmemory;
+        let mut accepted = Vec::with_capacity(batch.len());
+        for mut req in batch {
+            if over && req.ops.iter().any(Op::may_grow) {
+                let _ = req.tx.send(Ok(vec![Reply::Error(
+                    "OOM command not allowed when used memory > 'maxmemory'.".into(),
+                )]));
+                continue;
+            }
+            for op in &mut req.ops {
+                op.resolve_times(now);
+            }
+            accepted.push(req);
+        }
+        if accepted.is_empty() {
+            continue;
+        }
+        let groups: Vec<(Vec<Op>, GroupKind)> = accepted.iter().map(|r| (r.ops.clone(), r.kind)).collect();
+        let cmd = Command::Store { groups, now_ms: now };
+        // Only a node that leads may propose; anything refused before submission is safe to
+        // retry, anything after (even "no longer leader") may still commit: unknown.
+        if !node.cluster.info().is_leader {
+            for req in accepted {
+                let _ = req.tx.send(Err(StoreError::NoLeader));
+            }
+            continue;
+        }
+        // Submitted in order; the commit is awaited in its own task.
+        let submitted = node.cluster.submit(cmd).await;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let result = match submitted {
+                Ok(fut) => match fut.await {
+                    Ok(r) => Ok(r.store),
+                    Err(e) => Err(StoreError::Unknown(e.to_string())),
+                },
+                Err(e) => Err(StoreError::Unknown(e.to_string())),
+            };
+            match result {
+                Ok(replies) => {
+                    for (req, r) in accepted
+                        .into_iter()
+                        .zip(replies.into_iter().chain(std::iter::repeat_with(Vec::new)))
+                    {
+                        let _ = req.tx.send(Ok(r));
+                    }
+                }
+                Err(e) => {
+                    for req in accepted {
+                        let _ = req.tx.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn read_batcher(node: Arc<Node>, mut rx: mpsc::UnboundedReceiver<ReadReq>, cancel: CancellationToken) {
+    loop {
+        let first = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = rx.recv() => match r { Some(r) => r, None => return },
+        };
+        let mut batch = vec![first];
+        while let Ok(r) = rx.try_recv() {
+            batch.push(r);
+        }
+        // One quorum round for every read that arrived before it started.
+        match node.cluster.confirm_leadership().await {
+            Ok(()) => {
+                let now = unix_ms() as i64;
+                node.cluster.sm.read(|d| {
+                    for req in batch {
+                        let replies = req.ops.iter().map(|op| d.kv.read(op, now)).collect();
+                        let _ = req.tx.send(Ok(replies));
+                    }
+                });
+            }
+            Err(e) => {
+                let err = match e {
+                    ClusterError::NoLeader => StoreError::NoLeader,
+                    other => {
+                        tracing::debug!(error = %other, "read barrier failed");
+                        StoreError::NoLeader
+                    }
+                };
+                for req in batch {
+                    let _ = req.tx.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// On the leader: expired keys are removed by a replicated operation, so every replica
+/// removes the same keys at the same log position.
+async fn active_expiry(r: Replicator, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        if !r.node.cluster.info().is_leader {
+            continue;
+        }
+        let now = unix_ms() as i64;
+        let keys = r.node.cluster.sm.read(|d| d.kv.expired_keys(now, 512));
+        if keys.is_empty() {
+            continue;
+        }
+        if let Err(e) = r
+            .write_local(vec![Op::DelExpired { keys }], GroupKind::Pipeline)
+            .await
+        {
+            tracing::debug!(error = %e, "active expiry write failed");
+        }
+    }
+}

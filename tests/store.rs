@@ -1,0 +1,436 @@
+//! The Redis-protocol store on a real 3-node cluster: real clients (`redis-cli`,
+//! `redis-benchmark` from Debian's redis-tools, and the `redis` crate), protocol errors, AUTH,
+//! expiry, transactions, and a Jepsen-style check that no acknowledged write is lost while
+//! nodes are killed and paused.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use standin::demo::harness::{LocalCluster, Spec};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_standin"))
+}
+
+async fn cluster(store_toml: &str) -> (LocalCluster, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = Spec::new(dir.path(), &binary());
+    spec.store_toml = store_toml.to_string();
+    let mut c = LocalCluster::create(spec).await.expect("create");
+    c.start_all().expect("start");
+    c.wait_ready(Duration::from_secs(30)).await.expect("ready");
+    (c, dir)
+}
+
+fn store_of(c: &LocalCluster, id: &str) -> SocketAddr {
+    c.node(id).and_then(|n| n.store).expect("store address")
+}
+
+fn redis_cli(addr: SocketAddr, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli (Debian package redis-tools) must be installed");
+    assert!(
+        out.status.success(),
+        "redis-cli {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_talks_to_every_node() {
+    let _g = SERIAL.lock().await;
+    let (c, _dir) = cluster("").await;
+    let (a, b) = (store_of(&c, "a"), store_of(&c, "b"));
+    let out = tokio::task::spawn_blocking(move || {
+        vec![
+            redis_cli(b, &["SET", "greeting", "hello world"]),
+            redis_cli(a, &["GET", "greeting"]),
+            redis_cli(b, &["INCRBY", "n", "41"]),
+            redis_cli(a, &["INCR", "n"]),
+            redis_cli(b, &["RPUSH", "l", "x", "y", "z"]),
+            redis_cli(a, &["LRANGE", "l", "0", "-1"]),
+            redis_cli(a, &["HSET", "h", "f", "v"]),
+            redis_cli(b, &["HGET", "h", "f"]),
+            redis_cli(a, &["PING"]),
+            redis_cli(a, &["DBSIZE"]),
+            redis_cli(a, &["NOSUCHCMD", "x"]),
+            redis_cli(a, &["GET"]),
+            redis_cli(a, &["INFO", "replication"]),
+        ]
+    })
+    .await
+    .expect("join");
+    assert_eq!(out[0], "OK");
+    assert_eq!(out[1], "hello world", "a write through b is read on a");
+    assert_eq!(out[2], "41");
+    assert_eq!(out[3], "42");
+    assert_eq!(out[4], "3");
+    assert_eq!(out[5], "x\ny\nz");
+    assert_eq!(out[6], "1");
+    assert_eq!(out[7], "v");
+    assert_eq!(out[8], "PONG");
+    assert_eq!(out[9], "4");
+    assert!(out[10].contains("unknown command 'NOSUCHCMD'"), "{}", out[10]);
+    assert!(
+        out[11].contains("wrong number of arguments for 'get' command"),
+        "{}",
+        out[11]
+    );
+    assert!(
+        out[12].contains("epoch:") && out[12].contains("commit_index:"),
+        "{}",
+        out[12]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_crate_pipelines_transactions_and_expiry() {
+    let _g = SERIAL.lock().await;
+    let (c, _dir) = cluster("").await;
+    let b = store_of(&c, "b");
+    tokio::task::spawn_blocking(move || {
+        let client = redis::Client::open(format!("redis://{b}/")).expect("client");
+        let mut con = client.get_connection().expect("connect");
+        // A pipeline keeps its order.
+        let (x, y, z): (String, i64, Option<String>) = redis::pipe()
+            .cmd("SET")
+            .arg("p")
+            .arg("1")
+            .ignore()
+            .cmd("INCR")
+            .arg("p")
+            .ignore()
+            .cmd("GET")
+            .arg("p")
+            .cmd("INCR")
+            .arg("p")
+            .cmd("GET")
+            .arg("missing")
+            .query(&mut con)
+            .expect("pipeline");
+        assert_eq!((x.as_str(), y, z), ("2", 3, None));
+        // MULTI/EXEC: one log entry, the read inside sees the writes before it.
+        let (v, len): (String, i64) = redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg("t")
+            .arg("a")
+            .ignore()
+            .cmd("APPEND")
+            .arg("t")
+            .arg("bc")
+            .ignore()
+            .cmd("GET")
+            .arg("t")
+            .cmd("STRLEN")
+            .arg("t")
+            .query(&mut con)
+            .expect("transaction");
+        assert_eq!((v.as_str(), len), ("abc", 3));
+        // Expiry is absolute, chosen by the leader, and removed on every replica.
+        let _: () = redis::cmd("SET")
+            .arg("e")
+            .arg("v")
+            .arg("PX")
+            .arg(300)
+            .query(&mut con)
+            .expect("set px");
+        let ttl: i64 = redis::cmd("PTTL").arg("e").query(&mut con).expect("pttl");
+        assert!(ttl > 0 && ttl <= 300, "{ttl}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let n: i64 = redis::cmd("EXISTS").arg("e").query(&mut con).expect("exists");
+            if n == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "key never expired");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Wrong type errors keep Redis's text.
+        let e = redis::cmd("LPUSH")
+            .arg("t")
+            .arg("x")
+            .query::<i64>(&mut con)
+            .unwrap_err();
+        assert!(e.to_string().contains("WRONGTYPE"), "{e}");
+        // WAIT: every acknowledged write is on a quorum already.
+        let n: i64 = redis::cmd("WAIT").arg(1).arg(1000).query(&mut con).expect("wait");
+        assert!(n >= 1, "{n}");
+    })
+    .await
+    .expect("join");
+    // The active expiry was replicated: every node's own copy (a stale local read) has
+    // dropped the key too.
+    for id in ["a", "b"] {
+        let addr = store_of(&c, id);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (got, _) =
+                tokio::task::spawn_blocking(move || raw_exchange(addr, b"READONLY\r\nEXISTS e\r\nQUIT\r\n"))
+                    .await
+                    .expect("join");
+            if got == "+OK\r\n:0\r\n+OK\r\n" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} still has the expired key: {got:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn raw_exchange(addr: SocketAddr, send: &[u8]) -> (String, bool) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    s.write_all(send).expect("write");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let closed = loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break true,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&buf).into_owned(), closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_get_an_error_and_the_connection_closes() {
+    let _g = SERIAL.lock().await;
+    let (c, _dir) = cluster("max-request-size = 4096\n").await;
+    let a = store_of(&c, "a");
+    tokio::task::spawn_blocking(move || {
+        let cases: [(&[u8], &str); 4] = [
+            (b"*1\r\n$abc\r\n", "-ERR Protocol error: invalid bulk length"),
+            (b"*x\r\n", "-ERR Protocol error: invalid multibulk length"),
+            (b"*1\r\n+PING\r\n", "-ERR Protocol error: expected '$', got '+'"),
+            (
+                b"*2\r\n$3\r\nSET\r\n$99999\r\n",
+                "-ERR Protocol error: invalid bulk length",
+            ),
+        ];
+        for (send, want) in cases {
+            let (got, closed) = raw_exchange(a, send);
+            assert!(got.starts_with(want), "{send:?}: {got:?}");
+            assert!(
+                closed,
+                "{send:?}: the connection must be closed after a protocol error"
+            );
+        }
+        // Inline commands work, with quotes.
+        let (got, _) = raw_exchange(a, b"SET inline \"a b\"\r\nGET inline\r\nQUIT\r\n");
+        assert_eq!(got, "+OK\r\n$3\r\na b\r\n+OK\r\n");
+        // The server is fine.
+        assert_eq!(redis_cli(a, &["PING"]), "PONG");
+    })
+    .await
+    .expect("join");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requirepass_is_enforced() {
+    let _g = SERIAL.lock().await;
+    let (c, _dir) = cluster("requirepass = \"s3cret\"\n").await;
+    let a = store_of(&c, "a");
+    tokio::task::spawn_blocking(move || {
+        let (got, _) = raw_exchange(a, b"GET x\r\nAUTH nope\r\nAUTH s3cret\r\nSET x 1\r\nGET x\r\nQUIT\r\n");
+        assert_eq!(
+            got,
+            "-NOAUTH Authentication required.\r\n-WRONGPASS invalid username-password pair or user is disabled.\r\n+OK\r\n+OK\r\n$1\r\n1\r\n+OK\r\n"
+        );
+    })
+    .await
+    .expect("join");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_benchmark_runs_against_the_store() {
+    let _g = SERIAL.lock().await;
+    let (c, _dir) = cluster("").await;
+    let b = store_of(&c, "b");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("redis-benchmark")
+            .args(["-h", &b.ip().to_string(), "-p", &b.port().to_string()])
+            .args(["-t", "set,get", "-n", "2000", "-c", "10", "-P", "4", "-q"])
+            .output()
+            .expect("redis-benchmark (Debian package redis-tools) must be installed")
+    })
+    .await
+    .expect("join");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("SET:") && text.contains("GET:"), "{text}");
+    // Every SET was acknowledged, so the key it wrote is there.
+    let n = tokio::task::spawn_blocking(move || redis_cli(b, &["EXISTS", "key:__rand_int__"]))
+        .await
+        .expect("join");
+    assert_eq!(n, "1");
+}
+
+/// Jepsen-style set workload: clients add unique keys and increment counters through every
+/// node while a nemesis kills (-9) and pauses (SIGSTOP) nodes, the leader included. At the end
+/// every acknowledged key must be present, nothing unexpected may appear, and each counter
+/// lies between its acknowledged increments and acknowledged + unknown ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_write_is_lost_under_kills_and_pauses() {
+    let _g = SERIAL.lock().await;
+    let (mut c, _dir) = cluster("retry-for = \"3s\"\n").await;
+    let stores: Vec<SocketAddr> = ["a", "b"].iter().map(|id| store_of(&c, id)).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    #[derive(Default)]
+    struct Outcome {
+        acked: Vec<String>,
+        unknown: Vec<String>,
+        incr_acked: BTreeMap<String, i64>,
+        incr_unknown: BTreeMap<String, i64>,
+    }
+    let outcome = Arc::new(Mutex::new(Outcome::default()));
+    let mut workers = Vec::new();
+    for w in 0..4usize {
+        let (stop, outcome, stores) = (stop.clone(), outcome.clone(), stores.clone());
+        workers.push(std::thread::spawn(move || {
+            let counter = format!("counter-{}", w % 2);
+            let mut i = 0u64;
+            let mut target = w % stores.len();
+            let mut con: Option<redis::Connection> = None;
+            while !stop.load(Ordering::Relaxed) && i < 100_000 {
+                if con.is_none() {
+                    target = (target + 1) % stores.len();
+                    let client = redis::Client::open(format!("redis://{}/", stores[target])).expect("url");
+                    con = client
+                        .get_connection_with_timeout(Duration::from_millis(500))
+                        .ok();
+                    if let Some(c) = con.as_mut() {
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                    }
+                    if con.is_none() {
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    }
+                }
+                let Some(cn) = con.as_mut() else { continue };
+                let key = format!("w{w}-{i}");
+                i += 1;
+                let set: redis::RedisResult<String> = redis::cmd("SET").arg(&key).arg(i).query(cn);
+                let incr: Option<redis::RedisResult<i64>> = i
+                    .is_multiple_of(3)
+                    .then(|| redis::cmd("INCR").arg(&counter).query(cn));
+                let mut o = outcome.lock().unwrap();
+                match set {
+                    Ok(_) => o.acked.push(key),
+                    Err(_) => {
+                        o.unknown.push(key);
+                        con = None;
+                    }
+                }
+                match incr {
+                    Some(Ok(_)) => *o.incr_acked.entry(counter.clone()).or_default() += 1,
+                    Some(Err(_)) => {
+                        *o.incr_unknown.entry(counter.clone()).or_default() += 1;
+                        con = None;
+                    }
+                    None => {}
+                }
+            }
+        }));
+    }
+    // The nemesis: a fault every ~1.5 s for 12 s, always on whoever is active/leading.
+    let start = Instant::now();
+    let mut faults = 0;
+    while start.elapsed() < Duration::from_secs(12) {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let Some(s) = c.status().await else { continue };
+        let victim = s
+            .leader
+            .clone()
+            .or(s.active.clone())
+            .unwrap_or_else(|| "a".into());
+        if victim == "w" {
+            continue;
+        }
+        if faults % 2 == 0 {
+            c.kill(&victim).await.expect("kill");
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            c.start(&victim).expect("restart");
+        } else {
+            c.signal_daemon(&victim, Signal::SIGSTOP).expect("stop");
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            c.signal_daemon(&victim, Signal::SIGCONT).expect("cont");
+        }
+        faults += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().expect("worker");
+    }
+    c.wait_ready(Duration::from_secs(30))
+        .await
+        .expect("cluster recovers");
+    let o = std::mem::take(&mut *outcome.lock().unwrap());
+    let reader = stores[0];
+    let (keys, counters) = tokio::task::spawn_blocking(move || {
+        let client = redis::Client::open(format!("redis://{reader}/")).expect("url");
+        let mut con = client.get_connection().expect("connect");
+        let keys: Vec<String> = redis::cmd("KEYS").arg("w*").query(&mut con).expect("keys");
+        let counters: BTreeMap<String, i64> = ["counter-0", "counter-1"]
+            .iter()
+            .map(|k| {
+                let v: Option<i64> = redis::cmd("GET").arg(*k).query(&mut con).expect("get");
+                (k.to_string(), v.unwrap_or(0))
+            })
+            .collect();
+        (keys, counters)
+    })
+    .await
+    .expect("join");
+    let present: std::collections::BTreeSet<&String> = keys.iter().collect();
+    let lost: Vec<&String> = o.acked.iter().filter(|k| !present.contains(k)).collect();
+    let attempted: std::collections::BTreeSet<&String> = o.acked.iter().chain(o.unknown.iter()).collect();
+    let unexpected: Vec<&&String> = present.iter().filter(|k| !attempted.contains(**k)).collect();
+    println!(
+        "faults={faults} acknowledged={} unknown={} present={} lost={} unexpected={} counters={counters:?} acked_incr={:?} unknown_incr={:?}",
+        o.acked.len(),
+        o.unknown.len(),
+        keys.len(),
+        lost.len(),
+        unexpected.len(),
+        o.incr_acked,
+        o.incr_unknown
+    );
+    assert!(faults >= 4, "the nemesis ran");
+    assert!(
+        o.acked.len() > 100,
+        "the workload made progress: {}",
+        o.acked.len()
+    );
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    assert!(unexpected.is_empty(), "keys nobody wrote: {unexpected:?}");
+    for (k, v) in &counters {
+        let acked = o.incr_acked.get(k).copied().unwrap_or(0);
+        let unknown = o.incr_unknown.get(k).copied().unwrap_or(0);
+        assert!(
+            acked <= *v && *v <= acked + unknown,
+            "{k}={v}, acknowledged {acked}, unknown {unknown}"
+        );
+    }
+}
