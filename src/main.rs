@@ -104,6 +104,14 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Store throughput and latency with redis-benchmark vs Redis (BENCHMARKS.md §3).
+    Store {
+        /// Requests per redis-benchmark run.
+        #[arg(long, default_value_t = 200_000)]
+        requests: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Failover interruption per fault kind (BENCHMARKS.md §1).
     Failover {
         /// Trials per fault.
@@ -256,6 +264,16 @@ async fn async_main(args: Args) -> ExitCode {
             }
         }
         Cmd::Bench { which } => match which {
+            BenchCmd::Store { requests, json } => {
+                init_tracing();
+                match standin::bench::store::run(requests, json).await {
+                    Ok(()) => code(exit::OK),
+                    Err(e) => {
+                        eprintln!("standin: {e:#}");
+                        code(1)
+                    }
+                }
+            }
             BenchCmd::Failover {
                 trials,
                 faults,

@@ -434,3 +434,114 @@ async fn no_acknowledged_write_is_lost_under_kills_and_pauses() {
         );
     }
 }
+
+/// A node that was away while thousands of entries were written (more than the log keeps
+/// after a snapshot) catches up from a snapshot and serves the same data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_absent_node_catches_up_from_a_snapshot() {
+    let _g = SERIAL.lock().await;
+    let (mut c, _dir) = cluster("").await;
+    let a = store_of(&c, "a");
+    let b = store_of(&c, "b");
+    c.stop("b", Duration::from_secs(10)).expect("stop b");
+    // 3000 separate entries (one client, one request at a time): past the snapshot policy
+    // (2000 entries) and the 500 entries kept after it.
+    let written = tokio::task::spawn_blocking(move || {
+        let client = redis::Client::open(format!("redis://{a}/")).expect("url");
+        let mut con = client.get_connection().expect("connect");
+        for i in 0..3000 {
+            let _: () = redis::cmd("SET")
+                .arg(format!("snap:{i}"))
+                .arg(i)
+                .query(&mut con)
+                .expect("set");
+        }
+        redis::cmd("DBSIZE").query::<i64>(&mut con).expect("dbsize")
+    })
+    .await
+    .expect("join");
+    assert_eq!(written, 3000);
+    c.start("b").expect("start b");
+    c.wait_for(Duration::from_secs(30), "b back in sync", |s| {
+        s.nodes
+            .iter()
+            .any(|n| n.id == "b" && n.in_sync && n.healthy && n.lag == 0)
+    })
+    .await
+    .expect("b catches up");
+    // b's own copy (a stale local read) has everything.
+    let got = tokio::task::spawn_blocking(move || {
+        let client = redis::Client::open(format!("redis://{b}/")).expect("url");
+        let mut con = client.get_connection().expect("connect");
+        let _: () = redis::cmd("READONLY").query(&mut con).expect("readonly");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let n: i64 = redis::cmd("DBSIZE").query(&mut con).expect("dbsize");
+            if n == 3000 || Instant::now() > deadline {
+                let v: Option<i64> = redis::cmd("GET").arg("snap:2999").query(&mut con).expect("get");
+                return (n, v);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .expect("join");
+    assert_eq!(got, (3000, Some(2999)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maxmemory_gives_oom_and_deletes_still_work() {
+    let _g = SERIAL.lock().await;
+    let (c, _dir) = cluster("maxmemory = 20000\n").await;
+    let a = store_of(&c, "a");
+    tokio::task::spawn_blocking(move || {
+        let client = redis::Client::open(format!("redis://{a}/")).expect("url");
+        let mut con = client.get_connection().expect("connect");
+        let big = "x".repeat(1000);
+        let mut oom = None;
+        for i in 0..100 {
+            if let Err(e) = redis::cmd("SET")
+                .arg(format!("m{i}"))
+                .arg(&big)
+                .query::<()>(&mut con)
+            {
+                oom = Some(e.to_string());
+                break;
+            }
+        }
+        let oom = oom.expect("writes are refused past maxmemory");
+        assert!(
+            oom.contains("OOM") && oom.contains("command not allowed when used memory"),
+            "{oom}"
+        );
+        // Deleting is still allowed, and frees room.
+        let n: i64 = redis::cmd("DEL")
+            .arg("m0")
+            .arg("m1")
+            .arg("m2")
+            .query(&mut con)
+            .expect("del");
+        assert_eq!(n, 3);
+        let _: () = redis::cmd("SET")
+            .arg("after")
+            .arg("1")
+            .query(&mut con)
+            .expect("room again");
+    })
+    .await
+    .expect("join");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_3_switches_to_resp3() {
+    let _g = SERIAL.lock().await;
+    let (c, _dir) = cluster("").await;
+    let a = store_of(&c, "a");
+    tokio::task::spawn_blocking(move || {
+        let (got, _) = raw_exchange(a, b"HSET h f v\r\nHELLO 3\r\nHGETALL h\r\nQUIT\r\n");
+        assert!(got.starts_with(":1\r\n%7\r\n"), "{got:?}");
+        assert!(got.ends_with("%1\r\n$1\r\nf\r\n$1\r\nv\r\n+OK\r\n"), "{got:?}");
+    })
+    .await
+    .expect("join");
+}

@@ -6,6 +6,7 @@
 //! old active) to the first answer of the new active, as the client sees it.
 
 pub mod probe;
+pub mod store;
 
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};

@@ -95,6 +95,18 @@ impl LogStore {
     }
 
     fn write_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> StorageResult<()> {
+        Self::write_meta_with(db, key, value, redb::Durability::Immediate)
+    }
+
+    /// `Durability::None` is for hints that may be lost in a crash (the committed index: a
+    /// restarted node then learns it from the leader); it becomes durable with the next
+    /// fsynced commit anyway.
+    fn write_meta_with<T: Serialize>(
+        db: &Database,
+        key: &str,
+        value: &T,
+        durability: redb::Durability,
+    ) -> StorageResult<()> {
         let e = |e: &dyn std::fmt::Display| {
             io_err(
                 ErrorSubject::Store,
@@ -103,7 +115,8 @@ impl LogStore {
             )
         };
         let bytes = encode(value).map_err(|x| e(&x))?;
-        let tx = db.begin_write().map_err(|x| e(&x))?;
+        let mut tx = db.begin_write().map_err(|x| e(&x))?;
+        tx.set_durability(durability).map_err(|x| e(&x))?;
         {
             let mut table = tx.open_table(META).map_err(|x| e(&x))?;
             table.insert(key, bytes.as_slice()).map_err(|x| e(&x))?;
@@ -188,7 +201,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
         let db = self.db.clone();
-        blocking(move || LogStore::write_meta(&db, "committed", &committed)).await
+        blocking(move || LogStore::write_meta_with(&db, "committed", &committed, redb::Durability::None))
+            .await
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {

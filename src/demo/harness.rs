@@ -167,9 +167,13 @@ async fn pump(
     }
 }
 
-fn free_port() -> Result<SocketAddr, HarnessError> {
+/// Reserves a free port by binding port 0. The listener is kept in `held` until every port of
+/// the cluster is chosen, so the kernel never hands the same port out twice.
+fn free_port_held(held: &mut Vec<StdListener>) -> Result<SocketAddr, HarnessError> {
     let l = StdListener::bind("127.0.0.1:0").map_err(|e| err(format!("cannot bind port 0: {e}")))?;
-    l.local_addr().map_err(|e| err(e.to_string()))
+    let addr = l.local_addr().map_err(|e| err(e.to_string()))?;
+    held.push(l);
+    Ok(addr)
 }
 
 /// A running local cluster.
@@ -193,15 +197,20 @@ impl LocalCluster {
         let mut nodes = Vec::new();
         let mut listens = BTreeMap::new();
         let mut relays = BTreeMap::new();
+        let mut held = Vec::new();
         for (id, witness) in &ids {
-            let admin = free_port()?;
-            let p1 = free_port()?;
-            let p2 = free_port()?;
-            let service = if *witness { None } else { Some(free_port()?) };
+            let admin = free_port_held(&mut held)?;
+            let p1 = free_port_held(&mut held)?;
+            let p2 = free_port_held(&mut held)?;
+            let service = if *witness {
+                None
+            } else {
+                Some(free_port_held(&mut held)?)
+            };
             let store = if *witness || !spec.store {
                 None
             } else {
-                Some(free_port()?)
+                Some(free_port_held(&mut held)?)
             };
             let mut paths = vec![p1, p2];
             if spec.relay_second_path {
@@ -268,6 +277,8 @@ impl LocalCluster {
             }
             std::fs::write(&n.config, text).map_err(|e| err(format!("{}: {e}", n.config.display())))?;
         }
+        // Released only now: the nodes bind them when they start.
+        drop(held);
         Ok(LocalCluster {
             spec,
             nodes,

@@ -27,7 +27,7 @@ use crate::node::Node;
 /// Most groups in one log entry.
 const MAX_GROUPS_PER_ENTRY: usize = 1024;
 /// Entries in flight at once (submitted, not yet committed).
-const MAX_IN_FLIGHT: usize = 16;
+const MAX_IN_FLIGHT: usize = 1;
 
 /// What a group of ops is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

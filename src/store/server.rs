@@ -405,6 +405,16 @@ async fn classify(shared: &Shared, conn: &mut Conn, args: &[Bytes], codec: &mut 
             }
         }
         "wait" => Item::Reply(wait(shared, args).await),
+        // Client tools (redis-benchmark, redis-cli) read settings with CONFIG GET; nothing is
+        // configurable through the protocol: the TOML file is the one source.
+        "config" => match args.get(1).map(|a| lower(a)).as_deref() {
+            Some("get") if args.len() >= 3 => Item::Reply(Frame::Map(Vec::new())),
+            Some("get") => Item::Reply(arity("config|get")),
+            Some("set") | Some("rewrite") | Some("resetstat") => {
+                Item::Reply(err("ERR standin is configured through its TOML file, not CONFIG"))
+            }
+            _ => Item::Reply(err("ERR unknown subcommand. Try CONFIG HELP.")),
+        },
         _ => match cmd::parse(args) {
             Ok(Parsed::Data(op)) if op.is_write() => Item::Write(op),
             Ok(Parsed::Data(op)) => Item::Read(op),

@@ -1,0 +1,344 @@
+//! `standin bench store` (BENCHMARKS.md §3): `redis-benchmark` with the same settings against
+//! standin's store on a 3-node cluster, a lone `redis-server`, and a `redis-server` primary
+//! with one replica, both with `appendfsync always`. Prints requests/s, p50 and p99 for SET and
+//! GET with and without pipelining, and standin's ratio to each reference.
+
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use serde::Serialize;
+
+use crate::demo::harness::{HarnessError, LocalCluster, Spec};
+
+fn err(m: impl Into<String>) -> HarnessError {
+    HarnessError(m.into())
+}
+
+/// One redis-benchmark result line.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub target: String,
+    pub test: String,
+    pub pipeline: u32,
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `n` distinct free ports (all held until all are chosen).
+fn free_ports(n: usize) -> Result<Vec<u16>, HarnessError> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| err(e.to_string())))
+        .collect::<Result<_, _>>()?;
+    held.iter()
+        .map(|l| Ok(l.local_addr().map_err(|e| err(e.to_string()))?.port()))
+        .collect()
+}
+
+fn redis_server(dir: &Path, port: u16, extra: &[&str]) -> Result<Server, HarnessError> {
+    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| {
+            err(format!(
+                "cannot start redis-server (Debian package redis-server): {e}"
+            ))
+        })?;
+    Ok(Server(child))
+}
+
+fn wait_ping(port: u16, what: &str) -> Result<(), HarnessError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let ok = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "PING"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG");
+        if ok {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(err(format!("{what} did not answer PING")))
+}
+
+fn run_benchmark(
+    target: &str,
+    addr: SocketAddr,
+    requests: u64,
+    pipeline: u32,
+) -> Result<Vec<Row>, HarnessError> {
+    let out = Command::new("redis-benchmark")
+        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args([
+            "-c",
+            "50",
+            "-n",
+            &requests.to_string(),
+            "-P",
+            &pipeline.to_string(),
+        ])
+        .args(["-t", "set,get", "--csv"])
+        .output()
+        .map_err(|e| {
+            err(format!(
+                "cannot run redis-benchmark (Debian package redis-tools): {e}"
+            ))
+        })?;
+    if !out.status.success() {
+        return Err(err(format!(
+            "redis-benchmark failed against {target}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut rows = Vec::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<String> = line.split(',').map(|s| s.trim_matches('"').to_string()).collect();
+        // "test","rps","avg","min","p50","p95","p99","max"
+        if f.len() < 8 {
+            continue;
+        }
+        let num = |i: usize| f[i].parse::<f64>().unwrap_or(f64::NAN);
+        rows.push(Row {
+            target: target.to_string(),
+            test: f[0].clone(),
+            pipeline,
+            rps: num(1),
+            p50_ms: num(4),
+            p99_ms: num(6),
+        });
+    }
+    if rows.is_empty() {
+        return Err(err(format!(
+            "no results from redis-benchmark against {target}: {text}"
+        )));
+    }
+    Ok(rows)
+}
+
+/// Our own load for the durable comparison redis-benchmark cannot make: 50 connections, each
+/// sending `SET key value` (plus `WAIT 1 0` for Redis, so the write is on the replica before it
+/// counts) and waiting for the replies before the next request. Keys are unique per request.
+async fn durable_sets(
+    target: &str,
+    addr: SocketAddr,
+    requests: u64,
+    with_wait: bool,
+) -> Result<Row, HarnessError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let clients = 50u64;
+    let per = requests / clients;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        tasks.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| e.to_string())?;
+            s.set_nodelay(true).map_err(|e| e.to_string())?;
+            let mut lat = Vec::with_capacity(per as usize);
+            let mut buf = vec![0u8; 256];
+            for i in 0..per {
+                let key = format!("d{c}:{i}");
+                let mut req = format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n$3\r\nxxx\r\n", key.len());
+                let replies = if with_wait {
+                    req.push_str("*3\r\n$4\r\nWAIT\r\n$1\r\n1\r\n$1\r\n0\r\n");
+                    2
+                } else {
+                    1
+                };
+                let t = Instant::now();
+                s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+                // Replies are "+OK\r\n" and ":1\r\n": count CRLF-terminated lines.
+                let mut lines = 0;
+                while lines < replies {
+                    let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
+                    if n == 0 {
+                        return Err("connection closed".to_string());
+                    }
+                    if buf[0] == b'-' {
+                        return Err(String::from_utf8_lossy(&buf[..n]).into_owned());
+                    }
+                    lines += buf[..n].windows(2).filter(|w| w == b"\r\n").count();
+                }
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            Ok::<Vec<f64>, String>(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(
+            t.await
+                .map_err(|e| err(e.to_string()))?
+                .map_err(|e| err(format!("{target}: {e}")))?,
+        );
+    }
+    let secs = start.elapsed().as_secs_f64();
+    all.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        all.get(((p / 100.0) * (all.len() as f64 - 1.0)) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Ok(Row {
+        target: target.to_string(),
+        // The same test name for both rows: equal durability, compared side by side.
+        test: "SET+WAIT 1 0".into(),
+        pipeline: 1,
+        rps: all.len() as f64 / secs,
+        p50_ms: pct(50.0),
+        p99_ms: pct(99.0),
+    })
+}
+
+/// Runs the store benchmark and prints the table.
+pub async fn run(requests: u64, json: bool) -> Result<(), HarnessError> {
+    let dir = std::env::temp_dir().join(format!("standin-bench-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let binary = std::env::current_exe().map_err(|e| err(e.to_string()))?;
+    let spec = Spec::new(&dir.join("standin"), &binary);
+    let mut cluster = LocalCluster::create(spec).await?;
+    cluster.start_all()?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    // Leadership moves to the active node after start-up; measure once it has settled.
+    let status = cluster
+        .wait_for(
+            Duration::from_secs(30),
+            "raft leadership on the active node",
+            |s| s.leader.is_some() && s.leader == s.active,
+        )
+        .await?;
+    // Benchmark against the Raft leader's store (a follower would forward every request).
+    let leader = status.leader.clone().unwrap_or_else(|| "a".into());
+    let leader = if leader == "w" { "a".to_string() } else { leader };
+    let standin_addr = cluster
+        .node(&leader)
+        .and_then(|n| n.store)
+        .ok_or_else(|| err("no store address"))?;
+
+    let ports = free_ports(3)?;
+    let (lone_port, primary_port, replica_port) = (ports[0], ports[1], ports[2]);
+    let _lone = redis_server(&dir.join("lone"), lone_port, &["--appendonly", "no"])?;
+    let _primary = redis_server(
+        &dir.join("primary"),
+        primary_port,
+        &["--appendonly", "yes", "--appendfsync", "always"],
+    )?;
+    let _replica = redis_server(
+        &dir.join("replica"),
+        replica_port,
+        &[
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--replicaof",
+            "127.0.0.1",
+            &primary_port.to_string(),
+        ],
+    )?;
+    wait_ping(lone_port, "lone redis-server")?;
+    wait_ping(primary_port, "redis primary")?;
+    wait_ping(replica_port, "redis replica")?;
+
+    let targets: Vec<(&str, SocketAddr)> = vec![
+        ("standin (3 nodes, quorum + fsync)", standin_addr),
+        (
+            "redis-server (lone, no fsync)",
+            SocketAddr::from(([127, 0, 0, 1], lone_port)),
+        ),
+        (
+            "redis primary+replica (appendfsync always)",
+            SocketAddr::from(([127, 0, 0, 1], primary_port)),
+        ),
+    ];
+    let mut rows = Vec::new();
+    let bar = indicatif::ProgressBar::new((targets.len() * 2) as u64);
+    for pipeline in [1u32, 16] {
+        for (name, addr) in &targets {
+            bar.set_message(format!("{name} -P {pipeline}"));
+            let name = name.to_string();
+            let addr = *addr;
+            let r = tokio::task::spawn_blocking(move || run_benchmark(&name, addr, requests, pipeline))
+                .await
+                .map_err(|e| err(e.to_string()))??;
+            rows.extend(r);
+            bar.inc(1);
+        }
+    }
+    // Equal durability: acknowledged only once on a second node (and fsynced, for standin and
+    // for the Redis pair's appendfsync always).
+    bar.set_message("durable SET (own client)");
+    rows.push(durable_sets(targets[0].0, targets[0].1, requests.min(50_000), false).await?);
+    rows.push(durable_sets(targets[2].0, targets[2].1, requests.min(50_000), true).await?);
+    bar.finish_and_clear();
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).map_err(|e| err(e.to_string()))?
+        );
+        return Ok(());
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec![
+        "test",
+        "-P",
+        "target",
+        "requests/s",
+        "p50 ms",
+        "p99 ms",
+        "standin / this",
+    ]);
+    for r in &rows {
+        let standin = rows
+            .iter()
+            .find(|s| s.test == r.test && s.pipeline == r.pipeline && s.target.starts_with("standin"))
+            .map(|s| s.rps)
+            .unwrap_or(f64::NAN);
+        t.add_row(vec![
+            r.test.clone(),
+            r.pipeline.to_string(),
+            r.target.clone(),
+            format!("{:.0}", r.rps),
+            format!("{:.3}", r.p50_ms),
+            format!("{:.3}", r.p99_ms),
+            if r.target.starts_with("standin") {
+                "-".to_string()
+            } else {
+                format!("{:.2}x", standin / r.rps)
+            },
+        ]);
+    }
+    println!("{t}");
+    println!("redis-benchmark -c 50 -n {requests} -t set,get [-P 16], all on this machine, one run");
+    println!(
+        "SET+WAIT 1 0: own client, 50 connections, one request at a time each; standin acknowledges a SET \
+         after a quorum commit, so it sends no WAIT"
+    );
+    Ok(())
+}
