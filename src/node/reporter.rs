@@ -101,7 +101,7 @@ pub async fn run(node: Arc<Node>, mut transitions: UnboundedReceiver<Transition>
                 checks: observed.keys().cloned().collect(),
                 at: unix_ms(),
             };
-            match node.cluster.write(cmd).await {
+            match cancellable(&cancel, node.cluster.write(cmd)).await {
                 Ok(_) => {
                     started = true;
                     reported = observed
@@ -127,7 +127,7 @@ pub async fn run(node: Arc<Node>, mut transitions: UnboundedReceiver<Transition>
                     detail: detail.clone(),
                     at: unix_ms(),
                 };
-                match node.cluster.write(cmd).await {
+                match cancellable(&cancel, node.cluster.write(cmd)).await {
                     Ok(_) => {
                         tracing::info!(check = %check, healthy, detail = %detail, "health transition recorded");
                         reported.insert(check.clone(), (*healthy, detail.clone()));
@@ -166,5 +166,16 @@ pub async fn run(node: Arc<Node>, mut transitions: UnboundedReceiver<Transition>
             r = local_rx.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(retry) => {}
         }
+    }
+}
+
+/// A write that gives up when the node shuts down (it may wait seconds for a leader).
+async fn cancellable<T>(
+    cancel: &CancellationToken,
+    fut: impl std::future::Future<Output = Result<T, crate::cluster::ClusterError>>,
+) -> Result<T, crate::cluster::ClusterError> {
+    tokio::select! {
+        _ = cancel.cancelled() => Err(crate::cluster::ClusterError::Refused("shutting down".into())),
+        r = fut => r,
     }
 }
