@@ -514,11 +514,23 @@ async fn maxmemory_gives_oom_and_deletes_still_work() {
             oom.contains("OOM") && oom.contains("command not allowed when used memory"),
             "{oom}"
         );
+        // In a pipeline only the write that adds data is refused; the delete runs.
+        let _: redis::RedisResult<Vec<redis::Value>> = redis::pipe()
+            .cmd("SET")
+            .arg("more")
+            .arg(&big)
+            .cmd("DEL")
+            .arg("m0")
+            .query(&mut con);
+        let exists: i64 = redis::cmd("EXISTS").arg("m0").query(&mut con).expect("exists");
+        assert_eq!(exists, 0, "the DEL in the pipeline ran");
+        let more: i64 = redis::cmd("EXISTS").arg("more").query(&mut con).expect("exists");
+        assert_eq!(more, 0, "the SET in the pipeline was refused");
         // Deleting is still allowed, and frees room.
         let n: i64 = redis::cmd("DEL")
-            .arg("m0")
             .arg("m1")
             .arg("m2")
+            .arg("m3")
             .query(&mut con)
             .expect("del");
         assert_eq!(n, 3);

@@ -309,15 +309,16 @@ impl Cluster {
         {
             Ok(Response::Write(Ok(r))) => Ok(r),
             Ok(Response::Write(Err(e))) => Err(ClusterError::Refused(e)),
-            Ok(Response::Error { message, .. }) => Err(ClusterError::LeaderUnreachable {
-                leader,
-                reason: message,
-            }),
+            Ok(Response::Error { retry: true, .. }) => Err(ClusterError::NoLeader),
+            Ok(Response::Error { message, .. }) => Err(ClusterError::Refused(message)),
             Ok(other) => Err(ClusterError::Raft(format!("unexpected reply {other:?}"))),
-            Err(e) => Err(ClusterError::LeaderUnreachable {
+            // Never sent: safe to retry.
+            Err(e @ transport::TransportError::Unreachable { .. }) => Err(ClusterError::LeaderUnreachable {
                 leader,
                 reason: e.to_string(),
             }),
+            // Sent; the outcome is unknown: not retried (it could apply twice).
+            Err(e) => Err(ClusterError::Raft(format!("outcome unknown: {e}"))),
         }
     }
 
@@ -375,7 +376,15 @@ impl Cluster {
                     retry: false,
                 },
             },
-            Request::Write(cmd) => Response::Write(self.write_local(cmd).await.map_err(|e| e.to_string())),
+            Request::Write(cmd) => match self.write_local(cmd).await {
+                Ok(r) => Response::Write(Ok(r)),
+                // Not the leader (any more): nothing was appended, the sender may retry.
+                Err(e) if e.retryable() => Response::Error {
+                    message: e.to_string(),
+                    retry: true,
+                },
+                Err(e) => Response::Write(Err(e.to_string())),
+            },
             other => return Err(other),
         })
     }

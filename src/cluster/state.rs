@@ -347,7 +347,9 @@ impl ClusterState {
                 self.recompute_health(node, *at);
                 if self.active.as_deref() == Some(node) {
                     let epoch = self.epoch;
-                    self.step_down(node, epoch, Cause::Released, "node restarted", *at);
+                    // Not a confirmed release: the old daemon died without telling its service,
+                    // which may act until its lease runs out. The coordinator waits for it.
+                    self.step_down(node, epoch, Cause::Released, "node restarted", *at, false);
                 }
                 CommandResult::ok()
             }
@@ -407,7 +409,7 @@ impl ClusterState {
                 at,
             } => {
                 if self.active.as_deref() == Some(node) && self.epoch == *epoch {
-                    self.step_down(node, *epoch, Cause::Released, reason, *at);
+                    self.step_down(node, *epoch, Cause::Released, reason, *at, true);
                     return CommandResult::ok();
                 }
                 match &mut self.deposed {
@@ -629,14 +631,14 @@ impl ClusterState {
         }
     }
 
-    fn step_down(&mut self, node: &str, epoch: u64, cause: Cause, reason: &str, at: u64) {
+    fn step_down(&mut self, node: &str, epoch: u64, cause: Cause, reason: &str, at: u64, released: bool) {
         self.active = None;
         self.active_since_unix_ms = None;
         self.promotion = None;
         self.deposed = Some(DeposedRecord {
             node: node.to_string(),
             epoch,
-            released: true,
+            released,
             cause,
             at_unix_ms: at,
         });
@@ -703,7 +705,8 @@ mod tests {
         });
         assert_eq!(s.active, None);
         let d = s.deposed.as_ref().expect("deposed");
-        assert!(d.released && d.node == "a" && d.epoch == 1);
+        // Unconfirmed: the old service may still hold its lease, so the successor waits.
+        assert!(!d.released && d.node == "a" && d.epoch == 1);
     }
 
     #[test]

@@ -302,9 +302,19 @@ impl Transport {
         let (id, bytes) = self.encode(req).map_err(|e| PathError::Failed(e.to_string()))?;
         let (tx, rx) = oneshot::channel();
         lock(&conn.pending).insert(id, tx);
-        if conn.tx.send(bytes).await.is_err() {
-            lock(&conn.pending).remove(&id);
-            return Err(PathError::Failed("connection closed".into()));
+        // A peer that stops reading fills the queue: bounded by the deadline, and nothing was
+        // queued if it runs out (so `call_once` may still try another path).
+        match tokio::time::timeout_at(deadline, conn.tx.send(bytes)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                lock(&conn.pending).remove(&id);
+                return Err(PathError::Failed("connection closed".into()));
+            }
+            Err(_) => {
+                lock(&conn.pending).remove(&id);
+                conn.closed.cancel();
+                return Err(PathError::Failed("send queue full (peer not reading)".into()));
+            }
         }
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(resp)) => Ok(resp),
@@ -413,7 +423,7 @@ impl Transport {
                     }
                 }
             }
-            if matches!(result, Err(PathError::Timeout)) {
+            if !ok {
                 self.reset_path(path).await;
             }
         }

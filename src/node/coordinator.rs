@@ -27,6 +27,9 @@ pub struct CoordinatorStatus {
 
 struct State {
     leader_since: Option<Instant>,
+    /// The Raft term `leader_since` belongs to: a lost and regained leadership (even within
+    /// one slow tick) starts a new wait.
+    leader_term: u64,
     /// When each committed promotion was first seen (for the promote timeout).
     pending_seen: HashMap<(String, u64), Instant>,
     /// Nodes whose promotion failed, not tried again before the instant.
@@ -45,6 +48,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
     let mut applied = node.cluster.sm.subscribe();
     let mut st = State {
         leader_since: None,
+        leader_term: 0,
         pending_seen: HashMap::new(),
         excluded: HashMap::new(),
         last_elect: None,
@@ -61,6 +65,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
         witness_rescue(&node, &mut st, &info);
         if !info.is_leader {
             st.leader_since = None;
+            st.grant_bound = None;
             st.pending_seen.clear();
             let mut c = node.coordinator.lock().unwrap_or_else(|p| p.into_inner());
             c.is_leader = false;
@@ -68,6 +73,11 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
             continue;
         }
         let now = Instant::now();
+        if st.leader_term != info.term {
+            st.leader_since = None;
+            st.grant_bound = None;
+            st.leader_term = info.term;
+        }
         if st.leader_since.is_none() {
             tracing::info!(term = info.term, "became raft leader; coordinating");
             st.leader_since = Some(now);
@@ -394,9 +404,16 @@ async fn apply(node: &Arc<Node>, st: &mut State, action: Action, now: Instant) {
             return;
         }
     };
-    match node.cluster.write_local(cmd).await {
-        Ok(r) if !r.ok => tracing::debug!(message = %r.message, "coordinator command refused"),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "coordinator command failed"),
+    // Bounded: a coordinator stuck on a write would keep a stale view of its leadership.
+    match tokio::time::timeout(
+        node.config.timing.failure_timeout * 4,
+        node.cluster.write_local(cmd),
+    )
+    .await
+    {
+        Ok(Ok(r)) if !r.ok => tracing::debug!(message = %r.message, "coordinator command refused"),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "coordinator command failed"),
+        Err(_) => tracing::warn!("coordinator command timed out"),
     }
 }

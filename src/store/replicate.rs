@@ -26,6 +26,8 @@ use crate::node::Node;
 
 /// Most groups in one log entry.
 const MAX_GROUPS_PER_ENTRY: usize = 1024;
+/// Longest wait for a submitted entry to commit.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Entries in flight at once (submitted, not yet committed).
 const MAX_IN_FLIGHT: usize = 1;
 
@@ -61,6 +63,21 @@ struct WriteReq {
     ops: Vec<Op>,
     kind: GroupKind,
     tx: oneshot::Sender<Result<Vec<Reply>, StoreError>>,
+    /// Positions (in the client's pipeline) refused with OOM before proposing.
+    refused: Vec<usize>,
+}
+
+fn oom() -> Reply {
+    Reply::Error("OOM command not allowed when used memory > 'maxmemory'.".into())
+}
+
+/// Puts the OOM replies back at the positions of the refused ops.
+fn merge_refused(mut replies: Vec<Reply>, refused: &[usize]) -> Vec<Reply> {
+    for &pos in refused {
+        let at = pos.min(replies.len());
+        replies.insert(at, oom());
+    }
+    replies
 }
 
 struct ReadReq {
@@ -115,7 +132,12 @@ impl Replicator {
     pub async fn write_local(&self, ops: Vec<Op>, kind: GroupKind) -> Result<Vec<Reply>, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.writes
-            .send(WriteReq { ops, kind, tx })
+            .send(WriteReq {
+                ops,
+                kind,
+                tx,
+                refused: Vec::new(),
+            })
             .map_err(|_| StoreError::NoLeader)?;
         rx.await
             .unwrap_or_else(|_| Err(StoreError::Unknown("node shutting down".into())))
@@ -189,10 +211,28 @@ async fn write_batcher(
         let mut accepted = Vec::with_capacity(batch.len());
         for mut req in batch {
             if over && req.ops.iter().any(Op::may_grow) {
-                let _ = req.tx.send(Ok(vec![Reply::Error(
-                    "OOM command not allowed when used memory > 'maxmemory'.".into(),
-                )]));
-                continue;
+                match req.kind {
+                    // A transaction runs whole or not at all.
+                    GroupKind::Exec => {
+                        let _ = req.tx.send(Ok(vec![oom()]));
+                        continue;
+                    }
+                    // In a pipeline only the ops that add data are refused; deletes still run.
+                    GroupKind::Pipeline => {
+                        let ops = std::mem::take(&mut req.ops);
+                        for (i, op) in ops.into_iter().enumerate() {
+                            if op.may_grow() {
+                                req.refused.push(i);
+                            } else {
+                                req.ops.push(op);
+                            }
+                        }
+                        if req.ops.is_empty() {
+                            let _ = req.tx.send(Ok(req.refused.iter().map(|_| oom()).collect()));
+                            continue;
+                        }
+                    }
+                }
             }
             for op in &mut req.ops {
                 op.resolve_times(now);
@@ -217,9 +257,12 @@ async fn write_batcher(
         tokio::spawn(async move {
             let _permit = permit;
             let result = match submitted {
-                Ok(fut) => match fut.await {
-                    Ok(r) => Ok(r.store),
-                    Err(e) => Err(StoreError::Unknown(e.to_string())),
+                // Bounded, so a lost entry (e.g. truncated by a snapshot install after this node
+                // lost leadership) never holds the in-flight slot forever.
+                Ok(fut) => match tokio::time::timeout(COMMIT_TIMEOUT, fut).await {
+                    Ok(Ok(r)) => Ok(r.store),
+                    Ok(Err(e)) => Err(StoreError::Unknown(e.to_string())),
+                    Err(_) => Err(StoreError::Unknown("not committed within 10 s".into())),
                 },
                 Err(e) => Err(StoreError::Unknown(e.to_string())),
             };
@@ -229,7 +272,7 @@ async fn write_batcher(
                         .into_iter()
                         .zip(replies.into_iter().chain(std::iter::repeat_with(Vec::new)))
                     {
-                        let _ = req.tx.send(Ok(r));
+                        let _ = req.tx.send(Ok(merge_refused(r, &req.refused)));
                     }
                 }
                 Err(e) => {
