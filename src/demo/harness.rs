@@ -394,8 +394,11 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// The cluster status from the first node that answers.
+    /// The cluster status: the leader's view if any node can give it (a node that just woke up
+    /// from SIGSTOP may still believe it leads and answer with old state), else the first
+    /// answer.
     pub async fn status(&self) -> Option<Status> {
+        let mut fallback = None;
         for n in &self.nodes {
             if n.child.is_none() {
                 continue;
@@ -411,12 +414,15 @@ impl LocalCluster {
             {
                 if r.status == 200 {
                     if let Ok(s) = serde_json::from_str::<Status>(&r.body) {
-                        return Some(s);
+                        if !s.stale && s.leader.as_deref() == Some(s.view_from.as_str()) {
+                            return Some(s);
+                        }
+                        fallback.get_or_insert(s);
                     }
                 }
             }
         }
-        None
+        fallback
     }
 
     /// What a node's daemon says about its own role (and its service's pid).
