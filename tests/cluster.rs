@@ -561,3 +561,50 @@ async fn warm_standby_starts_the_service_on_promotion() {
     prober.stop().await;
     assert_eq!(stale, 0);
 }
+
+/// The active node loses every path to the others (both directions black-holed): the others
+/// fail over, the isolated node demotes itself before its lease can run out (the probe never
+/// sees two actives), and after the partition heals it is a standby.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_active_demotes_itself_and_the_others_fail_over() {
+    let _g = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = Spec::new(dir.path(), &binary());
+    spec.partitionable = true;
+    let mut cluster = LocalCluster::create(spec).await.expect("create");
+    cluster.start_all().expect("start");
+    let s = cluster.wait_ready(Duration::from_secs(30)).await.expect("ready");
+    let old = active_of(&s);
+    let services = cluster.nodes.iter().filter_map(|n| n.service).collect();
+    let prober = Prober::start(services, Duration::from_millis(10));
+    cluster.partition(&old);
+    let after = cluster
+        .wait_for(
+            Duration::from_secs(10),
+            "a new active on the majority side",
+            |st| st.epoch > s.epoch && st.active.as_deref().is_some_and(|a| a != old) && !st.stale,
+        )
+        .await
+        .expect("failover");
+    // The isolated node says (on its own admin API, which is not cut) that it is a standby.
+    let lease = cluster.lease(&old).await.expect("isolated node answers");
+    assert_eq!(lease.role, "standby", "{lease:?}");
+    cluster.heal();
+    cluster
+        .wait_for(
+            Duration::from_secs(20),
+            "the isolated node back as a healthy standby",
+            |st| {
+                st.nodes
+                    .iter()
+                    .any(|n| n.id == old && n.role == "standby" && n.healthy && n.in_sync)
+            },
+        )
+        .await
+        .expect("rejoin");
+    let end = cluster.status().await.expect("status");
+    assert_eq!(end.active, after.active);
+    let stale = prober.stale_answers();
+    prober.stop().await;
+    assert_eq!(stale, 0, "two nodes acted as active");
+}

@@ -22,9 +22,14 @@ fn binary() -> PathBuf {
 }
 
 async fn cluster(store_toml: &str) -> (LocalCluster, tempfile::TempDir) {
+    cluster_with(store_toml, false).await
+}
+
+async fn cluster_with(store_toml: &str, partitionable: bool) -> (LocalCluster, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut spec = Spec::new(dir.path(), &binary());
     spec.store_toml = store_toml.to_string();
+    spec.partitionable = partitionable;
     let mut c = LocalCluster::create(spec).await.expect("create");
     c.start_all().expect("start");
     c.wait_ready(Duration::from_secs(30)).await.expect("ready");
@@ -288,13 +293,13 @@ async fn redis_benchmark_runs_against_the_store() {
 }
 
 /// Jepsen-style set workload: clients add unique keys and increment counters through every
-/// node while a nemesis kills (-9) and pauses (SIGSTOP) nodes, the leader included. At the end
+/// node while a nemesis kills (-9), pauses (SIGSTOP) and partitions nodes, the leader included. At the end
 /// every acknowledged key must be present, nothing unexpected may appear, and each counter
 /// lies between its acknowledged increments and acknowledged + unknown ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_acknowledged_write_is_lost_under_kills_and_pauses() {
     let _g = SERIAL.lock().await;
-    let (mut c, _dir) = cluster("retry-for = \"3s\"\n").await;
+    let (mut c, _dir) = cluster_with("retry-for = \"3s\"\n", true).await;
     let stores: Vec<SocketAddr> = ["a", "b"].iter().map(|id| store_of(&c, id)).collect();
     let stop = Arc::new(AtomicBool::new(false));
     #[derive(Default)]
@@ -368,14 +373,23 @@ async fn no_acknowledged_write_is_lost_under_kills_and_pauses() {
         if victim == "w" {
             continue;
         }
-        if faults % 2 == 0 {
-            c.kill(&victim).await.expect("kill");
-            tokio::time::sleep(Duration::from_millis(800)).await;
-            c.start(&victim).expect("restart");
-        } else {
-            c.signal_daemon(&victim, Signal::SIGSTOP).expect("stop");
-            tokio::time::sleep(Duration::from_millis(800)).await;
-            c.signal_daemon(&victim, Signal::SIGCONT).expect("cont");
+        match faults % 3 {
+            0 => {
+                c.kill(&victim).await.expect("kill");
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                c.start(&victim).expect("restart");
+            }
+            1 => {
+                c.signal_daemon(&victim, Signal::SIGSTOP).expect("stop");
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                c.signal_daemon(&victim, Signal::SIGCONT).expect("cont");
+            }
+            _ => {
+                // Cut off from both peers, both directions; its own clients still reach it.
+                c.partition(&victim);
+                tokio::time::sleep(Duration::from_millis(1200)).await;
+                c.heal();
+            }
         }
         faults += 1;
     }

@@ -277,7 +277,12 @@ fn build_status(node: &Arc<Node>) -> Status {
         leader: info.leader,
         term: info.term,
         view_from: me,
-        stale: !info.is_leader,
+        // A leader cut off from the quorum (openraft 0.9 does not step down by itself) does not
+        // speak for the cluster either.
+        stale: !info.is_leader || {
+            let heard = nodes_heard(node);
+            heard * 2 <= cfg.members.len()
+        },
         waiting,
         switchover: switchover.map(|s| SwitchoverStatus {
             target: s.target,
@@ -287,6 +292,24 @@ fn build_status(node: &Arc<Node>) -> Status {
         commit_index: info.committed,
         nodes,
     }
+}
+
+/// Voters heard within the failure timeout, this node included.
+fn nodes_heard(node: &Arc<Node>) -> usize {
+    let me = node.cluster.me();
+    let ft = node.config.timing.failure_timeout;
+    node.config
+        .members
+        .iter()
+        .filter(|m| {
+            m.id == me
+                || node
+                    .cluster
+                    .transport
+                    .last_heard(&m.id)
+                    .is_some_and(|t| t.elapsed() < ft)
+        })
+        .count()
 }
 
 /// The cluster's view: from the leader if it can be reached, else our own (stale).

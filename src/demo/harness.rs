@@ -45,6 +45,9 @@ pub struct Spec {
     pub witness: bool,
     /// Route each node's second path through a relay the harness controls (for path faults).
     pub relay_second_path: bool,
+    /// Route every path between every ordered pair of nodes through its own relay, so that
+    /// [`LocalCluster::partition`] can cut one node off completely.
+    pub partitionable: bool,
     /// Extra TOML appended to every config (timing, failback, hooks...).
     pub extra_toml: String,
     /// Hooks per data node, as TOML lines for `[hooks]`.
@@ -64,6 +67,7 @@ impl Spec {
             data_nodes: vec!["a".into(), "b".into()],
             witness: true,
             relay_second_path: false,
+            partitionable: false,
             extra_toml: String::new(),
             hooks_toml: String::new(),
             service_toml: String::new(),
@@ -182,6 +186,8 @@ pub struct LocalCluster {
     pub nodes: Vec<LocalNode>,
     /// Relays of each node's second path, by node id.
     pub relays: BTreeMap<String, Relay>,
+    /// With `partitionable`: (from, to, relay) for every path of every ordered pair.
+    pub pair_relays: Vec<(String, String, Relay)>,
     /// Service processes seen (killed with the cluster, in case a daemon died before them).
     service_pids: std::sync::Mutex<Vec<u32>>,
 }
@@ -213,7 +219,9 @@ impl LocalCluster {
                 Some(free_port_held(&mut held)?)
             };
             let mut paths = vec![p1, p2];
-            if spec.relay_second_path {
+            if spec.partitionable {
+                listens.insert(id.clone(), vec![p1, p2]);
+            } else if spec.relay_second_path {
                 let relay = start_relay(p2).await?;
                 paths[1] = relay.listen;
                 relays.insert(id.clone(), relay);
@@ -230,11 +238,32 @@ impl LocalCluster {
                 child: None,
             });
         }
-        let mut members = String::new();
+        // With partitionable, node X reaches peer Y through relays of its own (X→Y), so cutting
+        // every relay from or to X isolates X in both directions.
+        let mut pair_relays = Vec::new();
+        let mut peer_paths: BTreeMap<(String, String), Vec<SocketAddr>> = BTreeMap::new();
+        if spec.partitionable {
+            for from in &nodes {
+                for to in nodes.iter().filter(|t| t.id != from.id) {
+                    let mut addrs = Vec::new();
+                    for p in &to.paths {
+                        let relay = start_relay(*p).await?;
+                        addrs.push(relay.listen);
+                        pair_relays.push((from.id.clone(), to.id.clone(), relay));
+                    }
+                    peer_paths.insert((from.id.clone(), to.id.clone()), addrs);
+                }
+            }
+        }
         let count = spec.data_nodes.len() as u32;
-        for (i, n) in nodes.iter().enumerate() {
-            let addrs: Vec<String> = n.paths.iter().map(|p| format!("\"{p}\"")).collect();
-            members.push_str(&format!(
+        let members_for = |me: &str| {
+            let mut members = String::new();
+            for (i, n) in nodes.iter().enumerate() {
+                let paths = peer_paths
+                    .get(&(me.to_string(), n.id.clone()))
+                    .unwrap_or(&n.paths);
+                let addrs: Vec<String> = paths.iter().map(|p| format!("\"{p}\"")).collect();
+                members.push_str(&format!(
                 "\n[[member]]\nid = \"{}\"\nkind = \"{}\"\npriority = {}\naddresses = [{}]\nadmin = \"{}\"\n{}",
                 n.id,
                 if n.witness { "witness" } else { "data" },
@@ -243,8 +272,11 @@ impl LocalCluster {
                 n.admin,
                 n.service.map(|s| format!("service-address = \"{s}\"\n")).unwrap_or_default()
             ));
-        }
+            }
+            members
+        };
         for n in &nodes {
+            let members = members_for(&n.id);
             let data_dir = spec.dir.join(format!("{}-data", n.id));
             let listen = listens
                 .get(&n.id)
@@ -283,6 +315,7 @@ impl LocalCluster {
             spec,
             nodes,
             relays,
+            pair_relays,
             service_pids: std::sync::Mutex::new(Vec::new()),
         })
     }
@@ -348,6 +381,22 @@ impl LocalCluster {
         killpg(Pid::from_raw(pid as i32), sig).map_err(|e| err(format!("killpg {id}: {e}")))
     }
 
+    /// Cuts every cluster path from and to `id` (needs `partitionable`): a black hole, both ways.
+    pub fn partition(&self, id: &str) {
+        for (from, to, relay) in &self.pair_relays {
+            if from == id || to == id {
+                relay.set_cut(true);
+            }
+        }
+    }
+
+    /// Restores every cluster path.
+    pub fn heal(&self) {
+        for (_, _, relay) in &self.pair_relays {
+            relay.set_cut(false);
+        }
+    }
+
     /// Sends `sig` to the daemon only.
     pub fn signal_daemon(&self, id: &str, sig: Signal) -> Result<(), HarnessError> {
         let pid = self
@@ -399,6 +448,7 @@ impl LocalCluster {
     /// answer.
     pub async fn status(&self) -> Option<Status> {
         let mut fallback = None;
+        let mut best: Option<Status> = None;
         for n in &self.nodes {
             if n.child.is_none() {
                 continue;
@@ -414,15 +464,20 @@ impl LocalCluster {
             {
                 if r.status == 200 {
                     if let Ok(s) = serde_json::from_str::<Status>(&r.body) {
-                        if !s.stale && s.leader.as_deref() == Some(s.view_from.as_str()) {
-                            return Some(s);
+                        let authoritative = !s.stale && s.leader.as_deref() == Some(s.view_from.as_str());
+                        if authoritative {
+                            best = match best.take() {
+                                Some(b) if b.term >= s.term => Some(b),
+                                _ => Some(s),
+                            };
+                        } else {
+                            fallback.get_or_insert(s);
                         }
-                        fallback.get_or_insert(s);
                     }
                 }
             }
         }
-        fallback
+        best.or(fallback)
     }
 
     /// What a node's daemon says about its own role (and its service's pid).
