@@ -200,22 +200,11 @@ async fn run_fault(
                     .node(&old)
                     .map(|n| n.admin.to_string())
                     .unwrap_or_default();
-                let mut r = crate::api::client::request(
-                    &api,
-                    hyper::Method::POST,
-                    "/v1/switchover",
-                    Some("{}".into()),
-                    Duration::from_secs(5),
-                )
-                .await
-                .map_err(|e| HarnessError(e.to_string()))?;
-                // 503: a leader election is in progress; retry briefly.
-                for _ in 0..50 {
-                    if r.status != 503 {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    r = crate::api::client::request(
+                // 503: a leader election is in progress (leadership moving to the active node
+                // after the previous trial); retry briefly.
+                let mut attempts = 0;
+                let r = loop {
+                    let r = crate::api::client::request(
                         &api,
                         hyper::Method::POST,
                         "/v1/switchover",
@@ -224,7 +213,12 @@ async fn run_fault(
                     )
                     .await
                     .map_err(|e| HarnessError(e.to_string()))?;
-                }
+                    attempts += 1;
+                    if r.status != 503 || attempts > 50 {
+                        break r;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                };
                 if r.status != 200 {
                     return Err(HarnessError(format!("switchover refused: {}", r.body)));
                 }

@@ -245,7 +245,7 @@ async fn write_batcher(
         let groups: Vec<(Vec<Op>, GroupKind)> = accepted.iter().map(|r| (r.ops.clone(), r.kind)).collect();
         let cmd = Command::Store { groups, now_ms: now };
         // Only a node that leads may propose; anything refused before submission is safe to
-        // retry, anything after (even "no longer leader") may still commit: unknown.
+        // retry. After submission only a truncated entry (ForwardToLeader) is.
         if !node.cluster.info().is_leader {
             for req in accepted {
                 let _ = req.tx.send(Err(StoreError::NoLeader));
@@ -261,6 +261,10 @@ async fn write_batcher(
                 // lost leadership) never holds the in-flight slot forever.
                 Ok(fut) => match tokio::time::timeout(COMMIT_TIMEOUT, fut).await {
                     Ok(Ok(r)) => Ok(r.store),
+                    // openraft 0.9 answers a pending write with ForwardToLeader only when it
+                    // truncated the entry (a conflicting log from a new leader): that entry can
+                    // never commit, so retrying it elsewhere cannot apply it twice.
+                    Ok(Err(ClusterError::NoLeader)) => Err(StoreError::NoLeader),
                     Ok(Err(e)) => Err(StoreError::Unknown(e.to_string())),
                     Err(_) => Err(StoreError::Unknown("not committed within 10 s".into())),
                 },
