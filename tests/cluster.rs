@@ -82,16 +82,7 @@ impl Fixture {
     }
 
     async fn events(&self, id: &str) -> Vec<Event> {
-        let r = standin::api::client::request(
-            &self.api(id),
-            hyper::Method::GET,
-            "/v1/events",
-            None,
-            Duration::from_secs(2),
-        )
-        .await
-        .expect("events");
-        serde_json::from_str(&r.body).expect("events json")
+        self.cluster.events(id).await.expect("events")
     }
 
     /// Stops probing and asserts no two nodes ever acted as active at once.
@@ -458,16 +449,7 @@ async fn a_failed_promote_hook_moves_on_to_the_next_candidate() {
     cluster.start_all().expect("start");
     let s = cluster.wait_ready(Duration::from_secs(30)).await.expect("ready");
     assert_eq!(s.active.as_deref(), Some("b"));
-    let r = standin::api::client::request(
-        &cluster.node("b").expect("b").admin.to_string(),
-        hyper::Method::GET,
-        "/v1/events",
-        None,
-        Duration::from_secs(2),
-    )
-    .await
-    .expect("events");
-    let events: Vec<Event> = serde_json::from_str(&r.body).expect("json");
+    let events = cluster.events("b").await.expect("events");
     let failed = events
         .iter()
         .find(|e| e.kind == EventKind::PromotionFailed)

@@ -253,29 +253,17 @@ async fn run_fault(
     bar.finish_and_clear();
     // Every promotion is in the replicated history: one at bootstrap, one per trial. Any more
     // is a failover nobody caused (or a failed promotion that had to be repeated).
-    let api = cluster
-        .nodes
-        .iter()
-        .find(|n| !n.witness)
-        .map(|n| n.admin.to_string())
-        .unwrap_or_default();
-    if let Ok(r) = crate::api::client::request(
-        &api,
-        hyper::Method::GET,
-        "/v1/events",
-        None,
-        Duration::from_secs(5),
-    )
-    .await
-    {
-        if let Ok(events) = serde_json::from_str::<Vec<crate::cluster::state::Event>>(&r.body) {
-            let promotions = events
-                .iter()
-                .filter(|e| e.kind == crate::cluster::state::EventKind::Promoting)
-                .count();
-            let expected = 1 + samples.len();
-            false_failovers = false_failovers.max(promotions.saturating_sub(expected));
-        }
+    let data_node = cluster.nodes.iter().find(|n| !n.witness).map(|n| n.id.clone());
+    if let Some(events) = match data_node {
+        Some(id) => cluster.events(&id).await,
+        None => None,
+    } {
+        let promotions = events
+            .iter()
+            .filter(|e| e.kind == crate::cluster::state::EventKind::Promoting)
+            .count();
+        let expected = 1 + samples.len();
+        false_failovers = false_failovers.max(promotions.saturating_sub(expected));
     }
     let stale = prober.stale_answers();
     prober.stop().await;

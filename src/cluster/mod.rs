@@ -268,6 +268,17 @@ impl Cluster {
         raft_id(name)
     }
 
+    /// The current leader, without copying the rest of the metrics (per-request path).
+    pub fn leader(&self) -> Option<String> {
+        let leader = self.raft.metrics().borrow().current_leader;
+        leader.and_then(|id| self.name_of(id))
+    }
+
+    /// Whether this node leads Raft right now (per-request path).
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
     /// Raft progress from openraft's metrics.
     pub fn info(&self) -> RaftInfo {
         let m = self.raft.metrics().borrow().clone();
@@ -295,8 +306,7 @@ impl Cluster {
 
     /// Commits `cmd`: directly when this node leads, otherwise forwarded to the leader.
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, ClusterError> {
-        let info = self.info();
-        let Some(leader) = info.leader else {
+        let Some(leader) = self.leader() else {
             return Err(ClusterError::NoLeader);
         };
         if leader == self.me {

@@ -382,16 +382,7 @@ impl ClusterState {
                 if self.active.as_deref() != Some(node) || self.epoch != *epoch {
                     return CommandResult::refused(format!("{node} is not active at epoch {epoch}"));
                 }
-                self.active = None;
-                self.active_since_unix_ms = None;
-                self.promotion = None;
-                self.deposed = Some(DeposedRecord {
-                    node: node.clone(),
-                    epoch: *epoch,
-                    released: false,
-                    cause: *cause,
-                    at_unix_ms: *at,
-                });
+                self.vacate(node, *epoch, false, *cause, *at);
                 self.event(
                     *at,
                     EventKind::Deposed,
@@ -513,15 +504,8 @@ impl ClusterState {
                         Some(at.saturating_sub(since)),
                     );
                 } else {
-                    self.active = None;
-                    self.active_since_unix_ms = None;
-                    self.deposed = Some(DeposedRecord {
-                        node: node.clone(),
-                        epoch: *epoch,
-                        released: true,
-                        cause: p.cause,
-                        at_unix_ms: *at,
-                    });
+                    // The node ran its hooks and reported: it does not act.
+                    self.vacate(node, *epoch, true, p.cause, *at);
                     self.event(
                         *at,
                         EventKind::PromotionFailed,
@@ -541,17 +525,8 @@ impl ClusterState {
                 else {
                     return CommandResult::refused("no such promotion in progress");
                 };
-                self.promotion = None;
-                self.active = None;
-                self.active_since_unix_ms = None;
                 // It may have acquired a lease: treat it like a lost active.
-                self.deposed = Some(DeposedRecord {
-                    node: node.clone(),
-                    epoch: *epoch,
-                    released: false,
-                    cause: p.cause,
-                    at_unix_ms: *at,
-                });
+                self.vacate(node, *epoch, false, p.cause, *at);
                 self.event(
                     *at,
                     EventKind::PromotionFailed,
@@ -631,7 +606,9 @@ impl ClusterState {
         }
     }
 
-    fn step_down(&mut self, node: &str, epoch: u64, cause: Cause, reason: &str, at: u64, released: bool) {
+    /// Nobody is active any more; `node` held the role at `epoch` and, unless `released`, may
+    /// still act until its lease expires. The one place that takes the role away.
+    fn vacate(&mut self, node: &str, epoch: u64, released: bool, cause: Cause, at: u64) {
         self.active = None;
         self.active_since_unix_ms = None;
         self.promotion = None;
@@ -642,6 +619,10 @@ impl ClusterState {
             cause,
             at_unix_ms: at,
         });
+    }
+
+    fn step_down(&mut self, node: &str, epoch: u64, cause: Cause, reason: &str, at: u64, released: bool) {
+        self.vacate(node, epoch, released, cause, at);
         self.event(
             at,
             EventKind::Released,

@@ -496,25 +496,33 @@ pub type Handler =
 
 /// Accepts peer connections on `listener` until `cancel` fires.
 pub async fn serve(listener: TcpListener, transport: Transport, handler: Handler, cancel: CancellationToken) {
-    loop {
-        let (stream, remote) = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, remote)) = accept(&listener, &cancel).await {
         let transport = transport.clone();
         let handler = handler.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move {
             serve_conn(stream, remote, transport, handler, cancel).await;
         });
+    }
+}
+
+/// The next connection (with `TCP_NODELAY`), or `None` once `cancel` fires. Accept errors
+/// (e.g. out of file descriptors) are logged and retried after a short pause, never fatal.
+pub async fn accept(listener: &TcpListener, cancel: &CancellationToken) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            r = listener.accept() => match r {
+                Ok((stream, remote)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Some((stream, remote));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+        }
     }
 }
 

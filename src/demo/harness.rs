@@ -480,6 +480,21 @@ impl LocalCluster {
         best.or(fallback)
     }
 
+    /// The replicated event history, as node `id` has it.
+    pub async fn events(&self, id: &str) -> Option<Vec<crate::cluster::state::Event>> {
+        let n = self.node(id)?;
+        let r = request(
+            &n.admin.to_string(),
+            Method::GET,
+            "/v1/events",
+            None,
+            Duration::from_secs(2),
+        )
+        .await
+        .ok()?;
+        serde_json::from_str(&r.body).ok()
+    }
+
     /// What a node's daemon says about its own role (and its service's pid).
     pub async fn lease(&self, id: &str) -> Option<LeaseStatus> {
         let n = self.node(id)?;

@@ -110,8 +110,7 @@ impl Replicator {
 
     /// Writes a group (from any node): here if leading, else on the leader.
     pub async fn write(&self, ops: Vec<Op>, kind: GroupKind) -> Result<Vec<Reply>, StoreError> {
-        let info = self.node.cluster.info();
-        match info.leader {
+        match self.node.cluster.leader() {
             None => Err(StoreError::NoLeader),
             Some(l) if l == self.node.cluster.me() => self.write_local(ops, kind).await,
             Some(l) => self.forward(&l, Request::StoreWrite { ops, kind }).await,
@@ -120,8 +119,7 @@ impl Replicator {
 
     /// Linearizable read of a group (from any node).
     pub async fn read(&self, ops: Vec<Op>) -> Result<Vec<Reply>, StoreError> {
-        let info = self.node.cluster.info();
-        match info.leader {
+        match self.node.cluster.leader() {
             None => Err(StoreError::NoLeader),
             Some(l) if l == self.node.cluster.me() => self.read_local(ops).await,
             Some(l) => self.forward(&l, Request::StoreRead { ops }).await,
@@ -246,7 +244,7 @@ async fn write_batcher(
         let cmd = Command::Store { groups, now_ms: now };
         // Only a node that leads may propose; anything refused before submission is safe to
         // retry. After submission only a truncated entry (ForwardToLeader) is.
-        if !node.cluster.info().is_leader {
+        if !node.cluster.is_leader() {
             for req in accepted {
                 let _ = req.tx.send(Err(StoreError::NoLeader));
             }
@@ -334,7 +332,7 @@ async fn active_expiry(r: Replicator, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
-        if !r.node.cluster.info().is_leader {
+        if !r.node.cluster.is_leader() {
             continue;
         }
         let now = unix_ms() as i64;

@@ -50,19 +50,7 @@ pub async fn serve(
         replicator,
         next_id: AtomicU64::new(1),
     });
-    loop {
-        let (stream, remote) = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "store accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, remote)) = crate::cluster::transport::accept(&listener, &cancel).await {
         let shared = shared.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move {
