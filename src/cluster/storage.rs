@@ -2,7 +2,10 @@
 //!
 //! * `LogStore`: log entries, the vote, the committed id and the purge point. Every append is one
 //!   redb write transaction committed with `Durability::Immediate` (fsync) before openraft is
-//!   told the entries are flushed.
+//!   told the entries are flushed. The newest entries are also kept in memory (bounded) so the
+//!   leader's replication streams do not read back and decode what was just written, and the
+//!   committed id (a hint) rides along in the next append's transaction instead of costing a
+//!   transaction of its own per commit.
 //! * `StateMachine`: the [`ClusterState`] in memory, plus the last snapshot in redb. On restart
 //!   the state is the snapshot and openraft re-applies the committed log after it (the committed
 //!   id is saved, so a lone restarted node recovers without a leader).
@@ -64,14 +67,85 @@ where
     }
 }
 
+/// Most recent entries kept in memory for replication (by count and by encoded size).
+const CACHE_ENTRIES: usize = 4096;
+const CACHE_BYTES: usize = 64 << 20;
+/// A committed id not carried by an append is written at most this often.
+const COMMITTED_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The newest log entries, contiguous, as appended: the leader's replication streams read
+/// from here instead of reading and decoding what was just written.
+#[derive(Default)]
+struct Recent {
+    entries: std::collections::BTreeMap<u64, (Entry<TypeConfig>, usize)>,
+    bytes: usize,
+    /// The latest committed id openraft reported, and whether it is already in the file.
+    committed: Option<LogId<NodeId>>,
+    committed_saved: bool,
+    committed_written_at: Option<std::time::Instant>,
+    flush_scheduled: bool,
+}
+
+impl Recent {
+    fn push(&mut self, entry: Entry<TypeConfig>, size: usize) {
+        let index = entry.log_id.index;
+        // Keep the cache contiguous: an append that does not follow it starts it afresh.
+        if let Some((&last, _)) = self.entries.last_key_value() {
+            if last + 1 != index {
+                self.clear();
+            }
+        }
+        self.bytes += size;
+        self.entries.insert(index, (entry, size));
+        while self.entries.len() > CACHE_ENTRIES || (self.bytes > CACHE_BYTES && self.entries.len() > 1) {
+            if let Some((_, (_, size))) = self.entries.pop_first() {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// The entries in `[start, end)` if the cache holds all of them that exist.
+    fn range(&self, start: u64, end: u64) -> Option<Vec<Entry<TypeConfig>>> {
+        let (&first, _) = self.entries.first_key_value()?;
+        if start < first {
+            return None;
+        }
+        Some(
+            self.entries
+                .range(start..end)
+                .map(|(_, (e, _))| e.clone())
+                .collect(),
+        )
+    }
+}
+
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    recent: Arc<std::sync::Mutex<Recent>>,
 }
 
 impl LogStore {
     pub fn new(db: Arc<Database>) -> Self {
-        LogStore { db }
+        LogStore {
+            db,
+            recent: Arc::default(),
+        }
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        // A panic while holding the lock cannot leave the cache inconsistent with the file in a
+        // way that matters: on poison start afresh.
+        self.recent.lock().unwrap_or_else(|p| {
+            let mut g = p.into_inner();
+            g.clear();
+            g
+        })
     }
 
     fn read_meta<T: for<'de> Deserialize<'de>>(db: &Database, key: &str) -> StorageResult<Option<T>> {
@@ -134,9 +208,22 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> StorageResult<Vec<Entry<TypeConfig>>> {
-        let db = self.db.clone();
         let start = range.start_bound().cloned();
         let end = range.end_bound().cloned();
+        let lo = match start {
+            std::ops::Bound::Included(i) => i,
+            std::ops::Bound::Excluded(i) => i.saturating_add(1),
+            std::ops::Bound::Unbounded => 0,
+        };
+        let hi = match end {
+            std::ops::Bound::Included(i) => i.saturating_add(1),
+            std::ops::Bound::Excluded(i) => i,
+            std::ops::Bound::Unbounded => u64::MAX,
+        };
+        if let Some(hit) = self.recent().range(lo, hi) {
+            return Ok(hit);
+        }
+        let db = self.db.clone();
         blocking(move || {
             let e = logs_err(ErrorVerb::Read);
             let tx = db.begin_read().map_err(|x| e(&x))?;
@@ -200,6 +287,49 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        // A hint (see `write_meta_with`): it normally rides along with the next append's
+        // transaction; written on its own only when no append carried it for a while.
+        {
+            let mut recent = self.recent();
+            recent.committed = committed;
+            recent.committed_saved = false;
+            let due = recent
+                .committed_written_at
+                .is_none_or(|t| t.elapsed() >= COMMITTED_EVERY);
+            if !due {
+                // Written later unless an append carries it first.
+                if !recent.flush_scheduled {
+                    recent.flush_scheduled = true;
+                    let store = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(COMMITTED_EVERY).await;
+                        let pending = {
+                            let mut recent = store.recent();
+                            recent.flush_scheduled = false;
+                            let pending = (!recent.committed_saved).then_some(recent.committed).flatten();
+                            if pending.is_some() {
+                                recent.committed_saved = true;
+                                recent.committed_written_at = Some(std::time::Instant::now());
+                            }
+                            pending
+                        };
+                        if let Some(c) = pending {
+                            let db = store.db.clone();
+                            let written = blocking(move || {
+                                LogStore::write_meta_with(&db, "committed", &Some(c), redb::Durability::None)
+                            })
+                            .await;
+                            if let Err(e) = written {
+                                tracing::warn!(error = %e, "could not save the committed index");
+                            }
+                        }
+                    });
+                }
+                return Ok(());
+            }
+            recent.committed_written_at = Some(std::time::Instant::now());
+            recent.committed_saved = true;
+        }
         let db = self.db.clone();
         blocking(move || LogStore::write_meta_with(&db, "committed", &committed, redb::Durability::None))
             .await
@@ -217,31 +347,66 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let db = self.db.clone();
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let committed = {
+            let mut recent = self.recent();
+            let pending = (!recent.committed_saved).then_some(recent.committed).flatten();
+            if pending.is_some() {
+                recent.committed_saved = true;
+                recent.committed_written_at = Some(std::time::Instant::now());
+            }
+            pending
+        };
         let result = blocking(move || {
             let e = logs_err(ErrorVerb::Write);
             let tx = db.begin_write().map_err(|x| e(&x))?;
+            let mut sizes = Vec::with_capacity(entries.len());
             {
                 let mut table = tx.open_table(LOGS).map_err(|x| e(&x))?;
                 for entry in &entries {
                     let bytes = encode(entry).map_err(|x| e(&x))?;
+                    sizes.push(bytes.len());
                     table
                         .insert(entry.log_id.index, bytes.as_slice())
                         .map_err(|x| e(&x))?;
                 }
+                if let Some(c) = committed {
+                    let bytes = encode(&Some(c)).map_err(|x| e(&x))?;
+                    let mut meta = tx.open_table(META).map_err(|x| e(&x))?;
+                    meta.insert("committed", bytes.as_slice()).map_err(|x| e(&x))?;
+                }
             }
             // Durability::Immediate (the default): fsync before the commit returns.
-            tx.commit().map_err(|x| e(&x))
+            tx.commit().map_err(|x| e(&x))?;
+            Ok(entries.into_iter().zip(sizes).collect::<Vec<_>>())
         })
         .await;
         // Tell openraft only after the data is on disk (or that it failed).
-        match &result {
-            Ok(()) => callback.log_io_completed(Ok(())),
-            Err(err) => callback.log_io_completed(Err(std::io::Error::other(err.to_string()))),
+        match result {
+            Ok(written) => {
+                {
+                    let mut recent = self.recent();
+                    for (entry, size) in written {
+                        recent.push(entry, size);
+                    }
+                }
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(err) => {
+                // What is in the file is unknown now: read it from there from now on.
+                self.recent().clear();
+                callback.log_io_completed(Err(std::io::Error::other(err.to_string())));
+                Err(err)
+            }
         }
-        result
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        {
+            let mut recent = self.recent();
+            let removed = recent.entries.split_off(&log_id.index);
+            recent.bytes -= removed.values().map(|(_, size)| size).sum::<usize>();
+        }
         let db = self.db.clone();
         blocking(move || {
             let e = logs_err(ErrorVerb::Delete);
@@ -256,10 +421,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        {
+            let mut recent = self.recent();
+            let kept = recent.entries.split_off(&log_id.index.saturating_add(1));
+            recent.entries = kept;
+            recent.bytes = recent.entries.values().map(|(_, size)| size).sum();
+        }
         let db = self.db.clone();
         blocking(move || {
             let e = logs_err(ErrorVerb::Delete);
-            let bytes = encode(&Some(log_id)).map_err(|x| e(&x))?;
+            // Read back by `get_log_state` as a `LogId` (not an `Option`).
+            let bytes = encode(&log_id).map_err(|x| e(&x))?;
             let tx = db.begin_write().map_err(|x| e(&x))?;
             {
                 let mut meta = tx.open_table(META).map_err(|x| e(&x))?;
@@ -494,5 +666,111 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::testing::{StoreBuilder, Suite};
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+    /// A fresh store in a temp dir per test; the dir lives as long as the store.
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
+        async fn build(&self) -> StorageResult<(tempfile::TempDir, LogStore, StateMachine)> {
+            let dir = tempfile::tempdir().map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+            let db = open_db(dir.path()).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+            let sm = StateMachine::open(db.clone()).await?;
+            Ok((dir, LogStore::new(db), sm))
+        }
+    }
+
+    /// openraft's own storage compliance suite (vote, log state, truncate, purge, membership,
+    /// snapshot, re-apply of the committed log), run against the redb store and its cache.
+    #[test]
+    fn openraft_storage_suite() -> Result<(), StorageError<NodeId>> {
+        Suite::test_all(Builder)
+    }
+
+    fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    #[test]
+    fn recent_stays_contiguous_and_bounded() {
+        let mut r = Recent::default();
+        for i in 1..=10 {
+            r.push(entry(1, i), 10);
+        }
+        assert_eq!(r.range(3, 6).map(|v| v.len()), Some(3));
+        // Below the cache: the caller must read the file.
+        assert!(Recent::default().range(0, 5).is_none());
+        // A gap (e.g. after a snapshot install) starts the cache afresh.
+        r.push(entry(2, 20), 10);
+        assert_eq!(r.entries.len(), 1);
+        assert_eq!(r.bytes, 10);
+        assert!(r.range(10, 21).is_none());
+        // Bounded by count.
+        let mut r = Recent::default();
+        for i in 1..=(CACHE_ENTRIES as u64 + 5) {
+            r.push(entry(1, i), 1);
+        }
+        assert_eq!(r.entries.len(), CACHE_ENTRIES);
+        assert_eq!(r.entries.first_key_value().map(|(k, _)| *k), Some(6));
+        // Bounded by size, but the newest entry is always kept.
+        let mut r = Recent::default();
+        r.push(entry(1, 1), CACHE_BYTES);
+        r.push(entry(1, 2), CACHE_BYTES);
+        assert_eq!(r.entries.len(), 1);
+        assert_eq!(r.bytes, CACHE_BYTES);
+    }
+
+    /// Entries served from the cache equal what is in the file, across truncate, purge and a
+    /// restart (empty cache).
+    #[tokio::test]
+    async fn cache_agrees_with_the_file() -> Result<(), StorageError<NodeId>> {
+        let (dir, mut log, _sm) = Builder.build().await?;
+        log.blocking_append((1..=20).map(|i| entry(1, i))).await?;
+        log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 15)).await?;
+        log.blocking_append((15..=18).map(|i| entry(2, i))).await?;
+        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 4)).await?;
+        let cached: Vec<_> = log
+            .try_get_log_entries(5..=18)
+            .await?
+            .iter()
+            .map(|e| e.log_id)
+            .collect();
+        // The same range from a store with an empty cache (as after a restart) reads the file.
+        let mut fresh = LogStore::new(log.db.clone());
+        let from_file: Vec<_> = fresh
+            .try_get_log_entries(5..=18)
+            .await?
+            .iter()
+            .map(|e| e.log_id)
+            .collect();
+        assert_eq!(cached, from_file);
+        assert_eq!(cached.len(), 14);
+        assert_eq!(cached.last().map(|l| l.leader_id.term), Some(2));
+        assert!(log.try_get_log_entries(19..).await?.is_empty());
+        // The purge point reads back as written (it once came back garbled after a restart).
+        let state = fresh.get_log_state().await?;
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(4));
+        assert_eq!(
+            state.last_log_id.map(|l| (l.leader_id.term, l.index)),
+            Some((2, 18))
+        );
+        // The committed id rides along with the next append.
+        let c = Some(LogId::new(CommittedLeaderId::new(2, 1), 16));
+        log.save_committed(c).await?;
+        log.blocking_append([entry(2, 19)]).await?;
+        assert_eq!(fresh.read_committed().await?, c);
+        drop(dir);
+        Ok(())
     }
 }
