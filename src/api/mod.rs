@@ -466,10 +466,10 @@ async fn watch_handler(
         |(node, mut applied, last)| async move {
             if let Some(last) = last {
                 tokio::time::sleep_until(last + WATCH_MIN_GAP).await;
-                match tokio::time::timeout_at(last + WATCH_MAX_GAP, applied.changed()).await {
-                    // The state machine is gone: the node is shutting down.
-                    Ok(Err(_)) => return None,
-                    Ok(Ok(())) | Err(_) => {}
+                // A change, or the longest gap passed. An error: the state machine is gone (the
+                // node is shutting down).
+                if let Ok(Err(_)) = tokio::time::timeout_at(last + WATCH_MAX_GAP, applied.changed()).await {
+                    return None;
                 }
                 applied.borrow_and_update();
             }
