@@ -698,3 +698,155 @@ async fn drain_is_replicated_and_pushed_to_watchers() {
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("witness"), "{err}");
 }
+
+/// Scrapes `/metrics` on `admin` and parses the OpenMetrics text into
+/// `(name, sorted labels, value)`; fails on any line that is not a comment or a sample.
+async fn scrape(admin: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+    let r = standin::api::client::request(
+        admin,
+        hyper::Method::GET,
+        "/metrics",
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("scrape");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+    let mut out = Vec::new();
+    for line in r.body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (head, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample line: {line}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in: {line}"));
+        let (name, labels) = match head.split_once('{') {
+            Some((n, rest)) => {
+                let inner = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("bad labels: {line}"));
+                let mut labels: Vec<(String, String)> = inner
+                    .split(',')
+                    .filter(|kv| !kv.is_empty())
+                    .map(|kv| {
+                        let (k, v) = kv
+                            .split_once('=')
+                            .unwrap_or_else(|| panic!("bad label {kv} in {line}"));
+                        (k.to_string(), v.trim_matches('"').to_string())
+                    })
+                    .collect();
+                labels.sort();
+                (n.to_string(), labels)
+            }
+            None => (head.to_string(), Vec::new()),
+        };
+        out.push((name, labels, value));
+    }
+    out
+}
+
+fn sample(m: &[(String, Vec<(String, String)>, f64)], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    m.iter()
+        .find(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+        .map(|(_, _, v)| *v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_scrape_parses_and_follows_a_failover() {
+    let _g = SERIAL.lock().await;
+    let mut f = Fixture::start(false, "").await;
+    let s = f.status().await;
+    assert_eq!(active_of(&s), "a");
+    // Some store traffic on a's store, so the store families have samples.
+    let store = f.cluster.node("a").and_then(|n| n.store).expect("store");
+    let v = tokio::task::spawn_blocking(move || {
+        let client = redis::Client::open(format!("redis://{store}/")).expect("client");
+        let mut con = client.get_connection().expect("connect");
+        let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut con).expect("SET");
+        redis::cmd("GET").arg("k").query::<String>(&mut con).expect("GET")
+    })
+    .await
+    .expect("join");
+    assert_eq!(v, "v");
+
+    let m = scrape(&f.api("a")).await;
+    assert_eq!(
+        sample(&m, "standin_node_role", &[("node", "a"), ("role", "active")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&m, "standin_node_role", &[("node", "w"), ("role", "witness")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&m, "standin_cluster", &[("figure", "epoch")]),
+        Some(s.epoch as f64)
+    );
+    assert_eq!(
+        sample(&m, "standin_acting", &[("node", "a"), ("acting", "active")]),
+        Some(1.0)
+    );
+    assert!(sample(&m, "standin_lease_remaining_seconds", &[("node", "a")]).is_some_and(|v| v > 0.0));
+    assert!(sample(&m, "standin_raft", &[("figure", "term")]).is_some_and(|v| v >= 1.0));
+    assert_eq!(sample(&m, "standin_path_up", &[("peer", "b")]), Some(1.0));
+    assert!(sample(&m, "standin_path_rtt_seconds", &[("peer", "w")]).is_some());
+    assert_eq!(
+        sample(
+            &m,
+            "standin_check_healthy",
+            &[("node", "a"), ("check", "process")]
+        ),
+        Some(1.0)
+    );
+    assert!(sample(
+        &m,
+        "standin_store_ops_total",
+        &[("kind", "write"), ("outcome", "ok")]
+    )
+    .is_some_and(|v| v >= 1.0));
+    assert!(sample(
+        &m,
+        "standin_store_request_latency_seconds_count",
+        &[("kind", "read")]
+    )
+    .is_some_and(|v| v >= 1.0));
+    let bootstraps = sample(
+        &m,
+        "standin_events_total",
+        &[("kind", "promoted"), ("cause", "bootstrap")],
+    );
+    assert_eq!(bootstraps, Some(1.0));
+    assert!(sample(
+        &m,
+        "standin_events_total",
+        &[("kind", "promoted"), ("cause", "node-lost")]
+    )
+    .is_none());
+
+    // A failover shows up in the counters of the survivor (replicated, so any node agrees).
+    f.cluster.kill("a").await.expect("kill");
+    let after = f.wait_new_active("a", s.epoch, Duration::from_secs(10)).await;
+    let m = scrape(&f.api("w")).await;
+    assert_eq!(
+        sample(
+            &m,
+            "standin_events_total",
+            &[("kind", "promoted"), ("cause", "node-lost")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&m, "standin_cluster", &[("figure", "epoch")]),
+        Some(after.epoch as f64)
+    );
+    assert_eq!(
+        sample(&m, "standin_node_role", &[("node", "a"), ("role", "unreachable")]),
+        Some(1.0)
+    );
+    assert_eq!(sample(&m, "standin_path_up", &[("peer", "a")]), Some(0.0));
+    f.assert_single_active().await;
+}

@@ -6,6 +6,7 @@
 //! are forwarded to the leader and committed to the Raft log.
 
 pub mod client;
+pub mod metrics;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -176,6 +177,7 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, cancel: CancellationT
         .route("/v1/maintenance", post(maintenance_handler))
         .route("/v1/drain", post(drain_handler))
         .route("/v1/watch", get(watch_handler))
+        .route("/metrics", get(metrics_handler))
         .with_state(node);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
@@ -444,6 +446,21 @@ async fn drain_handler(State(node): State<Arc<Node>>, Json(b): Json<MaintenanceB
         },
     )
     .await
+}
+
+/// `GET /metrics`: Prometheus / OpenMetrics text.
+async fn metrics_handler(State(node): State<Arc<Node>>) -> Response {
+    match node.metrics.render(&node) {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), false),
+    }
 }
 
 /// Shortest gap between two `/v1/watch` events (bursts of commits are coalesced).

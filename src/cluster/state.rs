@@ -31,6 +31,25 @@ pub struct ClusterState {
     pub nodes: BTreeMap<String, NodeRecord>,
     pub events: VecDeque<Event>,
     pub next_event_seq: u64,
+    /// Counters since the cluster was created (the event history is bounded; these are not).
+    #[serde(default)]
+    pub stats: Stats,
+}
+
+/// Cluster-wide counters, replicated like everything else (exported as Prometheus counters).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Stats {
+    /// Events by `"kind/cause"` (`"kind/"` when the event has no cause).
+    pub events: BTreeMap<String, u64>,
+    /// Hook runs by `"hook/ok"` or `"hook/failed"`.
+    pub hooks: BTreeMap<String, u64>,
+}
+
+impl Stats {
+    fn hook(&mut self, h: &HookRecord) {
+        let key = format!("{}/{}", h.hook, if h.ok { "ok" } else { "failed" });
+        *self.hooks.entry(key).or_default() += 1;
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -263,6 +282,14 @@ impl ClusterState {
     ) {
         let seq = self.next_event_seq;
         self.next_event_seq += 1;
+        *self
+            .stats
+            .events
+            .entry(format!(
+                "{kind}/{}",
+                cause.map(|c| c.to_string()).unwrap_or_default()
+            ))
+            .or_default() += 1;
         self.events.push_back(Event {
             seq,
             at_unix_ms: at,
@@ -485,6 +512,9 @@ impl ClusterState {
                     return CommandResult::refused("no such promotion in progress");
                 };
                 self.promotion = None;
+                for h in hooks {
+                    self.stats.hook(h);
+                }
                 let hooks_text: Vec<String> = hooks
                     .iter()
                     .map(|h| {
@@ -553,6 +583,7 @@ impl ClusterState {
                 hook,
                 at,
             } => {
+                self.stats.hook(hook);
                 let detail = format!(
                     "{} {} in {} ms{}",
                     hook.hook,

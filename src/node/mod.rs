@@ -77,6 +77,8 @@ pub struct Node {
     pub hooks: HookRunner,
     /// Leader-side store queues (every node: a witness may lead for a while).
     pub store: std::sync::OnceLock<crate::store::replicate::Replicator>,
+    /// This node's Prometheus registry (live metrics; the rest is read at scrape time).
+    pub metrics: crate::api::metrics::NodeMetrics,
 }
 
 impl Node {
@@ -191,6 +193,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         supervisor,
         hooks: HookRunner::new(config.hooks.clone(), me.id.clone()),
         store: std::sync::OnceLock::new(),
+        metrics: crate::api::metrics::NodeMetrics::new(),
     });
     let maxmemory = config.store.as_ref().map_or(0, |s| s.maxmemory);
     let replicator = crate::store::replicate::Replicator::start(node.clone(), maxmemory, tasks.clone());

@@ -21,6 +21,7 @@ use super::cmd::{self, Op, Parsed};
 use super::replicate::{GroupKind, Replicator, StoreError};
 use super::reply::Reply;
 use super::resp::{Frame, Limits, RespCodec, RespError};
+use crate::api::metrics::StoreKind;
 use crate::config::StoreConfig;
 use crate::node::Node;
 
@@ -219,7 +220,13 @@ async fn execute(shared: &Shared, conn: &mut Conn, items: Vec<Item>) -> Vec<(Fra
                     }
                 }
                 let n = ops.len();
-                match write_with_retry(shared, ops, GroupKind::Pipeline).await {
+                let started = Instant::now();
+                let result = write_with_retry(shared, ops, GroupKind::Pipeline).await;
+                shared
+                    .node
+                    .metrics
+                    .store_done(StoreKind::Write, n, result.is_ok(), started.elapsed());
+                match result {
                     Ok(replies) => out.extend(pad(replies, n).into_iter().map(|r| (to_frame(r), None))),
                     Err(e) => out.extend((0..n).map(|_| (store_error(&e), None))),
                 }
@@ -232,11 +239,16 @@ async fn execute(shared: &Shared, conn: &mut Conn, items: Vec<Item>) -> Vec<(Fra
                     }
                 }
                 let n = ops.len();
-                let result = if conn.readonly {
-                    Ok(shared.replicator.read_stale(&ops))
+                let started = Instant::now();
+                let (kind, result) = if conn.readonly {
+                    (StoreKind::StaleRead, Ok(shared.replicator.read_stale(&ops)))
                 } else {
-                    read_with_retry(shared, ops).await
+                    (StoreKind::Read, read_with_retry(shared, ops).await)
                 };
+                shared
+                    .node
+                    .metrics
+                    .store_done(kind, n, result.is_ok(), started.elapsed());
                 match result {
                     Ok(replies) => out.extend(pad(replies, n).into_iter().map(|r| (to_frame(r), None))),
                     Err(e) => out.extend((0..n).map(|_| (store_error(&e), None))),
