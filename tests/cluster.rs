@@ -699,9 +699,12 @@ async fn drain_is_replicated_and_pushed_to_watchers() {
     assert!(err.contains("witness"), "{err}");
 }
 
+/// One parsed sample: name, sorted labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
 /// Scrapes `/metrics` on `admin` and parses the OpenMetrics text into
 /// `(name, sorted labels, value)`; fails on any line that is not a comment or a sample.
-async fn scrape(admin: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+async fn scrape(admin: &str) -> Vec<Sample> {
     let r = standin::api::client::request(
         admin,
         hyper::Method::GET,
@@ -744,7 +747,7 @@ async fn scrape(admin: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
     out
 }
 
-fn sample(m: &[(String, Vec<(String, String)>, f64)], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+fn sample(m: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     m.iter()
         .find(|(n, l, _)| {
             n == name
