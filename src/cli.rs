@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use hyper::Method;
 
-use crate::api::client::{request, ClientError};
+use crate::api::client::ClientError;
 use crate::api::{AdminReply, NodeStatus, Status};
 use crate::cluster::state::Event;
 
@@ -21,6 +21,8 @@ pub mod exit {
     pub const UNAVAILABLE: i32 = 69;
     /// A wait ran out of time.
     pub const TEMPFAIL: i32 = 75;
+    /// The API refused the token (missing or wrong).
+    pub const NOPERM: i32 = 77;
 }
 
 /// An error that ends a CLI command, with its exit code.
@@ -52,8 +54,46 @@ impl From<ClientError> for CliError {
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The admin API token for this CLI process (`--token` / `STANDIN_TOKEN`), set once by main.
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets the bearer token every CLI request sends.
+pub fn set_token(token: Option<String>) {
+    if let Some(t) = token.filter(|t| !t.is_empty()) {
+        let _ = TOKEN.set(t);
+    }
+}
+
+async fn request(
+    api: &str,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+    timeout: Duration,
+) -> Result<crate::api::client::Reply, ClientError> {
+    let reply = crate::api::client::request_with_token(
+        api,
+        method,
+        path,
+        body,
+        timeout,
+        TOKEN.get().map(String::as_str),
+    )
+    .await?;
+    Ok(reply)
+}
+
+/// 401: the token is missing or wrong (exit 77, EX_NOPERM).
+fn check_auth(reply: &crate::api::client::Reply) -> Result<(), CliError> {
+    if reply.status == 401 {
+        return Err(CliError::new(exit::NOPERM, api_error(&reply.body, 401)));
+    }
+    Ok(())
+}
+
 async fn get_json<T: serde::de::DeserializeOwned>(api: &str, path: &str) -> Result<(T, String), CliError> {
     let reply = request(api, Method::GET, path, None, TIMEOUT).await?;
+    check_auth(&reply)?;
     if reply.status != 200 {
         return Err(CliError::new(
             if reply.status == 400 {
@@ -95,6 +135,7 @@ async fn post(api: &str, path: &str, body: Option<serde_json::Value>) -> Result<
         }
         break reply;
     };
+    check_auth(&reply)?;
     match reply.status {
         200 => serde_json::from_str(&reply.body)
             .map_err(|e| CliError::new(exit::UNAVAILABLE, format!("unexpected answer from {api}: {e}"))),

@@ -57,6 +57,80 @@ pub struct Config {
     /// The replicated Redis-protocol store (data nodes only).
     #[serde(default)]
     pub store: Option<StoreConfig>,
+    /// Access control of the admin API.
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// `[api]`: who may use the admin API. Without a token everything is open (loopback or a
+/// trusted network only).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct ApiConfig {
+    /// Bearer token required by mutating calls (switchover, failback, maintenance, drain).
+    pub token: Option<String>,
+    /// The same, read from a file (first line), so it stays out of the config.
+    pub token_file: Option<PathBuf>,
+    /// Whether read-only calls (status, events, watch, metrics, dashboard) work without the
+    /// token. `/v1/lease` is always open: it is the managed service's local contract.
+    pub read_open: bool,
+    /// The token in effect (from `token` or `token-file`), resolved when the config loads.
+    #[serde(skip)]
+    pub resolved_token: Option<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            token: None,
+            token_file: None,
+            read_open: true,
+            resolved_token: None,
+        }
+    }
+}
+
+impl ApiConfig {
+    fn resolve(&mut self) -> Result<(), ConfigError> {
+        self.resolved_token = match (&self.token, &self.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "api.token-file",
+                    "set `api.token` or `api.token-file`, not both",
+                ))
+            }
+            (Some(t), None) => Some(t.clone()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| invalid("api.token-file", format!("cannot read {}: {e}", path.display())))?;
+                Some(text.lines().next().unwrap_or("").trim().to_string())
+            }
+            (None, None) => None,
+        };
+        match &self.resolved_token {
+            Some(t) if t.len() < 16 => Err(invalid(
+                if self.token.is_some() {
+                    "api.token"
+                } else {
+                    "api.token-file"
+                },
+                "must be at least 16 characters",
+            )),
+            Some(t) if t.chars().any(|c| c.is_whitespace() || c.is_control()) => Err(invalid(
+                if self.token.is_some() {
+                    "api.token"
+                } else {
+                    "api.token-file"
+                },
+                "must not contain spaces or control characters",
+            )),
+            None if !self.read_open => Err(invalid(
+                "api.read-open",
+                "false needs `api.token` or `api.token-file`",
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `[store]`: a Redis-protocol server on this node over the replicated key-value state.
@@ -476,11 +550,12 @@ impl Config {
 
     /// Parses and validates config text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::from("<config>"),
             message: e.to_string().trim().to_string(),
         })?;
         config.validate()?;
+        config.api.resolve()?;
         Ok(config)
     }
 
@@ -1125,6 +1200,36 @@ args = ["1000"]
                 "{new}: error does not show the key: {e}"
             );
         }
+    }
+
+    #[test]
+    fn api_access_settings_are_checked_and_the_token_file_is_read() {
+        let with = |api: &str| format!("{FULL}\n[api]\n{api}\n");
+        assert!(err(&with("token = \"short\"")).contains("`api.token`"));
+        assert!(err(&with("token = \"has a space in it 0123\"")).contains("`api.token`"));
+        assert!(err(&with("read-open = false")).contains("`api.read-open`"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        assert!(err(&with(&format!("token-file = \"{}\"", file.display()))).contains("`api.token-file`"));
+        std::fs::write(&file, "0123456789abcdef-from-file\n").unwrap();
+        let both = with(&format!(
+            "token = \"0123456789abcdef\"\ntoken-file = \"{}\"",
+            file.display()
+        ));
+        assert!(err(&both).contains("`api.token-file`"));
+        let c = Config::parse(&with(&format!(
+            "token-file = \"{}\"\nread-open = false",
+            file.display()
+        )))
+        .unwrap();
+        assert_eq!(
+            c.api.resolved_token.as_deref(),
+            Some("0123456789abcdef-from-file")
+        );
+        assert!(!c.api.read_open);
+        // Without [api]: open, no token.
+        let c = Config::parse(FULL).unwrap();
+        assert!(c.api.resolved_token.is_none() && c.api.read_open);
     }
 
     #[test]

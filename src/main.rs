@@ -144,6 +144,9 @@ struct Api {
     /// A node's admin API, host:port.
     #[arg(long, env = "STANDIN_API", default_value = "127.0.0.1:7400")]
     api: String,
+    /// The admin API token (`[api] token`), sent as a bearer token.
+    #[arg(long, env = "STANDIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 fn init_tracing() {
@@ -203,6 +206,17 @@ fn main() -> ExitCode {
 }
 
 async fn async_main(args: Args) -> ExitCode {
+    // Every operator command carries `--api`/`--token`; the token applies to all its requests.
+    let api = match &args.command {
+        Cmd::Status { api, .. }
+        | Cmd::Switchover { api, .. }
+        | Cmd::Failback { api, .. }
+        | Cmd::Maintenance { api, .. }
+        | Cmd::Drain { api, .. }
+        | Cmd::Events { api, .. } => Some(api),
+        _ => None,
+    };
+    cli::set_token(api.and_then(|a| a.token.clone()));
     match args.command {
         Cmd::Node { config } => {
             init_tracing();

@@ -853,3 +853,81 @@ async fn metrics_scrape_parses_and_follows_a_failover() {
     assert_eq!(sample(&m, "standin_path_up", &[("peer", "a")]), Some(0.0));
     f.assert_single_active().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_token_guards_mutations_and_the_cli_sends_it() {
+    let _g = SERIAL.lock().await;
+    let token = "s3cret-token-for-tests-0123";
+    let f = Fixture::start(false, &format!("[api]\ntoken = \"{token}\"\n")).await;
+    let api = f.api("b");
+    // Read-only calls stay open by default; mutations need the token.
+    let (code, _, err) = tokio::task::spawn_blocking({
+        let api = api.clone();
+        move || cli(&["status"], &api)
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = tokio::task::spawn_blocking({
+        let api = api.clone();
+        move || cli(&["maintenance", "on", "b"], &api)
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 77, "no token: EX_NOPERM; {err}");
+    assert!(err.contains("token"), "{err}");
+    let (code, _, err) = tokio::task::spawn_blocking({
+        let api = api.clone();
+        move || {
+            cli(
+                &["maintenance", "on", "b", "--token", "wrong-token-0123456789"],
+                &api,
+            )
+        }
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 77, "{err}");
+    assert!(err.contains("wrong API token"), "{err}");
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let api = api.clone();
+        move || cli(&["maintenance", "on", "b", "--token", token], &api)
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 0, "{out} {err}");
+    f.cluster
+        .wait_for(Duration::from_secs(5), "maintenance on b", |st| {
+            st.nodes.iter().any(|n| n.id == "b" && n.maintenance)
+        })
+        .await
+        .expect("maintenance with the token");
+    // STANDIN_TOKEN works like --token; a raw POST without it gets 401 with WWW-Authenticate.
+    let out = Command::new(binary())
+        .args(["maintenance", "off", "b", "--api", &api])
+        .env("STANDIN_TOKEN", token)
+        .output()
+        .expect("run cli");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = standin::api::client::request(
+        &api,
+        hyper::Method::POST,
+        "/v1/failback",
+        Some("{}".into()),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("request");
+    assert_eq!(r.status, 401, "{}", r.body);
+    // The managed service's lease endpoint is always open.
+    let r = standin::api::client::request(
+        &api,
+        hyper::Method::GET,
+        "/v1/lease",
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("lease");
+    assert_eq!(r.status, 200, "{}", r.body);
+}

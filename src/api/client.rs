@@ -33,6 +33,18 @@ pub async fn request(
     body: Option<String>,
     timeout: Duration,
 ) -> Result<Reply, ClientError> {
+    request_with_token(api, method, path, body, timeout, None).await
+}
+
+/// [`request`] with `Authorization: Bearer <token>` when a token is given.
+pub async fn request_with_token(
+    api: &str,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+    timeout: Duration,
+    token: Option<&str>,
+) -> Result<Reply, ClientError> {
     let uri: hyper::Uri = format!("http://{api}{path}")
         .parse()
         .map_err(|_| ClientError::Address(api.to_string()))?;
@@ -40,6 +52,9 @@ pub async fn request(
     let mut req = hyper::Request::builder().method(method).uri(uri);
     if body.is_some() {
         req = req.header("content-type", "application/json");
+    }
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
     }
     let req = req
         .body(Full::new(Bytes::from(body.unwrap_or_default())))

@@ -166,6 +166,53 @@ fn error_response(status: StatusCode, message: String, retry: bool) -> Response 
         .into_response()
 }
 
+/// Access control (`[api]`): mutating calls need the bearer token when one is configured;
+/// read-only calls too unless `read-open`. `/v1/lease` is always open (the managed service's
+/// local contract).
+async fn access(
+    State(node): State<Arc<Node>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let cfg = &node.config.api;
+    let Some(token) = cfg.resolved_token.as_deref() else {
+        return next.run(req).await;
+    };
+    let read = matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+    if req.uri().path() == "/v1/lease" || (read && cfg.read_open) {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if token_eq(g.trim().as_bytes(), token.as_bytes()) => next.run(req).await,
+        _ => {
+            let mut r = error_response(
+                StatusCode::UNAUTHORIZED,
+                if given.is_some() {
+                    "wrong API token".into()
+                } else {
+                    "this call needs the API token: Authorization: Bearer <token> (standin --token / STANDIN_TOKEN)".into()
+                },
+                false,
+            );
+            r.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"standin\""),
+            );
+            r
+        }
+    }
+}
+
+/// Compares in time independent of where the first difference is.
+fn token_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Serves the admin API until `cancel` fires.
 pub async fn serve(listener: TcpListener, node: Arc<Node>, cancel: CancellationToken) {
     let app = Router::new()
@@ -178,6 +225,7 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, cancel: CancellationT
         .route("/v1/drain", post(drain_handler))
         .route("/v1/watch", get(watch_handler))
         .route("/metrics", get(metrics_handler))
+        .layer(axum::middleware::from_fn_with_state(node.clone(), access))
         .with_state(node);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
