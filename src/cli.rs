@@ -193,7 +193,10 @@ pub fn render_status(s: &Status) -> String {
         s.leader.as_deref().unwrap_or("none"),
         s.term,
         if s.stale {
-            format!("  (view of {}: leader unreachable)", s.view_from)
+            format!(
+                "  (view of {}: may be out of date, no leader or quorum heard)",
+                s.view_from
+            )
         } else {
             String::new()
         }

@@ -90,6 +90,12 @@ pub struct CheckStatusJson {
     pub healthy: bool,
     pub detail: String,
     pub since_unix_ms: u64,
+    /// The last probe results (oldest first) and the last probe's latency: known only to the
+    /// node that runs the check, so filled in that node's own view.
+    #[serde(default)]
+    pub recent: Vec<bool>,
+    #[serde(default)]
+    pub latency_ms: Option<f64>,
 }
 
 /// `GET /v1/lease`: what this node is doing, for the managed service.
@@ -179,7 +185,9 @@ async fn access(
         return next.run(req).await;
     };
     let read = matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD);
-    if req.uri().path() == "/v1/lease" || (read && cfg.read_open) {
+    // The dashboard page holds no data (it asks for it with the token the operator types).
+    let open = matches!(req.uri().path(), "/v1/lease" | "/" | "/dashboard");
+    if open || (read && cfg.read_open) {
         return next.run(req).await;
     }
     let given = req
@@ -208,6 +216,34 @@ async fn access(
     }
 }
 
+/// Lets a dashboard served by one node keep watching through another node when its own goes
+/// away (a different origin). Credentials are an explicit bearer header, never cookies, so
+/// allowing any origin grants nothing the token does not.
+async fn cors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use axum::http::{header, HeaderValue, Method};
+    let mut resp = if req.method() == Method::OPTIONS {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        next.run(req).await
+    };
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization, content-type"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    resp
+}
+
+/// `GET /` and `/dashboard`: the web dashboard, built into the binary (no external assets).
+async fn dashboard_handler() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("dashboard.html"))
+}
+
 /// Compares in time independent of where the first difference is.
 fn token_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -225,7 +261,10 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, cancel: CancellationT
         .route("/v1/drain", post(drain_handler))
         .route("/v1/watch", get(watch_handler))
         .route("/metrics", get(metrics_handler))
+        .route("/", get(dashboard_handler))
+        .route("/dashboard", get(dashboard_handler))
         .layer(axum::middleware::from_fn_with_state(node.clone(), access))
+        .layer(axum::middleware::from_fn(cors))
         .with_state(node);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
@@ -244,6 +283,7 @@ fn build_status(node: &Arc<Node>) -> Status {
     let cfg = &node.config;
     let info = node.cluster.info();
     let me = node.cluster.me().to_string();
+    let local_probes = node.health.as_ref().map(|h| h.snapshot()).unwrap_or_default();
     let (active, epoch, promotion, switchover, records) = node.cluster.sm.read(|d| {
         (
             d.state.active.clone(),
@@ -315,11 +355,18 @@ fn build_status(node: &Arc<Node>) -> Status {
                 checks: rec
                     .checks
                     .iter()
-                    .map(|(name, c)| CheckStatusJson {
-                        name: name.clone(),
-                        healthy: c.healthy,
-                        detail: c.detail.clone(),
-                        since_unix_ms: c.since_unix_ms,
+                    .map(|(name, c)| {
+                        let probes = (m.id == node.cluster.me())
+                            .then(|| local_probes.iter().find(|p| &p.name == name))
+                            .flatten();
+                        CheckStatusJson {
+                            name: name.clone(),
+                            healthy: c.healthy,
+                            detail: c.detail.clone(),
+                            since_unix_ms: c.since_unix_ms,
+                            recent: probes.map(|p| p.recent.clone()).unwrap_or_default(),
+                            latency_ms: probes.and_then(|p| p.last_latency_ms),
+                        }
                     })
                     .collect(),
                 paths,
@@ -335,14 +382,24 @@ fn build_status(node: &Arc<Node>) -> Status {
     Status {
         epoch,
         active,
-        leader: info.leader,
+        leader: info.leader.clone(),
         term: info.term,
         view_from: me,
-        // A leader cut off from the quorum (openraft 0.9 does not step down by itself) does not
-        // speak for the cluster either.
-        stale: !info.is_leader || {
-            let heard = nodes_heard(node);
-            heard * 2 <= cfg.members.len()
+        // Current only if this node knows a leader and hears a quorum: a follower that does is
+        // at most a few milliseconds behind (what `/v1/watch` streams); a leader cut off from
+        // the quorum (openraft 0.9 does not step down by itself) does not speak for the
+        // cluster.
+        stale: {
+            let ft = cfg.timing.failure_timeout;
+            let leader_heard = info.leader.as_deref().is_some_and(|l| {
+                l == node.cluster.me()
+                    || node
+                        .cluster
+                        .transport
+                        .last_heard(l)
+                        .is_some_and(|t| t.elapsed() < ft)
+            });
+            !leader_heard || nodes_heard(node) * 2 <= cfg.members.len()
         },
         waiting,
         switchover: switchover.map(|s| SwitchoverStatus {
