@@ -60,6 +60,58 @@ pub struct Config {
     /// Access control of the admin API.
     #[serde(default)]
     pub api: ApiConfig,
+    /// The event history.
+    #[serde(default)]
+    pub events: EventsConfig,
+    /// Where alarms and notable events are sent (by whichever node is the Raft leader).
+    #[serde(default)]
+    pub alarms: AlarmsConfig,
+}
+
+/// `[events]`: the replicated event history.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct EventsConfig {
+    /// Events kept (oldest dropped first); the Raft leader's setting applies cluster-wide.
+    pub retention: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig { retention: 2000 }
+    }
+}
+
+/// `[alarms]`: notifications of failovers, switchovers, fences and degraded states.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct AlarmsConfig {
+    /// URLs that get each notification as a JSON POST.
+    pub webhook: Vec<String>,
+    /// A program run per notification with the JSON on stdin and `STANDIN_ALARM_*` variables.
+    pub exec: Option<String>,
+    /// Also log each notification to the local syslog (`/dev/log`), facility daemon.
+    pub syslog: bool,
+    /// Attempts per webhook or exec delivery before giving up (with doubling backoff).
+    pub attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub backoff: Duration,
+    /// Per attempt.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for AlarmsConfig {
+    fn default() -> Self {
+        AlarmsConfig {
+            webhook: Vec::new(),
+            exec: None,
+            syslog: false,
+            attempts: 5,
+            backoff: Duration::from_millis(500),
+            timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// `[api]`: who may use the admin API. Without a token everything is open (loopback or a
@@ -761,6 +813,30 @@ impl Config {
                 ));
             }
         }
+        if self.events.retention == 0 || self.events.retention > 1_000_000 {
+            return Err(invalid("events.retention", "must be between 1 and 1000000"));
+        }
+        for (i, url) in self.alarms.webhook.iter().enumerate() {
+            let ok = url
+                .parse::<hyper::Uri>()
+                .ok()
+                .is_some_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+            if !ok {
+                return Err(invalid(
+                    format!("alarms.webhook[{i}]"),
+                    format!("`{url}` is not an http://host:port/path URL"),
+                ));
+            }
+        }
+        if self.alarms.exec.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            return Err(invalid("alarms.exec", "must not be empty"));
+        }
+        if self.alarms.attempts == 0 {
+            return Err(invalid("alarms.attempts", "must be at least 1"));
+        }
+        if self.alarms.timeout.is_zero() {
+            return Err(invalid("alarms.timeout", "must be greater than 0"));
+        }
         if self.hooks.timeout.is_zero() {
             return Err(invalid("hooks.timeout", "must be greater than 0"));
         }
@@ -1230,6 +1306,24 @@ args = ["1000"]
         // Without [api]: open, no token.
         let c = Config::parse(FULL).unwrap();
         assert!(c.api.resolved_token.is_none() && c.api.read_open);
+    }
+
+    #[test]
+    fn events_and_alarms_settings_are_checked() {
+        let with = |t: &str| format!("{FULL}\n{t}\n");
+        assert!(err(&with("[events]\nretention = 0")).contains("`events.retention`"));
+        assert!(err(&with("[alarms]\nwebhook = [\"ftp://x/\"]")).contains("`alarms.webhook[0]`"));
+        assert!(err(&with("[alarms]\nwebhook = [\"http://a:1/\", \"nope\"]")).contains("`alarms.webhook[1]`"));
+        assert!(err(&with("[alarms]\nexec = \" \"")).contains("`alarms.exec`"));
+        assert!(err(&with("[alarms]\nattempts = 0")).contains("`alarms.attempts`"));
+        assert!(err(&with("[alarms]\npager = true")).contains("unknown field"));
+        let c = Config::parse(&with(
+            "[events]\nretention = 50\n[alarms]\nwebhook = [\"http://127.0.0.1:9/hook\"]\nsyslog = true",
+        ))
+        .unwrap();
+        assert_eq!(c.events.retention, 50);
+        assert_eq!(c.alarms.webhook.len(), 1);
+        assert!(c.alarms.syslog && c.alarms.attempts == 5);
     }
 
     #[test]

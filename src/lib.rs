@@ -12,6 +12,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod events;
 pub mod failover;
 pub mod health;
 pub mod node;

@@ -931,3 +931,203 @@ async fn the_api_token_guards_mutations_and_the_cli_sends_it() {
     .expect("lease");
     assert_eq!(r.status, 200, "{}", r.body);
 }
+
+/// A webhook receiver: records every JSON body POSTed to it; answers the very first request
+/// with 500 (so delivery has to retry), the rest with 200.
+struct Webhook {
+    addr: std::net::SocketAddr,
+    got: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Webhook {
+    async fn start() -> Webhook {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let task = tokio::spawn({
+            let got = got.clone();
+            async move {
+                while let Ok((mut s, _)) = listener.accept().await {
+                    let got = got.clone();
+                    let seen = seen.clone();
+                    tokio::spawn(async move {
+                        let mut buf = Vec::new();
+                        let mut chunk = [0u8; 4096];
+                        // Headers, then Content-Length bytes of body (bounded).
+                        let body = loop {
+                            let Ok(n) = s.read(&mut chunk).await else { return };
+                            if n == 0 || buf.len() > 1 << 20 {
+                                return;
+                            }
+                            buf.extend_from_slice(&chunk[..n]);
+                            let text = String::from_utf8_lossy(&buf).to_string();
+                            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                                let len = head
+                                    .lines()
+                                    .find_map(|l| {
+                                        l.to_ascii_lowercase()
+                                            .strip_prefix("content-length:")
+                                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                                    })
+                                    .unwrap_or(0);
+                                if body.len() >= len {
+                                    break body[..len].to_string();
+                                }
+                            }
+                        };
+                        let first = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+                        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) {
+                            let mut v = v;
+                            v["_answered"] = serde_json::json!(if first { 500 } else { 200 });
+                            got.lock().unwrap().push(v);
+                        }
+                        let status = if first {
+                            "500 Internal Server Error"
+                        } else {
+                            "200 OK"
+                        };
+                        let _ = s
+                            .write_all(
+                                format!(
+                                    "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                                )
+                                .as_bytes(),
+                            )
+                            .await;
+                    });
+                }
+            }
+        });
+        Webhook { addr, got, task }
+    }
+
+    fn all(&self) -> Vec<serde_json::Value> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) for a notification matching `pred`.
+    async fn wait(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(v) = self.all().into_iter().find(|v| pred(v)) {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no {what} notification; got: {:#?}", self.all());
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_are_raised_and_cleared_through_a_webhook() {
+    let _g = SERIAL.lock().await;
+    let hook = Webhook::start().await;
+    let mut f = Fixture::start(
+        true,
+        &format!(
+            "[alarms]\nwebhook = [\"http://{}/hook\"]\nbackoff = \"50ms\"\n",
+            hook.addr
+        ),
+    )
+    .await;
+    let s = f.status().await;
+    let active = active_of(&s);
+
+    // A heartbeat path goes down (the second path of every pair) and comes back.
+    for relay in f.cluster.relays.values() {
+        relay.set_cut(true);
+    }
+    let raised = hook
+        .wait("path-down raised", Duration::from_secs(15), |v| {
+            v["state"] == "raised" && v["alarm"].as_str().is_some_and(|k| k.starts_with("path-down:"))
+        })
+        .await;
+    let key = raised["alarm"].as_str().expect("key").to_string();
+    assert_eq!(raised["severity"], "warning");
+    for relay in f.cluster.relays.values() {
+        relay.set_cut(false);
+    }
+    hook.wait("path-down cleared", Duration::from_secs(15), |v| {
+        v["state"] == "cleared" && v["alarm"] == key.as_str()
+    })
+    .await;
+
+    // The active node dies: a failover notification, and the degraded states it leaves.
+    f.cluster.kill(&active).await.expect("kill");
+    let failover = hook
+        .wait("failover", Duration::from_secs(15), |v| {
+            v["state"] == "event" && v["title"] == "failover"
+        })
+        .await;
+    assert_eq!(failover["cause"], "node-lost");
+    assert_eq!(failover["severity"], "critical");
+    assert!(failover["interruption_ms"].is_u64(), "{failover}");
+    let new_active = failover["node"].as_str().expect("node").to_string();
+    assert_ne!(new_active, active);
+    for key in [
+        format!("node-unreachable:{active}"),
+        "no-in-sync-standby".into(),
+        "quorum-at-risk".into(),
+    ] {
+        hook.wait(&format!("{key} raised"), Duration::from_secs(15), |v| {
+            v["state"] == "raised" && v["alarm"] == key.as_str()
+        })
+        .await;
+    }
+    // It comes back: the alarms clear.
+    f.cluster.start(&active).expect("restart");
+    for key in [
+        format!("node-unreachable:{active}"),
+        "no-in-sync-standby".into(),
+        "quorum-at-risk".into(),
+    ] {
+        hook.wait(&format!("{key} cleared"), Duration::from_secs(30), |v| {
+            v["state"] == "cleared" && v["alarm"] == key.as_str()
+        })
+        .await;
+    }
+
+    let all = hook.all();
+    // De-duplicated: a key is raised at most once more than it is cleared.
+    let mut balance: std::collections::BTreeMap<String, i64> = Default::default();
+    for v in all.iter().filter(|v| v["_answered"] == 200) {
+        if let Some(k) = v["alarm"].as_str() {
+            *balance.entry(k.to_string()).or_default() += if v["state"] == "raised" { 1 } else { -1 };
+        }
+    }
+    assert!(
+        balance.values().all(|b| *b == 0 || *b == 1),
+        "repeated alarms: {balance:?}"
+    );
+    // The first delivery was answered 500 and retried: its sequence number arrived again.
+    let first = &all[0];
+    assert_eq!(first["_answered"], 500);
+    assert!(
+        all[1..]
+            .iter()
+            .any(|v| v["seq"] == first["seq"] && v["title"] == first["title"] && v["_answered"] == 200),
+        "the failed delivery was not retried: {first}"
+    );
+    println!(
+        "{} notifications: {:?}",
+        all.len(),
+        all.iter()
+            .map(|v| format!("{} {}", v["state"], v["title"]))
+            .collect::<Vec<_>>()
+    );
+    f.assert_single_active().await;
+}

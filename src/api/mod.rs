@@ -279,7 +279,7 @@ pub fn local_status(node: &Arc<Node>) -> Result<String, String> {
     serde_json::to_string(&build_status(node)).map_err(|e| e.to_string())
 }
 
-fn build_status(node: &Arc<Node>) -> Status {
+pub(crate) fn build_status(node: &Arc<Node>) -> Status {
     let cfg = &node.config;
     let info = node.cluster.info();
     let me = node.cluster.me().to_string();

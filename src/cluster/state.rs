@@ -34,6 +34,19 @@ pub struct ClusterState {
     /// Counters since the cluster was created (the event history is bounded; these are not).
     #[serde(default)]
     pub stats: Stats,
+    /// Raised alarms by key (`no-in-sync-standby`, `path-down:a>b@addr`, ...): a key raised
+    /// twice is one alarm, so notifications are not repeated.
+    #[serde(default)]
+    pub alarms: BTreeMap<String, AlarmRecord>,
+    /// How many events the history keeps (`[events] retention` of the leader; default 2000).
+    #[serde(default)]
+    pub event_retention: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AlarmRecord {
+    pub detail: String,
+    pub since_unix_ms: u64,
 }
 
 /// Cluster-wide counters, replicated like everything else (exported as Prometheus counters).
@@ -91,6 +104,9 @@ pub struct NodeRecord {
     pub checks: BTreeMap<String, CheckRecord>,
     pub version: String,
     pub started_unix_ms: Option<u64>,
+    /// Heartbeat paths to each peer as this node last reported them: `"peer address"` → up.
+    #[serde(default)]
+    pub paths: BTreeMap<String, bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -127,6 +143,9 @@ pub enum EventKind {
     Hook,
     Maintenance,
     Drain,
+    PathChanged,
+    AlarmRaised,
+    AlarmCleared,
     SwitchoverRequested,
     SwitchoverCancelled,
 }
@@ -219,6 +238,25 @@ pub enum Command {
         on: bool,
         at: u64,
     },
+    /// A heartbeat path from `node` to `peer` over `address` went up or down.
+    Path {
+        node: String,
+        peer: String,
+        address: String,
+        up: bool,
+        at: u64,
+    },
+    /// Raise (or clear) a degraded-state alarm. Refused when it is already in that state.
+    Alarm {
+        key: String,
+        raise: bool,
+        detail: String,
+        at: u64,
+    },
+    /// Set how many events the history keeps.
+    SetRetention {
+        events: usize,
+    },
     /// Take a node out of (or back into) load balancing.
     Drain {
         node: String,
@@ -300,7 +338,7 @@ impl ClusterState {
             detail,
             duration_ms,
         });
-        while self.events.len() > EVENT_RETENTION {
+        while self.events.len() > self.event_retention.unwrap_or(EVENT_RETENTION) {
             self.events.pop_front();
         }
     }
@@ -604,6 +642,66 @@ impl ClusterState {
                     if *on { "maintenance on" } else { "maintenance off" }.into(),
                     None,
                 );
+                CommandResult::ok()
+            }
+            Command::Path {
+                node,
+                peer,
+                address,
+                up,
+                at,
+            } => {
+                let key = format!("{peer} {address}");
+                if self.node_mut(node).paths.insert(key, *up) == Some(*up) {
+                    return CommandResult::refused("path already in that state");
+                }
+                self.event(
+                    *at,
+                    EventKind::PathChanged,
+                    Some(node),
+                    None,
+                    format!("path to {peer} via {address} {}", if *up { "up" } else { "down" }),
+                    None,
+                );
+                CommandResult::ok()
+            }
+            Command::Alarm {
+                key,
+                raise,
+                detail,
+                at,
+            } => {
+                if *raise == self.alarms.contains_key(key) {
+                    return CommandResult::refused(if *raise {
+                        "alarm already raised"
+                    } else {
+                        "alarm not raised"
+                    });
+                }
+                let kind = if *raise {
+                    self.alarms.insert(
+                        key.clone(),
+                        AlarmRecord {
+                            detail: detail.clone(),
+                            since_unix_ms: *at,
+                        },
+                    );
+                    EventKind::AlarmRaised
+                } else {
+                    self.alarms.remove(key);
+                    EventKind::AlarmCleared
+                };
+                let node = key
+                    .split_once(':')
+                    .map(|(_, n)| n.split(['>', '@']).next().unwrap_or(n).to_string());
+                self.event(*at, kind, node.as_deref(), None, format!("{key}: {detail}"), None);
+                CommandResult::ok()
+            }
+            Command::SetRetention { events } => {
+                self.event_retention = Some((*events).max(1));
+                while self.events.len() > (*events).max(1) {
+                    self.events.pop_front();
+                }
                 CommandResult::ok()
             }
             Command::Drain { node, on, at } => {

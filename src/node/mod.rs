@@ -228,6 +228,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         ));
     }
     tracker.spawn(coordinator::run(node.clone(), tasks.clone()));
+    tracker.spawn(crate::events::paths::run(node.clone(), tasks.clone()));
+    tracker.spawn(crate::events::alarms::run(node.clone(), tasks.clone()));
     // The role and lease loops stop first on shutdown, so nothing re-promotes while the node
     // steps down.
     let role_token = tasks.child_token();

@@ -1,0 +1,268 @@
+//! The Raft leader's alarm loop: derives degraded states, keeps them as replicated alarms
+//! (raised once, cleared once: the replicated set is the de-duplication, and it survives a
+//! change of leader), sets the history's retention, and notifies about new events.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::notify::{deliver, Notification};
+use crate::api::Status;
+use crate::cluster::state::{Command, Event, EventKind, NodeRecord};
+use crate::cluster::transport::unix_ms;
+use crate::config::NodeKind;
+use crate::node::Node;
+
+/// How often the leader re-evaluates.
+const EVERY: Duration = Duration::from_millis(250);
+
+pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
+    let cfg = Arc::new(node.config.alarms.clone());
+    let me = node.cluster.me().to_string();
+    // A new leader's view needs a moment (heartbeats, reports) before it judges anything.
+    let grace = node.config.timing.failure_timeout * 2;
+    let mut leading: Option<(u64, Instant)> = None;
+    // Events up to this sequence number were handled (by us or a previous leader).
+    let mut handled: u64 = 0;
+    let mut tick = tokio::time::interval(EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let info = node.cluster.info();
+        if !info.is_leader {
+            leading = None;
+            continue;
+        }
+        if leading.map(|(t, _)| t) != Some(info.term) {
+            leading = Some((info.term, Instant::now()));
+            // Only what happens from now on is notified (no replay of the history).
+            handled = node.cluster.sm.read(|d| d.state.next_event_seq).saturating_sub(1);
+        }
+        let (retention, raised, records, events) = node.cluster.sm.read(|d| {
+            (
+                d.state.event_retention,
+                d.state.alarms.clone(),
+                d.state.nodes.clone(),
+                d.state
+                    .events
+                    .iter()
+                    .filter(|e| e.seq > handled)
+                    .cloned()
+                    .collect::<Vec<Event>>(),
+            )
+        });
+        let mut writes = Vec::new();
+        if retention != Some(node.config.events.retention) {
+            writes.push(Command::SetRetention {
+                events: node.config.events.retention,
+            });
+        }
+        if leading.is_some_and(|(_, since)| since.elapsed() >= grace) {
+            let status = crate::api::build_status(&node);
+            let want = evaluate(&status, &records);
+            let at = unix_ms();
+            for (key, detail) in &want {
+                if !raised.contains_key(key) {
+                    writes.push(Command::Alarm {
+                        key: key.clone(),
+                        raise: true,
+                        detail: detail.clone(),
+                        at,
+                    });
+                }
+            }
+            for (key, rec) in &raised {
+                if !want.contains_key(key) {
+                    writes.push(Command::Alarm {
+                        key: key.clone(),
+                        raise: false,
+                        detail: format!("recovered (raised: {})", rec.detail),
+                        at,
+                    });
+                }
+            }
+        }
+        if !writes.is_empty() {
+            let cmd = Command::Batch(writes);
+            if let Ok(Err(e)) =
+                tokio::time::timeout(Duration::from_secs(1), node.cluster.write_local(cmd)).await
+            {
+                tracing::debug!(error = %e, "could not record alarms");
+            }
+        }
+        for e in &events {
+            for n in notifications(e, &me) {
+                tracing::info!(state = n.state, title = %n.title, node = ?n.node, detail = %n.detail, "alarm");
+                deliver(&cfg, n);
+            }
+            handled = handled.max(e.seq);
+        }
+    }
+}
+
+/// The degraded states in `status` (the leader's live view), by alarm key, with a detail.
+pub fn evaluate(status: &Status, records: &BTreeMap<String, NodeRecord>) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let reachable: BTreeSet<&str> = status
+        .nodes
+        .iter()
+        .filter(|n| n.reachable || n.id == status.view_from)
+        .map(|n| n.id.as_str())
+        .collect();
+    if let Some(active) = &status.active {
+        let ready: Vec<&str> = status
+            .nodes
+            .iter()
+            .filter(|n| {
+                n.kind == NodeKind::Data
+                    && &n.id != active
+                    && n.role == "standby"
+                    && n.healthy
+                    && n.in_sync
+                    && !n.maintenance
+            })
+            .map(|n| n.id.as_str())
+            .collect();
+        if ready.is_empty() {
+            out.insert(
+                "no-in-sync-standby".to_string(),
+                format!("no healthy, in-sync standby could take over from {active}"),
+            );
+        }
+    }
+    for n in &status.nodes {
+        if n.id != status.view_from && !n.reachable {
+            out.insert(
+                format!("node-unreachable:{}", n.id),
+                format!("{} not heard on any path", n.id),
+            );
+            continue;
+        }
+        if n.kind == NodeKind::Data && status.active.as_deref() != Some(n.id.as_str()) && !n.healthy {
+            let failing: Vec<String> = n
+                .checks
+                .iter()
+                .filter(|c| !c.healthy)
+                .map(|c| format!("{}: {}", c.name, c.detail))
+                .collect();
+            out.insert(
+                format!("standby-unhealthy:{}", n.id),
+                if failing.is_empty() {
+                    "not healthy".to_string()
+                } else {
+                    failing.join("; ")
+                },
+            );
+        }
+    }
+    // Paths as every node reported them, between nodes that are both still heard (a node not
+    // heard at all is its own alarm).
+    for (id, rec) in records {
+        for (key, up) in &rec.paths {
+            let Some((peer, address)) = key.split_once(' ') else {
+                continue;
+            };
+            if !up && reachable.contains(id.as_str()) && reachable.contains(peer) {
+                out.insert(
+                    format!("path-down:{id}>{peer}@{address}"),
+                    format!("heartbeat path from {id} to {peer} via {address} is down"),
+                );
+            }
+        }
+    }
+    let voters = status.nodes.len();
+    let majority = voters / 2 + 1;
+    if reachable.len() <= majority {
+        out.insert(
+            "quorum-at-risk".to_string(),
+            format!(
+                "{} of {voters} voters reachable: one more failure loses the quorum",
+                reachable.len()
+            ),
+        );
+    }
+    let versions: BTreeSet<&str> = status
+        .nodes
+        .iter()
+        .filter(|n| reachable.contains(n.id.as_str()) && !n.version.is_empty())
+        .map(|n| n.version.as_str())
+        .collect();
+    if versions.len() > 1 {
+        out.insert(
+            "version-mismatch".to_string(),
+            format!(
+                "nodes run different versions: {}",
+                versions.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        );
+    }
+    out
+}
+
+fn severity_of(key: &str) -> &'static str {
+    match key.split(':').next().unwrap_or(key) {
+        "no-in-sync-standby" | "quorum-at-risk" | "node-unreachable" => "critical",
+        _ => "warning",
+    }
+}
+
+/// What to send for one event of the history (most events send nothing).
+pub fn notifications(e: &Event, sender: &str) -> Vec<Notification> {
+    let base =
+        |state: &'static str, severity: &'static str, title: String, alarm: Option<String>| Notification {
+            state,
+            severity,
+            alarm,
+            title,
+            kind: e.kind.to_string(),
+            node: e.node.clone(),
+            epoch: e.epoch,
+            cause: e.cause.map(|c| c.to_string()),
+            detail: e.detail.clone(),
+            interruption_ms: e.duration_ms,
+            at_unix_ms: e.at_unix_ms,
+            seq: e.seq,
+            sender: sender.to_string(),
+        };
+    let mut out = Vec::new();
+    match e.kind {
+        EventKind::Promoted => {
+            let cause = e.cause.map(|c| c.to_string()).unwrap_or_default();
+            let (title, severity) = match cause.as_str() {
+                "bootstrap" => return out,
+                "switchover" => ("switchover", "info"),
+                "failback" => ("failback", "info"),
+                "maintenance" => ("switchover", "info"),
+                _ => ("failover", "critical"),
+            };
+            out.push(base("event", severity, title.to_string(), None));
+            if e.detail.contains("on-fence") {
+                out.push(base("event", "warning", "fence".to_string(), None));
+            }
+        }
+        EventKind::PromotionFailed => out.push(base("event", "warning", "promotion failed".into(), None)),
+        EventKind::AlarmRaised | EventKind::AlarmCleared => {
+            let key = e
+                .detail
+                .split_once(": ")
+                .map_or(e.detail.as_str(), |(k, _)| k)
+                .to_string();
+            let raised = e.kind == EventKind::AlarmRaised;
+            let severity = if raised { severity_of(&key) } else { "info" };
+            let title = key.split(':').next().unwrap_or(&key).to_string();
+            out.push(base(
+                if raised { "raised" } else { "cleared" },
+                severity,
+                title,
+                Some(key),
+            ));
+        }
+        _ => {}
+    }
+    out
+}

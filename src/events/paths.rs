@@ -1,0 +1,80 @@
+//! Reports this node's heartbeat paths into the replicated state: each tick, every path whose
+//! state differs from what the cluster last recorded for it is written (one entry for all of
+//! them). Comparing with the replicated state, not a local memory, makes a lost write harmless:
+//! it is simply made again.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::state::Command;
+use crate::cluster::transport::unix_ms;
+use crate::node::Node;
+
+pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
+    let me = node.cluster.me().to_string();
+    let peers: Vec<String> = node
+        .config
+        .members
+        .iter()
+        .filter(|m| m.id != me)
+        .map(|m| m.id.clone())
+        .collect();
+    let started = Instant::now();
+    // Paths need a moment to connect: "down" is only reported after that.
+    let grace = node.config.timing.failure_timeout * 2;
+    let mut tick = tokio::time::interval(
+        node.config
+            .timing
+            .heartbeat_interval
+            .max(Duration::from_millis(50)),
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let recorded = node.cluster.sm.read(|d| {
+            d.state
+                .nodes
+                .get(&me)
+                .map(|r| r.paths.clone())
+                .unwrap_or_default()
+        });
+        let at = unix_ms();
+        let mut changes = Vec::new();
+        for peer in &peers {
+            for p in node.cluster.transport.paths(peer) {
+                if !p.up && started.elapsed() < grace {
+                    continue;
+                }
+                let key = format!("{peer} {}", p.address);
+                if recorded.get(&key) != Some(&p.up) {
+                    changes.push(Command::Path {
+                        node: me.clone(),
+                        peer: peer.clone(),
+                        address: p.address.clone(),
+                        up: p.up,
+                        at,
+                    });
+                }
+            }
+        }
+        if changes.is_empty() {
+            continue;
+        }
+        let cmd = if changes.len() == 1 {
+            changes.remove(0)
+        } else {
+            Command::Batch(changes)
+        };
+        // Best effort: without a reachable leader this fails and the next tick tries again.
+        match tokio::time::timeout(Duration::from_secs(1), node.cluster.write(cmd)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "could not record a path change yet"),
+            Err(_) => tracing::debug!("recording a path change timed out"),
+        }
+    }
+}
