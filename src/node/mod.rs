@@ -77,6 +77,8 @@ pub struct Node {
     pub hooks: HookRunner,
     /// Leader-side store queues (every node: a witness may lead for a while).
     pub store: std::sync::OnceLock<crate::store::replicate::Replicator>,
+    /// The virtual IP while this node's keeper reports it on the interface.
+    pub vip_held: Arc<Mutex<Option<crate::address::vip::Vip>>>,
 }
 
 impl Node {
@@ -191,6 +193,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         supervisor,
         hooks: HookRunner::new(config.hooks.clone(), me.id.clone()),
         store: std::sync::OnceLock::new(),
+        vip_held: Arc::new(Mutex::new(None)),
     });
     let maxmemory = config.store.as_ref().map_or(0, |s| s.maxmemory);
     let replicator = crate::store::replicate::Replicator::start(node.clone(), maxmemory, tasks.clone());
@@ -233,6 +236,30 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         tracker.spawn(reporter::run(node.clone(), transitions_rx, tasks.clone()));
         tracker.spawn(lease::run(node.clone(), role_token.clone()));
         role_task = Some(tokio::spawn(role::run(node.clone(), role_token.clone())));
+    }
+    if let (true, Some(addr)) = (node.is_data(), &config.address) {
+        match std::env::current_exe() {
+            Ok(binary) => {
+                let driver = crate::address::vip::driver::Driver {
+                    args: crate::address::vip::KeeperArgs {
+                        interface: addr.interface.clone(),
+                        vip: addr.vip(),
+                        garp_count: addr.garp_count,
+                        garp_interval: addr.garp_interval,
+                    },
+                    binary,
+                    local: node.local.subscribe(),
+                    heartbeat: config.timing.heartbeat_interval,
+                    margin: lease::margin(config.timing.lease),
+                    held: node.vip_held.clone(),
+                };
+                tracker.spawn(driver.run(tasks.clone()));
+            }
+            // Without the keeper the VIP is never added: the node runs, the address stays put.
+            Err(e) => {
+                tracing::error!(error = %e, vip = %addr.vip, "cannot find our own binary to run the vip keeper")
+            }
+        }
     }
     tracing::info!(node.id = %me.id, admin = %me.admin, "node running");
 
