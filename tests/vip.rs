@@ -254,6 +254,19 @@ impl Drop for Net {
     }
 }
 
+/// The pid of the `standin vip-keeper` running in namespace `ns`, if any.
+fn keeper_pid(ns: &str) -> Option<Pid> {
+    let out = Command::new("ip").args(["netns", "pids", ns]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == b"vip-keeper"))
+        })
+        .map(Pid::from_raw)
+}
+
 /// Moves the calling thread into network namespace `ns`: its sockets live there from now on.
 fn enter(ns: &str) {
     let f = File::open(Path::new("/var/run/netns").join(ns)).expect("open the namespace");
@@ -392,6 +405,31 @@ fn the_vip_follows_the_active_node_and_is_never_on_two() {
         lease.vip.as_deref(),
         Some(format!("{VIP}/24").as_str()),
         "{lease:?}"
+    );
+
+    // A keeper killed with -9 is started again by its daemon; the new one clears the VIP it
+    // finds and takes it again on the next hold.
+    let keeper = keeper_pid(&net.node("a").ns).expect("a's keeper runs");
+    let keeper_killed = Instant::now();
+    kill(keeper, Signal::SIGKILL).expect("kill -9 the keeper");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let again = keeper_pid(&net.node("a").ns).is_some_and(|p| p != keeper);
+        if again && who_serves().as_deref() == Some("a") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a's keeper was not restarted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let cleared = samples
+        .lock()
+        .unwrap()
+        .changes
+        .iter()
+        .any(|(t, id, has)| *id == "a" && !has && *t >= keeper_killed);
+    eprintln!(
+        "keeper killed: restarted in {:?}, VIP cleared in between: {cleared}",
+        keeper_killed.elapsed()
     );
     // Let the client's ARP entry settle, so that a change later is the announcement's doing.
     std::thread::sleep(Duration::from_millis(300));

@@ -4,7 +4,9 @@
 //! While the node acts as active it sends `hold <ms>` on every change of its role or lease and
 //! at least every heartbeat, with `ms = lease_until - now - margin` (never past the lease); in
 //! any other role it sends `release`. On shutdown it releases, closes the keeper's stdin and
-//! waits for it to exit. A keeper that dies is started again with a backoff.
+//! waits for it to exit. A keeper that dies is started again with a backoff; the VIP it may
+//! have left behind is deleted by the daemon at once, and re-added by the next keeper if the
+//! node is still active.
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -17,6 +19,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::netlink::Netlink;
 use super::{monotonic_us, KeeperArgs, Order, Report, Vip};
 use crate::node::role::{Acting, LocalRole};
 
@@ -108,6 +111,9 @@ impl Driver {
             }
             let status = child.wait().await;
             tracing::warn!(status = ?status, interface = %self.args.interface, vip = %self.args.vip, "vip keeper exited; restarting it");
+            // A keeper killed outright leaves the VIP behind; it must not outlast the lease
+            // while the next keeper is not running yet (it would re-add it on the next hold).
+            self.delete_left_behind().await;
             if started.elapsed() >= STABLE {
                 backoff = BACKOFF_MIN;
             }
@@ -116,6 +122,25 @@ impl Driver {
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Deletes the VIP from the interface directly (the daemon has the same rights as the
+    /// keeper); errors are logged, the next keeper tries again at its start.
+    async fn delete_left_behind(&self) {
+        let (iface, vip) = (&self.args.interface, self.args.vip);
+        let result = async {
+            let nl = Netlink::open()?;
+            let index = nl.index_of(iface, vip).await?;
+            nl.delete(iface, index, vip).await
+        }
+        .await;
+        match result {
+            Ok(true) => {
+                tracing::warn!(interface = %iface, vip = %vip, "deleted the vip left by the dead keeper")
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "cannot delete the vip left by the dead keeper"),
         }
     }
 

@@ -62,6 +62,21 @@ impl Netlink {
         Ok(Netlink { handle, task })
     }
 
+    /// The index of the interface called `interface`.
+    pub async fn index_of(&self, interface: &str, vip: Vip) -> Result<u32, NetlinkError> {
+        let mut links = self.handle.link().get().match_name(interface).execute();
+        let err = |source| NetlinkError::Op {
+            op: "find the interface for",
+            vip,
+            interface: interface.to_string(),
+            source,
+        };
+        match links.try_next().await.map_err(|e| err(io_error(e)))? {
+            Some(link) => Ok(link.header.index),
+            None => Err(err(std::io::Error::from_raw_os_error(libc::ENODEV))),
+        }
+    }
+
     /// Whether `vip` (address and prefix) is on the interface with `index`.
     pub async fn has(&self, interface: &str, index: u32, vip: Vip) -> Result<bool, NetlinkError> {
         let mut found = self
