@@ -79,6 +79,9 @@ pub struct Node {
     pub store: std::sync::OnceLock<crate::store::replicate::Replicator>,
     /// The virtual IP while this node's keeper reports it on the interface.
     pub vip_held: Arc<Mutex<Option<crate::address::vip::Vip>>>,
+    /// True from the first hold sent to the VIP keeper until it confirms a release: a release
+    /// of the active role is committed only after this clears (see `role::wait_vip_released`).
+    pub vip_unreleased: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Node {
@@ -194,6 +197,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         hooks: HookRunner::new(config.hooks.clone(), me.id.clone()),
         store: std::sync::OnceLock::new(),
         vip_held: Arc::new(Mutex::new(None)),
+        vip_unreleased: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     });
     let maxmemory = config.store.as_ref().map_or(0, |s| s.maxmemory);
     let replicator = crate::store::replicate::Replicator::start(node.clone(), maxmemory, tasks.clone());
@@ -252,6 +256,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
                     heartbeat: config.timing.heartbeat_interval,
                     margin: lease::margin(config.timing.lease),
                     held: node.vip_held.clone(),
+                    unreleased: node.vip_unreleased.clone(),
                 };
                 tracker.spawn(driver.run(tasks.clone()));
             }

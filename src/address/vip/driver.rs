@@ -11,6 +11,7 @@
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,9 @@ pub struct Driver {
     pub margin: Duration,
     /// The VIP while the keeper reports it on the interface (for `/v1/lease`).
     pub held: Arc<Mutex<Option<Vip>>>,
+    /// Set when a hold is sent, cleared when the keeper confirms the VIP is off the interface
+    /// (the role loop waits for that before it confirms a release to the cluster).
+    pub unreleased: Arc<AtomicBool>,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -105,7 +109,6 @@ impl Driver {
             let started = Instant::now();
             tracing::info!(pid = child.id(), interface = %self.args.interface, vip = %self.args.vip, "vip keeper started");
             let stopped = self.drive(&mut child, &cancel).await;
-            self.set_held(false);
             if stopped {
                 return;
             }
@@ -157,6 +160,10 @@ impl Driver {
             let order = order_for(&self.local.borrow_and_update(), Instant::now(), self.margin);
             // Holds go out every time (each one extends the deadline); a release once.
             if !(order == Order::Release && last_sent == Some(Order::Release)) {
+                if matches!(order, Order::Hold { .. }) {
+                    // Before the write: the keeper may act on it at once.
+                    self.unreleased.store(true, Ordering::SeqCst);
+                }
                 if let Err(e) = stdin.write_all(format!("{order}\n").as_bytes()).await {
                     tracing::warn!(error = %e, "cannot write to the vip keeper");
                     return false;
@@ -174,14 +181,14 @@ impl Driver {
                 },
                 _ = tokio::time::sleep(self.heartbeat) => {}
                 line = reports.next_line() => match line {
-                    Ok(Some(line)) => self.on_report(&line),
+                    Ok(Some(line)) => self.on_report(&line, last_sent),
                     Ok(None) | Err(_) => return false,
                 },
             }
         }
     }
 
-    fn on_report(&self, line: &str) {
+    fn on_report(&self, line: &str, last_sent: Option<Order>) {
         let (iface, vip) = (&self.args.interface, self.args.vip);
         match Report::parse(line) {
             Some(Report::Held) => {
@@ -191,6 +198,10 @@ impl Driver {
             Some(Report::Released) => {
                 tracing::info!(interface = %iface, vip = %vip, "not holding the vip");
                 self.set_held(false);
+                // Off the interface, and no hold in flight that could put it back.
+                if !matches!(last_sent, Some(Order::Hold { .. })) {
+                    self.unreleased.store(false, Ordering::SeqCst);
+                }
             }
             Some(Report::Error(e)) => {
                 tracing::warn!(interface = %iface, vip = %vip, error = %e, "vip keeper reports an error")
@@ -204,13 +215,19 @@ impl Driver {
         let _ = stdin.write_all(format!("{}\n", Order::Release).as_bytes()).await;
         drop(stdin);
         match tokio::time::timeout(Duration::from_secs(3), child.wait()).await {
-            Ok(status) => tracing::info!(status = ?status, "vip keeper stopped"),
+            Ok(Ok(status)) if status.success() => {
+                // It exits 0 only after the VIP is off the interface.
+                tracing::info!("vip keeper stopped");
+                self.set_held(false);
+                self.unreleased.store(false, Ordering::SeqCst);
+            }
+            Ok(status) => tracing::warn!(status = ?status, "vip keeper stopped with an error"),
             Err(_) => {
                 tracing::warn!("vip keeper did not exit within 3 s; killing it");
                 let _ = child.kill().await;
+                self.delete_left_behind().await;
             }
         }
-        self.set_held(false);
     }
 }
 
