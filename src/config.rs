@@ -66,6 +66,9 @@ pub struct Config {
     /// Where alarms and notable events are sent (by whichever node is the Raft leader).
     #[serde(default)]
     pub alarms: AlarmsConfig,
+    /// The floating address this node holds while active (data nodes only).
+    #[serde(default)]
+    pub address: Option<AddressConfig>,
 }
 
 /// `[events]`: the replicated event history.
@@ -183,6 +186,38 @@ impl ApiConfig {
             _ => Ok(()),
         }
     }
+}
+
+/// `[address]`: a virtual IP on an interface, held by this node only while it is active.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AddressConfig {
+    /// IPv4 address with prefix length, e.g. `10.0.0.100/24` (validated: see [`AddressConfig::vip`]).
+    pub vip: String,
+    /// The interface the address is added to, e.g. `eth0`.
+    pub interface: String,
+    /// Gratuitous ARPs sent when the address is acquired (0: none).
+    #[serde(default = "default_garp_count")]
+    pub garp_count: u32,
+    /// Time between two gratuitous ARPs.
+    #[serde(default = "default_garp_interval", with = "humantime_serde")]
+    pub garp_interval: Duration,
+}
+
+impl AddressConfig {
+    /// The parsed VIP (`validate()` refused anything that does not parse).
+    pub fn vip(&self) -> crate::address::vip::Vip {
+        self.vip
+            .parse()
+            .expect("validate() checked that address.vip parses")
+    }
+}
+
+fn default_garp_count() -> u32 {
+    3
+}
+fn default_garp_interval() -> Duration {
+    Duration::from_millis(100)
 }
 
 /// `[store]`: a Redis-protocol server on this node over the replicated key-value state.
@@ -837,6 +872,43 @@ impl Config {
         if self.alarms.timeout.is_zero() {
             return Err(invalid("alarms.timeout", "must be greater than 0"));
         }
+        if let Some(a) = &self.address {
+            if me.kind == NodeKind::Witness {
+                return Err(invalid(
+                    "address",
+                    "a witness never holds the floating address; remove [address]",
+                ));
+            }
+            a.vip
+                .parse::<crate::address::vip::Vip>()
+                .map_err(|reason| invalid("address.vip", reason))?;
+            let name_ok = !a.interface.is_empty()
+                && a.interface.len() < 16
+                && a.interface != "."
+                && a.interface != ".."
+                && !a
+                    .interface
+                    .bytes()
+                    .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0);
+            if !name_ok {
+                return Err(invalid(
+                    "address.interface",
+                    format!(
+                        "{:?} is not an interface name (1-15 characters, no '/', ':' or spaces)",
+                        a.interface
+                    ),
+                ));
+            }
+            if a.garp_count > 100 {
+                return Err(invalid("address.garp-count", "must be at most 100"));
+            }
+            if a.garp_interval.is_zero() {
+                return Err(invalid("address.garp-interval", "must be greater than 0"));
+            }
+            if a.garp_interval > Duration::from_secs(10) {
+                return Err(invalid("address.garp-interval", "must be at most 10s"));
+            }
+        }
         if self.hooks.timeout.is_zero() {
             return Err(invalid("hooks.timeout", "must be greater than 0"));
         }
@@ -973,6 +1045,12 @@ timeout = "3s"
 [failback]
 mode = "auto"
 hold-down = "45s"
+
+[address]
+vip = "10.0.0.100/24"
+interface = "eth0"
+garp-count = 5
+garp-interval = "50ms"
 "#;
 
     /// The smallest valid config: only the required keys, every section with defaults omitted.
@@ -1141,6 +1219,44 @@ args = ["1000"]
                 hold_down: Duration::from_secs(45),
             }
         );
+        let a = c.address.as_ref().unwrap();
+        assert_eq!(a.vip().to_string(), "10.0.0.100/24");
+        assert_eq!(
+            (a.interface.as_str(), a.garp_count, a.garp_interval),
+            ("eth0", 5, ms(50))
+        );
+    }
+
+    #[test]
+    fn address_defaults_and_zero_garps() {
+        let c = Config::parse(&format!(
+            "{MINIMAL}\n[address]\nvip = \"192.168.7.10/24\"\ninterface = \"bond0\"\n"
+        ))
+        .expect("valid");
+        let a = c.address.unwrap();
+        assert_eq!((a.garp_count, a.garp_interval), (3, ms(100)));
+        let c = Config::parse(&format!(
+            "{MINIMAL}\n[address]\nvip = \"192.168.7.10/24\"\ninterface = \"bond0\"\ngarp-count = 0\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.address.unwrap().garp_count, 0);
+        assert!(Config::parse(MINIMAL).unwrap().address.is_none());
+    }
+
+    #[test]
+    fn address_needs_vip_and_interface() {
+        for missing in ["vip", "interface"] {
+            let text = full_with(
+                if missing == "vip" {
+                    "vip = \"10.0.0.100/24\""
+                } else {
+                    "interface = \"eth0\""
+                },
+                "",
+            );
+            let e = err(&text);
+            assert!(e.contains(&format!("missing field `{missing}`")), "{e}");
+        }
     }
 
     #[test]
@@ -1209,6 +1325,7 @@ args = ["1000"]
                 "[failback]",
                 full_insert("hold-down = \"45s\"", "colour = \"red\""),
             ),
+            ("[address]", full_insert("garp-count = 5", "colour = \"red\"")),
             // A key of another check kind is unknown for this kind.
             (
                 "[[check]] tcp with url",
@@ -1485,6 +1602,51 @@ args = ["1000"]
                 "hooks timeout 0",
                 full_with("timeout = \"3s\"", "timeout = \"0s\""),
                 "hooks.timeout",
+            ),
+            (
+                "vip without prefix",
+                full_with("vip = \"10.0.0.100/24\"", "vip = \"10.0.0.100\""),
+                "address.vip",
+            ),
+            (
+                "vip not IPv4",
+                full_with("vip = \"10.0.0.100/24\"", "vip = \"fd00::1/64\""),
+                "address.vip",
+            ),
+            (
+                "vip is the network address",
+                full_with("vip = \"10.0.0.100/24\"", "vip = \"10.0.0.0/24\""),
+                "address.vip",
+            ),
+            (
+                "interface empty",
+                full_with("interface = \"eth0\"", "interface = \"\""),
+                "address.interface",
+            ),
+            (
+                "interface too long",
+                full_with("interface = \"eth0\"", "interface = \"a-very-long-name0\""),
+                "address.interface",
+            ),
+            (
+                "garp-count too high",
+                full_with("garp-count = 5", "garp-count = 1000"),
+                "address.garp-count",
+            ),
+            (
+                "garp-interval 0",
+                full_with("garp-interval = \"50ms\"", "garp-interval = \"0s\""),
+                "address.garp-interval",
+            ),
+            (
+                "witness with [address]",
+                {
+                    let start = FULL.find("[service]").unwrap();
+                    let end = FULL.find("[address]").unwrap();
+                    format!("{}{}", &FULL[..start], &FULL[end..])
+                        .replace("id = \"a\"\ndata-dir", "id = \"w\"\ndata-dir")
+                },
+                "address",
             ),
         ];
         for (rule, text, key) in cases {

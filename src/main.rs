@@ -111,6 +111,19 @@ enum Cmd {
         #[arg(long)]
         admin: std::net::SocketAddr,
     },
+    /// Holds the virtual IP while the daemon says so (started by `standin node`; orders on
+    /// stdin: `hold <ms>`, `release`).
+    #[command(hide = true)]
+    VipKeeper {
+        #[arg(long)]
+        interface: String,
+        #[arg(long)]
+        vip: standin::address::vip::Vip,
+        #[arg(long, default_value_t = 3)]
+        garp_count: u32,
+        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+        garp_interval: Duration,
+    },
 }
 
 #[derive(Subcommand)]
@@ -195,7 +208,12 @@ fn cli_result(r: Result<(), CliError>) -> ExitCode {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The VIP keeper is small and single-threaded; everything else gets the worker pool.
+    let mut builder = match args.command {
+        Cmd::VipKeeper { .. } => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("standin: cannot start the runtime: {e}");
@@ -327,6 +345,23 @@ async fn async_main(args: Args) -> ExitCode {
                     code(1)
                 }
             }
+        }
+        Cmd::VipKeeper {
+            interface,
+            vip,
+            garp_count,
+            garp_interval,
+        } => {
+            init_tracing();
+            code(
+                standin::address::vip::keeper::run(standin::address::vip::KeeperArgs {
+                    interface,
+                    vip,
+                    garp_count,
+                    garp_interval,
+                })
+                .await,
+            )
         }
     }
 }

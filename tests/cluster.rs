@@ -1102,9 +1102,14 @@ async fn alarms_are_raised_and_cleared_through_a_webhook() {
     }
 
     let all = hook.all();
-    // De-duplicated: a key is raised at most once more than it is cleared.
+    // De-duplicated: a key is raised at most once more than it is cleared. A delivery may be
+    // repeated (a retry, or a new leader resuming); receivers drop repeats by `seq`.
     let mut balance: std::collections::BTreeMap<String, i64> = Default::default();
+    let mut seqs = std::collections::BTreeSet::new();
     for v in all.iter().filter(|v| v["_answered"] == 200) {
+        if !seqs.insert(v["seq"].as_u64()) {
+            continue;
+        }
         if let Some(k) = v["alarm"].as_str() {
             *balance.entry(k.to_string()).or_default() += if v["state"] == "raised" { 1 } else { -1 };
         }

@@ -85,6 +85,18 @@ fn bad_values_exit_64_naming_the_key() {
             "[[check]]\nname = \"h\"\nkind = \"http\"\nurl = \"ftp://x\"",
             "check[0].url",
         ),
+        (
+            "[address]\nvip = \"10.0.0.100\"\ninterface = \"eth0\"",
+            "address.vip",
+        ),
+        (
+            "[address]\nvip = \"10.0.0.100/24\"\ninterface = \"eth0\"\ngarp-interval = \"0s\"",
+            "address.garp-interval",
+        ),
+        (
+            "[address]\nvip = \"10.0.0.100/24\"\ninterface = \"eth0\"\nmac = \"x\"",
+            "mac",
+        ),
     ];
     for (extra, key) in cases {
         let path = dir.path().join("bad.toml");

@@ -109,6 +109,9 @@ pub struct LeaseStatus {
     pub lease_remaining_ms: Option<u64>,
     /// The supervised service process, if running.
     pub service_pid: Option<u32>,
+    /// The virtual IP this node holds right now (as its keeper last reported), if any.
+    #[serde(default)]
+    pub vip: Option<String>,
 }
 
 /// Mutations, forwarded to the leader.
@@ -508,6 +511,11 @@ async fn lease_handler(State(node): State<Arc<Node>>) -> Json<LeaseStatus> {
         epoch: local.epoch,
         lease_remaining_ms: remaining,
         service_pid: node.supervisor.as_ref().and_then(|s| s.pid()),
+        vip: node
+            .vip_held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|v| v.to_string()),
     })
 }
 

@@ -41,6 +41,10 @@ pub struct ClusterState {
     /// How many events the history keeps (`[events] retention` of the leader; default 2000).
     #[serde(default)]
     pub event_retention: Option<usize>,
+    /// Events up to this sequence number have been notified (by some leader): a new leader
+    /// continues from here, so nothing committed just before a change of leader is skipped.
+    #[serde(default)]
+    pub notified_up_to: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -256,6 +260,10 @@ pub enum Command {
     /// Set how many events the history keeps.
     SetRetention {
         events: usize,
+    },
+    /// Events up to `seq` were notified.
+    Notified {
+        seq: u64,
     },
     /// Take a node out of (or back into) load balancing.
     Drain {
@@ -695,6 +703,10 @@ impl ClusterState {
                     .split_once(':')
                     .map(|(_, n)| n.split(['>', '@']).next().unwrap_or(n).to_string());
                 self.event(*at, kind, node.as_deref(), None, format!("{key}: {detail}"), None);
+                CommandResult::ok()
+            }
+            Command::Notified { seq } => {
+                self.notified_up_to = self.notified_up_to.max(*seq);
                 CommandResult::ok()
             }
             Command::SetRetention { events } => {

@@ -17,6 +17,8 @@ use crate::node::Node;
 
 /// How often the leader re-evaluates.
 const EVERY: Duration = Duration::from_millis(250);
+/// Events older than this are not notified by a leader that finds them unnotified.
+const STALE_AFTER: Duration = Duration::from_secs(300);
 
 pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
     let cfg = Arc::new(node.config.alarms.clone());
@@ -40,8 +42,9 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
         }
         if leading.map(|(t, _)| t) != Some(info.term) {
             leading = Some((info.term, Instant::now()));
-            // Only what happens from now on is notified (no replay of the history).
-            handled = node.cluster.sm.read(|d| d.state.next_event_seq).saturating_sub(1);
+            // Continue where the previous leader's notifications were recorded as done (it may
+            // have sent some more: receivers de-duplicate on `seq`).
+            handled = node.cluster.sm.read(|d| d.state.notified_up_to);
         }
         let (retention, raised, records, events) = node.cluster.sm.read(|d| {
             (
@@ -57,6 +60,18 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
             )
         });
         let mut writes = Vec::new();
+        // Never replay old history (e.g. the first leader after an upgrade).
+        let too_old = unix_ms().saturating_sub(STALE_AFTER.as_millis() as u64);
+        for e in events.iter().filter(|e| e.at_unix_ms >= too_old) {
+            for n in notifications(e, &me) {
+                tracing::info!(state = n.state, title = %n.title, node = ?n.node, detail = %n.detail, "alarm");
+                deliver(&cfg, n);
+            }
+        }
+        if let Some(last) = events.last() {
+            handled = handled.max(last.seq);
+            writes.push(Command::Notified { seq: last.seq });
+        }
         if retention != Some(node.config.events.retention) {
             writes.push(Command::SetRetention {
                 events: node.config.events.retention,
@@ -94,13 +109,6 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
             {
                 tracing::debug!(error = %e, "could not record alarms");
             }
-        }
-        for e in &events {
-            for n in notifications(e, &me) {
-                tracing::info!(state = n.state, title = %n.title, node = ?n.node, detail = %n.detail, "alarm");
-                deliver(&cfg, n);
-            }
-            handled = handled.max(e.seq);
         }
     }
 }

@@ -79,6 +79,11 @@ pub struct Node {
     pub store: std::sync::OnceLock<crate::store::replicate::Replicator>,
     /// This node's Prometheus registry (live metrics; the rest is read at scrape time).
     pub metrics: crate::api::metrics::NodeMetrics,
+    /// The virtual IP while this node's keeper reports it on the interface.
+    pub vip_held: Arc<Mutex<Option<crate::address::vip::Vip>>>,
+    /// True from the first hold sent to the VIP keeper until it confirms a release: a release
+    /// of the active role is committed only after this clears (see `role::wait_vip_released`).
+    pub vip_unreleased: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Node {
@@ -194,6 +199,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         hooks: HookRunner::new(config.hooks.clone(), me.id.clone()),
         store: std::sync::OnceLock::new(),
         metrics: crate::api::metrics::NodeMetrics::new(),
+        vip_held: Arc::new(Mutex::new(None)),
+        vip_unreleased: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     });
     let maxmemory = config.store.as_ref().map_or(0, |s| s.maxmemory);
     let replicator = crate::store::replicate::Replicator::start(node.clone(), maxmemory, tasks.clone());
@@ -238,6 +245,31 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         tracker.spawn(reporter::run(node.clone(), transitions_rx, tasks.clone()));
         tracker.spawn(lease::run(node.clone(), role_token.clone()));
         role_task = Some(tokio::spawn(role::run(node.clone(), role_token.clone())));
+    }
+    if let (true, Some(addr)) = (node.is_data(), &config.address) {
+        match std::env::current_exe() {
+            Ok(binary) => {
+                let driver = crate::address::vip::driver::Driver {
+                    args: crate::address::vip::KeeperArgs {
+                        interface: addr.interface.clone(),
+                        vip: addr.vip(),
+                        garp_count: addr.garp_count,
+                        garp_interval: addr.garp_interval,
+                    },
+                    binary,
+                    local: node.local.subscribe(),
+                    heartbeat: config.timing.heartbeat_interval,
+                    margin: lease::margin(config.timing.lease),
+                    held: node.vip_held.clone(),
+                    unreleased: node.vip_unreleased.clone(),
+                };
+                tracker.spawn(driver.run(tasks.clone()));
+            }
+            // Without the keeper the VIP is never added: the node runs, the address stays put.
+            Err(e) => {
+                tracing::error!(error = %e, vip = %addr.vip, "cannot find our own binary to run the vip keeper")
+            }
+        }
     }
     tracing::info!(node.id = %me.id, admin = %me.admin, "node running");
 

@@ -94,6 +94,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
             if !named || local.epoch != epoch {
                 demote(&node, local.epoch, "deposed").await;
                 wait_service_stood_down(&node).await;
+                wait_vip_released(&node).await;
                 if deposed
                     .as_ref()
                     .is_some_and(|d| d.node == me && d.epoch == local.epoch)
@@ -290,6 +291,17 @@ async fn wait_service_stood_down(node: &Arc<Node>) {
     }
 }
 
+/// Waits until the VIP keeper confirmed the address is off the interface, or until any hold
+/// it was given has run out (holds never outlast the lease, counted from before the demote).
+/// Only then may the node confirm a release: a successor promoted on that release adds the
+/// VIP at once, without waiting for our lease.
+async fn wait_vip_released(node: &Arc<Node>) {
+    let until = Instant::now() + node.config.timing.lease;
+    while node.vip_unreleased.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// Stops acting as active: the service learns at once, then the demote hook runs.
 async fn demote(node: &Arc<Node>, epoch: u64, reason: &str) {
     node.local.send_replace(super::LocalRole {
@@ -325,6 +337,7 @@ pub async fn shutdown(node: &Arc<Node>) {
     }
     demote(node, local.epoch, "shutting down").await;
     wait_service_stood_down(node).await;
+    wait_vip_released(node).await;
     let me = node.cluster.me().to_string();
     let at = unix_ms();
     // One entry: the coordinator must never see the release without the node being unhealthy,

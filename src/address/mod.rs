@@ -1,0 +1,2 @@
+//! The floating address: a virtual IP that moves with the active node (`vip`).
+pub mod vip;
