@@ -57,6 +57,9 @@ pub struct Config {
     /// The replicated Redis-protocol store (data nodes only).
     #[serde(default)]
     pub store: Option<StoreConfig>,
+    /// A front proxy run by this node too (see `address::proxy`).
+    #[serde(default)]
+    pub proxy: Option<crate::address::proxy::config::ProxyConfig>,
 }
 
 /// `[store]`: a Redis-protocol server on this node over the replicated key-value state.
@@ -681,6 +684,9 @@ impl Config {
                     "must not be empty (omit it for no password)",
                 ));
             }
+        }
+        if let Some(p) = &self.proxy {
+            p.validate()?;
         }
         if self.hooks.timeout.is_zero() {
             return Err(invalid("hooks.timeout", "must be greater than 0"));
