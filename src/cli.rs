@@ -170,7 +170,16 @@ pub fn render_status(s: &Status) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
     t.set_header(vec![
-        "node", "kind", "prio", "role", "healthy", "in sync", "lag", "maint", "checks", "paths",
+        "node",
+        "kind",
+        "prio",
+        "role",
+        "healthy",
+        "in sync",
+        "lag",
+        "maint/drain",
+        "checks",
+        "paths",
     ]);
     for n in &s.nodes {
         let checks = n
@@ -191,7 +200,12 @@ pub fn render_status(s: &Status) -> String {
             },
             yes_no(n.in_sync).to_string(),
             n.lag.to_string(),
-            yes_no(n.maintenance).to_string(),
+            match (n.maintenance, n.drain) {
+                (true, true) => "yes, drained".to_string(),
+                (true, false) => "yes".to_string(),
+                (false, true) => "drained".to_string(),
+                (false, false) => "no".to_string(),
+            },
             checks,
             paths_text(n),
         ]);
@@ -248,6 +262,18 @@ pub async fn maintenance(api: &str, node: &str, on: bool, json: bool) -> Result<
     let r = post(
         api,
         "/v1/maintenance",
+        Some(serde_json::json!({"node": node, "on": on})),
+    )
+    .await?;
+    print_reply(&r, json);
+    Ok(())
+}
+
+/// `standin drain NODE [--off]`: take a node out of load balancing (or back in).
+pub async fn drain(api: &str, node: &str, on: bool, json: bool) -> Result<(), CliError> {
+    let r = post(
+        api,
+        "/v1/drain",
         Some(serde_json::json!({"node": node, "on": on})),
     )
     .await?;

@@ -142,6 +142,10 @@ pub struct Member {
     /// front proxies and benchmarks).
     #[serde(default)]
     pub service_address: Option<SocketAddr>,
+    /// Where clients reach this node's Redis-protocol store (informational; used by front
+    /// proxies for the store's floating address).
+    #[serde(default)]
+    pub store_address: Option<SocketAddr>,
 }
 
 fn default_priority() -> u32 {
@@ -762,6 +766,7 @@ priority = 100
 addresses = ["10.0.0.1:7100", "10.1.0.1:7100"]
 admin = "10.0.0.1:7180"
 service-address = "10.0.0.1:6379"
+store-address = "10.0.0.1:6380"
 
 [[member]]
 id = "b"
@@ -908,6 +913,7 @@ args = ["1000"]
         );
         assert_eq!(a.admin, "10.0.0.1:7180".parse().unwrap());
         assert_eq!(a.service_address, Some("10.0.0.1:6379".parse().unwrap()));
+        assert_eq!(a.store_address, Some("10.0.0.1:6380".parse().unwrap()));
         let b = c.member("b").unwrap();
         assert_eq!(
             (b.kind, b.priority, b.service_address),

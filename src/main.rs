@@ -69,6 +69,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Take a data node out of load balancing (front proxies send it no new connections;
+    /// existing ones finish), or back in with --off.
+    Drain {
+        #[command(flatten)]
+        api: Api,
+        node: String,
+        #[arg(long)]
+        off: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// The event history: role changes, failovers with cause and timing, health, hooks.
     Events {
         #[command(flatten)]
@@ -310,6 +321,7 @@ async fn async_main(args: Args) -> ExitCode {
             node,
             json,
         } => cli_result(cli::maintenance(&api.api, &node, mode == "on", json).await),
+        Cmd::Drain { api, node, off, json } => cli_result(cli::drain(&api.api, &node, !off, json).await),
         Cmd::Events { api, since, json } => cli_result(cli::events(&api.api, since.as_deref(), json).await),
         Cmd::Demo { dir } => {
             init_tracing();
