@@ -185,13 +185,16 @@ pub fn spawn(cluster: Vec<String>, cancel: CancellationToken) -> Watcher {
             if started.elapsed() > Duration::from_secs(2) {
                 backoff = Duration::from_millis(50);
             }
-            if down_since.is_none() || started.elapsed() > Duration::from_secs(2) {
+            if matches!(reason, WatchError::Stale) {
+                // Followers' own views are marked stale: look for the leader's.
+                tracing::debug!(api = %api, "view stale for a while; trying the next node");
+            } else if down_since.is_none() || started.elapsed() > Duration::from_secs(2) {
                 down_since = Some(Instant::now());
                 tracing::warn!(api = %api, error = %reason, "lost the cluster view; trying the next node, forwarding by the last view");
             }
             i += 1;
             // One round over the list without backoff, then back off between rounds.
-            if i % cluster.len() == 0 {
+            if i.is_multiple_of(cluster.len()) {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
