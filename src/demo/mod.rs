@@ -66,7 +66,12 @@ async fn start_proxy(cluster: &LocalCluster, cancel: &CancellationToken) -> Resu
     let floating = Floating {
         service: addr(&bound.listeners[0])?,
         store: addr(&bound.listeners[1])?,
-        admin: addr(bound.admin.as_ref().ok_or_else(|| HarnessError("no proxy admin".into()))?)?,
+        admin: addr(
+            bound
+                .admin
+                .as_ref()
+                .ok_or_else(|| HarnessError("no proxy admin".into()))?,
+        )?,
     };
     let cancel = cancel.clone();
     tokio::spawn(async move {
