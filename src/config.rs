@@ -69,6 +69,9 @@ pub struct Config {
     /// The floating address this node holds while active (data nodes only).
     #[serde(default)]
     pub address: Option<AddressConfig>,
+    /// A front proxy run by this node too (see `address::proxy`).
+    #[serde(default)]
+    pub proxy: Option<crate::address::proxy::config::ProxyConfig>,
 }
 
 /// `[events]`: the replicated event history.
@@ -908,6 +911,9 @@ impl Config {
             if a.garp_interval > Duration::from_secs(10) {
                 return Err(invalid("address.garp-interval", "must be at most 10s"));
             }
+        }
+        if let Some(p) = &self.proxy {
+            p.validate()?;
         }
         if self.hooks.timeout.is_zero() {
             return Err(invalid("hooks.timeout", "must be greater than 0"));

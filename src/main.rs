@@ -90,6 +90,21 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Run a front proxy: one stable address for the active node, or load balancing over
+    /// every healthy data node (see README: Floating address).
+    Proxy {
+        /// A file with a `[proxy]` section (alone, or in a node's config).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Show a front proxy's listeners, backends and counters.
+    ProxyStatus {
+        /// The proxy's control API (`[proxy] admin`), host:port.
+        #[arg(long, env = "STANDIN_PROXY", default_value = "127.0.0.1:7100")]
+        proxy: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a local 3-node cluster (a, b, witness w) with a demo HTTP service.
     Demo {
         /// Where configs, data and logs go (default: a new temporary directory).
@@ -252,8 +267,26 @@ async fn async_main(args: Args) -> ExitCode {
                     return code(exit::UNAVAILABLE);
                 }
             };
+            let proxy = match &config.proxy {
+                Some(p) => match standin::address::proxy::Bound::bind(p).await {
+                    Ok(b) => Some((p.clone(), b)),
+                    Err(e) => {
+                        eprintln!("standin: {e}");
+                        return code(exit::UNAVAILABLE);
+                    }
+                },
+                None => None,
+            };
             let token = CancellationToken::new();
             shutdown_on_signals(token.clone());
+            if let Some((p, bound)) = proxy {
+                let token = token.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = standin::address::proxy::run(p, bound, token).await {
+                        tracing::error!(error = %e, "proxy failed");
+                    }
+                });
+            }
             match standin::node::run(config, listeners, token).await {
                 Ok(()) => code(exit::OK),
                 Err(e) => {
@@ -278,6 +311,33 @@ async fn async_main(args: Args) -> ExitCode {
                 code(EXIT_CONFIG)
             }
         },
+        Cmd::Proxy { config } => {
+            init_tracing();
+            let config = match standin::address::proxy::config::ProxyConfig::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("standin: {e}");
+                    return code(EXIT_CONFIG);
+                }
+            };
+            let bound = match standin::address::proxy::Bound::bind(&config).await {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("standin: {e}");
+                    return code(exit::UNAVAILABLE);
+                }
+            };
+            let token = CancellationToken::new();
+            shutdown_on_signals(token.clone());
+            match standin::address::proxy::run(config, bound, token).await {
+                Ok(()) => code(exit::OK),
+                Err(e) => {
+                    eprintln!("standin: {e}");
+                    code(1)
+                }
+            }
+        }
+        Cmd::ProxyStatus { proxy, json } => cli_result(cli::proxy_status(&proxy, json).await),
         Cmd::Status { api, json } => cli_result(cli::status(&api.api, json).await),
         Cmd::Switchover { api, to, wait, json } => {
             let wait = (!wait.is_zero()).then_some(wait);

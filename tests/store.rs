@@ -476,7 +476,7 @@ async fn a_long_absent_node_catches_up_from_a_snapshot() {
     .expect("join");
     assert_eq!(written, 3000);
     c.start("b").expect("start b");
-    c.wait_for(Duration::from_secs(30), "b back in sync", |s| {
+    c.wait_for(Duration::from_secs(60), "b back in sync", |s| {
         s.nodes
             .iter()
             .any(|n| n.id == "b" && n.in_sync && n.healthy && n.lag == 0)

@@ -660,8 +660,13 @@ impl ClusterState {
                 at,
             } => {
                 let key = format!("{peer} {address}");
-                if self.node_mut(node).paths.insert(key, *up) == Some(*up) {
+                let before = self.node_mut(node).paths.insert(key, *up);
+                if before == Some(*up) {
                     return CommandResult::refused("path already in that state");
+                }
+                // A path seen for the first time, up, is the normal start: recorded quietly.
+                if before.is_none() && *up {
+                    return CommandResult::ok();
                 }
                 self.event(
                     *at,
