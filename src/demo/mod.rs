@@ -136,6 +136,10 @@ pub async fn run(dir: Option<PathBuf>, cancel: CancellationToken) -> Result<(), 
         }
     }
     println!(
+        "  dashboard: http://{}/  (any node's admin address serves it; metrics at /metrics)",
+        cluster.nodes[0].admin
+    );
+    println!(
         "  try: STANDIN_API={} standin status | switchover | events; Ctrl-C stops everything",
         cluster.nodes[0].admin
     );
