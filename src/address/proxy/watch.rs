@@ -1,6 +1,9 @@
 //! Following the cluster: `GET /v1/watch` (server-sent events, one `status` event per change)
-//! on one of the `cluster` admin APIs, reconnecting across the list with backoff. A node that
-//! does not have `/v1/watch` (older version) is polled on `/v1/status` every 100 ms instead.
+//! on EVERY `cluster` admin API at once, each reconnecting with backoff. The view in force is
+//! the most recent one heard in the last few seconds: not stale before stale, then the highest
+//! epoch, term and commit index. So a node that is killed, frozen or cut off (whose stream goes
+//! silent or stale) costs nothing: the others' streams carry the failover. A node that does not
+//! have `/v1/watch` (older version) is polled on `/v1/status` every 100 ms instead.
 //!
 //! The proxy only reads the fields it needs ([`View`]), each with a default where older nodes
 //! lack it, so proxy and nodes can be upgraded one at a time. While no node answers, the last
@@ -26,6 +29,10 @@ use crate::config::NodeKind;
 pub struct View {
     pub epoch: u64,
     pub active: Option<String>,
+    #[serde(default)]
+    pub term: u64,
+    #[serde(default)]
+    pub commit_index: u64,
     #[serde(default)]
     pub view_from: String,
     /// The answering node has not heard a quorum: its view may be old.
@@ -102,6 +109,8 @@ struct Info {
     connected: bool,
     last_update: Option<Instant>,
     last_error: Option<String>,
+    /// The latest view from each source, when it came, and how.
+    latest: std::collections::HashMap<String, (Instant, &'static str, View)>,
 }
 
 /// The watcher's output: the latest view, and its health.
@@ -135,15 +144,10 @@ enum WatchError {
     /// The node has no `/v1/watch`: poll it instead.
     #[error("no /v1/watch")]
     NotSupported,
-    /// Only stale views for a while: try another node.
-    #[error("this node has not heard a quorum for a while")]
-    Stale,
 }
 
 /// A node has no event for this long: the connection is dead (it sends at least every 1 s).
 const SILENCE: Duration = Duration::from_secs(3);
-/// Stale views for this long: another node may know better.
-const STALE_SWITCH: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const POLL_EVERY: Duration = Duration::from_millis(100);
 
@@ -155,55 +159,66 @@ pub fn spawn(cluster: Vec<String>, cancel: CancellationToken) -> Watcher {
         views,
         info: info.clone(),
     };
-    tokio::spawn(async move {
-        let mut i = 0usize;
-        let mut backoff = Duration::from_millis(50);
-        let mut down_since: Option<Instant> = None;
-        loop {
-            let api = &cluster[i % cluster.len()];
-            let started = Instant::now();
-            let result = tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = follow(api, &tx, &info) => r,
-            };
-            let reason = match result {
-                Err(WatchError::NotSupported) => {
-                    tracing::info!(api = %api, "node has no /v1/watch; polling /v1/status");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        r = poll(api, &tx, &info) => r.err().unwrap_or(WatchError::Failed("stopped".into())),
-                    }
-                }
-                Err(e) => e,
-                Ok(()) => WatchError::Failed("stream ended".into()),
-            };
-            {
-                let mut inf = info.lock().unwrap_or_else(|p| p.into_inner());
-                inf.connected = false;
-                inf.last_error = Some(format!("{api}: {reason}"));
-            }
-            if started.elapsed() > Duration::from_secs(2) {
-                backoff = Duration::from_millis(50);
-            }
-            if matches!(reason, WatchError::Stale) {
-                // Views that stay stale (no leader or quorum heard there): try another node.
-                tracing::debug!(api = %api, "view stale for a while; trying the next node");
-            } else if down_since.is_none() || started.elapsed() > Duration::from_secs(2) {
-                down_since = Some(Instant::now());
-                tracing::warn!(api = %api, error = %reason, "lost the cluster view; trying the next node, forwarding by the last view");
-            }
-            i += 1;
-            // One round over the list without backoff, then back off between rounds.
-            if i.is_multiple_of(cluster.len()) {
+    for api in cluster {
+        let (tx, info, cancel) = (tx.clone(), info.clone(), cancel.clone());
+        tokio::spawn(async move { follow_forever(&api, &tx, &info, &cancel).await });
+    }
+    watcher
+}
+
+/// Follows one node until `cancel`, reconnecting with backoff.
+async fn follow_forever(
+    api: &str,
+    tx: &watch::Sender<Option<Arc<View>>>,
+    info: &Mutex<Info>,
+    cancel: &CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(50);
+    let mut warned = false;
+    loop {
+        let started = Instant::now();
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = follow(api, tx, info) => r,
+        };
+        let reason = match result {
+            Err(WatchError::NotSupported) => {
+                tracing::info!(api = %api, "node has no /v1/watch; polling /v1/status");
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                    r = poll(api, tx, info) => r.err().unwrap_or(WatchError::Failed("stopped".into())),
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
+            Err(e) => e,
+            Ok(()) => WatchError::Failed("stream ended".into()),
+        };
+        {
+            let mut inf = info.lock().unwrap_or_else(|p| p.into_inner());
+            inf.latest.remove(api);
+            if inf.latest.is_empty() {
+                inf.connected = false;
+            }
+            inf.last_error = Some(format!("{api}: {reason}"));
         }
-    });
-    watcher
+        if started.elapsed() > Duration::from_secs(2) {
+            backoff = Duration::from_millis(50);
+            warned = false;
+        }
+        if !warned {
+            warned = true;
+            tracing::warn!(api = %api, error = %reason, "lost this node's view; following the others");
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// The rank of a view: current before stale, then the newest state.
+fn rank(v: &View) -> (bool, u64, u64, u64) {
+    (!v.stale, v.epoch, v.term, v.commit_index)
 }
 
 fn publish(
@@ -213,42 +228,52 @@ fn publish(
     method: &'static str,
     view: View,
 ) {
-    {
+    let best = {
         let mut inf = info.lock().unwrap_or_else(|p| p.into_inner());
-        if !inf.connected || inf.source.as_deref() != Some(api) {
-            tracing::info!(api = %api, method, epoch = view.epoch, active = ?view.active, "following the cluster");
+        let now = Instant::now();
+        inf.latest.insert(api.to_string(), (now, method, view));
+        // Sources silent for a while (a frozen node) no longer count.
+        inf.latest
+            .retain(|_, (at, _, _)| now.duration_since(*at) < SILENCE);
+        let Some(top) = inf.latest.values().map(|(_, _, v)| rank(v)).max() else {
+            return;
+        };
+        // On a tie keep the current source, so equal views do not flip between nodes.
+        let current = inf
+            .source
+            .as_ref()
+            .filter(|s| inf.latest.get(*s).is_some_and(|(_, _, v)| rank(v) == top))
+            .cloned();
+        let source = current.unwrap_or_else(|| {
+            let mut tied: Vec<&String> = inf
+                .latest
+                .iter()
+                .filter(|(_, (_, _, v))| rank(v) == top)
+                .map(|(k, _)| k)
+                .collect();
+            tied.sort();
+            tied[0].clone()
+        });
+        let Some((at, how, best)) = inf.latest.get(&source).cloned() else {
+            return;
+        };
+        if !inf.connected || inf.source.as_deref() != Some(source.as_str()) {
+            tracing::info!(api = %source, method = how, epoch = best.epoch, active = ?best.active, "following the cluster");
         }
         inf.connected = true;
-        inf.source = Some(api.to_string());
-        inf.method = Some(method);
-        inf.last_update = Some(Instant::now());
-    }
+        inf.source = Some(source);
+        inf.method = Some(how);
+        inf.last_update = Some(at);
+        best
+    };
     tx.send_if_modified(|cur| {
-        if cur.as_deref() == Some(&view) {
+        if cur.as_deref() == Some(&best) {
             false
         } else {
-            *cur = Some(Arc::new(view));
+            *cur = Some(Arc::new(best));
             true
         }
     });
-}
-
-/// Tracks how long the views from one node have been stale.
-struct Staleness(Option<Instant>);
-
-impl Staleness {
-    fn check(&mut self, view: &View) -> Result<(), WatchError> {
-        if !view.stale {
-            self.0 = None;
-            return Ok(());
-        }
-        let since = *self.0.get_or_insert_with(Instant::now);
-        if since.elapsed() > STALE_SWITCH {
-            Err(WatchError::Stale)
-        } else {
-            Ok(())
-        }
-    }
 }
 
 /// Follows `/v1/watch` on one node until it fails.
@@ -285,7 +310,6 @@ async fn follow(
     }
     let mut body = resp.into_body();
     let mut parser = SseParser::default();
-    let mut stale = Staleness(None);
     loop {
         let frame = tokio::time::timeout(SILENCE, body.frame())
             .await
@@ -302,7 +326,6 @@ async fn follow(
             }
             match serde_json::from_str::<View>(&ev.data) {
                 Ok(view) => {
-                    stale.check(&view)?;
                     publish(tx, info, api, "watch", view);
                 }
                 Err(e) => tracing::warn!(api = %api, error = %e, "unreadable status event"),
@@ -325,7 +348,6 @@ async fn poll(
     tx: &watch::Sender<Option<Arc<View>>>,
     info: &Mutex<Info>,
 ) -> Result<(), WatchError> {
-    let mut stale = Staleness(None);
     loop {
         let r = crate::api::client::request(api, hyper::Method::GET, "/v1/status", None, CONNECT_TIMEOUT)
             .await
@@ -335,7 +357,6 @@ async fn poll(
         }
         let view: View = serde_json::from_str(&r.body)
             .map_err(|e| WatchError::Failed(format!("unreadable status: {e}")))?;
-        stale.check(&view)?;
         publish(tx, info, api, "poll", view);
         tokio::time::sleep(POLL_EVERY).await;
     }
