@@ -415,6 +415,35 @@ async fn kill_9_of_the_active_fails_over_through_the_floating_address() {
     let l = proxy.listener("http").await;
     assert_eq!(l.active.as_deref(), Some(new.as_str()));
     assert_eq!(l.epoch, after.epoch);
+    // The proxy's Prometheus metrics count the same traffic.
+    let m = standin::api::client::request(
+        &proxy.admin.to_string(),
+        hyper::Method::GET,
+        "/metrics",
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("scrape the proxy");
+    assert_eq!(m.status, 200);
+    assert!(m.body.ends_with("# EOF\n"), "{}", m.body);
+    let value = |line_start: &str| -> f64 {
+        m.body
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit_once(' '))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in:\n{}", m.body))
+    };
+    assert!(value("standin_proxy_connections_total{listener=\"tcp\"}") >= 100.0);
+    assert!(value("standin_proxy_requests_total{listener=\"http\"}") >= 100.0);
+    assert_eq!(value("standin_proxy_cluster_epoch"), after.epoch as f64);
+    assert_eq!(
+        value(&format!(
+            "standin_proxy_backend_up{{listener=\"http\",node=\"{new}\"}}"
+        )),
+        1.0
+    );
     drop(proxy);
     let _ = &mut f;
 }

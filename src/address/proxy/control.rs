@@ -43,6 +43,7 @@ impl IntoResponse for ProxyError {
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, cancel: CancellationToken) {
     let app = Router::new()
         .route("/v1/proxy", get(status))
+        .route("/metrics", get(metrics))
         .route(
             "/v1/proxy/listeners/:name",
             get(get_listener).put(put_listener).delete(delete_listener),
@@ -54,6 +55,128 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, cancel: Cancellatio
     {
         tracing::error!(error = %e, "proxy control API stopped");
     }
+}
+
+/// `GET /metrics`: the proxy's counters in Prometheus / OpenMetrics text (its own registry,
+/// built from the same figures as `GET /v1/proxy`).
+async fn metrics(State(p): State<Arc<Proxy>>) -> Response {
+    match render_metrics(&p.status()) {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+fn render_metrics(st: &super::status::ProxyStatus) -> Result<String, std::fmt::Error> {
+    use prometheus_client::encoding::EncodeMetric;
+    use prometheus_client::metrics::counter::ConstCounter;
+    use prometheus_client::metrics::gauge::ConstGauge;
+    use prometheus_client::metrics::MetricType;
+
+    #[derive(Debug)]
+    struct Snapshot(super::status::ProxyStatus);
+    impl prometheus_client::collector::Collector for Snapshot {
+        fn encode(
+            &self,
+            mut enc: prometheus_client::encoding::DescriptorEncoder<'_>,
+        ) -> Result<(), std::fmt::Error> {
+            let st = &self.0;
+            let l = |pairs: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
+                pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+            };
+            let mut m = enc.encode_descriptor(
+                "cluster_connected",
+                "1 while a cluster view is being received",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(i64::from(st.cluster.connected)).encode(m.encode_family(&l(&[]))?)?;
+            let mut m = enc.encode_descriptor(
+                "cluster_epoch",
+                "The epoch of the view in force",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(st.cluster.epoch.unwrap_or(0) as i64).encode(m.encode_family(&l(&[]))?)?;
+            type Pick = fn(&super::status::ListenerStatus) -> u64;
+            let counters: [(&str, &str, Pick); 4] = [
+                ("connections", "Client connections accepted", |x| x.connections),
+                ("requests", "HTTP requests forwarded (http listeners)", |x| {
+                    x.requests
+                }),
+                (
+                    "errors",
+                    "Connections or requests that failed (no backend, backend failed)",
+                    |x| x.errors,
+                ),
+                ("retries", "Connects retried on another node", |x| x.retries),
+            ];
+            for (name, help, pick) in counters {
+                let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+                for x in &st.listeners {
+                    ConstCounter::new(pick(x)).encode(m.encode_family(&l(&[("listener", &x.name)]))?)?;
+                }
+            }
+            let mut m = enc.encode_descriptor(
+                "open_connections",
+                "Client connections open now",
+                None,
+                MetricType::Gauge,
+            )?;
+            for x in &st.listeners {
+                ConstGauge::new(x.open as i64).encode(m.encode_family(&l(&[("listener", &x.name)]))?)?;
+            }
+            let mut m = enc.encode_descriptor(
+                "backend_up",
+                "1 if the backend may get new connections (cluster, checks, not ejected)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for x in &st.listeners {
+                for u in &x.upstreams {
+                    let up = u.cluster_ok && u.check_ok && u.ejected_ms.is_none();
+                    ConstGauge::new(i64::from(up))
+                        .encode(m.encode_family(&l(&[("listener", &x.name), ("node", &u.node)]))?)?;
+                }
+            }
+            let mut m = enc.encode_descriptor(
+                "backend_failures",
+                "Failed connects or 5xx answers per backend",
+                None,
+                MetricType::Counter,
+            )?;
+            for x in &st.listeners {
+                for u in &x.upstreams {
+                    ConstCounter::new(u.failures)
+                        .encode(m.encode_family(&l(&[("listener", &x.name), ("node", &u.node)]))?)?;
+                }
+            }
+            let mut m = enc.encode_descriptor(
+                "backend_ejections",
+                "Outlier ejections per backend",
+                None,
+                MetricType::Counter,
+            )?;
+            for x in &st.listeners {
+                for u in &x.upstreams {
+                    ConstCounter::new(u64::from(u.ejections))
+                        .encode(m.encode_family(&l(&[("listener", &x.name), ("node", &u.node)]))?)?;
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut reg = prometheus_client::registry::Registry::with_prefix("standin_proxy");
+    reg.register_collector(Box::new(Snapshot(st.clone())));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &reg)?;
+    Ok(out)
 }
 
 async fn status(State(p): State<Arc<Proxy>>) -> Response {
