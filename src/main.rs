@@ -90,6 +90,12 @@ enum Cmd {
         #[command(subcommand)]
         which: BenchCmd,
     },
+    /// The proxy benchmark's backend: a fixed answer to every HTTP request.
+    #[command(hide = true)]
+    BenchBackend {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
     /// The demo's built-in HTTP service (started by `standin demo`).
     #[command(hide = true)]
     DemoService {
@@ -123,6 +129,21 @@ enum BenchCmd {
         /// Keep one core saturated by a busy process during the run.
         #[arg(long)]
         cpu_hog: bool,
+        /// Where the client sends its requests: `nodes` (every node's service) or `proxy` (one
+        /// failover listener of `standin proxy` in front of the cluster: the floating address).
+        #[arg(long, default_value = "nodes", value_parser = ["nodes", "proxy"])]
+        via: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Floating-address proxy overhead with wrk: direct, HAProxy, standin's proxy (BENCHMARKS.md §4).
+    Proxy {
+        /// How long each wrk run lasts (whole seconds).
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Connections wrk keeps open (the same for every row).
+        #[arg(long, default_value_t = 50)]
+        connections: u32,
         #[arg(long)]
         json: bool,
     },
@@ -181,7 +202,12 @@ fn cli_result(r: Result<(), CliError>) -> ExitCode {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The proxy benchmark's backend gets one thread, like wrk and HAProxy beside it.
+    let mut builder = match args.command {
+        Cmd::BenchBackend { .. } => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("standin: cannot start the runtime: {e}");
@@ -263,33 +289,56 @@ async fn async_main(args: Args) -> ExitCode {
                 }
             }
         }
-        Cmd::Bench { which } => match which {
-            BenchCmd::Store { requests, json } => {
-                init_tracing();
-                match standin::bench::store::run(requests, json).await {
-                    Ok(()) => code(exit::OK),
-                    Err(e) => {
-                        eprintln!("standin: {e:#}");
-                        code(1)
+        Cmd::Bench { which } => {
+            init_tracing();
+            let result = match which {
+                BenchCmd::Store { requests, json } => {
+                    standin::bench::until_interrupted(standin::bench::store::run(requests, json)).await
+                }
+                BenchCmd::Failover {
+                    trials,
+                    faults,
+                    cpu_hog,
+                    via,
+                    json,
+                } => match standin::bench::Via::parse(&via) {
+                    Ok(via) => {
+                        standin::bench::until_interrupted(standin::bench::failover(
+                            trials, &faults, cpu_hog, via, json,
+                        ))
+                        .await
                     }
+                    Err(e) => Err(e),
+                },
+                BenchCmd::Proxy {
+                    duration,
+                    connections,
+                    json,
+                } => {
+                    standin::bench::until_interrupted(standin::bench::proxy::run(duration, connections, json))
+                        .await
+                }
+            };
+            match result {
+                Ok(()) => code(exit::OK),
+                Err(e) => {
+                    eprintln!("standin: {e:#}");
+                    code(1)
                 }
             }
-            BenchCmd::Failover {
-                trials,
-                faults,
-                cpu_hog,
-                json,
-            } => {
-                init_tracing();
-                match standin::bench::failover(trials, &faults, cpu_hog, json).await {
-                    Ok(()) => code(exit::OK),
-                    Err(e) => {
-                        eprintln!("standin: {e:#}");
-                        code(1)
-                    }
+        }
+        Cmd::BenchBackend { listen } => {
+            init_tracing();
+            let token = CancellationToken::new();
+            shutdown_on_signals(token.clone());
+            match standin::bench::backend::run(listen, token).await {
+                Ok(()) => code(exit::OK),
+                Err(e) => {
+                    eprintln!("standin: {listen}: {e}");
+                    code(1)
                 }
             }
-        },
+        }
         Cmd::DemoService { listen, node, admin } => {
             init_tracing();
             let token = CancellationToken::new();
