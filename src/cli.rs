@@ -170,7 +170,16 @@ pub fn render_status(s: &Status) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
     t.set_header(vec![
-        "node", "kind", "prio", "role", "healthy", "in sync", "lag", "maint", "checks", "paths",
+        "node",
+        "kind",
+        "prio",
+        "role",
+        "healthy",
+        "in sync",
+        "lag",
+        "maint/drain",
+        "checks",
+        "paths",
     ]);
     for n in &s.nodes {
         let checks = n
@@ -191,7 +200,12 @@ pub fn render_status(s: &Status) -> String {
             },
             yes_no(n.in_sync).to_string(),
             n.lag.to_string(),
-            yes_no(n.maintenance).to_string(),
+            match (n.maintenance, n.drain) {
+                (true, true) => "yes, drained".to_string(),
+                (true, false) => "yes".to_string(),
+                (false, true) => "drained".to_string(),
+                (false, false) => "no".to_string(),
+            },
             checks,
             paths_text(n),
         ]);
@@ -248,6 +262,18 @@ pub async fn maintenance(api: &str, node: &str, on: bool, json: bool) -> Result<
     let r = post(
         api,
         "/v1/maintenance",
+        Some(serde_json::json!({"node": node, "on": on})),
+    )
+    .await?;
+    print_reply(&r, json);
+    Ok(())
+}
+
+/// `standin drain NODE [--off]`: take a node out of load balancing (or back in).
+pub async fn drain(api: &str, node: &str, on: bool, json: bool) -> Result<(), CliError> {
+    let r = post(
+        api,
+        "/v1/drain",
         Some(serde_json::json!({"node": node, "on": on})),
     )
     .await?;
@@ -353,4 +379,98 @@ pub async fn switchover(
         );
     }
     Ok(())
+}
+
+/// `standin proxy-status`: a front proxy's listeners and backends.
+pub async fn proxy_status(proxy: &str, json: bool) -> Result<(), CliError> {
+    let (status, raw) = get_json::<crate::address::proxy::status::ProxyStatus>(proxy, "/v1/proxy").await?;
+    if json {
+        println!("{raw}");
+    } else {
+        print!("{}", render_proxy_status(&status));
+    }
+    Ok(())
+}
+
+/// The human-readable proxy status: the cluster view, then one table row per backend.
+pub fn render_proxy_status(s: &crate::address::proxy::status::ProxyStatus) -> String {
+    let c = &s.cluster;
+    let mut out = format!(
+        "cluster: {} via {} ({}), epoch {}, active {}{}\n",
+        if c.connected {
+            "following"
+        } else {
+            "NOT CONNECTED, using the last view"
+        },
+        c.source.as_deref().unwrap_or("-"),
+        c.method.as_deref().unwrap_or("-"),
+        c.epoch.map_or("-".to_string(), |e| e.to_string()),
+        c.active.as_deref().unwrap_or("none"),
+        if c.stale { " (stale view)" } else { "" }
+    );
+    if let Some(e) = c.last_error.as_deref().filter(|_| !c.connected) {
+        out.push_str(&format!("last error: {e}\n"));
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec![
+        "listener", "address", "mode", "backend", "address", "state", "open", "total", "failures",
+    ]);
+    for l in &s.listeners {
+        let head = format!(
+            "{}\n{:?} {:?}\nconns {} open {} reqs {} errors {} retries {}",
+            l.name,
+            l.settings.target,
+            l.settings.protocol,
+            l.connections,
+            l.open,
+            l.requests,
+            l.errors,
+            l.retries
+        )
+        .to_lowercase();
+        let mode = format!("{:?}", l.settings.mode).to_lowercase();
+        if l.upstreams.is_empty() {
+            t.add_row(vec![
+                head,
+                l.address.clone(),
+                mode,
+                "-".into(),
+                "-".into(),
+                "no backends".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+            continue;
+        }
+        for (i, u) in l.upstreams.iter().enumerate() {
+            let mut state = Vec::new();
+            if l.active.as_deref() == Some(u.node.as_str()) {
+                state.push("ACTIVE".to_string());
+            }
+            state.push(if u.cluster_ok { "ok" } else { "out (cluster)" }.to_string());
+            if !u.check_ok {
+                state.push("check FAIL".into());
+            }
+            if let Some(ms) = u.ejected_ms {
+                state.push(format!("ejected {ms} ms"));
+            }
+            let first = i == 0;
+            t.add_row(vec![
+                if first { head.clone() } else { String::new() },
+                if first { l.address.clone() } else { String::new() },
+                if first { mode.clone() } else { String::new() },
+                u.node.clone(),
+                u.address.clone(),
+                state.join(", "),
+                u.open.to_string(),
+                u.total.to_string(),
+                u.failures.to_string(),
+            ]);
+        }
+    }
+    out.push_str(&t.to_string());
+    out.push('\n');
+    out
 }

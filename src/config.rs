@@ -57,6 +57,9 @@ pub struct Config {
     /// The replicated Redis-protocol store (data nodes only).
     #[serde(default)]
     pub store: Option<StoreConfig>,
+    /// A front proxy run by this node too (see `address::proxy`).
+    #[serde(default)]
+    pub proxy: Option<crate::address::proxy::config::ProxyConfig>,
 }
 
 /// `[store]`: a Redis-protocol server on this node over the replicated key-value state.
@@ -139,6 +142,10 @@ pub struct Member {
     /// front proxies and benchmarks).
     #[serde(default)]
     pub service_address: Option<SocketAddr>,
+    /// Where clients reach this node's Redis-protocol store (informational; used by front
+    /// proxies for the store's floating address).
+    #[serde(default)]
+    pub store_address: Option<SocketAddr>,
 }
 
 fn default_priority() -> u32 {
@@ -682,6 +689,9 @@ impl Config {
                 ));
             }
         }
+        if let Some(p) = &self.proxy {
+            p.validate()?;
+        }
         if self.hooks.timeout.is_zero() {
             return Err(invalid("hooks.timeout", "must be greater than 0"));
         }
@@ -756,6 +766,7 @@ priority = 100
 addresses = ["10.0.0.1:7100", "10.1.0.1:7100"]
 admin = "10.0.0.1:7180"
 service-address = "10.0.0.1:6379"
+store-address = "10.0.0.1:6380"
 
 [[member]]
 id = "b"
@@ -902,6 +913,7 @@ args = ["1000"]
         );
         assert_eq!(a.admin, "10.0.0.1:7180".parse().unwrap());
         assert_eq!(a.service_address, Some("10.0.0.1:6379".parse().unwrap()));
+        assert_eq!(a.store_address, Some("10.0.0.1:6380".parse().unwrap()));
         let b = c.member("b").unwrap();
         assert_eq!(
             (b.kind, b.priority, b.service_address),

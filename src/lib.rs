@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 #![warn(rust_2018_idioms)]
 
+pub mod address;
 pub mod api;
 pub mod bench;
 pub mod cli;

@@ -69,6 +69,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Take a data node out of load balancing (front proxies send it no new connections;
+    /// existing ones finish), or back in with --off.
+    Drain {
+        #[command(flatten)]
+        api: Api,
+        node: String,
+        #[arg(long)]
+        off: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// The event history: role changes, failovers with cause and timing, health, hooks.
     Events {
         #[command(flatten)]
@@ -76,6 +87,21 @@ enum Cmd {
         /// Only events newer than this (e.g. 10m).
         #[arg(long)]
         since: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a front proxy: one stable address for the active node, or load balancing over
+    /// every healthy data node (see README: Floating address).
+    Proxy {
+        /// A file with a `[proxy]` section (alone, or in a node's config).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Show a front proxy's listeners, backends and counters.
+    ProxyStatus {
+        /// The proxy's control API (`[proxy] admin`), host:port.
+        #[arg(long, env = "STANDIN_PROXY", default_value = "127.0.0.1:7100")]
+        proxy: String,
         #[arg(long)]
         json: bool,
     },
@@ -235,8 +261,26 @@ async fn async_main(args: Args) -> ExitCode {
                     return code(exit::UNAVAILABLE);
                 }
             };
+            let proxy = match &config.proxy {
+                Some(p) => match standin::address::proxy::Bound::bind(p).await {
+                    Ok(b) => Some((p.clone(), b)),
+                    Err(e) => {
+                        eprintln!("standin: {e}");
+                        return code(exit::UNAVAILABLE);
+                    }
+                },
+                None => None,
+            };
             let token = CancellationToken::new();
             shutdown_on_signals(token.clone());
+            if let Some((p, bound)) = proxy {
+                let token = token.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = standin::address::proxy::run(p, bound, token).await {
+                        tracing::error!(error = %e, "proxy failed");
+                    }
+                });
+            }
             match standin::node::run(config, listeners, token).await {
                 Ok(()) => code(exit::OK),
                 Err(e) => {
@@ -261,6 +305,33 @@ async fn async_main(args: Args) -> ExitCode {
                 code(EXIT_CONFIG)
             }
         },
+        Cmd::Proxy { config } => {
+            init_tracing();
+            let config = match standin::address::proxy::config::ProxyConfig::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("standin: {e}");
+                    return code(EXIT_CONFIG);
+                }
+            };
+            let bound = match standin::address::proxy::Bound::bind(&config).await {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("standin: {e}");
+                    return code(exit::UNAVAILABLE);
+                }
+            };
+            let token = CancellationToken::new();
+            shutdown_on_signals(token.clone());
+            match standin::address::proxy::run(config, bound, token).await {
+                Ok(()) => code(exit::OK),
+                Err(e) => {
+                    eprintln!("standin: {e}");
+                    code(1)
+                }
+            }
+        }
+        Cmd::ProxyStatus { proxy, json } => cli_result(cli::proxy_status(&proxy, json).await),
         Cmd::Status { api, json } => cli_result(cli::status(&api.api, json).await),
         Cmd::Switchover { api, to, wait, json } => {
             let wait = (!wait.is_zero()).then_some(wait);
@@ -276,6 +347,7 @@ async fn async_main(args: Args) -> ExitCode {
             node,
             json,
         } => cli_result(cli::maintenance(&api.api, &node, mode == "on", json).await),
+        Cmd::Drain { api, node, off, json } => cli_result(cli::drain(&api.api, &node, !off, json).await),
         Cmd::Events { api, since, json } => cli_result(cli::events(&api.api, since.as_deref(), json).await),
         Cmd::Demo { dir } => {
             init_tracing();

@@ -590,3 +590,111 @@ async fn an_isolated_active_demotes_itself_and_the_others_fail_over() {
     prober.stop().await;
     assert_eq!(stale, 0, "two nodes acted as active");
 }
+
+/// Reads `GET /v1/watch` on `admin` until `pred` holds for an `event: status`, or `timeout`.
+/// Returns how many status events were read.
+async fn watch_until(
+    admin: &str,
+    timeout: Duration,
+    pred: impl Fn(&Status) -> bool,
+) -> Result<usize, String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut s = tokio::net::TcpStream::connect(admin)
+        .await
+        .map_err(|e| format!("connect {admin}: {e}"))?;
+    s.write_all(
+        format!("GET /v1/watch HTTP/1.1\r\nHost: {admin}\r\nAccept: text/event-stream\r\n\r\n").as_bytes(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut lines = BufReader::new(s).lines();
+    let mut events = 0;
+    let mut saw_sse_header = false;
+    let read = async {
+        while let Some(line) = lines.next_line().await.map_err(|e| e.to_string())? {
+            if line
+                .to_ascii_lowercase()
+                .starts_with("content-type: text/event-stream")
+            {
+                saw_sse_header = true;
+            }
+            // Chunked framing puts sizes on their own lines; data lines are intact.
+            if let Some(json) = line.strip_prefix("data: ") {
+                let st: Status =
+                    serde_json::from_str(json).map_err(|e| format!("bad status event: {e}: {json}"))?;
+                events += 1;
+                if pred(&st) {
+                    return Ok(());
+                }
+            }
+        }
+        Err("stream ended".to_string())
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(())) if saw_sse_header => Ok(events),
+        Ok(Ok(())) => Err("not served as text/event-stream".into()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!("condition not seen in {timeout:?} ({events} events)")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_is_replicated_and_pushed_to_watchers() {
+    let _g = SERIAL.lock().await;
+    let f = Fixture::start(false, "").await;
+    let s = f.status().await;
+    let active = active_of(&s);
+    // Every data node reports its store address for front proxies.
+    for n in s.nodes.iter().filter(|n| n.id != "w") {
+        assert!(n.store.is_some() && !n.drain, "{n:?}");
+    }
+    // A watcher on the witness (which never leads) sees the drain of b as soon as it commits.
+    let witness_api = f.api("w");
+    let watcher = tokio::spawn(async move {
+        watch_until(&witness_api, Duration::from_secs(10), |st| {
+            st.nodes.iter().any(|n| n.id == "b" && n.drain)
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = std::time::Instant::now();
+    let api = f.api("a");
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let api = api.clone();
+        move || cli(&["drain", "b", "--json"], &api)
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 0, "{out} {err}");
+    let events = watcher.await.expect("join").expect("drain pushed to the watcher");
+    println!(
+        "drain seen by a watcher {} ms after the CLI started ({events} events)",
+        t.elapsed().as_millis()
+    );
+    assert!(
+        events >= 2,
+        "the first event comes on connect, the drain in a later one"
+    );
+    // Draining is about load balancing: it moves no role.
+    f.assert_no_failover(Duration::from_millis(500), &active, s.epoch)
+        .await;
+    let (code, _, _) = tokio::task::spawn_blocking({
+        let api = api.clone();
+        move || cli(&["drain", "b", "--off"], &api)
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 0);
+    f.cluster
+        .wait_for(Duration::from_secs(5), "drain off", |st| {
+            st.nodes.iter().any(|n| n.id == "b" && !n.drain)
+        })
+        .await
+        .expect("drain off");
+    // A witness cannot be drained: it serves nothing. Refused with the usage exit code.
+    let (code, _, err) = tokio::task::spawn_blocking(move || cli(&["drain", "w"], &api))
+        .await
+        .expect("join");
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("witness"), "{err}");
+}

@@ -69,9 +69,15 @@ pub struct NodeStatus {
     pub reachable: bool,
     pub last_heard_ms_ago: Option<u64>,
     pub maintenance: bool,
+    /// Taken out of load balancing (`standin drain`).
+    #[serde(default)]
+    pub drain: bool,
     pub version: String,
     pub admin: String,
     pub service: Option<String>,
+    /// The node's Redis-protocol store address (`store-address` in its `[[member]]`).
+    #[serde(default)]
+    pub store: Option<String>,
     pub checks: Vec<CheckStatusJson>,
     /// Paths from `view_from` to this node (empty for `view_from` itself).
     pub paths: Vec<PathStatus>,
@@ -105,6 +111,7 @@ pub enum AdminAction {
     Switchover { to: Option<String> },
     Failback,
     Maintenance { node: String, on: bool },
+    Drain { node: String, on: bool },
 }
 
 /// The answer to a mutation.
@@ -167,6 +174,8 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, cancel: CancellationT
         .route("/v1/switchover", post(switchover_handler))
         .route("/v1/failback", post(failback_handler))
         .route("/v1/maintenance", post(maintenance_handler))
+        .route("/v1/drain", post(drain_handler))
+        .route("/v1/watch", get(watch_handler))
         .with_state(node);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
@@ -248,9 +257,11 @@ fn build_status(node: &Arc<Node>) -> Status {
                 reachable,
                 last_heard_ms_ago: last_heard.map(|t| now.duration_since(t).as_millis() as u64),
                 maintenance: rec.maintenance,
+                drain: rec.drain,
                 version: rec.version.clone(),
                 admin: m.admin.to_string(),
                 service: m.service_address.map(|a| a.to_string()),
+                store: m.store_address.map(|a| a.to_string()),
                 checks: rec
                     .checks
                     .iter()
@@ -424,6 +435,53 @@ async fn maintenance_handler(State(node): State<Arc<Node>>, Json(b): Json<Mainte
     .await
 }
 
+async fn drain_handler(State(node): State<Arc<Node>>, Json(b): Json<MaintenanceBody>) -> Response {
+    admin(
+        &node,
+        AdminAction::Drain {
+            node: b.node,
+            on: b.on,
+        },
+    )
+    .await
+}
+
+/// Shortest gap between two `/v1/watch` events (bursts of commits are coalesced).
+const WATCH_MIN_GAP: Duration = Duration::from_millis(10);
+/// Longest gap: an unchanged view is sent again this often (reachability and lag move on
+/// their own, and the client learns the stream is alive).
+const WATCH_MAX_GAP: Duration = Duration::from_secs(1);
+
+/// `GET /v1/watch`: server-sent events, `event: status` with this node's own view as JSON
+/// (not the leader's: it keeps working while this node is cut off, marked `stale`). Sent on
+/// connect, on every newly applied entry (at most every 10 ms) and at least every second.
+async fn watch_handler(
+    State(node): State<Arc<Node>>,
+) -> axum::response::sse::Sse<
+    impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    let applied = node.cluster.sm.subscribe();
+    let stream = futures::stream::unfold(
+        (node, applied, None::<tokio::time::Instant>),
+        |(node, mut applied, last)| async move {
+            if let Some(last) = last {
+                tokio::time::sleep_until(last + WATCH_MIN_GAP).await;
+                // A change, or the longest gap passed. An error: the state machine is gone (the
+                // node is shutting down).
+                if let Ok(Err(_)) = tokio::time::timeout_at(last + WATCH_MAX_GAP, applied.changed()).await {
+                    return None;
+                }
+                applied.borrow_and_update();
+            }
+            let status = build_status(&node);
+            let data = serde_json::to_string(&status).unwrap_or_default();
+            let event = axum::response::sse::Event::default().event("status").data(data);
+            Some((Ok(event), (node, applied, Some(tokio::time::Instant::now()))))
+        },
+    );
+    axum::response::sse::Sse::new(stream)
+}
+
 async fn admin(node: &Arc<Node>, action: AdminAction) -> Response {
     // Bad requests are refused here, whichever node gets them.
     if let Err(e) = validate_admin(&node.config, &action) {
@@ -493,6 +551,7 @@ fn validate_admin(cfg: &crate::config::Config, action: &AdminAction) -> Result<(
         AdminAction::Maintenance { node, .. } if cfg.member(node).is_none() => Err(AdminError::Invalid(
             format!("{node} is not a member of the cluster"),
         )),
+        AdminAction::Drain { node, .. } => data_member(node),
         _ => Ok(()),
     }
 }
@@ -546,6 +605,10 @@ pub async fn apply_admin(node: &Arc<Node>, body: &str) -> Result<String, AdminEr
         AdminAction::Maintenance { node: n, on } => {
             let msg = format!("maintenance {} for {n}", if on { "on" } else { "off" });
             (Command::Maintenance { node: n, on, at }, msg)
+        }
+        AdminAction::Drain { node: n, on } => {
+            let msg = format!("drain {} for {n}", if on { "on" } else { "off" });
+            (Command::Drain { node: n, on, at }, msg)
         }
     };
     let r = node.cluster.write_local(cmd).await?;

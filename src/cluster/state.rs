@@ -62,6 +62,9 @@ pub struct SwitchoverRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct NodeRecord {
     pub maintenance: bool,
+    /// Taken out of load balancing: front proxies send it no new connections.
+    #[serde(default)]
+    pub drain: bool,
     /// Every check (and the supervised process) passing.
     pub healthy: bool,
     pub healthy_since_unix_ms: Option<u64>,
@@ -104,6 +107,7 @@ pub enum EventKind {
     PromotionFailed,
     Hook,
     Maintenance,
+    Drain,
     SwitchoverRequested,
     SwitchoverCancelled,
 }
@@ -192,6 +196,12 @@ pub enum Command {
         at: u64,
     },
     Maintenance {
+        node: String,
+        on: bool,
+        at: u64,
+    },
+    /// Take a node out of (or back into) load balancing.
+    Drain {
         node: String,
         on: bool,
         at: u64,
@@ -561,6 +571,18 @@ impl ClusterState {
                     Some(node),
                     None,
                     if *on { "maintenance on" } else { "maintenance off" }.into(),
+                    None,
+                );
+                CommandResult::ok()
+            }
+            Command::Drain { node, on, at } => {
+                self.node_mut(node).drain = *on;
+                self.event(
+                    *at,
+                    EventKind::Drain,
+                    Some(node),
+                    None,
+                    if *on { "drain on" } else { "drain off" }.into(),
                     None,
                 );
                 CommandResult::ok()

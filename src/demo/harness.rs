@@ -295,6 +295,7 @@ impl LocalCluster {
                 addrs.join(", "),
                 n.admin,
                 n.service.map(|s| format!("service-address = \"{s}\"\n")).unwrap_or_default()
+                    + &n.store.map(|s| format!("store-address = \"{s}\"\n")).unwrap_or_default()
             ));
             }
             members

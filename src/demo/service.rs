@@ -52,6 +52,7 @@ pub async fn run(
     let app = Router::new()
         .route("/", get(root))
         .route("/health", get(|| async { "ok\n" }))
+        .route("/echo", get(echo))
         .with_state(shared);
     let c2 = cancel.clone();
     let server = tokio::spawn(async move {
@@ -80,6 +81,28 @@ async fn root(State(s): State<Arc<Shared>>) -> (StatusCode, String) {
             format!("node={} role=standby\n", s.node),
         ),
     }
+}
+
+/// Answers in any role (for load-balancing tests): the node, its role, and the request's
+/// headers, one `name: value` per line.
+async fn echo(State(s): State<Arc<Shared>>, headers: axum::http::HeaderMap) -> String {
+    let active = {
+        let role = s.role.lock().unwrap_or_else(|p| p.into_inner());
+        role.until.is_some_and(|u| Instant::now() < u)
+    };
+    let mut out = format!(
+        "node={} role={}\n",
+        s.node,
+        if active { "active" } else { "standby" }
+    );
+    for (name, value) in &headers {
+        out.push_str(&format!(
+            "{}: {}\n",
+            name,
+            String::from_utf8_lossy(value.as_bytes())
+        ));
+    }
+    out
 }
 
 async fn poll_role(shared: Arc<Shared>, admin: SocketAddr, cancel: CancellationToken) {

@@ -1,0 +1,453 @@
+//! The `[proxy]` section: `TOML -> ProxyConfig (serde, unknown keys rejected) -> validate()`.
+//!
+//! It stands alone in a proxy's own file (`standin proxy --config proxy.toml`) or sits inside a
+//! node's config, and then the node runs the proxy too. A listener's settings are the same
+//! struct in TOML and in the control API's `PUT /v1/proxy/listeners/{name}` (JSON), so a
+//! runtime change is validated exactly like the file.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, ConfigError};
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// `[proxy]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ProxyConfig {
+    /// Admin APIs of cluster nodes to watch (`GET /v1/watch`); any node will do, they are tried
+    /// in turn.
+    pub cluster: Vec<String>,
+    /// The proxy's own control API (`GET /v1/proxy`, `PUT|DELETE /v1/proxy/listeners/{name}`).
+    #[serde(default)]
+    pub admin: Option<SocketAddr>,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+}
+
+/// Which of a member's addresses a listener forwards to.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// The member's `service-address`.
+    Service,
+    /// The member's `store-address` (its Redis-protocol store).
+    Store,
+}
+
+/// Which nodes get traffic.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Only the active node.
+    #[default]
+    Failover,
+    /// Every healthy data node (active-active).
+    Balance,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// Bytes both ways; the backend is chosen per connection.
+    #[default]
+    Tcp,
+    /// HTTP/1.1: keep-alive on both sides, the backend is chosen per request, and every
+    /// request carries `X-Standin-Epoch` and `X-Forwarded-For`.
+    Http,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    /// The backend with the fewest open connections (TCP) or requests in flight (HTTP).
+    LeastConn,
+}
+
+/// `[[proxy.listener]]`, and the JSON body of `PUT /v1/proxy/listeners/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ListenerConfig {
+    /// Required in TOML; in a PUT the name comes from the path (a body's name must match).
+    #[serde(default)]
+    pub name: String,
+    pub listen: SocketAddr,
+    #[serde(default = "default_target")]
+    pub target: Target,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub balance: Balance,
+    /// Planned switchover: connections to the old active node may finish until then.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// No node to forward to right now: hold a new connection (or request) this long.
+    #[serde(default = "default_queue_timeout", with = "humantime_serde")]
+    pub queue_timeout: Duration,
+    /// A failed connect is retried on another node this many times (balance mode).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
+    pub outlier: OutlierConfig,
+}
+
+fn default_target() -> Target {
+    Target::Service
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_queue_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_retries() -> u32 {
+    1
+}
+
+/// `[proxy.listener.health]`: the proxy's own active checks (balance mode), on top of the
+/// cluster's health view.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct HealthConfig {
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive successes before a failed backend gets traffic again.
+    pub rise: u32,
+    /// Consecutive failures before a backend gets no more traffic.
+    pub fall: u32,
+    /// HTTP listeners: `GET path` must answer 2xx or 3xx. TCP listeners: a connect is enough.
+    pub path: String,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval: Duration::from_millis(500),
+            timeout: Duration::from_millis(300),
+            rise: 2,
+            fall: 2,
+            path: "/".into(),
+        }
+    }
+}
+
+/// `[proxy.listener.outlier]`: passive detection. Consecutive connect failures (and 5xx
+/// answers in HTTP mode) eject a backend for `base-ejection × 2^(n-1)` at its n-th ejection,
+/// at most `max-ejection`. The last backend is never ejected.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct OutlierConfig {
+    /// 0 turns passive detection off.
+    pub consecutive_failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub base_ejection: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_ejection: Duration,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            consecutive_failures: 3,
+            base_ejection: Duration::from_secs(1),
+            max_ejection: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A file that holds only `[proxy]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProxyFile {
+    proxy: ProxyConfig,
+}
+
+impl ProxyConfig {
+    /// Reads a proxy config: a file with only `[proxy]`, or a node's config with a `[proxy]`
+    /// section (the whole node config is then validated too).
+    pub fn load(path: &Path) -> Result<ProxyConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates proxy config text (see [`ProxyConfig::load`]).
+    pub fn parse(text: &str) -> Result<ProxyConfig, ConfigError> {
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            message: e.to_string().trim().to_string(),
+        };
+        let table: toml::Table = toml::from_str(text).map_err(parse_error)?;
+        if table.contains_key("node") {
+            return Config::parse(text)?
+                .proxy
+                .ok_or_else(|| invalid("proxy", "this node config has no [proxy] section"));
+        }
+        let file: ProxyFile = toml::from_str(text).map_err(parse_error)?;
+        file.proxy.validate()?;
+        Ok(file.proxy)
+    }
+
+    /// Checks everything serde cannot; errors name the key (`proxy.listener[1].listen`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.cluster.is_empty() {
+            return Err(invalid(
+                "proxy.cluster",
+                "name at least one node's admin API (host:port)",
+            ));
+        }
+        for (i, c) in self.cluster.iter().enumerate() {
+            if c.parse::<hyper::http::uri::Authority>()
+                .map_or(true, |a| a.port_u16().is_none())
+            {
+                return Err(invalid(
+                    format!("proxy.cluster[{i}]"),
+                    format!("{c:?} is not host:port"),
+                ));
+            }
+        }
+        let mut names = BTreeSet::new();
+        let mut listens = BTreeSet::new();
+        if let Some(a) = self.admin {
+            listens.insert(a);
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            let key = format!("proxy.listener[{i}]");
+            if l.name.is_empty() {
+                return Err(invalid(format!("{key}.name"), "is required"));
+            }
+            if !names.insert(l.name.clone()) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("duplicate listener name {:?}", l.name),
+                ));
+            }
+            if l.listen.port() != 0 && !listens.insert(l.listen) {
+                return Err(invalid(
+                    format!("{key}.listen"),
+                    format!("{} is used twice", l.listen),
+                ));
+            }
+            l.validate(&key)?;
+        }
+        Ok(())
+    }
+}
+
+impl ListenerConfig {
+    /// Checks one listener; `key` prefixes the keys in errors.
+    pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if !self.name.is_empty()
+            && !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return Err(invalid(
+                format!("{key}.name"),
+                "use letters, digits, '-', '_' and '.'",
+            ));
+        }
+        let positive = |name: &str, d: Duration| {
+            if d.is_zero() {
+                Err(invalid(format!("{key}.{name}"), "must be greater than 0"))
+            } else {
+                Ok(())
+            }
+        };
+        positive("connect-timeout", self.connect_timeout)?;
+        positive("queue-timeout", self.queue_timeout)?;
+        if self.retries > 10 {
+            return Err(invalid(format!("{key}.retries"), "at most 10"));
+        }
+        let h = &self.health;
+        positive("health.interval", h.interval)?;
+        positive("health.timeout", h.timeout)?;
+        if h.rise == 0 {
+            return Err(invalid(format!("{key}.health.rise"), "must be at least 1"));
+        }
+        if h.fall == 0 {
+            return Err(invalid(format!("{key}.health.fall"), "must be at least 1"));
+        }
+        if !h.path.starts_with('/') {
+            return Err(invalid(format!("{key}.health.path"), "must start with '/'"));
+        }
+        if h.path.parse::<hyper::http::uri::PathAndQuery>().is_err() {
+            return Err(invalid(
+                format!("{key}.health.path"),
+                "is not a valid request path",
+            ));
+        }
+        let o = &self.outlier;
+        if o.consecutive_failures > 0 {
+            positive("outlier.base-ejection", o.base_ejection)?;
+            if o.max_ejection < o.base_ejection {
+                return Err(invalid(
+                    format!("{key}.outlier.max-ejection"),
+                    "must not be less than base-ejection",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+[proxy]
+cluster = ["127.0.0.1:7001", "localhost:7002"]
+admin = "127.0.0.1:7100"
+[[proxy.listener]]
+name = "service"
+listen = "127.0.0.1:8000"
+target = "service"
+mode = "balance"
+protocol = "http"
+balance = "least-conn"
+drain-timeout = "3s"
+connect-timeout = "250ms"
+queue-timeout = "1s"
+retries = 2
+[proxy.listener.health]
+interval = "100ms"
+timeout = "50ms"
+rise = 3
+fall = 1
+path = "/health"
+[proxy.listener.outlier]
+consecutive-failures = 5
+base-ejection = "2s"
+max-ejection = "20s"
+[[proxy.listener]]
+name = "store"
+listen = "127.0.0.1:8001"
+target = "store"
+"#;
+
+    fn err(text: &str) -> String {
+        ProxyConfig::parse(text).expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let c = ProxyConfig::parse(FULL).expect("valid");
+        assert_eq!(c.cluster.len(), 2);
+        let l = &c.listeners[0];
+        assert_eq!(l.mode, Mode::Balance);
+        assert_eq!(l.protocol, Protocol::Http);
+        assert_eq!(l.balance, Balance::LeastConn);
+        assert_eq!(l.connect_timeout, Duration::from_millis(250));
+        assert_eq!(l.health.rise, 3);
+        assert_eq!(l.health.path, "/health");
+        assert_eq!(l.outlier.max_ejection, Duration::from_secs(20));
+        let s = &c.listeners[1];
+        assert_eq!(s.target, Target::Store);
+        assert_eq!(s.mode, Mode::Failover);
+        assert_eq!(s.protocol, Protocol::Tcp);
+        assert_eq!(s.drain_timeout, Duration::from_secs(5));
+        assert_eq!(s.health, HealthConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        for (old, new) in [
+            ("retries = 2", "retrys = 2"),
+            ("rise = 3", "raise = 3"),
+            ("max-ejection = \"20s\"", "max-ejections = \"20s\""),
+            ("admin = \"127.0.0.1:7100\"", "admn = \"127.0.0.1:7100\""),
+        ] {
+            let e = err(&FULL.replace(old, new));
+            let field = new.split(' ').next().unwrap_or_default();
+            assert!(e.contains(field), "{e}");
+        }
+        assert!(err(&FULL.replace("mode = \"balance\"", "mode = \"both\"")).contains("both"));
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        for (old, new, key) in [
+            (
+                "cluster = [\"127.0.0.1:7001\", \"localhost:7002\"]",
+                "cluster = []",
+                "proxy.cluster",
+            ),
+            ("\"localhost:7002\"", "\"localhost\"", "proxy.cluster[1]"),
+            ("name = \"store\"", "name = \"service\"", "proxy.listener[1].name"),
+            (
+                "listen = \"127.0.0.1:8001\"",
+                "listen = \"127.0.0.1:8000\"",
+                "proxy.listener[1].listen",
+            ),
+            (
+                "queue-timeout = \"1s\"",
+                "queue-timeout = \"0s\"",
+                "proxy.listener[0].queue-timeout",
+            ),
+            ("rise = 3", "rise = 0", "proxy.listener[0].health.rise"),
+            (
+                "path = \"/health\"",
+                "path = \"health\"",
+                "proxy.listener[0].health.path",
+            ),
+            (
+                "max-ejection = \"20s\"",
+                "max-ejection = \"1s\"",
+                "proxy.listener[0].outlier.max-ejection",
+            ),
+            ("retries = 2", "retries = 11", "proxy.listener[0].retries"),
+        ] {
+            let text = FULL.replace(old, new);
+            assert_ne!(text, FULL, "{old}");
+            let e = err(&text);
+            assert!(e.contains(&format!("`{key}`")), "{key}: {e}");
+        }
+        let e = err(&FULL.replace("name = \"store\"\n", ""));
+        assert!(e.contains("proxy.listener[1].name"), "{e}");
+    }
+
+    #[test]
+    fn a_listener_round_trips_through_json() {
+        let c = ProxyConfig::parse(FULL).expect("valid");
+        let json = serde_json::to_string(&c.listeners[0]).expect("json");
+        assert!(json.contains("\"drain-timeout\":\"3s\""), "{json}");
+        let back: ListenerConfig = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, c.listeners[0]);
+        let minimal: ListenerConfig = serde_json::from_str(r#"{"listen":"127.0.0.1:0"}"#).expect("minimal");
+        assert_eq!(minimal.target, Target::Service);
+        assert!(minimal.validate("x").is_ok());
+    }
+}

@@ -1,0 +1,215 @@
+//! The front proxy (`standin proxy`, or a node with a `[proxy]` section): one stable address
+//! that reaches whichever node is active (failover mode), or every healthy data node (balance
+//! mode, for services that can run active-active).
+//!
+//! How it fits together:
+//! - `watch` follows the cluster (`GET /v1/watch` on any node) and publishes a [`watch::View`];
+//! - each `listener` turns views into backends (`upstream`) and a target set, accepts
+//!   connections and picks a backend per connection (`tcp`) or per request (`http`);
+//! - `health` runs the proxy's own checks in balance mode; outlier ejection lives in `upstream`;
+//! - `control` is the runtime API (`GET /v1/proxy`, `PUT|DELETE /v1/proxy/listeners/{name}`),
+//!   `status` its JSON.
+//!
+//! When the active node changes, connections to the old one are drained until `drain-timeout`
+//! if the move was planned (a switchover was in progress, or the old node is still healthy and
+//! reachable), and closed at once otherwise. While the cluster cannot be reached, the last view
+//! stays in force.
+
+pub mod config;
+pub mod control;
+pub mod health;
+pub mod http;
+pub mod listener;
+pub mod status;
+pub mod tcp;
+pub mod upstream;
+pub mod watch;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use config::{ListenerConfig, ProxyConfig};
+use listener::ListenerRt;
+use status::ProxyStatus;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Bind {
+        what: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("no listener {0:?}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// The proxy's sockets, bound before anything starts (so a taken port fails at once).
+pub struct Bound {
+    pub admin: Option<TcpListener>,
+    pub listeners: Vec<TcpListener>,
+}
+
+impl Bound {
+    pub async fn bind(cfg: &ProxyConfig) -> Result<Bound, ProxyError> {
+        let admin = match cfg.admin {
+            Some(a) => Some(TcpListener::bind(a).await.map_err(|source| ProxyError::Bind {
+                what: "the proxy control API".into(),
+                addr: a,
+                source,
+            })?),
+            None => None,
+        };
+        let mut listeners = Vec::new();
+        for l in &cfg.listeners {
+            listeners.push(
+                TcpListener::bind(l.listen)
+                    .await
+                    .map_err(|source| ProxyError::Bind {
+                        what: format!("listener {}", l.name),
+                        addr: l.listen,
+                        source,
+                    })?,
+            );
+        }
+        Ok(Bound { admin, listeners })
+    }
+}
+
+/// The running proxy: its listeners and the cluster watcher.
+pub struct Proxy {
+    listeners: RwLock<BTreeMap<String, Arc<ListenerRt>>>,
+    watcher: watch::Watcher,
+    shutdown: CancellationToken,
+    /// Serialises PUT/DELETE.
+    changes: tokio::sync::Mutex<()>,
+}
+
+impl Proxy {
+    pub fn listener(&self, name: &str) -> Option<Arc<ListenerRt>> {
+        self.listeners
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    fn all(&self) -> Vec<Arc<ListenerRt>> {
+        self.listeners
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn status(&self) -> ProxyStatus {
+        ProxyStatus {
+            cluster: self.watcher.status(),
+            listeners: self.all().iter().map(|l| status::listener_status(l)).collect(),
+        }
+    }
+
+    /// Adds a listener or changes one in place (see [`ListenerRt::reconfigure`]).
+    pub async fn upsert(&self, cfg: ListenerConfig) -> Result<Arc<ListenerRt>, ProxyError> {
+        cfg.validate(&format!("listener {}", cfg.name))?;
+        let _one_at_a_time = self.changes.lock().await;
+        if cfg.listen.port() != 0 {
+            if let Some(other) = self
+                .all()
+                .into_iter()
+                .find(|l| l.name != cfg.name && l.local_addr() == cfg.listen)
+            {
+                return Err(ProxyError::Conflict(format!(
+                    "{} is already used by listener {}",
+                    cfg.listen, other.name
+                )));
+            }
+        }
+        let (name, listen) = (cfg.name.clone(), cfg.listen);
+        let bind_error = |source| ProxyError::Bind {
+            what: format!("listener {name}"),
+            addr: listen,
+            source,
+        };
+        if let Some(l) = self.listener(&cfg.name) {
+            l.reconfigure(cfg.clone()).await.map_err(bind_error)?;
+            tracing::info!(listener = %l.name, "listener changed");
+            return Ok(l);
+        }
+        let socket = TcpListener::bind(cfg.listen).await.map_err(bind_error)?;
+        let l = ListenerRt::start(cfg, socket, self.shutdown.clone()).map_err(bind_error)?;
+        if let Some(v) = self.watcher.views.borrow().clone() {
+            l.apply_view(&v);
+        }
+        self.listeners
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone(), l.clone());
+        Ok(l)
+    }
+
+    /// Stops a listener from accepting; its open connections run to their end.
+    pub fn remove(&self, name: &str) -> Result<(), ProxyError> {
+        let l = self
+            .listeners
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+            .ok_or_else(|| ProxyError::NotFound(name.to_string()))?;
+        l.stop();
+        tracing::info!(listener = %name, "listener removed");
+        Ok(())
+    }
+}
+
+/// Runs the proxy until `cancel` fires.
+pub async fn run(cfg: ProxyConfig, bound: Bound, cancel: CancellationToken) -> Result<(), ProxyError> {
+    let watcher = watch::spawn(cfg.cluster.clone(), cancel.clone());
+    let mut listeners = BTreeMap::new();
+    for (l, socket) in cfg.listeners.iter().zip(bound.listeners) {
+        let rt = ListenerRt::start(l.clone(), socket, cancel.clone()).map_err(|source| ProxyError::Bind {
+            what: format!("listener {}", l.name),
+            addr: l.listen,
+            source,
+        })?;
+        listeners.insert(l.name.clone(), rt);
+    }
+    let proxy = Arc::new(Proxy {
+        listeners: RwLock::new(listeners),
+        watcher: watcher.clone(),
+        shutdown: cancel.clone(),
+        changes: tokio::sync::Mutex::new(()),
+    });
+    if let Some(admin) = bound.admin {
+        if let Ok(a) = admin.local_addr() {
+            tracing::info!(admin = %a, "proxy control API listening");
+        }
+        tokio::spawn(control::serve(admin, proxy.clone(), cancel.clone()));
+    }
+    let mut views = watcher.views.clone();
+    loop {
+        let view = views.borrow_and_update().clone();
+        if let Some(v) = view {
+            for l in proxy.all() {
+                l.apply_view(&v);
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = views.changed() => if r.is_err() { break },
+        }
+    }
+    for l in proxy.all() {
+        l.stop();
+    }
+    Ok(())
+}

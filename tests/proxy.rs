@@ -1,0 +1,674 @@
+//! The front proxy over a real cluster on loopback: `standin node` processes (data nodes `a`,
+//! `b`, witness `w`) with the demo service and the store, and a `standin proxy` process in
+//! front of them. Listeners bind port 0 and are found through the proxy's control API.
+//!
+//! Tests run one at a time (they share two cores and measure interruptions).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hyper::Method;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use standin::address::proxy::status::{ListenerStatus, ProxyStatus};
+use standin::api::client::request;
+use standin::api::Status;
+use standin::demo::harness::{parse_active, LocalCluster, Spec};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_standin"))
+}
+
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    l.local_addr().expect("addr")
+}
+
+/// A `standin proxy` process; killed on drop.
+struct ProxyProc {
+    child: Child,
+    admin: SocketAddr,
+    log: PathBuf,
+}
+
+impl ProxyProc {
+    fn start(dir: &Path, cluster: &LocalCluster, listeners_toml: &str) -> ProxyProc {
+        let admin = free_port();
+        let apis: Vec<String> = cluster.nodes.iter().map(|n| format!("\"{}\"", n.admin)).collect();
+        let text = format!(
+            "[proxy]\ncluster = [{}]\nadmin = \"{admin}\"\n{listeners_toml}\n",
+            apis.join(", ")
+        );
+        let config = dir.join("proxy.toml");
+        std::fs::write(&config, text).expect("write proxy config");
+        let log = dir.join("proxy.log");
+        let child = Command::new(binary())
+            .args(["proxy", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .env("STANDIN_LOG", "info,standin::address=debug")
+            .process_group(0)
+            .spawn()
+            .expect("start the proxy");
+        ProxyProc { child, admin, log }
+    }
+
+    async fn status(&self) -> Option<ProxyStatus> {
+        let r = request(
+            &self.admin.to_string(),
+            Method::GET,
+            "/v1/proxy",
+            None,
+            Duration::from_secs(2),
+        )
+        .await
+        .ok()?;
+        serde_json::from_str(&r.body).ok()
+    }
+
+    async fn listener(&self, name: &str) -> ListenerStatus {
+        let s = self.status().await.expect("proxy status");
+        s.listeners
+            .into_iter()
+            .find(|l| l.name == name)
+            .unwrap_or_else(|| panic!("no listener {name}"))
+    }
+
+    async fn addr(&self, name: &str) -> SocketAddr {
+        self.listener(name).await.address.parse().expect("address")
+    }
+
+    /// Waits until every listener forwards to `active` (failover) or has backends (balance).
+    async fn wait_following(&self, active: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        while Instant::now() < deadline {
+            if let Some(s) = self.status().await {
+                let ok = !s.listeners.is_empty()
+                    && s.listeners.iter().all(|l| match l.settings.mode {
+                        standin::address::proxy::config::Mode::Failover => {
+                            l.active.as_deref() == Some(active)
+                        }
+                        standin::address::proxy::config::Mode::Balance => {
+                            l.upstreams.iter().filter(|u| u.cluster_ok).count() >= 2
+                        }
+                    });
+                if ok {
+                    return;
+                }
+                last = Some(s);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "proxy not following {active} after {timeout:?}: {last:?}\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    async fn put(&self, name: &str, body: serde_json::Value) -> (u16, String) {
+        let r = request(
+            &self.admin.to_string(),
+            Method::PUT,
+            &format!("/v1/proxy/listeners/{name}"),
+            Some(body.to_string()),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("PUT");
+        (r.status, r.body)
+    }
+}
+
+impl Drop for ProxyProc {
+    fn drop(&mut self) {
+        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+use std::os::unix::process::CommandExt;
+
+struct Fixture {
+    cluster: LocalCluster,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn start() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = Spec::new(dir.path(), &binary());
+        let mut cluster = LocalCluster::create(spec).await.expect("create cluster");
+        cluster.start_all().expect("start");
+        cluster
+            .wait_ready(Duration::from_secs(30))
+            .await
+            .expect("cluster ready");
+        Fixture { cluster, dir }
+    }
+
+    async fn status(&self) -> Status {
+        self.cluster.status().await.expect("some node answers")
+    }
+
+    fn api(&self) -> String {
+        self.cluster.nodes[0].admin.to_string()
+    }
+
+    async fn wait_active(&self, id: &str, timeout: Duration) -> Status {
+        self.cluster
+            .wait_for(timeout, "the expected active node", |s| {
+                s.active.as_deref() == Some(id) && s.nodes.iter().any(|n| n.id == id && n.role == "active")
+            })
+            .await
+            .expect("active")
+    }
+}
+
+/// One HTTP request on a new connection: `(status, body)`.
+async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let r = request(&addr.to_string(), Method::GET, path, None, Duration::from_secs(3))
+        .await
+        .ok()?;
+    Some((r.status, r.body))
+}
+
+/// A client keeping one TCP connection open and sending HTTP/1.1 requests on it.
+struct KeepAlive {
+    reader: BufReader<TcpStream>,
+}
+
+impl KeepAlive {
+    async fn open(addr: SocketAddr) -> KeepAlive {
+        let s = TcpStream::connect(addr).await.expect("connect");
+        KeepAlive {
+            reader: BufReader::new(s),
+        }
+    }
+
+    /// `GET path`; the body, or None if the connection is closed.
+    async fn get(&mut self, path: &str) -> Option<String> {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: proxy\r\n\r\n");
+        self.reader.get_mut().write_all(req.as_bytes()).await.ok()?;
+        let mut len = 0usize;
+        let mut line = String::new();
+        let mut first = true;
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line).await.ok()? == 0 {
+                return None;
+            }
+            if first && !line.starts_with("HTTP/1.1") {
+                return None;
+            }
+            first = false;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().ok()?;
+                }
+            }
+        }
+        let mut body = vec![0u8; len];
+        self.reader.read_exact(&mut body).await.ok()?;
+        Some(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Waits until the proxy closes the connection; how long that took.
+    async fn wait_closed(&mut self, timeout: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        let mut buf = [0u8; 256];
+        loop {
+            match tokio::time::timeout_at((start + timeout).into(), self.reader.get_mut().read(&mut buf))
+                .await
+            {
+                Err(_) => return None,
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(start.elapsed()),
+                Ok(Ok(_)) => continue,
+            }
+        }
+    }
+}
+
+/// A Redis command in RESP over a new connection; the first reply line (bulk: its value).
+async fn redis(addr: SocketAddr, args: &[&str]) -> Result<String, String> {
+    let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let mut cmd = format!("*{}\r\n", args.len());
+    for a in args {
+        cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(cmd.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    if let Some(len) = line.strip_prefix('$') {
+        let len: i64 = len.trim().parse().map_err(|_| line.clone())?;
+        if len < 0 {
+            return Ok("(nil)".into());
+        }
+        let mut v = String::new();
+        r.read_line(&mut v).await.map_err(|e| e.to_string())?;
+        return Ok(v.trim_end().to_string());
+    }
+    Ok(line.trim_end().to_string())
+}
+
+/// Retries a Redis command for up to `timeout` (a failover is in progress).
+async fn redis_retry(addr: SocketAddr, args: &[&str], expect: &str, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let r = redis(addr, args).await;
+        if r.as_deref() == Ok(expect) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{args:?} through the store floating address: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const FAILOVER_LISTENERS: &str = r#"
+[[proxy.listener]]
+name = "tcp"
+listen = "127.0.0.1:0"
+drain-timeout = "3s"
+queue-timeout = "3s"
+[[proxy.listener]]
+name = "http"
+listen = "127.0.0.1:0"
+protocol = "http"
+queue-timeout = "3s"
+[[proxy.listener]]
+name = "store"
+listen = "127.0.0.1:0"
+target = "store"
+queue-timeout = "3s"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_active_fails_over_through_the_floating_address() {
+    let _g = SERIAL.lock().await;
+    let mut f = Fixture::start().await;
+    let s = f.status().await;
+    let old = s.active.clone().expect("active");
+    let proxy = ProxyProc::start(f.dir.path(), &f.cluster, FAILOVER_LISTENERS);
+    proxy.wait_following(&old, Duration::from_secs(10)).await;
+    let (tcp, http, store) = (
+        proxy.addr("tcp").await,
+        proxy.addr("http").await,
+        proxy.addr("store").await,
+    );
+
+    // The epoch reaches the backend, with the client's address.
+    let (code, echo) = get(http, "/echo").await.expect("echo through the proxy");
+    assert_eq!(code, 200, "{echo}");
+    assert!(
+        echo.contains(&format!("x-standin-epoch: {}\n", s.epoch)),
+        "{echo}"
+    );
+    assert!(echo.contains("x-forwarded-for: 127.0.0.1\n"), "{echo}");
+
+    // The store's floating address.
+    assert_eq!(redis(store, &["SET", "before", "1"]).await.as_deref(), Ok("+OK"));
+    assert_eq!(redis(store, &["GET", "before"]).await.as_deref(), Ok("1"));
+
+    // A continuous request loop (a new connection per request) on both service listeners.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let run = |addr: SocketAddr| {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut log: Vec<(Instant, Option<(String, u64)>)> = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = get(addr, "/").await.and_then(|(_, body)| parse_active(&body));
+                log.push((Instant::now(), r));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            log
+        })
+    };
+    let (tcp_loop, http_loop) = (run(tcp), run(http));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed_at = Instant::now();
+    f.cluster.kill(&old).await.expect("kill -9");
+    let after = f
+        .cluster
+        .wait_for(Duration::from_secs(15), "a new active node", |st| {
+            st.epoch > s.epoch
+                && st.active.as_deref().is_some_and(|a| a != old)
+                && st
+                    .nodes
+                    .iter()
+                    .any(|n| Some(&n.id) == st.active.as_ref() && n.role == "active")
+        })
+        .await
+        .expect("failover");
+    let new = after.active.clone().expect("new active");
+    // Let the loops see the new node for a while.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for (name, handle) in [("tcp", tcp_loop), ("http", http_loop)] {
+        let log = handle.await.expect("loop");
+        let last_old = log
+            .iter()
+            .rev()
+            .find(|(t, r)| *t < killed_at && r.is_some())
+            .map(|(t, _)| *t)
+            .expect("answers before the kill");
+        let first_new = log
+            .iter()
+            .find(|(t, r)| *t > killed_at && r.as_ref().is_some_and(|(n, e)| n == &new && *e == after.epoch))
+            .map(|(t, _)| *t)
+            .unwrap_or_else(|| panic!("{name}: no answer from the new active {new}"));
+        // Once the new node answered, the old one never does again, and epochs never go back.
+        let mut max_epoch = 0;
+        for (t, r) in &log {
+            if let Some((n, e)) = r {
+                assert!(
+                    *e >= max_epoch,
+                    "{name}: epoch went back to {e} after {max_epoch}"
+                );
+                max_epoch = *e;
+                if *t > first_new {
+                    assert_eq!(n, &new, "{name}: the old node answered after it was replaced");
+                }
+            }
+        }
+        let failed_after = log.iter().filter(|(t, r)| *t > first_new && r.is_none()).count();
+        assert_eq!(
+            failed_after, 0,
+            "{name}: requests failed after the new node answered"
+        );
+        println!(
+            "{name}: gap {} ms from the last answer of {old} to the first of {new} (epoch {} -> {}), {} requests",
+            first_new.duration_since(last_old).as_millis(),
+            s.epoch,
+            after.epoch,
+            log.len()
+        );
+    }
+
+    // The store through its floating address, after the failover: the old key survived.
+    let took = redis_retry(store, &["GET", "before"], "1", Duration::from_secs(10)).await;
+    assert_eq!(redis(store, &["SET", "after", "2"]).await.as_deref(), Ok("+OK"));
+    assert_eq!(redis(store, &["GET", "after"]).await.as_deref(), Ok("2"));
+    println!(
+        "store: answered through the floating address {} ms after the new active was seen",
+        took.as_millis()
+    );
+    let l = proxy.listener("http").await;
+    assert_eq!(l.active.as_deref(), Some(new.as_str()));
+    assert_eq!(l.epoch, after.epoch);
+    drop(proxy);
+    let _ = &mut f;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_switchover_drains_old_connections_and_listeners_change_at_runtime() {
+    let _g = SERIAL.lock().await;
+    let f = Fixture::start().await;
+    let s = f.status().await;
+    let old = s.active.clone().expect("active");
+    let target = if old == "a" { "b" } else { "a" };
+    let proxy = ProxyProc::start(f.dir.path(), &f.cluster, FAILOVER_LISTENERS);
+    proxy.wait_following(&old, Duration::from_secs(10)).await;
+    let tcp = proxy.addr("tcp").await;
+
+    // Runtime change: move the listener to another port with an established connection.
+    let mut long = KeepAlive::open(tcp).await;
+    let body = long.get("/").await.expect("answer");
+    assert_eq!(parse_active(&body).map(|a| a.0), Some(old.clone()), "{body}");
+    let new_listen = free_port();
+    let (code, reply) = proxy
+        .put(
+            "tcp",
+            serde_json::json!({"listen": new_listen.to_string(), "drain-timeout": "2s", "queue-timeout": "3s"}),
+        )
+        .await;
+    assert_eq!(code, 200, "{reply}");
+    assert_eq!(proxy.addr("tcp").await, new_listen);
+    let body = long
+        .get("/")
+        .await
+        .expect("the established connection survives the change");
+    assert!(body.contains(&format!("node={old}")), "{body}");
+    let (code, _) = get(new_listen, "/").await.expect("the new address serves");
+    assert_eq!(code, 200);
+    assert!(
+        TcpStream::connect(tcp).await.is_err(),
+        "the old address is closed"
+    );
+    // A bad change is refused, naming the key; nothing changes.
+    let (code, reply) = proxy
+        .put(
+            "tcp",
+            serde_json::json!({"listen": new_listen.to_string(), "queue-timeout": "0s"}),
+        )
+        .await;
+    assert_eq!(code, 400, "{reply}");
+    assert!(reply.contains("queue-timeout"), "{reply}");
+    // Deleting a listener keeps its open connections.
+    let http = proxy.addr("http").await;
+    let mut on_deleted = KeepAlive::open(http).await;
+    assert!(on_deleted.get("/").await.is_some());
+    let r = request(
+        &proxy.admin.to_string(),
+        Method::DELETE,
+        "/v1/proxy/listeners/http",
+        None,
+        Duration::from_secs(2),
+    )
+    .await
+    .expect("DELETE");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        on_deleted.get("/").await.is_some(),
+        "open connection survives DELETE"
+    );
+    assert!(TcpStream::connect(http).await.is_err(), "deleted listener closed");
+
+    // Planned switchover: the long-lived connection to the old node stays usable for the
+    // drain timeout while new connections go to the new node; then it is closed.
+    let r = request(
+        &f.api(),
+        Method::POST,
+        "/v1/switchover",
+        Some(serde_json::json!({"to": target}).to_string()),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("switchover");
+    assert_eq!(r.status, 200, "{}", r.body);
+    f.wait_active(target, Duration::from_secs(15)).await;
+    proxy.wait_following(target, Duration::from_secs(5)).await;
+    let switched = Instant::now();
+    let (code, body) = get(new_listen, "/").await.expect("new connection");
+    assert_eq!(
+        (code, parse_active(&body).map(|a| a.0)),
+        (200, Some(target.to_string())),
+        "{body}"
+    );
+    let body = long
+        .get("/")
+        .await
+        .expect("old connection still usable while draining");
+    assert!(body.contains(&format!("node={old}")), "{body}");
+    let closed = long
+        .wait_closed(Duration::from_secs(6))
+        .await
+        .expect("the drained connection is closed after the drain timeout");
+    let total = switched.elapsed();
+    println!(
+        "drained connection closed {} ms after the proxy followed the switchover (drain-timeout 2s)",
+        total.as_millis()
+    );
+    assert!(
+        closed + Duration::from_millis(300) > Duration::from_millis(1000),
+        "closed too early: {closed:?}"
+    );
+    assert!(total < Duration::from_secs(4), "closed too late: {total:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balance_mode_spreads_ejects_a_dead_backend_and_honours_drain() {
+    let _g = SERIAL.lock().await;
+    let f = Fixture::start().await;
+    let proxy = ProxyProc::start(
+        f.dir.path(),
+        &f.cluster,
+        r#"
+[[proxy.listener]]
+name = "lb"
+listen = "127.0.0.1:0"
+protocol = "http"
+mode = "balance"
+retries = 1
+[proxy.listener.health]
+interval = "100ms"
+timeout = "200ms"
+rise = 2
+fall = 1
+path = "/health"
+[proxy.listener.outlier]
+consecutive-failures = 1
+base-ejection = "2s"
+max-ejection = "10s"
+[[proxy.listener]]
+name = "lbtcp"
+listen = "127.0.0.1:0"
+mode = "balance"
+balance = "least-conn"
+"#,
+    );
+    proxy.wait_following("-", Duration::from_secs(10)).await;
+    let lb = proxy.addr("lb").await;
+    let lbtcp = proxy.addr("lbtcp").await;
+    let count = |bodies: &[String], node: &str| {
+        bodies
+            .iter()
+            .filter(|b| b.starts_with(&format!("node={node} ")))
+            .count()
+    };
+    let mut bodies = Vec::new();
+    for _ in 0..100 {
+        let (code, body) = get(lb, "/echo").await.expect("answer");
+        assert_eq!(code, 200, "{body}");
+        bodies.push(body);
+    }
+    let (a, b) = (count(&bodies, "a"), count(&bodies, "b"));
+    println!("round robin over 100 requests: a {a}, b {b}");
+    assert_eq!(a + b, 100);
+    assert!((40..=60).contains(&a), "uneven: a {a}, b {b}");
+    let mut tcp_bodies = Vec::new();
+    for _ in 0..40 {
+        tcp_bodies.push(get(lbtcp, "/echo").await.expect("answer").1);
+    }
+    let (a, b) = (count(&tcp_bodies, "a"), count(&tcp_bodies, "b"));
+    println!("least-conn (tcp) over 40 connections: a {a}, b {b}");
+    assert!(
+        a >= 10 && b >= 10,
+        "least-conn with equal load spreads: a {a}, b {b}"
+    );
+
+    // Kill b's service: requests keep succeeding (retried on a), b is taken out.
+    let service = f
+        .cluster
+        .lease("b")
+        .await
+        .and_then(|l| l.service_pid)
+        .expect("b's service");
+    killpg(Pid::from_raw(service as i32), Signal::SIGKILL).expect("kill b's service");
+    let killed = Instant::now();
+    let mut failed = 0;
+    for _ in 0..50 {
+        match get(lb, "/echo").await {
+            Some((200, _)) => {}
+            other => {
+                failed += 1;
+                println!("failed: {other:?}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(failed, 0, "requests failed while b's service was down");
+    let l = proxy.listener("lb").await;
+    let ub = l.upstreams.iter().find(|u| u.node == "b").expect("b");
+    assert!(
+        ub.failures > 0 || l.retries > 0 || !ub.check_ok,
+        "b's failure noticed: {l:?}"
+    );
+    // b's service is restarted by its daemon: it gets requests again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = get(lb, "/echo").await.expect("answer");
+        if body.starts_with("node=b ") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "b never came back: {:?}",
+            proxy.listener("lb").await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "b back in rotation {} ms after its service was killed",
+        killed.elapsed().as_millis()
+    );
+
+    // Drain b: no new requests reach it; then back.
+    let out = Command::new(binary())
+        .args(["drain", "b", "--api", &f.api()])
+        .output()
+        .expect("standin drain");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy
+        .listener("lb")
+        .await
+        .upstreams
+        .iter()
+        .any(|u| u.node == "b" && u.cluster_ok)
+    {
+        assert!(Instant::now() < deadline, "the proxy did not see the drain");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..30 {
+        let (code, body) = get(lb, "/echo").await.expect("answer");
+        assert_eq!(code, 200);
+        assert!(
+            body.starts_with("node=a "),
+            "a drained node got a request: {body}"
+        );
+    }
+    let out = Command::new(binary())
+        .args(["drain", "b", "--off", "--api", &f.api()])
+        .output()
+        .expect("standin drain --off");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = get(lb, "/echo").await.expect("answer");
+        if body.starts_with("node=b ") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never came back after drain --off");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
