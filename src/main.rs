@@ -170,6 +170,9 @@ enum BenchCmd {
         /// Connections wrk keeps open (the same for every row).
         #[arg(long, default_value_t = 50)]
         connections: u32,
+        /// Runs per row (round-robin over the rows); the table shows each figure's median.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         #[arg(long)]
         json: bool,
     },
@@ -385,10 +388,16 @@ async fn async_main(args: Args) -> ExitCode {
                 BenchCmd::Proxy {
                     duration,
                     connections,
+                    rounds,
                     json,
                 } => {
-                    standin::bench::until_interrupted(standin::bench::proxy::run(duration, connections, json))
-                        .await
+                    standin::bench::until_interrupted(standin::bench::proxy::run(
+                        duration,
+                        connections,
+                        rounds,
+                        json,
+                    ))
+                    .await
                 }
             };
             match result {

@@ -316,8 +316,32 @@ pub struct Row {
     pub protocol: String,
     /// "keep-alive" or "close" (one connection per request).
     pub connection: String,
+    /// The median of each figure over the runs (requests and errors: summed).
     #[serde(flatten)]
     pub wrk: WrkResult,
+    pub runs: Vec<WrkResult>,
+}
+
+/// Each figure's median over `runs` (the middle run, or the mean of the middle two);
+/// requests and errors are totals.
+fn median(runs: &[WrkResult]) -> WrkResult {
+    let mid = |f: fn(&WrkResult) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    };
+    WrkResult {
+        requests: runs.iter().map(|r| r.requests).sum(),
+        rps: mid(|r| r.rps),
+        p50_ms: mid(|r| r.p50_ms),
+        p99_ms: mid(|r| r.p99_ms),
+        socket_errors: runs.iter().map(|r| r.socket_errors).sum(),
+        non_2xx: runs.iter().map(|r| r.non_2xx).sum(),
+    }
 }
 
 /// Standin's row against HAProxy's (same protocol and connection mode) and direct.
@@ -374,7 +398,13 @@ fn compare(rows: &[Row]) -> Vec<Comparison> {
 }
 
 /// Runs the proxy benchmark and prints the table (or JSON).
-pub async fn run(duration: Duration, connections: u32, json: bool) -> Result<(), HarnessError> {
+pub async fn run(
+    duration: Duration,
+    connections: u32,
+    rounds: usize,
+    json: bool,
+) -> Result<(), HarnessError> {
+    let rounds = rounds.max(1);
     let missing: Vec<&str> = ["wrk", "haproxy"].into_iter().filter(|p| !on_path(p)).collect();
     if !missing.is_empty() {
         return Err(err(format!(
@@ -440,24 +470,35 @@ pub async fn run(duration: Duration, connections: u32, json: bool) -> Result<(),
             targets.push(("standin", protocol.as_str(), *addr));
         }
     }
-    let bar = indicatif::ProgressBar::new((targets.len() * 2) as u64);
+    let bar = indicatif::ProgressBar::new((targets.len() * 2 * rounds) as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    // Round-robin over every row, `rounds` times: a burst of other load on the shared machine
+    // then lands on one run of each row rather than on all runs of one row.
+    let mut runs: Vec<Vec<WrkResult>> = vec![Vec::new(); targets.len() * 2];
+    for round in 1..=rounds {
+        for (c, close) in [false, true].into_iter().enumerate() {
+            for (i, (via, protocol, addr)) in targets.iter().enumerate() {
+                let connection = if close { "close" } else { "keep-alive" };
+                bar.set_message(format!("round {round}: {via} {protocol} {connection}"));
+                runs[c * targets.len() + i].push(run_wrk(connections, duration, close, *addr).await?);
+                bar.inc(1);
+            }
+        }
+    }
     let mut rows = Vec::new();
-    for close in [false, true] {
-        let connection = if close { "close" } else { "keep-alive" };
-        for (via, protocol, addr) in &targets {
-            bar.set_message(format!("{via} {protocol} {connection}"));
-            let wrk = run_wrk(connections, duration, close, *addr).await?;
+    for (c, connection) in ["keep-alive", "close"].into_iter().enumerate() {
+        for (i, (via, protocol, _)) in targets.iter().enumerate() {
+            let runs = std::mem::take(&mut runs[c * targets.len() + i]);
             rows.push(Row {
                 via: via.to_string(),
                 protocol: protocol.to_string(),
                 connection: connection.to_string(),
-                wrk,
+                wrk: median(&runs),
+                runs,
             });
-            bar.inc(1);
         }
     }
     bar.finish_and_clear();
@@ -481,12 +522,12 @@ pub async fn run(duration: Duration, connections: u32, json: bool) -> Result<(),
             serde_json::to_string_pretty(&report).map_err(|e| err(e.to_string()))?
         );
     } else {
-        print_report(&report, connections, duration);
+        print_report(&report, connections, duration, rounds);
     }
     Ok(())
 }
 
-fn print_report(report: &Report, connections: u32, duration: Duration) {
+fn print_report(report: &Report, connections: u32, duration: Duration, rounds: usize) {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
     t.set_header(vec![
@@ -525,7 +566,8 @@ fn print_report(report: &Report, connections: u32, duration: Duration) {
     println!("{}", report.command);
     println!(
         "one backend (hyper, fixed 3-byte body) as the active node's service of a local cluster; \
-         HAProxy nbthread 1; {connections} connections, {}s per row, one run on this machine",
+         HAProxy nbthread 1; {connections} connections, {}s per run; each figure is the median of \
+         {rounds} runs per row, taken round-robin over the rows",
         duration.as_secs()
     );
     println!("errors = wrk socket errors + non-2xx answers");
@@ -588,6 +630,22 @@ Transfer/sec:      5.73MB
     }
 
     #[test]
+    fn median_per_figure_and_totals() {
+        let run = |rps, p99, errors| WrkResult {
+            requests: 10,
+            rps,
+            p50_ms: 1.0,
+            p99_ms: p99,
+            socket_errors: errors,
+            non_2xx: 0,
+        };
+        let m = median(&[run(100.0, 9.0, 1), run(300.0, 1.0, 0), run(200.0, 2.0, 2)]);
+        assert_eq!((m.rps, m.p99_ms, m.p50_ms), (200.0, 2.0, 1.0));
+        assert_eq!((m.requests, m.socket_errors), (30, 3));
+        assert_eq!(median(&[run(1.0, 1.0, 0), run(2.0, 3.0, 0)]).p99_ms, 2.0);
+    }
+
+    #[test]
     fn latency_units() {
         assert_eq!(parse_latency("250.00us"), Some(0.25));
         assert_eq!(parse_latency("2.50ms"), Some(2.5));
@@ -612,6 +670,7 @@ Transfer/sec:      5.73MB
                 p99_ms: p99,
                 ..WrkResult::default()
             },
+            runs: Vec::new(),
         }
     }
 
