@@ -1,6 +1,10 @@
 //! `standin demo`: a 3-node cluster on loopback (data nodes `a` and `b`, witness `w`) managing
 //! the built-in HTTP service, with a live status view. Writes `DIR/demo.json` so scripts can
 //! drive it, and stops every process it started on Ctrl-C or SIGTERM.
+//!
+//! The demo also runs a front proxy (in this process) with two failover listeners: the
+//! service's floating address (HTTP, with `X-Standin-Epoch`) and the store's (TCP). demo.json
+//! holds them as `floating` and `store_floating`.
 
 pub mod harness;
 pub mod service;
@@ -28,7 +32,54 @@ struct DemoNode {
 #[derive(Serialize, PartialEq)]
 struct DemoFile {
     dir: String,
+    /// The service's floating address (the front proxy), host:port.
+    floating: String,
+    /// The store's floating address, host:port.
+    store_floating: String,
+    /// The front proxy's control API, host:port.
+    proxy_admin: String,
     nodes: Vec<DemoNode>,
+}
+
+/// The demo's front proxy addresses.
+struct Floating {
+    service: std::net::SocketAddr,
+    store: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+}
+
+/// Starts the front proxy over the demo cluster: two failover listeners on free ports.
+async fn start_proxy(cluster: &LocalCluster, cancel: &CancellationToken) -> Result<Floating, HarnessError> {
+    use crate::address::proxy::{self, config::ProxyConfig};
+    let apis: Vec<String> = cluster.nodes.iter().map(|n| format!("\"{}\"", n.admin)).collect();
+    let text = format!(
+        "[proxy]\ncluster = [{}]\nadmin = \"127.0.0.1:0\"\n\
+         [[proxy.listener]]\nname = \"service\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"http\"\n\
+         [[proxy.listener]]\nname = \"store\"\nlisten = \"127.0.0.1:0\"\ntarget = \"store\"\n",
+        apis.join(", ")
+    );
+    let cfg = ProxyConfig::parse(&text).map_err(|e| HarnessError(format!("demo proxy config: {e}")))?;
+    let bound = proxy::Bound::bind(&cfg)
+        .await
+        .map_err(|e| HarnessError(e.to_string()))?;
+    let addr = |l: &tokio::net::TcpListener| l.local_addr().map_err(|e| HarnessError(e.to_string()));
+    let floating = Floating {
+        service: addr(&bound.listeners[0])?,
+        store: addr(&bound.listeners[1])?,
+        admin: addr(
+            bound
+                .admin
+                .as_ref()
+                .ok_or_else(|| HarnessError("no proxy admin".into()))?,
+        )?,
+    };
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        if let Err(e) = proxy::run(cfg, bound, cancel).await {
+            tracing::error!(error = %e, "demo proxy failed");
+        }
+    });
+    Ok(floating)
 }
 
 pub async fn run(dir: Option<PathBuf>, cancel: CancellationToken) -> Result<(), HarnessError> {
@@ -50,7 +101,22 @@ pub async fn run(dir: Option<PathBuf>, cancel: CancellationToken) -> Result<(), 
     let mut cluster = LocalCluster::create(spec).await?;
     cluster.start_all()?;
     let tty = std::io::stdout().is_terminal();
+    let proxy_cancel = cancel.child_token();
+    let floating = start_proxy(&cluster, &proxy_cancel).await?;
     println!("standin demo: 3 nodes in {}", dir.display());
+    println!(
+        "  floating address (front proxy, follows the active node): http://{}/",
+        floating.service
+    );
+    println!(
+        "  store floating address: redis-cli -h {} -p {}",
+        floating.store.ip(),
+        floating.store.port()
+    );
+    println!(
+        "  proxy control API: STANDIN_PROXY={} standin proxy-status",
+        floating.admin
+    );
     for n in &cluster.nodes {
         println!(
             "  {} ({}): admin http://{}{}",
@@ -73,7 +139,8 @@ pub async fn run(dir: Option<PathBuf>, cancel: CancellationToken) -> Result<(), 
         "  try: STANDIN_API={} standin status | switchover | events; Ctrl-C stops everything",
         cluster.nodes[0].admin
     );
-    let result = live(&cluster, &dir, tty, &cancel).await;
+    let result = live(&cluster, &dir, &floating, tty, &cancel).await;
+    proxy_cancel.cancel();
     println!("stopping the demo cluster...");
     let ids: Vec<String> = cluster.nodes.iter().map(|n| n.id.clone()).collect();
     for id in &ids {
@@ -93,6 +160,7 @@ pub async fn run(dir: Option<PathBuf>, cancel: CancellationToken) -> Result<(), 
 async fn live(
     cluster: &LocalCluster,
     dir: &std::path::Path,
+    floating: &Floating,
     tty: bool,
     cancel: &CancellationToken,
 ) -> Result<(), HarnessError> {
@@ -118,6 +186,9 @@ async fn live(
         }
         let file = DemoFile {
             dir: dir.display().to_string(),
+            floating: floating.service.to_string(),
+            store_floating: floating.store.to_string(),
+            proxy_admin: floating.admin.to_string(),
             nodes,
         };
         if last_file.as_ref() != Some(&file) {

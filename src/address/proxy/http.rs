@@ -1,28 +1,35 @@
-//! HTTP/1.1 forwarding: a hyper server towards clients and a pooled hyper-util client towards
-//! the backends, keep-alive on both sides. The backend is chosen per request, so a client's
-//! keep-alive connection follows a failover or switchover without reconnecting. Every request
-//! gets `X-Standin-Epoch` (so a backend can refuse a stale primary) and `X-Forwarded-For`.
+//! HTTP/1.1 forwarding: a hyper server towards clients, keep-alive on both sides. The backend
+//! is chosen per request, so a client's keep-alive connection follows a failover or switchover
+//! without reconnecting. Every request gets `X-Standin-Epoch` (so a backend can refuse a stale
+//! primary) and `X-Forwarded-For`.
 //!
-//! A request that failed to connect is retried (on another node in balance mode; on the new
-//! active node in failover mode) if it has no body; requests with a body are not replayed.
+//! Each client connection keeps its own keep-alive connection to each backend it used (as
+//! HAProxy does by default): no pool shared between cores, no lock per request. A backend
+//! connection watches its backend's kill token, so retiring a backend ends its requests
+//! (failure) or lets them finish until the drain timeout (planned), like TCP connections.
+//!
+//! The connect happens before the request is handed over, so a failed connect is retried (on
+//! another node in balance mode; on the new active node in failover mode) with the request
+//! intact, body included. A request that reached a backend is never replayed.
 //! Upgrades (WebSocket) are not forwarded: use a TCP listener for those.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use http_body_util::{Either, Empty, Full};
+use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
+use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderName, HeaderValue, CONNECTION};
-use hyper::http::uri::{PathAndQuery, Scheme};
-use hyper::{Request, Response, StatusCode, Uri};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::config::Mode;
+use super::config::{ListenerConfig, Mode};
 use super::listener::{ListenerRt, Picked};
+use super::upstream::Upstream;
 
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
@@ -31,17 +38,22 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// One client connection's idle backend connections, by backend.
+type Idle = Mutex<Vec<(Arc<Upstream>, SendRequest<Incoming>)>>;
+
 /// Serves one client connection.
 pub async fn serve(l: Arc<ListenerRt>, stream: TcpStream, peer: SocketAddr) {
     let xff = HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
     l.counters.open.fetch_add(1, Ordering::Relaxed);
     let shutdown = l.shutdown.clone();
+    let idle: Arc<Idle> = Arc::new(Mutex::new(Vec::new()));
     let svc = {
         let l = l.clone();
         hyper::service::service_fn(move |req| {
             let l = l.clone();
             let xff = xff.clone();
-            async move { Ok::<_, Infallible>(forward(&l, req, xff).await) }
+            let idle = idle.clone();
+            async move { Ok::<_, Infallible>(forward(&l, &idle, req, xff).await) }
         })
     };
     let conn = hyper::server::conn::http1::Builder::new()
@@ -74,15 +86,68 @@ fn strip_hop_headers(h: &mut hyper::HeaderMap) {
     h.remove(&PROXY_CONNECTION);
 }
 
-async fn forward(l: &ListenerRt, req: Request<Incoming>, xff: HeaderValue) -> Response<ProxyBody> {
+/// Why no backend connection could be had.
+enum ConnectError {
+    Failed,
+}
+
+/// A new keep-alive connection to `up`, ended when `up` is retired or the proxy stops.
+async fn connect(
+    l: &ListenerRt,
+    up: &Upstream,
+    cfg: &ListenerConfig,
+) -> Result<SendRequest<Incoming>, ConnectError> {
+    let kill = up.kill_token();
+    let stream = match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(up.addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(listener = %l.name, backend = %up.node, error = %e, "connect failed");
+            return Err(ConnectError::Failed);
+        }
+        Err(_) => {
+            tracing::debug!(listener = %l.name, backend = %up.node, "connect timed out");
+            return Err(ConnectError::Failed);
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|_| ConnectError::Failed)?;
+    let shutdown = l.shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = conn => {}
+            _ = kill.cancelled() => {}
+            _ = shutdown.cancelled() => {}
+        }
+    });
+    Ok(sender)
+}
+
+fn take_idle(idle: &Idle, up: &Arc<Upstream>) -> Option<SendRequest<Incoming>> {
+    let mut list = idle.lock().unwrap_or_else(|p| p.into_inner());
+    // Closed connections (backend gone, or retired) are dropped on the way.
+    list.retain(|(_, s)| !s.is_closed());
+    let i = list.iter().position(|(u, _)| Arc::ptr_eq(u, up))?;
+    Some(list.swap_remove(i).1)
+}
+
+async fn forward(
+    l: &ListenerRt,
+    idle: &Idle,
+    req: Request<Incoming>,
+    xff: HeaderValue,
+) -> Response<ProxyBody> {
     l.counters.requests.fetch_add(1, Ordering::Relaxed);
     let settings = l.settings();
     let cfg = &settings.cfg;
-    let (mut parts, body) = req.into_parts();
-    strip_hop_headers(&mut parts.headers);
-    match parts.headers.get_mut(&X_FORWARDED_FOR) {
+    let mut req = req;
+    let headers = req.headers_mut();
+    strip_hop_headers(headers);
+    match headers.get_mut(&X_FORWARDED_FOR) {
         None => {
-            parts.headers.insert(X_FORWARDED_FOR.clone(), xff);
+            headers.insert(X_FORWARDED_FOR.clone(), xff);
         }
         Some(v) => {
             let mut joined = v.as_bytes().to_vec();
@@ -93,56 +158,57 @@ async fn forward(l: &ListenerRt, req: Request<Incoming>, xff: HeaderValue) -> Re
             }
         }
     }
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    // Only a request without a body can be sent again after a failed connect.
-    let bodiless = hyper::body::Body::is_end_stream(&body);
-    let may_retry = bodiless && (cfg.mode == Mode::Failover || cfg.retries > 0);
-    let mut body = Some(body);
-    let deadline = Instant::now() + cfg.queue_timeout;
+    let mut deadline: Option<Instant> = None;
     let mut tried = Vec::new();
     let mut attempts = 0u32;
     loop {
-        let Picked::Backend(up, kill, targets) = l.wait_pick(cfg, &mut tried, deadline).await else {
-            l.counters.errors.fetch_add(1, Ordering::Relaxed);
-            return error(StatusCode::SERVICE_UNAVAILABLE, "no backend available\n");
-        };
-        let mut uri = hyper::http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(up.authority.clone());
-        uri.path_and_query = Some(path.clone());
-        let Ok(uri) = Uri::from_parts(uri) else {
-            return error(StatusCode::BAD_REQUEST, "bad request target\n");
-        };
-        let mut headers = if may_retry {
-            parts.headers.clone()
-        } else {
-            std::mem::take(&mut parts.headers)
-        };
-        headers.insert(X_STANDIN_EPOCH.clone(), targets.epoch_header.clone());
-        drop(targets);
-        let mut req = Request::new(match body.take() {
-            Some(b) => Either::Left(b),
-            None => Either::Right(Empty::new()),
-        });
-        *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = uri;
-        *req.version_mut() = parts.version;
-        *req.headers_mut() = headers;
-        let open = up.enter();
-        let result = tokio::select! {
-            r = settings.http.request(req) => r,
-            _ = kill.cancelled() => {
-                l.counters.errors.fetch_add(1, Ordering::Relaxed);
-                return error(StatusCode::BAD_GATEWAY, "backend replaced\n");
+        let picked = match l.pick_now(cfg, &tried) {
+            Some(p) => p,
+            None => {
+                let d = *deadline.get_or_insert_with(|| Instant::now() + cfg.queue_timeout);
+                match l.wait_pick(cfg, &mut tried, d).await {
+                    Picked::Backend(u, _, t) => (u, t),
+                    Picked::Nothing => {
+                        l.counters.errors.fetch_add(1, Ordering::Relaxed);
+                        return error(StatusCode::SERVICE_UNAVAILABLE, "no backend available\n");
+                    }
+                }
             }
         };
+        let (up, targets) = picked;
+        let mut sender = match take_idle(idle, &up) {
+            Some(s) => s,
+            None => match connect(l, &up, cfg).await {
+                Ok(s) => s,
+                Err(ConnectError::Failed) => {
+                    up.record_failure(&cfg.outlier);
+                    attempts += 1;
+                    if cfg.mode == Mode::Balance && attempts > cfg.retries {
+                        l.counters.errors.fetch_add(1, Ordering::Relaxed);
+                        return error(StatusCode::BAD_GATEWAY, "backend unreachable\n");
+                    }
+                    l.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    deadline.get_or_insert_with(|| Instant::now() + cfg.queue_timeout);
+                    tried.push(up);
+                    continue;
+                }
+            },
+        };
+        if sender.ready().await.is_err() {
+            // Closed while idle: connect again (not a backend failure).
+            continue;
+        }
+        req.headers_mut()
+            .insert(X_STANDIN_EPOCH.clone(), targets.epoch_header.clone());
+        drop(targets);
+        let open = up.enter();
+        let result = sender.try_send_request(req).await;
         drop(open);
         match result {
             Ok(mut resp) => {
+                idle.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((up.clone(), sender));
                 if resp.status().is_server_error() {
                     up.record_failure(&cfg.outlier);
                 } else {
@@ -151,19 +217,23 @@ async fn forward(l: &ListenerRt, req: Request<Incoming>, xff: HeaderValue) -> Re
                 strip_hop_headers(resp.headers_mut());
                 return resp.map(Either::Left);
             }
-            Err(e) => {
-                up.record_failure(&cfg.outlier);
-                let connect = e.is_connect();
-                tracing::debug!(listener = %l.name, backend = %up.node, error = %e, connect, "request failed");
-                attempts += 1;
-                let again = connect && may_retry && (cfg.mode == Mode::Failover || attempts <= cfg.retries);
-                if !again {
+            Err(mut e) => match e.take_message() {
+                // Not sent (the connection closed as we used it): send it on a new one.
+                Some(r) => {
+                    req = r;
+                    attempts += 1;
+                    if attempts > 3 + cfg.retries {
+                        l.counters.errors.fetch_add(1, Ordering::Relaxed);
+                        return error(StatusCode::BAD_GATEWAY, "backend failed\n");
+                    }
+                }
+                None => {
+                    up.record_failure(&cfg.outlier);
+                    tracing::debug!(listener = %l.name, backend = %up.node, error = %e.error(), "request failed");
                     l.counters.errors.fetch_add(1, Ordering::Relaxed);
                     return error(StatusCode::BAD_GATEWAY, "backend failed\n");
                 }
-                l.counters.retries.fetch_add(1, Ordering::Relaxed);
-                tried.push(up);
-            }
+            },
         }
     }
 }

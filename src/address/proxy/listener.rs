@@ -13,9 +13,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use hyper::header::HeaderValue;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -26,16 +23,9 @@ use super::upstream::{now_ms, Upstream};
 use super::watch::View;
 use super::{health, http, tcp};
 
-/// The body the HTTP client sends: the client's own body, or nothing (a retried request).
-pub type ClientBody =
-    http_body_util::Either<hyper::body::Incoming, http_body_util::Empty<hyper::body::Bytes>>;
-pub type HttpClient = Client<HttpConnector, ClientBody>;
-
-/// Settings in force, and what is built from them.
+/// Settings in force (replaced whole by a `PUT`).
 pub struct Settings {
     pub cfg: ListenerConfig,
-    /// Pooled keep-alive connections to the backends (HTTP listeners).
-    pub http: HttpClient,
 }
 
 /// Where traffic may go, as of the last cluster view.
@@ -75,15 +65,6 @@ pub struct ListenerRt {
     pub shutdown: CancellationToken,
 }
 
-fn build_client(cfg: &ListenerConfig) -> HttpClient {
-    let mut conn = HttpConnector::new();
-    conn.set_nodelay(true);
-    conn.set_connect_timeout(Some(cfg.connect_timeout));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(conn)
-}
-
 /// What an attempt to reach a backend gave.
 pub enum Picked {
     Backend(Arc<Upstream>, CancellationToken, Arc<Targets>),
@@ -107,10 +88,7 @@ impl ListenerRt {
         }));
         let l = Arc::new(ListenerRt {
             name: cfg.name.clone(),
-            settings: RwLock::new(Arc::new(Settings {
-                http: build_client(&cfg),
-                cfg,
-            })),
+            settings: RwLock::new(Arc::new(Settings { cfg })),
             local_addr: RwLock::new(addr),
             accept_stop: Mutex::new(CancellationToken::new()),
             targets,
@@ -195,12 +173,7 @@ impl ListenerRt {
         let restart_checks =
             cfg.health != old.cfg.health || cfg.mode != old.cfg.mode || cfg.protocol != old.cfg.protocol;
         let target_changed = cfg.target != old.cfg.target;
-        let client = if cfg.connect_timeout == old.cfg.connect_timeout {
-            old.http.clone()
-        } else {
-            build_client(&cfg)
-        };
-        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Settings { cfg, http: client });
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Settings { cfg });
         if target_changed {
             // Other addresses: the old backends' connections finish, new ones go to the new.
             let old_ups = std::mem::take(&mut *self.upstreams.lock().unwrap_or_else(|p| p.into_inner()));
@@ -382,6 +355,17 @@ impl ListenerRt {
         }
     }
 
+    /// A backend for new traffic right now, without subscribing to changes (the fast path).
+    pub fn pick_now(
+        &self,
+        cfg: &ListenerConfig,
+        tried: &[Arc<Upstream>],
+    ) -> Option<(Arc<Upstream>, Arc<Targets>)> {
+        let t = self.targets.borrow().clone();
+        let u = self.pick(&t, cfg, tried)?;
+        Some((u, t))
+    }
+
     /// Finds a backend for new traffic, waiting up to the queue timeout while there is none.
     /// `tried` holds backends that failed for this connection or request.
     pub async fn wait_pick(
@@ -420,12 +404,22 @@ impl ListenerRt {
         &self,
         cfg: &ListenerConfig,
     ) -> Option<(Arc<Upstream>, CancellationToken, TcpStream)> {
-        let deadline = Instant::now() + cfg.queue_timeout;
+        let mut deadline = None;
         let mut tried = Vec::new();
         let mut attempts = 0u32;
         loop {
-            let Picked::Backend(u, kill, _) = self.wait_pick(cfg, &mut tried, deadline).await else {
-                return None;
+            let (u, kill) = match self.pick_now(cfg, &tried) {
+                Some((u, _)) => {
+                    let kill = u.kill_token();
+                    (u, kill)
+                }
+                None => {
+                    let d = *deadline.get_or_insert_with(|| Instant::now() + cfg.queue_timeout);
+                    match self.wait_pick(cfg, &mut tried, d).await {
+                        Picked::Backend(u, kill, _) => (u, kill),
+                        Picked::Nothing => return None,
+                    }
+                }
             };
             match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(u.addr)).await {
                 Ok(Ok(s)) => {
@@ -444,6 +438,7 @@ impl ListenerRt {
                 return None;
             }
             self.counters.retries.fetch_add(1, Ordering::Relaxed);
+            deadline.get_or_insert_with(|| Instant::now() + cfg.queue_timeout);
             tried.push(u);
         }
     }

@@ -135,13 +135,14 @@ impl Upstream {
     /// true if this failure ejected the backend.
     pub fn record_failure(&self, outlier: &OutlierConfig) -> bool {
         self.failures.fetch_add(1, Ordering::Relaxed);
-        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if outlier.consecutive_failures == 0 || n < outlier.consecutive_failures {
-            return false;
-        }
         let now = now_ms();
         let until = self.ejected_until.load(Ordering::Relaxed);
-        if until > now {
+        if outlier.consecutive_failures == 0 || until > now {
+            // Failures while ejected (traffic only because nothing else is left) do not count.
+            return false;
+        }
+        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < outlier.consecutive_failures {
             return false;
         }
         // A backend that stayed clean for a whole max-ejection since its last ejection ended

@@ -374,6 +374,7 @@ impl SseParser {
             };
             let mut has_data = false;
             for line in block.lines() {
+                let line = line.trim_end_matches('\r');
                 let (field, value) = match line.split_once(':') {
                     Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
                     None => (line, ""),
