@@ -96,6 +96,10 @@ enum Cmd {
         /// A file with a `[proxy]` section (alone, or in a node's config).
         #[arg(long, short)]
         config: PathBuf,
+        /// Worker threads (default: one per core). 1 runs the proxy on one event loop, like
+        /// HAProxy's `nbthread 1`: fewer context switches when cores are shared.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+        threads: Option<u16>,
     },
     /// Show a front proxy's listeners, backends and counters.
     ProxyStatus {
@@ -115,6 +119,12 @@ enum Cmd {
     Bench {
         #[command(subcommand)]
         which: BenchCmd,
+    },
+    /// The proxy benchmark's backend: a fixed answer to every HTTP request.
+    #[command(hide = true)]
+    BenchBackend {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
     },
     /// The demo's built-in HTTP service (started by `standin demo`).
     #[command(hide = true)]
@@ -162,6 +172,24 @@ enum BenchCmd {
         /// Keep one core saturated by a busy process during the run.
         #[arg(long)]
         cpu_hog: bool,
+        /// Where the client sends its requests: `nodes` (every node's service) or `proxy` (one
+        /// failover listener of `standin proxy` in front of the cluster: the floating address).
+        #[arg(long, default_value = "nodes", value_parser = ["nodes", "proxy"])]
+        via: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Floating-address proxy overhead with wrk: direct, HAProxy, standin's proxy (BENCHMARKS.md §4).
+    Proxy {
+        /// How long each wrk run lasts (whole seconds).
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Connections wrk keeps open (the same for every row).
+        #[arg(long, default_value_t = 50)]
+        connections: u32,
+        /// Runs per row (round-robin over the rows); the table shows each figure's median.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         #[arg(long)]
         json: bool,
     },
@@ -223,9 +251,16 @@ fn cli_result(r: Result<(), CliError>) -> ExitCode {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    // The VIP keeper is small and single-threaded; everything else gets the worker pool.
+    // The VIP keeper is small and single-threaded, and the proxy benchmark's backend gets one
+    // thread like wrk and HAProxy beside it; everything else gets the worker pool.
     let mut builder = match args.command {
-        Cmd::VipKeeper { .. } => tokio::runtime::Builder::new_current_thread(),
+        Cmd::VipKeeper { .. } | Cmd::BenchBackend { .. } => tokio::runtime::Builder::new_current_thread(),
+        Cmd::Proxy { threads: Some(1), .. } => tokio::runtime::Builder::new_current_thread(),
+        Cmd::Proxy { threads: Some(n), .. } => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(usize::from(n));
+            b
+        }
         _ => tokio::runtime::Builder::new_multi_thread(),
     };
     let rt = match builder.enable_all().build() {
@@ -311,7 +346,7 @@ async fn async_main(args: Args) -> ExitCode {
                 code(EXIT_CONFIG)
             }
         },
-        Cmd::Proxy { config } => {
+        Cmd::Proxy { config, .. } => {
             init_tracing();
             let config = match standin::address::proxy::config::ProxyConfig::load(&config) {
                 Ok(c) => c,
@@ -367,33 +402,62 @@ async fn async_main(args: Args) -> ExitCode {
                 }
             }
         }
-        Cmd::Bench { which } => match which {
-            BenchCmd::Store { requests, json } => {
-                init_tracing();
-                match standin::bench::store::run(requests, json).await {
-                    Ok(()) => code(exit::OK),
-                    Err(e) => {
-                        eprintln!("standin: {e:#}");
-                        code(1)
+        Cmd::Bench { which } => {
+            init_tracing();
+            let result = match which {
+                BenchCmd::Store { requests, json } => {
+                    standin::bench::until_interrupted(standin::bench::store::run(requests, json)).await
+                }
+                BenchCmd::Failover {
+                    trials,
+                    faults,
+                    cpu_hog,
+                    via,
+                    json,
+                } => match standin::bench::Via::parse(&via) {
+                    Ok(via) => {
+                        standin::bench::until_interrupted(standin::bench::failover(
+                            trials, &faults, cpu_hog, via, json,
+                        ))
+                        .await
                     }
+                    Err(e) => Err(e),
+                },
+                BenchCmd::Proxy {
+                    duration,
+                    connections,
+                    rounds,
+                    json,
+                } => {
+                    standin::bench::until_interrupted(standin::bench::proxy::run(
+                        duration,
+                        connections,
+                        rounds,
+                        json,
+                    ))
+                    .await
+                }
+            };
+            match result {
+                Ok(()) => code(exit::OK),
+                Err(e) => {
+                    eprintln!("standin: {e:#}");
+                    code(1)
                 }
             }
-            BenchCmd::Failover {
-                trials,
-                faults,
-                cpu_hog,
-                json,
-            } => {
-                init_tracing();
-                match standin::bench::failover(trials, &faults, cpu_hog, json).await {
-                    Ok(()) => code(exit::OK),
-                    Err(e) => {
-                        eprintln!("standin: {e:#}");
-                        code(1)
-                    }
+        }
+        Cmd::BenchBackend { listen } => {
+            init_tracing();
+            let token = CancellationToken::new();
+            shutdown_on_signals(token.clone());
+            match standin::bench::backend::run(listen, token).await {
+                Ok(()) => code(exit::OK),
+                Err(e) => {
+                    eprintln!("standin: {listen}: {e}");
+                    code(1)
                 }
             }
-        },
+        }
         Cmd::DemoService { listen, node, admin } => {
             init_tracing();
             let token = CancellationToken::new();

@@ -3,12 +3,25 @@
 //! p50/p99/max interruption per fault kind, false failovers and stale-primary observations.
 //!
 //! Interruption = from the fault (or, for a planned switchover, from the last answer of the
-//! old active) to the first answer of the new active, as the client sees it.
+//! old active) to the first answer of the new active, as the client sees it. With
+//! `--via proxy` the client asks one address, a failover listener of standin's proxy in front
+//! of the cluster (the floating address), instead of every node's service.
+//!
+//! Also here: what every benchmark shares to clean up after itself (a scratch directory and
+//! child processes removed or killed when dropped, and [`until_interrupted`], which drops
+//! them on Ctrl-C too).
 
+pub mod backend;
 pub mod probe;
+pub mod proxy;
 pub mod store;
 
+use std::fs::File;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
@@ -17,6 +30,113 @@ use serde::Serialize;
 
 use crate::demo::harness::{HarnessError, LocalCluster, Spec};
 use probe::Prober;
+use proxy::{Protocol, StandinProxy};
+
+/// Runs a benchmark until it ends or SIGINT/SIGTERM arrives. On a signal the benchmark's
+/// future is dropped, so its guards ([`Scratch`], [`Spawned`], the local cluster) remove and
+/// kill what it started before the process exits.
+pub async fn until_interrupted<T>(
+    bench: impl Future<Output = Result<T, HarnessError>>,
+) -> Result<T, HarnessError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        return Err(HarnessError("cannot install signal handlers".into()));
+    };
+    tokio::select! {
+        r = bench => r,
+        _ = int.recv() => Err(HarnessError("interrupted (SIGINT); everything started was stopped".into())),
+        _ = term.recv() => Err(HarnessError("terminated (SIGTERM); everything started was stopped".into())),
+    }
+}
+
+/// A scratch directory under the system's temp dir, removed when dropped.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(prefix: &str) -> Result<Scratch, HarnessError> {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| HarnessError(format!("{}: {e}", dir.display())))?;
+        Ok(Scratch(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process in its own process group, killed (the whole group) and reaped when dropped.
+pub struct Spawned(Child);
+
+impl Spawned {
+    /// Starts `cmd` with stdin closed, stdout discarded and stderr appended to `log`.
+    pub fn start(cmd: &mut Command, log: &Path, what: &str) -> Result<Spawned, HarnessError> {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| HarnessError(format!("{}: {e}", log.display())))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| HarnessError(format!("cannot start {what}: {e}")))?;
+        Ok(Spawned(child))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.0.id() as i32), Signal::SIGKILL);
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `n` distinct free loopback ports (all held until all are chosen).
+pub(crate) fn free_ports(n: usize) -> Result<Vec<u16>, HarnessError> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| HarnessError(e.to_string())))
+        .collect::<Result<_, _>>()?;
+    held.iter()
+        .map(|l| Ok(l.local_addr().map_err(|e| HarnessError(e.to_string()))?.port()))
+        .collect()
+}
+
+/// Where the failover benchmark's client sends its requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Via {
+    /// To every node's service address at once; the answer from the active one counts.
+    Nodes,
+    /// To one address: a `tcp` failover listener of standin's proxy in front of the cluster.
+    Proxy,
+}
+
+impl Via {
+    pub fn parse(s: &str) -> Result<Via, HarnessError> {
+        match s {
+            "nodes" => Ok(Via::Nodes),
+            "proxy" => Ok(Via::Proxy),
+            other => Err(HarnessError(format!(
+                "unknown --via {other:?}: use nodes or proxy"
+            ))),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -54,6 +174,8 @@ impl Fault {
 #[derive(Debug, Serialize)]
 pub struct FaultResult {
     pub fault: Fault,
+    /// Where the client sent its requests.
+    pub via: Via,
     pub trials: usize,
     pub failed: usize,
     pub p50_ms: Option<f64>,
@@ -75,34 +197,52 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 }
 
 /// Runs the failover benchmark and prints its results.
-pub async fn failover(trials: usize, faults: &str, cpu_hog: bool, json: bool) -> Result<(), HarnessError> {
+pub async fn failover(
+    trials: usize,
+    faults: &str,
+    cpu_hog: bool,
+    via: Via,
+    json: bool,
+) -> Result<(), HarnessError> {
     let faults: Vec<Fault> = faults.split(',').map(Fault::parse).collect::<Result<_, _>>()?;
+    let scratch = Scratch::new("standin-bench")?;
     // A busy loop in its own process group, killed when the run ends (even on error).
-    let hog = if cpu_hog {
-        let child = std::process::Command::new("sh")
-            .args(["-c", "while :; do :; done"])
-            .process_group(0)
-            .spawn()
-            .map_err(|e| HarnessError(format!("cannot start the CPU hog: {e}")))?;
-        Some(KillOnDrop(child))
+    let _hog = if cpu_hog {
+        Some(Spawned::start(
+            Command::new("sh").args(["-c", "while :; do :; done"]),
+            &scratch.path().join("hog.log"),
+            "the CPU hog",
+        )?)
     } else {
         None
     };
-    let dir = std::env::temp_dir().join(format!("standin-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
     let binary = std::env::current_exe().map_err(|e| HarnessError(e.to_string()))?;
     let mut results = Vec::new();
     for fault in faults {
-        let spec = Spec::new(&dir.join(format!("{fault:?}")), &binary);
+        let dir = scratch.path().join(format!("{fault:?}"));
+        let spec = Spec::new(&dir, &binary);
         let mut cluster = LocalCluster::create(spec).await?;
         cluster.start_all()?;
         cluster.wait_ready(Duration::from_secs(30)).await?;
-        let r = run_fault(&mut cluster, fault, trials).await;
+        // The client's addresses: every node's service, or the proxy's one listener.
+        let (targets, _proxy): (Vec<SocketAddr>, Option<StandinProxy>) = match via {
+            Via::Nodes => (cluster.nodes.iter().filter_map(|n| n.service).collect(), None),
+            Via::Proxy => {
+                let admins: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.admin).collect();
+                let p = StandinProxy::start(&binary, &dir, &admins, &[("service", Protocol::Tcp)])?;
+                let listen = p
+                    .listener("service")
+                    .ok_or_else(|| HarnessError("the proxy has no listener".into()))?;
+                wait_active_via(listen, Duration::from_secs(15))
+                    .await
+                    .map_err(|e| proxy::with_log(e, &dir.join("proxy.log")))?;
+                (vec![listen], Some(p))
+            }
+        };
+        let r = run_fault(&mut cluster, fault, trials, targets, via).await;
         drop(cluster);
         results.push(r?);
     }
-    let _ = std::fs::remove_dir_all(&dir);
-    drop(hog);
     if json {
         println!(
             "{}",
@@ -136,29 +276,45 @@ pub async fn failover(trials: usize, faults: &str, cpu_hog: bool, json: bool) ->
         ]);
     }
     println!("{t}");
-    println!("client probes every 10 ms; interruption = fault (or last answer of the old active) -> first answer of the new active");
+    match via {
+        Via::Nodes => println!("client probes every node's service every 10 ms"),
+        Via::Proxy => println!(
+            "client probes every 10 ms through a standin proxy failover listener (tcp) in front of the cluster, \
+             a new connection per request"
+        ),
+    }
+    println!("interruption = fault (or last answer of the old active) -> first answer of the new active");
     if cpu_hog {
         println!("one core saturated by a busy process throughout");
     }
     Ok(())
 }
 
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// Waits until a request through `addr` is answered by an active node.
+async fn wait_active_via(addr: SocketAddr, timeout: Duration) -> Result<(), HarnessError> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if crate::demo::harness::probe_service(addr, Duration::from_millis(500))
+            .await
+            .is_some()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Err(HarnessError(format!(
+        "no answer from an active node through the proxy at {addr} within {timeout:?}"
+    )))
 }
 
 async fn run_fault(
     cluster: &mut LocalCluster,
     fault: Fault,
     trials: usize,
+    targets: Vec<SocketAddr>,
+    via: Via,
 ) -> Result<FaultResult, HarnessError> {
-    let services: Vec<_> = cluster.nodes.iter().filter_map(|n| n.service).collect();
-    let prober = Prober::start(services, Duration::from_millis(10));
+    let prober = Prober::start(targets, Duration::from_millis(10));
     let mut samples = Vec::new();
     let mut failed = 0;
     let mut false_failovers = 0;
@@ -271,6 +427,7 @@ async fn run_fault(
     sorted.sort_by(|a, b| a.total_cmp(b));
     Ok(FaultResult {
         fault,
+        via,
         trials,
         failed,
         p50_ms: percentile(&sorted, 50.0),

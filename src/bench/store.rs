@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use serde::Serialize;
 
+use super::free_ports;
 use crate::demo::harness::{HarnessError, LocalCluster, Spec};
 
 fn err(m: impl Into<String>) -> HarnessError {
@@ -36,16 +37,6 @@ impl Drop for Server {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// `n` distinct free ports (all held until all are chosen).
-fn free_ports(n: usize) -> Result<Vec<u16>, HarnessError> {
-    let held: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| err(e.to_string())))
-        .collect::<Result<_, _>>()?;
-    held.iter()
-        .map(|l| Ok(l.local_addr().map_err(|e| err(e.to_string()))?.port()))
-        .collect()
 }
 
 fn redis_server(dir: &Path, port: u16, extra: &[&str]) -> Result<Server, HarnessError> {

@@ -54,6 +54,8 @@ pub struct Spec {
     pub hooks_toml: String,
     /// Extra TOML lines for `[service]` (e.g. `mode = "warm"`).
     pub service_toml: String,
+    /// What each data node runs as its service.
+    pub service: ServiceKind,
     /// Run the Redis-protocol store on every data node; extra lines for `[store]`.
     pub store: bool,
     pub store_toml: String,
@@ -71,8 +73,30 @@ impl Spec {
             extra_toml: String::new(),
             hooks_toml: String::new(),
             service_toml: String::new(),
+            service: ServiceKind::Demo,
             store: true,
             store_toml: String::new(),
+        }
+    }
+}
+
+/// The program each data node supervises, on the node's service address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceKind {
+    /// `standin demo-service`: lease-aware, answers `node=.. epoch=.. role=active`.
+    Demo,
+    /// `standin bench-backend`: a fixed answer as fast as hyper gives it (proxy benchmark).
+    BenchBackend,
+}
+
+impl ServiceKind {
+    /// The arguments of `standin` that run this service for `node`.
+    fn args(self, listen: SocketAddr, node: &str, admin: SocketAddr) -> String {
+        match self {
+            ServiceKind::Demo => format!(
+                "\"demo-service\", \"--listen\", \"{listen}\", \"--node\", \"{node}\", \"--admin\", \"{admin}\""
+            ),
+            ServiceKind::BenchBackend => format!("\"bench-backend\", \"--listen\", \"{listen}\""),
         }
     }
 }
@@ -294,10 +318,9 @@ impl LocalCluster {
             );
             if let Some(svc) = n.service {
                 text.push_str(&format!(
-                    "\n[service]\ncommand = \"{}\"\nargs = [\"demo-service\", \"--listen\", \"{svc}\", \"--node\", \"{}\", \"--admin\", \"{}\"]\nstop-grace = \"2s\"\n{}\n[[check]]\nname = \"http\"\nkind = \"http\"\nurl = \"http://{svc}/health\"\ninterval = \"100ms\"\ntimeout = \"300ms\"\nrise = 1\nfall = 2\n",
+                    "\n[service]\ncommand = \"{}\"\nargs = [{}]\nstop-grace = \"2s\"\n{}\n[[check]]\nname = \"http\"\nkind = \"http\"\nurl = \"http://{svc}/health\"\ninterval = \"100ms\"\ntimeout = \"300ms\"\nrise = 1\nfall = 2\n",
                     spec.binary.display(),
-                    n.id,
-                    n.admin,
+                    spec.service.args(svc, &n.id, n.admin),
                     spec.service_toml,
                     svc = svc,
                 ));

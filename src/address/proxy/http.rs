@@ -47,6 +47,7 @@ pub async fn serve(l: Arc<ListenerRt>, stream: TcpStream, peer: SocketAddr) {
     l.counters.open.fetch_add(1, Ordering::Relaxed);
     let shutdown = l.shutdown.clone();
     let idle: Arc<Idle> = Arc::new(Mutex::new(Vec::new()));
+    let idle_back = idle.clone();
     let svc = {
         let l = l.clone();
         hyper::service::service_fn(move |req| {
@@ -72,7 +73,22 @@ pub async fn serve(l: Arc<ListenerRt>, stream: TcpStream, peer: SocketAddr) {
         }
     }
     l.counters.open.fetch_sub(1, Ordering::Relaxed);
+    // Hand this client's idle backend connections to the next client connection.
+    let mine = std::mem::take(&mut *idle_back.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut pool = l.backend_pool.lock().unwrap_or_else(|p| p.into_inner());
+    pool.retain(|(_, s)| !s.is_closed());
+    for (up, s) in mine {
+        if pool.len() >= BACKEND_POOL_MAX {
+            break;
+        }
+        if !s.is_closed() && !up.kill_token().is_cancelled() {
+            pool.push((up, s));
+        }
+    }
 }
+
+/// Most idle backend connections a listener keeps for later client connections.
+const BACKEND_POOL_MAX: usize = 256;
 
 fn error(status: StatusCode, msg: &'static str) -> Response<ProxyBody> {
     let mut r = Response::new(Either::Right(Full::new(Bytes::from_static(msg.as_bytes()))));
@@ -176,7 +192,7 @@ async fn forward(
             }
         };
         let (up, targets) = picked;
-        let mut sender = match take_idle(idle, &up) {
+        let mut sender = match take_idle(idle, &up).or_else(|| take_idle(&l.backend_pool, &up)) {
             Some(s) => s,
             None => match connect(l, &up, cfg).await {
                 Ok(s) => s,

@@ -63,6 +63,15 @@ pub struct ListenerRt {
     pub counters: Counters,
     /// The proxy's shutdown: ends accept loops, checks and connections.
     pub shutdown: CancellationToken,
+    /// HTTP: idle keep-alive backend connections left by client connections that closed, for
+    /// the next client connection (as HAProxy's `http-reuse`): without it, one connection per
+    /// client request would cost a backend connect per request.
+    pub backend_pool: Mutex<
+        Vec<(
+            Arc<Upstream>,
+            hyper::client::conn::http1::SendRequest<hyper::body::Incoming>,
+        )>,
+    >,
 }
 
 /// What an attempt to reach a backend gave.
@@ -98,6 +107,7 @@ impl ListenerRt {
             rr: AtomicUsize::new(0),
             counters: Counters::default(),
             shutdown,
+            backend_pool: Mutex::new(Vec::new()),
         });
         l.spawn_accept(listener);
         tracing::info!(listener = %l.name, listen = %addr, "listening");
