@@ -111,6 +111,9 @@ pub struct NodeRecord {
     /// Heartbeat paths to each peer as this node last reported them: `"peer address"` → up.
     #[serde(default)]
     pub paths: BTreeMap<String, bool>,
+    /// Digest of the configuration the node last started with.
+    #[serde(default)]
+    pub config_digest: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -150,6 +153,7 @@ pub enum EventKind {
     PathChanged,
     AlarmRaised,
     AlarmCleared,
+    ConfigChanged,
     SwitchoverRequested,
     SwitchoverCancelled,
 }
@@ -184,6 +188,10 @@ pub enum Command {
         node: String,
         version: String,
         checks: Vec<String>,
+        /// A digest of the node's configuration: a different one than last time is recorded
+        /// as a configuration change.
+        #[serde(default)]
+        config: String,
         at: u64,
     },
     /// A health check (or the process) changed state on `node`.
@@ -400,9 +408,11 @@ impl ClusterState {
                 node,
                 version,
                 checks,
+                config,
                 at,
             } => {
                 let rec = self.node_mut(node);
+                let previous_config = std::mem::replace(&mut rec.config_digest, config.clone());
                 rec.version = version.clone();
                 rec.started_unix_ms = Some(*at);
                 // Checks restart from "unhealthy": the new process has proven nothing yet.
@@ -427,6 +437,16 @@ impl ClusterState {
                     format!("version {version}"),
                     None,
                 );
+                if !previous_config.is_empty() && !config.is_empty() && previous_config != *config {
+                    self.event(
+                        *at,
+                        EventKind::ConfigChanged,
+                        Some(node),
+                        None,
+                        format!("configuration changed (digest {previous_config} -> {config})"),
+                        None,
+                    );
+                }
                 self.recompute_health(node, *at);
                 if self.active.as_deref() == Some(node) {
                     let epoch = self.epoch;
@@ -843,10 +863,79 @@ mod tests {
     }
 
     #[test]
+    fn config_changes_alarms_paths_and_retention_are_recorded_once() {
+        let mut s = ClusterState::default();
+        let started = |config: &str, at| Command::NodeStarted {
+            config: config.into(),
+            node: "b".into(),
+            version: "1".into(),
+            checks: vec![],
+            at,
+        };
+        let count = |s: &ClusterState, k: EventKind| s.events.iter().filter(|e| e.kind == k).count();
+        s.apply(&started("aaaa", 1));
+        s.apply(&started("aaaa", 2));
+        assert_eq!(
+            count(&s, EventKind::ConfigChanged),
+            0,
+            "same config, or the first start"
+        );
+        s.apply(&started("bbbb", 3));
+        assert_eq!(count(&s, EventKind::ConfigChanged), 1);
+        // Alarms: raised once, cleared once; repeats refused (so never notified twice).
+        let alarm = |raise| Command::Alarm {
+            key: "standby-unhealthy:b".into(),
+            raise,
+            detail: "http: timeout".into(),
+            at: 4,
+        };
+        assert!(s.apply(&alarm(true)).ok);
+        assert!(!s.apply(&alarm(true)).ok);
+        assert!(s.alarms.contains_key("standby-unhealthy:b"));
+        assert!(s.apply(&alarm(false)).ok);
+        assert!(!s.apply(&alarm(false)).ok);
+        assert_eq!(count(&s, EventKind::AlarmRaised), 1);
+        assert_eq!(count(&s, EventKind::AlarmCleared), 1);
+        assert_eq!(
+            s.events
+                .iter()
+                .rev()
+                .find(|e| e.kind == EventKind::AlarmCleared)
+                .and_then(|e| e.node.as_deref()),
+            Some("b")
+        );
+        // Paths: the first "up" is quiet, a change is an event, a repeat is refused.
+        let path = |up, at| Command::Path {
+            node: "b".into(),
+            peer: "w".into(),
+            address: "10.0.0.3:7100".into(),
+            up,
+            at,
+        };
+        assert!(s.apply(&path(true, 5)).ok);
+        assert_eq!(count(&s, EventKind::PathChanged), 0);
+        assert!(s.apply(&path(false, 6)).ok);
+        assert!(!s.apply(&path(false, 7)).ok);
+        assert_eq!(count(&s, EventKind::PathChanged), 1);
+        // Counters by kind/cause; retention trims the history at once and from then on.
+        assert_eq!(s.stats.events.get("alarm-raised/"), Some(&1));
+        assert!(s.apply(&Command::SetRetention { events: 2 }).ok);
+        assert_eq!(s.events.len(), 2);
+        s.apply(&path(true, 8));
+        assert_eq!(s.events.len(), 2);
+        assert_eq!(
+            s.stats.events.get("path-changed/"),
+            Some(&2),
+            "counters outlive the history"
+        );
+    }
+
+    #[test]
     fn restarted_active_steps_down() {
         let mut s = ClusterState::default();
         s.apply(&promote("a", 1));
         s.apply(&Command::NodeStarted {
+            config: String::new(),
             node: "a".into(),
             version: "1".into(),
             checks: vec!["process".into()],
@@ -878,6 +967,7 @@ mod tests {
     fn health_is_all_checks() {
         let mut s = ClusterState::default();
         s.apply(&Command::NodeStarted {
+            config: String::new(),
             node: "a".into(),
             version: "1".into(),
             checks: vec!["process".into(), "http".into()],

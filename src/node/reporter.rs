@@ -37,6 +37,13 @@ fn describe(state: &ProcState) -> (bool, String) {
     }
 }
 
+/// A short digest of the effective configuration (what the node runs with, not the file's
+/// formatting): FNV-1a over its JSON form.
+fn config_digest(config: &crate::config::Config) -> String {
+    let text = serde_json::to_string(config).unwrap_or_default();
+    format!("{:016x}", crate::config::raft_id(&text))
+}
+
 pub async fn run(node: Arc<Node>, mut transitions: UnboundedReceiver<Transition>, cancel: CancellationToken) {
     let me = node.cluster.me().to_string();
     let warm = node
@@ -99,6 +106,7 @@ pub async fn run(node: Arc<Node>, mut transitions: UnboundedReceiver<Transition>
                 node: me.clone(),
                 version: VERSION.into(),
                 checks: observed.keys().cloned().collect(),
+                config: config_digest(&node.config),
                 at: unix_ms(),
             };
             match cancellable(&cancel, node.cluster.write(cmd)).await {
