@@ -1036,11 +1036,15 @@ impl Drop for Webhook {
 async fn alarms_are_raised_and_cleared_through_a_webhook() {
     let _g = SERIAL.lock().await;
     let hook = Webhook::start().await;
+    // The exec channel too: each notification's JSON into a file of its own (runs overlap).
+    let out = tempfile::tempdir().expect("tempdir");
+    let exec_dir = out.path().to_path_buf();
     let mut f = Fixture::start(
         true,
         &format!(
-            "[alarms]\nwebhook = [\"http://{}/hook\"]\nbackoff = \"50ms\"\n",
-            hook.addr
+            "[alarms]\nwebhook = [\"http://{}/hook\"]\nexec = \"cat > '{}'/$STANDIN_ALARM_STATE-$$.json\"\nbackoff = \"50ms\"\n",
+            hook.addr,
+            exec_dir.display()
         ),
     )
     .await;
@@ -1127,6 +1131,21 @@ async fn alarms_are_raised_and_cleared_through_a_webhook() {
             .any(|v| v["seq"] == first["seq"] && v["title"] == first["title"] && v["_answered"] == 200),
         "the failed delivery was not retried: {first}"
     );
+    // The exec command got the same notifications as JSON on stdin.
+    let execd: Vec<serde_json::Value> = std::fs::read_dir(&exec_dir)
+        .expect("exec dir")
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        // A run still in progress may not have written its file completely yet.
+        .filter_map(|t| serde_json::from_str(&t).ok())
+        .collect();
+    let lines = format!("{execd:?}");
+    assert!(
+        execd
+            .iter()
+            .any(|v| v["title"] == "failover" && v["cause"] == "node-lost"),
+        "exec did not get the failover: {lines}"
+    );
+    assert!(execd.iter().any(|v| v["state"] == "cleared"), "{lines}");
     println!(
         "{} notifications: {:?}",
         all.len(),
