@@ -919,6 +919,44 @@ async fn the_api_token_guards_mutations_and_the_cli_sends_it() {
     .await
     .expect("request");
     assert_eq!(r.status, 401, "{}", r.body);
+    // A dashboard served by another node may call this one: the CORS preflight is answered
+    // without the token, and answers carry the headers a browser needs.
+    let raw = |req: String| {
+        let api = api.clone();
+        move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(&api).expect("connect");
+            s.write_all(req.replace("HOST", &api).as_bytes()).expect("send");
+            let mut out = String::new();
+            s.read_to_string(&mut out).expect("read");
+            out.to_ascii_lowercase()
+        }
+    };
+    let pre = tokio::task::spawn_blocking(raw(
+        "OPTIONS /v1/drain HTTP/1.1\r\nHost: HOST\r\nOrigin: http://elsewhere\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization, content-type\r\nConnection: close\r\n\r\n".into(),
+    ))
+    .await
+    .expect("join");
+    assert!(pre.starts_with("http/1.1 204"), "{pre}");
+    assert!(pre.contains("access-control-allow-origin: *"), "{pre}");
+    assert!(
+        pre.contains("access-control-allow-headers: authorization, content-type"),
+        "{pre}"
+    );
+    assert!(
+        pre.contains("access-control-allow-methods: get, post, options"),
+        "{pre}"
+    );
+    let get = tokio::task::spawn_blocking(raw(
+        "GET /v1/status HTTP/1.1\r\nHost: HOST\r\nOrigin: http://elsewhere\r\nConnection: close\r\n\r\n"
+            .into(),
+    ))
+    .await
+    .expect("join");
+    assert!(
+        get.starts_with("http/1.1 200") && get.contains("access-control-allow-origin: *"),
+        "{get}"
+    );
     // The managed service's lease endpoint is always open.
     let r = standin::api::client::request(
         &api,

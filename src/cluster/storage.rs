@@ -109,6 +109,16 @@ impl Recent {
         self.bytes = 0;
     }
 
+    /// The committed id not yet in the file, marked as written from now.
+    fn take_unsaved_committed(&mut self) -> Option<LogId<NodeId>> {
+        let pending = (!self.committed_saved).then_some(self.committed).flatten();
+        if pending.is_some() {
+            self.committed_saved = true;
+            self.committed_written_at = Some(std::time::Instant::now());
+        }
+        pending
+    }
+
     /// The entries in `[start, end)` if the cache holds all of them that exist.
     fn range(&self, start: u64, end: u64) -> Option<Vec<Entry<TypeConfig>>> {
         let (&first, _) = self.entries.first_key_value()?;
@@ -306,12 +316,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                         let pending = {
                             let mut recent = store.recent();
                             recent.flush_scheduled = false;
-                            let pending = (!recent.committed_saved).then_some(recent.committed).flatten();
-                            if pending.is_some() {
-                                recent.committed_saved = true;
-                                recent.committed_written_at = Some(std::time::Instant::now());
-                            }
-                            pending
+                            recent.take_unsaved_committed()
                         };
                         if let Some(c) = pending {
                             let db = store.db.clone();
@@ -347,15 +352,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let db = self.db.clone();
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        let committed = {
-            let mut recent = self.recent();
-            let pending = (!recent.committed_saved).then_some(recent.committed).flatten();
-            if pending.is_some() {
-                recent.committed_saved = true;
-                recent.committed_written_at = Some(std::time::Instant::now());
-            }
-            pending
-        };
+        let committed = self.recent().take_unsaved_committed();
         let result = blocking(move || {
             let e = logs_err(ErrorVerb::Write);
             let tx = db.begin_write().map_err(|x| e(&x))?;

@@ -189,17 +189,7 @@ impl ProxyConfig {
     /// Reads a proxy config: a file with only `[proxy]`, or a node's config with a `[proxy]`
     /// section (the whole node config is then validated too).
     pub fn load(path: &Path) -> Result<ProxyConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.to_path_buf(),
-                message,
-            },
-            other => other,
-        })
+        crate::config::load_with(path, Self::parse)
     }
 
     /// Parses and validates proxy config text (see [`ProxyConfig::load`]).
