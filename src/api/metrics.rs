@@ -17,7 +17,7 @@ use prometheus_client::registry::Registry;
 
 use crate::node::Node;
 
-type Labels = Vec<(&'static str, String)>;
+pub type Labels = Vec<(&'static str, String)>;
 
 /// The node's live metrics and the registry that holds them.
 #[derive(Debug)]
@@ -124,7 +124,8 @@ fn fgauge_family(
     f
 }
 
-fn l(pairs: &[(&'static str, &str)]) -> Labels {
+/// A label set from name/value pairs.
+pub fn l(pairs: &[(&'static str, &str)]) -> Labels {
     pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
 }
 
