@@ -125,6 +125,9 @@ enum Cmd {
     BenchBackend {
         #[arg(long)]
         listen: std::net::SocketAddr,
+        /// The body of every answer.
+        #[arg(long, default_value = standin::bench::backend::BODY)]
+        answer: String,
     },
     /// The demo's built-in HTTP service (started by `standin demo`).
     #[command(hide = true)]
@@ -172,10 +175,14 @@ enum BenchCmd {
         /// Keep one core saturated by a busy process during the run.
         #[arg(long)]
         cpu_hog: bool,
-        /// Where the client sends its requests: `nodes` (every node's service) or `proxy` (one
-        /// failover listener of `standin proxy` in front of the cluster: the floating address).
-        #[arg(long, default_value = "nodes", value_parser = ["nodes", "proxy"])]
+        /// Where the client sends its requests: `nodes` (every node's service), `proxy` (one
+        /// failover listener of `standin proxy` in front of the cluster: the floating address)
+        /// or `vip` (the virtual IP, in network namespaces, with keepalived beside it; root).
+        #[arg(long, default_value = "nodes", value_parser = ["nodes", "proxy", "vip"])]
         via: String,
+        /// With `--via vip`: skip the keepalived rows.
+        #[arg(long)]
+        without_keepalived: bool,
         #[arg(long)]
         json: bool,
     },
@@ -413,11 +420,25 @@ async fn async_main(args: Args) -> ExitCode {
                     faults,
                     cpu_hog,
                     via,
+                    without_keepalived,
                     json,
                 } => match standin::bench::Via::parse(&via) {
+                    // The VIP benchmark runs on a thread of its own that handles signals
+                    // itself: it must finish deleting its namespaces before the process exits.
+                    Ok(standin::bench::Via::Vip) => {
+                        standin::bench::failover(
+                            trials,
+                            &faults,
+                            cpu_hog,
+                            standin::bench::Via::Vip,
+                            !without_keepalived,
+                            json,
+                        )
+                        .await
+                    }
                     Ok(via) => {
                         standin::bench::until_interrupted(standin::bench::failover(
-                            trials, &faults, cpu_hog, via, json,
+                            trials, &faults, cpu_hog, via, false, json,
                         ))
                         .await
                     }
@@ -446,11 +467,11 @@ async fn async_main(args: Args) -> ExitCode {
                 }
             }
         }
-        Cmd::BenchBackend { listen } => {
+        Cmd::BenchBackend { listen, answer } => {
             init_tracing();
             let token = CancellationToken::new();
             shutdown_on_signals(token.clone());
-            match standin::bench::backend::run(listen, token).await {
+            match standin::bench::backend::run(listen, answer, token).await {
                 Ok(()) => code(exit::OK),
                 Err(e) => {
                     eprintln!("standin: {listen}: {e}");

@@ -492,8 +492,31 @@ async fn planned_switchover_drains_old_connections_and_listeners_change_at_runti
         .await;
     assert_eq!(code, 400, "{reply}");
     assert!(reply.contains("queue-timeout"), "{reply}");
-    // Deleting a listener keeps its open connections.
+    // A backend that does not answer in `request-timeout` gets the client a 504 at that time;
+    // the next request is served.
     let http = proxy.addr("http").await;
+    let (code, reply) = proxy
+        .put(
+            "http",
+            serde_json::json!({"listen": http.to_string(), "protocol": "http", "request-timeout": "300ms"}),
+        )
+        .await;
+    assert_eq!(code, 200, "{reply}");
+    let asked = Instant::now();
+    let (code, body) = get(http, "/delay/5000").await.expect("an answer from the proxy");
+    let took = asked.elapsed();
+    assert_eq!(code, 504, "{body}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "504 after {took:?}"
+    );
+    println!(
+        "slow backend: 504 after {} ms (request-timeout 300ms)",
+        took.as_millis()
+    );
+    let (code, body) = get(http, "/delay/10").await.expect("answer");
+    assert_eq!(code, 200, "a quick answer within the timeout: {body}");
+    // Deleting a listener keeps its open connections.
     let mut on_deleted = KeepAlive::open(http).await;
     assert!(on_deleted.get("/").await.is_some());
     let r = request(

@@ -20,11 +20,13 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// What every request gets.
-pub const BODY: &[u8] = b"ok\n";
+/// What every request gets unless told otherwise.
+pub const BODY: &str = "ok\n";
 
-/// Serves until `cancel` fires or the parent process (the node daemon) goes away.
-pub async fn run(listen: SocketAddr, cancel: CancellationToken) -> std::io::Result<()> {
+/// Serves `answer` to every request until `cancel` fires or the parent process (the node
+/// daemon, or the benchmark) goes away.
+pub async fn run(listen: SocketAddr, answer: String, cancel: CancellationToken) -> std::io::Result<()> {
+    let answer = Bytes::from(answer);
     let listener = TcpListener::bind(listen).await?;
     let parent = nix::unistd::getppid();
     let mut orphan_check = tokio::time::interval(Duration::from_millis(100));
@@ -49,9 +51,11 @@ pub async fn run(listen: SocketAddr, cancel: CancellationToken) -> std::io::Resu
             },
         };
         let _ = stream.set_nodelay(true);
+        let body = answer.clone();
         tokio::spawn(async move {
-            let answer = service_fn(|_req| async {
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(BODY))))
+            let answer = service_fn(|_req| {
+                let body = body.clone();
+                async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
             });
             // A client going away mid-request is its business, not an error of the backend.
             let _ = http1::Builder::new()

@@ -12,9 +12,11 @@
 //! them on Ctrl-C too).
 
 pub mod backend;
+pub mod netns;
 pub mod probe;
 pub mod proxy;
 pub mod store;
+pub mod vip;
 
 use std::fs::File;
 use std::future::Future;
@@ -68,6 +70,11 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        // For looking into a run afterwards: its configs and logs stay where they were.
+        if std::env::var_os("STANDIN_BENCH_KEEP").is_some() {
+            eprintln!("kept {} (STANDIN_BENCH_KEEP is set)", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -124,6 +131,8 @@ pub enum Via {
     Nodes,
     /// To one address: a `tcp` failover listener of standin's proxy in front of the cluster.
     Proxy,
+    /// To the virtual IP, from a client in its own network namespace (see [`vip`]).
+    Vip,
 }
 
 impl Via {
@@ -131,8 +140,9 @@ impl Via {
         match s {
             "nodes" => Ok(Via::Nodes),
             "proxy" => Ok(Via::Proxy),
+            "vip" => Ok(Via::Vip),
             other => Err(HarnessError(format!(
-                "unknown --via {other:?}: use nodes or proxy"
+                "unknown --via {other:?}: use nodes, proxy or vip"
             ))),
         }
     }
@@ -148,7 +158,7 @@ pub enum Fault {
 }
 
 impl Fault {
-    fn parse(s: &str) -> Result<Fault, HarnessError> {
+    pub fn parse(s: &str) -> Result<Fault, HarnessError> {
         Ok(match s.trim() {
             "node-killed" => Fault::NodeKilled,
             "service-killed" => Fault::ServiceKilled,
@@ -206,6 +216,7 @@ pub async fn failover(
     faults: &str,
     cpu_hog: bool,
     via: Via,
+    keepalived: bool,
     json: bool,
 ) -> Result<(), HarnessError> {
     let faults: Vec<Fault> = faults.split(',').map(Fault::parse).collect::<Result<_, _>>()?;
@@ -220,6 +231,11 @@ pub async fn failover(
     } else {
         None
     };
+    if via == Via::Vip {
+        return tokio::task::spawn_blocking(move || vip::failover(trials, faults, keepalived, json))
+            .await
+            .map_err(|e| HarnessError(format!("the benchmark thread: {e}")))?;
+    }
     let binary = std::env::current_exe().map_err(|e| HarnessError(e.to_string()))?;
     let mut results = Vec::new();
     for fault in faults {
@@ -230,7 +246,7 @@ pub async fn failover(
         cluster.wait_ready(Duration::from_secs(30)).await?;
         // The client's addresses: every node's service, or the proxy's one listener.
         let (targets, _proxy): (Vec<SocketAddr>, Option<StandinProxy>) = match via {
-            Via::Nodes => (cluster.nodes.iter().filter_map(|n| n.service).collect(), None),
+            Via::Nodes | Via::Vip => (cluster.nodes.iter().filter_map(|n| n.service).collect(), None),
             Via::Proxy => {
                 let admins: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.admin).collect();
                 let p = StandinProxy::start(&binary, &dir, &admins, &[("service", Protocol::Tcp)])?;
@@ -286,6 +302,7 @@ pub async fn failover(
             "client probes every 10 ms through a standin proxy failover listener (tcp) in front of the cluster, \
              a new connection per request"
         ),
+        Via::Vip => {}
     }
     println!("interruption = fault (or last answer of the old active) -> first answer of the new active");
     println!(
@@ -320,6 +337,52 @@ async fn wait_active_via(addr: SocketAddr, timeout: Duration) -> Result<(), Harn
     Err(HarnessError(format!(
         "no answer from an active node through the proxy at {addr} within {timeout:?}"
     )))
+}
+
+/// `POST /v1/switchover` to the admin API at `api`; a 503 (a leader election in progress,
+/// e.g. leadership moving to the active node after the previous trial) is retried briefly.
+pub(crate) async fn request_switchover(api: &str) -> Result<(), HarnessError> {
+    let mut attempts = 0;
+    loop {
+        let r = crate::api::client::request(
+            api,
+            hyper::Method::POST,
+            "/v1/switchover",
+            Some("{}".into()),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|e| HarnessError(e.to_string()))?;
+        attempts += 1;
+        if r.status == 200 {
+            return Ok(());
+        }
+        if r.status != 503 || attempts > 50 {
+            return Err(HarnessError(format!("switchover refused: {}", r.body)));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Failovers nobody caused. Every promotion is in the replicated history: one at bootstrap,
+/// one per trial that moved the active node (`moved`); any more is a failover nobody caused
+/// (or a failed promotion that had to be repeated). Without the whole history (unreadable, or
+/// trimmed by retention) the status reads are all there is: `fallback`, their disagreements.
+pub(crate) fn extra_promotions(
+    events: Option<Vec<crate::cluster::state::Event>>,
+    moved: usize,
+    fallback: usize,
+) -> usize {
+    match events {
+        Some(events) if events.first().is_some_and(|e| e.seq == 0) => {
+            let promotions = events
+                .iter()
+                .filter(|e| e.kind == crate::cluster::state::EventKind::Promoting)
+                .count();
+            promotions.saturating_sub(1 + moved)
+        }
+        _ => fallback,
+    }
 }
 
 async fn run_fault(
@@ -371,28 +434,7 @@ async fn run_fault(
                     .node(&old)
                     .map(|n| n.admin.to_string())
                     .unwrap_or_default();
-                // 503: a leader election is in progress (leadership moving to the active node
-                // after the previous trial); retry briefly.
-                let mut attempts = 0;
-                let r = loop {
-                    let r = crate::api::client::request(
-                        &api,
-                        hyper::Method::POST,
-                        "/v1/switchover",
-                        Some("{}".into()),
-                        Duration::from_secs(5),
-                    )
-                    .await
-                    .map_err(|e| HarnessError(e.to_string()))?;
-                    attempts += 1;
-                    if r.status != 503 || attempts > 50 {
-                        break r;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                };
-                if r.status != 200 {
-                    return Err(HarnessError(format!("switchover refused: {}", r.body)));
-                }
+                request_switchover(&api).await?;
             }
         }
         let got = prober
@@ -422,25 +464,12 @@ async fn run_fault(
             .await?;
     }
     bar.finish_and_clear();
-    // Every promotion is in the replicated history: one at bootstrap, one per trial. Any more
-    // is a failover nobody caused (or a failed promotion that had to be repeated).
-    // Without the whole history (unreadable, or trimmed by retention) the status reads are all
-    // there is: count their disagreements instead.
     let data_node = cluster.nodes.iter().find(|n| !n.witness).map(|n| n.id.clone());
     let events = match data_node {
         Some(id) => cluster.events(&id).await,
         None => None,
     };
-    let extra_promotions = match events {
-        Some(events) if events.first().is_some_and(|e| e.seq == 0) => {
-            let promotions = events
-                .iter()
-                .filter(|e| e.kind == crate::cluster::state::EventKind::Promoting)
-                .count();
-            promotions.saturating_sub(1 + samples.len())
-        }
-        _ => quiet_window,
-    };
+    let extra_promotions = extra_promotions(events, samples.len(), quiet_window);
     let stale = prober.stale_answers();
     prober.stop().await;
     let mut sorted = samples.clone();

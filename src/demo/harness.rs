@@ -467,41 +467,15 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// The cluster status: the leader's view if any node can give it (a node that just woke up
-    /// from SIGSTOP may still believe it leads and answer with old state), else the first
-    /// answer.
+    /// The cluster status from the running nodes (see [`best_status`]).
     pub async fn status(&self) -> Option<Status> {
-        let mut fallback = None;
-        let mut best: Option<Status> = None;
-        for n in &self.nodes {
-            if n.child.is_none() {
-                continue;
-            }
-            if let Ok(r) = request(
-                &n.admin.to_string(),
-                Method::GET,
-                "/v1/status",
-                None,
-                Duration::from_millis(800),
-            )
-            .await
-            {
-                if r.status == 200 {
-                    if let Ok(s) = serde_json::from_str::<Status>(&r.body) {
-                        let authoritative = !s.stale && s.leader.as_deref() == Some(s.view_from.as_str());
-                        if authoritative {
-                            best = match best.take() {
-                                Some(b) if b.term >= s.term => Some(b),
-                                _ => Some(s),
-                            };
-                        } else {
-                            fallback.get_or_insert(s);
-                        }
-                    }
-                }
-            }
-        }
-        best.or(fallback)
+        let admins: Vec<SocketAddr> = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.admin)
+            .collect();
+        best_status(&admins).await
     }
 
     /// The replicated event history, as node `id` has it.
@@ -548,40 +522,94 @@ impl LocalCluster {
         what: &str,
         pred: impl Fn(&Status) -> bool,
     ) -> Result<Status, HarnessError> {
-        let deadline = Instant::now() + timeout;
-        let mut last = None;
-        while Instant::now() < deadline {
-            if let Some(s) = self.status().await {
-                if pred(&s) {
-                    return Ok(s);
-                }
-                last = Some(s);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Err(err(format!(
-            "timed out after {timeout:?} waiting for {what}; last status: {}",
-            last.map(|s| serde_json::to_string(&s).unwrap_or_default())
-                .unwrap_or_else(|| "none".into())
-        )))
+        wait_status(|| self.status(), timeout, what, pred).await
     }
 
     /// Waits until some node is active (role "active") and every data node is healthy.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<Status, HarnessError> {
-        self.wait_for(timeout, "an active node and healthy standbys", |s| {
-            let active_ok = s
-                .active
-                .as_ref()
-                .and_then(|a| s.nodes.iter().find(|n| &n.id == a))
-                .is_some_and(|n| n.role == "active");
-            active_ok
-                && s.nodes
-                    .iter()
-                    .filter(|n| n.kind == crate::config::NodeKind::Data)
-                    .all(|n| n.healthy && n.in_sync)
-        })
-        .await
+        self.wait_for(timeout, "an active node and healthy standbys", is_ready)
+            .await
     }
+}
+
+/// The cluster status from the admin APIs at `admins`: the leader's view if any node can give
+/// it (a node that just woke up from SIGSTOP may still believe it leads and answer with old
+/// state), else the first answer.
+pub async fn best_status(admins: &[SocketAddr]) -> Option<Status> {
+    let mut fallback = None;
+    let mut best: Option<Status> = None;
+    for admin in admins {
+        let Ok(r) = request(
+            &admin.to_string(),
+            Method::GET,
+            "/v1/status",
+            None,
+            Duration::from_millis(800),
+        )
+        .await
+        else {
+            continue;
+        };
+        if r.status != 200 {
+            continue;
+        }
+        let Ok(s) = serde_json::from_str::<Status>(&r.body) else {
+            continue;
+        };
+        let authoritative = !s.stale && s.leader.as_deref() == Some(s.view_from.as_str());
+        if authoritative {
+            best = match best.take() {
+                Some(b) if b.term >= s.term => Some(b),
+                _ => Some(s),
+            };
+        } else {
+            fallback.get_or_insert(s);
+        }
+    }
+    best.or(fallback)
+}
+
+/// Waits until `pred` holds for what `status` reads, checking every 50 ms, at most `timeout`.
+pub async fn wait_status<F, Fut>(
+    status: F,
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(&Status) -> bool,
+) -> Result<Status, HarnessError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<Status>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Some(s) = status().await {
+            if pred(&s) {
+                return Ok(s);
+            }
+            last = Some(s);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(err(format!(
+        "timed out after {timeout:?} waiting for {what}; last status: {}",
+        last.map(|s| serde_json::to_string(&s).unwrap_or_default())
+            .unwrap_or_else(|| "none".into())
+    )))
+}
+
+/// Some node is active (role "active") and every data node is healthy and in sync.
+pub fn is_ready(s: &Status) -> bool {
+    let active_ok = s
+        .active
+        .as_ref()
+        .and_then(|a| s.nodes.iter().find(|n| &n.id == a))
+        .is_some_and(|n| n.role == "active");
+    active_ok
+        && s.nodes
+            .iter()
+            .filter(|n| n.kind == crate::config::NodeKind::Data)
+            .all(|n| n.healthy && n.in_sync)
 }
 
 impl Drop for LocalCluster {

@@ -53,6 +53,7 @@ pub async fn run(
         .route("/", get(root))
         .route("/health", get(|| async { "ok\n" }))
         .route("/echo", get(echo))
+        .route("/delay/:ms", get(delay))
         .with_state(shared);
     let c2 = cancel.clone();
     let server = tokio::spawn(async move {
@@ -103,6 +104,17 @@ async fn echo(State(s): State<Arc<Shared>>, headers: axum::http::HeaderMap) -> S
         ));
     }
     out
+}
+
+/// Answers like `/echo` after `ms` milliseconds (at most a minute): a slow backend, for trying
+/// a proxy's request timeout.
+async fn delay(
+    State(s): State<Arc<Shared>>,
+    axum::extract::Path(ms): axum::extract::Path<u64>,
+    headers: axum::http::HeaderMap,
+) -> String {
+    tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+    echo(State(s), headers).await
 }
 
 async fn poll_role(shared: Arc<Shared>, admin: SocketAddr, cancel: CancellationToken) {

@@ -100,6 +100,11 @@ pub struct ListenerConfig {
     /// No node to forward to right now: hold a new connection (or request) this long.
     #[serde(default = "default_queue_timeout", with = "humantime_serde")]
     pub queue_timeout: Duration,
+    /// HTTP listeners: a backend that has not begun its answer this long after the request was
+    /// sent gets the client a 504 (and counts as a failure for outlier detection). The request
+    /// is not sent again: it may have had an effect.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
     /// A failed connect is retried on another node this many times (balance mode).
     #[serde(default = "default_retries")]
     pub retries: u32,
@@ -120,6 +125,9 @@ fn default_connect_timeout() -> Duration {
 }
 fn default_queue_timeout() -> Duration {
     Duration::from_secs(2)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_retries() -> u32 {
     1
@@ -278,6 +286,7 @@ impl ListenerConfig {
         };
         positive("connect-timeout", self.connect_timeout)?;
         positive("queue-timeout", self.queue_timeout)?;
+        positive("request-timeout", self.request_timeout)?;
         if self.retries > 10 {
             return Err(invalid(format!("{key}.retries"), "at most 10"));
         }

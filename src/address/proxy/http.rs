@@ -221,7 +221,17 @@ async fn forward(
             .insert(X_STANDIN_EPOCH.clone(), targets.epoch_header.clone());
         drop(targets);
         let open = up.enter();
-        let result = sender.try_send_request(req).await;
+        let result = match tokio::time::timeout(cfg.request_timeout, sender.try_send_request(req)).await {
+            Ok(r) => r,
+            Err(_) => {
+                // The connection still waits for that answer: it is dropped, never reused.
+                drop(open);
+                up.record_failure(&cfg.outlier);
+                l.counters.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(listener = %l.name, backend = %up.node, timeout = ?cfg.request_timeout, "request timed out");
+                return error(StatusCode::GATEWAY_TIMEOUT, "backend did not answer in time\n");
+            }
+        };
         drop(open);
         match result {
             Ok(mut resp) => {

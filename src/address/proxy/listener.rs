@@ -168,10 +168,13 @@ impl ListenerRt {
     }
 
     /// Applies new settings without dropping connections: a new listen address is bound
-    /// before the old listener closes; everything else applies to new connections/requests.
+    /// before the old listener closes; everything else applies to new connections/requests
+    /// (an HTTP keep-alive connection picks up the new settings at its next request).
     pub async fn reconfigure(self: &Arc<Self>, cfg: ListenerConfig) -> std::io::Result<()> {
         let old = self.settings();
-        if cfg.listen != old.cfg.listen {
+        // The address it is bound to counts as unchanged too (configured as port 0, then
+        // PUT back with the port it got, as `GET` shows it).
+        if cfg.listen != old.cfg.listen && cfg.listen != self.local_addr() {
             let listener = TcpListener::bind(cfg.listen).await?;
             let addr = listener.local_addr()?;
             let previous = std::mem::take(&mut *self.accept_stop.lock().unwrap_or_else(|p| p.into_inner()));
