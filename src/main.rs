@@ -183,6 +183,10 @@ enum BenchCmd {
         /// With `--via vip`: skip the keepalived rows.
         #[arg(long)]
         without_keepalived: bool,
+        /// standin's timings: `default` (heartbeat 100 ms, failure timeout 500 ms, lease 400 ms)
+        /// or `fast` (20 ms, 100 ms, 80 ms).
+        #[arg(long, default_value = "default", value_parser = ["default", "fast"])]
+        profile: String,
         #[arg(long)]
         json: bool,
     },
@@ -421,28 +425,32 @@ async fn async_main(args: Args) -> ExitCode {
                     cpu_hog,
                     via,
                     without_keepalived,
+                    profile,
                     json,
-                } => match standin::bench::Via::parse(&via) {
-                    // The VIP benchmark runs on a thread of its own that handles signals
-                    // itself: it must finish deleting its namespaces before the process exits.
-                    Ok(standin::bench::Via::Vip) => {
-                        standin::bench::failover(
+                } => match (
+                    standin::bench::Via::parse(&via),
+                    standin::bench::Profile::parse(&profile),
+                ) {
+                    (Ok(via), Ok(profile)) => {
+                        let options = standin::bench::FailoverOptions {
                             trials,
-                            &faults,
+                            faults,
                             cpu_hog,
-                            standin::bench::Via::Vip,
-                            !without_keepalived,
+                            via,
+                            keepalived: !without_keepalived,
+                            profile,
                             json,
-                        )
-                        .await
+                        };
+                        if via == standin::bench::Via::Vip {
+                            // The VIP benchmark runs on a thread of its own that handles
+                            // signals itself: it must finish deleting its namespaces before
+                            // the process exits.
+                            standin::bench::failover(options).await
+                        } else {
+                            standin::bench::until_interrupted(standin::bench::failover(options)).await
+                        }
                     }
-                    Ok(via) => {
-                        standin::bench::until_interrupted(standin::bench::failover(
-                            trials, &faults, cpu_hog, via, false, json,
-                        ))
-                        .await
-                    }
-                    Err(e) => Err(e),
+                    (Err(e), _) | (_, Err(e)) => Err(e),
                 },
                 BenchCmd::Proxy {
                     duration,

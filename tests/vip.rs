@@ -46,7 +46,8 @@ impl Net {
             Lab::create("vip", SUBNET, &[("a", 1), ("b", 2), ("w", 3), ("cl", 50)]).expect("namespaces");
         assert_eq!(lab.spare_addr(100), VIP);
         let members = [("a", Some(200)), ("b", Some(100)), ("w", None)];
-        let configs = standin_configs(&lab, dir.path(), binary().as_ref(), VIP, &members).expect("configs");
+        let configs =
+            standin_configs(&lab, dir.path(), binary().as_ref(), VIP, &members, "").expect("configs");
         Net {
             dir,
             configs,

@@ -148,6 +148,60 @@ impl Via {
     }
 }
 
+/// The timings standin runs with in a failover benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    /// The defaults: heartbeat 100 ms, failure timeout 500 ms, lease 400 ms.
+    Default,
+    /// heartbeat 20 ms, failure timeout 100 ms, lease 80 ms.
+    Fast,
+}
+
+impl Profile {
+    pub fn parse(s: &str) -> Result<Profile, HarnessError> {
+        match s {
+            "default" => Ok(Profile::Default),
+            "fast" => Ok(Profile::Fast),
+            other => Err(HarnessError(format!(
+                "unknown --profile {other:?}: use default or fast"
+            ))),
+        }
+    }
+
+    /// The `[timing]` section for every node's config ("" for the defaults).
+    pub fn toml(self) -> &'static str {
+        match self {
+            Profile::Default => "",
+            Profile::Fast => {
+                "\n[timing]\nheartbeat-interval = \"20ms\"\nfailure-timeout = \"100ms\"\nlease = \"80ms\"\n"
+            }
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Default => "defaults: heartbeat 100 ms, failure timeout 500 ms, lease 400 ms",
+            Profile::Fast => "fast: heartbeat 20 ms, failure timeout 100 ms, lease 80 ms",
+        }
+    }
+}
+
+/// What `standin bench failover` runs.
+#[derive(Debug, Clone)]
+pub struct FailoverOptions {
+    pub trials: usize,
+    /// Comma separated fault names.
+    pub faults: String,
+    /// Keep one core busy throughout.
+    pub cpu_hog: bool,
+    pub via: Via,
+    /// With `Via::Vip`: run keepalived's rows too.
+    pub keepalived: bool,
+    pub profile: Profile,
+    pub json: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Fault {
@@ -211,15 +265,17 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 }
 
 /// Runs the failover benchmark and prints its results.
-pub async fn failover(
-    trials: usize,
-    faults: &str,
-    cpu_hog: bool,
-    via: Via,
-    keepalived: bool,
-    json: bool,
-) -> Result<(), HarnessError> {
-    let faults: Vec<Fault> = faults.split(',').map(Fault::parse).collect::<Result<_, _>>()?;
+pub async fn failover(o: FailoverOptions) -> Result<(), HarnessError> {
+    let FailoverOptions {
+        trials,
+        cpu_hog,
+        via,
+        keepalived,
+        profile,
+        json,
+        ..
+    } = o;
+    let faults: Vec<Fault> = o.faults.split(',').map(Fault::parse).collect::<Result<_, _>>()?;
     let scratch = Scratch::new("standin-bench")?;
     // A busy loop in its own process group, killed when the run ends (even on error).
     let _hog = if cpu_hog {
@@ -232,7 +288,7 @@ pub async fn failover(
         None
     };
     if via == Via::Vip {
-        return tokio::task::spawn_blocking(move || vip::failover(trials, faults, keepalived, json))
+        return tokio::task::spawn_blocking(move || vip::failover(trials, faults, keepalived, profile, json))
             .await
             .map_err(|e| HarnessError(format!("the benchmark thread: {e}")))?;
     }
@@ -240,7 +296,8 @@ pub async fn failover(
     let mut results = Vec::new();
     for fault in faults {
         let dir = scratch.path().join(format!("{fault:?}"));
-        let spec = Spec::new(&dir, &binary);
+        let mut spec = Spec::new(&dir, &binary);
+        spec.extra_toml.push_str(profile.toml());
         let mut cluster = LocalCluster::create(spec).await?;
         cluster.start_all()?;
         cluster.wait_ready(Duration::from_secs(30)).await?;
@@ -316,6 +373,7 @@ pub async fn failover(
             r.quiet_window_epoch_changes
         );
     }
+    println!("standin timings: {}", profile.name());
     if cpu_hog {
         println!("one core saturated by a busy process throughout");
     }

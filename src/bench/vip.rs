@@ -38,7 +38,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::netns::{self, Lab};
-use super::{percentile, Fault, Scratch, Spawned};
+use super::{percentile, Fault, Profile, Scratch, Spawned};
 use crate::api::client::request;
 use crate::demo::harness::{best_status, is_ready, wait_status, HarnessError};
 
@@ -55,13 +55,15 @@ pub type Member<'a> = (&'a str, Option<u32>);
 
 /// Writes `standin node` configs for `members`, one per host of `lab` with the same id, into
 /// `dir`: data nodes run the demo service on `0.0.0.0:PORT` with an HTTP check and hold `vip`
-/// on `eth0` (everything else at defaults). Returns each member's config path.
+/// on `eth0`; `extra` (e.g. a `[timing]` section) goes into every config; everything else is
+/// at its default. Returns each member's config path.
 pub fn standin_configs(
     lab: &Lab,
     dir: &Path,
     binary: &Path,
     vip: Ipv4Addr,
     members: &[Member<'_>],
+    extra: &str,
 ) -> Result<Vec<(String, PathBuf)>, HarnessError> {
     let mut peers = String::new();
     for (id, priority) in members {
@@ -94,6 +96,7 @@ pub fn standin_configs(
                 bin = binary.display(),
             ));
         }
+        text.push_str(extra);
         let path = dir.join(format!("{id}.toml"));
         std::fs::write(&path, text).map_err(|e| HarnessError(format!("{}: {e}", path.display())))?;
         out.push((id.to_string(), path));
@@ -115,7 +118,7 @@ pub enum System {
 impl System {
     fn name(self) -> &'static str {
         match self {
-            System::Standin => "standin (defaults)",
+            System::Standin => "standin",
             System::KeepalivedDefaults => "keepalived (defaults: VRRPv2, 1 s adverts)",
             System::KeepalivedFast => "keepalived (VRRPv3, 10 ms adverts)",
         }
@@ -125,6 +128,8 @@ impl System {
 #[derive(Debug, Serialize)]
 pub struct VipRow {
     pub system: System,
+    /// standin's timings (standin's rows only).
+    pub profile: Option<Profile>,
     pub fault: Fault,
     pub trials: usize,
     /// Trials where no other node answered at the VIP within 15 s.
@@ -290,7 +295,13 @@ impl VipClient {
 
 /// Runs the benchmark through the VIP and prints its table (or JSON). Blocking: it runs on a
 /// thread of its own that enters the labs' client namespaces.
-pub fn failover(trials: usize, faults: Vec<Fault>, keepalived: bool, json: bool) -> Result<(), HarnessError> {
+pub fn failover(
+    trials: usize,
+    faults: Vec<Fault>,
+    keepalived: bool,
+    profile: Profile,
+    json: bool,
+) -> Result<(), HarnessError> {
     netns::require_root_and_iproute2()?;
     if keepalived {
         let ok = Command::new("keepalived")
@@ -315,7 +326,7 @@ pub fn failover(trials: usize, faults: Vec<Fault>, keepalived: bool, json: bool)
             let scratch = Scratch::new("standin-bench-vip")?;
             let mut rows = Vec::new();
             for fault in &faults2 {
-                rows.push(standin_fault(&binary, scratch.path(), *fault, trials).await?);
+                rows.push(standin_fault(&binary, scratch.path(), *fault, trials, profile).await?);
             }
             if keepalived {
                 for system in [System::KeepalivedDefaults, System::KeepalivedFast] {
@@ -362,7 +373,11 @@ fn print(rows: &[VipRow], faults: &[Fault], keepalived: bool, json: bool) -> Res
     let ms = |v: Option<f64>| v.map(|x| format!("{x:.0} ms")).unwrap_or_else(|| "-".into());
     for r in rows {
         t.add_row(vec![
-            r.system.name().to_string(),
+            match r.profile {
+                Some(Profile::Fast) => format!("{} (fast timings)", r.system.name()),
+                Some(Profile::Default) => format!("{} (defaults)", r.system.name()),
+                None => r.system.name().to_string(),
+            },
             r.fault.name().to_string(),
             r.trials.to_string(),
             r.failed.to_string(),
@@ -381,6 +396,9 @@ fn print(rows: &[VipRow], faults: &[Fault], keepalived: bool, json: bool) -> Res
          fault (or last answer of the old node) -> first answer of the new one"
     );
     println!("node killed = SIGKILL to everything in the node's namespace and its link down");
+    if let Some(p) = rows.iter().find_map(|r| r.profile) {
+        println!("standin timings: {}", p.name());
+    }
     for r in rows.iter().filter(|r| !r.recovery_outages_ms.is_empty()) {
         let mut o = r.recovery_outages_ms.clone();
         o.sort_by(|a, b| a.total_cmp(b));
@@ -409,6 +427,7 @@ async fn standin_fault(
     scratch: &Path,
     fault: Fault,
     trials: usize,
+    profile: Profile,
 ) -> Result<VipRow, HarnessError> {
     const MEMBERS: [Member<'static>; 3] = [("a", Some(200)), ("b", Some(100)), ("w", None)];
     let lab = Lab::create("bv", [10, 232, 0], &[("a", 1), ("b", 2), ("w", 3), ("cl", 50)])?;
@@ -416,7 +435,7 @@ async fn standin_fault(
     let vip = lab.spare_addr(100);
     let dir = scratch.join(format!("standin-{fault:?}"));
     std::fs::create_dir_all(&dir).map_err(|e| HarnessError(format!("{}: {e}", dir.display())))?;
-    let configs = standin_configs(&lab, &dir, binary, vip, &MEMBERS)?;
+    let configs = standin_configs(&lab, &dir, binary, vip, &MEMBERS, profile.toml())?;
     let admins: Vec<SocketAddr> = lab
         .hosts()
         .iter()
@@ -578,6 +597,7 @@ async fn standin_fault(
     drop(daemons);
     drop(lab);
     Ok(VipRow {
+        profile: Some(profile),
         old_node_answers_after_move: after_move,
         vip_samples: seen.count,
         vip_on_two_nodes: seen.overlaps.len(),
@@ -607,6 +627,7 @@ fn row(
         p99_ms: percentile(&sorted, 99.0),
         max_ms: sorted.last().copied(),
         false_failovers,
+        profile: None,
         old_node_answers_after_move: 0,
         vip_samples: 0,
         vip_on_two_nodes: 0,
