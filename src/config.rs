@@ -205,6 +205,11 @@ pub struct AddressConfig {
     /// Time between two gratuitous ARPs.
     #[serde(default = "default_garp_interval", with = "humantime_serde")]
     pub garp_interval: Duration,
+    /// While holding the VIP, announce it again this often (keepalived's
+    /// `vrrp_garp_master_refresh`): it corrects hosts and switches that learned a wrong MAC
+    /// meanwhile. 0 (the default): only when the address is taken.
+    #[serde(default, with = "humantime_serde")]
+    pub garp_refresh: Duration,
 }
 
 impl AddressConfig {
@@ -918,6 +923,12 @@ impl Config {
             }
             if a.garp_interval > Duration::from_secs(10) {
                 return Err(invalid("address.garp-interval", "must be at most 10s"));
+            }
+            if !a.garp_refresh.is_zero() && a.garp_refresh < Duration::from_millis(100) {
+                return Err(invalid(
+                    "address.garp-refresh",
+                    "must be 0 (off) or at least 100ms",
+                ));
             }
         }
         if let Some(p) = &self.proxy {
@@ -1651,6 +1662,14 @@ args = ["1000"]
                 "garp-interval 0",
                 full_with("garp-interval = \"50ms\"", "garp-interval = \"0s\""),
                 "address.garp-interval",
+            ),
+            (
+                "garp-refresh 10ms",
+                full_with(
+                    "garp-interval = \"50ms\"",
+                    "garp-interval = \"50ms\"\ngarp-refresh = \"10ms\"",
+                ),
+                "address.garp-refresh",
             ),
             (
                 "witness with [address]",

@@ -151,6 +151,9 @@ enum Cmd {
         garp_count: u32,
         #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
         garp_interval: Duration,
+        /// One more gratuitous ARP this often while holding; 0: never.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        garp_refresh: Duration,
     },
 }
 
@@ -504,6 +507,7 @@ async fn async_main(args: Args) -> ExitCode {
             vip,
             garp_count,
             garp_interval,
+            garp_refresh,
         } => {
             init_tracing();
             code(
@@ -512,6 +516,7 @@ async fn async_main(args: Args) -> ExitCode {
                     vip,
                     garp_count,
                     garp_interval,
+                    garp_refresh,
                 })
                 .await,
             )

@@ -48,6 +48,18 @@ impl Net {
         let members = [("a", Some(200)), ("b", Some(100)), ("w", None)];
         let configs =
             standin_configs(&lab, dir.path(), binary().as_ref(), VIP, &members, "").expect("configs");
+        // The data nodes also re-announce the VIP every 300 ms while they hold it
+        // (STANDIN_TEST_GARP_REFRESH=0s turns that off: the ARP check below must then fail).
+        let refresh = std::env::var("STANDIN_TEST_GARP_REFRESH").unwrap_or_else(|_| "300ms".into());
+        for (id, path) in &configs {
+            if id != "w" {
+                let text = std::fs::read_to_string(path).expect("config");
+                let line = format!("interface = \"eth0\"\ngarp-refresh = \"{refresh}\"\n");
+                let text = text.replace("interface = \"eth0\"\n", &line);
+                assert!(text.contains("garp-refresh"), "{text}");
+                std::fs::write(path, text).expect("config");
+            }
+        }
         Net {
             dir,
             configs,
@@ -321,6 +333,39 @@ fn the_vip_follows_the_active_node_and_is_never_on_two() {
         net.client_arp().as_deref(),
         Some(mac_a.as_str()),
         "ARP moved back to a"
+    );
+    // `garp-refresh`: a client entry that went wrong meanwhile (here: set to b's MAC) is put
+    // right by the holder's next announcement, with no traffic from the client. The burst of
+    // 3 announcements 100 ms apart that came with the takeover is over after 200 ms: wait past
+    // it, so that only a refresh can do it. (Linux may ignore an update within `locktime`, 1 s,
+    // of the entry's last change: allow for that.)
+    std::thread::sleep(Duration::from_millis(600));
+    netns::ip(&[
+        "-n",
+        &net.ns("cl"),
+        "neigh",
+        "replace",
+        &VIP.to_string(),
+        "lladdr",
+        &mac_b,
+        "dev",
+        "eth0",
+        "nud",
+        "reachable",
+    ])
+    .expect("set a wrong ARP entry");
+    let wrong = Instant::now();
+    while net.client_arp().as_deref() != Some(mac_a.as_str()) && wrong.elapsed() < Duration::from_secs(4) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        net.client_arp().as_deref(),
+        Some(mac_a.as_str()),
+        "the refresh announcements did not correct the client's ARP entry"
+    );
+    eprintln!(
+        "garp-refresh: a wrong ARP entry was corrected {:?} after it was set",
+        wrong.elapsed()
     );
     std::thread::sleep(Duration::from_millis(500));
     let woke = Instant::now();

@@ -255,6 +255,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
                         vip: addr.vip(),
                         garp_count: addr.garp_count,
                         garp_interval: addr.garp_interval,
+                        garp_refresh: addr.garp_refresh,
                     },
                     binary,
                     local: node.local.subscribe(),

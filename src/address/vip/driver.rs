@@ -77,6 +77,8 @@ impl Driver {
             .arg(a.garp_count.to_string())
             .arg("--garp-interval")
             .arg(humantime::format_duration(a.garp_interval).to_string())
+            .arg("--garp-refresh")
+            .arg(humantime::format_duration(a.garp_refresh).to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

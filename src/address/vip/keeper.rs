@@ -3,7 +3,8 @@
 //!
 //! It reads orders on stdin (see [`Order`]): `hold <ms>` sets the deadline to now + ms and
 //! adds the VIP if it is absent (then announces it with `garp-count` gratuitous ARPs, one
-//! every `garp-interval`); `release` deletes it. It deletes the VIP when the deadline passes
+//! every `garp-interval`, and, with a non-zero `garp-refresh`, once more that often for as
+//! long as it holds it); `release` deletes it. It deletes the VIP when the deadline passes
 //! without a new hold (the daemon is frozen or too slow to renew), on stdin EOF (the daemon
 //! died, whatever killed it) and on SIGTERM/SIGINT, then, for the last two, exits. On start
 //! it deletes a VIP left on the interface by a predecessor that was killed. It reports each
@@ -42,6 +43,8 @@ struct Keeper {
     /// Gratuitous ARPs still to send for the current acquisition, and when the next is due.
     garps_left: u32,
     next_garp: Instant,
+    /// While held and the burst is over: the next refresh announcement, if refreshing.
+    next_refresh: Option<Instant>,
     stdout: tokio::io::Stdout,
 }
 
@@ -100,6 +103,7 @@ impl Keeper {
                 self.last_error = None;
                 self.garps_left = self.args.garp_count;
                 self.next_garp = Instant::now();
+                self.next_refresh = self.refresh_after(Instant::now());
                 self.set_held(true).await;
             }
             Err(e) => {
@@ -113,6 +117,7 @@ impl Keeper {
     /// Deletes the VIP. Returns false if that failed (the caller retries).
     async fn drop_vip(&mut self, why: &str) -> bool {
         self.garps_left = 0;
+        self.next_refresh = None;
         self.deadline = None;
         let vip = self.args.vip;
         let Some(iface) = self.interface().await else {
@@ -165,14 +170,25 @@ impl Keeper {
         }
     }
 
+    /// When the first refresh after a burst starting at `from` is due (None: no refresh).
+    fn refresh_after(&self, from: Instant) -> Option<Instant> {
+        let burst = self.args.garp_interval * self.args.garp_count.saturating_sub(1);
+        (!self.args.garp_refresh.is_zero()).then(|| from + burst + self.args.garp_refresh)
+    }
+
+    /// Sends one gratuitous ARP: the next of the burst, or else a refresh.
     async fn announce(&mut self) {
         let Some(iface) = self.interface.as_ref() else {
             self.garps_left = 0;
             return;
         };
         let result = iface.announce(self.args.vip.addr);
-        self.garps_left -= 1;
-        self.next_garp = Instant::now() + self.args.garp_interval;
+        if self.garps_left > 0 {
+            self.garps_left -= 1;
+            self.next_garp = Instant::now() + self.args.garp_interval;
+        } else if self.next_refresh.is_some() {
+            self.next_refresh = Some(Instant::now() + self.args.garp_refresh);
+        }
         if let Err(e) = result {
             self.error(e.to_string()).await;
         }
@@ -198,6 +214,7 @@ pub async fn run(args: KeeperArgs) -> i32 {
         deadline: None,
         garps_left: 0,
         next_garp: Instant::now(),
+        next_refresh: None,
         stdout: tokio::io::stdout(),
     };
     tracing::info!(interface = %k.args.interface, vip = %k.args.vip, "vip keeper started");
@@ -224,7 +241,12 @@ pub async fn run(args: KeeperArgs) -> i32 {
     let far = || Instant::now() + Duration::from_secs(3600);
     loop {
         let deadline = k.deadline.unwrap_or_else(far);
-        let garp_at = if k.garps_left > 0 { k.next_garp } else { far() };
+        let garp_at = if k.garps_left > 0 {
+            k.next_garp
+        } else {
+            k.next_refresh.filter(|_| k.held).unwrap_or_else(far)
+        };
+        let announcing = k.garps_left > 0 || (k.held && k.next_refresh.is_some());
         tokio::select! {
             // Deadlines first: a backlog of orders must never delay a deletion.
             biased;
@@ -246,7 +268,7 @@ pub async fn run(args: KeeperArgs) -> i32 {
                 // EOF or an unreadable stdin: the daemon is gone.
                 Ok(None) | Err(_) => break,
             },
-            _ = tokio::time::sleep_until(garp_at), if k.garps_left > 0 => k.announce().await,
+            _ = tokio::time::sleep_until(garp_at), if announcing => k.announce().await,
         }
     }
     // The daemon is gone (or we are told to stop): give the VIP up, retrying for a while.

@@ -167,6 +167,8 @@ pub struct KeeperArgs {
     pub vip: Vip,
     pub garp_count: u32,
     pub garp_interval: Duration,
+    /// One more gratuitous ARP this often while holding (zero: never).
+    pub garp_refresh: Duration,
 }
 
 #[cfg(test)]
