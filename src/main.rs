@@ -172,8 +172,12 @@ enum BenchCmd {
         /// Trials per fault.
         #[arg(long, default_value_t = 20)]
         trials: usize,
-        /// Faults to run (comma separated): node-killed, service-killed, node-frozen, switchover.
-        #[arg(long, default_value = "node-killed,service-killed,node-frozen,switchover")]
+        /// Faults to run (comma separated): node-killed, service-killed, node-frozen,
+        /// node-isolated, switchover.
+        #[arg(
+            long,
+            default_value = "node-killed,service-killed,node-frozen,node-isolated,switchover"
+        )]
         faults: String,
         /// Keep one core saturated by a busy process during the run.
         #[arg(long)]

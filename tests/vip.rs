@@ -432,7 +432,7 @@ fn the_vip_failover_benchmark_runs_and_never_sees_two_holders() {
             "--trials",
             "2",
             "--faults",
-            "node-killed,switchover",
+            "node-killed,node-isolated,switchover",
             "--json",
         ])
         .env("STANDIN_LOG", "warn")
@@ -446,7 +446,7 @@ fn the_vip_failover_benchmark_runs_and_never_sees_two_holders() {
     assert!(out.status.success(), "the benchmark failed: {stderr}");
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON rows");
     let rows = rows.as_array().expect("an array of rows");
-    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows.len(), 3, "{rows:?}");
     for r in rows {
         eprintln!(
             "{} {}: p50 {} ms, max {} ms, {} VIP samples",

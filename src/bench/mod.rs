@@ -208,6 +208,8 @@ pub enum Fault {
     NodeKilled,
     ServiceKilled,
     NodeFrozen,
+    /// Every cluster path of the node cut (loopback: its relays; VIP lab: its switch port).
+    NodeIsolated,
     Switchover,
 }
 
@@ -217,10 +219,11 @@ impl Fault {
             "node-killed" => Fault::NodeKilled,
             "service-killed" => Fault::ServiceKilled,
             "node-frozen" => Fault::NodeFrozen,
+            "node-isolated" => Fault::NodeIsolated,
             "switchover" => Fault::Switchover,
             other => {
                 return Err(HarnessError(format!(
-                    "unknown fault {other:?}: use node-killed, service-killed, node-frozen, switchover"
+                    "unknown fault {other:?}: use node-killed, service-killed, node-frozen, node-isolated, switchover"
                 )))
             }
         })
@@ -230,6 +233,7 @@ impl Fault {
             Fault::NodeKilled => "node killed (kill -9 daemon + service)",
             Fault::ServiceKilled => "service killed (kill -9 service only)",
             Fault::NodeFrozen => "node frozen (SIGSTOP daemon)",
+            Fault::NodeIsolated => "node isolated (every path cut)",
             Fault::Switchover => "planned switchover",
         }
     }
@@ -298,6 +302,8 @@ pub async fn failover(o: FailoverOptions) -> Result<(), HarnessError> {
         let dir = scratch.path().join(format!("{fault:?}"));
         let mut spec = Spec::new(&dir, &binary);
         spec.extra_toml.push_str(profile.toml());
+        // Relays on every path between every pair, so that one node can be cut off.
+        spec.partitionable = fault == Fault::NodeIsolated;
         let mut cluster = LocalCluster::create(spec).await?;
         cluster.start_all()?;
         cluster.wait_ready(Duration::from_secs(30)).await?;
@@ -487,6 +493,7 @@ async fn run_fault(
                     .map_err(|e| HarnessError(format!("kill service: {e}")))?;
             }
             Fault::NodeFrozen => cluster.signal_daemon(&old, Signal::SIGSTOP)?,
+            Fault::NodeIsolated => cluster.partition(&old),
             Fault::Switchover => {
                 let api = cluster
                     .node(&old)
@@ -506,6 +513,7 @@ async fn run_fault(
         match fault {
             Fault::NodeKilled => cluster.start(&old)?,
             Fault::NodeFrozen => cluster.signal_daemon(&old, Signal::SIGCONT)?,
+            Fault::NodeIsolated => cluster.heal(),
             Fault::ServiceKilled | Fault::Switchover => {}
         }
         cluster

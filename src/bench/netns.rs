@@ -205,6 +205,28 @@ impl Lab {
         ip(&["-n", &self.host(id)?.ns, "link", "set", "eth0", state]).map(|_| ())
     }
 
+    /// Cuts the host off (the bridge stops forwarding on its port) or connects it again. Its
+    /// `eth0` keeps its carrier and addresses and everything on it keeps running: a partition
+    /// beyond the host's own link, which link monitoring (keepalived's FAULT state) cannot see.
+    pub fn cut(&self, id: &str, cut: bool) -> Result<(), HarnessError> {
+        self.host(id)?;
+        // Bridge port states: 0 disabled, 3 forwarding.
+        let state = if cut { "0" } else { "3" };
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.switch, "bridge", "link", "set", "dev"])
+            .arg(format!("p{id}"))
+            .args(["state", state])
+            .output()
+            .map_err(|e| HarnessError(format!("cannot run `bridge`: {e}")))?;
+        if !out.status.success() {
+            return Err(HarnessError(format!(
+                "`bridge link set dev p{id} state {state}` failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
     /// Removes `addr/24` from the host's `eth0` if it is there (what a reboot does to an
     /// address a daemon added).
     pub fn forget_addr(&self, id: &str, addr: Ipv4Addr) -> Result<(), HarnessError> {

@@ -17,8 +17,11 @@
 //! - node killed: SIGKILL to every process in the node's namespace and its link down (the
 //!   machine is gone: nothing of it can release the VIP or answer ARP). Recovery: the address
 //!   the daemon had added is gone (as after a reboot), link up, daemons started again.
-//! - service killed (standin only: keepalived needs a track script for this), node frozen
-//!   (SIGSTOP of the daemon; SIGCONT as recovery), planned switchover (standin only).
+//! - node frozen: SIGSTOP of the daemon; SIGCONT as recovery.
+//! - node isolated: the node's port on the bridge down, so it is cut off from every other
+//!   host while it and its `eth0` keep running (a partition); the port up again as recovery.
+//! - service killed (standin only: keepalived needs a track script for this), planned
+//!   switchover (standin only).
 //!
 //! Interruption = from the fault (or the last answer of the old node after it) to the first
 //! answer of the new one. Also counted: answers of the old node after the new one had
@@ -332,7 +335,7 @@ pub fn failover(
                 for system in [System::KeepalivedDefaults, System::KeepalivedFast] {
                     for fault in faults2
                         .iter()
-                        .filter(|f| matches!(f, Fault::NodeKilled | Fault::NodeFrozen))
+                        .filter(|f| matches!(f, Fault::NodeKilled | Fault::NodeFrozen | Fault::NodeIsolated))
                     {
                         rows.push(keepalived_fault(&binary, scratch.path(), system, *fault, trials).await?);
                     }
@@ -416,7 +419,9 @@ fn print(rows: &[VipRow], faults: &[Fault], keepalived: bool, json: bool) -> Res
             .iter()
             .any(|f| matches!(f, Fault::ServiceKilled | Fault::Switchover))
     {
-        println!("keepalived rows: node killed and node frozen only (a service check needs a track script; no planned switchover)");
+        println!(
+            "keepalived rows: node killed, frozen and isolated only (a service check needs a track script; no planned switchover)"
+        );
     }
     Ok(())
 }
@@ -532,6 +537,7 @@ async fn standin_fault(
                     daemon_pid(&daemons).ok_or_else(|| HarnessError(format!("{old} is not running")))?;
                 kill(pid, Signal::SIGSTOP).map_err(|e| HarnessError(format!("SIGSTOP {old}: {e}")))?;
             }
+            Fault::NodeIsolated => lab.cut(&old, true)?,
             Fault::Switchover => super::request_switchover(&old_admin).await?,
         }
         let moved = client
@@ -560,6 +566,7 @@ async fn standin_fault(
                     let _ = kill(pid, Signal::SIGCONT);
                 }
             }
+            Fault::NodeIsolated => lab.cut(&old, false)?,
             Fault::ServiceKilled | Fault::Switchover => {}
         }
         wait_status(
@@ -866,6 +873,10 @@ async fn keepalived_fault(
                 }
                 pids
             }
+            Fault::NodeIsolated => {
+                lab.cut(&old, true)?;
+                Vec::new()
+            }
             _ => {
                 lab.kill_all(&old)?;
                 lab.link(&old, false)?;
@@ -889,6 +900,7 @@ async fn keepalived_fault(
                     let _ = kill(*p, Signal::SIGCONT);
                 }
             }
+            Fault::NodeIsolated => lab.cut(&old, false)?,
             _ => {
                 lab.forget_addr(&old, vip)?;
                 lab.link(&old, true)?;
