@@ -399,6 +399,11 @@ fn print(rows: &[VipRow], faults: &[Fault], keepalived: bool, json: bool) -> Res
          fault (or last answer of the old node) -> first answer of the new one"
     );
     println!("node killed = SIGKILL to everything in the node's namespace and its link down");
+    if rows.iter().any(|r| r.fault == Fault::NodeIsolated) {
+        println!(
+            "node isolated = the bridge stops forwarding on the node's port; it keeps running, carrier up"
+        );
+    }
     if let Some(p) = rows.iter().find_map(|r| r.profile) {
         println!("standin timings: {}", p.name());
     }
