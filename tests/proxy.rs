@@ -536,16 +536,26 @@ async fn planned_switchover_drains_old_connections_and_listeners_change_at_runti
     assert!(TcpStream::connect(http).await.is_err(), "deleted listener closed");
 
     // Planned switchover: the long-lived connection to the old node stays usable for the
-    // drain timeout while new connections go to the new node; then it is closed.
-    let r = request(
-        &f.api(),
-        Method::POST,
-        "/v1/switchover",
-        Some(serde_json::json!({"to": target}).to_string()),
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("switchover");
+    // drain timeout while new connections go to the new node; then it is closed. A 503 with
+    // `"retry":true` (leadership moving, e.g. to the active node soon after the start) is
+    // retried, as a client of the API should.
+    let mut attempts = 0;
+    let r = loop {
+        let r = request(
+            &f.api(),
+            Method::POST,
+            "/v1/switchover",
+            Some(serde_json::json!({"to": target}).to_string()),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("switchover");
+        attempts += 1;
+        if r.status != 503 || attempts >= 50 {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(r.status, 200, "{}", r.body);
     f.wait_active(target, Duration::from_secs(15)).await;
     proxy.wait_following(target, Duration::from_secs(5)).await;
