@@ -309,6 +309,7 @@ pub async fn failover(o: FailoverOptions) -> Result<(), HarnessError> {
         cluster.wait_ready(Duration::from_secs(30)).await?;
         // The client's addresses: every node's service, or the proxy's one listener.
         let (targets, _proxy): (Vec<SocketAddr>, Option<StandinProxy>) = match via {
+            // (`Via::Vip` ran on its own thread and returned above.)
             Via::Nodes | Via::Vip => (cluster.nodes.iter().filter_map(|n| n.service).collect(), None),
             Via::Proxy => {
                 let admins: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.admin).collect();
