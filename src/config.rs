@@ -26,7 +26,7 @@ pub enum ConfigError {
     Invalid { key: String, reason: String },
 }
 
-fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         reason: reason.into(),
@@ -1292,6 +1292,23 @@ args = ["1000"]
         let c = Config::parse(&text).expect("valid witness config");
         assert_eq!(c.me().kind, NodeKind::Witness);
         assert!(c.service.is_none() && c.checks.is_empty());
+    }
+
+    /// What `standin bench failover --profile` writes into every node's config is valid and
+    /// says what the profile's name says; the default profile writes nothing.
+    #[test]
+    fn the_benchmark_timing_profiles_are_valid_configs() {
+        use crate::bench::Profile;
+        assert_eq!(Profile::Default.toml(), "");
+        let c = Config::parse(&format!("{MINIMAL}{}", Profile::Fast.toml())).expect("valid");
+        assert_eq!(
+            (
+                c.timing.heartbeat_interval,
+                c.timing.failure_timeout,
+                c.timing.lease
+            ),
+            (ms(20), ms(100), ms(80))
+        );
     }
 
     #[test]

@@ -167,6 +167,17 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// What one durable write costs on this disk: raw fdatasync and a redb commit.
+    Disk {
+        /// Where to write (default: the temp dir); use the filesystem of your data-dir.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        /// Writes per series.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+        commits: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Failover interruption per fault kind (BENCHMARKS.md §1).
     Failover {
         /// Trials per fault.
@@ -425,6 +436,16 @@ async fn async_main(args: Args) -> ExitCode {
             let result = match which {
                 BenchCmd::Store { requests, json } => {
                     standin::bench::until_interrupted(standin::bench::store::run(requests, json)).await
+                }
+                BenchCmd::Disk { dir, commits, json } => {
+                    match tokio::task::spawn_blocking(move || {
+                        standin::bench::disk::run(dir, commits as usize, json)
+                    })
+                    .await
+                    {
+                        Ok(r) => r,
+                        Err(e) => Err(standin::demo::harness::HarnessError(format!("bench disk: {e}"))),
+                    }
                 }
                 BenchCmd::Failover {
                     trials,

@@ -123,3 +123,44 @@ fn cli_reports_an_unreachable_api_with_exit_69() {
     assert_eq!(out.status.code(), Some(69));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
 }
+
+/// `standin bench disk` measures its three series in a directory of the caller's choosing and
+/// removes what it wrote; a count of 0 is refused as a usage error.
+#[test]
+fn bench_disk_measures_three_series_and_cleans_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(binary())
+        .args(["bench", "disk", "--commits", "20", "--json", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let rows = rows.as_array().expect("rows");
+    let what: Vec<&str> = rows.iter().filter_map(|r| r["what"].as_str()).collect();
+    assert_eq!(
+        what,
+        [
+            "pwrite 4 KiB + fdatasync",
+            "redb commit, 2 KB entry, Durability::Immediate",
+            "redb commit, 2 KB entry, Durability::None"
+        ]
+    );
+    for r in rows {
+        assert_eq!(r["commits"], 20, "{r}");
+        assert!(r["p50_ms"].as_f64().is_some_and(|v| v > 0.0), "{r}");
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").collect();
+    assert!(left.is_empty(), "the benchmark left files behind: {left:?}");
+
+    let out = Command::new(binary())
+        .args(["bench", "disk", "--commits", "0"])
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

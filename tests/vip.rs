@@ -118,6 +118,17 @@ impl Net {
         self.lab.neighbour("cl", VIP)
     }
 
+    /// Waits until the client's ARP entry for the VIP is `mac`, at most `timeout`; the time it
+    /// took. Fails the test with `what` otherwise.
+    fn wait_client_arp(&self, mac: &str, timeout: Duration, what: &str) -> Duration {
+        let start = Instant::now();
+        while self.client_arp().as_deref() != Some(mac) && start.elapsed() < timeout {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(self.client_arp().as_deref(), Some(mac), "{what}");
+        start.elapsed()
+    }
+
     fn dump_logs(&self) {
         for (id, _) in &self.configs {
             let log = std::fs::read_to_string(self.log(id)).unwrap_or_default();
@@ -275,14 +286,10 @@ fn the_vip_follows_the_active_node_and_is_never_on_two() {
     }
     let moved_kill = wait_served_by("b", Duration::from_secs(10));
     eprintln!("kill -9: the client reached b at the VIP {moved_kill:?} after the kill");
-    let arp_deadline = Instant::now() + Duration::from_secs(2);
-    while net.client_arp().as_deref() != Some(mac_b.as_str()) && Instant::now() < arp_deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(
-        net.client_arp().as_deref(),
-        Some(mac_b.as_str()),
-        "the client's ARP entry for the VIP moved to b's MAC (never flushed)"
+    net.wait_client_arp(
+        &mac_b,
+        Duration::from_secs(2),
+        "the client's ARP entry for the VIP moved to b's MAC (never flushed)",
     );
     let a_dropped = sampler
         .snapshot()
@@ -325,15 +332,7 @@ fn the_vip_follows_the_active_node_and_is_never_on_two() {
         .map(|(t, ..)| t.duration_since(stopped));
     eprintln!("SIGSTOP: the VIP left b's frozen namespace {b_dropped:?} after the stop");
     assert!(b_dropped.is_some(), "the VIP was not seen leaving b");
-    let arp_deadline = Instant::now() + Duration::from_secs(2);
-    while net.client_arp().as_deref() != Some(mac_a.as_str()) && Instant::now() < arp_deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(
-        net.client_arp().as_deref(),
-        Some(mac_a.as_str()),
-        "ARP moved back to a"
-    );
+    net.wait_client_arp(&mac_a, Duration::from_secs(2), "ARP moved back to a");
     // `garp-refresh`: a client entry that went wrong meanwhile (here: set to b's MAC) is put
     // right by the holder's next announcement, with no traffic from the client. The burst of
     // 3 announcements 100 ms apart that came with the takeover is over after 200 ms: wait past
@@ -354,19 +353,12 @@ fn the_vip_follows_the_active_node_and_is_never_on_two() {
         "reachable",
     ])
     .expect("set a wrong ARP entry");
-    let wrong = Instant::now();
-    while net.client_arp().as_deref() != Some(mac_a.as_str()) && wrong.elapsed() < Duration::from_secs(4) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(
-        net.client_arp().as_deref(),
-        Some(mac_a.as_str()),
-        "the refresh announcements did not correct the client's ARP entry"
+    let corrected = net.wait_client_arp(
+        &mac_a,
+        Duration::from_secs(4),
+        "the refresh announcements did not correct the client's ARP entry",
     );
-    eprintln!(
-        "garp-refresh: a wrong ARP entry was corrected {:?} after it was set",
-        wrong.elapsed()
-    );
+    eprintln!("garp-refresh: a wrong ARP entry was corrected {corrected:?} after it was set");
     std::thread::sleep(Duration::from_millis(500));
     let woke = Instant::now();
     kill(net.daemon_pid("b"), Signal::SIGCONT).expect("SIGCONT b");

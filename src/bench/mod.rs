@@ -12,6 +12,7 @@
 //! them on Ctrl-C too).
 
 pub mod backend;
+pub mod disk;
 pub mod netns;
 pub mod probe;
 pub mod proxy;
@@ -57,7 +58,12 @@ pub struct Scratch(PathBuf);
 
 impl Scratch {
     pub fn new(prefix: &str) -> Result<Scratch, HarnessError> {
-        let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+        Scratch::new_in(&std::env::temp_dir(), prefix)
+    }
+
+    /// A scratch directory under `parent`.
+    pub fn new_in(parent: &Path, prefix: &str) -> Result<Scratch, HarnessError> {
+        let dir = parent.join(format!("{prefix}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| HarnessError(format!("{}: {e}", dir.display())))?;
         Ok(Scratch(dir))
@@ -239,16 +245,64 @@ impl Fault {
     }
 }
 
+/// The interruptions of a series of trials, as the client measured them.
+#[derive(Debug, Serialize)]
+pub struct Interruptions {
+    pub trials: usize,
+    /// Trials in which the client saw no move within the time allowed.
+    pub failed: usize,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+    /// Every measured interruption, in trial order.
+    pub samples_ms: Vec<f64>,
+}
+
+impl Interruptions {
+    pub fn new(trials: usize, failed: usize, samples_ms: Vec<f64>) -> Interruptions {
+        let mut sorted = samples_ms.clone();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        Interruptions {
+            trials,
+            failed,
+            p50_ms: percentile(&sorted, 50.0),
+            p99_ms: percentile(&sorted, 99.0),
+            max_ms: sorted.last().copied(),
+            samples_ms,
+        }
+    }
+
+    /// Table cells: trials, failed, p50, p99, max.
+    fn cells(&self) -> [String; 5] {
+        let ms = |v: Option<f64>| v.map(|x| format!("{x:.0} ms")).unwrap_or_else(|| "-".into());
+        [
+            self.trials.to_string(),
+            self.failed.to_string(),
+            ms(self.p50_ms),
+            ms(self.p99_ms),
+            ms(self.max_ms),
+        ]
+    }
+}
+
+/// The progress bar every benchmark shows on a terminal (hidden when stderr is not one).
+pub(crate) fn progress(len: usize, msg: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(msg.to_string());
+    bar
+}
+
 #[derive(Debug, Serialize)]
 pub struct FaultResult {
     pub fault: Fault,
     /// Where the client sent its requests.
     pub via: Via,
-    pub trials: usize,
-    pub failed: usize,
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
-    pub max_ms: Option<f64>,
+    #[serde(flatten)]
+    pub interruptions: Interruptions,
     /// Failovers nobody caused: promotions in the replicated history beyond one at bootstrap
     /// and one per trial (every promotion is there, so this is the authoritative count).
     pub false_failovers: usize,
@@ -257,7 +311,6 @@ pub struct FaultResult {
     pub quiet_window_epoch_changes: usize,
     /// Answers from an older epoch after a newer one had been seen (must be 0).
     pub stale_primary_answers: usize,
-    pub samples_ms: Vec<f64>,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
@@ -346,18 +399,11 @@ pub async fn failover(o: FailoverOptions) -> Result<(), HarnessError> {
         "false failovers",
         "stale answers",
     ]);
-    let ms = |v: Option<f64>| v.map(|x| format!("{x:.0} ms")).unwrap_or_else(|| "-".into());
     for r in &results {
-        t.add_row(vec![
-            r.fault.name().to_string(),
-            r.trials.to_string(),
-            r.failed.to_string(),
-            ms(r.p50_ms),
-            ms(r.p99_ms),
-            ms(r.max_ms),
-            r.false_failovers.to_string(),
-            r.stale_primary_answers.to_string(),
-        ]);
+        let mut row = vec![r.fault.name().to_string()];
+        row.extend(r.interruptions.cells());
+        row.extend([r.false_failovers.to_string(), r.stale_primary_answers.to_string()]);
+        t.add_row(row);
     }
     println!("{t}");
     match via {
@@ -461,12 +507,7 @@ async fn run_fault(
     let mut samples = Vec::new();
     let mut failed = 0;
     let mut quiet_window = 0;
-    let bar = indicatif::ProgressBar::new(trials as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_message(fault.name());
+    let bar = progress(trials, fault.name());
     for _ in 0..trials {
         bar.inc(1);
         // Steady state first: watch for epoch changes nobody caused.
@@ -539,19 +580,12 @@ async fn run_fault(
     let extra_promotions = extra_promotions(events, samples.len(), quiet_window);
     let stale = prober.stale_answers();
     prober.stop().await;
-    let mut sorted = samples.clone();
-    sorted.sort_by(|a, b| a.total_cmp(b));
     Ok(FaultResult {
         fault,
         via,
-        trials,
-        failed,
-        p50_ms: percentile(&sorted, 50.0),
-        p99_ms: percentile(&sorted, 99.0),
-        max_ms: sorted.last().copied(),
+        interruptions: Interruptions::new(trials, failed, samples),
         false_failovers: extra_promotions,
         quiet_window_epoch_changes: quiet_window,
         stale_primary_answers: stale,
-        samples_ms: samples,
     })
 }

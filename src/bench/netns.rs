@@ -44,16 +44,20 @@ pub fn require_root_and_iproute2() -> Result<(), HarnessError> {
             "network namespaces, netlink and raw sockets need root: run as root".into(),
         ));
     }
-    let ok = Command::new("ip")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
+    if !runs("ip", "-V") {
         return Err(HarnessError(
             "the `ip` command is missing: install iproute2".into(),
         ));
     }
     Ok(())
+}
+
+/// Whether `program arg` (e.g. `--version`) runs and succeeds: the program is installed.
+pub fn runs(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// Moves the calling thread into network namespace `ns`: sockets it opens from now on (and

@@ -473,11 +473,7 @@ pub async fn run(
             targets.push(("standin", protocol.as_str(), *addr));
         }
     }
-    let bar = indicatif::ProgressBar::new((targets.len() * 2 * rounds) as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = super::progress(targets.len() * 2 * rounds, "");
     // Round-robin over every row, `rounds` times: a burst of other load on the shared machine
     // then lands on one run of each row rather than on all runs of one row.
     let mut runs: Vec<Vec<WrkResult>> = vec![Vec::new(); targets.len() * 2];

@@ -29,7 +29,6 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,7 +40,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::netns::{self, Lab};
-use super::{percentile, Fault, Profile, Scratch, Spawned};
+use super::{percentile, progress, Fault, Interruptions, Profile, Scratch, Spawned};
 use crate::api::client::request;
 use crate::demo::harness::{best_status, is_ready, wait_status, HarnessError};
 
@@ -134,12 +133,9 @@ pub struct VipRow {
     /// standin's timings (standin's rows only).
     pub profile: Option<Profile>,
     pub fault: Fault,
-    pub trials: usize,
-    /// Trials where no other node answered at the VIP within 15 s.
-    pub failed: usize,
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
-    pub max_ms: Option<f64>,
+    /// `failed`: trials where no other node answered at the VIP within 15 s.
+    #[serde(flatten)]
+    pub interruptions: Interruptions,
     /// Moves nobody caused: for standin, promotions in the replicated history beyond one at
     /// bootstrap and one per trial; for keepalived, a steady window before a fault in which
     /// two nodes answered.
@@ -157,7 +153,6 @@ pub struct VipRow {
     /// After recovery, the time until the VIP answered again, for trials where the recovery
     /// itself cut the client off (the resumed or restarted node took the VIP back).
     pub recovery_outages_ms: Vec<f64>,
-    pub samples_ms: Vec<f64>,
 }
 
 /// One successful answer at the VIP.
@@ -306,17 +301,10 @@ pub fn failover(
     json: bool,
 ) -> Result<(), HarnessError> {
     netns::require_root_and_iproute2()?;
-    if keepalived {
-        let ok = Command::new("keepalived")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !ok {
-            return Err(HarnessError(
-                "keepalived is not installed (apt-get install keepalived), or pass --without-keepalived"
-                    .into(),
-            ));
-        }
+    if keepalived && !netns::runs("keepalived", "--version") {
+        return Err(HarnessError(
+            "keepalived is not installed (apt-get install keepalived), or pass --without-keepalived".into(),
+        ));
     }
     let binary = std::env::current_exe().map_err(|e| HarnessError(e.to_string()))?;
     let faults2 = faults.clone();
@@ -373,25 +361,21 @@ fn print(rows: &[VipRow], faults: &[Fault], keepalived: bool, json: bool) -> Res
         "VIP on two nodes",
         "old node took VIP back",
     ]);
-    let ms = |v: Option<f64>| v.map(|x| format!("{x:.0} ms")).unwrap_or_else(|| "-".into());
     for r in rows {
-        t.add_row(vec![
-            match r.profile {
-                Some(Profile::Fast) => format!("{} (fast timings)", r.system.name()),
-                Some(Profile::Default) => format!("{} (defaults)", r.system.name()),
-                None => r.system.name().to_string(),
-            },
-            r.fault.name().to_string(),
-            r.trials.to_string(),
-            r.failed.to_string(),
-            ms(r.p50_ms),
-            ms(r.p99_ms),
-            ms(r.max_ms),
+        let system = match r.profile {
+            Some(Profile::Fast) => format!("{} (fast timings)", r.system.name()),
+            Some(Profile::Default) => format!("{} (defaults)", r.system.name()),
+            None => r.system.name().to_string(),
+        };
+        let mut row = vec![system, r.fault.name().to_string()];
+        row.extend(r.interruptions.cells());
+        row.extend([
             r.false_failovers.to_string(),
             r.old_node_answers_after_move.to_string(),
             format!("{} of {} samples", r.vip_on_two_nodes, r.vip_samples),
             r.took_back_on_recovery.to_string(),
         ]);
+        t.add_row(row);
     }
     println!("{t}");
     println!(
@@ -482,21 +466,11 @@ async fn standin_fault(
     )
     .await
     .map_err(|e| with_logs(e, &dir))?;
-    let client = VipClient::start(SocketAddr::from((vip, PORT)), Duration::from_millis(10));
-    client
-        .wait_steady(Duration::from_millis(300), Duration::from_secs(30))
-        .await
-        .ok_or_else(|| {
-            with_logs(
-                HarnessError(format!("nobody answered at the VIP {vip}:{PORT}")),
-                &dir,
-            )
-        })?;
+    let client = start_client(vip, Duration::from_millis(300), &dir).await?;
     let sampler = sample_vip(&lab, &["a", "b"], vip)?;
 
     let bar = progress(trials, &format!("{} / {}", System::Standin.name(), fault.name()));
-    let (mut samples, mut failed, mut quiet_window, mut after_move) = (Vec::new(), 0, 0, 0);
-    let (mut recovery_outages, mut took_back) = (Vec::new(), 0);
+    let (mut tally, mut quiet_window) = (Tally::default(), 0);
     for _ in 0..trials {
         bar.inc(1);
         let before = wait_status(status, Duration::from_secs(30), "a ready cluster", is_ready).await?;
@@ -548,13 +522,7 @@ async fn standin_fault(
         let moved = client
             .wait_moved(&old, Some(steady.epoch), t0, Duration::from_secs(15))
             .await;
-        match moved {
-            Some((d, _)) => samples.push(d.as_secs_f64() * 1000.0),
-            None => failed += 1,
-        }
-        if let Some((_, new_at)) = moved {
-            after_move += client.since(new_at).iter().filter(|a| a.node == old).count();
-        }
+        tally.moved(&client, &old, moved);
         // Recover: the old node comes back as a standby.
         let recovered = Instant::now();
         match fault {
@@ -587,9 +555,10 @@ async fn standin_fault(
         )
         .await
         .map_err(|e| with_logs(e, &dir))?;
-        let (outage, serving) = after_recovery(&client, recovered, Duration::from_millis(500), &dir).await?;
-        recovery_outages.extend(outage);
-        took_back += usize::from(serving == old);
+        tally.recovered(
+            after_recovery(&client, recovered, Duration::from_millis(500), &dir).await?,
+            &old,
+        );
     }
     bar.finish_and_clear();
     let data_admin = SocketAddr::from((lab.host("a")?.addr, ADMIN_PORT)).to_string();
@@ -603,49 +572,83 @@ async fn standin_fault(
     .await
     .ok()
     .and_then(|r| serde_json::from_str(&r.body).ok());
-    let false_failovers = super::extra_promotions(events, samples.len(), quiet_window);
+    let false_failovers = super::extra_promotions(events, tally.samples.len(), quiet_window);
     client.stop().await;
     let seen = sampler.stop();
     drop(daemons);
     drop(lab);
-    Ok(VipRow {
-        profile: Some(profile),
-        old_node_answers_after_move: after_move,
-        vip_samples: seen.count,
-        vip_on_two_nodes: seen.overlaps.len(),
-        took_back_on_recovery: took_back,
-        recovery_outages_ms: recovery_outages,
-        ..row(System::Standin, fault, trials, failed, samples, false_failovers)
-    })
-}
-
-/// A row with the interruption figures; the counts of what happened after a move are 0.
-fn row(
-    system: System,
-    fault: Fault,
-    trials: usize,
-    failed: usize,
-    samples: Vec<f64>,
-    false_failovers: usize,
-) -> VipRow {
-    let mut sorted = samples.clone();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    VipRow {
-        system,
+    Ok(tally.row(
+        System::Standin,
+        Some(profile),
         fault,
         trials,
-        failed,
-        p50_ms: percentile(&sorted, 50.0),
-        p99_ms: percentile(&sorted, 99.0),
-        max_ms: sorted.last().copied(),
         false_failovers,
-        profile: None,
-        old_node_answers_after_move: 0,
-        vip_samples: 0,
-        vip_on_two_nodes: 0,
-        took_back_on_recovery: 0,
-        recovery_outages_ms: Vec::new(),
-        samples_ms: samples,
+        seen,
+    ))
+}
+
+/// What the trials of one row add up to.
+#[derive(Default)]
+struct Tally {
+    samples: Vec<f64>,
+    failed: usize,
+    after_move: usize,
+    recovery_outages: Vec<f64>,
+    took_back: usize,
+}
+
+impl Tally {
+    /// The move a trial waited for (None: it did not come): its interruption, and how often
+    /// the old node answered since the new one did.
+    fn moved(&mut self, client: &VipClient, old: &str, moved: Option<(Duration, Instant)>) {
+        match moved {
+            Some((d, new_at)) => {
+                self.samples.push(d.as_secs_f64() * 1000.0);
+                self.after_move += client.since(new_at).iter().filter(|a| a.node == old).count();
+            }
+            None => self.failed += 1,
+        }
+    }
+
+    /// What [`after_recovery`] found.
+    fn recovered(&mut self, (outage, serving): (Option<f64>, String), old: &str) {
+        self.recovery_outages.extend(outage);
+        self.took_back += usize::from(serving == old);
+    }
+
+    fn row(
+        self,
+        system: System,
+        profile: Option<Profile>,
+        fault: Fault,
+        trials: usize,
+        false_failovers: usize,
+        seen: netns::AddrSamples,
+    ) -> VipRow {
+        VipRow {
+            system,
+            profile,
+            fault,
+            interruptions: Interruptions::new(trials, self.failed, self.samples),
+            false_failovers,
+            old_node_answers_after_move: self.after_move,
+            vip_samples: seen.count,
+            vip_on_two_nodes: seen.overlaps.len(),
+            took_back_on_recovery: self.took_back,
+            recovery_outages_ms: self.recovery_outages,
+        }
+    }
+}
+
+/// Starts the client of the VIP and waits until one node has answered for `steady`.
+async fn start_client(vip: Ipv4Addr, steady: Duration, dir: &Path) -> Result<VipClient, HarnessError> {
+    let client = VipClient::start(SocketAddr::from((vip, PORT)), Duration::from_millis(10));
+    match client.wait_steady(steady, Duration::from_secs(30)).await {
+        Some(_) => Ok(client),
+        None => Err(with_logs(
+            HarnessError(format!("nobody answered at the VIP {vip}:{PORT}")),
+            dir,
+        )),
     }
 }
 
@@ -687,16 +690,6 @@ fn sample_vip(lab: &Lab, ids: &[&str], vip: Ipv4Addr) -> Result<netns::AddrSampl
         .map(|id| Ok((id.to_string(), lab.host(id)?.ns.clone())))
         .collect::<Result<Vec<_>, HarnessError>>()?;
     Ok(netns::AddrSampler::start(hosts, vip, Duration::from_secs(7200)))
-}
-
-fn progress(len: usize, msg: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(len as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_message(msg.to_string());
-    bar
 }
 
 /// `e` with the last lines of every `*.log` in `dir`.
@@ -833,21 +826,11 @@ async fn keepalived_fault(
         let node = KeepalivedNode::start(&lab, &dir, binary, id, &config)?;
         nodes.push((id, Some(node), config));
     }
-    let client = VipClient::start(SocketAddr::from((vip, PORT)), Duration::from_millis(10));
-    client
-        .wait_steady(Duration::from_millis(500), Duration::from_secs(30))
-        .await
-        .ok_or_else(|| {
-            with_logs(
-                HarnessError(format!("nobody answered at the VIP {vip}:{PORT}")),
-                &dir,
-            )
-        })?;
+    let client = start_client(vip, Duration::from_millis(500), &dir).await?;
     let sampler = sample_vip(&lab, &["a", "b"], vip)?;
 
     let bar = progress(trials, &format!("{} / {}", system.name(), fault.name()));
-    let (mut samples, mut failed, mut false_failovers, mut after_move) = (Vec::new(), 0, 0, 0);
-    let (mut recovery_outages, mut took_back) = (Vec::new(), 0);
+    let (mut tally, mut false_failovers) = (Tally::default(), 0);
     for _ in 0..trials {
         bar.inc(1);
         // Steady state: one node answered for the last second. Another node answering in the
@@ -890,13 +873,7 @@ async fn keepalived_fault(
             }
         };
         let moved = client.wait_moved(&old, None, t0, Duration::from_secs(15)).await;
-        match moved {
-            Some((d, _)) => samples.push(d.as_secs_f64() * 1000.0),
-            None => failed += 1,
-        }
-        if let Some((_, new_at)) = moved {
-            after_move += client.since(new_at).iter().filter(|a| a.node == old).count();
-        }
+        tally.moved(&client, &old, moved);
         // Recover, then wait until the VIP answers steadily again.
         let recovered = Instant::now();
         match fault {
@@ -927,21 +904,12 @@ async fn keepalived_fault(
             System::KeepalivedDefaults => Duration::from_secs(4),
             _ => Duration::from_millis(500),
         };
-        let (outage, serving) = after_recovery(&client, recovered, settle, &dir).await?;
-        recovery_outages.extend(outage);
-        took_back += usize::from(serving == old);
+        tally.recovered(after_recovery(&client, recovered, settle, &dir).await?, &old);
     }
     bar.finish_and_clear();
     client.stop().await;
     let seen = sampler.stop();
     drop(nodes);
     drop(lab);
-    Ok(VipRow {
-        old_node_answers_after_move: after_move,
-        vip_samples: seen.count,
-        vip_on_two_nodes: seen.overlaps.len(),
-        took_back_on_recovery: took_back,
-        recovery_outages_ms: recovery_outages,
-        ..row(system, fault, trials, failed, samples, false_failovers)
-    })
+    Ok(tally.row(system, None, fault, trials, false_failovers, seen))
 }

@@ -12,14 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, ConfigError};
-
-fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        reason: reason.into(),
-    }
-}
+use crate::config::{invalid, Config, ConfigError};
 
 /// `[proxy]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
