@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use serde::Serialize;
 
-use super::{percentile, progress, Scratch};
+use super::{percentile, print_json, progress, Scratch};
 use crate::demo::harness::HarnessError;
 
 const ENTRIES: redb::TableDefinition<'_, u64, &[u8]> = redb::TableDefinition::new("entries");
@@ -108,10 +108,7 @@ pub fn run(dir: Option<PathBuf>, commits: usize, json: bool) -> Result<(), Harne
         row("redb commit, 2 KB entry, Durability::None", none),
     ];
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).map_err(|e| HarnessError(e.to_string()))?
-        );
+        print_json(&rows)?;
         return Ok(());
     }
     let mut t = Table::new();

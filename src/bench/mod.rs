@@ -285,6 +285,13 @@ impl Interruptions {
     }
 }
 
+/// Prints a benchmark's results as pretty JSON (`--json`).
+pub(crate) fn print_json<T: Serialize + ?Sized>(results: &T) -> Result<(), HarnessError> {
+    let text = serde_json::to_string_pretty(results).map_err(|e| HarnessError(e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}
+
 /// The progress bar every benchmark shows on a terminal (hidden when stderr is not one).
 pub(crate) fn progress(len: usize, msg: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len as u64);
@@ -381,10 +388,7 @@ pub async fn failover(o: FailoverOptions) -> Result<(), HarnessError> {
         results.push(r?);
     }
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&results).map_err(|e| HarnessError(e.to_string()))?
-        );
+        print_json(&results)?;
         return Ok(());
     }
     let mut t = Table::new();

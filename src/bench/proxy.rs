@@ -22,7 +22,7 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use hyper::Method;
 use serde::Serialize;
 
-use super::{free_ports, Scratch, Spawned};
+use super::{free_ports, print_json, Scratch, Spawned};
 use crate::api::client::request;
 use crate::demo::harness::{HarnessError, LocalCluster, ServiceKind, Spec};
 
@@ -516,10 +516,7 @@ pub async fn run(
         standin_skipped,
     };
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| err(e.to_string()))?
-        );
+        print_json(&report)?;
     } else {
         print_report(&report, connections, duration, rounds);
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use serde::Serialize;
 
-use super::free_ports;
+use super::{free_ports, print_json};
 use crate::demo::harness::{HarnessError, LocalCluster, Spec};
 
 fn err(m: impl Into<String>) -> HarnessError {
@@ -288,10 +288,7 @@ pub async fn run(requests: u64, json: bool) -> Result<(), HarnessError> {
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).map_err(|e| err(e.to_string()))?
-        );
+        print_json(&rows)?;
         return Ok(());
     }
     let mut t = Table::new();

@@ -40,7 +40,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::netns::{self, Lab};
-use super::{percentile, progress, Fault, Interruptions, Profile, Scratch, Spawned};
+use super::{percentile, print_json, progress, Fault, Interruptions, Profile, Scratch, Spawned};
 use crate::api::client::request;
 use crate::demo::harness::{best_status, is_ready, wait_status, HarnessError};
 
@@ -173,18 +173,11 @@ struct VipClient {
 /// `node=a epoch=3 role=active` (demo service) or `node=a` (fixed-answer backend); a node that
 /// says it is not active does not count as an answer.
 fn parse_answer(body: &str) -> Option<(String, Option<u64>)> {
-    let mut node = None;
-    let mut epoch = None;
-    let mut role_ok = true;
-    for kv in body.split_whitespace() {
-        match kv.split_once('=') {
-            Some(("node", v)) => node = Some(v.to_string()),
-            Some(("epoch", v)) => epoch = v.parse().ok(),
-            Some(("role", v)) => role_ok = v == "active",
-            _ => {}
-        }
+    let (node, epoch, role) = crate::demo::harness::answer_fields(body);
+    if role.is_some_and(|r| r != "active") {
+        return None;
     }
-    role_ok.then_some((node?, epoch))
+    Some((node?, epoch))
 }
 
 impl VipClient {
@@ -340,10 +333,7 @@ pub fn failover(
 
 fn print(rows: &[VipRow], faults: &[Fault], keepalived: bool, json: bool) -> Result<(), HarnessError> {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(rows).map_err(|e| HarnessError(e.to_string()))?
-        );
+        print_json(rows)?;
         return Ok(());
     }
     let mut t = Table::new();

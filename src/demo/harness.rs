@@ -639,22 +639,25 @@ pub async fn probe_service(addr: SocketAddr, timeout: Duration) -> Option<(Strin
     parse_active(&r.body)
 }
 
-/// Parses the demo service's answer `node=a epoch=3 role=active`.
-pub fn parse_active(body: &str) -> Option<(String, u64)> {
-    let mut node = None;
-    let mut epoch = None;
-    let mut active = false;
+/// The `key=value` words of a service's answer: `node`, `epoch` and `role`.
+pub fn answer_fields(body: &str) -> (Option<String>, Option<u64>, Option<&str>) {
+    let (mut node, mut epoch, mut role) = (None, None, None);
     for kv in body.split_whitespace() {
         match kv.split_once('=') {
             Some(("node", v)) => node = Some(v.to_string()),
             Some(("epoch", v)) => epoch = v.parse().ok(),
-            Some(("role", "active")) => active = true,
+            Some(("role", v)) => role = Some(v),
             _ => {}
         }
     }
-    if active {
-        Some((node?, epoch?))
-    } else {
-        None
+    (node, epoch, role)
+}
+
+/// Parses the demo service's answer `node=a epoch=3 role=active`.
+pub fn parse_active(body: &str) -> Option<(String, u64)> {
+    let (node, epoch, role) = answer_fields(body);
+    if role != Some("active") {
+        return None;
     }
+    Some((node?, epoch?))
 }
