@@ -164,6 +164,13 @@ enum BenchCmd {
         /// Requests per redis-benchmark run.
         #[arg(long, default_value_t = 200_000)]
         requests: u64,
+        /// Runs of each equal-durability row (standin and the Redis pair alternate); the
+        /// median is reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Only the equal-durability rows (standin vs the Redis pair with WAIT 1 0).
+        #[arg(long)]
+        durable_only: bool,
         #[arg(long)]
         json: bool,
     },
@@ -434,8 +441,19 @@ async fn async_main(args: Args) -> ExitCode {
         Cmd::Bench { which } => {
             init_tracing();
             let result = match which {
-                BenchCmd::Store { requests, json } => {
-                    standin::bench::until_interrupted(standin::bench::store::run(requests, json)).await
+                BenchCmd::Store {
+                    requests,
+                    rounds,
+                    durable_only,
+                    json,
+                } => {
+                    let opts = standin::bench::store::StoreOptions {
+                        requests,
+                        rounds,
+                        durable_only,
+                        json,
+                    };
+                    standin::bench::until_interrupted(standin::bench::store::run(opts)).await
                 }
                 BenchCmd::Disk { dir, commits, json } => {
                     match tokio::task::spawn_blocking(move || {

@@ -73,6 +73,25 @@ fn wait_ping(port: u16, what: &str) -> Result<(), HarnessError> {
     Err(err(format!("{what} did not answer PING")))
 }
 
+/// Waits until the replica has finished its initial sync with the primary (a WAIT before
+/// that blocks until the sync ends, which would count against the pair).
+fn wait_replica_linked(port: u16) -> Result<(), HarnessError> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let linked = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "INFO", "replication"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("master_link_status:up"));
+        if linked {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(err(
+        "the redis replica did not finish its sync with the primary within 20 s",
+    ))
+}
+
 fn run_benchmark(
     target: &str,
     addr: SocketAddr,
@@ -135,11 +154,13 @@ async fn durable_sets(
     target: &str,
     addr: SocketAddr,
     requests: u64,
+    pipeline: u32,
     with_wait: bool,
 ) -> Result<Row, HarnessError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let clients = 50u64;
-    let per = requests / clients;
+    let pipeline = u64::from(pipeline.max(1));
+    let per = requests / clients / pipeline;
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -151,18 +172,24 @@ async fn durable_sets(
             let mut lat = Vec::with_capacity(per as usize);
             let mut buf = vec![0u8; 256];
             for i in 0..per {
-                let key = format!("d{c}:{i}");
-                let mut req = format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n$3\r\nxxx\r\n", key.len());
-                let replies = if with_wait {
+                let mut req = String::new();
+                for j in 0..pipeline {
+                    let key = format!("d{c}:{i}:{j}");
+                    req.push_str(&format!(
+                        "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n$3\r\nxxx\r\n",
+                        key.len()
+                    ));
+                }
+                let mut replies = pipeline;
+                if with_wait {
                     req.push_str("*3\r\n$4\r\nWAIT\r\n$1\r\n1\r\n$1\r\n0\r\n");
-                    2
-                } else {
-                    1
-                };
+                    replies += 1;
+                }
                 let t = Instant::now();
                 s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
                 // Replies are "+OK\r\n" and ":1\r\n": count CRLF-terminated lines.
-                let mut lines = 0;
+                let mut lines = 0u64;
+                let mut prev = 0u8;
                 while lines < replies {
                     let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
                     if n == 0 {
@@ -171,9 +198,16 @@ async fn durable_sets(
                     if buf[0] == b'-' {
                         return Err(String::from_utf8_lossy(&buf[..n]).into_owned());
                     }
-                    lines += buf[..n].windows(2).filter(|w| w == b"\r\n").count();
+                    for &b in &buf[..n] {
+                        if prev == b'\r' && b == b'\n' {
+                            lines += 1;
+                        }
+                        prev = b;
+                    }
                 }
-                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                // One latency per SET: each waited as long as its pipeline.
+                let ms = t.elapsed().as_secs_f64() * 1000.0;
+                lat.extend(std::iter::repeat_n(ms, pipeline as usize));
             }
             Ok::<Vec<f64>, String>(lat)
         }));
@@ -197,15 +231,41 @@ async fn durable_sets(
         target: target.to_string(),
         // The same test name for both rows: equal durability, compared side by side.
         test: "SET+WAIT 1 0".into(),
-        pipeline: 1,
+        pipeline: pipeline as u32,
         rps: all.len() as f64 / secs,
         p50_ms: pct(50.0),
         p99_ms: pct(99.0),
     })
 }
 
+/// What `standin bench store` runs.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Requests per redis-benchmark run (the durable runs send at most 50 000 SETs).
+    pub requests: u64,
+    /// Runs of each equal-durability row, alternating standin and Redis; the median is shown.
+    pub rounds: u32,
+    /// Only the equal-durability rows (skips redis-benchmark).
+    pub durable_only: bool,
+    pub json: bool,
+}
+
+/// The row with the median requests/s.
+fn median(mut runs: Vec<Row>) -> Option<Row> {
+    runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+    let mid = runs.len() / 2;
+    runs.into_iter().nth(mid)
+}
+
 /// Runs the store benchmark and prints the table.
-pub async fn run(requests: u64, json: bool) -> Result<(), HarnessError> {
+pub async fn run(opts: StoreOptions) -> Result<(), HarnessError> {
+    let StoreOptions {
+        requests,
+        rounds,
+        durable_only,
+        json,
+    } = opts;
+    let rounds = rounds.max(1);
     let dir = std::env::temp_dir().join(format!("standin-bench-store-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let binary = std::env::current_exe().map_err(|e| err(e.to_string()))?;
@@ -253,6 +313,7 @@ pub async fn run(requests: u64, json: bool) -> Result<(), HarnessError> {
     wait_ping(lone_port, "lone redis-server")?;
     wait_ping(primary_port, "redis primary")?;
     wait_ping(replica_port, "redis replica")?;
+    wait_replica_linked(replica_port)?;
 
     let targets: Vec<(&str, SocketAddr)> = vec![
         ("standin (3 nodes, quorum + fsync)", standin_addr),
@@ -266,8 +327,18 @@ pub async fn run(requests: u64, json: bool) -> Result<(), HarnessError> {
         ),
     ];
     let mut rows = Vec::new();
-    let bar = indicatif::ProgressBar::new((targets.len() * 2) as u64);
-    for pipeline in [1u32, 16] {
+    let pipelines = [1u32, 16];
+    let benchmark_runs = if durable_only {
+        0
+    } else {
+        targets.len() * pipelines.len()
+    };
+    let durable_runs = pipelines.len() * 2 * rounds as usize;
+    let bar = indicatif::ProgressBar::new((benchmark_runs + durable_runs) as u64);
+    for pipeline in pipelines {
+        if durable_only {
+            break;
+        }
         for (name, addr) in &targets {
             bar.set_message(format!("{name} -P {pipeline}"));
             let name = name.to_string();
@@ -281,12 +352,27 @@ pub async fn run(requests: u64, json: bool) -> Result<(), HarnessError> {
     }
     // Equal durability: acknowledged only once on a second node (and fsynced, for standin and
     // for the Redis pair's appendfsync always).
-    bar.set_message("durable SET (own client)");
-    rows.push(durable_sets(targets[0].0, targets[0].1, requests.min(50_000), false).await?);
-    rows.push(durable_sets(targets[2].0, targets[2].1, requests.min(50_000), true).await?);
+    // Rounds alternate the two targets so a burst of other load hits both.
+    let durable_requests = requests.min(50_000);
+    for pipeline in pipelines {
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for round in 1..=rounds {
+            bar.set_message(format!(
+                "durable SET -P {pipeline} (own client), round {round}/{rounds}"
+            ));
+            ours.push(durable_sets(targets[0].0, targets[0].1, durable_requests, pipeline, false).await?);
+            bar.inc(1);
+            theirs.push(durable_sets(targets[2].0, targets[2].1, durable_requests, pipeline, true).await?);
+            bar.inc(1);
+        }
+        rows.extend(median(ours));
+        rows.extend(median(theirs));
+    }
     bar.finish_and_clear();
     drop(cluster);
-    let _ = std::fs::remove_dir_all(&dir);
+    if std::env::var_os("STANDIN_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     if json {
         print_json(&rows)?;
         return Ok(());
@@ -325,8 +411,9 @@ pub async fn run(requests: u64, json: bool) -> Result<(), HarnessError> {
     println!("{t}");
     println!("redis-benchmark -c 50 -n {requests} -t set,get [-P 16], all on this machine, one run");
     println!(
-        "SET+WAIT 1 0: own client, 50 connections, one request at a time each; standin acknowledges a SET \
-         after a quorum commit, so it sends no WAIT"
+        "SET+WAIT 1 0: own client, 50 connections, each sending P SETs (plus WAIT 1 0 to Redis) and waiting for \
+         the replies; standin acknowledges a SET after a quorum commit, so it sends no WAIT; median of {rounds} \
+         round(s)"
     );
     Ok(())
 }

@@ -26,7 +26,7 @@ pub use state::{ClusterState, Command, CommandResult};
 
 use crate::config::{raft_id, Config, NodeKind};
 use rpc::{Request, Response};
-use storage::{LogStore, StateMachine};
+use storage::{DiskMark, LogStore, StateMachine};
 use transport::Transport;
 
 pub type NodeId = u64;
@@ -86,6 +86,7 @@ pub struct RaftInfo {
 pub struct Network {
     transport: Transport,
     names: Arc<BTreeMap<NodeId, String>>,
+    disk: DiskMark,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -96,6 +97,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             transport: self.transport.clone(),
             target,
             name: self.names.get(&target).cloned().unwrap_or_default(),
+            disk: self.disk.clone(),
         }
     }
 }
@@ -104,6 +106,7 @@ pub struct NetworkClient {
     transport: Transport,
     target: NodeId,
     name: String,
+    disk: DiskMark,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, EmptyNode, RaftError<NodeId, E>>;
@@ -131,9 +134,12 @@ impl NetworkClient {
 impl RaftNetwork<TypeConfig> for NetworkClient {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        // A follower applies what the leader calls committed: never past the leader's own
+        // durable log (see `storage::DiskMark`). It learns the rest with the next request.
+        rpc.leader_commit = self.disk.cap_commit(rpc.leader_commit);
         match self.send(Request::AppendEntries(rpc), &option).await? {
             Response::AppendEntries(Ok(r)) => Ok(r),
             Response::AppendEntries(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
@@ -190,8 +196,10 @@ impl Cluster {
                 config.node.data_dir.join("standin.redb").display()
             ))
         })?;
-        let log = LogStore::new(db.clone());
-        let sm = StateMachine::open(db)
+        let me = config.me();
+        let disk = DiskMark::new(raft_id(&me.id));
+        let log = LogStore::new(db.clone(), disk.clone());
+        let sm = StateMachine::open(db, disk.clone())
             .await
             .map_err(|e| ClusterError::Storage(e.to_string()))?;
         let names: Arc<BTreeMap<NodeId, String>> = Arc::new(
@@ -202,7 +210,6 @@ impl Cluster {
                 .collect(),
         );
         let hb = config.timing.heartbeat_interval.as_millis() as u64;
-        let me = config.me();
         let raft_config = openraft::Config {
             cluster_name: "standin".into(),
             // Raft's own heartbeat is twice as frequent as ours: leadership is what lease
@@ -227,6 +234,7 @@ impl Cluster {
         let network = Network {
             transport: transport.clone(),
             names: names.clone(),
+            disk,
         };
         let raft = Raft::new(raft_id(&me.id), raft_config, network, log, sm.clone())
             .await
