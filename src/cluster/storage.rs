@@ -291,7 +291,7 @@ impl LogStore {
             let Some(last) = batch.last().map(|e| e.log_id) else {
                 return;
             };
-            match write_entries(&self.db, batch, redb::Durability::Immediate).await {
+            match write_entries(&self.db, batch).await {
                 Ok(written) => {
                     {
                         let mut recent = self.recent();
@@ -399,7 +399,7 @@ fn logs_err(verb: ErrorVerb) -> impl Fn(&dyn std::fmt::Display) -> StorageError<
     move |e| io_err(ErrorSubject::Logs, verb, std::io::Error::other(e.to_string()))
 }
 
-/// Writes entries in one transaction; returns each entry with its encoded size.
+/// Writes entries in one fsynced transaction; returns each entry with its encoded size.
 ///
 /// Only the log table: the committed id is written on its own, at most once a second
 /// (`save_committed`). Carrying it in every append cost each append the pages of a second
@@ -407,13 +407,11 @@ fn logs_err(verb: ErrorVerb) -> impl Fn(&dyn std::fmt::Display) -> StorageError<
 async fn write_entries(
     db: &Arc<Database>,
     entries: Vec<Entry<TypeConfig>>,
-    durability: redb::Durability,
 ) -> StorageResult<Vec<(Entry<TypeConfig>, usize)>> {
     let db = db.clone();
     blocking(move || {
         let e = logs_err(ErrorVerb::Write);
-        let mut tx = db.begin_write().map_err(|x| e(&x))?;
-        tx.set_durability(durability).map_err(|x| e(&x))?;
+        let tx = db.begin_write().map_err(|x| e(&x))?;
         let mut sizes = Vec::with_capacity(entries.len());
         {
             let mut table = tx.open_table(LOGS).map_err(|x| e(&x))?;
@@ -425,7 +423,7 @@ async fn write_entries(
                     .map_err(|x| e(&x))?;
             }
         }
-        // With Durability::Immediate: fsynced before the commit returns.
+        // Durability::Immediate (the default): fsynced before the commit returns.
         tx.commit().map_err(|x| e(&x))?;
         Ok(entries.into_iter().zip(sizes).collect())
     })
@@ -560,6 +558,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
         let db = self.db.clone();
         let vote: Option<Vote<NodeId>> = blocking(move || LogStore::read_meta(&db, "vote")).await?;
+        // Read at start-up. A node that led before it stopped may have told openraft entries
+        // were flushed that never reached its disk (`Disk`), and the followers may hold them.
+        // openraft 0.9 restores a node whose saved vote is committed for itself as leader of the
+        // same term at once: it would then write new entries under log ids (term, index) the
+        // followers already hold with other contents. Read back as not committed, the vote
+        // makes this node win an election, in a new term, before it leads again.
+        let me = self.disk.me;
+        let vote = vote.map(|v| {
+            if v.is_committed() && v.leader_id().voted_for() == Some(me) {
+                Vote::new(v.leader_id().term, me)
+            } else {
+                v
+            }
+        });
         self.disk.tx.send_if_modified(|d| {
             d.vote = vote;
             false
@@ -648,7 +660,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.log_io_completed(Err(std::io::Error::other(err.to_string())));
             return Err(err);
         }
-        let result = write_entries(&self.db, entries, redb::Durability::Immediate).await;
+        let result = write_entries(&self.db, entries).await;
         // Tell openraft only after the data is on disk (or that it failed).
         match result {
             Ok(written) => {
@@ -1141,6 +1153,28 @@ mod tests {
         log.blocking_append([follower_entry]).await?;
         assert!(log.disk.tx.borrow().unflushed.is_empty());
         assert_eq!(log.disk.tx.borrow().durable.map(|l| l.index), Some(9));
+        drop(dir);
+        Ok(())
+    }
+
+    /// After a restart a former leader must win a new term before it writes entries again
+    /// (its unflushed entries are gone, the followers may hold them): its own committed vote
+    /// reads back as not committed. Another node's committed vote reads back as it was.
+    #[tokio::test]
+    async fn a_restarted_leader_does_not_resume_its_term() -> Result<(), StorageError<NodeId>> {
+        let (dir, mut log, _sm) = Builder.build().await?;
+        log.save_vote(&Vote::new_committed(7, 1)).await?;
+        let mut restarted = LogStore::new(log.db.clone(), DiskMark::new(1));
+        let vote = restarted.read_vote().await?.expect("vote");
+        assert_eq!(
+            (vote.leader_id().term, vote.leader_id().voted_for()),
+            (7, Some(1))
+        );
+        assert!(!vote.is_committed());
+        log.save_vote(&Vote::new_committed(8, 2)).await?;
+        let vote = restarted.read_vote().await?.expect("vote");
+        assert!(vote.is_committed());
+        assert_eq!(vote.leader_id().voted_for(), Some(2));
         drop(dir);
         Ok(())
     }
