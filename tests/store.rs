@@ -571,3 +571,66 @@ async fn hello_3_switches_to_resp3() {
     .await
     .expect("join");
 }
+
+/// `standin bench store --durable-only`: the equal-durability rows for both targets and both
+/// pipeline depths (the README's figures come from these), and nothing left in the temp dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_durable_store_benchmark_compares_both_targets_and_cleans_up() {
+    let _g = SERIAL.lock().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tokio::task::spawn_blocking({
+        let tmp = tmp.path().to_path_buf();
+        move || {
+            Command::new(binary())
+                .args([
+                    "bench",
+                    "store",
+                    "--durable-only",
+                    "--rounds",
+                    "1",
+                    "--requests",
+                    "4000",
+                    "--json",
+                ])
+                .env("TMPDIR", &tmp)
+                .output()
+                .expect("run")
+        }
+    })
+    .await
+    .expect("join");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let rows = rows.as_array().expect("rows");
+    let mut seen: Vec<(String, u64)> = rows
+        .iter()
+        .map(|r| {
+            assert_eq!(r["test"], "SET+WAIT 1 0", "{r}");
+            let (rps, p50, p99) = (
+                r["rps"].as_f64().unwrap_or(0.0),
+                r["p50_ms"].as_f64().unwrap_or(f64::NAN),
+                r["p99_ms"].as_f64().unwrap_or(f64::NAN),
+            );
+            assert!(rps > 0.0 && p50 > 0.0 && p50 <= p99, "{r}");
+            let target = r["target"].as_str().unwrap_or_default();
+            let which = if target.starts_with("standin") {
+                "standin"
+            } else {
+                "redis"
+            };
+            (which.to_string(), r["pipeline"].as_u64().unwrap_or(0))
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("redis".to_string(), 1),
+            ("redis".to_string(), 16),
+            ("standin".to_string(), 1),
+            ("standin".to_string(), 16)
+        ]
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("dir").collect();
+    assert!(left.is_empty(), "the benchmark left files behind: {left:?}");
+}

@@ -4,15 +4,14 @@
 //! GET with and without pipelining, and standin's ratio to each reference.
 
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use serde::Serialize;
 
-use super::{free_ports, print_json};
+use super::{free_ports, print_json, Scratch, Spawned};
 use crate::demo::harness::{HarnessError, LocalCluster, Spec};
 
 fn err(m: impl Into<String>) -> HarnessError {
@@ -30,66 +29,63 @@ pub struct Row {
     pub p99_ms: f64,
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn redis_server(dir: &Path, port: u16, extra: &[&str]) -> Result<Server, HarnessError> {
+fn redis_server(dir: &Path, port: u16, extra: &[&str]) -> Result<Spawned, HarnessError> {
     std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
         .arg("--dir")
         .arg(dir)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .map_err(|e| {
-            err(format!(
-                "cannot start redis-server (Debian package redis-server): {e}"
-            ))
-        })?;
-    Ok(Server(child))
+        .args(extra);
+    Spawned::start(
+        &mut cmd,
+        &dir.join("redis.log"),
+        "redis-server (Debian package redis-server)",
+    )
 }
 
-fn wait_ping(port: u16, what: &str) -> Result<(), HarnessError> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+/// Runs `redis-cli -p PORT ARGS...` every 100 ms until its output satisfies `ok`.
+fn wait_redis(
+    port: u16,
+    args: &[&str],
+    ok: impl Fn(&str) -> bool,
+    within: Duration,
+    what: &str,
+) -> Result<(), HarnessError> {
+    let deadline = Instant::now() + within;
     while Instant::now() < deadline {
-        let ok = Command::new("redis-cli")
-            .args(["-p", &port.to_string(), "PING"])
+        let done = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
             .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG");
-        if ok {
+            .is_ok_and(|o| ok(&String::from_utf8_lossy(&o.stdout)));
+        if done {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Err(err(format!("{what} did not answer PING")))
+    Err(err(format!("{what} within {within:?}")))
+}
+
+fn wait_ping(port: u16, what: &str) -> Result<(), HarnessError> {
+    wait_redis(
+        port,
+        &["PING"],
+        |out| out.trim() == "PONG",
+        Duration::from_secs(10),
+        &format!("{what} did not answer PING"),
+    )
 }
 
 /// Waits until the replica has finished its initial sync with the primary (a WAIT before
 /// that blocks until the sync ends, which would count against the pair).
 fn wait_replica_linked(port: u16) -> Result<(), HarnessError> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        let linked = Command::new("redis-cli")
-            .args(["-p", &port.to_string(), "INFO", "replication"])
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("master_link_status:up"));
-        if linked {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Err(err(
-        "the redis replica did not finish its sync with the primary within 20 s",
-    ))
+    wait_redis(
+        port,
+        &["INFO", "replication"],
+        |out| out.contains("master_link_status:up"),
+        Duration::from_secs(20),
+        "the redis replica did not finish its sync with the primary",
+    )
 }
 
 fn run_benchmark(
@@ -266,8 +262,10 @@ pub async fn run(opts: StoreOptions) -> Result<(), HarnessError> {
         json,
     } = opts;
     let rounds = rounds.max(1);
-    let dir = std::env::temp_dir().join(format!("standin-bench-store-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    // Removed when dropped, after the servers and the cluster (declared later); kept with
+    // STANDIN_BENCH_KEEP.
+    let scratch = Scratch::new("standin-bench-store")?;
+    let dir = scratch.path();
     let binary = std::env::current_exe().map_err(|e| err(e.to_string()))?;
     let spec = Spec::new(&dir.join("standin"), &binary);
     let mut cluster = LocalCluster::create(spec).await?;
@@ -369,10 +367,6 @@ pub async fn run(opts: StoreOptions) -> Result<(), HarnessError> {
         rows.extend(median(theirs));
     }
     bar.finish_and_clear();
-    drop(cluster);
-    if std::env::var_os("STANDIN_BENCH_KEEP").is_none() {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
     if json {
         print_json(&rows)?;
         return Ok(());

@@ -71,7 +71,7 @@ where
 /// Most recent entries kept in memory for replication (by count and by encoded size).
 const CACHE_ENTRIES: usize = 4096;
 const CACHE_BYTES: usize = 64 << 20;
-/// A committed id not carried by an append is written at most this often.
+/// The committed id (a hint) is written at most this often.
 const COMMITTED_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The newest log entries, contiguous, as appended: the leader's replication streams read
@@ -84,7 +84,7 @@ struct Recent {
     committed: Option<LogId<NodeId>>,
     committed_saved: bool,
     committed_written_at: Option<std::time::Instant>,
-    flush_scheduled: bool,
+    write_scheduled: bool,
 }
 
 impl Recent {
@@ -111,8 +111,8 @@ impl Recent {
     }
 
     /// The committed id not yet in the file, marked as written from now; only if it does not
-    /// pass `limit` (the last index on disk once the caller's commit is done: a committed id
-    /// past the durable log would make a restart re-apply entries it does not have).
+    /// pass `limit`, the last index on disk (a committed id past the durable log would make a
+    /// restart re-apply entries it does not have).
     fn take_unsaved_committed(&mut self, limit: u64) -> Option<LogId<NodeId>> {
         let pending = (!self.committed_saved)
             .then_some(self.committed)
@@ -580,9 +580,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
-        // A hint (see `write_meta_with`): it normally rides along with the next append's
-        // transaction; written on its own only when no append carried it for a while, and
-        // never past what is on disk (`take_unsaved_committed`).
+        // A hint (see `write_meta_with`): written at once if the last write is a second old,
+        // else a second after it; never past what is on disk (`take_unsaved_committed`).
         let limit = self.disk.tx.borrow().durable_limit();
         let now = {
             let mut recent = self.recent();
@@ -596,16 +595,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             } else {
                 None
             };
-            if now.is_none() && !recent.flush_scheduled {
-                // Written later unless an append carries it first.
-                recent.flush_scheduled = true;
+            if now.is_none() && !recent.write_scheduled {
+                // The newest id then is written (or, if still past the disk, the next one).
+                recent.write_scheduled = true;
                 let store = self.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(COMMITTED_EVERY).await;
                     let limit = store.disk.tx.borrow().durable_limit();
                     let pending = {
                         let mut recent = store.recent();
-                        recent.flush_scheduled = false;
+                        recent.write_scheduled = false;
                         recent.take_unsaved_committed(limit)
                     };
                     if let Some(c) = pending {
@@ -1121,6 +1120,11 @@ mod tests {
         assert_eq!(log.disk.cap_commit(durable(8)), durable(5));
         assert_eq!(log.disk.cap_commit(durable(4)), durable(4));
         assert_eq!(log.disk.tx.borrow().durable_limit(), 5);
+        // The committed id past the disk is not written now (that would wait for the lock)
+        // but a second later, once the entries are on disk.
+        tokio::time::timeout(Duration::from_secs(1), log.save_committed(durable(8)))
+            .await
+            .expect("the committed id waits for nothing")?;
         // Applying the unflushed entries waits.
         let entries = log.try_get_log_entries(1..=8).await?;
         let mut sm2 = sm.clone();
@@ -1142,6 +1146,9 @@ mod tests {
         // In the file: a store opened afresh (as after a crash) reads them.
         let mut fresh = LogStore::new(log.db.clone(), DiskMark::new(1));
         assert_eq!(fresh.try_get_log_entries(6..=8).await?.len(), 3);
+        assert_ne!(fresh.read_committed().await?, durable(8));
+        tokio::time::sleep(COMMITTED_EVERY + Duration::from_millis(300)).await;
+        assert_eq!(fresh.read_committed().await?, durable(8));
 
         // Entries from another leader (this node follows now) are fsynced before the append
         // returns, after everything this node wrote as leader.
