@@ -18,6 +18,7 @@ pub mod demo;
 pub mod events;
 pub mod failover;
 pub mod health;
+pub mod malloc;
 pub mod node;
 pub mod service;
 pub mod store;

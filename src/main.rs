@@ -286,6 +286,7 @@ fn cli_result(r: Result<(), CliError>) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    standin::malloc::tune();
     let args = Args::parse();
     // The VIP keeper is small and single-threaded, and the proxy benchmark's backend gets one
     // thread like wrk and HAProxy beside it; everything else gets the worker pool.

@@ -25,6 +25,7 @@ pub struct NodeMetrics {
     registry: Registry,
     store_ops: Family<Labels, Counter>,
     store_latency: Family<Labels, Histogram>,
+    entry_groups: Histogram,
 }
 
 /// What a store request was, for the metrics.
@@ -73,11 +74,27 @@ impl NodeMetrics {
             prometheus_client::registry::Unit::Seconds,
             store_latency.clone(),
         );
+        // 1 .. 1024: MAX_GROUPS_PER_ENTRY.
+        let entry_groups = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+            1.0, 2.0, 11,
+        ));
+        registry.register(
+            "store_entry_groups",
+            "Client groups (pipelines, transactions) carried by each store log entry this node \
+             proposed as leader: group commit at work",
+            entry_groups.clone(),
+        );
         NodeMetrics {
             registry,
             store_ops,
             store_latency,
+            entry_groups,
         }
+    }
+
+    /// Records one store log entry proposed with `groups` client groups in it.
+    pub fn store_entry(&self, groups: usize) {
+        self.entry_groups.observe(groups as f64);
     }
 
     /// Records one group of `ops` store operations that took `took`.

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
@@ -68,8 +69,38 @@ struct PathStats {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
 
+type FrameSink = FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>;
+
+/// The sending side of a connection. Callers write their own frames, one at a time: no
+/// writer task to wake for each message. `None` once the connection is closed (dropping the
+/// write half sends FIN, so the peer sees the close at once).
+#[derive(Clone)]
+struct Writer(Arc<tokio::sync::Mutex<Option<FrameSink>>>);
+
+impl Writer {
+    fn new(sink: FrameSink) -> Self {
+        Writer(Arc::new(tokio::sync::Mutex::new(Some(sink))))
+    }
+
+    /// Writes one frame. An error means the frame may be partly written: the caller must
+    /// close the connection, so no later frame follows the partial one.
+    async fn send(&self, bytes: Bytes) -> std::io::Result<()> {
+        match self.0.lock().await.as_mut() {
+            Some(sink) => sink.send(bytes).await,
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "connection closed",
+            )),
+        }
+    }
+
+    async fn close(&self) {
+        self.0.lock().await.take();
+    }
+}
+
 struct Conn {
-    tx: mpsc::Sender<Bytes>,
+    writer: Writer,
     pending: Pending,
     closed: CancellationToken,
 }
@@ -302,20 +333,39 @@ impl Transport {
         let (id, bytes) = self.encode(req).map_err(|e| PathError::Failed(e.to_string()))?;
         let (tx, rx) = oneshot::channel();
         lock(&conn.pending).insert(id, tx);
-        // A peer that stops reading fills the queue: bounded by the deadline, and nothing was
-        // queued if it runs out (so `call_once` may still try another path).
-        match tokio::time::timeout_at(deadline, conn.tx.send(bytes)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => {
+        // Waiting for our turn to write sends nothing, so `call_once` may still try another
+        // path if the turn never comes (a peer that stops reading blocks the writer ahead).
+        let mut sink = tokio::select! {
+            s = conn.writer.0.lock() => s,
+            _ = tokio::time::sleep_until(deadline) => {
+                lock(&conn.pending).remove(&id);
+                conn.closed.cancel();
+                return Err(PathError::Failed("peer not reading".into()));
+            }
+            _ = conn.closed.cancelled() => {
                 lock(&conn.pending).remove(&id);
                 return Err(PathError::Failed("connection closed".into()));
             }
-            Err(_) => {
-                lock(&conn.pending).remove(&id);
-                conn.closed.cancel();
-                return Err(PathError::Failed("send queue full (peer not reading)".into()));
-            }
+        };
+        let Some(writer) = sink.as_mut() else {
+            lock(&conn.pending).remove(&id);
+            return Err(PathError::Failed("connection closed".into()));
+        };
+        // Once writing has begun, part of the frame may be out: a failure closes the
+        // connection (the peer drops an incomplete frame), and the outcome is unknown.
+        let written = tokio::select! {
+            r = writer.send(bytes) => r.map_err(|e| e.to_string()),
+            _ = tokio::time::sleep_until(deadline) => Err("send timed out (peer not reading)".into()),
+            _ = conn.closed.cancelled() => Err("connection closed".into()),
+        };
+        if let Err(e) = written {
+            sink.take();
+            drop(sink);
+            lock(&conn.pending).remove(&id);
+            conn.closed.cancel();
+            return Err(PathError::Lost(e));
         }
+        drop(sink);
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(_)) => Err(PathError::Lost("connection closed".into())),
@@ -437,36 +487,22 @@ enum PathError {
     Failed(String),
 }
 
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_FRAME)
+        .new_codec()
+}
+
 fn spawn_client_conn(stream: TcpStream) -> Conn {
     let (read, write) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<Bytes>(256);
     let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
     let closed = CancellationToken::new();
-    let codec = || {
-        LengthDelimitedCodec::builder()
-            .max_frame_length(MAX_FRAME)
-            .new_codec()
-    };
-    let mut sink = FramedWrite::new(write, codec());
+    let writer = Writer::new(FramedWrite::new(write, codec()));
     let mut source = FramedRead::new(read, codec());
     {
         let closed = closed.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = closed.cancelled() => break,
-                    msg = rx.recv() => match msg {
-                        Some(bytes) => if sink.send(bytes).await.is_err() { break },
-                        None => break,
-                    },
-                }
-            }
-            closed.cancel();
-        });
-    }
-    {
-        let closed = closed.clone();
         let pending = pending.clone();
+        let writer = writer.clone();
         tokio::spawn(async move {
             loop {
                 let frame = tokio::select! {
@@ -485,9 +521,14 @@ fn spawn_client_conn(stream: TcpStream) -> Conn {
             closed.cancel();
             // Callers waiting on this connection learn at once that it is gone.
             lock(&pending).clear();
+            writer.close().await;
         });
     }
-    Conn { tx, pending, closed }
+    Conn {
+        writer,
+        pending,
+        closed,
+    }
 }
 
 /// Handles one inbound request. Returned futures run concurrently.
@@ -534,30 +575,20 @@ async fn serve_conn(
     cancel: CancellationToken,
 ) {
     let (read, write) = stream.into_split();
-    let codec = || {
-        LengthDelimitedCodec::builder()
-            .max_frame_length(MAX_FRAME)
-            .new_codec()
-    };
     let mut source = FramedRead::new(read, codec());
-    let mut sink = FramedWrite::new(write, codec());
-    let (tx, mut rx) = mpsc::channel::<Bytes>(256);
+    // Each answer is written by the task that computed it.
+    let writer = Writer::new(FramedWrite::new(write, codec()));
     let me = transport.me().to_string();
     let conn_done = CancellationToken::new();
-    let writer = {
-        let conn_done = conn_done.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = conn_done.cancelled() => break,
-                    m = rx.recv() => match m {
-                        Some(b) => if sink.send(b).await.is_err() { break },
-                        None => break,
-                    },
-                }
-            }
-            conn_done.cancel();
-        })
+    let reply = |writer: Writer, conn_done: CancellationToken, bytes: Bytes| async move {
+        tokio::select! {
+            r = writer.send(bytes) => if r.is_err() {
+                // A partly written answer: nothing may follow it.
+                conn_done.cancel();
+                writer.close().await;
+            },
+            _ = conn_done.cancelled() => {}
+        }
     };
     loop {
         let frame = tokio::select! {
@@ -581,21 +612,25 @@ async fn serve_conn(
             }
         };
         transport.heard_inbound(&frame.from);
-        let tx = tx.clone();
-        let me = me.clone();
         let id = frame.id;
         if let Request::Ping = frame.body {
-            let _ = tx.send(encode_response(&me, id, &Response::Pong)).await;
+            reply(
+                writer.clone(),
+                conn_done.clone(),
+                encode_response(&me, id, &Response::Pong),
+            )
+            .await;
             continue;
         }
         let fut = handler(frame.from, frame.body);
+        let (me, writer, conn_done) = (me.clone(), writer.clone(), conn_done.clone());
         tokio::spawn(async move {
             let resp = fut.await;
-            let _ = tx.send(encode_response(&me, id, &resp)).await;
+            reply(writer, conn_done, encode_response(&me, id, &resp)).await;
         });
     }
     conn_done.cancel();
-    let _ = writer.await;
+    writer.close().await;
 }
 
 fn encode_response(me: &str, id: u64, resp: &Response) -> Bytes {

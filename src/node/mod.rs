@@ -313,7 +313,7 @@ async fn handle_peer(node: &Arc<Node>, from: String, req: Request) -> Response {
     match req {
         Request::Lease { node: who, epoch } => Response::Lease(lease::grant(node, &who, epoch).await),
         Request::StoreWrite { ops, kind } => match node.store.get() {
-            Some(r) => Response::Store(r.write_local(ops, kind).await),
+            Some(r) => Response::Store(r.write_local(ops, kind, None).await),
             None => Response::Store(Err(crate::store::replicate::StoreError::NoLeader)),
         },
         Request::StoreRead { ops } => match node.store.get() {

@@ -286,6 +286,23 @@ impl Db {
     /// Stores `value` at `key`, replacing any previous value and expiry. An existing key keeps
     /// its scan position (it has been present all along); a new key goes last.
     fn put(&mut self, key: &Bytes, value: Value, expire_at: Option<i64>) {
+        // Overwrite in place: the key keeps its scan position and its index entries.
+        if let Some(entry) = self.entries.get_mut(key.as_ref()) {
+            let old = entry_mem(key, &entry.value, entry.expire_at.is_some());
+            if entry.expire_at != expire_at {
+                if let Some(t) = entry.expire_at {
+                    self.expires.remove(&(t, key.clone()));
+                }
+                if let Some(t) = expire_at {
+                    self.expires.insert((t, key.clone()));
+                }
+                entry.expire_at = expire_at;
+            }
+            entry.value = value;
+            let new = entry_mem(key, &entry.value, expire_at.is_some());
+            self.used = self.used.saturating_sub(old) + new;
+            return;
+        }
         let seq = match self.remove(key) {
             Some(old) => old.seq,
             None => {

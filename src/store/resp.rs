@@ -158,6 +158,9 @@ const MAX_PREALLOC_ARGS: usize = 1024;
 /// reason: the claimed length is only a claim until the bytes arrive.
 const MAX_RESERVE_AHEAD: usize = 1024 * 1024;
 
+/// Largest argument copied out of the read buffer rather than shared with it.
+const MAX_COPIED_ARG: usize = 16 * 1024;
+
 impl RespCodec {
     /// A codec that speaks RESP2 until told otherwise.
     pub fn new(limits: Limits) -> Self {
@@ -262,8 +265,16 @@ impl RespCodec {
                 src.reserve((needed - src.len()).min(MAX_RESERVE_AHEAD));
                 return Ok(Progress::NeedMore);
             }
-            // split_to + freeze hands out the payload without copying it.
-            request.args.push(src.split_to(len).freeze());
+            // A small payload is copied out, so the read buffer stays unshared and the next
+            // read reuses its space (a handle into it would pin the whole buffer for as long
+            // as the value lives in the store, and make every read allocate a fresh buffer).
+            // A large one is handed out without a copy: its space was reserved for it alone.
+            if len <= MAX_COPIED_ARG {
+                request.args.push(Bytes::copy_from_slice(&src[..len]));
+                src.advance(len);
+            } else {
+                request.args.push(src.split_to(len).freeze());
+            }
             src.advance(2);
             self.scanned = 0;
             request.bulk_len = None;

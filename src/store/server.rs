@@ -221,7 +221,7 @@ async fn execute(shared: &Shared, conn: &mut Conn, items: Vec<Item>) -> Vec<(Fra
                 }
                 let n = ops.len();
                 let started = Instant::now();
-                let result = write_with_retry(shared, ops, GroupKind::Pipeline).await;
+                let result = write_with_retry(shared, ops, GroupKind::Pipeline, conn.id).await;
                 shared
                     .node
                     .metrics
@@ -265,10 +265,15 @@ fn pad(mut replies: Vec<Reply>, n: usize) -> Vec<Reply> {
 }
 
 /// During a failover there is briefly no leader: wait for one (bounded) rather than fail.
-async fn write_with_retry(shared: &Shared, ops: Vec<Op>, kind: GroupKind) -> Result<Vec<Reply>, StoreError> {
+async fn write_with_retry(
+    shared: &Shared,
+    ops: Vec<Op>,
+    kind: GroupKind,
+    client: u64,
+) -> Result<Vec<Reply>, StoreError> {
     let deadline = Instant::now() + shared.cfg.retry_for;
     loop {
-        match shared.replicator.write(ops.clone(), kind).await {
+        match shared.replicator.write(ops.clone(), kind, client).await {
             Err(e) if e.retryable() && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -392,7 +397,7 @@ async fn classify(shared: &Shared, conn: &mut Conn, args: &[Bytes], codec: &mut 
                 return Item::Reply(Frame::Array(Vec::new()));
             }
             // One log entry, applied atomically: reads inside see the writes before them.
-            match write_with_retry(shared, queued, GroupKind::Exec).await {
+            match write_with_retry(shared, queued, GroupKind::Exec, conn.id).await {
                 // An Exec group has exactly one reply: the array of the block's replies.
                 Ok(replies) => Item::Reply(
                     replies
