@@ -292,27 +292,18 @@ async fn redis_benchmark_runs_against_the_store() {
     assert_eq!(n, "1");
 }
 
-/// Group commit: writes that arrive together ride one log entry (one fsync per node for all
-/// of them). Closed-loop clients each send a SET and wait for the reply, like
-/// redis-benchmark; the leader's `standin_store_entry_groups` histogram shows how many client
-/// groups each entry carried.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_writes_share_log_entries() {
-    let _g = SERIAL.lock().await;
-    let (c, _dir) = cluster("").await;
-    let leader = c.status().await.and_then(|s| s.leader).expect("a leader");
-    let node = c.node(&leader).expect("leader node");
-    let (store, admin) = (node.store.expect("store address"), node.admin.to_string());
-    const CLIENTS: usize = 16;
-    const SETS: usize = 40;
-    let clients: Vec<_> = (0..CLIENTS)
+/// `clients` closed-loop connections to `store`, each sending `sets` SETs one at a time and
+/// waiting for each reply, like redis-benchmark.
+async fn closed_loop_sets(store: SocketAddr, tag: &str, clients: usize, sets: usize) {
+    let threads: Vec<_> = (0..clients)
         .map(|i| {
+            let tag = tag.to_string();
             std::thread::spawn(move || {
                 let mut s = TcpStream::connect(store).expect("connect");
                 s.set_read_timeout(Some(Duration::from_secs(10)))
                     .expect("timeout");
-                for j in 0..SETS {
-                    let key = format!("g{i}:{j}");
+                for j in 0..sets {
+                    let key = format!("{tag}{i}:{j}");
                     let req = format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n$1\r\nv\r\n", key.len());
                     s.write_all(req.as_bytes()).expect("send");
                     let mut reply = [0u8; 5];
@@ -322,13 +313,17 @@ async fn concurrent_writes_share_log_entries() {
             })
         })
         .collect();
-    for t in clients {
+    for t in threads {
         tokio::task::spawn_blocking(move || t.join().expect("client"))
             .await
             .expect("join");
     }
+}
+
+/// The leader's `standin_store_entry_groups` histogram: (groups, entries) so far.
+async fn entry_groups(admin: &str) -> (f64, f64) {
     let r = standin::api::client::request(
-        &admin,
+        admin,
         hyper::Method::GET,
         "/metrics",
         None,
@@ -342,25 +337,61 @@ async fn concurrent_writes_share_log_entries() {
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or_else(|| panic!("{name} missing from /metrics"))
     };
-    let (groups, entries) = (
+    (
         value("standin_store_entry_groups_sum"),
         value("standin_store_entry_groups_count"),
-    );
-    let per_entry = groups / entries;
+    )
+}
+
+/// Group commit: writes that arrive together ride one log entry (one fsync per node for all
+/// of them), whether the clients talk to the leader or to a node that forwards to it. The
+/// leader's `standin_store_entry_groups` histogram shows how many client groups each entry
+/// carried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_log_entries() {
+    let _g = SERIAL.lock().await;
+    let (c, _dir) = cluster("").await;
+    // Raft leadership moves to the active node: wait until it has, so it stays put.
+    let leader = c
+        .wait_for(Duration::from_secs(20), "the active node leading Raft", |s| {
+            s.leader.is_some() && s.leader == s.active
+        })
+        .await
+        .expect("leader")
+        .leader
+        .expect("a leader");
+    let other = if leader == "a" { "b" } else { "a" };
+    let admin = c.node(&leader).expect("leader node").admin.to_string();
+    const CLIENTS: usize = 16;
+    const SETS: usize = 40;
+    let writes = (CLIENTS * SETS) as f64;
+
+    closed_loop_sets(store_of(&c, &leader), "direct", CLIENTS, SETS).await;
+    let (groups, entries) = entry_groups(&admin).await;
+    let direct = groups / entries;
     println!(
-        "{CLIENTS} closed-loop clients, {} SETs: {entries} entries, {per_entry:.1} groups per entry",
-        CLIENTS * SETS
+        "{CLIENTS} clients on the leader, {writes} SETs: {entries} entries, {direct:.1} groups per entry"
     );
-    assert_eq!(
-        groups as usize,
-        CLIENTS * SETS,
-        "every SET was one group, proposed once"
-    );
+    assert_eq!(groups, writes, "every SET was one group, proposed once");
     // One entry per write would be 1.0; all clients in every entry 16 (here: 15.2 with the
     // batcher waiting for each answered client by name, 12.8 when it waited for a count).
     assert!(
-        per_entry >= CLIENTS as f64 * 0.75,
-        "{per_entry:.1} groups per entry with {CLIENTS} concurrent clients"
+        direct >= CLIENTS as f64 * 0.75,
+        "{direct:.1} groups per entry with {CLIENTS} concurrent clients"
+    );
+
+    // Forwarded groups carry no client name: the leader waits for a count of them.
+    closed_loop_sets(store_of(&c, other), "forwarded", CLIENTS, SETS).await;
+    let (groups2, entries2) = entry_groups(&admin).await;
+    let forwarded = (groups2 - groups) / (entries2 - entries);
+    println!(
+        "{CLIENTS} clients on {other} (forwarded): {} entries, {forwarded:.1} groups per entry",
+        entries2 - entries
+    );
+    assert_eq!(groups2 - groups, writes, "every forwarded SET was one group");
+    assert!(
+        forwarded >= CLIENTS as f64 / 2.0,
+        "{forwarded:.1} groups per entry with {CLIENTS} clients on {other}"
     );
 }
 

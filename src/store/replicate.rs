@@ -209,7 +209,9 @@ async fn write_batcher(
     // carried) settled on two thirds of 50 clients per entry, because the late third, once it
     // missed an entry, rode the next one as stragglers already queued, and the count never
     // grew back (measured with 50 clients: 33 groups per entry, 25k SET/s; waiting by name:
-    // see the README). A lone client never waits; one that went away costs one wait.
+    // see the README). Groups forwarded by other nodes carry no name on the wire: for those
+    // the batcher still waits for a count. A lone client never waits; one that went away
+    // costs one wait.
     let last = Arc::new(LastCommit::default());
     let mut returning = Returning::default();
     loop {
@@ -229,7 +231,7 @@ async fn write_batcher(
                 Err(_) => break,
             }
         }
-        returning.expect(last.take_clients());
+        returning.expect(last.take_answered());
         for r in &batch {
             returning.arrived(r.client);
         }
@@ -320,7 +322,7 @@ async fn write_batcher(
                 },
                 Err(e) => Err(StoreError::Unknown(e.to_string())),
             };
-            last.record(accepted.iter().filter_map(|r| r.client), started.elapsed());
+            last.record(accepted.iter().map(|r| r.client), started.elapsed());
             match result {
                 Ok(replies) => {
                     for (req, r) in accepted
@@ -340,52 +342,73 @@ async fn write_batcher(
     }
 }
 
+/// Who an entry answered: this node's client connections by id, and how many groups came
+/// without one (forwarded from other nodes, or internal).
+#[derive(Debug, Default, PartialEq)]
+struct Answered {
+    named: Vec<u64>,
+    unnamed: usize,
+}
+
 /// The clients the batcher waits for before it proposes: those the last entry answered
 /// (closed-loop clients send their next request as soon as they have the reply).
 #[derive(Default)]
-struct Returning(HashSet<u64>);
+struct Returning {
+    named: HashSet<u64>,
+    unnamed: usize,
+}
 
 impl Returning {
     /// Starts waiting for `answered`.
-    fn expect(&mut self, answered: Vec<u64>) {
-        self.0.clear();
-        self.0.extend(answered);
+    fn expect(&mut self, answered: Answered) {
+        self.named.clear();
+        self.named.extend(answered.named);
+        self.unnamed = answered.unnamed;
     }
 
-    /// A group arrived from `client` (`None`: forwarded or internal, waited for by nobody).
+    /// A group arrived from `client`: a named client is crossed off; a group without a name
+    /// stands for any of the unnamed ones.
     fn arrived(&mut self, client: Option<u64>) {
-        if let Some(c) = client {
-            self.0.remove(&c);
+        match client {
+            Some(c) => {
+                self.named.remove(&c);
+            }
+            None => self.unnamed = self.unnamed.saturating_sub(1),
         }
     }
 
     /// Everyone expected is in.
     fn done(&self) -> bool {
-        self.0.is_empty()
+        self.named.is_empty() && self.unnamed == 0
     }
 }
 
-/// Which clients the last committed entry answered and how long it took.
+/// Whom the last committed entry answered and how long it took.
 #[derive(Default)]
 struct LastCommit {
-    clients: std::sync::Mutex<Vec<u64>>,
+    answered: std::sync::Mutex<Answered>,
     micros: AtomicU64,
 }
 
 impl LastCommit {
-    fn record(&self, clients: impl Iterator<Item = u64>, took: Duration) {
-        let mut c = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        c.clear();
-        c.extend(clients);
+    fn record(&self, clients: impl Iterator<Item = Option<u64>>, took: Duration) {
+        let mut a = Answered::default();
+        for c in clients {
+            match c {
+                Some(c) => a.named.push(c),
+                None => a.unnamed += 1,
+            }
+        }
+        *self.answered.lock().unwrap_or_else(|p| p.into_inner()) = a;
         self.micros.store(
             took.as_micros().min(u128::from(u64::MAX)) as u64,
             Ordering::Relaxed,
         );
     }
 
-    /// The clients answered since the last call (each entry's set is used once).
-    fn take_clients(&self) -> Vec<u64> {
-        std::mem::take(&mut *self.clients.lock().unwrap_or_else(|p| p.into_inner()))
+    /// Whom the last entry answered, once (each entry's set is used by one batch).
+    fn take_answered(&self) -> Answered {
+        std::mem::take(&mut *self.answered.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -455,6 +478,13 @@ async fn active_expiry(r: Replicator, cancel: CancellationToken) {
 mod tests {
     use super::*;
 
+    fn answered(named: &[u64], unnamed: usize) -> Answered {
+        Answered {
+            named: named.to_vec(),
+            unnamed,
+        }
+    }
+
     /// The batcher waits for the clients the last entry answered, by name: groups already
     /// queued from other clients (stragglers that missed the last entry) do not stand in for
     /// them, which is what made a count settle below the number of clients.
@@ -462,30 +492,43 @@ mod tests {
     fn the_batcher_waits_for_each_answered_client() {
         let mut r = Returning::default();
         assert!(r.done(), "nothing answered yet: propose at once");
-        r.expect(vec![1, 2, 3]);
+        r.expect(answered(&[1, 2, 3], 0));
         r.arrived(Some(7));
         r.arrived(Some(8));
         r.arrived(Some(9));
-        r.arrived(None);
-        assert!(!r.done(), "four other groups do not replace clients 1, 2 and 3");
+        assert!(!r.done(), "three other clients do not replace clients 1, 2 and 3");
         r.arrived(Some(2));
         r.arrived(Some(1));
         assert!(!r.done());
         r.arrived(Some(3));
         assert!(r.done());
         // Each entry's set is used once: a new entry starts afresh.
-        r.expect(vec![4]);
+        r.expect(answered(&[4], 0));
         assert!(!r.done());
-        r.expect(Vec::new());
+        r.expect(answered(&[], 0));
         assert!(r.done(), "a lone client never waits for itself");
     }
 
+    /// Forwarded groups have no name: they are waited for by count.
     #[test]
-    fn last_commit_hands_out_its_clients_once() {
+    fn forwarded_groups_are_waited_for_by_count() {
+        let mut r = Returning::default();
+        r.expect(answered(&[1], 2));
+        r.arrived(None);
+        r.arrived(Some(1));
+        assert!(!r.done(), "one of two forwarded groups is still out");
+        r.arrived(None);
+        assert!(r.done());
+        r.arrived(None);
+        assert!(r.done(), "more than expected is fine");
+    }
+
+    #[test]
+    fn last_commit_hands_out_whom_it_answered_once() {
         let last = LastCommit::default();
-        last.record([5, 6].into_iter(), Duration::from_micros(700));
-        assert_eq!(last.take_clients(), vec![5, 6]);
-        assert!(last.take_clients().is_empty());
+        last.record([Some(5), None, Some(6)].into_iter(), Duration::from_micros(700));
+        assert_eq!(last.take_answered(), answered(&[5, 6], 1));
+        assert_eq!(last.take_answered(), Answered::default());
         assert_eq!(last.micros.load(Ordering::Relaxed), 700);
     }
 }
