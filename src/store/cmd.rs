@@ -343,9 +343,16 @@ pub fn parse(args: &[Bytes]) -> Result<Parsed, Reply> {
     if name.len() > 16 {
         return Ok(Parsed::NotData);
     }
-    let name = String::from_utf8_lossy(name).to_ascii_lowercase();
-    let a = Args { name: &name, args };
-    let op = match name.as_str() {
+    // Lowercased on the stack: this runs for every command.
+    let mut lowered = [0u8; 16];
+    let lowered = &mut lowered[..name.len()];
+    lowered.copy_from_slice(name);
+    lowered.make_ascii_lowercase();
+    let Ok(name) = std::str::from_utf8(lowered) else {
+        return Ok(Parsed::NotData);
+    };
+    let a = Args { name, args };
+    let op = match name {
         "get" => {
             a.arity(2)?;
             Op::Get { key: a.key() }
@@ -364,7 +371,7 @@ pub fn parse(args: &[Bytes]) -> Result<Parsed, Reply> {
         "setex" | "psetex" => {
             a.arity(4)?;
             let seconds = name == "setex";
-            let ms = relative_expire(&a.at(2), seconds, &name)?;
+            let ms = relative_expire(&a.at(2), seconds, name)?;
             let (key, value) = (a.key(), a.at(3));
             let expire = Expire::RelativeMs(ms);
             if seconds {
@@ -394,7 +401,7 @@ pub fn parse(args: &[Bytes]) -> Result<Parsed, Reply> {
             a.arity(-3)?;
             // Key-value pairs: an even number of arguments after the name.
             if args.len().is_multiple_of(2) {
-                return Err(Reply::wrong_arity(&name));
+                return Err(Reply::wrong_arity(name));
             }
             let pairs = pairs(&args[1..]);
             if name == "mset" {
@@ -520,7 +527,7 @@ pub fn parse(args: &[Bytes]) -> Result<Parsed, Reply> {
         "hset" | "hmset" => {
             a.arity(-4)?;
             if args.len() % 2 == 1 {
-                return Err(Reply::wrong_arity(&name));
+                return Err(Reply::wrong_arity(name));
             }
             let pairs = pairs(&args[2..]);
             if name == "hset" {
@@ -607,7 +614,7 @@ pub fn parse(args: &[Bytes]) -> Result<Parsed, Reply> {
         "lpop" | "rpop" => {
             a.arity(-2)?;
             if args.len() > 3 {
-                return Err(Reply::wrong_arity(&name));
+                return Err(Reply::wrong_arity(name));
             }
             let count = match args.get(2) {
                 None => None,

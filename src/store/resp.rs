@@ -133,11 +133,27 @@ struct Multibulk {
     /// Arguments still to read.
     remaining: usize,
     /// Arguments read so far.
-    args: Vec<Bytes>,
+    args: Vec<Arg>,
+    /// The small arguments' bytes, copied out of the read buffer one after another: the
+    /// request's arguments then share one allocation, and copying an argument handle later
+    /// only counts a reference.
+    small: Vec<u8>,
     /// Length of the argument whose `$<len>` line was read but whose payload is not yet
     /// fully buffered.
     bulk_len: Option<usize>,
 }
+
+/// One argument read so far.
+#[derive(Debug)]
+enum Arg {
+    /// A range of [`Multibulk::small`].
+    Small(std::ops::Range<usize>),
+    /// A large argument, in the read buffer's own memory.
+    Large(Bytes),
+}
+
+/// Room reserved for a request's small arguments (a `SET` of a short key and value fits).
+const SMALL_ARGS_START: usize = 64;
 
 /// What one parsing step achieved.
 enum Progress {
@@ -212,6 +228,7 @@ impl RespCodec {
             self.pending = Some(Multibulk {
                 remaining: count,
                 args: Vec::with_capacity(count.min(MAX_PREALLOC_ARGS)),
+                small: Vec::with_capacity(SMALL_ARGS_START),
                 bulk_len: None,
             });
         }
@@ -270,17 +287,30 @@ impl RespCodec {
             // as the value lives in the store, and make every read allocate a fresh buffer).
             // A large one is handed out without a copy: its space was reserved for it alone.
             if len <= MAX_COPIED_ARG {
-                request.args.push(Bytes::copy_from_slice(&src[..len]));
+                let at = request.small.len();
+                request.small.extend_from_slice(&src[..len]);
+                request.args.push(Arg::Small(at..at + len));
                 src.advance(len);
             } else {
-                request.args.push(src.split_to(len).freeze());
+                request.args.push(Arg::Large(src.split_to(len).freeze()));
             }
             src.advance(2);
             self.scanned = 0;
             request.bulk_len = None;
             request.remaining -= 1;
         }
-        let args = self.pending.take().map(|r| r.args).unwrap_or_default();
+        let Some(request) = self.pending.take() else {
+            return Ok(Progress::Done(Vec::new()));
+        };
+        let small = Bytes::from(request.small);
+        let args = request
+            .args
+            .into_iter()
+            .map(|a| match a {
+                Arg::Small(range) => small.slice(range),
+                Arg::Large(b) => b,
+            })
+            .collect();
         Ok(Progress::Done(args))
     }
 
