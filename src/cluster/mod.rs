@@ -411,3 +411,82 @@ impl Cluster {
         let _ = self.raft.shutdown().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, LogId, Vote};
+
+    /// The leader never tells a follower that an entry is committed while that entry is only
+    /// in the leader's memory: the commit index in an append is capped at the leader's durable
+    /// log (see `storage::DiskMark`). A follower stands in for the peer and records what it
+    /// was sent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_carry_a_commit_index_capped_at_the_leaders_disk() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+        let handler: transport::Handler = Arc::new(move |_from, req| {
+            let seen = seen_tx.clone();
+            Box::pin(async move {
+                match req {
+                    Request::AppendEntries(r) => {
+                        let _ = seen.send(r.leader_commit);
+                        Response::AppendEntries(Ok(AppendEntriesResponse::Success))
+                    }
+                    other => Response::Error {
+                        message: format!("unexpected {other:?}"),
+                        retry: false,
+                    },
+                }
+            })
+        });
+        let interval = Duration::from_millis(100);
+        let follower = Transport::new(
+            "b".into(),
+            vec![("a".into(), Vec::new())],
+            interval,
+            interval * 10,
+        );
+        tokio::spawn(transport::serve(listener, follower, handler, cancel.clone()));
+        let leader = Transport::new(
+            "a".into(),
+            vec![("b".into(), vec![addr])],
+            interval,
+            interval * 10,
+        );
+
+        let log_id = |i| LogId::new(CommittedLeaderId::new(3, 1), i);
+        let disk = DiskMark::new(1);
+        let mut client = NetworkClient {
+            transport: leader,
+            target: 2,
+            name: "b".into(),
+            disk: disk.clone(),
+        };
+        let committed_8 = || AppendEntriesRequest {
+            vote: Vote::new_committed(3, 1),
+            prev_log_id: Some(log_id(8)),
+            entries: Vec::new(),
+            leader_commit: Some(log_id(8)),
+        };
+        let option = || RPCOption::new(Duration::from_secs(5));
+
+        // Entries 6..=8 only in memory: committed 8 goes out as 5.
+        disk.assume_unflushed(log_id(5), 8);
+        client
+            .append_entries(committed_8(), option())
+            .await
+            .expect("append");
+        assert_eq!(seen_rx.recv().await.expect("seen"), Some(log_id(5)));
+        // Everything on disk: sent as it is.
+        disk.assume_unflushed(log_id(8), 8);
+        client
+            .append_entries(committed_8(), option())
+            .await
+            .expect("append");
+        assert_eq!(seen_rx.recv().await.expect("seen"), Some(log_id(8)));
+        cancel.cancel();
+    }
+}

@@ -252,6 +252,26 @@ impl DiskMark {
     }
 }
 
+#[cfg(test)]
+impl DiskMark {
+    /// Test only: the log is on disk up to `durable`, and the leader's entries after it, up to
+    /// `last`, are still in memory.
+    pub(crate) fn assume_unflushed(&self, durable: LogId<NodeId>, last: u64) {
+        self.tx.send_modify(|d| {
+            d.durable = Some(durable);
+            d.unflushed = (durable.index + 1..=last)
+                .map(|i| {
+                    let entry = Entry {
+                        log_id: LogId::new(durable.leader_id, i),
+                        payload: EntryPayload::Blank,
+                    };
+                    (i, entry)
+                })
+                .collect();
+        });
+    }
+}
+
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
