@@ -303,7 +303,6 @@ async fn write_batcher(
         // Submitted in order; the commit is awaited in its own task.
         node.metrics.store_entry(accepted.len());
         let started = std::time::Instant::now();
-
         let submitted = node.cluster.submit(cmd).await;
         let last = last.clone();
         tokio::spawn(async move {
