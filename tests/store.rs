@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use standin::demo::harness::{LocalCluster, Spec};
 
+mod common;
+use common::{sample, scrape};
+
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn binary() -> PathBuf {
@@ -322,21 +325,8 @@ async fn closed_loop_sets(store: SocketAddr, tag: &str, clients: usize, sets: us
 
 /// The leader's `standin_store_entry_groups` histogram: (groups, entries) so far.
 async fn entry_groups(admin: &str) -> (f64, f64) {
-    let r = standin::api::client::request(
-        admin,
-        hyper::Method::GET,
-        "/metrics",
-        None,
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("scrape");
-    let value = |name: &str| -> f64 {
-        r.body
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing from /metrics"))
-    };
+    let m = scrape(admin).await;
+    let value = |name: &str| sample(&m, name, &[]).unwrap_or_else(|| panic!("{name} missing from /metrics"));
     (
         value("standin_store_entry_groups_sum"),
         value("standin_store_entry_groups_count"),

@@ -326,17 +326,12 @@ pub async fn run(opts: StoreOptions) -> Result<(), HarnessError> {
     ];
     let mut rows = Vec::new();
     let pipelines = [1u32, 16];
-    let benchmark_runs = if durable_only {
-        0
-    } else {
-        targets.len() * pipelines.len()
-    };
+    // redis-benchmark runs: none with --durable-only.
+    let benchmark_pipelines: &[u32] = if durable_only { &[] } else { &pipelines };
+    let benchmark_runs = targets.len() * benchmark_pipelines.len();
     let durable_runs = pipelines.len() * 2 * rounds as usize;
     let bar = indicatif::ProgressBar::new((benchmark_runs + durable_runs) as u64);
-    for pipeline in pipelines {
-        if durable_only {
-            break;
-        }
+    for &pipeline in benchmark_pipelines {
         for (name, addr) in &targets {
             bar.set_message(format!("{name} -P {pipeline}"));
             let name = name.to_string();

@@ -465,28 +465,22 @@ mod tests {
             name: "b".into(),
             disk: disk.clone(),
         };
-        let committed_8 = || AppendEntriesRequest {
-            vote: Vote::new_committed(3, 1),
-            prev_log_id: Some(log_id(8)),
-            entries: Vec::new(),
-            leader_commit: Some(log_id(8)),
-        };
-        let option = || RPCOption::new(Duration::from_secs(5));
-
-        // Entries 6..=8 only in memory: committed 8 goes out as 5.
-        disk.assume_unflushed(log_id(5), 8);
-        client
-            .append_entries(committed_8(), option())
-            .await
-            .expect("append");
-        assert_eq!(seen_rx.recv().await.expect("seen"), Some(log_id(5)));
-        // Everything on disk: sent as it is.
-        disk.assume_unflushed(log_id(8), 8);
-        client
-            .append_entries(committed_8(), option())
-            .await
-            .expect("append");
-        assert_eq!(seen_rx.recv().await.expect("seen"), Some(log_id(8)));
+        // (on disk up to, commit index the follower is sent) for a leader that has committed 8:
+        // with entries 6..=8 only in memory it goes out as 5; with all on disk, as it is.
+        for (durable, sent) in [(5, 5), (8, 8)] {
+            disk.assume_unflushed(log_id(durable), 8);
+            let rpc = AppendEntriesRequest {
+                vote: Vote::new_committed(3, 1),
+                prev_log_id: Some(log_id(8)),
+                entries: Vec::new(),
+                leader_commit: Some(log_id(8)),
+            };
+            client
+                .append_entries(rpc, RPCOption::new(Duration::from_secs(5)))
+                .await
+                .expect("append");
+            assert_eq!(seen_rx.recv().await.expect("seen"), Some(log_id(sent)));
+        }
         cancel.cancel();
     }
 }

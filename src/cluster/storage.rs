@@ -318,12 +318,7 @@ impl LogStore {
             };
             match write_entries(&self.db, batch).await {
                 Ok(written) => {
-                    {
-                        let mut recent = self.recent();
-                        for (entry, size) in written {
-                            recent.push(entry, size);
-                        }
-                    }
+                    self.cache(written);
                     self.disk.tx.send_modify(|d| {
                         d.unflushed.retain(|&i, _| i > last.index);
                         d.durable = Some(last);
@@ -356,6 +351,14 @@ impl LogStore {
         match failed {
             Some(e) => Err(logs_err(ErrorVerb::Write)(&e)),
             None => Ok(()),
+        }
+    }
+
+    /// Keeps entries just written (with their encoded sizes) for the replication streams.
+    fn cache(&self, written: Vec<(Entry<TypeConfig>, usize)>) {
+        let mut recent = self.recent();
+        for (entry, size) in written {
+            recent.push(entry, size);
         }
     }
 
@@ -441,24 +444,22 @@ fn write_entries_now(
     db: &Database,
     entries: Vec<Entry<TypeConfig>>,
 ) -> StorageResult<Vec<(Entry<TypeConfig>, usize)>> {
+    let e = logs_err(ErrorVerb::Write);
+    let tx = db.begin_write().map_err(|x| e(&x))?;
+    let mut sizes = Vec::with_capacity(entries.len());
     {
-        let e = logs_err(ErrorVerb::Write);
-        let tx = db.begin_write().map_err(|x| e(&x))?;
-        let mut sizes = Vec::with_capacity(entries.len());
-        {
-            let mut table = tx.open_table(LOGS).map_err(|x| e(&x))?;
-            for entry in &entries {
-                let bytes = encode(entry).map_err(|x| e(&x))?;
-                sizes.push(bytes.len());
-                table
-                    .insert(entry.log_id.index, bytes.as_slice())
-                    .map_err(|x| e(&x))?;
-            }
+        let mut table = tx.open_table(LOGS).map_err(|x| e(&x))?;
+        for entry in &entries {
+            let bytes = encode(entry).map_err(|x| e(&x))?;
+            sizes.push(bytes.len());
+            table
+                .insert(entry.log_id.index, bytes.as_slice())
+                .map_err(|x| e(&x))?;
         }
-        // Durability::Immediate (the default): fsynced before the commit returns.
-        tx.commit().map_err(|x| e(&x))?;
-        Ok(entries.into_iter().zip(sizes).collect())
     }
+    // Durability::Immediate (the default): fsynced before the commit returns.
+    tx.commit().map_err(|x| e(&x))?;
+    Ok(entries.into_iter().zip(sizes).collect())
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -703,12 +704,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Tell openraft only after the data is on disk (or that it failed).
         match result {
             Ok(written) => {
-                {
-                    let mut recent = self.recent();
-                    for (entry, size) in written {
-                        recent.push(entry, size);
-                    }
-                }
+                self.cache(written);
                 self.disk.durable_upto(Some(last));
                 callback.log_io_completed(Ok(()));
                 Ok(())

@@ -303,13 +303,9 @@ impl Db {
             self.used = self.used.saturating_sub(old) + new;
             return;
         }
-        let seq = match self.remove(key) {
-            Some(old) => old.seq,
-            None => {
-                self.last_seq += 1;
-                self.last_seq
-            }
-        };
+        // A new key goes last.
+        self.last_seq += 1;
+        let seq = self.last_seq;
         self.used += entry_mem(key, &value, expire_at.is_some());
         if let Some(t) = expire_at {
             self.expires.insert((t, key.clone()));

@@ -711,6 +711,41 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Small arguments are copied out of the read buffer, all of a request's into one
+    /// allocation, so no stored value keeps the buffer alive; a large one is handed out from
+    /// the buffer without a copy.
+    #[test]
+    fn small_arguments_leave_the_read_buffer_large_ones_share_it() {
+        let large = vec![b'x'; MAX_COPIED_ARG + 1];
+        let mut wire = b"*4\r\n$3\r\nSET\r\n$3\r\nkey\r\n$5\r\nvalue\r\n".to_vec();
+        wire.extend_from_slice(format!("${}\r\n", large.len()).as_bytes());
+        wire.extend_from_slice(&large);
+        wire.extend_from_slice(b"\r\n");
+        let mut src = BytesMut::from(&wire[..]);
+        let buffer = src.as_ptr() as usize..src.as_ptr() as usize + src.capacity();
+        let args = RespCodec::default()
+            .decode(&mut src)
+            .expect("valid")
+            .expect("whole");
+        assert_eq!(args.len(), 4);
+        assert_eq!(
+            (&args[0][..], &args[1][..], &args[2][..]),
+            (&b"SET"[..], &b"key"[..], &b"value"[..])
+        );
+        assert_eq!(&args[3][..], &large[..]);
+        let at = |b: &Bytes| b.as_ptr() as usize;
+        for arg in &args[..3] {
+            assert!(
+                !buffer.contains(&at(arg)),
+                "a small argument points into the read buffer"
+            );
+        }
+        // One allocation for the small ones: laid out one after another.
+        assert_eq!(at(&args[1]), at(&args[0]) + 3);
+        assert_eq!(at(&args[2]), at(&args[1]) + 3);
+        assert!(buffer.contains(&at(&args[3])), "the large argument was copied");
+    }
+
     /// Small limits so every limit can be crossed with a few bytes.
     fn small() -> Limits {
         Limits {

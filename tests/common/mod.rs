@@ -1,0 +1,62 @@
+//! Helpers shared by the multi-process tests.
+
+use std::time::Duration;
+
+/// One parsed sample: name, sorted labels, value.
+pub type Sample = (String, Vec<(String, String)>, f64);
+
+/// Scrapes `/metrics` on `admin` and parses the OpenMetrics text into
+/// `(name, sorted labels, value)`; fails on any line that is not a comment or a sample.
+pub async fn scrape(admin: &str) -> Vec<Sample> {
+    let r = standin::api::client::request(
+        admin,
+        hyper::Method::GET,
+        "/metrics",
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("scrape");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+    let mut out = Vec::new();
+    for line in r.body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (head, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample line: {line}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in: {line}"));
+        let (name, labels) = match head.split_once('{') {
+            Some((n, rest)) => {
+                let inner = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("bad labels: {line}"));
+                let mut labels: Vec<(String, String)> = inner
+                    .split(',')
+                    .filter(|kv| !kv.is_empty())
+                    .map(|kv| {
+                        let (k, v) = kv
+                            .split_once('=')
+                            .unwrap_or_else(|| panic!("bad label {kv} in {line}"));
+                        (k.to_string(), v.trim_matches('"').to_string())
+                    })
+                    .collect();
+                labels.sort();
+                (n.to_string(), labels)
+            }
+            None => (head.to_string(), Vec::new()),
+        };
+        out.push((name, labels, value));
+    }
+    out
+}
+
+pub fn sample(m: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    m.iter()
+        .find(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+        .map(|(_, _, v)| *v)
+}
