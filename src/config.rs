@@ -272,6 +272,15 @@ pub struct NodeSection {
     /// this node through a NAT, relay or port forward. Default: bind `addresses`.
     #[serde(default)]
     pub listen: Option<Vec<SocketAddr>>,
+    /// Store writes are refused (with an error naming the disk) while the data directory's
+    /// file system has fewer free bytes than this, so a filling disk stops new data before
+    /// Raft's own records can no longer be written. 0 turns the check off.
+    #[serde(default = "default_min_free_disk")]
+    pub min_free_disk: u64,
+}
+
+fn default_min_free_disk() -> u64 {
+    64 * 1024 * 1024
 }
 
 /// Whether a member runs the service or only votes.

@@ -359,12 +359,13 @@ async fn async_main(args: Args) -> ExitCode {
                     }
                 });
             }
+            standin::node::failstop::install_panic_hook();
             match standin::node::run(config, listeners, token).await {
                 Ok(()) => code(exit::OK),
                 Err(e) => {
                     tracing::error!(error = %e, "node failed");
                     eprintln!("standin: {e}");
-                    code(1)
+                    code(e.exit_code())
                 }
             }
         }

@@ -31,6 +31,12 @@ use transport::Transport;
 
 pub type NodeId = u64;
 
+/// How far a peer's term may run ahead of ours before its message is refused as implausible.
+/// A term grows by one per election, and a node that cannot reach a quorum does not campaign
+/// (see `node::prevote`), so a real member is never this far ahead; a term near `u64::MAX`
+/// would make openraft overflow and stop.
+pub const MAX_TERM_AHEAD: u64 = 10_000;
+
 openraft::declare_raft_types!(
     /// The openraft type configuration of standin.
     pub TypeConfig:
@@ -55,6 +61,9 @@ pub enum ClusterError {
     LeaderUnreachable { leader: String, reason: String },
     #[error("refused: {0}")]
     Refused(String),
+    /// The data disk is nearly full: nothing was proposed.
+    #[error("data disk nearly full: {free} bytes free, writes need at least {min} (node.min-free-disk)")]
+    DiskLow { free: u64, min: u64 },
 }
 
 impl ClusterError {
@@ -87,6 +96,8 @@ pub struct Network {
     transport: Transport,
     names: Arc<BTreeMap<NodeId, String>>,
     disk: DiskMark,
+    /// Our own Raft metrics (set once Raft runs; the clients are made after that).
+    metrics: Arc<std::sync::OnceLock<tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, EmptyNode>>>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -98,6 +109,12 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             name: self.names.get(&target).cloned().unwrap_or_default(),
             disk: self.disk.clone(),
+            term: self
+                .metrics
+                .get()
+                .cloned()
+                // Before Raft runs nobody asks for a client; an empty view refuses nothing.
+                .unwrap_or_else(|| tokio::sync::watch::channel(openraft::RaftMetrics::new_initial(0)).1),
         }
     }
 }
@@ -107,6 +124,8 @@ pub struct NetworkClient {
     target: NodeId,
     name: String,
     disk: DiskMark,
+    /// Our own Raft metrics, for the current term.
+    term: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, EmptyNode>>,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, EmptyNode, RaftError<NodeId, E>>;
@@ -129,6 +148,26 @@ impl NetworkClient {
         let e = std::io::Error::other(format!("unexpected reply from {}: {resp:?}", self.name));
         RPCError::Network(NetworkError::new(&e))
     }
+
+    /// A vote in an answer that is implausibly far ahead of our term is not believed: it
+    /// would make this node adopt the term (and openraft overflow near `u64::MAX`).
+    fn plausible<E: std::error::Error>(&self, vote: &openraft::Vote<NodeId>) -> Result<(), RpcErr<E>> {
+        match implausible_term(self.term.borrow().current_term, vote) {
+            None => Ok(()),
+            Some(why) => {
+                tracing::warn!(peer = %self.name, term = vote.leader_id().get_term(), "implausible term in an answer; ignored");
+                let e = std::io::Error::other(format!("{} answered with {why}", self.name));
+                Err(RPCError::Network(NetworkError::new(&e)))
+            }
+        }
+    }
+}
+
+/// Why `vote` cannot come from a member of a cluster where we are at term `ours`, if so.
+fn implausible_term(ours: u64, vote: &openraft::Vote<NodeId>) -> Option<String> {
+    let term = vote.leader_id().get_term();
+    (term > ours.saturating_add(MAX_TERM_AHEAD))
+        .then(|| format!("term {term}, more than {MAX_TERM_AHEAD} ahead of ours ({ours})"))
 }
 
 impl RaftNetwork<TypeConfig> for NetworkClient {
@@ -140,8 +179,39 @@ impl RaftNetwork<TypeConfig> for NetworkClient {
         // A follower applies what the leader calls committed: never past the leader's own
         // durable log (see `storage::DiskMark`). It learns the rest with the next request.
         rpc.leader_commit = self.disk.cap_commit(rpc.leader_commit);
-        match self.send(Request::AppendEntries(rpc), &option).await? {
-            Response::AppendEntries(Ok(r)) => Ok(r),
+        // Entries that together do not fit in one frame go in smaller runs: the first half,
+        // then the first quarter, ... (a single entry always fits: the store caps an entry's
+        // size below the frame limit). The follower then reports a partial success and
+        // openraft sends the rest next.
+        let mut req = Request::AppendEntries(rpc);
+        let mut partial = None;
+        let resp = loop {
+            match self.transport.call(&self.name, &req, option.hard_ttl()).await {
+                Err(transport::TransportError::TooLarge { .. }) => {
+                    let Request::AppendEntries(r) = &mut req else {
+                        unreachable!("built above")
+                    };
+                    if r.entries.len() <= 1 {
+                        let e = std::io::Error::other("a single log entry exceeds the frame limit");
+                        return Err(RPCError::Network(NetworkError::new(&e)));
+                    }
+                    let keep = r.entries.len() / 2;
+                    r.entries.truncate(keep);
+                    partial = r.entries.last().map(|e| e.log_id);
+                }
+                other => break other.map_err(|e| RPCError::Network(NetworkError::new(&e)))?,
+            }
+        };
+        match resp {
+            Response::AppendEntries(Ok(AppendEntriesResponse::Success)) if partial.is_some() => {
+                Ok(AppendEntriesResponse::PartialSuccess(partial))
+            }
+            Response::AppendEntries(Ok(r)) => {
+                if let AppendEntriesResponse::HigherVote(v) = &r {
+                    self.plausible(v)?;
+                }
+                Ok(r)
+            }
             Response::AppendEntries(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             other => Err(self.unexpected(other)),
         }
@@ -153,7 +223,10 @@ impl RaftNetwork<TypeConfig> for NetworkClient {
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
         match self.send(Request::InstallSnapshot(rpc), &option).await? {
-            Response::InstallSnapshot(Ok(r)) => Ok(r),
+            Response::InstallSnapshot(Ok(r)) => {
+                self.plausible(&r.vote)?;
+                Ok(r)
+            }
             Response::InstallSnapshot(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             other => Err(self.unexpected(other)),
         }
@@ -165,11 +238,87 @@ impl RaftNetwork<TypeConfig> for NetworkClient {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr> {
         match self.send(Request::Vote(rpc), &option).await? {
-            Response::Vote(Ok(r)) => Ok(r),
+            Response::Vote(Ok(r)) => {
+                self.plausible(&r.vote)?;
+                Ok(r)
+            }
             Response::Vote(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             other => Err(self.unexpected(other)),
         }
     }
+}
+
+/// Free space of the data directory's file system, sampled in the background, so a write
+/// can be refused while there is still room for Raft's own records.
+#[derive(Clone)]
+pub struct DiskSpace {
+    min_free: u64,
+    free: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl DiskSpace {
+    /// Samples `dir` every 250 ms until the last handle is dropped.
+    fn watch(dir: std::path::PathBuf, min_free: u64) -> DiskSpace {
+        let free = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+        let space = DiskSpace {
+            min_free,
+            free: free.clone(),
+        };
+        if min_free > 0 {
+            tokio::spawn(async move {
+                let mut was_low = false;
+                while Arc::strong_count(&free) > 1 {
+                    match free_bytes(&dir) {
+                        Ok(n) => {
+                            free.store(n, std::sync::atomic::Ordering::Relaxed);
+                            let low = n < min_free;
+                            if low != was_low {
+                                was_low = low;
+                                if low {
+                                    tracing::error!(free = n, min = min_free, dir = %dir.display(), "data disk nearly full: store writes refused");
+                                } else {
+                                    tracing::info!(free = n, dir = %dir.display(), "data disk has room again: store writes accepted");
+                                }
+                            }
+                        }
+                        Err(e) => tracing::debug!(error = %e, "statvfs of the data directory failed"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            });
+        }
+        space
+    }
+
+    /// `Err` while the disk has less free space than the configured minimum.
+    pub fn check(&self) -> Result<(), ClusterError> {
+        let free = self.free.load(std::sync::atomic::Ordering::Relaxed);
+        if self.min_free > 0 && free < self.min_free {
+            return Err(ClusterError::DiskLow {
+                free,
+                min: self.min_free,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Bytes available to this process on the file system holding `dir`.
+fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("data directory path holds a NUL byte"))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string that outlives the call; `st` points at writable
+    // memory of the right type, read only after the call reported success.
+    #[allow(unsafe_code)]
+    let st = unsafe {
+        if libc::statvfs(path.as_ptr(), st.as_mut_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        st.assume_init()
+    };
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 /// One node's membership in the Raft group.
@@ -178,6 +327,8 @@ pub struct Cluster {
     pub raft: Raft<TypeConfig>,
     pub sm: StateMachine,
     pub transport: Transport,
+    /// Free space of the data disk; store writes are refused while it is low.
+    pub space: DiskSpace,
     names: Arc<BTreeMap<NodeId, String>>,
     me: String,
 }
@@ -231,18 +382,22 @@ impl Cluster {
                 .validate()
                 .map_err(|e| ClusterError::Raft(format!("raft config: {e}")))?,
         );
+        let metrics = Arc::new(std::sync::OnceLock::new());
         let network = Network {
             transport: transport.clone(),
             names: names.clone(),
             disk,
+            metrics: metrics.clone(),
         };
         let raft = Raft::new(raft_id(&me.id), raft_config, network, log, sm.clone())
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let _ = metrics.set(raft.metrics());
         let cluster = Cluster {
             raft,
             sm,
             transport,
+            space: DiskSpace::watch(config.node.data_dir.clone(), config.node.min_free_disk),
             names,
             me: me.id.clone(),
         };
@@ -357,6 +512,9 @@ impl Cluster {
         &self,
         cmd: Command,
     ) -> Result<impl std::future::Future<Output = Result<CommandResult, ClusterError>>, ClusterError> {
+        if matches!(cmd, Command::Store { .. }) {
+            self.space.check()?;
+        }
         let rx = self
             .raft
             .client_write_ff(cmd)
@@ -381,8 +539,41 @@ impl Cluster {
             .map_err(|e| ClusterError::Raft(e.to_string()))
     }
 
-    /// Answers the Raft part of an inbound request; `None` if it is not a Raft RPC.
-    pub async fn handle_raft(&self, req: Request) -> Result<Response, Request> {
+    /// Whether a Raft RPC carrying `vote` may reach openraft: it must name a member as its
+    /// candidate or leader, the same member that sent it, and a term not implausibly far
+    /// ahead of ours. Checked before openraft sees it, so nothing of a refused message is
+    /// saved (a vote for term 2^64-1 would be saved, then overflow openraft for good).
+    fn admit(&self, from: &str, vote: &openraft::Vote<NodeId>) -> Result<(), String> {
+        let claimed = vote.leader_id().voted_for();
+        let Some(name) = claimed.and_then(|id| self.name_of(id)) else {
+            return Err(format!("{claimed:?} is not a member"));
+        };
+        if name != from {
+            return Err(format!("sent by {from} on behalf of {name}"));
+        }
+        let ours = self.raft.metrics().borrow().current_term;
+        match implausible_term(ours, vote) {
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
+    }
+
+    /// Answers the Raft part of an inbound request from `from`; gives the request back if it
+    /// is not a Raft RPC.
+    pub async fn handle_raft(&self, from: &str, req: Request) -> Result<Response, Request> {
+        let vote = match &req {
+            Request::AppendEntries(r) => Some(&r.vote),
+            Request::Vote(r) => Some(&r.vote),
+            Request::InstallSnapshot(r) => Some(&r.vote),
+            _ => None,
+        };
+        if let Some(Err(why)) = vote.map(|v| self.admit(from, v)) {
+            tracing::warn!(peer = %from, reason = %why, "raft message refused");
+            return Ok(Response::Error {
+                message: format!("refused: {why}"),
+                retry: false,
+            });
+        }
         Ok(match req {
             Request::AppendEntries(r) => Response::AppendEntries(self.raft.append_entries(r).await),
             Request::Vote(r) => Response::Vote(self.raft.vote(r).await),
@@ -464,6 +655,7 @@ mod tests {
             target: 2,
             name: "b".into(),
             disk: disk.clone(),
+            term: tokio::sync::watch::channel(openraft::RaftMetrics::new_initial(1)).1,
         };
         // (on disk up to, commit index the follower is sent) for a leader that has committed 8:
         // with entries 6..=8 only in memory it goes out as 5; with all on disk, as it is.

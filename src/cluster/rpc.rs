@@ -13,8 +13,11 @@ use super::{NodeId, TypeConfig};
 /// A request, sent by `from` over one of its paths.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Request {
-    /// Heartbeat on one path: liveness and RTT of that path.
-    Ping,
+    /// Heartbeat on one path: liveness and RTT of that path. The answer must echo `nonce`
+    /// on the same connection: only that proves the peer is alive on this path.
+    Ping {
+        nonce: u64,
+    },
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
@@ -50,7 +53,9 @@ pub enum Request {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Response {
-    Pong,
+    Pong {
+        nonce: u64,
+    },
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
@@ -85,7 +90,9 @@ pub enum LeaseReply {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Frame<T> {
     pub id: u64,
-    /// The sender's node name, so the receiver counts any message as "heard from".
+    /// The sender's node name as it claims it. Only a member's name is accepted, and it is
+    /// never evidence that the member is alive (see `transport`); peer authentication comes
+    /// from the connection, not from this field.
     pub from: String,
     pub body: T,
 }

@@ -179,9 +179,26 @@ pub struct HookRecord {
     pub output: String,
 }
 
-/// A change to the cluster state. Entries of the Raft log.
+/// A change to the cluster state: the payload of a Raft log entry.
+///
+/// A batch holds plain changes only ([`Change`], whose `Batch` variant holds the uninhabited
+/// [`NoBatch`]), so nothing decoded from the wire or the log nests: postcard's decoder and
+/// [`ClusterState::apply`] never recurse more than one level, whatever the bytes say.
+pub type Command = CommandOf<Vec<Change>>;
+
+/// One change inside a [`Command::Batch`]: every variant but a nested batch.
+pub type Change = CommandOf<NoBatch>;
+
+/// The content of a batch inside a batch: there is none. Decoding one fails like any
+/// unknown variant (postcard refuses an empty enum), so a nested batch cannot be built,
+/// sent or read back.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum NoBatch {}
+
+/// The commands, generic over what a batch holds (see [`Command`] and [`Change`]). Variant
+/// order is the wire and disk encoding: append new variants at the end.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub enum Command {
+pub enum CommandOf<B> {
     /// A node (re)started. If the state still names it active, it steps down: a returning node
     /// never resumes as active on its own.
     NodeStarted {
@@ -288,8 +305,8 @@ pub enum Command {
         reason: String,
         at: u64,
     },
-    /// Several commands in one log entry, applied in order.
-    Batch(Vec<Command>),
+    /// Several changes in one log entry, applied in order (never a batch inside).
+    Batch(B),
     /// Store operations: every group of one log entry, applied at the proposer's time
     /// `now_ms` (absolute Unix milliseconds). Applied by the state machine on its key space.
     Store {
@@ -321,6 +338,31 @@ impl CommandResult {
             message: message.into(),
             ..Default::default()
         }
+    }
+}
+
+/// What a batch holds: changes for a top-level command, nothing for a change.
+pub trait Batched {
+    /// Applies the batch in order; the result is the last refusal, or ok.
+    fn apply_in(&self, state: &mut ClusterState) -> CommandResult;
+}
+
+impl Batched for Vec<Change> {
+    fn apply_in(&self, state: &mut ClusterState) -> CommandResult {
+        let mut last = CommandResult::ok();
+        for c in self {
+            let r = state.apply_one(c);
+            if !r.ok {
+                last = r;
+            }
+        }
+        last
+    }
+}
+
+impl Batched for NoBatch {
+    fn apply_in(&self, _: &mut ClusterState) -> CommandResult {
+        match *self {}
     }
 }
 
@@ -393,18 +435,13 @@ impl ClusterState {
 
     /// Applies one command. Deterministic: depends only on the state and the command.
     pub fn apply(&mut self, cmd: &Command) -> CommandResult {
+        self.apply_one(cmd)
+    }
+
+    fn apply_one<B: Batched>(&mut self, cmd: &CommandOf<B>) -> CommandResult {
         match cmd {
-            Command::Batch(cmds) => {
-                let mut last = CommandResult::ok();
-                for c in cmds {
-                    let r = self.apply(c);
-                    if !r.ok {
-                        last = r;
-                    }
-                }
-                last
-            }
-            Command::NodeStarted {
+            CommandOf::Batch(changes) => changes.apply_in(self),
+            CommandOf::NodeStarted {
                 node,
                 version,
                 checks,
@@ -456,7 +493,7 @@ impl ClusterState {
                 }
                 CommandResult::ok()
             }
-            Command::Health {
+            CommandOf::Health {
                 node,
                 check,
                 healthy,
@@ -475,7 +512,7 @@ impl ClusterState {
                 self.recompute_health(node, *at);
                 CommandResult::ok()
             }
-            Command::Depose {
+            CommandOf::Depose {
                 node,
                 epoch,
                 cause,
@@ -496,7 +533,7 @@ impl ClusterState {
                 );
                 CommandResult::ok()
             }
-            Command::Released {
+            CommandOf::Released {
                 node,
                 epoch,
                 reason,
@@ -515,7 +552,7 @@ impl ClusterState {
                     _ => CommandResult::refused("nothing to release"),
                 }
             }
-            Command::Promote {
+            CommandOf::Promote {
                 node,
                 epoch,
                 previous,
@@ -563,7 +600,7 @@ impl ClusterState {
                 );
                 CommandResult::ok()
             }
-            Command::PromoteResult {
+            CommandOf::PromoteResult {
                 node,
                 epoch,
                 ok,
@@ -623,7 +660,7 @@ impl ClusterState {
                 }
                 CommandResult::ok()
             }
-            Command::PromotionTimedOut { node, epoch, at } => {
+            CommandOf::PromotionTimedOut { node, epoch, at } => {
                 let Some(p) = self
                     .promotion
                     .clone()
@@ -643,7 +680,7 @@ impl ClusterState {
                 );
                 CommandResult::ok()
             }
-            Command::HookRun {
+            CommandOf::HookRun {
                 node,
                 epoch: _,
                 hook,
@@ -660,7 +697,7 @@ impl ClusterState {
                 self.event(*at, EventKind::Hook, Some(node), None, detail, None);
                 CommandResult::ok()
             }
-            Command::Maintenance { node, on, at } => {
+            CommandOf::Maintenance { node, on, at } => {
                 self.node_mut(node).maintenance = *on;
                 self.event(
                     *at,
@@ -672,7 +709,7 @@ impl ClusterState {
                 );
                 CommandResult::ok()
             }
-            Command::Path {
+            CommandOf::Path {
                 node,
                 peer,
                 address,
@@ -698,7 +735,7 @@ impl ClusterState {
                 );
                 CommandResult::ok()
             }
-            Command::Alarm {
+            CommandOf::Alarm {
                 key,
                 raise,
                 detail,
@@ -730,18 +767,18 @@ impl ClusterState {
                 self.event(*at, kind, node.as_deref(), None, format!("{key}: {detail}"), None);
                 CommandResult::ok()
             }
-            Command::Notified { seq } => {
+            CommandOf::Notified { seq } => {
                 self.notified_up_to = self.notified_up_to.max(*seq);
                 CommandResult::ok()
             }
-            Command::SetRetention { events } => {
+            CommandOf::SetRetention { events } => {
                 self.event_retention = Some((*events).max(1));
                 while self.events.len() > (*events).max(1) {
                     self.events.pop_front();
                 }
                 CommandResult::ok()
             }
-            Command::Drain { node, on, at } => {
+            CommandOf::Drain { node, on, at } => {
                 self.node_mut(node).drain = *on;
                 self.event(
                     *at,
@@ -753,7 +790,7 @@ impl ClusterState {
                 );
                 CommandResult::ok()
             }
-            Command::Switchover { target, cause, at } => {
+            CommandOf::Switchover { target, cause, at } => {
                 if self.switchover.is_some() {
                     return CommandResult::refused("a switchover is already in progress");
                 }
@@ -774,10 +811,10 @@ impl ClusterState {
                 CommandResult::ok()
             }
             // Applied by the state machine, which owns the key space.
-            Command::Store { .. } => {
+            CommandOf::Store { .. } => {
                 CommandResult::refused("store commands are applied by the state machine")
             }
-            Command::CancelSwitchover { reason, at } => {
+            CommandOf::CancelSwitchover { reason, at } => {
                 if self.switchover.take().is_none() {
                     return CommandResult::refused("no switchover in progress");
                 }
@@ -825,6 +862,50 @@ impl ClusterState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The attack of issue 12: a batch nested thousands deep, as a log entry or inside a
+    /// `Request::Write` frame, used to overflow the stack of every node while decoding or
+    /// applying. It no longer decodes at all (a batch holds plain changes only).
+    #[test]
+    fn a_nested_batch_does_not_decode() {
+        let empty = postcard::to_allocvec(&Command::Batch(Vec::new())).expect("encode");
+        // `Batch` is one tag byte, then the length of its vector.
+        assert_eq!(empty.len(), 2);
+        let tag = empty[0];
+        let mut nested = Vec::new();
+        for _ in 0..3000 {
+            nested.extend([tag, 1]);
+        }
+        nested.extend([tag, 0]);
+        assert!(postcard::from_bytes::<Command>(&nested).is_err());
+        // One level is what a batch is for.
+        let one = Command::Batch(vec![Change::Notified { seq: 3 }]);
+        let bytes = postcard::to_allocvec(&one).expect("encode");
+        assert_eq!(postcard::from_bytes::<Command>(&bytes).expect("decode"), one);
+        // The same bytes inside a peer frame.
+        let frame = crate::cluster::rpc::Frame {
+            id: 7,
+            from: "a".to_string(),
+            body: crate::cluster::rpc::Request::Write(Command::Batch(Vec::new())),
+        };
+        let mut bytes = postcard::to_allocvec(&frame).expect("encode");
+        bytes.truncate(bytes.len() - 2);
+        bytes.extend(&nested);
+        assert!(
+            postcard::from_bytes::<crate::cluster::rpc::Frame<crate::cluster::rpc::Request>>(&bytes).is_err()
+        );
+    }
+
+    #[test]
+    fn a_batch_applies_its_changes_in_order() {
+        let mut st = ClusterState::default();
+        let r = st.apply(&Command::Batch(vec![
+            Change::SetRetention { events: 5 },
+            Change::Notified { seq: 9 },
+        ]));
+        assert!(r.ok);
+        assert_eq!((st.event_retention, st.notified_up_to), (Some(5), 9));
+    }
 
     fn promote(node: &str, epoch: u64) -> Command {
         Command::Promote {

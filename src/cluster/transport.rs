@@ -2,8 +2,10 @@
 //! (one address = one independent network path), request/response multiplexed by id.
 //!
 //! Every path carries its own heartbeat (`Ping`), so the state of each path (up/down, RTT, loss,
-//! last heard) is known separately, and a node counts as heard while *any* path, or any inbound
-//! message, reaches it. RPCs go over the best path that is up and fall back to the others when
+//! last heard) is known separately, and a node counts as heard while *any* path reaches it.
+//! Liveness comes only from answers to our own pings, on the connection we opened to that
+//! peer's address, echoing the ping's random nonce: a message that merely claims to come from
+//! a peer (its `from` field) proves nothing and never keeps a dead node "reachable". RPCs go over the best path that is up and fall back to the others when
 //! a connection cannot be made; a path whose ping times out has its connection dropped so the
 //! next use reconnects (a half-open connection after a partition never lingers).
 
@@ -24,8 +26,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::rpc::{Frame, Request, Response};
 
-/// Largest frame accepted (snapshot chunks and log batches stay far below).
-const MAX_FRAME: usize = 64 * 1024 * 1024;
+/// Largest frame accepted (snapshot chunks and log batches stay far below). Every size limit
+/// of what travels between nodes (store values and requests, log entries) is derived from
+/// this one, so anything the store accepts fits in a frame.
+pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+/// Most inbound peer connections served at once: a member needs one per path per peer, and
+/// reconnects briefly overlap; beyond this, new connections are closed at once.
+pub const MAX_INBOUND_CONNS: usize = 256;
 /// Results kept per path to compute loss.
 const LOSS_WINDOW: usize = 50;
 
@@ -42,6 +49,9 @@ pub enum TransportError {
     Lost { peer: String, reason: String },
     #[error("encoding failed: {0}")]
     Encode(String),
+    /// The request does not fit in a frame; nothing was sent.
+    #[error("request of {size} bytes exceeds the {limit}-byte frame limit")]
+    TooLarge { size: usize, limit: usize },
 }
 
 /// What is known about one path to one peer. Shown by `standin status`.
@@ -113,14 +123,16 @@ struct Path {
 
 struct Peer {
     paths: Vec<Path>,
-    /// Last inbound message of any kind from this peer.
-    last_inbound: Mutex<Option<Instant>>,
 }
 
 struct Inner {
     me: String,
     peers: BTreeMap<String, Peer>,
     next_id: AtomicU64,
+    /// Source of ping nonces (seeded at random; see [`nonce_seed`]).
+    next_nonce: AtomicU64,
+    /// Inbound connections being served, against [`MAX_INBOUND_CONNS`].
+    inbound: Arc<tokio::sync::Semaphore>,
     heartbeat_interval: Duration,
     failure_timeout: Duration,
 }
@@ -154,13 +166,7 @@ impl Transport {
                         stats: Mutex::new(PathStats::default()),
                     })
                     .collect();
-                (
-                    id,
-                    Peer {
-                        paths,
-                        last_inbound: Mutex::new(None),
-                    },
-                )
+                (id, Peer { paths })
             })
             .collect();
         Transport {
@@ -168,6 +174,8 @@ impl Transport {
                 me,
                 peers,
                 next_id: AtomicU64::new(1),
+                next_nonce: AtomicU64::new(nonce_seed()),
+                inbound: Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND_CONNS)),
                 heartbeat_interval,
                 failure_timeout,
             }),
@@ -182,15 +190,18 @@ impl Transport {
         self.inner.peers.keys().cloned().collect()
     }
 
-    /// The last time `peer` was heard on any path (heartbeat answer or inbound message).
+    /// The last time `peer` answered one of our heartbeats, on any path.
     pub fn last_heard(&self, peer: &str) -> Option<Instant> {
         let p = self.inner.peers.get(peer)?;
-        let inbound = *lock(&p.last_inbound);
         p.paths
             .iter()
             .filter_map(|path| lock(&path.stats).last_pong)
-            .chain(inbound)
             .max()
+    }
+
+    /// Whether `name` is a peer of this node (a member other than ourselves).
+    pub fn is_peer(&self, name: &str) -> bool {
+        self.inner.peers.contains_key(name)
     }
 
     /// State of every path to `peer`.
@@ -225,12 +236,6 @@ impl Transport {
             .is_some_and(|t| now.duration_since(t) < self.inner.failure_timeout)
     }
 
-    fn heard_inbound(&self, peer: &str) {
-        if let Some(p) = self.inner.peers.get(peer) {
-            *lock(&p.last_inbound) = Some(Instant::now());
-        }
-    }
-
     fn encode(&self, req: &Request) -> Result<(u64, Bytes), TransportError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = Frame {
@@ -239,6 +244,14 @@ impl Transport {
             body: req,
         };
         let bytes = postcard::to_allocvec(&frame).map_err(|e| TransportError::Encode(e.to_string()))?;
+        // Refused here, before anything is sent: a frame the peer would reject would close the
+        // connection, and with it the heartbeats of this path.
+        if bytes.len() > MAX_FRAME {
+            return Err(TransportError::TooLarge {
+                size: bytes.len(),
+                limit: MAX_FRAME,
+            });
+        }
         Ok((id, Bytes::from(bytes)))
     }
 
@@ -304,6 +317,8 @@ impl Transport {
                         timeout,
                     })
                 }
+                // Would fail the same way on every path.
+                Err(PathError::Encode(e)) => return Err(e),
                 Err(PathError::Failed(e)) => last = e,
                 Err(PathError::Lost(e)) if idempotent => last = e,
                 Err(PathError::Lost(reason)) => {
@@ -330,7 +345,7 @@ impl Transport {
         let path = &self.inner.peers[peer].paths[idx];
         let deadline = tokio::time::Instant::now() + timeout;
         let conn = self.connection(path, deadline).await?;
-        let (id, bytes) = self.encode(req).map_err(|e| PathError::Failed(e.to_string()))?;
+        let (id, bytes) = self.encode(req).map_err(PathError::Encode)?;
         let (tx, rx) = oneshot::channel();
         lock(&conn.pending).insert(id, tx);
         // Waiting for our turn to write sends nothing, so `call_once` may still try another
@@ -436,12 +451,14 @@ impl Transport {
                 _ = tick.tick() => {}
             }
             let start = Instant::now();
+            let nonce = self.inner.next_nonce.fetch_add(1, Ordering::Relaxed);
+            let ping = Request::Ping { nonce };
             let result = tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = self.call_path(&peer, idx, &Request::Ping, ping_timeout) => r,
+                r = self.call_path(&peer, idx, &ping, ping_timeout) => r,
             };
             let path = &self.inner.peers[&peer].paths[idx];
-            let ok = matches!(result, Ok(Response::Pong));
+            let ok = matches!(result, Ok(Response::Pong { nonce: n }) if n == nonce);
             {
                 let mut s = lock(&path.stats);
                 s.recent.push_back(ok);
@@ -460,6 +477,7 @@ impl Transport {
                     s.last_error = Some(match &result {
                         Err(PathError::Timeout) => "heartbeat timed out".to_string(),
                         Err(PathError::Failed(e)) | Err(PathError::Lost(e)) => e.clone(),
+                        Err(PathError::Encode(e)) => e.to_string(),
                         Ok(other) => format!("unexpected reply {other:?}"),
                     });
                 }
@@ -482,6 +500,8 @@ impl Transport {
 
 enum PathError {
     Timeout,
+    /// Could not be encoded (or too large): nothing was sent.
+    Encode(TransportError),
     /// Sent, then the connection died.
     Lost(String),
     Failed(String),
@@ -535,15 +555,54 @@ fn spawn_client_conn(stream: TcpStream) -> Conn {
 pub type Handler =
     Arc<dyn Fn(String, Request) -> futures::future::BoxFuture<'static, Response> + Send + Sync>;
 
-/// Accepts peer connections on `listener` until `cancel` fires.
+/// Accepts peer connections on `listener` until `cancel` fires, at most
+/// [`MAX_INBOUND_CONNS`] at once over all listeners (more are closed at once: the listener
+/// never runs the node out of descriptors or memory).
 pub async fn serve(listener: TcpListener, transport: Transport, handler: Handler, cancel: CancellationToken) {
     while let Some((stream, remote)) = accept(&listener, &cancel).await {
+        let Ok(permit) = transport.inner.inbound.clone().try_acquire_owned() else {
+            tracing::warn!(%remote, limit = MAX_INBOUND_CONNS, "too many peer connections; closing a new one");
+            drop(stream);
+            continue;
+        };
+        keepalive(&stream);
         let transport = transport.clone();
         let handler = handler.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move {
             serve_conn(stream, remote, transport, handler, cancel).await;
+            drop(permit);
         });
+    }
+}
+
+/// Turns on TCP keep-alive (idle 10 s, then 3 probes 5 s apart), so a peer that vanished
+/// without a FIN does not hold a connection and its buffers forever.
+pub fn keepalive(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    for (level, name, value) in [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 10),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 5),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3),
+    ] {
+        let value: libc::c_int = value;
+        // SAFETY: `fd` is an open socket owned by `stream` for the duration of the call, and
+        // the option value points at a live c_int of the size passed.
+        #[allow(unsafe_code)]
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "setsockopt keepalive failed");
+        }
     }
 }
 
@@ -607,17 +666,34 @@ async fn serve_conn(
         let frame = match postcard::from_bytes::<Frame<Request>>(&bytes) {
             Ok(f) => f,
             Err(e) => {
-                tracing::warn!(%remote, error = %e, "malformed frame from peer; closing connection");
-                break;
+                // The length prefix kept the stream in step: answer this frame with an error
+                // (when its id can be read) and go on serving the connection.
+                tracing::warn!(%remote, error = %e, len = bytes.len(), "malformed frame from peer");
+                if let Ok((id, _)) = postcard::take_from_bytes::<u64>(&bytes) {
+                    let resp = Response::Error {
+                        message: format!("malformed request: {e}"),
+                        retry: false,
+                    };
+                    reply(writer.clone(), conn_done.clone(), encode_response(&me, id, &resp)).await;
+                }
+                continue;
             }
         };
-        transport.heard_inbound(&frame.from);
         let id = frame.id;
-        if let Request::Ping = frame.body {
+        if !transport.is_peer(&frame.from) {
+            tracing::warn!(%remote, from = %frame.from, "request from a node that is not a member; refused");
+            let resp = Response::Error {
+                message: format!("{:?} is not a member of this cluster", frame.from),
+                retry: false,
+            };
+            reply(writer.clone(), conn_done.clone(), encode_response(&me, id, &resp)).await;
+            continue;
+        }
+        if let Request::Ping { nonce } = frame.body {
             reply(
                 writer.clone(),
                 conn_done.clone(),
-                encode_response(&me, id, &Response::Pong),
+                encode_response(&me, id, &Response::Pong { nonce }),
             )
             .await;
             continue;
@@ -639,7 +715,16 @@ fn encode_response(me: &str, id: u64, resp: &Response) -> Bytes {
         from: me.to_string(),
         body: resp,
     };
-    match postcard::to_allocvec(&frame) {
+    // An answer too large for a frame goes back as an error for that request: the connection
+    // (and the heartbeats it carries) stays up.
+    let encoded = postcard::to_allocvec(&frame).and_then(|b| {
+        if b.len() > MAX_FRAME {
+            Err(postcard::Error::SerializeBufferFull)
+        } else {
+            Ok(b)
+        }
+    });
+    match encoded {
         Ok(b) => Bytes::from(b),
         Err(e) => {
             let fallback = Frame {
@@ -653,6 +738,21 @@ fn encode_response(me: &str, id: u64, resp: &Response) -> Bytes {
             Bytes::from(postcard::to_allocvec(&fallback).unwrap_or_default())
         }
     }
+}
+
+/// A random start for ping nonces (the standard library's per-process hash keys, mixed with
+/// the clock), so a nonce cannot be guessed from an earlier run or another node.
+fn nonce_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 /// Wall-clock milliseconds since the Unix epoch (for recorded events; never for decisions).

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::notify::{deliver, Notification};
 use crate::api::Status;
-use crate::cluster::state::{Command, Event, EventKind, NodeRecord};
+use crate::cluster::state::{Change, Command, Event, EventKind, NodeRecord};
 use crate::cluster::transport::unix_ms;
 use crate::config::NodeKind;
 use crate::node::Node;
@@ -70,10 +70,10 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
         }
         if let Some(last) = events.last() {
             handled = handled.max(last.seq);
-            writes.push(Command::Notified { seq: last.seq });
+            writes.push(Change::Notified { seq: last.seq });
         }
         if retention != Some(node.config.events.retention) {
-            writes.push(Command::SetRetention {
+            writes.push(Change::SetRetention {
                 events: node.config.events.retention,
             });
         }
@@ -83,7 +83,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
             let at = unix_ms();
             for (key, detail) in &want {
                 if !raised.contains_key(key) {
-                    writes.push(Command::Alarm {
+                    writes.push(Change::Alarm {
                         key: key.clone(),
                         raise: true,
                         detail: detail.clone(),
@@ -93,7 +93,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
             }
             for (key, rec) in &raised {
                 if !want.contains_key(key) {
-                    writes.push(Command::Alarm {
+                    writes.push(Change::Alarm {
                         key: key.clone(),
                         raise: false,
                         detail: format!("recovered (raised: {})", rec.detail),

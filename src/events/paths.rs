@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::state::Command;
+use crate::cluster::state::{Change, Command};
 use crate::cluster::transport::unix_ms;
 use crate::node::Node;
 
@@ -44,7 +44,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
                 .unwrap_or_default()
         });
         let at = unix_ms();
-        let mut changes = Vec::new();
+        let mut changes: Vec<Change> = Vec::new();
         for peer in &peers {
             for p in node.cluster.transport.paths(peer) {
                 if !p.up && started.elapsed() < grace {
@@ -52,7 +52,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
                 }
                 let key = format!("{peer} {}", p.address);
                 if recorded.get(&key) != Some(&p.up) {
-                    changes.push(Command::Path {
+                    changes.push(Change::Path {
                         node: me.clone(),
                         peer: peer.clone(),
                         address: p.address.clone(),
@@ -65,11 +65,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
         if changes.is_empty() {
             continue;
         }
-        let cmd = if changes.len() == 1 {
-            changes.remove(0)
-        } else {
-            Command::Batch(changes)
-        };
+        let cmd = Command::Batch(changes);
         // Best effort: without a reachable leader this fails and the next tick tries again.
         match tokio::time::timeout(Duration::from_secs(1), node.cluster.write(cmd)).await {
             Ok(Ok(_)) => {}

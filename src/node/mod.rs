@@ -10,6 +10,7 @@
 //! ```
 
 mod coordinator;
+pub mod failstop;
 mod lease;
 mod reporter;
 pub mod role;
@@ -47,6 +48,20 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    /// The node stopped because it could no longer act (see [`failstop`]); exit with `code`.
+    #[error("stopped: {reason}")]
+    Fatal { reason: String, code: i32 },
+}
+
+impl NodeError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            NodeError::Fatal { code, .. } => *code,
+            NodeError::Cluster(ClusterError::Storage(_)) => failstop::EXIT_STORAGE,
+            _ => 1,
+        }
+    }
 }
 
 /// The version recorded in the cluster state for this node.
@@ -214,15 +229,18 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
             async move { handle_peer(&node, from, req).await }.boxed()
         })
     };
+    // Peers are served on their own token: on fail-stop they stop hearing us first.
+    let peer_token = tasks.child_token();
     for l in listeners.cluster {
         tracker.spawn(transport::serve(
             l,
             transport.clone(),
             handler.clone(),
-            tasks.clone(),
+            peer_token.clone(),
         ));
     }
-    transport.spawn_heartbeats(tasks.clone());
+    transport.spawn_heartbeats(peer_token.clone());
+    tracker.spawn(watch_raft(cluster.clone(), tasks.clone()));
 
     tracker.spawn(crate::api::serve(listeners.admin, node.clone(), tasks.clone()));
     if let (Some(l), Some(cfg)) = (listeners.store, config.store.clone()) {
@@ -274,8 +292,16 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     }
     tracing::info!(node.id = %me.id, admin = %me.admin, "node running");
 
-    shutdown.cancelled().await;
-    tracing::info!(node.id = %me.id, "shutting down");
+    let fatal = failstop::token();
+    tokio::select! {
+        _ = shutdown.cancelled() => tracing::info!(node.id = %me.id, "shutting down"),
+        _ = fatal.cancelled() => {
+            // Peers must see us gone now, and Raft must stop leading, before the (bounded)
+            // demotion below: a node that cannot act must not hold the cluster.
+            peer_token.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(2), cluster.shutdown()).await;
+        }
+    }
     // Stop acting as active first (demote hook, release), then the service.
     role_token.cancel();
     if let Some(t) = role_task {
@@ -294,7 +320,34 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         tracing::warn!("some tasks did not stop within 5 s");
     }
     cluster.shutdown().await;
-    Ok(())
+    match failstop::reason() {
+        Some((reason, code)) => Err(NodeError::Fatal { reason, code }),
+        None => Ok(()),
+    }
+}
+
+/// Trips fail-stop when openraft stops on its own (storage error, panic in its core): from
+/// then on this node can neither lead nor follow, so it must not look alive.
+async fn watch_raft(cluster: Cluster, cancel: CancellationToken) {
+    let mut metrics = cluster.raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow().running_state {
+            let (reason, code) = failstop::raft_stopped(fatal);
+            failstop::trip(reason, code);
+            return;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = metrics.changed() => if changed.is_err() {
+                // The core is gone without saying why; during our own shutdown `cancel` fires
+                // first.
+                if !cancel.is_cancelled() {
+                    failstop::trip("raft stopped".into(), failstop::EXIT_SOFTWARE);
+                }
+                return;
+            },
+        }
+    }
 }
 
 /// Answers one request from a peer.
@@ -306,7 +359,7 @@ async fn handle_peer(node: &Arc<Node>, from: String, req: Request) -> Response {
             .unwrap_or_else(|p| p.into_inner())
             .insert(from.clone(), Instant::now());
     }
-    let req = match node.cluster.handle_raft(req).await {
+    let req = match node.cluster.handle_raft(&from, req).await {
         Ok(resp) => return resp,
         Err(req) => req,
     };

@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::Node;
-use crate::cluster::state::{Command, HookRecord};
+use crate::cluster::state::{Change, Command, HookRecord};
 use crate::cluster::transport::unix_ms;
 use crate::config::ServiceMode;
 use crate::service::hooks::{HookKind, HookOutcome};
@@ -343,14 +343,14 @@ pub async fn shutdown(node: &Arc<Node>) {
     // One entry: the coordinator must never see the release without the node being unhealthy,
     // or it could pick this node again.
     let cmd = Command::Batch(vec![
-        Command::Health {
+        Change::Health {
             node: me.clone(),
             check: super::reporter::PROCESS_CHECK.into(),
             healthy: false,
             detail: "node shutting down".into(),
             at,
         },
-        Command::Released {
+        Change::Released {
             node: me,
             epoch: local.epoch,
             reason: "node shutting down".into(),

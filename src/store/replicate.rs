@@ -319,6 +319,8 @@ async fn write_batcher(
                     Ok(Err(e)) => Err(StoreError::Unknown(e.to_string())),
                     Err(_) => Err(StoreError::Unknown("not committed within 10 s".into())),
                 },
+                // Refused before anything was proposed.
+                Err(e @ ClusterError::DiskLow { .. }) => Err(StoreError::Refused(e.to_string())),
                 Err(e) => Err(StoreError::Unknown(e.to_string())),
             };
             last.record(accepted.iter().map(|r| r.client), started.elapsed());

@@ -37,7 +37,12 @@ pub const INVALID_CURSOR: &str = "ERR invalid cursor";
 pub const STRING_TOO_LONG: &str = "ERR string exceeds maximum allowed size (proto-max-bulk-len)";
 
 /// The answer to one command, before wire encoding.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Between nodes a reply travels flat (see [`WireReply`]): a tree decoded from a peer's bytes
+/// is rebuilt without recursion and refused past [`MAX_REPLY_DEPTH`] levels, so no frame can
+/// overflow the receiver's stack.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "WireReply")]
 pub enum Reply {
     /// `+OK`.
     Ok,
@@ -96,5 +101,300 @@ impl Reply {
     /// True for [`Reply::Error`].
     pub fn is_error(&self) -> bool {
         matches!(self, Reply::Error(_))
+    }
+}
+
+/// How deep replies nest at most on the wire. The store's own replies nest three levels at
+/// most (EXEC of a SCAN: array, array, bulk); anything deeper came from a broken or hostile
+/// peer.
+pub const MAX_REPLY_DEPTH: usize = 16;
+
+/// A reply in pre-order: containers announce how many replies follow (a map, twice its
+/// pairs), so the shape is a flat list whatever the depth.
+#[derive(Debug, Serialize, Deserialize)]
+enum Token {
+    Ok,
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Bytes),
+    Nil,
+    NilArray,
+    Array(u32),
+    Double(f64),
+    Map(u32),
+    Set(u32),
+}
+
+/// The borrowed twin of [`Token`], for encoding without copying the reply.
+#[derive(Serialize)]
+enum TokenRef<'a> {
+    Ok,
+    Simple(&'a str),
+    Error(&'a str),
+    Int(i64),
+    Bulk(&'a [u8]),
+    Nil,
+    NilArray,
+    Array(u32),
+    Double(f64),
+    Map(u32),
+    Set(u32),
+}
+
+/// The wire form of a [`Reply`]: its tokens in pre-order.
+#[derive(Debug, Deserialize)]
+pub struct WireReply(Vec<Token>);
+
+/// Why a reply from a peer was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WireReplyError {
+    #[error("reply nests deeper than {MAX_REPLY_DEPTH} levels")]
+    TooDeep,
+    #[error("reply ends inside a container")]
+    Truncated,
+    #[error("bytes after the end of the reply")]
+    Trailing,
+    #[error("a container holds more than {} replies", u32::MAX)]
+    TooLong,
+}
+
+impl Reply {
+    /// Direct children, for walking a tree without recursion.
+    fn children(&self) -> Box<dyn Iterator<Item = &Reply> + '_> {
+        match self {
+            Reply::Array(v) | Reply::Set(v) => Box::new(v.iter()),
+            Reply::Map(pairs) => Box::new(pairs.iter().flat_map(|(k, v)| [k, v])),
+            _ => Box::new(std::iter::empty()),
+        }
+    }
+
+    fn token(&self) -> Result<TokenRef<'_>, WireReplyError> {
+        let len = |n: usize| u32::try_from(n).map_err(|_| WireReplyError::TooLong);
+        Ok(match self {
+            Reply::Ok => TokenRef::Ok,
+            Reply::Simple(s) => TokenRef::Simple(s),
+            Reply::Error(s) => TokenRef::Error(s),
+            Reply::Int(i) => TokenRef::Int(*i),
+            Reply::Bulk(b) => TokenRef::Bulk(b),
+            Reply::Nil => TokenRef::Nil,
+            Reply::NilArray => TokenRef::NilArray,
+            Reply::Array(v) => TokenRef::Array(len(v.len())?),
+            Reply::Double(d) => TokenRef::Double(*d),
+            Reply::Map(pairs) => TokenRef::Map(len(pairs.len())?),
+            Reply::Set(v) => TokenRef::Set(len(v.len())?),
+        })
+    }
+
+    /// Every node of the tree in pre-order, with an explicit stack.
+    fn preorder(&self) -> Vec<&Reply> {
+        let mut out = Vec::new();
+        let mut stack = vec![self];
+        while let Some(r) = stack.pop() {
+            out.push(r);
+            let children: Vec<&Reply> = r.children().collect();
+            stack.extend(children.into_iter().rev());
+        }
+        out
+    }
+}
+
+impl Serialize for Reply {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeSeq};
+        // Leaves (nearly every reply) need no walk.
+        if self.children().next().is_none() {
+            let mut seq = serializer.serialize_seq(Some(1))?;
+            seq.serialize_element(&self.token().map_err(S::Error::custom)?)?;
+            return seq.end();
+        }
+        let nodes = self.preorder();
+        let mut seq = serializer.serialize_seq(Some(nodes.len()))?;
+        for r in nodes {
+            seq.serialize_element(&r.token().map_err(S::Error::custom)?)?;
+        }
+        seq.end()
+    }
+}
+
+/// A container being rebuilt: its kind, how many replies it still waits for, and those it has.
+struct Open {
+    kind: Token,
+    missing: usize,
+    items: Vec<Reply>,
+}
+
+impl Open {
+    fn close(self) -> Reply {
+        match self.kind {
+            Token::Map(_) => {
+                let mut items = self.items.into_iter();
+                let mut pairs = Vec::with_capacity(items.len() / 2);
+                while let (Some(k), Some(v)) = (items.next(), items.next()) {
+                    pairs.push((k, v));
+                }
+                Reply::Map(pairs)
+            }
+            Token::Set(_) => Reply::Set(self.items),
+            _ => Reply::Array(self.items),
+        }
+    }
+}
+
+impl TryFrom<WireReply> for Reply {
+    type Error = WireReplyError;
+
+    fn try_from(wire: WireReply) -> Result<Reply, WireReplyError> {
+        let mut tokens = wire.0.into_iter();
+        let mut open: Vec<Open> = Vec::new();
+        loop {
+            let token = tokens.next().ok_or(WireReplyError::Truncated)?;
+            // Containers cannot hold more replies than tokens remain: no allocation beyond
+            // what the frame really carries.
+            let remaining = tokens.len();
+            let mut done = match token {
+                Token::Ok => Some(Reply::Ok),
+                Token::Simple(s) => Some(Reply::Simple(s)),
+                Token::Error(s) => Some(Reply::Error(s)),
+                Token::Int(i) => Some(Reply::Int(i)),
+                Token::Bulk(b) => Some(Reply::Bulk(b)),
+                Token::Nil => Some(Reply::Nil),
+                Token::NilArray => Some(Reply::NilArray),
+                Token::Double(d) => Some(Reply::Double(d)),
+                Token::Array(n) | Token::Set(n) | Token::Map(n) => {
+                    let missing = if matches!(token, Token::Map(_)) {
+                        n as usize * 2
+                    } else {
+                        n as usize
+                    };
+                    if missing == 0 {
+                        Some(
+                            Open {
+                                kind: token,
+                                missing,
+                                items: Vec::new(),
+                            }
+                            .close(),
+                        )
+                    } else if missing > remaining {
+                        return Err(WireReplyError::Truncated);
+                    } else if open.len() >= MAX_REPLY_DEPTH {
+                        return Err(WireReplyError::TooDeep);
+                    } else {
+                        open.push(Open {
+                            kind: token,
+                            missing,
+                            items: Vec::with_capacity(missing),
+                        });
+                        None
+                    }
+                }
+            };
+            // Hand finished replies up to their containers, closing those that are full.
+            while let Some(reply) = done.take() {
+                let Some(top) = open.last_mut() else {
+                    if tokens.next().is_some() {
+                        return Err(WireReplyError::Trailing);
+                    }
+                    return Ok(reply);
+                };
+                top.items.push(reply);
+                top.missing -= 1;
+                if top.missing == 0 {
+                    done = open.pop().map(Open::close);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn roundtrip(r: &Reply) -> Result<Reply, postcard::Error> {
+        postcard::from_bytes(&postcard::to_allocvec(r)?)
+    }
+
+    #[test]
+    fn replies_keep_their_shape_on_the_wire() {
+        let r = Reply::Array(vec![
+            Reply::Bulk(Bytes::from_static(b"0")),
+            Reply::Array(vec![Reply::Bulk(Bytes::from_static(b"k")), Reply::Nil]),
+            Reply::Map(vec![(Reply::Simple("f".into()), Reply::Int(-3))]),
+            Reply::Set(Vec::new()),
+            Reply::Map(Vec::new()),
+            Reply::Double(1.5),
+            Reply::NilArray,
+            Reply::error("ERR x"),
+            Reply::Ok,
+        ]);
+        assert_eq!(roundtrip(&r).expect("roundtrip"), r);
+    }
+
+    /// A peer's answer of arrays nested 100,000 deep (a few hundred KB) used to overflow the
+    /// receiver's stack while decoding. Now it is refused past `MAX_REPLY_DEPTH`.
+    #[test]
+    fn deep_nesting_from_a_peer_is_refused() {
+        let mut tokens: Vec<Token> = (0..100_000).map(|_| Token::Array(1)).collect();
+        tokens.push(Token::Ok);
+        let bytes = postcard::to_allocvec(&tokens).expect("encode");
+        assert!(postcard::from_bytes::<Reply>(&bytes).is_err());
+        // Right at the limit it decodes.
+        let mut r = Reply::Ok;
+        for _ in 0..MAX_REPLY_DEPTH {
+            r = Reply::Array(vec![r]);
+        }
+        assert_eq!(roundtrip(&r).expect("at the limit"), r);
+        let r = Reply::Array(vec![r]);
+        assert!(roundtrip(&r).is_err());
+    }
+
+    #[test]
+    fn a_container_cannot_claim_more_than_the_frame_holds() {
+        let bytes = postcard::to_allocvec(&vec![Token::Array(u32::MAX)]).expect("encode");
+        assert!(postcard::from_bytes::<Reply>(&bytes).is_err());
+        let bytes = postcard::to_allocvec(&vec![Token::Ok, Token::Ok]).expect("encode");
+        assert!(postcard::from_bytes::<Reply>(&bytes).is_err());
+    }
+
+    fn reply() -> impl Strategy<Value = Reply> {
+        let leaf = prop_oneof![
+            Just(Reply::Ok),
+            Just(Reply::Nil),
+            any::<i64>().prop_map(Reply::Int),
+            proptest::collection::vec(any::<u8>(), 0..8).prop_map(|b| Reply::Bulk(b.into())),
+            "[a-z]{0,4}".prop_map(Reply::Simple),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Reply::Array),
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Reply::Set),
+                proptest::collection::vec((inner.clone(), inner), 0..3).prop_map(Reply::Map),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn any_reply_roundtrips(r in reply()) {
+            prop_assert_eq!(roundtrip(&r).expect("roundtrip"), r);
+        }
+
+        /// Arbitrary and mutated bytes never panic the decoder.
+        #[test]
+        fn hostile_bytes_never_panic(r in reply(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4), junk in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut bytes = postcard::to_allocvec(&r).expect("encode");
+            for (at, b) in flips {
+                if !bytes.is_empty() {
+                    let i = at % bytes.len();
+                    bytes[i] ^= b;
+                }
+            }
+            let _ = postcard::from_bytes::<Reply>(&bytes);
+            let _ = postcard::from_bytes::<Reply>(&junk);
+        }
     }
 }
