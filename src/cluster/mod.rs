@@ -4,6 +4,7 @@
 //! openraft's types stay inside this module (and `rpc`): the rest of the crate talks in
 //! [`Command`]s, [`ClusterState`] and [`RaftInfo`], so a move to openraft 0.10 stays local.
 
+pub mod prevote;
 pub mod rpc;
 pub mod state;
 pub mod storage;
@@ -329,6 +330,12 @@ pub struct Cluster {
     pub transport: Transport,
     /// Free space of the data disk; store writes are refused while it is low.
     pub space: DiskSpace,
+    /// When a leader's append last arrived (a pre-vote is refused while one is recent).
+    contact: Arc<prevote::LeaderContact>,
+    /// A reader of the log (the last entry's id, for pre-votes).
+    log: LogStore,
+    /// openraft's minimum election timeout: "a leader is alive" while heard within it.
+    election_timeout: Duration,
     names: Arc<BTreeMap<NodeId, String>>,
     me: String,
 }
@@ -350,6 +357,7 @@ impl Cluster {
         let me = config.me();
         let disk = DiskMark::new(raft_id(&me.id));
         let log = LogStore::new(db.clone(), disk.clone());
+        let log_reader = log.clone();
         let sm = StateMachine::open(db, disk.clone())
             .await
             .map_err(|e| ClusterError::Storage(e.to_string()))?;
@@ -398,6 +406,9 @@ impl Cluster {
             sm,
             transport,
             space: DiskSpace::watch(config.node.data_dir.clone(), config.node.min_free_disk),
+            contact: Arc::default(),
+            log: log_reader,
+            election_timeout: Duration::from_millis(hb.max(20)),
             names,
             me: me.id.clone(),
         };
@@ -575,7 +586,11 @@ impl Cluster {
             });
         }
         Ok(match req {
-            Request::AppendEntries(r) => Response::AppendEntries(self.raft.append_entries(r).await),
+            Request::AppendEntries(r) => {
+                self.contact.touch();
+                Response::AppendEntries(self.raft.append_entries(r).await)
+            }
+            Request::PreVote { last_log } => Response::PreVote(self.grant_prevote(last_log).await),
             Request::Vote(r) => Response::Vote(self.raft.vote(r).await),
             Request::InstallSnapshot(r) => Response::InstallSnapshot(self.raft.install_snapshot(r).await),
             Request::Elect => match self.raft.trigger().elect().await {

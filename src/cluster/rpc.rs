@@ -49,6 +49,11 @@ pub enum Request {
     StoreRead {
         ops: Vec<crate::store::cmd::Op>,
     },
+    /// "Would you vote for me?" before a campaign (see `prevote`); `last_log` is the asker's
+    /// last entry. Changes nothing on the receiver.
+    PreVote {
+        last_log: Option<openraft::LogId<NodeId>>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -73,6 +78,8 @@ pub enum Response {
         message: String,
         retry: bool,
     },
+    /// The answer to a pre-vote.
+    PreVote(bool),
 }
 
 /// The answer to a lease request.

@@ -260,6 +260,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     let role_token = tasks.child_token();
     let mut role_task = None;
     if node.is_data() {
+        tracker.spawn(cluster.clone().run_prevote_gate(peer_token.clone()));
         tracker.spawn(reporter::run(node.clone(), transitions_rx, tasks.clone()));
         tracker.spawn(lease::run(node.clone(), role_token.clone()));
         role_task = Some(tokio::spawn(role::run(node.clone(), role_token.clone())));
