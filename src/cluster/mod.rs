@@ -152,15 +152,15 @@ impl NetworkClient {
 
     /// A vote in an answer that is implausibly far ahead of our term is not believed: it
     /// would make this node adopt the term (and openraft overflow near `u64::MAX`).
-    fn plausible<E: std::error::Error>(&self, vote: &openraft::Vote<NodeId>) -> Result<(), RpcErr<E>> {
-        match implausible_term(self.term.borrow().current_term, vote) {
-            None => Ok(()),
-            Some(why) => {
-                tracing::warn!(peer = %self.name, term = vote.leader_id().get_term(), "implausible term in an answer; ignored");
-                let e = std::io::Error::other(format!("{} answered with {why}", self.name));
-                Err(RPCError::Network(NetworkError::new(&e)))
-            }
-        }
+    fn implausible(&self, vote: &openraft::Vote<NodeId>) -> Option<String> {
+        implausible_term(self.term.borrow().current_term, vote)
+    }
+
+    #[cold]
+    fn refuse_answer<E: std::error::Error>(&self, vote: &openraft::Vote<NodeId>, why: String) -> RpcErr<E> {
+        tracing::warn!(peer = %self.name, term = vote.leader_id().get_term(), "implausible term in an answer; ignored");
+        let e = std::io::Error::other(format!("{} answered with {why}", self.name));
+        RPCError::Network(NetworkError::new(&e))
     }
 }
 
@@ -209,7 +209,9 @@ impl RaftNetwork<TypeConfig> for NetworkClient {
             }
             Response::AppendEntries(Ok(r)) => {
                 if let AppendEntriesResponse::HigherVote(v) = &r {
-                    self.plausible(v)?;
+                    if let Some(why) = self.implausible(v) {
+                        return Err(self.refuse_answer(v, why));
+                    }
                 }
                 Ok(r)
             }
@@ -224,10 +226,10 @@ impl RaftNetwork<TypeConfig> for NetworkClient {
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
         match self.send(Request::InstallSnapshot(rpc), &option).await? {
-            Response::InstallSnapshot(Ok(r)) => {
-                self.plausible(&r.vote)?;
-                Ok(r)
-            }
+            Response::InstallSnapshot(Ok(r)) => match self.implausible(&r.vote) {
+                Some(why) => Err(self.refuse_answer(&r.vote, why)),
+                None => Ok(r),
+            },
             Response::InstallSnapshot(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             other => Err(self.unexpected(other)),
         }
@@ -239,10 +241,10 @@ impl RaftNetwork<TypeConfig> for NetworkClient {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr> {
         match self.send(Request::Vote(rpc), &option).await? {
-            Response::Vote(Ok(r)) => {
-                self.plausible(&r.vote)?;
-                Ok(r)
-            }
+            Response::Vote(Ok(r)) => match self.implausible(&r.vote) {
+                Some(why) => Err(self.refuse_answer(&r.vote, why)),
+                None => Ok(r),
+            },
             Response::Vote(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             other => Err(self.unexpected(other)),
         }
