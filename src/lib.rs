@@ -3,8 +3,9 @@
 //! A node daemon (`node`), the operator CLI (`cli`) and the admin API (`api`) in one crate.
 //! See DESIGN in `docs/` and the module docs: `failover` holds the rules, `cluster` the Raft
 //! wiring, `node` the runtime that connects them to the service.
-// Unsafe code is denied everywhere except `address::vip::garp` (raw packet socket), which
-// allows it explicitly with a SAFETY note on every block.
+// Unsafe code is denied everywhere except a few blocks that allow it explicitly, each with a
+// SAFETY note: `address::vip::garp` (raw packet socket), `malloc` (mallopt), and the libc
+// calls for TCP keep-alive (`cluster::transport`) and free disk space (`cluster`).
 #![deny(unsafe_code)]
 #![warn(rust_2018_idioms)]
 
@@ -17,6 +18,7 @@ pub mod config;
 pub mod demo;
 pub mod events;
 pub mod failover;
+pub mod failstop;
 pub mod health;
 pub mod malloc;
 pub mod node;

@@ -359,7 +359,7 @@ async fn async_main(args: Args) -> ExitCode {
                     }
                 });
             }
-            standin::node::failstop::install_panic_hook();
+            standin::failstop::arm();
             match standin::node::run(config, listeners, token).await {
                 Ok(()) => code(exit::OK),
                 Err(e) => {

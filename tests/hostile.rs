@@ -308,3 +308,165 @@ async fn a_healed_partition_does_not_depose_the_new_leader() {
         "the heal moved the active role"
     );
 }
+
+/// tmpfs mounts for data directories, unmounted when dropped (pass or fail). Declared before
+/// the cluster, so the cluster's processes are gone first.
+struct Mounts(Vec<PathBuf>);
+
+impl Mounts {
+    fn tmpfs(dirs: Vec<PathBuf>, size: &str) -> Mounts {
+        let mut m = Mounts(Vec::new());
+        for d in dirs {
+            std::fs::create_dir_all(&d).expect("mkdir");
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(&d)
+                .status()
+                .expect("run mount")
+                .success();
+            assert!(ok, "mount tmpfs on {} (the test needs root)", d.display());
+            m.0.push(d);
+        }
+        m
+    }
+}
+
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::process::Command::new("umount").arg("-l").arg(d).status();
+        }
+    }
+}
+
+/// Grows `filler` by 256 KiB writes until the file system is full (bounded by `limit`).
+fn fill(filler: &std::path::Path, limit: u64) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(filler)
+        .expect("filler");
+    let chunk = vec![0u8; 256 * 1024];
+    let mut written = 0;
+    while written < limit {
+        match f.write(&chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => written += n as u64,
+        }
+    }
+    let _ = f.sync_all();
+}
+
+/// A full disk used to leave a zombie leader: "raft stopped" for every write, yet pings
+/// answered and `/v1/status` said leader, active, healthy. Now: writes are refused with a
+/// clear error while the disk is nearly full; when it is completely full the node fails stop
+/// (exit 74), a standby takes over, no acknowledged write is lost, and the node starts
+/// cleanly once space is freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_the_node_and_loses_nothing() {
+    let _g = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = Spec::new(dir.path(), &binary());
+    spec.node_toml = format!("min-free-disk = {}", 8 * 1024 * 1024);
+    let data = |id: &str| dir.path().join(format!("{id}-data"));
+    let _mounts = Mounts::tmpfs(vec![data("a"), data("b")], "48m");
+    let (mut cluster, _) = start(spec).await;
+    // The coordinator moves Raft leadership to the active node: wait for that to settle.
+    let s = cluster
+        .wait_for(Duration::from_secs(15), "the active node leading", |s| {
+            s.leader.is_some() && s.leader == s.active
+        })
+        .await
+        .expect("leader");
+    let leader = s.leader.clone().expect("leader");
+    let other = if leader == "a" { "b" } else { "a" };
+    let via = cluster.node(other).and_then(|n| n.store).expect("store");
+
+    let mut acked = Vec::new();
+    for i in 0..50 {
+        let key = format!("k{i}");
+        if redis(via, &[b"SET", key.as_bytes(), b"v"]).await == "+OK" {
+            acked.push(key);
+        }
+    }
+    assert_eq!(acked.len(), 50, "writes before the disk fills");
+
+    // Both data disks nearly full (4 MiB left, under min-free-disk): whoever leads refuses
+    // store writes, with the reason.
+    for id in ["a", "b"] {
+        let filler = data(id).join("filler");
+        fill(&filler, u64::MAX);
+        let len = std::fs::metadata(&filler).expect("filler").len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&filler)
+            .expect("filler")
+            .set_len(len.saturating_sub(4 * 1024 * 1024))
+            .expect("truncate");
+    }
+    let mut refused = None;
+    for _ in 0..50 {
+        let r = redis(via, &[b"SET", b"late", b"v"]).await;
+        if r.starts_with('-') {
+            refused = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = refused.expect("a write refused while the disk is nearly full");
+    assert!(refused.contains("min-free-disk"), "{refused}");
+
+    // The leader's disk completely full: its next log record cannot be written; it must stop.
+    let filler = data(&leader).join("filler");
+    fill(&filler, u64::MAX);
+    let admin = cluster.node("w").expect("w").admin.to_string();
+    let mut exit = None;
+    for round in 0..100 {
+        // Each drain toggle is a log entry every node must write.
+        let body = format!("{{\"node\": \"{other}\", \"on\": {}}}", round % 2 == 0);
+        let _ = standin::api::client::request(
+            &admin,
+            hyper::Method::POST,
+            "/v1/drain",
+            Some(body),
+            Duration::from_secs(2),
+        )
+        .await;
+        let n = cluster.nodes.iter_mut().find(|n| n.id == leader).expect("node");
+        if let Some(status) = n.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            exit = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exit = exit.expect("the node with the full disk exits");
+    assert_eq!(exit.code(), Some(74), "exit status {exit:?}");
+    let log = std::fs::read_to_string(dir.path().join(format!("{leader}.log"))).unwrap_or_default();
+    assert!(log.contains("fail-stop"), "the log says why:\n{log}");
+
+    // A standby takes over (the new active runs with its own disk).
+    cluster
+        .wait_for(Duration::from_secs(15), "the other data node active", |s| {
+            s.active.as_deref() == Some(other) && s.nodes.iter().any(|n| n.id == other && n.role == "active")
+        })
+        .await
+        .expect("failover after the disk filled");
+
+    // Space freed: the node starts cleanly and rejoins; nothing acknowledged is lost.
+    for id in ["a", "b"] {
+        std::fs::remove_file(data(id).join("filler")).expect("free space");
+    }
+    cluster.start(&leader).expect("restart");
+    cluster
+        .wait_for(Duration::from_secs(30), "the node back as a standby", |s| {
+            s.nodes
+                .iter()
+                .any(|n| n.id == leader && n.role == "standby" && n.healthy && n.in_sync)
+        })
+        .await
+        .expect("rejoin after freeing space");
+    for key in &acked {
+        assert_eq!(redis(via, &[b"GET", key.as_bytes()]).await, "$1\nv", "{key}");
+    }
+}

@@ -330,6 +330,12 @@ impl LogStore {
                         d.failed = Some(e.to_string());
                         d.flushing = false;
                     });
+                    // A leader that cannot write its log can neither commit nor step aside by
+                    // itself: stop, so a node with a working disk takes over.
+                    crate::failstop::trip(
+                        format!("writing the raft log failed: {e}"),
+                        crate::failstop::EXIT_STORAGE,
+                    );
                     return;
                 }
             }

@@ -10,7 +10,6 @@
 //! ```
 
 mod coordinator;
-pub mod failstop;
 mod lease;
 mod reporter;
 pub mod role;
@@ -30,6 +29,7 @@ use crate::cluster::rpc::{Request, Response};
 use crate::cluster::transport::{self, Transport};
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::{Config, NodeKind};
+use crate::failstop;
 use crate::health::{self, HealthHandle};
 use crate::service::hooks::HookRunner;
 use crate::service::{self, Supervisor};
@@ -48,7 +48,8 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Cluster(#[from] ClusterError),
-    /// The node stopped because it could no longer act (see [`failstop`]); exit with `code`.
+    /// The node stopped because it could no longer act (see [`crate::failstop`]); exit with
+    /// `code`.
     #[error("stopped: {reason}")]
     Fatal { reason: String, code: i32 },
 }
@@ -333,7 +334,12 @@ async fn watch_raft(cluster: Cluster, cancel: CancellationToken) {
     let mut metrics = cluster.raft.metrics();
     loop {
         if let Err(fatal) = &metrics.borrow().running_state {
-            let (reason, code) = failstop::raft_stopped(fatal);
+            let (reason, code) = match fatal {
+                openraft::error::Fatal::StorageError(e) => {
+                    (format!("raft storage failed: {e}"), failstop::EXIT_STORAGE)
+                }
+                other => (format!("raft stopped: {other}"), failstop::EXIT_SOFTWARE),
+            };
             failstop::trip(reason, code);
             return;
         }

@@ -1,15 +1,16 @@
 //! Fail-stop: a node that can no longer act correctly stops acting and exits non-zero, so its
 //! supervisor (systemd) restarts it, instead of staying up looking alive.
 //!
-//! Three things trip it: openraft stopping on its own (a storage error such as a full disk, a
-//! log entry that cannot be read back, or a panic in its core), a panic in any task of this
-//! process (the panic hook), and nothing else: a clean shutdown is not a failure. Once
-//! tripped, [`super::run`] stops answering peers at once (so they fail over without waiting),
-//! stops Raft (so this node no longer leads), demotes and stops the service, then returns
-//! [`super::NodeError::Fatal`] with the exit code. A watchdog thread exits the process anyway
-//! if that orderly stop hangs.
+//! What trips it: openraft stopping on its own (a storage error such as a full disk, a log
+//! entry that cannot be read back, or a panic in its core), the leader's background log write
+//! failing (`cluster::storage`), and a panic in any task of this process (the panic hook). A
+//! clean shutdown is not a failure. Once tripped, `node::run` stops answering peers at once
+//! (so they fail over without waiting), stops Raft (so this node no longer leads), demotes and
+//! stops the service, then returns `NodeError::Fatal` with the exit code. A watchdog thread
+//! exits the process anyway if that orderly stop hangs.
 //!
-//! The state is process-wide (a panic hook is), one node per process.
+//! The state is process-wide (a panic hook is), one node per process. This module sits at the
+//! bottom of the layers: anything may trip it, it imports nothing of the crate.
 
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -26,6 +27,8 @@ pub const STOP_DEADLINE: Duration = Duration::from_secs(30);
 
 struct State {
     token: CancellationToken,
+    /// Set by [`arm`] in the daemon: only then does a trip end the process.
+    armed: std::sync::atomic::AtomicBool,
     /// The first reason given and its exit code: later trips add nothing.
     reason: Mutex<Option<(String, i32)>>,
 }
@@ -34,6 +37,7 @@ fn state() -> &'static State {
     static STATE: OnceLock<State> = OnceLock::new();
     STATE.get_or_init(|| State {
         token: CancellationToken::new(),
+        armed: std::sync::atomic::AtomicBool::new(false),
         reason: Mutex::new(None),
     })
 }
@@ -60,6 +64,9 @@ pub fn trip(reason: String, code: i32) {
         *r = Some((reason, code));
     }
     s.token.cancel();
+    if !s.armed.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
     let spawned = std::thread::Builder::new()
         .name("failstop-watchdog".into())
         .spawn(move || {
@@ -72,21 +79,15 @@ pub fn trip(reason: String, code: i32) {
     }
 }
 
-/// Installs a panic hook that prints the panic as usual, then trips fail-stop: a task that
-/// panicked may have left the node unable to act, and tokio would otherwise carry on
-/// without it.
-pub fn install_panic_hook() {
+/// Arms fail-stop for a daemon process: a trip now also starts the watchdog that ends the
+/// process, and a panic hook prints a panic as usual, then trips: a task that panicked may
+/// have left the node unable to act, and tokio would otherwise carry on without it. Unarmed
+/// (a library user, a unit test), a trip only records the reason and cancels [`token`].
+pub fn arm() {
+    state().armed.store(true, std::sync::atomic::Ordering::SeqCst);
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         default(info);
         trip(format!("panic: {info}"), EXIT_SOFTWARE);
     }));
-}
-
-/// What a stopped openraft means for the process: the reason and the exit code.
-pub fn raft_stopped(fatal: &openraft::error::Fatal<crate::cluster::NodeId>) -> (String, i32) {
-    match fatal {
-        openraft::error::Fatal::StorageError(e) => (format!("raft storage failed: {e}"), EXIT_STORAGE),
-        other => (format!("raft stopped: {other}"), EXIT_SOFTWARE),
-    }
 }
