@@ -470,3 +470,49 @@ async fn a_full_disk_stops_the_node_and_loses_nothing() {
         assert_eq!(redis(via, &[b"GET", key.as_bytes()]).await, "$1\nv", "{key}");
     }
 }
+
+/// One lost or forged `Health` write used to leave a node unhealthy for good (health was
+/// written only on transitions). Each node now reconciles the replicated record with what it
+/// observes and writes it again when they disagree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_health_record_is_corrected_by_the_node() {
+    let _g = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cluster, before) = start(Spec::new(dir.path(), &binary())).await;
+    let standby = if before.active.as_deref() == Some("a") {
+        "b"
+    } else {
+        "a"
+    };
+    let leader = before.leader.clone().expect("leader");
+    let addr = cluster.node(&leader).expect("leader").paths[0];
+    let sender = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id.clone())
+        .find(|id| *id != leader)
+        .expect("a member that is not the leader");
+    let mut conn = TcpStream::connect(addr).await.expect("connect");
+    let forged = Command::Health {
+        node: standby.to_string(),
+        check: "process".into(),
+        healthy: false,
+        detail: "forged".into(),
+        at: 1,
+    };
+    send_raw(&mut conn, &frame(1, &sender, Request::Write(forged))).await;
+    let answer = read_answer(&mut conn).await.expect("an answer");
+    assert!(
+        matches!(&answer.body, Response::Write(Ok(r)) if r.ok),
+        "the forged write was applied (a member may write health today): {:?}",
+        answer.body
+    );
+    cluster
+        .wait_for(Duration::from_secs(10), "the standby healthy again", |s| {
+            s.nodes.iter().any(|n| {
+                n.id == standby && n.healthy && n.checks.iter().all(|c| c.healthy && c.detail != "forged")
+            })
+        })
+        .await
+        .expect("the node re-asserts its health");
+}

@@ -1,6 +1,11 @@
 //! Reports this node's health to the cluster state: only transitions are written, and a
 //! write that fails (no leader yet) is retried until the replicated state matches what the
 //! node observes.
+//!
+//! The replicated record is also reconciled: every [`RECONCILE`] the node compares it with what
+//! it observes, and a check that disagrees in two rounds in a row (a lost write, a write by a
+//! buggy or hostile peer, a state restored from an old snapshot) is written again. Two rounds,
+//! so that a write this node just made and has not applied locally yet is not repeated.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,6 +24,9 @@ use crate::service::ProcState;
 
 /// The name of the check that stands for "the supervised process is running".
 pub const PROCESS_CHECK: &str = "process";
+
+/// How often the replicated health record is compared with what this node observes.
+pub const RECONCILE: Duration = Duration::from_secs(1);
 
 fn describe(state: &ProcState) -> (bool, String) {
     match state {
@@ -69,6 +77,9 @@ pub async fn run(node: Arc<Node>, mut transitions: UnboundedReceiver<Transition>
     let mut warm_started: Option<std::time::Instant> = None;
     let mut passed_since_start: std::collections::BTreeSet<String> = Default::default();
     let grace = node.config.timing.promote_timeout;
+    let mut last_reconcile = std::time::Instant::now();
+    // Checks whose replicated state disagreed with ours in the last round.
+    let mut suspect: std::collections::BTreeSet<String> = Default::default();
     if let Some(rx) = proc_rx.as_mut() {
         observed.insert(PROCESS_CHECK.into(), describe(&rx.borrow_and_update()));
     }
@@ -123,6 +134,31 @@ pub async fn run(node: Arc<Node>, mut transitions: UnboundedReceiver<Transition>
                 }
             }
         }
+        if started && !pending && last_reconcile.elapsed() >= RECONCILE {
+            last_reconcile = std::time::Instant::now();
+            let replicated: BTreeMap<String, bool> = node.cluster.sm.read(|d| {
+                d.state
+                    .nodes
+                    .get(&me)
+                    .map(|r| r.checks.iter().map(|(k, c)| (k.clone(), c.healthy)).collect())
+                    .unwrap_or_default()
+            });
+            let mut now_suspect = std::collections::BTreeSet::new();
+            for (check, (healthy, _)) in &effective {
+                let agrees = replicated.get(check) == Some(healthy);
+                let believed = reported.get(check).map(|r| r.0) == Some(*healthy);
+                if agrees || !believed {
+                    continue;
+                }
+                if suspect.contains(check) {
+                    tracing::warn!(check = %check, healthy, "the replicated health of this node differs from what it observes; writing it again");
+                    reported.remove(check);
+                } else {
+                    now_suspect.insert(check.clone());
+                }
+            }
+            suspect = now_suspect;
+        }
         if started {
             for (check, (healthy, detail)) in &effective {
                 if reported.get(check).map(|r| r.0) == Some(*healthy) {
@@ -154,7 +190,7 @@ pub async fn run(node: Arc<Node>, mut transitions: UnboundedReceiver<Transition>
             // Re-evaluate when the warm-start grace may have ended.
             Duration::from_millis(100)
         } else {
-            Duration::from_secs(3600)
+            RECONCILE
         };
         tokio::select! {
             _ = cancel.cancelled() => return,
