@@ -655,15 +655,34 @@ impl Default for Failback {
     }
 }
 
-/// Reads `path` and hands its text to `parse`; parse errors name the file.
+/// Largest config file read (a real one is a few KiB).
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Reads `path` (at most [`MAX_CONFIG_BYTES`]) and hands its text to `parse`; parse errors
+/// name the file.
 pub fn load_with<T>(
     path: &Path,
     parse: impl FnOnce(&str) -> Result<T, ConfigError>,
 ) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    use std::io::Read;
+    let read_error = |source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    // Read at most one byte past the limit: a huge file (or `/dev/zero`) is refused without
+    // being held in memory.
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(read_error)?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(read_error)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: format!("larger than {MAX_CONFIG_BYTES} bytes; this is not a standin config"),
+        });
+    }
     parse(&text).map_err(|e| match e {
         ConfigError::Parse { message, .. } => ConfigError::Parse {
             path: path.to_path_buf(),
@@ -2120,6 +2139,63 @@ args = ["1000"]
         assert!(far > now);
         let t = tokio::time::Instant::now();
         assert!(later_tokio(t, Duration::MAX) > t);
+    }
+
+    #[test]
+    fn an_oversized_config_file_is_refused_without_reading_it_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.toml");
+        std::fs::write(
+            &path,
+            format!("{MINIMAL}\n# {}\n", "x".repeat(MAX_CONFIG_BYTES as usize)),
+        )
+        .unwrap();
+        let e = Config::load(&path).unwrap_err();
+        assert!(
+            matches!(e, ConfigError::Parse { .. }) && e.to_string().contains("larger than"),
+            "{e}"
+        );
+    }
+
+    /// Config text: arbitrary bytes, `FULL` mutated at one point, and deep nesting of arrays,
+    /// inline tables, dotted keys and table headers.
+    fn config_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            "\\PC{0,400}",
+            (any::<usize>(), 0usize..16, "\\PC{0,12}", 0usize..3).prop_map(|(at, len, piece, how)| {
+                let floor = |mut i: usize| {
+                    while !FULL.is_char_boundary(i) {
+                        i -= 1;
+                    }
+                    i
+                };
+                let at = floor(at % (FULL.len() + 1));
+                match how {
+                    0 => format!("{}{piece}{}", &FULL[..at], &FULL[at..]),
+                    1 => format!("{}{piece}", &FULL[..at]),
+                    _ => format!("{}{}", &FULL[..at], &FULL[floor((at + len).min(FULL.len()))..]),
+                }
+            }),
+            (1usize..3000, 0usize..4).prop_map(|(n, shape)| match shape {
+                0 => format!("{FULL}\nx = {}{}\n", "[".repeat(n), "]".repeat(n)),
+                1 => format!("{FULL}\nx = {}{}\n", "{a=".repeat(n), "}".repeat(n)),
+                2 => format!("{FULL}\n{} = 1\n", vec!["k"; n].join(".")),
+                _ => format!("{FULL}\n[{}]\n", vec!["k"; n].join(".")),
+            }),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Issue 12 fuzzing: the TOML loader and `validate()` never panic or overflow the stack,
+        /// whatever the text.
+        #[test]
+        fn arbitrary_config_text_never_panics(text in config_text()) {
+            let _ = Config::parse(&text);
+            let _ = crate::address::proxy::config::ProxyConfig::parse(&text);
+        }
     }
 
     #[test]

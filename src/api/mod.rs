@@ -912,3 +912,162 @@ fn precondition_failed(active: Option<String>, epoch: u64) -> Result<String, Adm
     };
     serde_json::to_string(&reply).map_err(|e| AdminError::Refused(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn event(seq: u64, at: u64) -> Event {
+        Event {
+            seq,
+            at_unix_ms: at,
+            kind: crate::cluster::state::EventKind::NodeStarted,
+            node: None,
+            epoch: 0,
+            cause: None,
+            detail: String::new(),
+            duration_ms: None,
+        }
+    }
+
+    fn query(q: &str) -> Result<EventsPage, String> {
+        let uri: axum::http::Uri = format!("/v1/events{q}").parse().expect("uri");
+        parse_events_query(&uri, 1_000_000)
+    }
+
+    #[test]
+    fn switchover_bodies() {
+        let ok = |b: &str| parse_switchover_body(b.as_bytes()).expect(b);
+        assert_eq!(ok(""), SwitchoverBody::default());
+        assert_eq!(ok(" \n"), SwitchoverBody::default());
+        assert_eq!(ok("{}"), SwitchoverBody::default());
+        assert_eq!(ok("{\"to\": null}"), SwitchoverBody::default());
+        assert_eq!(
+            ok(r#"{"target": "b", "from": "a", "epoch": 7}"#),
+            SwitchoverBody {
+                to: Some("b".into()),
+                from: Some("a".into()),
+                epoch: Some(7)
+            }
+        );
+        for bad in [
+            "{",
+            "null",
+            "[]",
+            "\"b\"",
+            r#"{"to": 1}"#,
+            r#"{"epoch": -1}"#,
+            r#"{"form": "a"}"#,
+            "to=b",
+        ] {
+            let e = parse_switchover_body(bad.as_bytes()).expect_err(bad);
+            assert!(e.starts_with("invalid switchover request"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn events_queries() {
+        let page = |after_seq, from_unix_ms, limit| EventsPage {
+            after_seq,
+            from_unix_ms,
+            limit,
+        };
+        assert_eq!(query(""), Ok(page(None, 0, EVENTS_DEFAULT_LIMIT)));
+        assert_eq!(query("?since=12&limit=5"), Ok(page(Some(12), 0, 5)));
+        assert_eq!(query("?since=10s"), Ok(page(None, 990_000, EVENTS_DEFAULT_LIMIT)));
+        assert_eq!(query("?limit=2000"), Ok(page(None, 0, 2000)));
+        for bad in [
+            "?limit=0",
+            "?limit=2001",
+            "?limit=-1",
+            "?limit=x",
+            "?since=",
+            "?since=-3",
+            "?since=99999999999999999999999",
+            "?since=fast",
+            "?after=3",
+        ] {
+            assert!(query(bad).is_err(), "{bad}");
+        }
+        // A huge age reaches back to the beginning, not an overflow.
+        assert_eq!(query("?since=500000000y").map(|p| p.from_unix_ms), Ok(0));
+    }
+
+    #[test]
+    fn events_are_paged_forward_from_a_sequence_number() {
+        let events: Vec<Event> = (1..=10).map(|s| event(s, s * 10)).collect();
+        let seqs =
+            |p: &EventsPage| -> Vec<u64> { select_events(events.iter(), p).iter().map(|e| e.seq).collect() };
+        let page = |after_seq, from_unix_ms, limit| EventsPage {
+            after_seq,
+            from_unix_ms,
+            limit,
+        };
+        assert_eq!(seqs(&page(Some(3), 0, 4)), vec![4, 5, 6, 7]);
+        assert_eq!(seqs(&page(Some(7), 0, 100)), vec![8, 9, 10]);
+        assert_eq!(seqs(&page(Some(10), 0, 100)), Vec::<u64>::new());
+        // Without a sequence number: the newest, oldest first.
+        assert_eq!(seqs(&page(None, 0, 3)), vec![8, 9, 10]);
+        assert_eq!(seqs(&page(None, 75, 100)), vec![8, 9, 10]);
+    }
+
+    /// Mutations of valid bodies, and arbitrary bytes.
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        let valid = prop::sample::select(vec![
+            r#"{"target": "b", "from": "a", "epoch": 7}"#,
+            r#"{"to": "b"}"#,
+            r#"{"node": "a", "on": true}"#,
+            r#"{"action": "switchover", "to": null}"#,
+            r#"{"action": "maintenance", "node": "a", "on": false}"#,
+        ]);
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..512),
+            (valid, any::<usize>(), any::<u8>(), 0usize..3).prop_map(|(v, at, b, how)| {
+                let mut v = v.as_bytes().to_vec();
+                let at = at % (v.len() + 1);
+                match how {
+                    0 => v.insert(at, b),
+                    1 if at < v.len() => v[at] = b,
+                    _ => v.truncate(at),
+                }
+                v
+            }),
+            // Deep nesting must be refused by serde_json's recursion limit, not overflow.
+            (1usize..5000).prop_map(|n| format!("{}{}", "[".repeat(n), "]".repeat(n)).into_bytes()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Admin API bodies (issue 12 fuzzing): every parser either accepts or refuses with a
+        /// message, never panics.
+        #[test]
+        fn admin_bodies_never_panic(b in body()) {
+            let _ = parse_switchover_body(&b);
+            let _ = serde_json::from_slice::<AdminAction>(&b);
+            let _ = serde_json::from_slice::<MaintenanceBody>(&b);
+            let _ = serde_json::from_slice::<crate::address::proxy::config::ListenerConfig>(&b);
+            if let Ok(text) = std::str::from_utf8(&b) {
+                // What the leader does with a forwarded body before touching any state.
+                let _ = serde_json::from_str::<AdminAction>(text);
+            }
+        }
+
+        /// Query strings of `/v1/events`: parsed or refused, never a panic, and the limit is
+        /// always within bounds.
+        #[test]
+        fn events_queries_never_panic(q in prop_oneof![
+            "[ -~]{0,64}",
+            ("(since|limit|x)", "[0-9a-z%&=.-]{0,24}").prop_map(|(k, v)| format!("{k}={v}")),
+            (any::<u64>(), any::<u64>()).prop_map(|(s, l)| format!("since={s}&limit={l}")),
+        ]) {
+            if let Ok(uri) = format!("/v1/events?{q}").parse::<axum::http::Uri>() {
+                if let Ok(p) = parse_events_query(&uri, unix_ms()) {
+                    prop_assert!(p.limit >= 1 && p.limit <= EVENTS_MAX_LIMIT);
+                }
+            }
+        }
+    }
+}
