@@ -193,6 +193,30 @@ async fn admin_api_sheds_slow_and_idle_clients() {
     let answer = String::from_utf8_lossy(&buf[..n]);
     assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
 
+    // Watch streams may take half of the connections; the next one is told to retry.
+    let mut watchers = Vec::new();
+    for i in 0..32 {
+        let mut w = TcpStream::connect(addr).await.expect("connect");
+        w.write_all(b"GET /v1/watch HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let n = tokio::time::timeout(Duration::from_secs(10), w.read(&mut buf))
+            .await
+            .expect("a watch stream starts")
+            .expect("read");
+        assert!(
+            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+            "watcher {i}"
+        );
+        watchers.push(w);
+    }
+    let r = call(&addr.to_string(), Method::GET, "/v1/watch", None).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(json_error(&r)["retry"], true);
+    let r = call(&addr.to_string(), Method::GET, "/v1/status", None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    drop(watchers);
+
     let mut idle = Vec::new();
     for _ in 0..300 {
         idle.push(TcpStream::connect(addr).await.expect("connect"));

@@ -277,6 +277,9 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, cancel: CancellationT
 
 /// The admin API's routes and middleware.
 fn router(node: Arc<Node>) -> Router {
+    let watchers = Arc::new(tokio::sync::Semaphore::new(
+        (node.config.api.max_connections / 2).max(1),
+    ));
     Router::new()
         .route("/v1/status", get(status_handler))
         .route("/v1/events", get(events_handler))
@@ -285,7 +288,10 @@ fn router(node: Arc<Node>) -> Router {
         .route("/v1/failback", post(failback_handler))
         .route("/v1/maintenance", post(maintenance_handler))
         .route("/v1/drain", post(drain_handler))
-        .route("/v1/watch", get(watch_handler))
+        .route(
+            "/v1/watch",
+            get(move |State(node): State<Arc<Node>>| watch_handler(node, watchers.clone())),
+        )
         .route("/metrics", get(metrics_handler))
         .route("/", get(dashboard_handler))
         .route("/dashboard", get(dashboard_handler))
@@ -687,15 +693,22 @@ const WATCH_MAX_GAP: Duration = Duration::from_secs(1);
 /// `GET /v1/watch`: server-sent events, `event: status` with this node's own view as JSON
 /// (not the leader's: it keeps working while this node is cut off, marked `stale`). Sent on
 /// connect, on every newly applied entry (at most every 10 ms) and at least every second.
-async fn watch_handler(
-    State(node): State<Arc<Node>>,
-) -> axum::response::sse::Sse<
-    impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
-> {
+///
+/// Streams keep their connection busy for as long as they run, so at most half of
+/// `[api] max-connections` may be open at once (more get a 503 to retry): the other half stays
+/// for operators' calls.
+async fn watch_handler(node: Arc<Node>, watchers: Arc<tokio::sync::Semaphore>) -> Response {
+    let Ok(permit) = watchers.try_acquire_owned() else {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many /v1/watch streams on this node; retry, or watch another node".into(),
+            true,
+        );
+    };
     let applied = node.cluster.sm.subscribe();
     let stream = futures::stream::unfold(
-        (node, applied, None::<tokio::time::Instant>),
-        |(node, mut applied, last)| async move {
+        (node, applied, None::<tokio::time::Instant>, permit),
+        |(node, mut applied, last, permit)| async move {
             if let Some(last) = last {
                 tokio::time::sleep_until(last + WATCH_MIN_GAP).await;
                 // A change, or the longest gap passed. An error: the state machine is gone (the
@@ -708,10 +721,13 @@ async fn watch_handler(
             let status = build_status(&node);
             let data = serde_json::to_string(&status).unwrap_or_default();
             let event = axum::response::sse::Event::default().event("status").data(data);
-            Some((Ok(event), (node, applied, Some(tokio::time::Instant::now()))))
+            Some((
+                Ok::<_, std::convert::Infallible>(event),
+                (node, applied, Some(tokio::time::Instant::now()), permit),
+            ))
         },
     );
-    axum::response::sse::Sse::new(stream)
+    axum::response::sse::Sse::new(stream).into_response()
 }
 
 async fn admin(node: &Arc<Node>, action: AdminAction) -> Response {

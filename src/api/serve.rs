@@ -149,11 +149,34 @@ async fn serve_connection(
 ) {
     let svc = {
         let busy = busy.clone();
+        let body_timeout = limits.header_read_timeout;
         hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let guard = BusyGuard::new(busy.clone());
             let app = app.clone();
             async move {
-                let resp = app.oneshot(req.map(Body::new)).await;
+                // The body (at most MAX_BODY) is read whole, within the header-read timeout: a
+                // client trickling its body would otherwise hold a busy connection forever.
+                let (parts, body) = req.into_parts();
+                let read = tokio::time::timeout(
+                    body_timeout,
+                    http_body_util::Limited::new(body, MAX_BODY).collect(),
+                );
+                let body = match read.await {
+                    Ok(Ok(b)) => Body::from(b.to_bytes()),
+                    Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                        let msg = format!("request body larger than {MAX_BODY} bytes");
+                        return Ok(error_response(StatusCode::PAYLOAD_TOO_LARGE, msg, false));
+                    }
+                    Ok(Err(e)) => {
+                        let msg = format!("cannot read the request body: {e}");
+                        return Ok(error_response(StatusCode::BAD_REQUEST, msg, false));
+                    }
+                    Err(_) => {
+                        let msg = "the request body did not arrive in time".to_string();
+                        return Ok(error_response(StatusCode::REQUEST_TIMEOUT, msg, false));
+                    }
+                };
+                let resp = app.oneshot(hyper::Request::from_parts(parts, body)).await;
                 // The guard lives as long as the answer's body: a stream stays busy.
                 resp.map(|r| {
                     r.map(|b| {
@@ -405,6 +428,23 @@ mod tests {
             "{:?}",
             String::from_utf8_lossy(&buf[..n])
         );
+    }
+
+    /// A body that trickles in is cut off after the header-read timeout, with a JSON 408.
+    #[tokio::test]
+    async fn a_slow_request_body_is_cut_off() {
+        let (addr, _stop) = start(Limits {
+            header_read_timeout: Duration::from_millis(200),
+            max_connections: 8,
+        })
+        .await;
+        let (status, body) = exchange(
+            addr,
+            "POST /json HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n{",
+        )
+        .await;
+        assert_eq!(status, 408, "{body}");
+        json_error(&body);
     }
 
     /// More idle connections than the cap do not lock a new client out: the oldest idle one

@@ -485,7 +485,7 @@ impl LocalCluster {
             &n.admin.to_string(),
             Method::GET,
             // The whole history (the default is the newest 100).
-        "/v1/events?limit=2000",
+            "/v1/events?limit=2000",
             None,
             Duration::from_secs(2),
         )
