@@ -153,6 +153,32 @@ async fn switchover_is_conditional_errors_are_json_and_events_page() {
         (after.epoch, after.active.clone())
     );
 
+    // The CLI's --from/--epoch: refused (exit 1) with stale values, carried out with current ones.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(binary())
+            .args(["switchover", "--api", &api_b])
+            .args(args)
+            .output()
+            .expect("run the CLI")
+    };
+    let stale_epoch = before.epoch.to_string();
+    let out = cli(&["--from", &old, "--epoch", &stale_epoch, "--wait", "0s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("precondition failed"), "{err}");
+    let current = after.active.clone().expect("active");
+    let epoch = after.epoch.to_string();
+    let out = cli(&["--from", &current, "--epoch", &epoch, "--wait", "30s", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(done["epoch"].as_u64(), Some(after.epoch + 1), "{done}");
+    assert_eq!(done["active"].as_str(), Some(old.as_str()), "{done}");
+
     // Paging: pages of two after a sequence number, oldest first, with no gap or repeat.
     let all = events(&api_a, "?since=0&limit=2000").await;
     assert!(all.len() >= 4, "{all:#?}");

@@ -198,19 +198,28 @@ async fn serve_connection(
         .keep_alive(true);
     let conn = builder.serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "HTTP connection ended with an error");
+    let mut evictable = true;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "HTTP connection ended with an error");
+                }
+                return;
             }
-        }
-        _ = evict.cancelled() => {
-            // Evicted while idle (no request in progress): closing loses nothing.
-            tracing::debug!("idle HTTP connection closed to make room");
-        }
-        _ = cancel.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(DRAIN, conn).await;
+            _ = evict.cancelled(), if evictable => {
+                // Chosen while idle; a request that began since then is served to its end.
+                if busy.load(Ordering::Acquire) == 0 {
+                    tracing::debug!("idle HTTP connection closed to make room");
+                    return;
+                }
+                evictable = false;
+            }
+            _ = cancel.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(DRAIN, conn).await;
+                return;
+            }
         }
     }
 }
@@ -428,6 +437,24 @@ mod tests {
             "{:?}",
             String::from_utf8_lossy(&buf[..n])
         );
+    }
+
+    #[tokio::test]
+    async fn accepted_sockets_get_tcp_keepalive() {
+        use std::os::fd::AsFd;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        let probe = |s: &TcpStream| {
+            let fd = s.as_fd().try_clone_to_owned().expect("dup");
+            tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd))
+                .keepalive()
+                .expect("getsockopt")
+        };
+        assert!(!probe(&accepted), "off by default");
+        set_keepalive(&accepted);
+        assert!(probe(&accepted));
     }
 
     /// A body that trickles in is cut off after the header-read timeout, with a JSON 408.
