@@ -487,20 +487,22 @@ pub const EVENTS_MAX_LIMIT: usize = 2000;
 /// Which events `/v1/events` returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventsPage {
-    /// Only events with a sequence number above this.
-    pub after_seq: Option<u64>,
+    /// Only events with a sequence number of at least this, oldest first (`since=SEQ` is
+    /// `SEQ + 1`; `since=-1` is 0, the very first event).
+    pub first_seq: Option<u64>,
     /// Only events at or after this Unix time (ms).
     pub from_unix_ms: u64,
     pub limit: usize,
 }
 
 /// Parses `/v1/events`' query: `since=SEQ` (a sequence number: events after it, oldest
-/// first) or `since=AGE` (a duration such as `10m`: events that recent), and `limit=N`
+/// first; `-1`: from the first event, whose number is 0) or `since=AGE` (a duration such as
+/// `10m`: events that recent), and `limit=N`
 /// (default [`EVENTS_DEFAULT_LIMIT`], at most [`EVENTS_MAX_LIMIT`]). Without `since` the
 /// newest `limit` events are returned. Unknown parameters are refused.
 pub fn parse_events_query(uri: &axum::http::Uri, now_unix_ms: u64) -> Result<EventsPage, String> {
     let mut page = EventsPage {
-        after_seq: None,
+        first_seq: None,
         from_unix_ms: 0,
         limit: EVENTS_DEFAULT_LIMIT,
     };
@@ -508,11 +510,16 @@ pub fn parse_events_query(uri: &axum::http::Uri, now_unix_ms: u64) -> Result<Eve
         .map_err(|e| format!("invalid query: {}", e.body_text()))?;
     for (k, v) in pairs {
         match k.as_str() {
+            "since" if v == "-1" => page.first_seq = Some(0),
             "since" if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
-                page.after_seq = Some(
-                    v.parse()
-                        .map_err(|_| format!("invalid `since`: {v:?} is not a sequence number"))?,
-                );
+                let seq: u64 = v
+                    .parse()
+                    .map_err(|_| format!("invalid `since`: {v:?} is not a sequence number"))?;
+                // Nothing comes after the largest sequence number.
+                page.first_seq = Some(seq.saturating_add(1));
+                if seq == u64::MAX {
+                    page.limit = 0;
+                }
             }
             "since" => {
                 let d = humantime::parse_duration(&v).map_err(|e| {
@@ -544,8 +551,8 @@ pub fn select_events<'a>(
     events: impl DoubleEndedIterator<Item = &'a Event>,
     page: &EventsPage,
 ) -> Vec<Event> {
-    let keep = |e: &&Event| page.after_seq.is_none_or(|s| e.seq > s) && e.at_unix_ms >= page.from_unix_ms;
-    if page.after_seq.is_some() {
+    let keep = |e: &&Event| page.first_seq.is_none_or(|s| e.seq >= s) && e.at_unix_ms >= page.from_unix_ms;
+    if page.first_seq.is_some() {
         events.filter(keep).take(page.limit).cloned().collect()
     } else {
         let mut newest: Vec<Event> = events.rev().filter(keep).take(page.limit).cloned().collect();
@@ -984,13 +991,15 @@ mod tests {
 
     #[test]
     fn events_queries() {
-        let page = |after_seq, from_unix_ms, limit| EventsPage {
-            after_seq,
+        let page = |first_seq, from_unix_ms, limit| EventsPage {
+            first_seq,
             from_unix_ms,
             limit,
         };
         assert_eq!(query(""), Ok(page(None, 0, EVENTS_DEFAULT_LIMIT)));
-        assert_eq!(query("?since=12&limit=5"), Ok(page(Some(12), 0, 5)));
+        assert_eq!(query("?since=12&limit=5"), Ok(page(Some(13), 0, 5)));
+        assert_eq!(query("?since=-1"), Ok(page(Some(0), 0, EVENTS_DEFAULT_LIMIT)));
+        assert_eq!(query("?since=18446744073709551615").map(|p| p.limit), Ok(0));
         assert_eq!(query("?since=10s"), Ok(page(None, 990_000, EVENTS_DEFAULT_LIMIT)));
         assert_eq!(query("?limit=2000"), Ok(page(None, 0, 2000)));
         for bad in [
@@ -1000,6 +1009,7 @@ mod tests {
             "?limit=x",
             "?since=",
             "?since=-3",
+            "?since=-0",
             "?since=99999999999999999999999",
             "?since=fast",
             "?after=3",
@@ -1012,17 +1022,18 @@ mod tests {
 
     #[test]
     fn events_are_paged_forward_from_a_sequence_number() {
-        let events: Vec<Event> = (1..=10).map(|s| event(s, s * 10)).collect();
+        let events: Vec<Event> = (0..=10).map(|s| event(s, s * 10)).collect();
         let seqs =
             |p: &EventsPage| -> Vec<u64> { select_events(events.iter(), p).iter().map(|e| e.seq).collect() };
-        let page = |after_seq, from_unix_ms, limit| EventsPage {
-            after_seq,
+        let page = |first_seq, from_unix_ms, limit| EventsPage {
+            first_seq,
             from_unix_ms,
             limit,
         };
-        assert_eq!(seqs(&page(Some(3), 0, 4)), vec![4, 5, 6, 7]);
-        assert_eq!(seqs(&page(Some(7), 0, 100)), vec![8, 9, 10]);
-        assert_eq!(seqs(&page(Some(10), 0, 100)), Vec::<u64>::new());
+        assert_eq!(seqs(&page(Some(0), 0, 3)), vec![0, 1, 2]);
+        assert_eq!(seqs(&page(Some(4), 0, 4)), vec![4, 5, 6, 7]);
+        assert_eq!(seqs(&page(Some(8), 0, 100)), vec![8, 9, 10]);
+        assert_eq!(seqs(&page(Some(11), 0, 100)), Vec::<u64>::new());
         // Without a sequence number: the newest, oldest first.
         assert_eq!(seqs(&page(None, 0, 3)), vec![8, 9, 10]);
         assert_eq!(seqs(&page(None, 75, 100)), vec![8, 9, 10]);
@@ -1081,7 +1092,7 @@ mod tests {
         ]) {
             if let Ok(uri) = format!("/v1/events?{q}").parse::<axum::http::Uri>() {
                 if let Ok(p) = parse_events_query(&uri, unix_ms()) {
-                    prop_assert!(p.limit >= 1 && p.limit <= EVENTS_MAX_LIMIT);
+                    prop_assert!(p.limit <= EVENTS_MAX_LIMIT);
                 }
             }
         }

@@ -238,7 +238,7 @@ fn build_view(
     let now_ms = node.to_ms(now);
     let unix_to_ms = |u: u64| {
         if u >= unix_now {
-            now_ms + (u - unix_now)
+            now_ms.saturating_add(u - unix_now)
         } else {
             now_ms.saturating_sub(unix_now - u)
         }
