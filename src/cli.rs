@@ -259,11 +259,24 @@ pub fn render_status(s: &Status) -> String {
     out
 }
 
-/// `standin events`.
-pub async fn events(api: &str, since: Option<&str>, json: bool) -> Result<(), CliError> {
-    let path = match since {
-        Some(s) => format!("/v1/events?since={s}"),
-        None => "/v1/events".to_string(),
+/// `standin events [--since SEQ|AGE] [--limit N]`.
+pub async fn events(
+    api: &str,
+    since: Option<&str>,
+    limit: Option<usize>,
+    json: bool,
+) -> Result<(), CliError> {
+    let mut query = Vec::new();
+    if let Some(s) = since {
+        query.push(format!("since={}", encode_query_value(s)));
+    }
+    if let Some(n) = limit {
+        query.push(format!("limit={n}"));
+    }
+    let path = if query.is_empty() {
+        "/v1/events".to_string()
+    } else {
+        format!("/v1/events?{}", query.join("&"))
     };
     let (events, raw) = get_json::<Vec<Event>>(api, &path).await?;
     if json {
@@ -294,6 +307,20 @@ pub async fn events(api: &str, since: Option<&str>, json: bool) -> Result<(), Cl
     }
     println!("{t}");
     Ok(())
+}
+
+/// Percent-encodes everything but unreserved characters, so any `--since` text makes a valid
+/// request (the API answers a bad value with a 400 naming it).
+fn encode_query_value(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 fn format_time(unix_ms: u64) -> String {
@@ -335,9 +362,13 @@ fn print_reply(r: &AdminReply, json: bool) {
 
 /// `standin switchover [--to NODE]` and `standin failback`: request, then wait until a new
 /// epoch is active (or the request is cancelled).
+///
+/// `expect` is the compare-and-set of `--from NODE` / `--epoch N`: the request is refused
+/// (exit 1) unless those still hold when the leader commits it.
 pub async fn switchover(
     api: &str,
     to: Option<&str>,
+    expect: (Option<&str>, Option<u64>),
     failback: bool,
     wait: Option<Duration>,
     json: bool,
@@ -346,7 +377,14 @@ pub async fn switchover(
     let r = if failback {
         post(api, "/v1/failback", None).await?
     } else {
-        post(api, "/v1/switchover", Some(serde_json::json!({ "to": to }))).await?
+        let mut body = serde_json::json!({ "to": to });
+        if let Some(f) = expect.0 {
+            body["from"] = f.into();
+        }
+        if let Some(e) = expect.1 {
+            body["epoch"] = e.into();
+        }
+        post(api, "/v1/switchover", Some(body)).await?
     };
     if !json {
         println!("{}", r.message);

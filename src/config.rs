@@ -132,6 +132,14 @@ pub struct ApiConfig {
     /// Whether read-only calls (status, events, watch, metrics, dashboard) work without the
     /// token. `/v1/lease` is always open: it is the managed service's local contract.
     pub read_open: bool,
+    /// A client must send a whole request head within this long after the connection opens
+    /// or the previous answer ends; otherwise the connection is closed. It is also the
+    /// keep-alive idle timeout (hyper starts the same timer while it waits for a request).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Open connections at most. At the cap, the oldest connection with no request in
+    /// progress is closed to make room; when every one is busy, the new one is closed.
+    pub max_connections: usize,
     /// The token in effect (from `token` or `token-file`), resolved when the config loads.
     #[serde(skip)]
     pub resolved_token: Option<String>,
@@ -143,6 +151,8 @@ impl Default for ApiConfig {
             token: None,
             token_file: None,
             read_open: true,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 256,
             resolved_token: None,
         }
     }
@@ -358,6 +368,24 @@ impl Default for Timing {
             max_lag: 64,
         }
     }
+}
+
+/// `now + d`, saturating: the latest representable instant at most `d` after `now` (never a
+/// panic on overflow, whatever a duration derived from the config or a peer amounts to).
+pub fn later(now: std::time::Instant, d: Duration) -> std::time::Instant {
+    let mut d = d;
+    loop {
+        if let Some(t) = now.checked_add(d) {
+            return t;
+        }
+        // Halving converges in at most 64 steps; `now + 0` always exists.
+        d /= 2;
+    }
+}
+
+/// [`later`] for tokio's clock.
+pub fn later_tokio(now: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::from_std(later(now.into_std(), d))
 }
 
 /// Whether the service runs on standbys too.
@@ -636,15 +664,34 @@ impl Default for Failback {
     }
 }
 
-/// Reads `path` and hands its text to `parse`; parse errors name the file.
+/// Largest config file read (a real one is a few KiB).
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Reads `path` (at most [`MAX_CONFIG_BYTES`]) and hands its text to `parse`; parse errors
+/// name the file.
 pub fn load_with<T>(
     path: &Path,
     parse: impl FnOnce(&str) -> Result<T, ConfigError>,
 ) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    use std::io::Read;
+    let read_error = |source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    // Read at most one byte past the limit: a huge file (or `/dev/zero`) is refused without
+    // being held in memory.
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(read_error)?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(read_error)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: format!("larger than {MAX_CONFIG_BYTES} bytes; this is not a standin config"),
+        });
+    }
     parse(&text).map_err(|e| match e {
         ConfigError::Parse { message, .. } => ConfigError::Parse {
             path: path.to_path_buf(),
@@ -762,6 +809,16 @@ impl Config {
         if t.heartbeat_interval < Duration::from_millis(5) {
             return Err(invalid("timing.heartbeat-interval", "must be at least 5ms"));
         }
+        at_most(
+            "timing.heartbeat-interval",
+            t.heartbeat_interval,
+            limits::HEARTBEAT,
+        )?;
+        at_most(
+            "timing.failure-timeout",
+            t.failure_timeout,
+            limits::FAILURE_TIMEOUT,
+        )?;
         if t.lease < t.heartbeat_interval.saturating_mul(3) {
             return Err(invalid(
                 "timing.lease",
@@ -774,8 +831,31 @@ impl Config {
                 "must be at least two heartbeat intervals, or one lost heartbeat causes a failover",
             ));
         }
+        // The coordinator waits for a deposed node's lease before promoting a successor: a
+        // lease longer than the failure timeout adds to every failover (operator guide), and
+        // a huge one stopped a node from ever becoming active without a word.
+        if t.lease > t.failure_timeout {
+            return Err(invalid(
+                "timing.lease",
+                format!(
+                    "must not exceed timing.failure-timeout ({}), or the lease adds to every failover",
+                    humantime::format_duration(t.failure_timeout)
+                ),
+            ));
+        }
         if t.promote_timeout.is_zero() {
             return Err(invalid("timing.promote-timeout", "must be greater than 0"));
+        }
+        at_most(
+            "timing.promote-timeout",
+            t.promote_timeout,
+            limits::PROMOTE_TIMEOUT,
+        )?;
+        if t.max_lag > limits::MAX_LAG {
+            return Err(invalid(
+                "timing.max-lag",
+                format!("must be at most {}", limits::MAX_LAG),
+            ));
         }
 
         match (me.kind, &self.service) {
@@ -800,6 +880,9 @@ impl Config {
                     "must not be less than restart-backoff-min",
                 ));
             }
+            at_most("service.stop-grace", s.stop_grace, limits::HOOK)?;
+            at_most("service.restart-backoff-min", s.restart_backoff_min, limits::HOOK)?;
+            at_most("service.restart-backoff-max", s.restart_backoff_max, limits::HOOK)?;
         }
         if me.kind == NodeKind::Witness && !self.checks.is_empty() {
             return Err(invalid(
@@ -835,6 +918,10 @@ impl Config {
             if c.fall == 0 {
                 return Err(invalid(format!("{key}.fall"), "must be at least 1"));
             }
+            at_most(&format!("{key}.interval"), c.interval, limits::HOOK)?;
+            at_most(&format!("{key}.timeout"), c.timeout, limits::HOOK)?;
+            count_at_most(&format!("{key}.rise"), c.rise.into(), limits::COUNT)?;
+            count_at_most(&format!("{key}.fall"), c.fall.into(), limits::COUNT)?;
             match &c.kind {
                 CheckKind::Http { url, status, .. } => {
                     if !url.starts_with("http://") {
@@ -897,6 +984,30 @@ impl Config {
         if self.alarms.timeout.is_zero() {
             return Err(invalid("alarms.timeout", "must be greater than 0"));
         }
+        count_at_most(
+            "alarms.attempts",
+            self.alarms.attempts.into(),
+            limits::ALARM_ATTEMPTS,
+        )?;
+        at_most("alarms.backoff", self.alarms.backoff, limits::HOOK)?;
+        at_most("alarms.timeout", self.alarms.timeout, limits::HOOK)?;
+        if self.api.header_read_timeout < Duration::from_millis(10) {
+            return Err(invalid("api.header-read-timeout", "must be at least 10ms"));
+        }
+        at_most(
+            "api.header-read-timeout",
+            self.api.header_read_timeout,
+            limits::HOOK,
+        )?;
+        if self.api.max_connections == 0 {
+            return Err(invalid("api.max-connections", "must be at least 1"));
+        }
+        count_at_most(
+            "api.max-connections",
+            self.api.max_connections as u64,
+            limits::API_CONNECTIONS,
+        )?;
+        at_most("failback.hold-down", self.failback.hold_down, limits::DAY)?;
         if let Some(a) = &self.address {
             if me.kind == NodeKind::Witness {
                 return Err(invalid(
@@ -939,6 +1050,7 @@ impl Config {
                     "must be 0 (off) or at least 100ms",
                 ));
             }
+            at_most("address.garp-refresh", a.garp_refresh, limits::HOOK)?;
         }
         if let Some(p) = &self.proxy {
             p.validate()?;
@@ -946,11 +1058,58 @@ impl Config {
         if self.hooks.timeout.is_zero() {
             return Err(invalid("hooks.timeout", "must be greater than 0"));
         }
+        at_most("hooks.timeout", self.hooks.timeout, limits::HOOK)?;
         if me.kind == NodeKind::Data && self.timing.promote_timeout < self.hooks.timeout.saturating_mul(2) {
             return Err(invalid(
                 "timing.promote-timeout",
                 "must cover on-fence and on-promote: at least twice hooks.timeout",
             ));
+        }
+        self.check_own_ports(me)?;
+        Ok(())
+    }
+
+    /// Two of this node's own listeners on one port (the same IP, or either on a wildcard
+    /// address) would fail only at start-up, after the cluster counted on the node.
+    fn check_own_ports(&self, me: &Member) -> Result<(), ConfigError> {
+        let index = self.members.iter().position(|m| m.id == me.id).unwrap_or(0);
+        let mut own: Vec<(String, SocketAddr)> = Vec::new();
+        match &self.node.listen {
+            Some(listen) => own.extend(
+                listen
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| (format!("node.listen[{i}]"), *a)),
+            ),
+            None => own.extend(
+                me.addresses
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| (format!("member[{index}].addresses[{i}]"), *a)),
+            ),
+        }
+        own.push((format!("member[{index}].admin"), me.admin));
+        if let Some(st) = &self.store {
+            own.push(("store.listen".into(), st.listen));
+        }
+        if let Some(p) = &self.proxy {
+            if let Some(a) = p.admin {
+                own.push(("proxy.admin".into(), a));
+            }
+            for (i, l) in p.listeners.iter().enumerate() {
+                own.push((format!("proxy.listener[{i}].listen"), l.listen));
+            }
+        }
+        for (i, (key, addr)) in own.iter().enumerate() {
+            if addr.port() == 0 {
+                continue;
+            }
+            if let Some((other, _)) = own[..i].iter().find(|(_, a)| ports_clash(*a, *addr)) {
+                return Err(invalid(
+                    key.clone(),
+                    format!("{addr} clashes with `{other}` (the same port on this node)"),
+                ));
+            }
         }
         Ok(())
     }
@@ -969,6 +1128,52 @@ impl Config {
     pub fn member_by_raft_id(&self, rid: u64) -> Option<&Member> {
         self.members.iter().find(|m| raft_id(&m.id) == rid)
     }
+}
+
+/// Upper bounds of configured durations and counts. Each is far beyond any sensible setting and
+/// small enough that no derived value (`failure-timeout × 20`, `Instant + lease`, a doubled
+/// backoff) can overflow.
+pub mod limits {
+    use std::time::Duration;
+
+    pub const HEARTBEAT: Duration = Duration::from_secs(10);
+    pub const FAILURE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const PROMOTE_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
+    /// Hooks, checks, service stop and restart, alarms, the API's header read timeout.
+    pub const HOOK: Duration = Duration::from_secs(3600);
+    pub const DAY: Duration = Duration::from_secs(24 * 3600);
+    pub const MAX_LAG: u64 = 1_000_000_000;
+    /// `rise`, `fall`, consecutive failures.
+    pub const COUNT: u64 = 1000;
+    pub const ALARM_ATTEMPTS: u64 = 100;
+    pub const API_CONNECTIONS: u64 = 65_536;
+}
+
+/// `key` must be at most `max`.
+pub(crate) fn at_most(key: &str, d: Duration, max: Duration) -> Result<(), ConfigError> {
+    if d > max {
+        Err(invalid(
+            key,
+            format!("must be at most {}", humantime::format_duration(max)),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// `key` must be at most `max`.
+pub(crate) fn count_at_most(key: &str, n: u64, max: u64) -> Result<(), ConfigError> {
+    if n > max {
+        Err(invalid(key, format!("must be at most {max}")))
+    } else {
+        Ok(())
+    }
+}
+
+/// Whether two listening addresses take the same port on this host: the same IP, or either a
+/// wildcard (`0.0.0.0`, `::`).
+fn ports_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 fn validate_name(key: &str, name: &str) -> Result<(), ConfigError> {
@@ -1723,11 +1928,173 @@ args = ["1000"]
 
     #[test]
     fn boundary_timings_are_accepted() {
-        // Exactly three heartbeats of lease and two of failure timeout are enough.
+        // Exactly three heartbeats of lease, and a failure timeout equal to the lease.
         let text = full_with("lease = \"200ms\"", "lease = \"150ms\"")
-            .replace("failure-timeout = \"250ms\"", "failure-timeout = \"100ms\"");
+            .replace("failure-timeout = \"250ms\"", "failure-timeout = \"150ms\"");
         let c = Config::parse(&text).expect("valid");
-        assert_eq!((c.timing.lease, c.timing.failure_timeout), (ms(150), ms(100)));
+        assert_eq!((c.timing.lease, c.timing.failure_timeout), (ms(150), ms(150)));
+        // And every upper bound itself.
+        let text = FULL
+            .replace("heartbeat-interval = \"50ms\"", "heartbeat-interval = \"10s\"")
+            .replace("failure-timeout = \"250ms\"", "failure-timeout = \"60s\"")
+            .replace("lease = \"200ms\"", "lease = \"60s\"")
+            .replace("promote-timeout = \"6s\"", "promote-timeout = \"2h\"")
+            .replace("timeout = \"3s\"", "timeout = \"1h\"")
+            .replace("hold-down = \"45s\"", "hold-down = \"1day\"")
+            .replace("max-lag = 16", "max-lag = 1000000000");
+        let c = Config::parse(&format!(
+            "{text}\n[api]\nheader-read-timeout = \"1h\"\nmax-connections = 65536\n"
+        ))
+        .expect("the bounds themselves are valid");
+        assert_eq!(c.timing.failure_timeout, Duration::from_secs(60));
+        assert_eq!(c.api.max_connections, 65_536);
+    }
+
+    /// Finding 12 of issue 12: absurd values passed `check-config` (a lease of 2^64-1 s, a
+    /// failure timeout of 500000000 years) and derived arithmetic could overflow. Every
+    /// duration and count has an upper bound, named in the error.
+    #[test]
+    fn every_duration_and_count_has_an_upper_bound_naming_its_key() {
+        let huge = "\"500000000y\"";
+        let cases: Vec<(String, &str)> = vec![
+            (
+                full_with("heartbeat-interval = \"50ms\"", "heartbeat-interval = \"11s\""),
+                "timing.heartbeat-interval",
+            ),
+            (
+                full_with(
+                    "failure-timeout = \"250ms\"",
+                    &format!("failure-timeout = {huge}"),
+                ),
+                "timing.failure-timeout",
+            ),
+            (
+                full_with("failure-timeout = \"250ms\"", "failure-timeout = \"61s\""),
+                "timing.failure-timeout",
+            ),
+            (
+                full_with("lease = \"200ms\"", "lease = \"18446744073709551615s\""),
+                "timing.lease",
+            ),
+            (
+                full_with("lease = \"200ms\"", "lease = \"251ms\""),
+                "timing.lease",
+            ),
+            (
+                full_with("promote-timeout = \"6s\"", "promote-timeout = \"3h\""),
+                "timing.promote-timeout",
+            ),
+            (
+                full_with("max-lag = 16", "max-lag = 1000000001"),
+                "timing.max-lag",
+            ),
+            (
+                full_with("stop-grace = \"2s\"", "stop-grace = \"2h\""),
+                "service.stop-grace",
+            ),
+            (
+                full_with("restart-backoff-max = \"1m\"", "restart-backoff-max = \"2h\""),
+                "service.restart-backoff-max",
+            ),
+            (
+                full_with("restart-backoff-min = \"50ms\"", "restart-backoff-min = \"2h\"")
+                    .replace("restart-backoff-max = \"1m\"", "restart-backoff-max = \"3h\""),
+                "service.restart-backoff-min",
+            ),
+            (
+                full_with("interval = \"100ms\"", "interval = \"2h\""),
+                "check[0].interval",
+            ),
+            (
+                full_with("timeout = \"80ms\"", "timeout = \"2h\""),
+                "check[0].timeout",
+            ),
+            (full_with("rise = 3", "rise = 1001"), "check[0].rise"),
+            (full_with("fall = 1", "fall = 1001"), "check[0].fall"),
+            (full_with("timeout = \"3s\"", "timeout = \"2h\""), "hooks.timeout"),
+            (
+                full_with("hold-down = \"45s\"", "hold-down = \"2days\""),
+                "failback.hold-down",
+            ),
+            (
+                full_with(
+                    "garp-interval = \"50ms\"",
+                    "garp-interval = \"50ms\"\ngarp-refresh = \"2h\"",
+                ),
+                "address.garp-refresh",
+            ),
+            (format!("{FULL}\n[alarms]\nattempts = 101\n"), "alarms.attempts"),
+            (format!("{FULL}\n[alarms]\nbackoff = {huge}\n"), "alarms.backoff"),
+            (format!("{FULL}\n[alarms]\ntimeout = \"2h\"\n"), "alarms.timeout"),
+            (
+                format!("{FULL}\n[api]\nheader-read-timeout = \"2h\"\n"),
+                "api.header-read-timeout",
+            ),
+            (
+                format!("{FULL}\n[api]\nheader-read-timeout = \"1ms\"\n"),
+                "api.header-read-timeout",
+            ),
+            (
+                format!("{FULL}\n[api]\nmax-connections = 0\n"),
+                "api.max-connections",
+            ),
+            (
+                format!("{FULL}\n[api]\nmax-connections = 65537\n"),
+                "api.max-connections",
+            ),
+        ];
+        for (text, key) in cases {
+            match Config::parse(&text) {
+                Ok(_) => panic!("`{key}`: an absurd value was accepted"),
+                Err(ConfigError::Invalid { key: k, reason }) => assert_eq!(k, key, "{reason}"),
+                Err(e) => panic!("`{key}`: expected a validation error, got: {e}"),
+            }
+        }
+    }
+
+    /// Finding 15 of issue 12: two of a node's own listeners on one port passed
+    /// `check-config`. The error names both keys.
+    #[test]
+    fn a_port_clash_between_own_listeners_names_both_keys() {
+        let store = |listen: &str| format!("{FULL}\n[store]\nlisten = \"{listen}\"\n");
+        let proxy = |admin: &str, listen: &str| {
+            format!(
+                "{FULL}\n[proxy]\ncluster = [\"10.0.0.1:7180\"]\nadmin = \"{admin}\"\n[[proxy.listener]]\nname = \"s\"\nlisten = \"{listen}\"\n"
+            )
+        };
+        for (text, key, other) in [
+            (store("10.0.0.1:7180"), "store.listen", "member[0].admin"),
+            (store("0.0.0.0:7100"), "store.listen", "member[0].addresses[0]"),
+            (
+                proxy("127.0.0.1:9000", "10.1.0.1:7100"),
+                "proxy.listener[0].listen",
+                "member[0].addresses[1]",
+            ),
+            (
+                proxy("0.0.0.0:7180", "127.0.0.1:9001"),
+                "proxy.admin",
+                "member[0].admin",
+            ),
+            (
+                full_with(
+                    "data-dir = \"/var/lib/standin\"",
+                    "data-dir = \"/var/lib/standin\"\nlisten = [\"0.0.0.0:7180\", \"0.0.0.0:7101\"]",
+                ),
+                "member[0].admin",
+                "node.listen[0]",
+            ),
+        ] {
+            match Config::parse(&text) {
+                Err(ConfigError::Invalid { key: k, reason }) => {
+                    assert_eq!(k, key, "{reason}");
+                    assert!(reason.contains(&format!("`{other}`")), "{key}: {reason}");
+                }
+                other => panic!("{key}: expected a port clash, got {other:?}"),
+            }
+        }
+        // Different ports, or another member's address on the same port: fine.
+        Config::parse(&store("10.0.0.1:6380")).expect("no clash");
+        Config::parse(&proxy("127.0.0.1:9000", "127.0.0.1:7180")).expect("another IP, no wildcard");
     }
 
     #[test]
@@ -1770,7 +2137,74 @@ args = ["1000"]
             "heartbeat-interval = \"50ms\"",
             "heartbeat-interval = \"300000000000years\"",
         );
-        assert_invalid(&text, "timing.lease");
+        assert_invalid(&text, "timing.heartbeat-interval");
+    }
+
+    #[test]
+    fn later_saturates_instead_of_panicking() {
+        let now = std::time::Instant::now();
+        assert_eq!(later(now, Duration::from_secs(1)), now + Duration::from_secs(1));
+        let far = later(now, Duration::MAX);
+        assert!(far > now);
+        let t = tokio::time::Instant::now();
+        assert!(later_tokio(t, Duration::MAX) > t);
+    }
+
+    #[test]
+    fn an_oversized_config_file_is_refused_without_reading_it_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.toml");
+        std::fs::write(
+            &path,
+            format!("{MINIMAL}\n# {}\n", "x".repeat(MAX_CONFIG_BYTES as usize)),
+        )
+        .unwrap();
+        let e = Config::load(&path).unwrap_err();
+        assert!(
+            matches!(e, ConfigError::Parse { .. }) && e.to_string().contains("larger than"),
+            "{e}"
+        );
+    }
+
+    /// Config text: arbitrary bytes, `FULL` mutated at one point, and deep nesting of arrays,
+    /// inline tables, dotted keys and table headers.
+    fn config_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            "\\PC{0,400}",
+            (any::<usize>(), 0usize..16, "\\PC{0,12}", 0usize..3).prop_map(|(at, len, piece, how)| {
+                let floor = |mut i: usize| {
+                    while !FULL.is_char_boundary(i) {
+                        i -= 1;
+                    }
+                    i
+                };
+                let at = floor(at % (FULL.len() + 1));
+                match how {
+                    0 => format!("{}{piece}{}", &FULL[..at], &FULL[at..]),
+                    1 => format!("{}{piece}", &FULL[..at]),
+                    _ => format!("{}{}", &FULL[..at], &FULL[floor((at + len).min(FULL.len()))..]),
+                }
+            }),
+            (1usize..3000, 0usize..4).prop_map(|(n, shape)| match shape {
+                0 => format!("{FULL}\nx = {}{}\n", "[".repeat(n), "]".repeat(n)),
+                1 => format!("{FULL}\nx = {}{}\n", "{a=".repeat(n), "}".repeat(n)),
+                2 => format!("{FULL}\n{} = 1\n", vec!["k"; n].join(".")),
+                _ => format!("{FULL}\n[{}]\n", vec!["k"; n].join(".")),
+            }),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Issue 12 fuzzing: the TOML loader and `validate()` never panic or overflow the stack,
+        /// whatever the text.
+        #[test]
+        fn arbitrary_config_text_never_panics(text in config_text()) {
+            let _ = Config::parse(&text);
+            let _ = crate::address::proxy::config::ProxyConfig::parse(&text);
+        }
     }
 
     #[test]

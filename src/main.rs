@@ -44,6 +44,12 @@ enum Cmd {
         /// Target node (default: the best standby).
         #[arg(long)]
         to: Option<String>,
+        /// Only if this node is still the active one (refused otherwise: safe to retry).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only if the epoch is still this one (refused otherwise: safe to retry).
+        #[arg(long)]
+        epoch: Option<u64>,
         /// How long to wait for the new active node ("0s": do not wait).
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         wait: Duration,
@@ -84,9 +90,12 @@ enum Cmd {
     Events {
         #[command(flatten)]
         api: Api,
-        /// Only events newer than this (e.g. 10m).
+        /// Only events after this sequence number (e.g. 120), or newer than this age (e.g. 10m).
         #[arg(long)]
         since: Option<String>,
+        /// At most this many events (default 100, at most 2000).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=2000))]
+        limit: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -412,13 +421,21 @@ async fn async_main(args: Args) -> ExitCode {
         }
         Cmd::ProxyStatus { proxy, json } => cli_result(cli::proxy_status(&proxy, json).await),
         Cmd::Status { api, json } => cli_result(cli::status(&api.api, json).await),
-        Cmd::Switchover { api, to, wait, json } => {
+        Cmd::Switchover {
+            api,
+            to,
+            from,
+            epoch,
+            wait,
+            json,
+        } => {
             let wait = (!wait.is_zero()).then_some(wait);
-            cli_result(cli::switchover(&api.api, to.as_deref(), false, wait, json).await)
+            let expect = (from.as_deref(), epoch);
+            cli_result(cli::switchover(&api.api, to.as_deref(), expect, false, wait, json).await)
         }
         Cmd::Failback { api, wait, json } => {
             let wait = (!wait.is_zero()).then_some(wait);
-            cli_result(cli::switchover(&api.api, None, true, wait, json).await)
+            cli_result(cli::switchover(&api.api, None, (None, None), true, wait, json).await)
         }
         Cmd::Maintenance {
             api,
@@ -427,7 +444,12 @@ async fn async_main(args: Args) -> ExitCode {
             json,
         } => cli_result(cli::maintenance(&api.api, &node, mode == "on", json).await),
         Cmd::Drain { api, node, off, json } => cli_result(cli::drain(&api.api, &node, !off, json).await),
-        Cmd::Events { api, since, json } => cli_result(cli::events(&api.api, since.as_deref(), json).await),
+        Cmd::Events {
+            api,
+            since,
+            limit,
+            json,
+        } => cli_result(cli::events(&api.api, since.as_deref(), limit.map(|n| n as usize), json).await),
         Cmd::Demo { dir } => {
             init_tracing();
             let token = CancellationToken::new();

@@ -81,6 +81,16 @@ fn bad_values_exit_64_naming_the_key() {
     let cases = [
         ("[timing]\nlease = \"fast\"", "lease"),
         ("[timing]\nlease = \"150ms\"", "timing.lease"),
+        // Issue 12: absurd values, a lease longer than the failure timeout, and two of the
+        // node's own listeners on one port passed `check-config`.
+        (
+            "[timing]\nfailure-timeout = \"500000000y\"",
+            "timing.failure-timeout",
+        ),
+        ("[timing]\nlease = \"18446744073709551615s\"", "timing.lease"),
+        ("[timing]\nlease = \"600ms\"", "timing.lease"),
+        ("[hooks]\ntimeout = \"2h\"", "hooks.timeout"),
+        ("[store]\nlisten = \"127.0.0.1:1\"", "store.listen"),
         (
             "[[check]]\nname = \"h\"\nkind = \"http\"\nurl = \"ftp://x\"",
             "check[0].url",
@@ -101,16 +111,30 @@ fn bad_values_exit_64_naming_the_key() {
     for (extra, key) in cases {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, config(free_port(), extra)).unwrap();
-        let out = Command::new(binary())
-            .arg("node")
-            .arg("--config")
-            .arg(&path)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(64), "{extra}: {err}");
-        assert!(err.contains(key), "{extra}: message must name {key}: {err}");
+        for cmd in [vec!["node", "--config"], vec!["check-config"]] {
+            let out = Command::new(binary()).args(&cmd).arg(&path).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(64), "{cmd:?} {extra}: {err}");
+            assert!(
+                err.contains(key),
+                "{cmd:?} {extra}: message must name {key}: {err}"
+            );
+        }
     }
+    // The port clash names both keys.
+    let path = dir.path().join("clash.toml");
+    std::fs::write(&path, config(free_port(), "[store]\nlisten = \"0.0.0.0:1\"")).unwrap();
+    let out = Command::new(binary())
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("`store.listen`") && err.contains("`member[0].addresses[0]`"),
+        "{err}"
+    );
 }
 
 #[test]

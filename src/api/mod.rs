@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod metrics;
+pub mod serve;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -118,10 +119,24 @@ pub struct LeaseStatus {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "action", rename_all = "kebab-case")]
 pub enum AdminAction {
-    Switchover { to: Option<String> },
+    Switchover {
+        to: Option<String>,
+        /// Only if this node is still the active one (compare-and-set).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
+        /// Only if the epoch is still this one (compare-and-set).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<u64>,
+    },
     Failback,
-    Maintenance { node: String, on: bool },
-    Drain { node: String, on: bool },
+    Maintenance {
+        node: String,
+        on: bool,
+    },
+    Drain {
+        node: String,
+        on: bool,
+    },
 }
 
 /// The answer to a mutation.
@@ -129,7 +144,21 @@ pub enum AdminAction {
 pub struct AdminReply {
     pub ok: bool,
     pub message: String,
-    /// The epoch when the request was accepted (a switchover completes at a higher one).
+    /// The epoch when the request was accepted (a switchover completes at a higher one); on a
+    /// failed compare-and-set (`ok: false`), the current epoch.
+    pub epoch: u64,
+    /// On a failed compare-and-set: the current active node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<String>,
+}
+
+/// The 409 body of a switchover whose `from`/`epoch` no longer match: the error and the
+/// current values, so the caller can decide whether its request was already carried out.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PreconditionFailed {
+    pub error: String,
+    pub retry: bool,
+    pub active: Option<String>,
     pub epoch: u64,
 }
 
@@ -158,22 +187,7 @@ impl AdminError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody {
-    error: String,
-    retry: bool,
-}
-
-fn error_response(status: StatusCode, message: String, retry: bool) -> Response {
-    (
-        status,
-        Json(ErrorBody {
-            error: message,
-            retry,
-        }),
-    )
-        .into_response()
-}
+use serve::error_response;
 
 /// Access control (`[api]`): mutating calls need the bearer token when one is configured;
 /// read-only calls too unless `read-open`. `/v1/lease` is always open (the managed service's
@@ -252,9 +266,21 @@ fn token_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Serves the admin API until `cancel` fires.
+/// Serves the admin API until `cancel` fires, with the budgets of `[api]` (see [`serve`]).
 pub async fn serve(listener: TcpListener, node: Arc<Node>, cancel: CancellationToken) {
-    let app = Router::new()
+    let limits = serve::Limits {
+        header_read_timeout: node.config.api.header_read_timeout,
+        max_connections: node.config.api.max_connections,
+    };
+    serve::serve(listener, router(node), limits, cancel).await;
+}
+
+/// The admin API's routes and middleware.
+fn router(node: Arc<Node>) -> Router {
+    let watchers = Arc::new(tokio::sync::Semaphore::new(
+        (node.config.api.max_connections / 2).max(1),
+    ));
+    Router::new()
         .route("/v1/status", get(status_handler))
         .route("/v1/events", get(events_handler))
         .route("/v1/lease", get(lease_handler))
@@ -262,19 +288,17 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, cancel: CancellationT
         .route("/v1/failback", post(failback_handler))
         .route("/v1/maintenance", post(maintenance_handler))
         .route("/v1/drain", post(drain_handler))
-        .route("/v1/watch", get(watch_handler))
+        .route(
+            "/v1/watch",
+            get(move |State(node): State<Arc<Node>>| watch_handler(node, watchers.clone())),
+        )
         .route("/metrics", get(metrics_handler))
         .route("/", get(dashboard_handler))
         .route("/dashboard", get(dashboard_handler))
+        .fallback(serve::not_found)
         .layer(axum::middleware::from_fn_with_state(node.clone(), access))
         .layer(axum::middleware::from_fn(cors))
-        .with_state(node);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "admin API stopped");
-    }
+        .with_state(node)
 }
 
 /// This node's own view, as JSON.
@@ -455,32 +479,97 @@ async fn status_handler(State(node): State<Arc<Node>>) -> Json<Status> {
     Json(cluster_status(&node).await)
 }
 
-#[derive(Deserialize)]
-struct EventsQuery {
-    /// Only events newer than this (e.g. "10m").
-    since: Option<String>,
+/// Events per `/v1/events` answer unless `limit` says otherwise.
+pub const EVENTS_DEFAULT_LIMIT: usize = 100;
+/// Most events per `/v1/events` answer.
+pub const EVENTS_MAX_LIMIT: usize = 2000;
+
+/// Which events `/v1/events` returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsPage {
+    /// Only events with a sequence number of at least this, oldest first (`since=SEQ` is
+    /// `SEQ + 1`; `since=-1` is 0, the very first event).
+    pub first_seq: Option<u64>,
+    /// Only events at or after this Unix time (ms).
+    pub from_unix_ms: u64,
+    pub limit: usize,
 }
 
-async fn events_handler(State(node): State<Arc<Node>>, Query(q): Query<EventsQuery>) -> Response {
-    let cutoff = match q.since.as_deref().map(humantime::parse_duration) {
-        None => 0,
-        Some(Ok(d)) => unix_ms().saturating_sub(d.as_millis() as u64),
-        Some(Err(e)) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                format!("invalid `since`: {e} (use e.g. 30s, 10m, 2h)"),
-                false,
-            )
-        }
+/// Parses `/v1/events`' query: `since=SEQ` (a sequence number: events after it, oldest
+/// first; `-1`: from the first event, whose number is 0) or `since=AGE` (a duration such as
+/// `10m`: events that recent), and `limit=N`
+/// (default [`EVENTS_DEFAULT_LIMIT`], at most [`EVENTS_MAX_LIMIT`]). Without `since` the
+/// newest `limit` events are returned. Unknown parameters are refused.
+pub fn parse_events_query(uri: &axum::http::Uri, now_unix_ms: u64) -> Result<EventsPage, String> {
+    let mut page = EventsPage {
+        first_seq: None,
+        from_unix_ms: 0,
+        limit: EVENTS_DEFAULT_LIMIT,
     };
-    let events: Vec<Event> = node.cluster.sm.read(|d| {
-        d.state
-            .events
-            .iter()
-            .filter(|e| e.at_unix_ms >= cutoff)
-            .cloned()
-            .collect()
-    });
+    let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .map_err(|e| format!("invalid query: {}", e.body_text()))?;
+    for (k, v) in pairs {
+        match k.as_str() {
+            "since" if v == "-1" => page.first_seq = Some(0),
+            "since" if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+                let seq: u64 = v
+                    .parse()
+                    .map_err(|_| format!("invalid `since`: {v:?} is not a sequence number"))?;
+                // Nothing comes after the largest sequence number.
+                page.first_seq = Some(seq.saturating_add(1));
+                if seq == u64::MAX {
+                    page.limit = 0;
+                }
+            }
+            "since" => {
+                let d = humantime::parse_duration(&v).map_err(|e| {
+                    format!("invalid `since`: {e} (a sequence number, or an age such as 30s, 10m, 2h)")
+                })?;
+                page.from_unix_ms =
+                    now_unix_ms.saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            }
+            "limit" => {
+                let n: usize = v
+                    .parse()
+                    .map_err(|_| format!("invalid `limit`: {v:?} is not a number"))?;
+                if n == 0 || n > EVENTS_MAX_LIMIT {
+                    return Err(format!(
+                        "invalid `limit`: must be between 1 and {EVENTS_MAX_LIMIT}"
+                    ));
+                }
+                page.limit = n;
+            }
+            other => return Err(format!("unknown query parameter `{other}` (since, limit)")),
+        }
+    }
+    Ok(page)
+}
+
+/// The events of `page`, oldest first: after a sequence number, the first `limit` of them
+/// (so a client pages forward with the last `seq` it got); otherwise the newest `limit`.
+pub fn select_events<'a>(
+    events: impl DoubleEndedIterator<Item = &'a Event>,
+    page: &EventsPage,
+) -> Vec<Event> {
+    let keep = |e: &&Event| page.first_seq.is_none_or(|s| e.seq >= s) && e.at_unix_ms >= page.from_unix_ms;
+    if page.first_seq.is_some() {
+        events.filter(keep).take(page.limit).cloned().collect()
+    } else {
+        let mut newest: Vec<Event> = events.rev().filter(keep).take(page.limit).cloned().collect();
+        newest.reverse();
+        newest
+    }
+}
+
+async fn events_handler(State(node): State<Arc<Node>>, uri: axum::http::Uri) -> Response {
+    let page = match parse_events_query(&uri, unix_ms()) {
+        Ok(p) => p,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, e, false),
+    };
+    let events = node
+        .cluster
+        .sm
+        .read(|d| select_events(d.state.events.iter(), &page));
     Json(events).into_response()
 }
 
@@ -519,9 +608,24 @@ async fn lease_handler(State(node): State<Arc<Node>>) -> Json<LeaseStatus> {
     })
 }
 
-#[derive(Deserialize, Default)]
-struct SwitchoverBody {
-    to: Option<String>,
+/// `POST /v1/switchover`: every field optional; an empty body means "the best standby, now".
+#[derive(Debug, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchoverBody {
+    #[serde(alias = "target")]
+    pub to: Option<String>,
+    /// Refuse (409) unless this node is the active one when the request is committed.
+    pub from: Option<String>,
+    /// Refuse (409) unless the epoch is this one when the request is committed.
+    pub epoch: Option<u64>,
+}
+
+/// An empty (or blank) body is the default request; anything else must be a valid body.
+pub fn parse_switchover_body(body: &[u8]) -> Result<SwitchoverBody, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(SwitchoverBody::default());
+    }
+    serde_json::from_slice(body).map_err(|e| format!("invalid switchover request: {e}"))
 }
 
 #[derive(Deserialize)]
@@ -530,9 +634,20 @@ struct MaintenanceBody {
     on: bool,
 }
 
-async fn switchover_handler(State(node): State<Arc<Node>>, body: Option<Json<SwitchoverBody>>) -> Response {
-    let to = body.and_then(|b| b.0.to);
-    admin(&node, AdminAction::Switchover { to }).await
+async fn switchover_handler(State(node): State<Arc<Node>>, body: axum::body::Bytes) -> Response {
+    let b = match parse_switchover_body(&body) {
+        Ok(b) => b,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, e, false),
+    };
+    admin(
+        &node,
+        AdminAction::Switchover {
+            to: b.to,
+            from: b.from,
+            epoch: b.epoch,
+        },
+    )
+    .await
 }
 
 async fn failback_handler(State(node): State<Arc<Node>>) -> Response {
@@ -585,15 +700,22 @@ const WATCH_MAX_GAP: Duration = Duration::from_secs(1);
 /// `GET /v1/watch`: server-sent events, `event: status` with this node's own view as JSON
 /// (not the leader's: it keeps working while this node is cut off, marked `stale`). Sent on
 /// connect, on every newly applied entry (at most every 10 ms) and at least every second.
-async fn watch_handler(
-    State(node): State<Arc<Node>>,
-) -> axum::response::sse::Sse<
-    impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
-> {
+///
+/// Streams keep their connection busy for as long as they run, so at most half of
+/// `[api] max-connections` may be open at once (more get a 503 to retry): the other half stays
+/// for operators' calls.
+async fn watch_handler(node: Arc<Node>, watchers: Arc<tokio::sync::Semaphore>) -> Response {
+    let Ok(permit) = watchers.try_acquire_owned() else {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many /v1/watch streams on this node; retry, or watch another node".into(),
+            true,
+        );
+    };
     let applied = node.cluster.sm.subscribe();
     let stream = futures::stream::unfold(
-        (node, applied, None::<tokio::time::Instant>),
-        |(node, mut applied, last)| async move {
+        (node, applied, None::<tokio::time::Instant>, permit),
+        |(node, mut applied, last, permit)| async move {
             if let Some(last) = last {
                 tokio::time::sleep_until(last + WATCH_MIN_GAP).await;
                 // A change, or the longest gap passed. An error: the state machine is gone (the
@@ -606,10 +728,13 @@ async fn watch_handler(
             let status = build_status(&node);
             let data = serde_json::to_string(&status).unwrap_or_default();
             let event = axum::response::sse::Event::default().event("status").data(data);
-            Some((Ok(event), (node, applied, Some(tokio::time::Instant::now()))))
+            Some((
+                Ok::<_, std::convert::Infallible>(event),
+                (node, applied, Some(tokio::time::Instant::now()), permit),
+            ))
         },
     );
-    axum::response::sse::Sse::new(stream)
+    axum::response::sse::Sse::new(stream).into_response()
 }
 
 async fn admin(node: &Arc<Node>, action: AdminAction) -> Response {
@@ -622,6 +747,16 @@ async fn admin(node: &Arc<Node>, action: AdminAction) -> Response {
         Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), false),
     };
     match forward_admin(node, &body).await {
+        Ok(reply) if !reply.ok => (
+            StatusCode::CONFLICT,
+            Json(PreconditionFailed {
+                error: reply.message,
+                retry: false,
+                active: reply.active,
+                epoch: reply.epoch,
+            }),
+        )
+            .into_response(),
         Ok(reply) => Json(reply).into_response(),
         Err(e) => error_response(e.status(), e.to_string(), e.retryable()),
     }
@@ -677,7 +812,15 @@ fn validate_admin(cfg: &crate::config::Config, action: &AdminAction) -> Result<(
         }
     };
     match action {
-        AdminAction::Switchover { to: Some(t) } => data_member(t),
+        AdminAction::Switchover { to, from, .. } => {
+            if let Some(f) = from {
+                data_member(f)?;
+            }
+            match to {
+                Some(t) => data_member(t),
+                None => Ok(()),
+            }
+        }
         AdminAction::Maintenance { node, .. } if cfg.member(node).is_none() => Err(AdminError::Invalid(
             format!("{node} is not a member of the cluster"),
         )),
@@ -694,7 +837,18 @@ pub async fn apply_admin(node: &Arc<Node>, body: &str) -> Result<String, AdminEr
     let (active, epoch) = node.cluster.sm.read(|d| (d.state.active.clone(), d.state.epoch));
     let at = unix_ms();
     let (cmd, message) = match action {
-        AdminAction::Switchover { to } => {
+        AdminAction::Switchover {
+            to,
+            from,
+            epoch: want,
+        } => {
+            // Compare-and-set: answered with the current values, and checked again when the
+            // command is applied (two identical requests make one switchover).
+            let matches =
+                from.as_ref().is_none_or(|f| active.as_ref() == Some(f)) && want.is_none_or(|e| e == epoch);
+            if !matches {
+                return precondition_failed(active, epoch);
+            }
             if let Some(t) = &to {
                 if active.as_deref() == Some(t.as_str()) {
                     return Err(AdminError::Refused(format!("{t} is already active")));
@@ -710,14 +864,22 @@ pub async fn apply_admin(node: &Arc<Node>, body: &str) -> Result<String, AdminEr
                 active.as_deref().unwrap_or("-"),
                 to.as_deref().unwrap_or("the best standby")
             );
-            (
+            let cmd = if from.is_some() || want.is_some() {
+                Command::SwitchoverIf {
+                    target: to,
+                    cause: Cause::Switchover,
+                    at,
+                    from,
+                    epoch: want,
+                }
+            } else {
                 Command::Switchover {
                     target: to,
                     cause: Cause::Switchover,
                     at,
-                },
-                msg,
-            )
+                }
+            };
+            (cmd, msg)
         }
         AdminAction::Failback => {
             if active.is_none() {
@@ -741,14 +903,198 @@ pub async fn apply_admin(node: &Arc<Node>, body: &str) -> Result<String, AdminEr
             (Command::Drain { node: n, on, at }, msg)
         }
     };
+    let conditional = matches!(cmd, Command::SwitchoverIf { .. });
     let r = node.cluster.write_local(cmd).await?;
     if !r.ok {
+        if conditional && r.message.starts_with("precondition failed") {
+            let (active, epoch) = node.cluster.sm.read(|d| (d.state.active.clone(), d.state.epoch));
+            return precondition_failed(active, epoch);
+        }
         return Err(AdminError::Refused(r.message));
     }
     let reply = AdminReply {
         ok: true,
         message,
         epoch,
+        active: None,
     };
     serde_json::to_string(&reply).map_err(|e| AdminError::Refused(e.to_string()))
+}
+
+/// A failed compare-and-set, as an answer that reaches the API through a forwarding node
+/// (`ok: false` with the current values; the API turns it into a 409).
+fn precondition_failed(active: Option<String>, epoch: u64) -> Result<String, AdminError> {
+    let reply = AdminReply {
+        ok: false,
+        message: format!(
+            "precondition failed: active is {} at epoch {epoch}",
+            active.as_deref().unwrap_or("none")
+        ),
+        epoch,
+        active,
+    };
+    serde_json::to_string(&reply).map_err(|e| AdminError::Refused(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn event(seq: u64, at: u64) -> Event {
+        Event {
+            seq,
+            at_unix_ms: at,
+            kind: crate::cluster::state::EventKind::NodeStarted,
+            node: None,
+            epoch: 0,
+            cause: None,
+            detail: String::new(),
+            duration_ms: None,
+        }
+    }
+
+    fn query(q: &str) -> Result<EventsPage, String> {
+        let uri: axum::http::Uri = format!("/v1/events{q}").parse().expect("uri");
+        parse_events_query(&uri, 1_000_000)
+    }
+
+    #[test]
+    fn switchover_bodies() {
+        let ok = |b: &str| parse_switchover_body(b.as_bytes()).expect(b);
+        assert_eq!(ok(""), SwitchoverBody::default());
+        assert_eq!(ok(" \n"), SwitchoverBody::default());
+        assert_eq!(ok("{}"), SwitchoverBody::default());
+        assert_eq!(ok("{\"to\": null}"), SwitchoverBody::default());
+        assert_eq!(
+            ok(r#"{"target": "b", "from": "a", "epoch": 7}"#),
+            SwitchoverBody {
+                to: Some("b".into()),
+                from: Some("a".into()),
+                epoch: Some(7)
+            }
+        );
+        for bad in [
+            "{",
+            "null",
+            "[]",
+            "\"b\"",
+            r#"{"to": 1}"#,
+            r#"{"epoch": -1}"#,
+            r#"{"form": "a"}"#,
+            "to=b",
+        ] {
+            let e = parse_switchover_body(bad.as_bytes()).expect_err(bad);
+            assert!(e.starts_with("invalid switchover request"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn events_queries() {
+        let page = |first_seq, from_unix_ms, limit| EventsPage {
+            first_seq,
+            from_unix_ms,
+            limit,
+        };
+        assert_eq!(query(""), Ok(page(None, 0, EVENTS_DEFAULT_LIMIT)));
+        assert_eq!(query("?since=12&limit=5"), Ok(page(Some(13), 0, 5)));
+        assert_eq!(query("?since=-1"), Ok(page(Some(0), 0, EVENTS_DEFAULT_LIMIT)));
+        assert_eq!(query("?since=18446744073709551615").map(|p| p.limit), Ok(0));
+        assert_eq!(query("?since=10s"), Ok(page(None, 990_000, EVENTS_DEFAULT_LIMIT)));
+        assert_eq!(query("?limit=2000"), Ok(page(None, 0, 2000)));
+        for bad in [
+            "?limit=0",
+            "?limit=2001",
+            "?limit=-1",
+            "?limit=x",
+            "?since=",
+            "?since=-3",
+            "?since=-0",
+            "?since=99999999999999999999999",
+            "?since=fast",
+            "?after=3",
+        ] {
+            assert!(query(bad).is_err(), "{bad}");
+        }
+        // A huge age reaches back to the beginning, not an overflow.
+        assert_eq!(query("?since=500000000y").map(|p| p.from_unix_ms), Ok(0));
+    }
+
+    #[test]
+    fn events_are_paged_forward_from_a_sequence_number() {
+        let events: Vec<Event> = (0..=10).map(|s| event(s, s * 10)).collect();
+        let seqs =
+            |p: &EventsPage| -> Vec<u64> { select_events(events.iter(), p).iter().map(|e| e.seq).collect() };
+        let page = |first_seq, from_unix_ms, limit| EventsPage {
+            first_seq,
+            from_unix_ms,
+            limit,
+        };
+        assert_eq!(seqs(&page(Some(0), 0, 3)), vec![0, 1, 2]);
+        assert_eq!(seqs(&page(Some(4), 0, 4)), vec![4, 5, 6, 7]);
+        assert_eq!(seqs(&page(Some(8), 0, 100)), vec![8, 9, 10]);
+        assert_eq!(seqs(&page(Some(11), 0, 100)), Vec::<u64>::new());
+        // Without a sequence number: the newest, oldest first.
+        assert_eq!(seqs(&page(None, 0, 3)), vec![8, 9, 10]);
+        assert_eq!(seqs(&page(None, 75, 100)), vec![8, 9, 10]);
+    }
+
+    /// Mutations of valid bodies, and arbitrary bytes.
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        let valid = prop::sample::select(vec![
+            r#"{"target": "b", "from": "a", "epoch": 7}"#,
+            r#"{"to": "b"}"#,
+            r#"{"node": "a", "on": true}"#,
+            r#"{"action": "switchover", "to": null}"#,
+            r#"{"action": "maintenance", "node": "a", "on": false}"#,
+        ]);
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..512),
+            (valid, any::<usize>(), any::<u8>(), 0usize..3).prop_map(|(v, at, b, how)| {
+                let mut v = v.as_bytes().to_vec();
+                let at = at % (v.len() + 1);
+                match how {
+                    0 => v.insert(at, b),
+                    1 if at < v.len() => v[at] = b,
+                    _ => v.truncate(at),
+                }
+                v
+            }),
+            // Deep nesting must be refused by serde_json's recursion limit, not overflow.
+            (1usize..5000).prop_map(|n| format!("{}{}", "[".repeat(n), "]".repeat(n)).into_bytes()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Admin API bodies (issue 12 fuzzing): every parser either accepts or refuses with a
+        /// message, never panics.
+        #[test]
+        fn admin_bodies_never_panic(b in body()) {
+            let _ = parse_switchover_body(&b);
+            let _ = serde_json::from_slice::<AdminAction>(&b);
+            let _ = serde_json::from_slice::<MaintenanceBody>(&b);
+            let _ = serde_json::from_slice::<crate::address::proxy::config::ListenerConfig>(&b);
+            if let Ok(text) = std::str::from_utf8(&b) {
+                // What the leader does with a forwarded body before touching any state.
+                let _ = serde_json::from_str::<AdminAction>(text);
+            }
+        }
+
+        /// Query strings of `/v1/events`: parsed or refused, never a panic, and the limit is
+        /// always within bounds.
+        #[test]
+        fn events_queries_never_panic(q in prop_oneof![
+            "[ -~]{0,64}",
+            ("(since|limit|x)", "[0-9a-z%&=.-]{0,24}").prop_map(|(k, v)| format!("{k}={v}")),
+            (any::<u64>(), any::<u64>()).prop_map(|(s, l)| format!("since={s}&limit={l}")),
+        ]) {
+            if let Ok(uri) = format!("/v1/events?{q}").parse::<axum::http::Uri>() {
+                if let Ok(p) = parse_events_query(&uri, unix_ms()) {
+                    prop_assert!(p.limit <= EVENTS_MAX_LIMIT);
+                }
+            }
+        }
+    }
 }

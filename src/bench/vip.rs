@@ -555,7 +555,8 @@ async fn standin_fault(
     let events = request(
         &data_admin,
         Method::GET,
-        "/v1/events",
+        // The whole history (the default is the newest 100).
+        "/v1/events?limit=2000",
         None,
         Duration::from_secs(2),
     )

@@ -313,6 +313,17 @@ pub enum CommandOf<B> {
         groups: Vec<(Vec<crate::store::cmd::Op>, crate::store::replicate::GroupKind)>,
         now_ms: i64,
     },
+    /// A switchover only if `from` is still the active node and the epoch still `epoch`
+    /// (either may be left out): checked when applied, so a retried or duplicated request
+    /// makes one switchover (the admin API's compare-and-set). Last, so that older log
+    /// entries keep their encoding.
+    SwitchoverIf {
+        target: Option<String>,
+        cause: Cause,
+        at: u64,
+        from: Option<String>,
+        epoch: Option<u64>,
+    },
 }
 
 /// The answer to a command: applied, or refused with the reason.
@@ -810,6 +821,27 @@ impl ClusterState {
                 );
                 CommandResult::ok()
             }
+            Command::SwitchoverIf {
+                target,
+                cause,
+                at,
+                from,
+                epoch,
+            } => {
+                let active_ok = from.is_none() || self.active == *from;
+                if !active_ok || epoch.is_some_and(|e| e != self.epoch) {
+                    return CommandResult::refused(format!(
+                        "precondition failed: active is {} at epoch {}",
+                        self.active.as_deref().unwrap_or("none"),
+                        self.epoch
+                    ));
+                }
+                self.apply(&Command::Switchover {
+                    target: target.clone(),
+                    cause: *cause,
+                    at: *at,
+                })
+            }
             // Applied by the state machine, which owns the key space.
             CommandOf::Store { .. } => {
                 CommandResult::refused("store commands are applied by the state machine")
@@ -926,6 +958,43 @@ mod tests {
         assert!(!s.apply(&promote("b", 2)).ok, "a second active is refused");
         assert_eq!(s.active.as_deref(), Some("a"));
         assert_eq!(s.epoch, 1);
+    }
+
+    #[test]
+    fn a_conditional_switchover_happens_once() {
+        let mut s = ClusterState::default();
+        s.apply(&promote("a", 1));
+        let request = |from: Option<&str>, epoch: Option<u64>| Command::SwitchoverIf {
+            target: None,
+            cause: Cause::Switchover,
+            at: 2,
+            from: from.map(str::to_string),
+            epoch,
+        };
+        assert!(s.apply(&request(Some("a"), Some(1))).ok);
+        assert!(!s.apply(&request(Some("a"), Some(1))).ok, "one in progress");
+        // The switchover completes: a deposed, b promoted at epoch 2.
+        assert!(
+            s.apply(&Command::Depose {
+                node: "a".into(),
+                epoch: 1,
+                cause: Cause::Switchover,
+                detail: String::new(),
+                at: 3,
+            })
+            .ok
+        );
+        assert!(s.apply(&promote("b", 2)).ok);
+        // The same request again (a retry, a duplicate) is refused, naming the current values.
+        let r = s.apply(&request(Some("a"), None));
+        assert!(
+            !r.ok && r.message.contains("active is b at epoch 2"),
+            "{}",
+            r.message
+        );
+        assert!(!s.apply(&request(None, Some(1))).ok);
+        assert!(s.switchover.is_none());
+        assert!(s.apply(&request(Some("b"), Some(2))).ok);
     }
 
     #[test]

@@ -488,7 +488,8 @@ impl LocalCluster {
         let r = request(
             &n.admin.to_string(),
             Method::GET,
-            "/v1/events",
+            // The whole history (the default is the newest 100).
+            "/v1/events?limit=2000",
             None,
             Duration::from_secs(2),
         )

@@ -82,7 +82,7 @@ where
             Err(e) if i < cfg.attempts => {
                 tracing::info!(%what, attempt = i, error = %e, "notification not delivered, retrying in {wait:?}");
                 tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(60));
+                wait = wait.saturating_mul(2).min(Duration::from_secs(60));
             }
             Err(e) => tracing::warn!(%what, attempts = i, error = %e, "notification dropped"),
         }
@@ -109,6 +109,10 @@ async fn webhook(url: &str, body: &str, timeout: Duration) -> Result<(), String>
     }
 }
 
+/// Runs the exec alarm in its own process group. The timeout covers everything: writing the
+/// JSON to its stdin (a program that never reads it would otherwise block us once the pipe is
+/// full) and waiting for it; on timeout the whole group is killed, so children it started
+/// (`curl ... &`) do not outlive the attempt.
 async fn exec(cmd: &str, body: &str, n: &Notification, timeout: Duration) -> Result<(), String> {
     use tokio::io::AsyncWriteExt;
     let mut child = tokio::process::Command::new("/bin/sh")
@@ -124,17 +128,39 @@ async fn exec(cmd: &str, body: &str, n: &Notification, timeout: Duration) -> Res
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot start: {e}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(body.as_bytes()).await;
-    }
-    match tokio::time::timeout(timeout, child.wait()).await {
+    let group = child.id().and_then(|id| i32::try_from(id).ok());
+    let mut stdin = child.stdin.take();
+    let run = async {
+        if let Some(pipe) = stdin.as_mut() {
+            // A program that exits without reading its stdin closes the pipe: not an error.
+            let _ = pipe.write_all(body.as_bytes()).await;
+        }
+        // End of input, so a program reading to the end goes on.
+        drop(stdin.take());
+        child.wait().await
+    };
+    let result = tokio::time::timeout(timeout, run).await;
+    match result {
         Ok(Ok(s)) if s.success() => Ok(()),
         Ok(Ok(s)) => Err(format!("exited with {s}")),
         Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("still running after {timeout:?}")),
+        Err(_) => {
+            if let Some(pgid) = group {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pgid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            // Reap the shell (it was killed with its group).
+            let _ = child.wait().await;
+            Err(format!(
+                "still running after {timeout:?}; its process group was killed"
+            ))
+        }
     }
 }
 
@@ -158,4 +184,84 @@ fn syslog(n: &Notification) -> std::io::Result<()> {
         n.detail
     );
     sock.send_to(line.as_bytes(), "/dev/log").map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notification() -> Notification {
+        Notification {
+            state: "event",
+            severity: "info",
+            alarm: None,
+            title: "test".into(),
+            kind: "promoted".into(),
+            node: Some("a".into()),
+            epoch: 1,
+            cause: None,
+            detail: String::new(),
+            interruption_ms: None,
+            at_unix_ms: 0,
+            seq: 1,
+            sender: "a".into(),
+        }
+    }
+
+    /// Whether `pid` is still a running process (a zombie counts as gone).
+    fn alive(pid: i32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => !stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+            Err(_) => false,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_exec_timeout_covers_stdin_and_kills_the_whole_group() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pidfile = dir.path().join("child.pid");
+        // Never reads stdin (the 1 MiB body fills the pipe), and leaves a child behind.
+        let cmd = format!("sleep 60 & echo $! > {}; sleep 60", pidfile.display());
+        let body = "x".repeat(1 << 20);
+        let n = notification();
+        let run = exec(&cmd, &body, &n, Duration::from_millis(500));
+        // A generous bound only so that a regression fails instead of hanging the suite.
+        let r = tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .expect("exec returned: its timeout covers writing stdin");
+        let e = r.expect_err("timed out");
+        assert!(e.contains("still running"), "{e}");
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .expect("the script wrote its child's pid")
+            .trim()
+            .parse()
+            .expect("pid");
+        // SIGKILL is delivered at once, the orphan is reaped by init: wait for that, bounded.
+        let mut gone = false;
+        for _ in 0..200 {
+            if !alive(pid) {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if !gone {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            panic!("the exec alarm's child {pid} survived the timeout");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_exec_that_reads_its_input_and_exits_0_is_delivered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out.json");
+        let cmd = format!("cat > {}", out.display());
+        exec(&cmd, "{\"seq\":1}", &notification(), Duration::from_secs(10))
+            .await
+            .expect("delivered");
+        assert_eq!(std::fs::read_to_string(&out).expect("written"), "{\"seq\":1}");
+    }
 }

@@ -189,6 +189,8 @@ impl ClusterView {
     pub fn lease_expiry(&self) -> Millis {
         let since = self.grant_bound.unwrap_or(self.leader_since);
         let granted = self.last_grant.unwrap_or(0).max(since);
-        granted + self.lease + self.lease_margin
+        granted
+            .saturating_add(self.lease)
+            .saturating_add(self.lease_margin)
     }
 }

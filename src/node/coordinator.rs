@@ -110,7 +110,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
 /// campaigns itself; it leads (and coordinates) until the data node caught up, and then
 /// leadership moves to the active node like from any leader.
 fn witness_rescue(node: &Arc<Node>, st: &mut State, info: &crate::cluster::RaftInfo) {
-    let wait = node.config.timing.failure_timeout * 2;
+    let wait = node.config.timing.failure_timeout.saturating_mul(2);
     // The leader we know of may be long dead: a follower keeps its last leader until another
     // one wins.
     let leader_alive = info.leader.as_deref().is_some_and(|l| {
@@ -222,7 +222,7 @@ fn build_view(
     let (active, epoch, deposed, promotion, switchover, records) = state;
     // A node whose promotion failed recently is not tried again for a while (replicated, so
     // a new leader honours it too).
-    let exclusion = cfg.timing.failure_timeout.as_millis() as u64 * 20;
+    let exclusion = millis(cfg.timing.failure_timeout).saturating_mul(20);
     let failed: HashMap<String, u64> = node.cluster.sm.read(|d| {
         let mut m = HashMap::new();
         for e in d.state.events.iter().rev().take(200) {
@@ -238,7 +238,7 @@ fn build_view(
     let now_ms = node.to_ms(now);
     let unix_to_ms = |u: u64| {
         if u >= unix_now {
-            now_ms + (u - unix_now)
+            now_ms.saturating_add(u - unix_now)
         } else {
             now_ms.saturating_sub(unix_now - u)
         }
@@ -253,9 +253,7 @@ fn build_view(
             } else {
                 node.cluster.transport.last_heard(&m.id).map(|t| node.to_ms(t))
             };
-            if last_heard
-                .is_some_and(|t| now_ms.saturating_sub(t) < cfg.timing.failure_timeout.as_millis() as u64)
-            {
+            if last_heard.is_some_and(|t| now_ms.saturating_sub(t) < millis(cfg.timing.failure_timeout)) {
                 heard_count += 1;
             }
             let rec = records.get(&m.id);
@@ -271,7 +269,7 @@ fn build_view(
                 last_heard,
                 healthy: rec.is_some_and(|r| r.healthy),
                 healthy_since: rec.and_then(|r| r.healthy_since_unix_ms).map(unix_to_ms),
-                in_sync: matched + cfg.timing.max_lag >= info.last_log_index,
+                in_sync: matched.saturating_add(cfg.timing.max_lag) >= info.last_log_index,
                 matched,
                 maintenance: rec.is_some_and(|r| r.maintenance),
                 excluded_until: st
@@ -320,16 +318,16 @@ fn build_view(
         leader_since,
         last_grant,
         leader: me,
-        failure_timeout: t.failure_timeout.as_millis() as u64,
-        lease: t.lease.as_millis() as u64,
-        lease_margin: margin(t.lease).as_millis() as u64,
-        promote_timeout: t.promote_timeout.as_millis() as u64,
+        failure_timeout: millis(t.failure_timeout),
+        lease: millis(t.lease),
+        lease_margin: millis(margin(t.lease)),
+        promote_timeout: millis(t.promote_timeout),
         auto_failback: cfg.failback.mode == FailbackMode::Auto,
-        hold_down: cfg.failback.hold_down.as_millis() as u64,
-        bootstrap_until: leader_since + 3 * t.failure_timeout.as_millis() as u64,
+        hold_down: millis(cfg.failback.hold_down),
+        bootstrap_until: leader_since.saturating_add(millis(t.failure_timeout).saturating_mul(3)),
         grant_bound: st.grant_bound.as_ref().map(|(_, t)| node.to_ms(*t)),
         // As long as the CLI waits by default, plus a margin.
-        switchover_timeout: 30_000 + t.promote_timeout.as_millis() as u64,
+        switchover_timeout: millis(t.promote_timeout).saturating_add(30_000),
     }
 }
 
@@ -370,8 +368,10 @@ async fn apply(node: &Arc<Node>, st: &mut State, action: Action, now: Instant) {
         }
         Action::PromotionTimedOut { node: n, epoch } => {
             tracing::warn!(node = %n, epoch, "promotion timed out");
-            st.excluded
-                .insert(n.clone(), now + node.config.timing.failure_timeout * 20);
+            st.excluded.insert(
+                n.clone(),
+                crate::config::later(now, node.config.timing.failure_timeout.saturating_mul(20)),
+            );
             Command::PromotionTimedOut { node: n, epoch, at }
         }
         Action::RequestSwitchover { target, cause } => Command::Switchover {
@@ -387,7 +387,7 @@ async fn apply(node: &Arc<Node>, st: &mut State, action: Action, now: Instant) {
             // Give the previous attempt time to finish before asking again.
             let due = st
                 .last_elect
-                .is_none_or(|t| now.duration_since(t) > node.config.timing.failure_timeout * 4);
+                .is_none_or(|t| now.duration_since(t) > node.config.timing.failure_timeout.saturating_mul(4));
             let settled = st
                 .leader_since
                 .is_some_and(|t| now.duration_since(t) > node.config.timing.failure_timeout);
@@ -406,7 +406,7 @@ async fn apply(node: &Arc<Node>, st: &mut State, action: Action, now: Instant) {
     };
     // Bounded: a coordinator stuck on a write would keep a stale view of its leadership.
     match tokio::time::timeout(
-        node.config.timing.failure_timeout * 4,
+        node.config.timing.failure_timeout.saturating_mul(4),
         node.cluster.write_local(cmd),
     )
     .await
@@ -416,4 +416,9 @@ async fn apply(node: &Arc<Node>, st: &mut State, action: Action, now: Instant) {
         Ok(Err(e)) => tracing::warn!(error = %e, "coordinator command failed"),
         Err(_) => tracing::warn!("coordinator command timed out"),
     }
+}
+
+/// Whole milliseconds of `d`, saturating (a `u128` cast with `as` would wrap).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

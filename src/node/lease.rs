@@ -106,7 +106,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
         let reply = request(&node, &me, epoch, timing.lease / 2).await;
         match reply {
             Ok(LeaseReply::Granted) => {
-                let until = sent + timing.lease - margin(timing.lease);
+                let until = crate::config::later(sent, timing.lease.saturating_sub(margin(timing.lease)));
                 node.lease.send_if_modified(|l| {
                     let newer = l.is_none_or(|old| old.epoch != epoch || old.until < until);
                     if newer {

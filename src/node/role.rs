@@ -137,7 +137,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
         } else {
             None
         };
-        let far = tokio::time::Instant::now() + heartbeat;
+        let far = crate::config::later_tokio(tokio::time::Instant::now(), heartbeat);
         tokio::select! {
             _ = cancel.cancelled() => return,
             r = applied.changed() => if r.is_err() { return },
@@ -296,7 +296,7 @@ async fn wait_service_stood_down(node: &Arc<Node>) {
 /// Only then may the node confirm a release: a successor promoted on that release adds the
 /// VIP at once, without waiting for our lease.
 async fn wait_vip_released(node: &Arc<Node>) {
-    let until = Instant::now() + node.config.timing.lease;
+    let until = crate::config::later(Instant::now(), node.config.timing.lease);
     while node.vip_unreleased.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }

@@ -295,8 +295,8 @@ impl Task {
 
     fn schedule_restart(&mut self) {
         let delay = self.backoff;
-        self.backoff = (self.backoff * 2).min(self.cfg.restart_backoff_max);
-        self.restart_at = Some(tokio::time::Instant::now() + delay);
+        self.backoff = self.backoff.saturating_mul(2).min(self.cfg.restart_backoff_max);
+        self.restart_at = Some(crate::config::later_tokio(tokio::time::Instant::now(), delay));
         self.state.send_replace(ProcState::Backoff {
             restart_in_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
         });

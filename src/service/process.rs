@@ -137,7 +137,7 @@ async fn wait_group_gone(pgid: Pid, deadline: Instant) -> bool {
 ///
 /// Returns the leader's exit status if it could be collected.
 pub(crate) async fn stop_group(child: &mut Child, pgid: Pid, grace: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + grace;
+    let deadline = crate::config::later(Instant::now(), grace);
     signal_group(pgid, Signal::SIGTERM);
     let status = match tokio::time::timeout_at(deadline.into(), child.wait()).await {
         Ok(status) => status.ok(),

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{invalid, Config, ConfigError};
+use crate::config::{at_most, count_at_most, invalid, limits, Config, ConfigError};
 
 /// `[proxy]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -98,6 +98,10 @@ pub struct ListenerConfig {
     /// is not sent again: it may have had an effect.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// HTTP listeners: a client must send a whole request head within this long, and a
+    /// keep-alive connection waiting for its next request is closed after this long.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
     /// A failed connect is retried on another node this many times (balance mode).
     #[serde(default = "default_retries")]
     pub retries: u32,
@@ -120,6 +124,9 @@ fn default_queue_timeout() -> Duration {
     Duration::from_secs(2)
 }
 fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_header_read_timeout() -> Duration {
     Duration::from_secs(30)
 }
 fn default_retries() -> u32 {
@@ -277,21 +284,35 @@ impl ListenerConfig {
                 Ok(())
             }
         };
+        // Upper bounds: far beyond any sensible setting, and small enough that no deadline
+        // (`Instant + timeout`) or doubled ejection can overflow.
+        let at_most = |name: &str, d: Duration, max: Duration| at_most(&format!("{key}.{name}"), d, max);
+        let count = |name: &str, n: u32| count_at_most(&format!("{key}.{name}"), n.into(), limits::COUNT);
         positive("connect-timeout", self.connect_timeout)?;
         positive("queue-timeout", self.queue_timeout)?;
         positive("request-timeout", self.request_timeout)?;
+        positive("header-read-timeout", self.header_read_timeout)?;
+        at_most("drain-timeout", self.drain_timeout, limits::DAY)?;
+        at_most("connect-timeout", self.connect_timeout, limits::HOOK)?;
+        at_most("queue-timeout", self.queue_timeout, limits::HOOK)?;
+        at_most("request-timeout", self.request_timeout, limits::DAY)?;
+        at_most("header-read-timeout", self.header_read_timeout, limits::HOOK)?;
         if self.retries > 10 {
             return Err(invalid(format!("{key}.retries"), "at most 10"));
         }
         let h = &self.health;
         positive("health.interval", h.interval)?;
         positive("health.timeout", h.timeout)?;
+        at_most("health.interval", h.interval, limits::HOOK)?;
+        at_most("health.timeout", h.timeout, limits::HOOK)?;
         if h.rise == 0 {
             return Err(invalid(format!("{key}.health.rise"), "must be at least 1"));
         }
         if h.fall == 0 {
             return Err(invalid(format!("{key}.health.fall"), "must be at least 1"));
         }
+        count("health.rise", h.rise)?;
+        count("health.fall", h.fall)?;
         if !h.path.starts_with('/') {
             return Err(invalid(format!("{key}.health.path"), "must start with '/'"));
         }
@@ -311,6 +332,9 @@ impl ListenerConfig {
                 ));
             }
         }
+        count("outlier.consecutive-failures", o.consecutive_failures)?;
+        at_most("outlier.base-ejection", o.base_ejection, limits::HOOK)?;
+        at_most("outlier.max-ejection", o.max_ejection, limits::DAY)?;
         Ok(())
     }
 }
@@ -421,6 +445,64 @@ target = "store"
                 "proxy.listener[0].outlier.max-ejection",
             ),
             ("retries = 2", "retries = 11", "proxy.listener[0].retries"),
+            // Upper bounds (issue 12, finding 12): durations of 10^9 years passed.
+            (
+                "drain-timeout = \"3s\"",
+                "drain-timeout = \"1000000000y\"",
+                "proxy.listener[0].drain-timeout",
+            ),
+            (
+                "connect-timeout = \"250ms\"",
+                "connect-timeout = \"2h\"",
+                "proxy.listener[0].connect-timeout",
+            ),
+            (
+                "queue-timeout = \"1s\"",
+                "queue-timeout = \"1000000000y\"",
+                "proxy.listener[0].queue-timeout",
+            ),
+            (
+                "retries = 2",
+                "retries = 2\nrequest-timeout = \"2days\"",
+                "proxy.listener[0].request-timeout",
+            ),
+            (
+                "retries = 2",
+                "retries = 2\nheader-read-timeout = \"2h\"",
+                "proxy.listener[0].header-read-timeout",
+            ),
+            (
+                "retries = 2",
+                "retries = 2\nheader-read-timeout = \"0s\"",
+                "proxy.listener[0].header-read-timeout",
+            ),
+            (
+                "interval = \"100ms\"",
+                "interval = \"2h\"",
+                "proxy.listener[0].health.interval",
+            ),
+            (
+                "timeout = \"50ms\"",
+                "timeout = \"2h\"",
+                "proxy.listener[0].health.timeout",
+            ),
+            ("rise = 3", "rise = 1001", "proxy.listener[0].health.rise"),
+            ("fall = 1", "fall = 1001", "proxy.listener[0].health.fall"),
+            (
+                "consecutive-failures = 5",
+                "consecutive-failures = 1001",
+                "proxy.listener[0].outlier.consecutive-failures",
+            ),
+            (
+                "base-ejection = \"2s\"\nmax-ejection = \"20s\"",
+                "base-ejection = \"2h\"\nmax-ejection = \"3h\"",
+                "proxy.listener[0].outlier.base-ejection",
+            ),
+            (
+                "max-ejection = \"20s\"",
+                "max-ejection = \"2days\"",
+                "proxy.listener[0].outlier.max-ejection",
+            ),
         ] {
             let text = FULL.replace(old, new);
             assert_ne!(text, FULL, "{old}");

@@ -3,6 +3,8 @@
 //! - `PUT /v1/proxy/listeners/{name}` (JSON body: the listener's settings, as in TOML): add
 //!   a listener or change one without dropping established connections;
 //! - `DELETE /v1/proxy/listeners/{name}`: stop accepting; open connections run to their end.
+//!
+//! Served with the admin API's budgets and JSON errors (`api::serve`).
 
 use std::sync::Arc;
 
@@ -12,7 +14,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -20,13 +21,9 @@ use super::config::ListenerConfig;
 use super::status::listener_status;
 use super::{Proxy, ProxyError};
 
-#[derive(Serialize)]
-struct ErrorBody {
-    error: String,
-}
-
+/// Errors are `{"error": ..., "retry": false}`, like the admin API's.
 fn error(status: StatusCode, message: String) -> Response {
-    (status, Json(ErrorBody { error: message })).into_response()
+    crate::api::serve::error_response(status, message, false)
 }
 
 impl IntoResponse for ProxyError {
@@ -48,13 +45,10 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, cancel: Cancellatio
             "/v1/proxy/listeners/:name",
             get(get_listener).put(put_listener).delete(delete_listener),
         )
+        .fallback(crate::api::serve::not_found)
         .with_state(proxy);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
-    {
-        tracing::error!(error = %e, "proxy control API stopped");
-    }
+    // The admin API's budgets (header-read and idle timeout, connection cap, body limit).
+    crate::api::serve::serve(listener, app, crate::api::serve::Limits::default(), cancel).await;
 }
 
 /// `GET /metrics`: the proxy's counters in Prometheus / OpenMetrics text (its own registry,

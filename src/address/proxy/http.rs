@@ -57,10 +57,17 @@ pub async fn serve(l: Arc<ListenerRt>, stream: TcpStream, peer: SocketAddr) {
             async move { Ok::<_, Infallible>(forward(&l, &idle, req, xff).await) }
         })
     };
+    let header_read_timeout = l.settings().cfg.header_read_timeout;
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         // Small requests and answers: one flat buffer and one write() beats writev().
         .writev(false)
+        // A client must send a whole request head within this long, also while a keep-alive
+        // connection waits for its next request (hyper runs the same timer): slow or idle
+        // clients cannot hold connections forever.
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .max_header_size(MAX_HEAD)
         .serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     tokio::select! {
@@ -88,6 +95,10 @@ pub async fn serve(l: Arc<ListenerRt>, stream: TcpStream, peer: SocketAddr) {
         }
     }
 }
+
+/// Largest request head from a client (request line and headers): bigger gets a 431 and the
+/// connection closes.
+pub const MAX_HEAD: usize = 64 * 1024;
 
 /// Most idle backend connections a listener keeps for later client connections.
 const BACKEND_POOL_MAX: usize = 256;
@@ -184,7 +195,8 @@ async fn forward(
         let picked = match l.pick_now(cfg, &tried) {
             Some(p) => p,
             None => {
-                let d = *deadline.get_or_insert_with(|| Instant::now() + cfg.queue_timeout);
+                let d = *deadline
+                    .get_or_insert_with(|| crate::config::later_tokio(Instant::now(), cfg.queue_timeout));
                 match l.wait_pick(cfg, &mut tried, d).await {
                     Picked::Backend(u, _, t) => (u, t),
                     Picked::Nothing => {
@@ -207,7 +219,8 @@ async fn forward(
                         return error(StatusCode::BAD_GATEWAY, "backend unreachable\n");
                     }
                     l.counters.retries.fetch_add(1, Ordering::Relaxed);
-                    deadline.get_or_insert_with(|| Instant::now() + cfg.queue_timeout);
+                    deadline
+                        .get_or_insert_with(|| crate::config::later_tokio(Instant::now(), cfg.queue_timeout));
                     tried.push(up);
                     continue;
                 }

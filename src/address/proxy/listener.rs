@@ -158,6 +158,7 @@ impl ListenerRt {
                 };
                 l.counters.connections.fetch_add(1, Ordering::Relaxed);
                 let _ = stream.set_nodelay(true);
+                crate::api::serve::set_keepalive(&stream);
                 let l = l.clone();
                 match l.settings().cfg.protocol {
                     Protocol::Tcp => tokio::spawn(tcp::serve(l, stream)),
@@ -427,7 +428,8 @@ impl ListenerRt {
                     (u, kill)
                 }
                 None => {
-                    let d = *deadline.get_or_insert_with(|| Instant::now() + cfg.queue_timeout);
+                    let d = *deadline
+                        .get_or_insert_with(|| crate::config::later_tokio(Instant::now(), cfg.queue_timeout));
                     match self.wait_pick(cfg, &mut tried, d).await {
                         Picked::Backend(u, kill, _) => (u, kill),
                         Picked::Nothing => return None,
@@ -451,7 +453,7 @@ impl ListenerRt {
                 return None;
             }
             self.counters.retries.fetch_add(1, Ordering::Relaxed);
-            deadline.get_or_insert_with(|| Instant::now() + cfg.queue_timeout);
+            deadline.get_or_insert_with(|| crate::config::later_tokio(Instant::now(), cfg.queue_timeout));
             tried.push(u);
         }
     }

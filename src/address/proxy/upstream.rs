@@ -155,8 +155,10 @@ impl Upstream {
             .base_ejection
             .saturating_mul(1u32 << k)
             .min(outlier.max_ejection);
-        self.ejected_until
-            .store(now + time.as_millis() as u64, Ordering::Relaxed);
+        self.ejected_until.store(
+            now.saturating_add(u64::try_from(time.as_millis()).unwrap_or(u64::MAX)),
+            Ordering::Relaxed,
+        );
         self.consecutive_failures.store(0, Ordering::Relaxed);
         tracing::warn!(backend = %self.node, address = %self.addr, ejected_ms = time.as_millis() as u64, "backend ejected after consecutive failures");
         true

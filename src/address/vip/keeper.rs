@@ -157,7 +157,7 @@ impl Keeper {
                     }
                     return;
                 }
-                self.deadline = Some(Instant::now() + left);
+                self.deadline = Some(crate::config::later_tokio(Instant::now(), left));
                 if !self.held {
                     self.acquire().await;
                 }
@@ -172,7 +172,10 @@ impl Keeper {
 
     /// When the first refresh after a burst starting at `from` is due (None: no refresh).
     fn refresh_after(&self, from: Instant) -> Option<Instant> {
-        let burst = self.args.garp_interval * self.args.garp_count.saturating_sub(1);
+        let burst = self
+            .args
+            .garp_interval
+            .saturating_mul(self.args.garp_count.saturating_sub(1));
         (!self.args.garp_refresh.is_zero()).then(|| from + burst + self.args.garp_refresh)
     }
 
@@ -185,9 +188,9 @@ impl Keeper {
         let result = iface.announce(self.args.vip.addr);
         if self.garps_left > 0 {
             self.garps_left -= 1;
-            self.next_garp = Instant::now() + self.args.garp_interval;
+            self.next_garp = crate::config::later_tokio(Instant::now(), self.args.garp_interval);
         } else if self.next_refresh.is_some() {
-            self.next_refresh = Some(Instant::now() + self.args.garp_refresh);
+            self.next_refresh = Some(crate::config::later_tokio(Instant::now(), self.args.garp_refresh));
         }
         if let Err(e) = result {
             self.error(e.to_string()).await;

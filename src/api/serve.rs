@@ -1,0 +1,495 @@
+//! Serves an axum router over HTTP/1.1 with budgets, for the admin API and the proxy's control
+//! API: a header-read timeout (which hyper also runs while a keep-alive connection waits for
+//! its next request, so it is the idle timeout too), a cap on open connections, a request body
+//! limit, a request head size limit, TCP keep-alive on every accepted socket, and JSON bodies
+//! on every error answer (axum's own rejections included).
+//!
+//! At the connection cap the oldest connection with no request in progress (idle, or still
+//! sending its head: a slowloris) is closed to make room, as nginx reuses idle keep-alive
+//! connections; only when every connection is busy is the new one closed. So idle or slow
+//! clients can never lock operators out of the API.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+/// Largest request body (JSON of an admin call or a proxy listener): bigger gets a 413.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Largest request head (request line and headers): bigger gets a 431 and the connection closes.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Most headers in one request (hyper's default; more gets a 431).
+pub const MAX_HEADERS: usize = 100;
+/// Open connections finish their request this long after shutdown begins.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// The budgets of one listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Whole request head within this long, and the keep-alive idle timeout.
+    pub header_read_timeout: Duration,
+    /// Open connections at most (see the module doc for what happens at the cap).
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 256,
+        }
+    }
+}
+
+/// One open connection, as the accept loop sees it.
+struct Conn {
+    /// Requests in progress, counting an answer's body until it is sent (a `/v1/watch`
+    /// stream is busy for its whole life).
+    busy: Arc<AtomicUsize>,
+    /// Closes the connection (only when idle).
+    evict: CancellationToken,
+}
+
+/// The open connections by accept order (the first is the oldest).
+type Conns = Arc<Mutex<BTreeMap<u64, Conn>>>;
+
+/// Serves `app` on `listener` with `limits` until `cancel` fires, then lets open requests
+/// finish for a short while.
+pub async fn serve(listener: TcpListener, app: Router, limits: Limits, cancel: CancellationToken) {
+    let app = app
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(json_errors));
+    let conns: Conns = Arc::default();
+    let tracker = TaskTracker::new();
+    let mut next_id = 0u64;
+    let mut accept_errors = 0u32;
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => { accept_errors = 0; x }
+                Err(e) => {
+                    // Out of descriptors (EMFILE) or a connection reset before accept: wait a
+                    // little instead of spinning; open connections keep being served.
+                    accept_errors = accept_errors.saturating_add(1);
+                    if accept_errors == 1 {
+                        tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                    }
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                    }
+                }
+            }
+        };
+        if !make_room(&conns, limits.max_connections) {
+            tracing::debug!(%peer, "HTTP connection refused: every connection is busy");
+            drop(stream);
+            continue;
+        }
+        set_keepalive(&stream);
+        let id = next_id;
+        next_id = next_id.wrapping_add(1);
+        let conn = Conn {
+            busy: Arc::new(AtomicUsize::new(0)),
+            evict: CancellationToken::new(),
+        };
+        let (busy, evict) = (conn.busy.clone(), conn.evict.clone());
+        conns.lock().unwrap_or_else(|p| p.into_inner()).insert(id, conn);
+        let (app, conns, cancel) = (app.clone(), conns.clone(), cancel.clone());
+        tracker.spawn(async move {
+            serve_connection(stream, app, limits, busy, evict, cancel).await;
+            conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        });
+    }
+    tracker.close();
+    let _ = tokio::time::timeout(DRAIN, tracker.wait()).await;
+}
+
+/// Below the cap, or made room by evicting the oldest idle connection.
+fn make_room(conns: &Conns, max: usize) -> bool {
+    let mut map = conns.lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() < max {
+        return true;
+    }
+    let idle = map
+        .iter()
+        .find(|(_, c)| c.busy.load(Ordering::Acquire) == 0)
+        .map(|(id, _)| *id);
+    match idle {
+        Some(id) => {
+            if let Some(c) = map.remove(&id) {
+                c.evict.cancel();
+            }
+            true
+        }
+        None => false,
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    app: Router,
+    limits: Limits,
+    busy: Arc<AtomicUsize>,
+    evict: CancellationToken,
+    cancel: CancellationToken,
+) {
+    let svc = {
+        let busy = busy.clone();
+        let body_timeout = limits.header_read_timeout;
+        hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let guard = BusyGuard::new(busy.clone());
+            let app = app.clone();
+            async move {
+                // The body (at most MAX_BODY) is read whole, within the header-read timeout: a
+                // client trickling its body would otherwise hold a busy connection forever.
+                let (parts, body) = req.into_parts();
+                let read = tokio::time::timeout(
+                    body_timeout,
+                    http_body_util::Limited::new(body, MAX_BODY).collect(),
+                );
+                let body = match read.await {
+                    Ok(Ok(b)) => Body::from(b.to_bytes()),
+                    Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                        let msg = format!("request body larger than {MAX_BODY} bytes");
+                        return Ok(error_response(StatusCode::PAYLOAD_TOO_LARGE, msg, false));
+                    }
+                    Ok(Err(e)) => {
+                        let msg = format!("cannot read the request body: {e}");
+                        return Ok(error_response(StatusCode::BAD_REQUEST, msg, false));
+                    }
+                    Err(_) => {
+                        let msg = "the request body did not arrive in time".to_string();
+                        return Ok(error_response(StatusCode::REQUEST_TIMEOUT, msg, false));
+                    }
+                };
+                let resp = app.oneshot(hyper::Request::from_parts(parts, body)).await;
+                // The guard lives as long as the answer's body: a stream stays busy.
+                resp.map(|r| {
+                    r.map(|b| {
+                        Body::new(b.map_frame(move |f| {
+                            let _ = &guard;
+                            f
+                        }))
+                    })
+                })
+            }
+        })
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(MAX_HEAD)
+        .max_headers(MAX_HEADERS)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let mut evictable = true;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "HTTP connection ended with an error");
+                }
+                return;
+            }
+            _ = evict.cancelled(), if evictable => {
+                // Chosen while idle; a request that began since then is served to its end.
+                if busy.load(Ordering::Acquire) == 0 {
+                    tracing::debug!("idle HTTP connection closed to make room");
+                    return;
+                }
+                evictable = false;
+            }
+            _ = cancel.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(DRAIN, conn).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Counts one request in progress until dropped.
+struct BusyGuard(Arc<AtomicUsize>);
+
+impl BusyGuard {
+    fn new(busy: Arc<AtomicUsize>) -> Self {
+        busy.fetch_add(1, Ordering::AcqRel);
+        BusyGuard(busy)
+    }
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// SO_KEEPALIVE on an accepted socket, so a peer that vanished (power loss, cable) is found
+/// even while its connection waits on a long answer (`/v1/watch`). Set through a duplicate
+/// of the descriptor: the option belongs to the socket both descriptors share.
+pub fn set_keepalive(stream: &TcpStream) {
+    use std::os::fd::AsFd;
+    let dup = match stream.as_fd().try_clone_to_owned() {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot set TCP keep-alive");
+            return;
+        }
+    };
+    let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(dup));
+    if let Err(e) = socket.set_keepalive(true) {
+        tracing::debug!(error = %e, "cannot set TCP keep-alive");
+    }
+}
+
+/// The JSON body of every error answer: what went wrong and whether repeating the same request
+/// later may succeed.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub retry: bool,
+}
+
+/// An error answer with a JSON body.
+pub fn error_response(status: StatusCode, message: String, retry: bool) -> Response {
+    (
+        status,
+        axum::Json(ErrorBody {
+            error: message,
+            retry,
+        }),
+    )
+        .into_response()
+}
+
+/// The JSON 404 for paths no route serves.
+pub async fn not_found(uri: axum::http::Uri) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        format!("no such path: {}", uri.path()),
+        false,
+    )
+}
+
+/// Largest rejection text kept when an error answer is turned into JSON.
+const MAX_ERROR_TEXT: usize = 1024;
+
+/// Turns error answers that are not JSON (axum's rejections of a bad body, a wrong content
+/// type, a method not allowed) into `{"error": ..., "retry": ...}`, keeping status and headers.
+async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = match http_body_util::Limited::new(body, MAX_ERROR_TEXT).collect().await {
+        Ok(b) => String::from_utf8_lossy(&b.to_bytes()).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    let retry = status == StatusCode::SERVICE_UNAVAILABLE;
+    let json = serde_json::to_vec(&ErrorBody {
+        error: message,
+        retry,
+    })
+    .unwrap_or_default();
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(json))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::{get, post};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server on 127.0.0.1:0 with a few routes; stopped when the token is dropped.
+    async fn start(limits: Limits) -> (std::net::SocketAddr, tokio_util::sync::DropGuard) {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            #[allow(dead_code)]
+            n: u32,
+        }
+        let app = Router::new()
+            .route("/ping", get(|| async { "pong" }))
+            .route("/json", post(|axum::Json(_b): axum::Json<Body>| async { "ok" }))
+            .fallback(not_found);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cancel = CancellationToken::new();
+        tokio::spawn(serve(listener, app, limits, cancel.clone()));
+        (addr, cancel.drop_guard())
+    }
+
+    /// Sends `raw` on a new connection and reads the answer until the server closes.
+    async fn exchange(addr: std::net::SocketAddr, raw: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(raw.as_bytes()).await.expect("write");
+        let mut out = Vec::new();
+        // A reset after the answer (the server refused a body it did not read) ends it too.
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+            .await
+            .expect("answer within 10 s");
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    fn json_error(body: &str) -> ErrorBody {
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not a JSON error ({e}): {body:?}"))
+    }
+
+    #[tokio::test]
+    async fn every_error_answer_is_json() {
+        let (addr, _stop) = start(Limits::default()).await;
+        let close = "Connection: close\r\nHost: x\r\n";
+        let cases = [
+            (format!("GET /nowhere HTTP/1.1\r\n{close}\r\n"), 404),
+            (format!("DELETE /ping HTTP/1.1\r\n{close}\r\n"), 405),
+            (
+                format!("POST /json HTTP/1.1\r\n{close}Content-Type: application/json\r\nContent-Length: 5\r\n\r\n{{bad "),
+                400,
+            ),
+            (
+                format!("POST /json HTTP/1.1\r\n{close}Content-Type: text/plain\r\nContent-Length: 7\r\n\r\n{{\"n\":1}}"),
+                415,
+            ),
+            (
+                format!("POST /json HTTP/1.1\r\n{close}Content-Type: application/json\r\nContent-Length: 7\r\n\r\n{{\"n\":-1}}"),
+                422,
+            ),
+            (
+                format!(
+                    "POST /json HTTP/1.1\r\n{close}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+                    MAX_BODY + 1,
+                    " ".repeat(MAX_BODY + 1)
+                ),
+                413,
+            ),
+        ];
+        for (raw, want) in cases {
+            let (status, body) = exchange(addr, &raw).await;
+            assert_eq!(status, want, "{raw:?}: {body}");
+            let e = json_error(&body);
+            assert!(!e.error.is_empty() && !e.retry, "{raw:?}: {body}");
+        }
+        let (status, body) = exchange(addr, &format!("GET /ping HTTP/1.1\r\n{close}\r\n")).await;
+        assert_eq!((status, body.as_str()), (200, "pong"));
+    }
+
+    /// A slowloris client (a request head that never ends) is disconnected after the
+    /// header-read timeout.
+    #[tokio::test]
+    async fn a_partial_request_head_is_cut_off_after_the_header_read_timeout() {
+        let (addr, _stop) = start(Limits {
+            header_read_timeout: Duration::from_millis(200),
+            max_connections: 8,
+        })
+        .await;
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .expect("write");
+        let mut buf = [0u8; 256];
+        // Generous bound only so that a regression fails instead of hanging.
+        let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf))
+            .await
+            .expect("the server closed the connection")
+            .unwrap_or(0);
+        assert!(
+            n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+
+    #[tokio::test]
+    async fn accepted_sockets_get_tcp_keepalive() {
+        use std::os::fd::AsFd;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        let probe = |s: &TcpStream| {
+            let fd = s.as_fd().try_clone_to_owned().expect("dup");
+            tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd))
+                .keepalive()
+                .expect("getsockopt")
+        };
+        assert!(!probe(&accepted), "off by default");
+        set_keepalive(&accepted);
+        assert!(probe(&accepted));
+    }
+
+    /// A body that trickles in is cut off after the header-read timeout, with a JSON 408.
+    #[tokio::test]
+    async fn a_slow_request_body_is_cut_off() {
+        let (addr, _stop) = start(Limits {
+            header_read_timeout: Duration::from_millis(200),
+            max_connections: 8,
+        })
+        .await;
+        let (status, body) = exchange(
+            addr,
+            "POST /json HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n{",
+        )
+        .await;
+        assert_eq!(status, 408, "{body}");
+        json_error(&body);
+    }
+
+    /// More idle connections than the cap do not lock a new client out: the oldest idle one
+    /// makes room.
+    #[tokio::test]
+    async fn idle_connections_beyond_the_cap_do_not_lock_out_a_new_client() {
+        let (addr, _stop) = start(Limits {
+            header_read_timeout: Duration::from_secs(60),
+            max_connections: 16,
+        })
+        .await;
+        let mut idle = Vec::new();
+        for _ in 0..40 {
+            idle.push(TcpStream::connect(addr).await.expect("connect"));
+        }
+        let (status, body) =
+            exchange(addr, "GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert_eq!((status, body.as_str()), (200, "pong"));
+        drop(idle);
+    }
+}
