@@ -821,7 +821,7 @@ impl ClusterState {
                 );
                 CommandResult::ok()
             }
-            Command::SwitchoverIf {
+            CommandOf::SwitchoverIf {
                 target,
                 cause,
                 at,
@@ -836,7 +836,7 @@ impl ClusterState {
                         self.epoch
                     ));
                 }
-                self.apply(&Command::Switchover {
+                self.apply_one(&Change::Switchover {
                     target: target.clone(),
                     cause: *cause,
                     at: *at,
