@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::rpc::{Frame, Request, Response};
 
 /// Largest frame accepted (snapshot chunks and log batches stay far below).
-const MAX_FRAME: usize = 64 * 1024 * 1024;
+pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 /// Results kept per path to compute loss.
 const LOSS_WINDOW: usize = 50;
 

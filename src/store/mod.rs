@@ -27,6 +27,30 @@ use db::Db;
 use replicate::GroupKind;
 use reply::Reply;
 
+use crate::cluster::transport::MAX_FRAME;
+
+/// Room in a peer frame for what wraps a store log entry or a forwarded write (the frame and
+/// request headers, the entry's log id, an `AppendEntries` request's fields).
+const ENTRY_HEADROOM: usize = 1024 * 1024;
+
+/// Most bytes of encoded ops one log entry (and one forwarded `StoreWrite`) may carry, so that
+/// an entry always fits the peer transport's frame: a larger frame would be refused by the
+/// receiver and the connection carrying heartbeats with it.
+pub const MAX_ENTRY_BYTES: usize = MAX_FRAME - ENTRY_HEADROOM;
+
+/// The largest `max-request-size` (and its default): one request, counted as the bytes of its
+/// arguments plus [`resp::ARG_OVERHEAD`] per argument, must fit one log entry with room to
+/// spare for the encoding of its fields (numbers and tags can take more bytes as ops than as
+/// text, at most a few per argument, which the per-argument overhead covers). 62 MiB.
+pub const MAX_REQUEST_SIZE: u64 = (MAX_ENTRY_BYTES - 1024 * 1024) as u64;
+
+/// The size of `ops` as they are encoded in a log entry or a forwarded write.
+pub fn encoded_len(ops: &[Op]) -> usize {
+    // Encoding into a byte counter cannot fail for these types; if it ever did, the group is
+    // treated as too large rather than as free.
+    postcard::experimental::serialized_size(ops).unwrap_or(usize::MAX)
+}
+
 /// Applies one group of a `Command::Store` log entry: a pipeline gives one reply per op, a
 /// MULTI/EXEC block one array reply (all its ops applied at once, in order).
 pub fn apply_group(kv: &mut Db, ops: &[Op], kind: GroupKind, now_ms: i64) -> Vec<Reply> {
