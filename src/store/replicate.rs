@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cmd::Op;
 use super::reply::Reply;
+use super::MAX_ENTRY_BYTES;
 use crate::cluster::rpc::{Request, Response};
 use crate::cluster::state::Command;
 use crate::cluster::transport::unix_ms;
@@ -63,8 +64,19 @@ impl StoreError {
     }
 }
 
+/// The refusal of a group too large for one log entry (the store's server splits pipelines
+/// below it, so only a transaction or a forwarded group can meet it).
+fn too_large(bytes: usize) -> StoreError {
+    StoreError::Refused(format!(
+        "request of {bytes} bytes exceeds the largest replicated entry ({MAX_ENTRY_BYTES} bytes)"
+    ))
+}
+
 struct WriteReq {
     ops: Vec<Op>,
+    /// The ops' encoded size ([`super::encoded_len`]): an entry carries at most
+    /// [`MAX_ENTRY_BYTES`] of them.
+    bytes: usize,
     kind: GroupKind,
     /// The client connection on this node that sent the group, if any: the batcher waits for
     /// the clients the last entry answered (see `write_batcher`).
@@ -121,7 +133,15 @@ impl Replicator {
         match self.node.cluster.leader() {
             None => Err(StoreError::NoLeader),
             Some(l) if l == self.node.cluster.me() => self.write_local(ops, kind, Some(client)).await,
-            Some(l) => self.forward(&l, Request::StoreWrite { ops, kind }).await,
+            Some(l) => {
+                // A forwarded group travels in one peer frame: refused here, not by the frame
+                // limit (which would cost the connection carrying heartbeats).
+                let bytes = super::encoded_len(&ops);
+                if bytes > MAX_ENTRY_BYTES {
+                    return Err(too_large(bytes));
+                }
+                self.forward(&l, Request::StoreWrite { ops, kind }).await
+            }
         }
     }
 
@@ -142,10 +162,15 @@ impl Replicator {
         kind: GroupKind,
         client: Option<u64>,
     ) -> Result<Vec<Reply>, StoreError> {
+        let bytes = super::encoded_len(&ops);
+        if bytes > MAX_ENTRY_BYTES {
+            return Err(too_large(bytes));
+        }
         let (tx, rx) = oneshot::channel();
         self.writes
             .send(WriteReq {
                 ops,
+                bytes,
                 kind,
                 client,
                 tx,
@@ -214,20 +239,35 @@ async fn write_batcher(
     // costs one wait.
     let last = Arc::new(LastCommit::default());
     let mut returning = Returning::default();
+    // A group that did not fit the last entry's byte budget: the first of the next entry.
+    let mut carried: Option<WriteReq> = None;
     loop {
-        let first = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = rx.recv() => match r { Some(r) => r, None => return },
+        let first = match carried.take() {
+            Some(r) => r,
+            None => tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = rx.recv() => match r { Some(r) => r, None => return },
+            },
         };
         // Wait for a slot first: while all slots are busy, more groups pile up and the next
         // entry carries them all.
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
+        // Every group is at most MAX_ENTRY_BYTES (checked when it was queued); the entry's
+        // groups together stay within it too, so an entry always fits one peer frame.
+        let mut bytes = first.bytes;
         let mut batch = vec![first];
         while batch.len() < MAX_GROUPS_PER_ENTRY {
             match rx.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok(r) if fits(bytes, &r) => {
+                    bytes += r.bytes;
+                    batch.push(r);
+                }
+                Ok(r) => {
+                    carried = Some(r);
+                    break;
+                }
                 Err(_) => break,
             }
         }
@@ -238,11 +278,16 @@ async fn write_batcher(
         if !returning.done() {
             let linger = Duration::from_micros(last.micros.load(Ordering::Relaxed)).min(MAX_LINGER);
             let deadline = tokio::time::Instant::now() + linger;
-            while !returning.done() && batch.len() < MAX_GROUPS_PER_ENTRY {
+            while carried.is_none() && !returning.done() && batch.len() < MAX_GROUPS_PER_ENTRY {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(r)) => {
+                    Ok(Some(r)) if fits(bytes, &r) => {
                         returning.arrived(r.client);
+                        bytes += r.bytes;
                         batch.push(r);
+                    }
+                    Ok(Some(r)) => {
+                        carried = Some(r);
+                        break;
                     }
                     Ok(None) | Err(_) => break,
                 }
@@ -339,6 +384,12 @@ async fn write_batcher(
             }
         });
     }
+}
+
+/// Whether `next` may join an entry already carrying `bytes` of ops. Each group counts 16
+/// bytes beyond its ops for its own framing in the entry (length, kind).
+fn fits(bytes: usize, next: &WriteReq) -> bool {
+    bytes.saturating_add(next.bytes).saturating_add(16) <= MAX_ENTRY_BYTES
 }
 
 /// Who an entry answered: this node's client connections by id, and how many groups came

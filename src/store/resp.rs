@@ -448,6 +448,59 @@ impl Encoder<Frame> for RespCodec {
     }
 }
 
+/// How many bytes [`encode`] appends for `frame`, computed without encoding it, so a reply
+/// can be measured against a client's output limit before any memory is taken for it.
+pub fn encoded_len(frame: &Frame, protocol: u8) -> usize {
+    let resp3 = protocol == 3;
+    let header = |len: usize| 1 + digits(u64::try_from(len).unwrap_or(u64::MAX)) + 2;
+    let bulk = |len: usize| header(len).saturating_add(len).saturating_add(2);
+    match frame {
+        Frame::Simple(text) | Frame::Error(text) => text.len().saturating_add(3),
+        Frame::Integer(n) => 1 + usize::from(*n < 0) + digits(n.unsigned_abs()) + 2,
+        Frame::Bulk(data) => bulk(data.len()),
+        Frame::Null | Frame::NullArray => {
+            if resp3 {
+                3
+            } else {
+                5
+            }
+        }
+        Frame::Array(items) | Frame::Set(items) => items.iter().fold(header(items.len()), |n, f| {
+            n.saturating_add(encoded_len(f, protocol))
+        }),
+        Frame::Map(pairs) => {
+            let count = if resp3 {
+                pairs.len()
+            } else {
+                pairs.len().saturating_mul(2)
+            };
+            pairs.iter().fold(header(count), |n, (k, v)| {
+                n.saturating_add(encoded_len(k, protocol))
+                    .saturating_add(encoded_len(v, protocol))
+            })
+        }
+        Frame::Double(d) => {
+            let len = format_double(*d).len();
+            if resp3 {
+                len + 3
+            } else {
+                bulk(len)
+            }
+        }
+        Frame::Boolean(_) => 4,
+    }
+}
+
+/// Decimal digits of `n`.
+fn digits(mut n: u64) -> usize {
+    let mut d = 1;
+    while n >= 10 {
+        n /= 10;
+        d += 1;
+    }
+    d
+}
+
 /// Appends `frame` to `out` as RESP `protocol` (3 for RESP3, anything else RESP2).
 pub fn encode(frame: &Frame, protocol: u8, out: &mut BytesMut) {
     let resp3 = protocol == 3;
@@ -1194,6 +1247,9 @@ mod tests {
         for (frame, resp2, resp3) in &cases {
             assert_eq!(encoded(frame, 2), resp2.to_vec(), "RESP2 {frame:?}");
             assert_eq!(encoded(frame, 3), resp3.to_vec(), "RESP3 {frame:?}");
+            // A reply is measured before it is encoded (the client output limit).
+            assert_eq!(encoded_len(frame, 2), resp2.len(), "RESP2 length {frame:?}");
+            assert_eq!(encoded_len(frame, 3), resp3.len(), "RESP3 length {frame:?}");
         }
     }
 
@@ -1335,11 +1391,7 @@ mod tests {
     /// Feeds `chunks` and checks, after every decode, that the memory held for the client
     /// (the read buffer's capacity and the arguments set aside) grew with the bytes received,
     /// never with a length a header declared. Returns whether decoding ended in an error.
-    fn feed_bounded(
-        limits: Limits,
-        authenticated: bool,
-        chunks: Vec<&[u8]>,
-    ) -> Result<bool, TestCaseError> {
+    fn feed_bounded(limits: Limits, authenticated: bool, chunks: Vec<&[u8]>) -> Result<bool, TestCaseError> {
         let mut codec = RespCodec::new(limits);
         codec.set_authenticated(authenticated);
         let mut buf = BytesMut::new();
