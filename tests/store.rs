@@ -1120,3 +1120,44 @@ async fn wait_counts_other_nodes_only() {
     .await
     .expect("join");
 }
+
+/// Finding 11: a WAIT kept polling after its client went away (until its timeout, 10 s for
+/// `WAIT n 0`), holding the connection's slot. Now it stops as soon as the client closes: with
+/// `max-clients = 1` a new client is served right after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_stops_when_its_client_goes_away() {
+    let _g = SERIAL.lock().await;
+    let (c, _dir) = cluster("max-clients = 1\n").await;
+    let (leader, _) = leader_store(&c).await;
+    let follower = store_of(&c, if leader == "a" { "b" } else { "a" });
+    tokio::task::spawn_blocking(move || {
+        // Five replicas never exist: this WAIT runs to its cap (10 s) unless stopped.
+        let mut waiting = TcpStream::connect(follower).expect("connect");
+        waiting.write_all(b"WAIT 5 0\r\n").expect("write");
+        // The slot is taken while it waits.
+        let mut other = TcpStream::connect(follower).expect("connect");
+        other
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        assert_eq!(
+            read_line(&mut other).as_deref(),
+            Some("-ERR max number of clients reached")
+        );
+        drop(waiting);
+        let started = Instant::now();
+        // Well before the WAIT's own 10 s, a new client is served.
+        loop {
+            let (got, _) = raw_exchange(follower, b"PING\r\nQUIT\r\n");
+            if got == "+PONG\r\n+OK\r\n" {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the slot stayed taken after the WAIT's client left: {got:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .expect("join");
+}
