@@ -1133,6 +1133,12 @@ async fn a_wait_stops_when_its_client_goes_away() {
     tokio::task::spawn_blocking(move || {
         // Five replicas never exist: this WAIT runs to its cap (10 s) unless stopped.
         let mut waiting = TcpStream::connect(follower).expect("connect");
+        waiting
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        // Served first, so this connection holds the one slot.
+        waiting.write_all(b"PING\r\n").expect("write");
+        assert_eq!(read_line(&mut waiting).as_deref(), Some("+PONG"));
         waiting.write_all(b"WAIT 5 0\r\n").expect("write");
         // The slot is taken while it waits.
         let mut other = TcpStream::connect(follower).expect("connect");
@@ -1157,6 +1163,72 @@ async fn a_wait_stops_when_its_client_goes_away() {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    })
+    .await
+    .expect("join");
+}
+
+/// Whether the server closed `s` (end of stream or reset) rather than leaving it open until
+/// the read timeout.
+fn server_closed(s: &mut TcpStream) -> (String, bool) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (String::from_utf8_lossy(&got).into_owned(), true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return (String::from_utf8_lossy(&got).into_owned(), true)
+            }
+            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), false),
+        }
+    }
+}
+
+/// Finding 7 (buffer budgets): a client whose partly sent request takes the node's client
+/// buffers past `client-buffer-budget` is closed, and one whose reply is over
+/// `client-output-buffer-limit` too; the node and its other clients go on. Both used to be
+/// buffered without limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_over_the_buffer_limits_are_closed_not_the_node() {
+    let _g = SERIAL.lock().await;
+    let (c, _dir) = cluster("client-buffer-budget = 1048576\nclient-output-buffer-limit = 65536\n").await;
+    let a = store_of(&c, "a");
+    tokio::task::spawn_blocking(move || {
+        // A declared 10 MiB value, 3 MiB of it sent: over the 1 MiB budget.
+        let mut s = TcpStream::connect(a).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        s.write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$10485760\r\n")
+            .expect("header");
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..48 {
+            if s.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let (got, was_closed) = server_closed(&mut s);
+        assert!(
+            was_closed,
+            "a client over the buffer budget stays connected: {got:?}"
+        );
+        // The error is sent before the close, though a reset may overtake it.
+        assert!(
+            got.is_empty() || got.starts_with("-ERR client buffers over the node's client-buffer-budget"),
+            "{got:?}"
+        );
+        // A reply over the client's output limit: closed without it.
+        let value = vec![b'v'; 100 * 1024];
+        let (got, _) = raw_exchange(a, &[&mb(&[b"SET", b"big", &value])[..], b"QUIT\r\n"].concat());
+        assert_eq!(got, "+OK\r\n+OK\r\n");
+        let mut s = TcpStream::connect(a).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        s.write_all(b"STRLEN big\r\nGET big\r\n").expect("write");
+        let (got, was_closed) = server_closed(&mut s);
+        assert_eq!(got, ":102400\r\n", "the reply over the limit is not sent");
+        assert!(was_closed);
+        // The node and other clients are fine.
+        let (got, _) = raw_exchange(a, b"PING\r\nQUIT\r\n");
+        assert_eq!(got, "+PONG\r\n+OK\r\n");
     })
     .await
     .expect("join");

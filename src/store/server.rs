@@ -288,12 +288,27 @@ struct Failures {
 }
 
 impl AuthFailures {
-    /// Records a failed AUTH from `ip`; returns how long to wait before replying.
+    /// Records a failed AUTH from `ip`, logs it (at most every [`AUTH_WARN_EVERY`] per
+    /// address) and returns how long to wait before replying.
     fn failed(&self, ip: IpAddr) -> Duration {
-        let now = Instant::now();
+        let (delay, report) = self.record(ip, Instant::now());
+        if let Some((failures, in_window)) = report {
+            tracing::warn!(
+                client.addr = %ip,
+                failures,
+                in_window,
+                "store AUTH failed (wrong password) from this address"
+            );
+        }
+        delay
+    }
+
+    /// Counts a failure from `ip` at `now`: the delay before the reply, and, when a warning is
+    /// due, the failures since the last warning and in the current window.
+    fn record(&self, ip: IpAddr, now: Instant) -> (Duration, Option<(u64, u32)>) {
         let mut map = self.by_address.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= AUTH_MAX_ADDRESSES && !map.contains_key(&ip) {
-            map.retain(|_, f| now.duration_since(f.window_start) < AUTH_WINDOW);
+            map.retain(|_, f| now.saturating_duration_since(f.window_start) < AUTH_WINDOW);
             if map.len() >= AUTH_MAX_ADDRESSES {
                 let oldest = map.iter().min_by_key(|(_, f)| f.window_start).map(|(a, _)| *a);
                 if let Some(a) = oldest {
@@ -307,25 +322,21 @@ impl AuthFailures {
             last_warn: None,
             unreported: 0,
         });
-        if now.duration_since(f.window_start) >= AUTH_WINDOW {
+        if now.saturating_duration_since(f.window_start) >= AUTH_WINDOW {
             f.window_start = now;
             f.in_window = 0;
         }
         f.in_window = f.in_window.saturating_add(1);
         f.unreported += 1;
+        let mut report = None;
         if f.last_warn
-            .is_none_or(|t| now.duration_since(t) >= AUTH_WARN_EVERY)
+            .is_none_or(|t| now.saturating_duration_since(t) >= AUTH_WARN_EVERY)
         {
-            tracing::warn!(
-                client.addr = %ip,
-                failures = f.unreported,
-                in_window = f.in_window,
-                "store AUTH failed (wrong password) from this address"
-            );
+            report = Some((f.unreported, f.in_window));
             f.last_warn = Some(now);
             f.unreported = 0;
         }
-        auth_delay(f.in_window)
+        (auth_delay(f.in_window), report)
     }
 }
 
@@ -494,6 +505,9 @@ async fn handle(
                     reply_bytes = size,
                     "store client closed: reply over client-output-buffer-limit"
                 );
+                // The replies before it still go out (bounded: a client that does not read
+                // cannot hold the connection).
+                let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&out)).await;
                 return;
             }
             if !charge.set(io.inbuf.capacity() + codec.pending_bytes() + out.len() + size) {
@@ -1123,6 +1137,33 @@ mod tests {
             delays.windows(2).all(|w| w[0] <= w[1]),
             "never shorter for more failures"
         );
+    }
+
+    /// Failed AUTHs are counted per address and window; a warning is due at most every
+    /// AUTH_WARN_EVERY per address and carries the failures since the last one.
+    #[test]
+    fn auth_failures_are_counted_per_address_and_logged_at_most_every_ten_seconds() {
+        let f = AuthFailures::default();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert_eq!(f.record(a, at(0)), (Duration::ZERO, Some((1, 1))));
+        for i in 2..=AUTH_FREE_FAILURES {
+            assert_eq!(f.record(a, at(u64::from(i))), (Duration::ZERO, None));
+        }
+        // Another address has its own count and its own warning.
+        assert_eq!(f.record(b, at(20)), (Duration::ZERO, Some((1, 1))));
+        let (delay, report) = f.record(a, at(100));
+        assert_eq!((delay, report), (auth_delay(AUTH_FREE_FAILURES + 1), None));
+        // Ten seconds after the last warning: the failures since then, in one line.
+        let (_, report) = f.record(a, at(10_000));
+        assert_eq!(
+            report,
+            Some((AUTH_FREE_FAILURES as u64 + 1, AUTH_FREE_FAILURES + 2))
+        );
+        // A new window starts the count again.
+        let (delay, _) = f.record(a, at(70_001));
+        assert_eq!(delay, Duration::ZERO);
     }
 
     /// The file limit leaves room for the rest of the node: the admin API, redb, the peers.
