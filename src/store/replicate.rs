@@ -254,23 +254,7 @@ async fn write_batcher(
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        // Every group is at most MAX_ENTRY_BYTES (checked when it was queued); the entry's
-        // groups together stay within it too, so an entry always fits one peer frame.
-        let mut bytes = first.bytes;
-        let mut batch = vec![first];
-        while batch.len() < MAX_GROUPS_PER_ENTRY {
-            match rx.try_recv() {
-                Ok(r) if fits(bytes, &r) => {
-                    bytes += r.bytes;
-                    batch.push(r);
-                }
-                Ok(r) => {
-                    carried = Some(r);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
+        let (mut batch, mut bytes) = gather_queued(first, &mut rx, &mut carried);
         returning.expect(last.take_answered());
         for r in &batch {
             returning.arrived(r.client);
@@ -384,6 +368,33 @@ async fn write_batcher(
             }
         });
     }
+}
+
+/// The groups already queued after `first`, as many as one entry takes: at most
+/// [`MAX_GROUPS_PER_ENTRY`], and within [`MAX_ENTRY_BYTES`] together (each group is within it,
+/// checked when it was queued), so an entry always fits one peer frame. A group that does not
+/// fit is left in `carried`, to start the next entry. Returns the groups and their bytes.
+fn gather_queued(
+    first: WriteReq,
+    rx: &mut mpsc::UnboundedReceiver<WriteReq>,
+    carried: &mut Option<WriteReq>,
+) -> (Vec<WriteReq>, usize) {
+    let mut bytes = first.bytes;
+    let mut batch = vec![first];
+    while batch.len() < MAX_GROUPS_PER_ENTRY {
+        match rx.try_recv() {
+            Ok(r) if fits(bytes, &r) => {
+                bytes += r.bytes;
+                batch.push(r);
+            }
+            Ok(r) => {
+                *carried = Some(r);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    (batch, bytes)
 }
 
 /// Whether `next` may join an entry already carrying `bytes` of ops. Each group counts 16
@@ -557,6 +568,42 @@ mod tests {
         assert!(!r.done());
         r.expect(answered(&[], 0));
         assert!(r.done(), "a lone client never waits for itself");
+    }
+
+    fn group(bytes: usize) -> WriteReq {
+        WriteReq {
+            ops: Vec::new(),
+            bytes,
+            kind: GroupKind::Pipeline,
+            client: None,
+            tx: oneshot::channel().0,
+            refused: Vec::new(),
+        }
+    }
+
+    /// Groups queued together never make an entry larger than a peer frame can carry: the
+    /// one that would is held over to start the next entry (they used to go into one entry
+    /// whatever their size).
+    #[test]
+    fn an_entry_carries_at_most_max_entry_bytes() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mib = 1024 * 1024;
+        for size in [30 * mib, 1024, 30 * mib, 10 * mib] {
+            tx.send(group(size)).expect("queued");
+        }
+        let mut carried = None;
+        let (batch, bytes) = gather_queued(group(20 * mib), &mut rx, &mut carried);
+        let sizes: Vec<usize> = batch.iter().map(|r| r.bytes).collect();
+        assert_eq!(sizes, vec![20 * mib, 30 * mib, 1024]);
+        assert_eq!(bytes, 50 * mib + 1024);
+        let next = carried.take().expect("the group that did not fit is kept");
+        assert_eq!(next.bytes, 30 * mib);
+        let (batch, _) = gather_queued(next, &mut rx, &mut carried);
+        assert_eq!(
+            batch.iter().map(|r| r.bytes).collect::<Vec<_>>(),
+            vec![30 * mib, 10 * mib]
+        );
+        assert!(carried.is_none());
     }
 
     /// Forwarded groups have no name: they are waited for by count.
