@@ -5,6 +5,13 @@
 //! A connection reads every request already in its buffer (a pipeline) and sends runs of
 //! consecutive writes as one group and runs of consecutive reads as one read, so pipelined
 //! clients get group commit while each connection keeps its order.
+//!
+//! The client-facing limits are enforced here: `max-clients` (lowered to the open file limit
+//! less a reserve for the rest of the node), the request size (from the peer frame limit, via
+//! the codec), Redis's limits for clients that have not authenticated, a per-client reply
+//! limit and a node-wide budget for all clients' buffers (an offending client is closed, never
+//! the node), a slowdown of AUTH guessing per client address, and echoed arguments cut to
+//! 128 bytes. Every limit is listed in the README under "Limits and failure behaviour".
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -50,7 +57,9 @@ const TCP_KEEPALIVE_SECS: i32 = 300;
 
 /// File descriptors kept for everything but store clients: the admin API's connections,
 /// redb's files, logs, the supervised service's and the VIP keeper's pipes, the listeners.
-/// Two more are kept per path to each peer (an outbound and an inbound connection).
+/// Two more are kept per path to each peer (an outbound and an inbound connection). The
+/// front proxy's connections (`[proxy]`, in the same process) are not counted: a node running
+/// it needs a file limit well above `max-clients`.
 pub const FD_RESERVE: u64 = 64;
 
 /// How much a pending `WAIT` reads ahead from its client (to notice it leave) before it stops
