@@ -810,6 +810,8 @@ async fn an_oversize_set_is_refused_before_replication_and_roles_stay() {
         let mut request = header.clone();
         request.extend(std::iter::repeat_n(b'x', size));
         request.extend_from_slice(b"\r\n");
+        s.set_write_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
         // The server stops reading after the header: the write fails part way, or not.
         let _ = s.write_all(&request);
         drop(request);
@@ -979,6 +981,8 @@ async fn unauthenticated_clients_may_only_send_small_requests() {
         // max-request-size), however much of it the socket buffers took.
         let mut s = TcpStream::connect(a).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        s.set_write_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
         s.write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$536870912\r\n")
             .expect("header");
         let mut sent = 0usize;
@@ -1198,6 +1202,8 @@ async fn clients_over_the_buffer_limits_are_closed_not_the_node() {
         // A declared 10 MiB value, 3 MiB of it sent: over the 1 MiB budget.
         let mut s = TcpStream::connect(a).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        s.set_write_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
         s.write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$10485760\r\n")
             .expect("header");
         let chunk = vec![b'x'; 64 * 1024];
