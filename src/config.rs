@@ -250,12 +250,26 @@ pub struct StoreConfig {
     /// Bytes of keys and values after which writes that add data get an OOM error (0: none).
     #[serde(default)]
     pub maxmemory: u64,
-    /// Connections beyond this get "ERR max number of clients reached".
+    /// Connections beyond this get "ERR max number of clients reached". Lowered at start up
+    /// to what the process's file limit leaves after a reserve (as Redis does).
     #[serde(default = "default_max_clients")]
     pub max_clients: u32,
-    /// Largest bulk string accepted (Redis `proto-max-bulk-len`).
+    /// Largest request: one bulk string (Redis `proto-max-bulk-len`), and all arguments of one
+    /// request together (16 bytes counted per argument). By default
+    /// [`crate::store::DEFAULT_MAX_REQUEST_SIZE`] (4 MiB: what replicates within openraft's
+    /// append timeout), at most [`crate::store::MAX_REQUEST_SIZE`], which follows from the peer
+    /// frame limit.
     #[serde(default = "default_max_request_size")]
     pub max_request_size: u64,
+    /// Largest reply buffer of one client (Redis `client-output-buffer-limit` for normal
+    /// clients, there unlimited): a client whose pending replies would exceed it is
+    /// disconnected.
+    #[serde(default = "default_client_output_buffer_limit")]
+    pub client_output_buffer_limit: u64,
+    /// All clients' read and reply buffers together, beyond the first 64 KiB of each: a client
+    /// whose buffers would take the total above it is disconnected, never the node.
+    #[serde(default = "default_client_buffer_budget")]
+    pub client_buffer_budget: u64,
     /// While no leader is known (a failover), requests wait this long before failing.
     #[serde(default = "default_retry_for", with = "humantime_serde")]
     pub retry_for: Duration,
@@ -265,7 +279,13 @@ fn default_max_clients() -> u32 {
     10_000
 }
 fn default_max_request_size() -> u64 {
+    crate::store::DEFAULT_MAX_REQUEST_SIZE
+}
+fn default_client_output_buffer_limit() -> u64 {
     512 * 1024 * 1024
+}
+fn default_client_buffer_budget() -> u64 {
+    1024 * 1024 * 1024
 }
 fn default_retry_for() -> Duration {
     Duration::from_secs(5)
@@ -953,6 +973,27 @@ impl Config {
             if st.max_request_size < 1024 {
                 return Err(invalid("store.max-request-size", "must be at least 1024 bytes"));
             }
+            if st.max_request_size > crate::store::MAX_REQUEST_SIZE {
+                return Err(invalid(
+                    "store.max-request-size",
+                    format!(
+                        "must be at most {} bytes (the peer frame limit less room for framing)",
+                        crate::store::MAX_REQUEST_SIZE
+                    ),
+                ));
+            }
+            if st.client_output_buffer_limit < 64 * 1024 {
+                return Err(invalid(
+                    "store.client-output-buffer-limit",
+                    "must be at least 65536 bytes",
+                ));
+            }
+            if st.client_buffer_budget < 1024 * 1024 {
+                return Err(invalid(
+                    "store.client-buffer-budget",
+                    "must be at least 1048576 bytes",
+                ));
+            }
             if st.requirepass.as_deref() == Some("") {
                 return Err(invalid(
                     "store.requirepass",
@@ -1342,6 +1383,40 @@ args = ["1000"]
             }
             Err(e) => panic!("expected a validation error for `{key}`, got: {e}"),
         }
+    }
+
+    /// The store's request size limit follows from the peer frame limit: the default is the
+    /// largest allowed, and a larger value is refused naming the key (it was 512 MiB by
+    /// default, above the 64 MiB frame limit).
+    #[test]
+    fn store_request_size_follows_the_frame_limit() {
+        let with_store = |extra: &str| format!("{FULL}\n[store]\nlisten = \"127.0.0.1:6390\"\n{extra}");
+        let c = Config::parse(&with_store("")).expect("valid");
+        let st = c.store.expect("store section");
+        assert_eq!(st.max_request_size, crate::store::DEFAULT_MAX_REQUEST_SIZE);
+        assert!(
+            st.max_request_size + 2 * 1024 * 1024 <= crate::cluster::transport::MAX_FRAME as u64,
+            "a request must leave room for framing"
+        );
+        assert_invalid(
+            &with_store(&format!(
+                "max-request-size = {}\n",
+                crate::store::MAX_REQUEST_SIZE + 1
+            )),
+            "store.max-request-size",
+        );
+        assert_invalid(
+            &with_store("max-request-size = 536870912\n"),
+            "store.max-request-size",
+        );
+        assert_invalid(
+            &with_store("client-output-buffer-limit = 10\n"),
+            "store.client-output-buffer-limit",
+        );
+        assert_invalid(
+            &with_store("client-buffer-budget = 10\n"),
+            "store.client-buffer-budget",
+        );
     }
 
     /// `FULL` with one line replaced (the line must occur exactly once).

@@ -334,6 +334,11 @@ async fn async_main(args: Args) -> ExitCode {
     match args.command {
         Cmd::Node { config } => {
             init_tracing();
+            // Store clients are clamped to the open file limit: raise it as far as allowed.
+            match standin::store::server::raise_file_limit() {
+                Ok((soft, hard)) => tracing::info!(soft, hard, "open file limit"),
+                Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+            }
             let config = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {

@@ -516,3 +516,88 @@ async fn a_forged_health_record_is_corrected_by_the_node() {
         .await
         .expect("the node re-asserts its health");
 }
+
+/// The largest value the store accepts by default replicates without disturbing anyone: a run
+/// of 4 MiB SETs, sent back to back and pipelined, keeps the Raft leader, its term, the active
+/// node and its epoch (a 20 MiB value used to time out every append and cost the active its
+/// lease; the default `max-request-size` is now what replicates in time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_default_value_replicates_without_a_role_change() {
+    let _g = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cluster, _) = start(Spec::new(dir.path(), &binary())).await;
+    // The coordinator moves Raft leadership to the active node: let that settle first.
+    let before = cluster
+        .wait_for(Duration::from_secs(15), "the active node leading", |s| {
+            s.leader.is_some() && s.leader == s.active
+        })
+        .await
+        .expect("settled");
+    let active = before.active.clone().expect("active");
+    let store = cluster.node(&active).and_then(|n| n.store).expect("store");
+    // The whole request (value + key + name + 16 bytes per argument) within 4 MiB.
+    let value = vec![b'x'; 4 * 1024 * 1024 - 256];
+    for i in 0..5 {
+        let key = format!("big{i}");
+        assert_eq!(redis(store, &[b"SET", key.as_bytes(), &value]).await, "+OK");
+    }
+    // Pipelined: five at once on one connection.
+    let mut conn = TcpStream::connect(store).await.expect("connect");
+    let mut req = Vec::new();
+    for i in 0..5 {
+        let key = format!("pipe{i}");
+        req.extend(
+            format!(
+                "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n",
+                key.len(),
+                value.len()
+            )
+            .as_bytes(),
+        );
+        req.extend(&value);
+        req.extend(b"\r\n");
+    }
+    conn.write_all(&req).await.expect("send");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while got.len() < 25 {
+        let n = tokio::time::timeout(Duration::from_secs(20), conn.read(&mut buf))
+            .await
+            .expect("replies within 20 s")
+            .expect("read");
+        assert!(
+            n > 0,
+            "connection closed after {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend(&buf[..n]);
+    }
+    assert_eq!(String::from_utf8_lossy(&got), "+OK\r\n".repeat(5));
+    let after = cluster.status().await.expect("status");
+    assert_eq!(
+        (
+            after.leader.as_deref(),
+            after.term,
+            after.active.as_deref(),
+            after.epoch
+        ),
+        (
+            before.leader.as_deref(),
+            before.term,
+            before.active.as_deref(),
+            before.epoch
+        ),
+        "large values moved a role"
+    );
+    // Every node holds them (read through the other data node).
+    let other = cluster
+        .nodes
+        .iter()
+        .find(|n| n.id != active && n.store.is_some())
+        .and_then(|n| n.store)
+        .expect("other store");
+    assert_eq!(
+        redis(other, &[b"STRLEN", b"pipe4"]).await,
+        format!(":{}", value.len())
+    );
+}

@@ -727,3 +727,516 @@ async fn the_durable_store_benchmark_compares_both_targets_and_cleans_up() {
     let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("dir").collect();
     assert!(left.is_empty(), "the benchmark left files behind: {left:?}");
 }
+
+/// A multibulk request of `args`.
+fn mb(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Reads one reply line (up to CRLF) from `s`; `None` on timeout, reset or end of stream.
+fn read_line(s: &mut TcpStream) -> Option<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => line.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&line).trim_end().to_string())
+}
+
+/// The store of the node leading Raft (where writes are proposed).
+async fn leader_store(c: &LocalCluster) -> (String, SocketAddr) {
+    let s = c.status().await.expect("status");
+    let leader = s.leader.expect("a leader");
+    let addr = store_of(c, &leader);
+    (leader, addr)
+}
+
+/// Finding 4: a SET larger than the peer frame limit used to be accepted (the request limit
+/// was 512 MiB, the frame limit 64 MiB): its log entry closed the peer connection, moved Raft
+/// leadership and demoted the active node. Now the client gets Redis's error before anything
+/// is proposed. (That a pipeline of writes summing above a frame goes out as several entries
+/// is `store::server::tests::a_run_of_large_writes_is_cut_to_fit_log_entries`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_set_is_refused_before_replication_and_roles_stay() {
+    let _g = SERIAL.lock().await;
+    let (c, _dir) = cluster("").await;
+    // Settled first: Raft leadership follows the active node shortly after start up.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let before = loop {
+        let s = c.status().await.expect("status");
+        if s.leader.is_some() && s.leader == s.active {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "leadership never settled: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (_, addr) = leader_store(&c).await;
+    let other = if before.leader.as_deref() == Some("a") {
+        "b"
+    } else {
+        "a"
+    };
+    let other = store_of(&c, other);
+    tokio::task::spawn_blocking(move || {
+        let size = 65usize << 20;
+        let header = [
+            &b"*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n"[..],
+            format!("${size}\r\n").as_bytes(),
+        ]
+        .concat();
+        // Refused on the header: the value is never buffered.
+        let (got, was_closed) = raw_exchange(addr, &header);
+        assert!(
+            got.starts_with("-ERR Protocol error: invalid bulk length"),
+            "{got:?}"
+        );
+        assert!(
+            was_closed,
+            "the connection closes after a protocol error, as in Redis"
+        );
+        // The whole 65 MiB value sent anyway: the same error, nothing else happens.
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut request = header.clone();
+        request.extend(std::iter::repeat_n(b'x', size));
+        request.extend_from_slice(b"\r\n");
+        s.set_write_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        // The server stops reading after the header: the write fails part way, or not.
+        let _ = s.write_all(&request);
+        drop(request);
+        // The store still works, and writes replicate.
+        let (got, _) = raw_exchange(addr, b"SET after 1\r\nQUIT\r\n");
+        assert_eq!(got, "+OK\r\n+OK\r\n");
+        let (got, _) = raw_exchange(other, b"GET after\r\nQUIT\r\n");
+        assert_eq!(got, "$1\r\n1\r\n+OK\r\n");
+    })
+    .await
+    .expect("join");
+    // Nothing moved: same leader, term, active and epoch, watched for two seconds (a dropped
+    // peer connection used to cost an election and a demotion within that).
+    let watch_until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < watch_until {
+        let now = c.status().await.expect("status");
+        assert_eq!(
+            (&now.leader, now.term, &now.active, now.epoch),
+            (&before.leader, before.term, &before.active, before.epoch),
+            "roles changed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Kills a process group started by a test when dropped.
+struct GroupGuard(std::process::Child);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        let pgid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Finding 6: with 256 open files, 300 idle store clients used to exhaust the descriptors: the
+/// admin API stopped answering and new clients hung. `max-clients` is now clamped to the file
+/// limit less a reserve; the clients beyond get Redis's error and the admin API still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_clients_are_clamped_to_the_file_limit() {
+    use std::os::unix::process::CommandExt;
+    let _g = SERIAL.lock().await;
+    let (mut c, dir) = cluster("").await;
+    c.stop("b", Duration::from_secs(5)).expect("stop b");
+    let node = {
+        let b = c.node("b").expect("b");
+        (b.config.clone(), b.admin, b.store.expect("b's store"))
+    };
+    let config = standin::config::Config::load(&node.0).expect("b's config");
+    let limit = 256u64;
+    let serving = standin::store::server::clamp_max_clients(10_000, limit, &config) as usize;
+    let log = std::fs::File::create(dir.path().join("b-limited.log")).expect("log");
+    let child = Command::new("prlimit")
+        .arg(format!("--nofile={limit}:{limit}"))
+        .arg("--")
+        .arg(binary())
+        .arg("node")
+        .arg("--config")
+        .arg(&node.0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .expect("prlimit (util-linux) must be installed");
+    let _guard = GroupGuard(child);
+    let (admin, store) = (node.1, node.2);
+    // Up: the store answers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let up = tokio::task::spawn_blocking(move || {
+            TcpStream::connect(store)
+                .ok()
+                .map(|_| raw_exchange(store, b"PING\r\nQUIT\r\n").0)
+        })
+        .await
+        .expect("join");
+        if up.as_deref() == Some("+PONG\r\n+OK\r\n") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "b did not come up under the file limit"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let total = 300usize;
+    assert!(total > serving && (total as u64) > limit);
+    let conns = tokio::task::spawn_blocking(move || {
+        let mut conns: Vec<TcpStream> = (0..total)
+            .map(|_| TcpStream::connect(store).expect("connect"))
+            .collect();
+        // The clients beyond the clamp get the error and are closed; the others stay idle.
+        // Wait (bounded) until as many as expected were turned away.
+        let mut rejected = vec![false; total];
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while rejected.iter().filter(|r| **r).count() < total - serving {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {total} clients were turned away (expected {}): the others hang",
+                rejected.iter().filter(|r| **r).count(),
+                total - serving
+            );
+            for (i, s) in conns.iter_mut().enumerate() {
+                if rejected[i] {
+                    continue;
+                }
+                s.set_nonblocking(true).expect("nonblocking");
+                let mut buf = [0u8; 128];
+                if let Ok(n) = s.read(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..n]);
+                    assert!(text.starts_with("-ERR max number of clients reached"), "{text:?}");
+                    rejected[i] = true;
+                }
+                s.set_nonblocking(false).expect("blocking");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Every client that was let in is served.
+        let mut kept = Vec::new();
+        for (s, r) in conns.into_iter().zip(rejected) {
+            if !r {
+                kept.push(s);
+            }
+        }
+        assert_eq!(kept.len(), serving);
+        for s in kept.iter_mut() {
+            s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            s.write_all(b"PING\r\n").expect("write");
+            assert_eq!(read_line(s).as_deref(), Some("+PONG"));
+        }
+        // One more: turned away at once, not left hanging.
+        let mut extra = TcpStream::connect(store).expect("connect");
+        extra
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        assert_eq!(
+            read_line(&mut extra).as_deref(),
+            Some("-ERR max number of clients reached")
+        );
+        kept
+    })
+    .await
+    .expect("join");
+    // The admin API still answers with all those clients connected.
+    let status = standin::demo::harness::best_status(&[admin]).await;
+    assert!(status.is_some(), "the admin API of b does not answer");
+    drop(conns);
+}
+
+/// Finding 7: before AUTH a client may send only small requests (Redis since CVE-2021-32675);
+/// a declared 512 MiB value used to be read in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_clients_may_only_send_small_requests() {
+    let _g = SERIAL.lock().await;
+    let (c, _dir) = cluster("requirepass = \"s3cret\"\n").await;
+    let a = store_of(&c, "a");
+    tokio::task::spawn_blocking(move || {
+        // Refused on the header, before any of the value is read: within max-request-size
+        // but over the unauthenticated limit.
+        let (got, was_closed) = raw_exchange(a, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1048576\r\n");
+        assert_eq!(got, "-ERR Protocol error: unauthenticated bulk length\r\n");
+        assert!(was_closed);
+        // A declared 512 MiB value sent anyway: cut off (this one is also over
+        // max-request-size), however much of it the socket buffers took.
+        let mut s = TcpStream::connect(a).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        s.set_write_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$536870912\r\n")
+            .expect("header");
+        let mut sent = 0usize;
+        let chunk = vec![b'x'; 64 * 1024];
+        while sent < 512 << 20 {
+            if s.write_all(&chunk).is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+        assert!(sent < 512 << 20, "the server read the whole value");
+        let (got, was_closed) = raw_exchange(a, &mb(&[&b"PING"[..]; 11]));
+        assert_eq!(got, "-ERR Protocol error: unauthenticated multibulk length\r\n");
+        assert!(was_closed);
+        // After AUTH, in the same pipeline, the limits are lifted.
+        let big = vec![b'v'; 20 * 1024];
+        let mut request = b"AUTH s3cret\r\n".to_vec();
+        request.extend_from_slice(&mb(&[b"SET", b"k", &big]));
+        request.extend_from_slice(b"STRLEN k\r\nQUIT\r\n");
+        let (got, _) = raw_exchange(a, &request);
+        assert_eq!(got, "+OK\r\n+OK\r\n:20480\r\n+OK\r\n");
+    })
+    .await
+    .expect("join");
+}
+
+/// Finding 9: wrong AUTHs used to be answered at once without a trace (20,000 in 17 ms).
+/// After a few failures from one address each further one waits (see `auth_delay`), and the
+/// failures are counted in a metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_auths_are_slowed_down_and_counted() {
+    use standin::store::server::{auth_delay, AUTH_FREE_FAILURES};
+    let _g = SERIAL.lock().await;
+    let (c, _dir) = cluster("requirepass = \"s3cret\"\n").await;
+    let a = store_of(&c, "a");
+    let admin = c.node("a").expect("a").admin.to_string();
+    let free = AUTH_FREE_FAILURES;
+    let slow = 5u32;
+    let took = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(a).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut wrong = || {
+            s.write_all(b"AUTH guess\r\n").expect("write");
+            assert_eq!(
+                read_line(&mut s).as_deref(),
+                Some("-WRONGPASS invalid username-password pair or user is disabled.")
+            );
+        };
+        for _ in 0..free {
+            wrong();
+        }
+        let started = Instant::now();
+        for _ in 0..slow {
+            wrong();
+        }
+        started.elapsed()
+    })
+    .await
+    .expect("join");
+    // A lower bound from the server's own delays, whatever the machine's speed.
+    let least: Duration = (free + 1..=free + slow).map(auth_delay).sum();
+    assert!(least >= Duration::from_millis(300), "{least:?}");
+    assert!(
+        took >= least,
+        "{slow} failed AUTHs after {free} took {took:?}, less than {least:?}"
+    );
+    let m = scrape(&admin).await;
+    assert_eq!(
+        sample(&m, "standin_store_auth_failures_total", &[]),
+        Some(f64::from(free + slow))
+    );
+}
+
+/// Finding 10: error replies echoed client arguments in full (about 3x amplification, also
+/// before AUTH through HELLO); Redis cuts them to 128 bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_replies_echo_at_most_128_bytes_of_an_argument() {
+    let _g = SERIAL.lock().await;
+    let (c, _dir) = cluster("").await;
+    let a = store_of(&c, "a");
+    tokio::task::spawn_blocking(move || {
+        let long = vec![b'z'; 10_000];
+        let cut = "z".repeat(128);
+        let cases: Vec<(Vec<u8>, String)> = vec![
+            (
+                mb(&[&long, &long, &long]),
+                format!("-ERR unknown command '{cut}', with args beginning with: '{cut}' \r\n"),
+            ),
+            (
+                mb(&[b"HELLO", b"3", &long]),
+                format!("-ERR Syntax error in HELLO option '{cut}'\r\n"),
+            ),
+            (
+                mb(&[b"CLIENT", &long]),
+                format!("-ERR unknown subcommand '{cut}'. Try CLIENT HELP.\r\n"),
+            ),
+            (
+                mb(&[b"COMMAND", &long]),
+                format!("-ERR unknown subcommand '{cut}'. Try COMMAND HELP.\r\n"),
+            ),
+            (
+                [&b"MULTI\r\n"[..], &mb(&[&long])].concat(),
+                format!("+OK\r\n-ERR Command not allowed inside a transaction or unknown: '{cut}'\r\n"),
+            ),
+        ];
+        for (request, want) in cases {
+            let (got, _) = raw_exchange(a, &[&request[..], b"QUIT\r\n"].concat());
+            assert_eq!(got, format!("{want}+OK\r\n"));
+        }
+    })
+    .await
+    .expect("join");
+}
+
+/// Finding 11: WAIT counted the leader itself (`WAIT 5 100` returned 3 with two other voters).
+/// It counts the other nodes that hold the writes, on the leader and on a follower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_counts_other_nodes_only() {
+    let _g = SERIAL.lock().await;
+    let (c, _dir) = cluster("").await;
+    let (leader, on_leader) = leader_store(&c).await;
+    let follower = store_of(&c, if leader == "a" { "b" } else { "a" });
+    let others = c.nodes.len() - 1;
+    tokio::task::spawn_blocking(move || {
+        for addr in [on_leader, follower] {
+            let (got, _) = raw_exchange(addr, b"SET w 1\r\nWAIT 5 300\r\nQUIT\r\n");
+            let n: usize = got
+                .strip_prefix("+OK\r\n:")
+                .and_then(|r| r.split("\r\n").next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{got:?}"));
+            assert!(
+                (1..=others).contains(&n),
+                "WAIT counted {n} replicas; {others} other nodes exist"
+            );
+        }
+    })
+    .await
+    .expect("join");
+}
+
+/// Finding 11: a WAIT kept polling after its client went away (until its timeout, 10 s for
+/// `WAIT n 0`), holding the connection's slot. Now it stops as soon as the client closes: with
+/// `max-clients = 1` a new client is served right after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_stops_when_its_client_goes_away() {
+    let _g = SERIAL.lock().await;
+    let (c, _dir) = cluster("max-clients = 1\n").await;
+    let (leader, _) = leader_store(&c).await;
+    let follower = store_of(&c, if leader == "a" { "b" } else { "a" });
+    tokio::task::spawn_blocking(move || {
+        // Five replicas never exist: this WAIT runs to its cap (10 s) unless stopped.
+        let mut waiting = TcpStream::connect(follower).expect("connect");
+        waiting
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        // Served first, so this connection holds the one slot.
+        waiting.write_all(b"PING\r\n").expect("write");
+        assert_eq!(read_line(&mut waiting).as_deref(), Some("+PONG"));
+        waiting.write_all(b"WAIT 5 0\r\n").expect("write");
+        // The slot is taken while it waits.
+        let mut other = TcpStream::connect(follower).expect("connect");
+        other
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        assert_eq!(
+            read_line(&mut other).as_deref(),
+            Some("-ERR max number of clients reached")
+        );
+        drop(waiting);
+        let started = Instant::now();
+        // Well before the WAIT's own 10 s, a new client is served.
+        loop {
+            let (got, _) = raw_exchange(follower, b"PING\r\nQUIT\r\n");
+            if got == "+PONG\r\n+OK\r\n" {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the slot stayed taken after the WAIT's client left: {got:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .expect("join");
+}
+
+/// Whether the server closed `s` (end of stream or reset) rather than leaving it open until
+/// the read timeout.
+fn server_closed(s: &mut TcpStream) -> (String, bool) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (String::from_utf8_lossy(&got).into_owned(), true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return (String::from_utf8_lossy(&got).into_owned(), true)
+            }
+            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), false),
+        }
+    }
+}
+
+/// Finding 7 (buffer budgets): a client whose partly sent request takes the node's client
+/// buffers past `client-buffer-budget` is closed, and one whose reply is over
+/// `client-output-buffer-limit` too; the node and its other clients go on. Both used to be
+/// buffered without limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_over_the_buffer_limits_are_closed_not_the_node() {
+    let _g = SERIAL.lock().await;
+    let (c, _dir) = cluster("client-buffer-budget = 1048576\nclient-output-buffer-limit = 65536\n").await;
+    let a = store_of(&c, "a");
+    tokio::task::spawn_blocking(move || {
+        // A declared 3 MiB value (within max-request-size), 3 MiB of it sent: over the 1 MiB
+        // budget.
+        let mut s = TcpStream::connect(a).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        s.set_write_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$3145728\r\n")
+            .expect("header");
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..48 {
+            if s.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let (got, was_closed) = server_closed(&mut s);
+        assert!(
+            was_closed,
+            "a client over the buffer budget stays connected: {got:?}"
+        );
+        // The error is sent before the close, though a reset may overtake it.
+        assert!(
+            got.is_empty() || got.starts_with("-ERR client buffers over the node's client-buffer-budget"),
+            "{got:?}"
+        );
+        // A reply over the client's output limit: closed without it.
+        let value = vec![b'v'; 100 * 1024];
+        let (got, _) = raw_exchange(a, &[&mb(&[b"SET", b"big", &value])[..], b"QUIT\r\n"].concat());
+        assert_eq!(got, "+OK\r\n+OK\r\n");
+        let mut s = TcpStream::connect(a).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        s.write_all(b"STRLEN big\r\nGET big\r\n").expect("write");
+        let (got, was_closed) = server_closed(&mut s);
+        assert_eq!(got, ":102400\r\n", "the reply over the limit is not sent");
+        assert!(was_closed);
+        // The node and other clients are fine.
+        let (got, _) = raw_exchange(a, b"PING\r\nQUIT\r\n");
+        assert_eq!(got, "+PONG\r\n+OK\r\n");
+    })
+    .await
+    .expect("join");
+}

@@ -26,6 +26,7 @@ pub struct NodeMetrics {
     store_ops: Family<Labels, Counter>,
     store_latency: Family<Labels, Histogram>,
     entry_groups: Histogram,
+    auth_failures: Counter,
 }
 
 /// What a store request was, for the metrics.
@@ -84,17 +85,29 @@ impl NodeMetrics {
              proposed as leader: group commit at work",
             entry_groups.clone(),
         );
+        let auth_failures = Counter::default();
+        registry.register(
+            "store_auth_failures",
+            "Store AUTH (and HELLO AUTH) attempts refused for a wrong password",
+            auth_failures.clone(),
+        );
         NodeMetrics {
             registry,
             store_ops,
             store_latency,
             entry_groups,
+            auth_failures,
         }
     }
 
     /// Records one store log entry proposed with `groups` client groups in it.
     pub fn store_entry(&self, groups: usize) {
         self.entry_groups.observe(groups as f64);
+    }
+
+    /// Records one store AUTH refused for a wrong password.
+    pub fn store_auth_failed(&self) {
+        self.auth_failures.inc();
     }
 
     /// Records one group of `ops` store operations that took `took`.

@@ -38,6 +38,12 @@ pub type NodeId = u64;
 /// would make openraft overflow and stop.
 pub const MAX_TERM_AHEAD: u64 = 10_000;
 
+/// Most bytes one `AppendEntries` carries when it holds several entries (a single larger entry
+/// goes alone): openraft 0.9 gives an append half a heartbeat interval, and the same
+/// connection carries the heartbeats of its path, so a lagging follower is caught up in runs
+/// that each arrive in time.
+pub const APPEND_BUDGET: usize = 2 * 1024 * 1024;
+
 openraft::declare_raft_types!(
     /// The openraft type configuration of standin.
     pub TypeConfig:

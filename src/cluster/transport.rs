@@ -242,7 +242,7 @@ impl Transport {
             .is_some_and(|t| now.duration_since(t) < self.inner.failure_timeout)
     }
 
-    fn encode(&self, req: &Request) -> Result<(u64, Bytes), TransportError> {
+    fn encode(&self, req: &Request, limit: usize) -> Result<(u64, Bytes), TransportError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = Frame {
             id,
@@ -252,10 +252,10 @@ impl Transport {
         let bytes = postcard::to_allocvec(&frame).map_err(|e| TransportError::Encode(e.to_string()))?;
         // Refused here, before anything is sent: a frame the peer would reject would close the
         // connection, and with it the heartbeats of this path.
-        if bytes.len() > MAX_FRAME {
+        if bytes.len() > limit.min(MAX_FRAME) {
             return Err(TransportError::TooLarge {
                 size: bytes.len(),
-                limit: MAX_FRAME,
+                limit: limit.min(MAX_FRAME),
             });
         }
         Ok((id, Bytes::from(bytes)))
@@ -269,7 +269,19 @@ impl Transport {
         req: &Request,
         timeout: Duration,
     ) -> Result<Response, TransportError> {
-        self.call_inner(peer, req, timeout, true).await
+        self.call_inner(peer, req, timeout, true, MAX_FRAME).await
+    }
+
+    /// Like [`Transport::call`], but refuses (with [`TransportError::TooLarge`], before
+    /// sending) a request that encodes to more than `limit` bytes.
+    pub async fn call_within(
+        &self,
+        peer: &str,
+        req: &Request,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<Response, TransportError> {
+        self.call_inner(peer, req, timeout, true, limit).await
     }
 
     /// Like [`Transport::call`] for requests that must not run twice (store writes, forwarded
@@ -281,7 +293,7 @@ impl Transport {
         req: &Request,
         timeout: Duration,
     ) -> Result<Response, TransportError> {
-        self.call_inner(peer, req, timeout, false).await
+        self.call_inner(peer, req, timeout, false, MAX_FRAME).await
     }
 
     async fn call_inner(
@@ -290,6 +302,7 @@ impl Transport {
         req: &Request,
         timeout: Duration,
         idempotent: bool,
+        limit: usize,
     ) -> Result<Response, TransportError> {
         let p = self
             .inner
@@ -315,7 +328,7 @@ impl Transport {
             if remaining.is_zero() {
                 break;
             }
-            match self.call_path(peer, i, req, remaining).await {
+            match self.call_path(peer, i, req, remaining, limit).await {
                 Ok(r) => return Ok(r),
                 Err(PathError::Timeout) => {
                     return Err(TransportError::Timeout {
@@ -347,11 +360,12 @@ impl Transport {
         idx: usize,
         req: &Request,
         timeout: Duration,
+        limit: usize,
     ) -> Result<Response, PathError> {
         let path = &self.inner.peers[peer].paths[idx];
         let deadline = tokio::time::Instant::now() + timeout;
         let conn = self.connection(path, deadline).await?;
-        let (id, bytes) = self.encode(req).map_err(PathError::Encode)?;
+        let (id, bytes) = self.encode(req, limit).map_err(PathError::Encode)?;
         let (tx, rx) = oneshot::channel();
         lock(&conn.pending).insert(id, tx);
         // Waiting for our turn to write sends nothing, so `call_once` may still try another
@@ -461,7 +475,7 @@ impl Transport {
             let ping = Request::Ping { nonce };
             let result = tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = self.call_path(&peer, idx, &ping, ping_timeout) => r,
+                r = self.call_path(&peer, idx, &ping, ping_timeout, MAX_FRAME) => r,
             };
             let path = &self.inner.peers[&peer].paths[idx];
             let ok = matches!(result, Ok(Response::Pong { nonce: n }) if n == nonce);

@@ -826,9 +826,10 @@ fn parse_expire(a: &Args<'_>) -> Result<Op, Reply> {
         } else if eq_ic(opt, "lt") {
             lt = true;
         } else {
+            // Echoed cut to 128 bytes, as Redis prints arguments (`%.128s`).
             return Err(Reply::Error(format!(
                 "ERR Unsupported option {}",
-                String::from_utf8_lossy(opt)
+                String::from_utf8_lossy(opt.get(..128).unwrap_or(opt))
             )));
         }
     }

@@ -41,8 +41,11 @@ const HASH_FIELD_OVERHEAD: usize = 64;
 const LIST_ITEM_OVERHEAD: usize = 32;
 /// Estimated fixed cost of one set member (set node and a `Bytes` handle).
 const SET_MEMBER_OVERHEAD: usize = 48;
-/// Largest string APPEND may build (Redis's default `proto-max-bulk-len`).
-const MAX_STRING_LEN: usize = 512 * 1024 * 1024;
+/// Largest string APPEND may build: Redis uses `proto-max-bulk-len`, the largest request
+/// here, so a value can always be read back through a follower (its reply travels in one
+/// peer frame). A constant, not the configured `max-request-size`: applying must give the
+/// same result on every node.
+const MAX_STRING_LEN: usize = super::MAX_REQUEST_SIZE as usize;
 
 /// A stored value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cmd::Op;
 use super::reply::Reply;
+use super::{ENTRY_TARGET_BYTES, MAX_ENTRY_BYTES};
 use crate::cluster::rpc::{Request, Response};
 use crate::cluster::state::Command;
 use crate::cluster::transport::unix_ms;
@@ -63,8 +64,19 @@ impl StoreError {
     }
 }
 
+/// The refusal of a group too large for one log entry (the store's server splits pipelines
+/// below it, so only a transaction or a forwarded group can meet it).
+fn too_large(bytes: usize) -> StoreError {
+    StoreError::Refused(format!(
+        "request of {bytes} bytes exceeds the largest replicated entry ({MAX_ENTRY_BYTES} bytes)"
+    ))
+}
+
 struct WriteReq {
     ops: Vec<Op>,
+    /// The ops' encoded size ([`super::encoded_len`]): an entry carries at most
+    /// [`MAX_ENTRY_BYTES`] of them.
+    bytes: usize,
     kind: GroupKind,
     /// The client connection on this node that sent the group, if any: the batcher waits for
     /// the clients the last entry answered (see `write_batcher`).
@@ -121,7 +133,15 @@ impl Replicator {
         match self.node.cluster.leader() {
             None => Err(StoreError::NoLeader),
             Some(l) if l == self.node.cluster.me() => self.write_local(ops, kind, Some(client)).await,
-            Some(l) => self.forward(&l, Request::StoreWrite { ops, kind }).await,
+            Some(l) => {
+                // A forwarded group travels in one peer frame: refused here, not by the frame
+                // limit (which would cost the connection carrying heartbeats).
+                let bytes = super::encoded_len(&ops);
+                if bytes > MAX_ENTRY_BYTES {
+                    return Err(too_large(bytes));
+                }
+                self.forward(&l, Request::StoreWrite { ops, kind }).await
+            }
         }
     }
 
@@ -142,10 +162,15 @@ impl Replicator {
         kind: GroupKind,
         client: Option<u64>,
     ) -> Result<Vec<Reply>, StoreError> {
+        let bytes = super::encoded_len(&ops);
+        if bytes > MAX_ENTRY_BYTES {
+            return Err(too_large(bytes));
+        }
         let (tx, rx) = oneshot::channel();
         self.writes
             .send(WriteReq {
                 ops,
+                bytes,
                 kind,
                 client,
                 tx,
@@ -214,23 +239,22 @@ async fn write_batcher(
     // costs one wait.
     let last = Arc::new(LastCommit::default());
     let mut returning = Returning::default();
+    // A group that did not fit the last entry's byte budget: the first of the next entry.
+    let mut carried: Option<WriteReq> = None;
     loop {
-        let first = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = rx.recv() => match r { Some(r) => r, None => return },
+        let first = match carried.take() {
+            Some(r) => r,
+            None => tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = rx.recv() => match r { Some(r) => r, None => return },
+            },
         };
         // Wait for a slot first: while all slots are busy, more groups pile up and the next
         // entry carries them all.
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let mut batch = vec![first];
-        while batch.len() < MAX_GROUPS_PER_ENTRY {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
+        let (mut batch, mut bytes) = gather_queued(first, &mut rx, &mut carried);
         returning.expect(last.take_answered());
         for r in &batch {
             returning.arrived(r.client);
@@ -238,11 +262,16 @@ async fn write_batcher(
         if !returning.done() {
             let linger = Duration::from_micros(last.micros.load(Ordering::Relaxed)).min(MAX_LINGER);
             let deadline = tokio::time::Instant::now() + linger;
-            while !returning.done() && batch.len() < MAX_GROUPS_PER_ENTRY {
+            while carried.is_none() && !returning.done() && batch.len() < MAX_GROUPS_PER_ENTRY {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(r)) => {
+                    Ok(Some(r)) if fits(bytes, &r) => {
                         returning.arrived(r.client);
+                        bytes += r.bytes;
                         batch.push(r);
+                    }
+                    Ok(Some(r)) => {
+                        carried = Some(r);
+                        break;
                     }
                     Ok(None) | Err(_) => break,
                 }
@@ -341,6 +370,40 @@ async fn write_batcher(
             }
         });
     }
+}
+
+/// The groups already queued after `first`, as many as one entry takes: at most
+/// [`MAX_GROUPS_PER_ENTRY`], and within [`MAX_ENTRY_BYTES`] together (each group is within it,
+/// checked when it was queued), so an entry always fits one peer frame. A group that does not
+/// fit is left in `carried`, to start the next entry. Returns the groups and their bytes.
+fn gather_queued(
+    first: WriteReq,
+    rx: &mut mpsc::UnboundedReceiver<WriteReq>,
+    carried: &mut Option<WriteReq>,
+) -> (Vec<WriteReq>, usize) {
+    let mut bytes = first.bytes;
+    let mut batch = vec![first];
+    while batch.len() < MAX_GROUPS_PER_ENTRY {
+        match rx.try_recv() {
+            Ok(r) if fits(bytes, &r) => {
+                bytes += r.bytes;
+                batch.push(r);
+            }
+            Ok(r) => {
+                *carried = Some(r);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    (batch, bytes)
+}
+
+/// Whether `next` may join an entry already carrying `bytes` of ops: up to
+/// [`ENTRY_TARGET_BYTES`] together (a single group up to [`MAX_ENTRY_BYTES`] travels alone).
+/// Each group counts 16 bytes beyond its ops for its own framing in the entry (length, kind).
+fn fits(bytes: usize, next: &WriteReq) -> bool {
+    bytes.saturating_add(next.bytes).saturating_add(16) <= ENTRY_TARGET_BYTES
 }
 
 /// Who an entry answered: this node's client connections by id, and how many groups came
@@ -508,6 +571,44 @@ mod tests {
         assert!(!r.done());
         r.expect(answered(&[], 0));
         assert!(r.done(), "a lone client never waits for itself");
+    }
+
+    fn group(bytes: usize) -> WriteReq {
+        WriteReq {
+            ops: Vec::new(),
+            bytes,
+            kind: GroupKind::Pipeline,
+            client: None,
+            tx: oneshot::channel().0,
+            refused: Vec::new(),
+        }
+    }
+
+    /// Groups queued together make an entry of at most `ENTRY_TARGET_BYTES` (a single larger
+    /// group travels alone, within a peer frame): the one that would cross it is held over to
+    /// start the next entry (they used to go into one entry whatever their size, past what
+    /// replicates within openraft's append timeout and past a peer frame).
+    #[test]
+    fn an_entry_carries_at_most_the_entry_target() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let kib = 1024;
+        for size in [512 * kib, 400 * kib, 300 * kib, 30 * 1024 * kib] {
+            tx.send(group(size)).expect("queued");
+        }
+        let mut carried = None;
+        let (batch, bytes) = gather_queued(group(100 * kib), &mut rx, &mut carried);
+        let sizes: Vec<usize> = batch.iter().map(|r| r.bytes).collect();
+        assert_eq!(sizes, vec![100 * kib, 512 * kib, 400 * kib]);
+        assert_eq!(bytes, 1012 * kib);
+        let next = carried.take().expect("the group that did not fit is kept");
+        assert_eq!(next.bytes, 300 * kib);
+        let (batch, _) = gather_queued(next, &mut rx, &mut carried);
+        assert_eq!(batch.iter().map(|r| r.bytes).collect::<Vec<_>>(), vec![300 * kib]);
+        let big = carried.take().expect("the large group waits for its own entry");
+        let (batch, bytes) = gather_queued(big, &mut rx, &mut carried);
+        assert_eq!(batch.len(), 1);
+        assert!(bytes <= MAX_ENTRY_BYTES);
+        assert!(carried.is_none());
     }
 
     /// Forwarded groups have no name: they are waited for by count.

@@ -68,7 +68,25 @@ pub struct Limits {
     /// How many bytes may be buffered while still waiting for the end of an inline
     /// request or of a `*<n>` / `$<len>` header line (Redis `PROTO_INLINE_MAX_SIZE`, 64 KiB).
     pub max_inline_len: usize,
+    /// Largest whole request: the sum over its arguments of their length plus
+    /// [`ARG_OVERHEAD`] (an inline request: its line). Redis has no such limit (its query
+    /// buffer limit plays the part); the store needs one so a request always fits one log
+    /// entry. Default: unlimited.
+    pub max_request_len: usize,
 }
+
+/// What each argument of a request counts for beyond its bytes against
+/// [`Limits::max_request_len`]: covers what an argument can take in the encoded op beyond its
+/// bytes (a length prefix, a tag, a number stored in more bytes than its digits).
+pub const ARG_OVERHEAD: usize = 16;
+
+/// Most arguments a client may send in one request before it has authenticated (Redis since
+/// CVE-2021-32675).
+pub const UNAUTHENTICATED_MULTIBULK_LEN: usize = 10;
+
+/// Largest argument a client may send before it has authenticated (Redis since
+/// CVE-2021-32675).
+pub const UNAUTHENTICATED_BULK_LEN: usize = 16 * 1024;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -76,6 +94,7 @@ impl Default for Limits {
             max_bulk_len: 512 * 1024 * 1024,
             max_multibulk_len: 1024 * 1024,
             max_inline_len: 64 * 1024,
+            max_request_len: usize::MAX,
         }
     }
 }
@@ -125,6 +144,9 @@ pub struct RespCodec {
     /// bytes are consumed. Only valid because the framed reader hands us the same buffer
     /// every time and only we take bytes out of it.
     scanned: usize,
+    /// Whether the client has authenticated; until then only small requests are accepted
+    /// ([`UNAUTHENTICATED_MULTIBULK_LEN`], [`UNAUTHENTICATED_BULK_LEN`]), as in Redis.
+    authenticated: bool,
 }
 
 /// A multibulk request whose header has been read but not all of its arguments.
@@ -141,6 +163,10 @@ struct Multibulk {
     /// Length of the argument whose `$<len>` line was read but whose payload is not yet
     /// fully buffered.
     bulk_len: Option<usize>,
+    /// The request's size so far against [`Limits::max_request_len`].
+    size: usize,
+    /// Bytes of the large arguments read so far (held outside the read buffer).
+    large_bytes: usize,
 }
 
 /// One argument read so far.
@@ -171,8 +197,13 @@ enum Progress {
 const MAX_PREALLOC_ARGS: usize = 1024;
 
 /// Upper bound on buffer space reserved ahead for a large bulk payload, for the same
-/// reason: the claimed length is only a claim until the bytes arrive.
-const MAX_RESERVE_AHEAD: usize = 1024 * 1024;
+/// reason: the claimed length is only a claim until the bytes arrive. Below it, the space
+/// reserved ahead is at most what is already buffered (at least [`MIN_RESERVE_AHEAD`]), so
+/// the buffer grows with the bytes that arrive, never with the length a header declares.
+pub const MAX_RESERVE_AHEAD: usize = 1024 * 1024;
+
+/// Space reserved ahead for a large payload when little is buffered yet.
+pub const MIN_RESERVE_AHEAD: usize = 16 * 1024;
 
 /// Largest argument copied out of the read buffer rather than shared with it.
 const MAX_COPIED_ARG: usize = 16 * 1024;
@@ -185,7 +216,23 @@ impl RespCodec {
             protocol: 2,
             pending: None,
             scanned: 0,
+            authenticated: true,
         }
+    }
+
+    /// Whether the client has authenticated: until it has, requests are limited to
+    /// [`UNAUTHENTICATED_MULTIBULK_LEN`] arguments of at most [`UNAUTHENTICATED_BULK_LEN`]
+    /// bytes each. A new codec counts as authenticated.
+    pub fn set_authenticated(&mut self, authenticated: bool) {
+        self.authenticated = authenticated;
+    }
+
+    /// Bytes held for the request being read outside the read buffer (its complete
+    /// arguments), for the connection's buffer accounting.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending
+            .as_ref()
+            .map_or(0, |r| r.small.capacity() + r.large_bytes)
     }
 
     /// Switches reply encoding to RESP `v` (after a successful `HELLO`). 3 selects RESP3;
@@ -217,6 +264,9 @@ impl RespCodec {
         let count = match count {
             Some(n) if n <= 0 => None,
             Some(n) => match usize::try_from(n) {
+                Ok(n) if !self.authenticated && n > UNAUTHENTICATED_MULTIBULK_LEN => {
+                    return Err(protocol_error("unauthenticated multibulk length"))
+                }
                 Ok(n) if n <= self.limits.max_multibulk_len => Some(n),
                 _ => return Err(protocol_error("invalid multibulk length")),
             },
@@ -230,6 +280,8 @@ impl RespCodec {
                 args: Vec::with_capacity(count.min(MAX_PREALLOC_ARGS)),
                 small: Vec::with_capacity(SMALL_ARGS_START),
                 bulk_len: None,
+                size: 0,
+                large_bytes: 0,
             });
         }
         Ok(Progress::Continue)
@@ -270,6 +322,13 @@ impl RespCodec {
                         .and_then(|n| usize::try_from(n).ok())
                         .filter(|&n| n <= self.limits.max_bulk_len)
                         .ok_or_else(|| protocol_error("invalid bulk length"))?;
+                    if !self.authenticated && len > UNAUTHENTICATED_BULK_LEN {
+                        return Err(protocol_error("unauthenticated bulk length"));
+                    }
+                    request.size = request.size.saturating_add(len.saturating_add(ARG_OVERHEAD));
+                    if request.size > self.limits.max_request_len {
+                        return Err(protocol_error("request exceeds max-request-size"));
+                    }
                     src.advance(cr + 2);
                     self.scanned = 0;
                     request.bulk_len = Some(len);
@@ -279,7 +338,10 @@ impl RespCodec {
             // The payload and the two bytes after it (CRLF, not checked, as in Redis).
             let needed = len.saturating_add(2);
             if src.len() < needed {
-                src.reserve((needed - src.len()).min(MAX_RESERVE_AHEAD));
+                let ahead = (needed - src.len())
+                    .min(src.len().max(MIN_RESERVE_AHEAD))
+                    .min(MAX_RESERVE_AHEAD);
+                src.reserve(ahead);
                 return Ok(Progress::NeedMore);
             }
             // A small payload is copied out, so the read buffer stays unshared and the next
@@ -293,6 +355,7 @@ impl RespCodec {
                 src.advance(len);
             } else {
                 request.args.push(Arg::Large(src.split_to(len).freeze()));
+                request.large_bytes += len;
             }
             src.advance(2);
             self.scanned = 0;
@@ -323,6 +386,9 @@ impl RespCodec {
             }
             return Ok(Progress::NeedMore);
         };
+        if newline > self.limits.max_request_len {
+            return Err(protocol_error("request exceeds max-request-size"));
+        }
         let line = src.get(..newline).unwrap_or_default();
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let args = split_args(line).ok_or_else(|| protocol_error("unbalanced quotes in request"))?;
@@ -380,6 +446,59 @@ impl Encoder<Frame> for RespCodec {
         encode(&frame, self.protocol, dst);
         Ok(())
     }
+}
+
+/// How many bytes [`encode`] appends for `frame`, computed without encoding it, so a reply
+/// can be measured against a client's output limit before any memory is taken for it.
+pub fn encoded_len(frame: &Frame, protocol: u8) -> usize {
+    let resp3 = protocol == 3;
+    let header = |len: usize| 1 + digits(u64::try_from(len).unwrap_or(u64::MAX)) + 2;
+    let bulk = |len: usize| header(len).saturating_add(len).saturating_add(2);
+    match frame {
+        Frame::Simple(text) | Frame::Error(text) => text.len().saturating_add(3),
+        Frame::Integer(n) => 1 + usize::from(*n < 0) + digits(n.unsigned_abs()) + 2,
+        Frame::Bulk(data) => bulk(data.len()),
+        Frame::Null | Frame::NullArray => {
+            if resp3 {
+                3
+            } else {
+                5
+            }
+        }
+        Frame::Array(items) | Frame::Set(items) => items.iter().fold(header(items.len()), |n, f| {
+            n.saturating_add(encoded_len(f, protocol))
+        }),
+        Frame::Map(pairs) => {
+            let count = if resp3 {
+                pairs.len()
+            } else {
+                pairs.len().saturating_mul(2)
+            };
+            pairs.iter().fold(header(count), |n, (k, v)| {
+                n.saturating_add(encoded_len(k, protocol))
+                    .saturating_add(encoded_len(v, protocol))
+            })
+        }
+        Frame::Double(d) => {
+            let len = format_double(*d).len();
+            if resp3 {
+                len + 3
+            } else {
+                bulk(len)
+            }
+        }
+        Frame::Boolean(_) => 4,
+    }
+}
+
+/// Decimal digits of `n`.
+fn digits(mut n: u64) -> usize {
+    let mut d = 1;
+    while n >= 10 {
+        n /= 10;
+        d += 1;
+    }
+    d
 }
 
 /// Appends `frame` to `out` as RESP `protocol` (3 for RESP3, anything else RESP2).
@@ -752,6 +871,7 @@ mod tests {
             max_bulk_len: 16,
             max_multibulk_len: 4,
             max_inline_len: 32,
+            max_request_len: usize::MAX,
         }
     }
 
@@ -1127,6 +1247,9 @@ mod tests {
         for (frame, resp2, resp3) in &cases {
             assert_eq!(encoded(frame, 2), resp2.to_vec(), "RESP2 {frame:?}");
             assert_eq!(encoded(frame, 3), resp3.to_vec(), "RESP3 {frame:?}");
+            // A reply is measured before it is encoded (the client output limit).
+            assert_eq!(encoded_len(frame, 2), resp2.len(), "RESP2 length {frame:?}");
+            assert_eq!(encoded_len(frame, 3), resp3.len(), "RESP3 length {frame:?}");
         }
     }
 
@@ -1210,6 +1333,9 @@ mod tests {
         prop_oneof![
             (-2i64..6).prop_map(|n| format!("*{n}\r\n").into_bytes()),
             (-1i64..20).prop_map(|n| format!("${n}\r\n").into_bytes()),
+            // Declared lengths far beyond what arrives.
+            prop::sample::select(vec![1i64 << 20, 1 << 29, 1 << 40])
+                .prop_map(|n| format!("${n}\r\n").into_bytes()),
             prop::sample::select(vec![
                 "\r\n", "\n", "\r", "\"", "'", " ", "\\x4", "PING", "*", "$", "\0"
             ])
@@ -1259,6 +1385,221 @@ mod tests {
                 prop_assert_eq!(feed(limits, [head, tail]), ok(vec![expected.clone()]), "split at {}", split);
             }
             prop_assert_eq!(bytewise(limits, &input), ok(vec![expected]));
+        }
+    }
+
+    /// Feeds `chunks` and checks, after every decode, that the memory held for the client
+    /// (the read buffer's capacity and the arguments set aside) grew with the bytes received,
+    /// never with a length a header declared. Returns whether decoding ended in an error.
+    fn feed_bounded(limits: Limits, authenticated: bool, chunks: Vec<&[u8]>) -> Result<bool, TestCaseError> {
+        let mut codec = RespCodec::new(limits);
+        codec.set_authenticated(authenticated);
+        let mut buf = BytesMut::new();
+        let mut received = 0usize;
+        for chunk in chunks {
+            buf.extend_from_slice(chunk);
+            received += chunk.len();
+            let bound = buf.len() + 1;
+            for _ in 0..bound {
+                let result = codec.decode(&mut buf);
+                // Growth by doubling (the buffer's own, and one reserve ahead of at most what
+                // is buffered or MIN_RESERVE_AHEAD) stays within a constant factor.
+                prop_assert!(
+                    buf.capacity() <= 4 * received + 2 * MIN_RESERVE_AHEAD,
+                    "read buffer capacity {} after {} bytes received",
+                    buf.capacity(),
+                    received
+                );
+                prop_assert!(
+                    codec.pending_bytes() <= 2 * received + SMALL_ARGS_START,
+                    "{} bytes set aside after {} bytes received",
+                    codec.pending_bytes(),
+                    received
+                );
+                match result {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break,
+                    Err(_) => return Ok(true),
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// A valid request stream to mutate.
+    fn valid_stream() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(
+            prop::collection::vec(
+                prop_oneof![
+                    prop::collection::vec(any::<u8>(), 0..24),
+                    // Large enough to be held outside the read buffer.
+                    (MAX_COPIED_ARG + 1..MAX_COPIED_ARG + 64).prop_map(|n| vec![b'v'; n]),
+                ],
+                1..5,
+            ),
+            1..4,
+        )
+        .prop_map(|requests| requests.iter().flat_map(|r| multibulk(r)).collect())
+    }
+
+    /// One change to a byte stream.
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        Set(usize, u8),
+        Insert(usize, Vec<u8>),
+        Remove(usize, usize),
+        Truncate(usize),
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            (any::<usize>(), any::<u8>()).prop_map(|(at, b)| Mutation::Set(at, b)),
+            (
+                any::<usize>(),
+                prop_oneof![
+                    prop::collection::vec(any::<u8>(), 1..8),
+                    // Declared lengths far beyond what is sent.
+                    prop::sample::select(vec![
+                        "$536870912\r\n",
+                        "$1073741824\r\n",
+                        "*1048576\r\n",
+                        "$99999999999\r\n",
+                        "*11\r\n",
+                        "$16385\r\n",
+                    ])
+                    .prop_map(|s| s.as_bytes().to_vec()),
+                ]
+            )
+                .prop_map(|(at, bytes)| Mutation::Insert(at, bytes)),
+            (any::<usize>(), 1usize..16).prop_map(|(at, n)| Mutation::Remove(at, n)),
+            any::<usize>().prop_map(Mutation::Truncate),
+        ]
+    }
+
+    fn mutate(mut input: Vec<u8>, mutations: &[Mutation]) -> Vec<u8> {
+        for m in mutations {
+            let len = input.len().max(1);
+            match m {
+                Mutation::Set(at, b) => {
+                    if let Some(x) = input.get_mut(at % len) {
+                        *x = *b;
+                    }
+                }
+                Mutation::Insert(at, bytes) => {
+                    let at = at % (input.len() + 1);
+                    input.splice(at..at, bytes.iter().copied());
+                }
+                Mutation::Remove(at, n) => {
+                    let at = at % len;
+                    let end = (at + n).min(input.len());
+                    if at < end {
+                        input.drain(at..end);
+                    }
+                }
+                Mutation::Truncate(at) => input.truncate(at % len),
+            }
+        }
+        input
+    }
+
+    /// A header declaring a huge argument makes the buffer grow only with what arrives (it
+    /// used to reserve 1 MiB ahead at once for any declared length above it).
+    #[test]
+    fn a_declared_length_does_not_reserve_memory() {
+        let mut codec = RespCodec::default();
+        let mut buf = BytesMut::from(&b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$536870912\r\nabc"[..]);
+        assert!(matches!(codec.decode(&mut buf), Ok(None)));
+        assert!(
+            buf.capacity() <= 2 * MIN_RESERVE_AHEAD,
+            "capacity {} after a few bytes",
+            buf.capacity()
+        );
+    }
+
+    /// Before AUTH only small requests are accepted, with Redis's error texts.
+    #[test]
+    fn unauthenticated_clients_send_small_requests_only() {
+        let limits = Limits::default();
+        let decode = |input: &[u8], authenticated: bool| {
+            let mut codec = RespCodec::new(limits);
+            codec.set_authenticated(authenticated);
+            let mut buf = BytesMut::from(input);
+            codec.decode(&mut buf).map_err(|e| e.to_string())
+        };
+        let eleven = multibulk(&vec![b"a".to_vec(); 11]);
+        assert_eq!(
+            decode(&eleven, false),
+            Err("ERR Protocol error: unauthenticated multibulk length".into())
+        );
+        assert!(matches!(decode(&eleven, true), Ok(Some(_))));
+        let ten = multibulk(&vec![b"a".to_vec(); 10]);
+        assert!(matches!(decode(&ten, false), Ok(Some(_))));
+        let big = multibulk(&[b"AUTH".to_vec(), vec![b'p'; UNAUTHENTICATED_BULK_LEN + 1]]);
+        assert_eq!(
+            decode(&big, false),
+            Err("ERR Protocol error: unauthenticated bulk length".into())
+        );
+        // Refused on the header alone, before any of the payload arrived.
+        assert_eq!(
+            decode(b"*2\r\n$4\r\nAUTH\r\n$536870912\r\n", false),
+            Err("ERR Protocol error: unauthenticated bulk length".into())
+        );
+        let at_limit = multibulk(&[b"AUTH".to_vec(), vec![b'p'; UNAUTHENTICATED_BULK_LEN]]);
+        assert!(matches!(decode(&at_limit, false), Ok(Some(_))));
+    }
+
+    /// A request is limited as a whole, counting each argument's overhead, not only per
+    /// argument.
+    #[test]
+    fn the_whole_request_is_limited() {
+        let limits = Limits {
+            max_request_len: 100,
+            ..Limits::default()
+        };
+        // 3 args: 3 + 1 + 40 bytes + 3 * 16 = 92.
+        let fits = multibulk(&[b"SET".to_vec(), b"k".to_vec(), vec![b'v'; 40]]);
+        assert_eq!(whole(limits, &fits).requests.len(), 1);
+        // 4 + 2 + 2 + 30 + 30 + 5 * 16 = 148.
+        let too_big = multibulk(&[
+            b"MSET".to_vec(),
+            b"k1".to_vec(),
+            vec![b'v'; 30],
+            b"k2".to_vec(),
+            vec![b'v'; 30],
+        ]);
+        assert_eq!(
+            error(&too_big, limits),
+            "ERR Protocol error: request exceeds max-request-size"
+        );
+        let mut inline = vec![b'a'; 101];
+        inline.push(b'\n');
+        assert_eq!(
+            error(&inline, limits),
+            "ERR Protocol error: request exceeds max-request-size"
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(192))]
+
+        /// Arbitrary bytes and mutated valid requests, in any chunking, never panic, and the
+        /// memory held grows only with the bytes received.
+        #[test]
+        fn decoding_is_bounded_by_what_arrived(
+            input in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..4096),
+                prop::collection::vec(fragment(), 0..200)
+                    .prop_map(|parts| parts.concat().into_iter().take(4096).collect::<Vec<u8>>()),
+                (valid_stream(), prop::collection::vec(mutation(), 0..6))
+                    .prop_map(|(s, m)| mutate(s, &m)),
+            ],
+            sizes in prop::collection::vec(1usize..4096, 1..8),
+            authenticated in any::<bool>(),
+            max_request_len in prop_oneof![Just(usize::MAX), 64usize..65536],
+        ) {
+            let limits = Limits { max_request_len, ..Limits::default() };
+            feed_bounded(limits, authenticated, chunked(&input, &sizes))?;
+            feed_bounded(small(), authenticated, chunked(&input, &sizes))?;
         }
     }
 }

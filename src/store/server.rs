@@ -5,13 +5,24 @@
 //! A connection reads every request already in its buffer (a pipeline) and sends runs of
 //! consecutive writes as one group and runs of consecutive reads as one read, so pipelined
 //! clients get group commit while each connection keeps its order.
+//!
+//! The client-facing limits are enforced here: `max-clients` (lowered to the open file limit
+//! less a reserve for the rest of the node), the request size (from the peer frame limit, via
+//! the codec), Redis's limits for clients that have not authenticated, a per-client reply
+//! limit and a node-wide budget for all clients' buffers (an offending client is closed, never
+//! the node), a slowdown of AUTH guessing per client address, and echoed arguments cut to
+//! 128 bytes. Every limit is listed in the README under "Limits and failure behaviour".
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::codec::{Decoder, Encoder};
@@ -20,13 +31,63 @@ use tokio_util::sync::CancellationToken;
 use super::cmd::{self, Op, Parsed};
 use super::replicate::{GroupKind, Replicator, StoreError};
 use super::reply::Reply;
-use super::resp::{Frame, Limits, RespCodec, RespError};
+use super::resp::{self, Frame, Limits, RespCodec, RespError};
+use super::MAX_ENTRY_BYTES;
 use crate::api::metrics::StoreKind;
-use crate::config::StoreConfig;
+use crate::config::{Config, StoreConfig};
 use crate::node::Node;
 
 /// Requests taken from one pipeline at most before replies are written.
 const MAX_PIPELINE: usize = 512;
+
+/// Replies are written out once this many bytes are buffered, so a long pipeline's replies
+/// are never all held at once.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// Each connection's buffers up to this size are not charged to `client-buffer-budget`
+/// (their total is bounded by `max-clients` instead), so ordinary clients never meet it.
+const FREE_PER_CLIENT: usize = 64 * 1024;
+
+/// Arguments echoed in an error reply are cut to this many bytes, as Redis does.
+pub const ECHO_MAX: usize = 128;
+
+/// TCP keep-alive idle time of store connections (Redis `tcp-keepalive`, 300 s); probes
+/// follow every third of it, three of them, as Redis sets them.
+const TCP_KEEPALIVE_SECS: i32 = 300;
+
+/// File descriptors kept for everything but store clients: the admin API's connections,
+/// redb's files, logs, the supervised service's and the VIP keeper's pipes, the listeners.
+/// Two more are kept per path to each peer (an outbound and an inbound connection). The
+/// front proxy's connections (`[proxy]`, in the same process) are not counted: a node running
+/// it needs a file limit well above `max-clients`.
+pub const FD_RESERVE: u64 = 64;
+
+/// How much a pending `WAIT` reads ahead from its client (to notice it leave) before it stops
+/// reading until the WAIT ends.
+const WAIT_READ_AHEAD: usize = 64 * 1024;
+/// A `WAIT` polls replication this often at first, doubling up to [`WAIT_POLL_MAX`].
+const WAIT_POLL_MIN: Duration = Duration::from_millis(5);
+const WAIT_POLL_MAX: Duration = Duration::from_millis(100);
+
+/// Failed AUTHs per client address within [`AUTH_WINDOW`] answered without delay.
+pub const AUTH_FREE_FAILURES: u32 = 10;
+/// The window failed AUTHs are counted in, per client address.
+pub const AUTH_WINDOW: Duration = Duration::from_secs(60);
+/// At most one warning per client address this often (with the failures since the last).
+const AUTH_WARN_EVERY: Duration = Duration::from_secs(10);
+/// Client addresses tracked at most; beyond, the oldest window is forgotten.
+const AUTH_MAX_ADDRESSES: usize = 4096;
+
+/// How long a failed AUTH waits before its reply, given the failures from its address in the
+/// current window including this one: none up to [`AUTH_FREE_FAILURES`], then 10 ms doubling
+/// per failure up to 1 s. Only the failing connection waits.
+pub fn auth_delay(failures: u32) -> Duration {
+    if failures <= AUTH_FREE_FAILURES {
+        return Duration::ZERO;
+    }
+    let doublings = (failures - AUTH_FREE_FAILURES - 1).min(7);
+    Duration::from_millis(10u64 << doublings).min(Duration::from_secs(1))
+}
 
 struct Shared {
     node: Arc<Node>,
@@ -34,6 +95,61 @@ struct Shared {
     replicator: Replicator,
     clients: Arc<Semaphore>,
     next_id: AtomicU64,
+    budget: Budget,
+    auth_failures: AuthFailures,
+}
+
+/// The most store clients this process can serve: `max-clients`, lowered to the file limit
+/// less what the rest of the node needs ([`FD_RESERVE`] and two per path to each peer), as
+/// Redis lowers `maxclients`. At least 1.
+pub fn clamp_max_clients(max_clients: u32, file_limit: u64, config: &Config) -> u32 {
+    let peer_paths: u64 = config
+        .members
+        .iter()
+        .filter(|m| m.id != config.node.id)
+        .map(|m| m.addresses.len() as u64)
+        .sum();
+    let reserve = FD_RESERVE.saturating_add(peer_paths.saturating_mul(2));
+    let room = file_limit.saturating_sub(reserve).max(1);
+    u32::try_from(room).map_or(max_clients, |room| max_clients.min(room))
+}
+
+/// The process's soft limit on open files (`RLIMIT_NOFILE`), if it can be read.
+pub fn file_limit() -> Option<u64> {
+    nofile().ok().map(|l| l.rlim_cur)
+}
+
+#[allow(unsafe_code)]
+fn nofile() -> std::io::Result<libc::rlimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes into the struct it is given, which lives on this stack.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(lim)
+}
+
+/// Raises the soft limit on open files to the hard limit (as Redis does at start up, so
+/// `max-clients` is clamped as little as the system allows). Returns the (soft, hard) limits
+/// in effect afterwards.
+#[allow(unsafe_code)]
+pub fn raise_file_limit() -> std::io::Result<(u64, u64)> {
+    let mut lim = nofile()?;
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given, which lives on this stack.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        lim = nofile()?;
+    }
+    Ok((lim.rlim_cur, lim.rlim_max))
 }
 
 /// Serves the store on `listener` until `cancel` fires.
@@ -44,12 +160,32 @@ pub async fn serve(
     replicator: Replicator,
     cancel: CancellationToken,
 ) {
+    let max_clients = match file_limit() {
+        Some(limit) => {
+            let clamped = clamp_max_clients(cfg.max_clients, limit, &node.config);
+            if clamped < cfg.max_clients {
+                tracing::warn!(
+                    configured = cfg.max_clients,
+                    serving = clamped,
+                    file_limit = limit,
+                    "store max-clients lowered to what the open file limit allows"
+                );
+            }
+            clamped
+        }
+        None => cfg.max_clients,
+    };
     let shared = Arc::new(Shared {
         node,
-        clients: Arc::new(Semaphore::new(cfg.max_clients as usize)),
+        clients: Arc::new(Semaphore::new(max_clients as usize)),
+        budget: Budget {
+            used: AtomicUsize::new(0),
+            limit: usize::try_from(cfg.client_buffer_budget).unwrap_or(usize::MAX),
+        },
         cfg,
         replicator,
         next_id: AtomicU64::new(1),
+        auth_failures: AuthFailures::default(),
     });
     while let Some((stream, remote)) = crate::cluster::transport::accept(&listener, &cancel).await {
         let shared = shared.clone();
@@ -59,31 +195,179 @@ pub async fn serve(
                 reject(stream).await;
                 return;
             };
+            set_keepalive(&stream);
             let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
             let span = tracing::debug_span!("store.conn", client.id = id, client.addr = %remote);
             let _e = span.enter();
-            handle(stream, shared, id, cancel).await;
+            handle(stream, remote, shared, id, cancel).await;
             drop(permit);
         });
     }
 }
 
+/// Refuses a client over `max-clients` as Redis does: the error, then close. Bounded, so a
+/// client that does not read cannot hold the descriptor.
 async fn reject(mut stream: TcpStream) {
     let mut out = BytesMut::new();
-    let mut codec = RespCodec::new(Limits::default());
-    let _ = codec.encode(Frame::Error("ERR max number of clients reached".into()), &mut out);
-    let _ = stream.write_all(&out).await;
+    resp::encode(
+        &Frame::Error("ERR max number of clients reached".into()),
+        2,
+        &mut out,
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
+}
+
+/// TCP keep-alive, so a client that vanished without a FIN (a crashed host, a cut network)
+/// frees its slot even though idle clients are never timed out (Redis `timeout 0`).
+#[allow(unsafe_code)]
+fn set_keepalive(stream: &TcpStream) {
+    let fd = stream.as_raw_fd();
+    let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| {
+        // SAFETY: setsockopt reads an int of the given size from a live local.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    let ok = set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1) == 0
+        && set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, TCP_KEEPALIVE_SECS) == 0
+        && set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, TCP_KEEPALIVE_SECS / 3) == 0
+        && set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3) == 0;
+    if !ok {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot set TCP keep-alive");
+    }
+}
+
+/// All clients' buffers beyond [`FREE_PER_CLIENT`] each, against `client-buffer-budget`.
+struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+/// One connection's share of the [`Budget`], given back when the connection ends.
+struct Charge<'a> {
+    budget: &'a Budget,
+    held: usize,
+}
+
+impl<'a> Charge<'a> {
+    fn new(budget: &'a Budget) -> Self {
+        Charge { budget, held: 0 }
+    }
+
+    /// Records that the connection's buffers now take `bytes`. False when growing to it
+    /// takes the node's total over the budget: the connection must then be closed.
+    fn set(&mut self, bytes: usize) -> bool {
+        let want = bytes.saturating_sub(FREE_PER_CLIENT);
+        if want <= self.held {
+            self.budget.used.fetch_sub(self.held - want, Ordering::Relaxed);
+            self.held = want;
+            return true;
+        }
+        let add = want - self.held;
+        let before = self.budget.used.fetch_add(add, Ordering::Relaxed);
+        self.held = want;
+        before.saturating_add(add) <= self.budget.limit
+    }
+}
+
+impl Drop for Charge<'_> {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.held, Ordering::Relaxed);
+    }
+}
+
+/// Failed AUTHs per client address: counted, logged at most every [`AUTH_WARN_EVERY`] per
+/// address, and slowed down beyond [`AUTH_FREE_FAILURES`] (see [`auth_delay`]).
+#[derive(Default)]
+struct AuthFailures {
+    by_address: Mutex<HashMap<IpAddr, Failures>>,
+}
+
+struct Failures {
+    window_start: Instant,
+    in_window: u32,
+    last_warn: Option<Instant>,
+    unreported: u64,
+}
+
+impl AuthFailures {
+    /// Records a failed AUTH from `ip`, logs it (at most every [`AUTH_WARN_EVERY`] per
+    /// address) and returns how long to wait before replying.
+    fn failed(&self, ip: IpAddr) -> Duration {
+        let (delay, report) = self.record(ip, Instant::now());
+        if let Some((failures, in_window)) = report {
+            tracing::warn!(
+                client.addr = %ip,
+                failures,
+                in_window,
+                "store AUTH failed (wrong password) from this address"
+            );
+        }
+        delay
+    }
+
+    /// Counts a failure from `ip` at `now`: the delay before the reply, and, when a warning is
+    /// due, the failures since the last warning and in the current window.
+    fn record(&self, ip: IpAddr, now: Instant) -> (Duration, Option<(u64, u32)>) {
+        let mut map = self.by_address.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= AUTH_MAX_ADDRESSES && !map.contains_key(&ip) {
+            map.retain(|_, f| now.saturating_duration_since(f.window_start) < AUTH_WINDOW);
+            if map.len() >= AUTH_MAX_ADDRESSES {
+                let oldest = map.iter().min_by_key(|(_, f)| f.window_start).map(|(a, _)| *a);
+                if let Some(a) = oldest {
+                    map.remove(&a);
+                }
+            }
+        }
+        let f = map.entry(ip).or_insert(Failures {
+            window_start: now,
+            in_window: 0,
+            last_warn: None,
+            unreported: 0,
+        });
+        if now.saturating_duration_since(f.window_start) >= AUTH_WINDOW {
+            f.window_start = now;
+            f.in_window = 0;
+        }
+        f.in_window = f.in_window.saturating_add(1);
+        f.unreported += 1;
+        let mut report = None;
+        if f.last_warn
+            .is_none_or(|t| now.saturating_duration_since(t) >= AUTH_WARN_EVERY)
+        {
+            report = Some((f.unreported, f.in_window));
+            f.last_warn = Some(now);
+            f.unreported = 0;
+        }
+        (auth_delay(f.in_window), report)
+    }
 }
 
 /// Per-connection state.
 struct Conn {
     id: u64,
+    /// The client's address, for counting failed AUTHs.
+    ip: IpAddr,
     name: Option<Bytes>,
     authed: bool,
     readonly: bool,
     /// Queued commands between MULTI and EXEC; `Some(true)` in `multi_error` = EXECABORT.
     multi: Option<Vec<Op>>,
+    /// Encoded size of the queued commands: a transaction is one log entry.
+    multi_bytes: usize,
     multi_error: bool,
+}
+
+/// The connection's read side, for what must read while a request is pending (`WAIT`).
+struct ConnIo {
+    rd: OwnedReadHalf,
+    inbuf: BytesMut,
 }
 
 /// Converts a store reply into a wire frame.
@@ -126,32 +410,56 @@ enum Item {
     Write(Op),
     Read(Op),
     Close(Frame),
+    /// The client went away (noticed while a request was pending): nothing to answer.
+    Gone,
 }
 
-async fn handle(stream: TcpStream, shared: Arc<Shared>, id: u64, cancel: CancellationToken) {
+async fn handle(
+    stream: TcpStream,
+    remote: SocketAddr,
+    shared: Arc<Shared>,
+    id: u64,
+    cancel: CancellationToken,
+) {
+    let max_request = usize::try_from(shared.cfg.max_request_size).unwrap_or(usize::MAX);
     let limits = Limits {
-        max_bulk_len: shared.cfg.max_request_size as usize,
+        max_bulk_len: max_request,
+        max_request_len: max_request,
         ..Limits::default()
     };
+    let output_limit = usize::try_from(shared.cfg.client_output_buffer_limit).unwrap_or(usize::MAX);
     let mut codec = RespCodec::new(limits);
-    let (mut rd, mut wr) = stream.into_split();
-    let mut inbuf = BytesMut::with_capacity(16 * 1024);
+    let (rd, mut wr) = stream.into_split();
+    let mut io = ConnIo {
+        rd,
+        inbuf: BytesMut::with_capacity(16 * 1024),
+    };
     let mut out = BytesMut::with_capacity(16 * 1024);
+    let mut charge = Charge::new(&shared.budget);
     let mut conn = Conn {
         id,
+        ip: remote.ip(),
         name: None,
         authed: shared.cfg.requirepass.is_none(),
         readonly: false,
         multi: None,
+        multi_bytes: 0,
         multi_error: false,
     };
+    codec.set_authenticated(conn.authed);
     loop {
-        // Everything already buffered is one pipeline.
+        // Everything already buffered is one pipeline. Before AUTH one request at a time: the
+        // size limits for unauthenticated clients apply until the AUTH has run, not after.
         let mut requests = Vec::new();
         let mut protocol_error = None;
         while requests.len() < MAX_PIPELINE {
-            match codec.decode(&mut inbuf) {
-                Ok(Some(args)) => requests.push(args),
+            match codec.decode(&mut io.inbuf) {
+                Ok(Some(args)) => {
+                    requests.push(args);
+                    if !conn.authed {
+                        break;
+                    }
+                }
                 Ok(None) => break,
                 Err(RespError::Protocol(msg)) => {
                     protocol_error = Some(msg);
@@ -163,30 +471,71 @@ async fn handle(stream: TcpStream, shared: Arc<Shared>, id: u64, cancel: Cancell
         if requests.is_empty() && protocol_error.is_none() {
             let n = tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = rd.read_buf(&mut inbuf) => match r { Ok(n) => n, Err(_) => return },
+                r = io.rd.read_buf(&mut io.inbuf) => match r { Ok(n) => n, Err(_) => return },
             };
             if n == 0 {
+                return;
+            }
+            if !charge.set(io.inbuf.capacity() + codec.pending_bytes()) {
+                over_budget(&mut wr, conn.id, "read").await;
                 return;
             }
             continue;
         }
         let mut items = Vec::with_capacity(requests.len());
         for args in requests {
-            let item = classify(&shared, &mut conn, &args, &mut codec).await;
+            let item = classify(&shared, &mut conn, &args, &mut codec, &mut io, &cancel).await;
+            if matches!(item, Item::Gone) {
+                return;
+            }
             let close = matches!(item, Item::Close(_));
             items.push(item);
             if close {
                 break;
             }
         }
+        codec.set_authenticated(conn.authed);
         let mut close = false;
         for (frame, last) in execute(&shared, &mut conn, items).await {
-            if let Some(f) = last {
-                close = true;
-                let _ = codec.encode(f, &mut out);
-                break;
+            let frame = match last {
+                Some(f) => {
+                    close = true;
+                    f
+                }
+                None => frame,
+            };
+            // The reply's size is known before it is encoded: one over the client's output
+            // limit or the node's budget closes the connection instead of being buffered
+            // (Redis closes a client over its output buffer hard limit without a reply).
+            let size = resp::encoded_len(&frame, codec.protocol());
+            if size > output_limit {
+                tracing::warn!(
+                    client.id = conn.id,
+                    reply_bytes = size,
+                    "store client closed: reply over client-output-buffer-limit"
+                );
+                // The replies before it still go out (bounded: a client that does not read
+                // cannot hold the connection).
+                let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&out)).await;
+                return;
+            }
+            if !charge.set(io.inbuf.capacity() + codec.pending_bytes() + out.len() + size) {
+                over_budget(&mut wr, conn.id, "reply").await;
+                return;
             }
             let _ = codec.encode(frame, &mut out);
+            if out.len() >= FLUSH_AT {
+                if wr.write_all(&out).await.is_err() {
+                    return;
+                }
+                out.clear();
+                if out.capacity() > 4 * FLUSH_AT {
+                    out = BytesMut::with_capacity(16 * 1024);
+                }
+            }
+            if close {
+                break;
+            }
         }
         if let Some(msg) = protocol_error {
             // Like Redis: reply with the protocol error, then close the connection.
@@ -197,7 +546,29 @@ async fn handle(stream: TcpStream, shared: Arc<Shared>, id: u64, cancel: Cancell
             return;
         }
         out.clear();
+        if out.capacity() > 4 * FLUSH_AT {
+            out = BytesMut::with_capacity(16 * 1024);
+        }
+        // Shrinking never fails.
+        let _ = charge.set(io.inbuf.capacity() + codec.pending_bytes() + out.capacity());
     }
+}
+
+/// Closes a client whose buffers would take the node over `client-buffer-budget`, with an
+/// error it can read if it is listening.
+async fn over_budget(wr: &mut tokio::net::tcp::OwnedWriteHalf, client: u64, what: &'static str) {
+    tracing::warn!(
+        client.id = client,
+        buffer = what,
+        "store client closed: client buffers over client-buffer-budget"
+    );
+    let mut out = BytesMut::new();
+    resp::encode(
+        &err("ERR client buffers over the node's client-buffer-budget; closing the connection"),
+        2,
+        &mut out,
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&out)).await;
 }
 
 /// Runs the items in order: consecutive writes as one group, consecutive reads as one read.
@@ -212,13 +583,9 @@ async fn execute(shared: &Shared, conn: &mut Conn, items: Vec<Item>) -> Vec<(Fra
                 out.push((Frame::Simple(String::new()), Some(f)));
                 break;
             }
+            Item::Gone => break,
             Item::Write(op) => {
-                let mut ops = vec![op];
-                while let Some(Item::Write(_)) = items.peek() {
-                    if let Some(Item::Write(op)) = items.next() {
-                        ops.push(op);
-                    }
-                }
+                let ops = write_run(op, &mut items);
                 let n = ops.len();
                 let started = Instant::now();
                 let result = write_with_retry(shared, ops, GroupKind::Pipeline, conn.id).await;
@@ -257,6 +624,25 @@ async fn execute(shared: &Shared, conn: &mut Conn, items: Vec<Item>) -> Vec<(Fra
         }
     }
     out
+}
+
+/// `first` and the writes right after it, as one group: cut where the next write would take
+/// the group past what one log entry may carry ([`MAX_ENTRY_BYTES`]), so a pipeline of large
+/// writes goes out as several entries instead of one that no peer frame can hold.
+fn write_run<I: Iterator<Item = Item>>(first: Op, items: &mut std::iter::Peekable<I>) -> Vec<Op> {
+    let mut bytes = super::encoded_len(std::slice::from_ref(&first));
+    let mut ops = vec![first];
+    while let Some(Item::Write(next)) = items.peek() {
+        let more = super::encoded_len(std::slice::from_ref(next));
+        if bytes.saturating_add(more) > MAX_ENTRY_BYTES {
+            break;
+        }
+        if let Some(Item::Write(op)) = items.next() {
+            bytes += more;
+            ops.push(op);
+        }
+    }
+    ops
 }
 
 fn pad(mut replies: Vec<Reply>, n: usize) -> Vec<Reply> {
@@ -298,24 +684,43 @@ fn arity(name: &str) -> Frame {
     err(format!("ERR wrong number of arguments for '{name}' command"))
 }
 
+/// A command name, subcommand or option, lowercased; cut to [`ECHO_MAX`] bytes, which no
+/// name or number understood here reaches, so an error that echoes it echoes at most that.
 fn lower(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).to_ascii_lowercase()
+    String::from_utf8_lossy(b.get(..ECHO_MAX).unwrap_or(b)).to_ascii_lowercase()
 }
 
+/// A client-provided argument as echoed in an error: at most `max` bytes of it (Redis
+/// prints arguments with `%.128s`).
+fn echo(arg: &[u8], max: usize) -> String {
+    String::from_utf8_lossy(arg.get(..max).unwrap_or(arg)).into_owned()
+}
+
+/// Redis's unknown-command error: the name cut to [`ECHO_MAX`] bytes, then arguments while
+/// fewer than [`ECHO_MAX`] bytes of them were echoed, each cut to what is left of that.
 fn unknown(args: &[Bytes]) -> Frame {
-    let name = String::from_utf8_lossy(&args[0]);
-    let rest: String = args[1..]
-        .iter()
-        .take(8)
-        .map(|a| format!("'{}' ", String::from_utf8_lossy(a)))
-        .collect();
+    let name = echo(&args[0], ECHO_MAX);
+    let mut rest = String::new();
+    for a in &args[1..] {
+        if rest.len() >= ECHO_MAX {
+            break;
+        }
+        rest.push_str(&format!("'{}' ", echo(a, ECHO_MAX - rest.len())));
+    }
     err(format!(
         "ERR unknown command '{name}', with args beginning with: {rest}"
     ))
 }
 
 /// Decides what one request is: answered here, a write, or a read.
-async fn classify(shared: &Shared, conn: &mut Conn, args: &[Bytes], codec: &mut RespCodec) -> Item {
+async fn classify(
+    shared: &Shared,
+    conn: &mut Conn,
+    args: &[Bytes],
+    codec: &mut RespCodec,
+    io: &mut ConnIo,
+    cancel: &CancellationToken,
+) -> Item {
     let name = lower(&args[0]);
     // Before AUTH only AUTH, HELLO and QUIT are allowed (requirepass semantics).
     if !conn.authed && !matches!(name.as_str(), "auth" | "hello" | "quit") {
@@ -325,6 +730,21 @@ async fn classify(shared: &Shared, conn: &mut Conn, args: &[Bytes], codec: &mut 
     if conn.multi.is_some() && !matches!(name.as_str(), "exec" | "discard" | "multi" | "watch" | "quit") {
         return match cmd::parse(args) {
             Ok(Parsed::Data(op)) => {
+                // The block is one log entry: it must fit one.
+                let bytes = conn
+                    .multi_bytes
+                    .saturating_add(super::encoded_len(std::slice::from_ref(&op)));
+                if bytes > MAX_ENTRY_BYTES {
+                    conn.multi_error = true;
+                    if let Some(q) = conn.multi.as_mut() {
+                        q.clear();
+                    }
+                    conn.multi_bytes = 0;
+                    return Item::Reply(err(format!(
+                        "ERR transaction exceeds the largest replicated entry ({MAX_ENTRY_BYTES} bytes)"
+                    )));
+                }
+                conn.multi_bytes = bytes;
                 if let Some(q) = conn.multi.as_mut() {
                     q.push(op);
                 }
@@ -361,8 +781,8 @@ async fn classify(shared: &Shared, conn: &mut Conn, args: &[Bytes], codec: &mut 
             },
             _ => Item::Reply(arity("select")),
         },
-        "auth" => Item::Reply(auth(shared, conn, &args[1..])),
-        "hello" => hello(shared, conn, args, codec),
+        "auth" => Item::Reply(auth(shared, conn, &args[1..]).await),
+        "hello" => hello(shared, conn, args, codec).await,
         "client" => Item::Reply(client(conn, args)),
         "command" => Item::Reply(command(args)),
         "info" => Item::Reply(Frame::Bulk(Bytes::from(info(shared).await))),
@@ -379,6 +799,7 @@ async fn classify(shared: &Shared, conn: &mut Conn, args: &[Bytes], codec: &mut 
                 return Item::Reply(err("ERR MULTI calls can not be nested"));
             }
             conn.multi = Some(Vec::new());
+            conn.multi_bytes = 0;
             conn.multi_error = false;
             Item::Reply(Frame::Simple("OK".into()))
         }
@@ -390,6 +811,7 @@ async fn classify(shared: &Shared, conn: &mut Conn, args: &[Bytes], codec: &mut 
             let Some(queued) = conn.multi.take() else {
                 return Item::Reply(err("ERR EXEC without MULTI"));
             };
+            conn.multi_bytes = 0;
             if std::mem::take(&mut conn.multi_error) {
                 return Item::Reply(err("EXECABORT Transaction discarded because of previous errors."));
             }
@@ -409,7 +831,7 @@ async fn classify(shared: &Shared, conn: &mut Conn, args: &[Bytes], codec: &mut 
                 Err(e) => Item::Reply(store_error(&e)),
             }
         }
-        "wait" => Item::Reply(wait(shared, args).await),
+        "wait" => wait(shared, args, io, cancel).await,
         // Client tools (redis-benchmark, redis-cli) read settings with CONFIG GET; nothing is
         // configurable through the protocol: the TOML file is the one source.
         "config" => match args.get(1).map(|a| lower(a)).as_deref() {
@@ -429,7 +851,9 @@ async fn classify(shared: &Shared, conn: &mut Conn, args: &[Bytes], codec: &mut 
     }
 }
 
-fn auth(shared: &Shared, conn: &mut Conn, args: &[Bytes]) -> Frame {
+/// AUTH: a wrong password is counted per client address and, past a few, answered late (see
+/// [`auth_delay`]); only this connection waits.
+async fn auth(shared: &Shared, conn: &mut Conn, args: &[Bytes]) -> Frame {
     let pass = match args.len() {
         1 => &args[0],
         // AUTH username password: only the default user exists.
@@ -443,7 +867,14 @@ fn auth(shared: &Shared, conn: &mut Conn, args: &[Bytes]) -> Frame {
             conn.authed = true;
             Frame::Simple("OK".into())
         }
-        Some(_) => err("WRONGPASS invalid username-password pair or user is disabled."),
+        Some(_) => {
+            shared.node.metrics.store_auth_failed();
+            let delay = shared.auth_failures.failed(conn.ip);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            err("WRONGPASS invalid username-password pair or user is disabled.")
+        }
     }
 }
 
@@ -451,7 +882,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn hello(shared: &Shared, conn: &mut Conn, args: &[Bytes], codec: &mut RespCodec) -> Item {
+async fn hello(shared: &Shared, conn: &mut Conn, args: &[Bytes], codec: &mut RespCodec) -> Item {
     let mut i = 1;
     let mut proto = None;
     if let Some(v) = args.get(1) {
@@ -467,7 +898,7 @@ fn hello(shared: &Shared, conn: &mut Conn, args: &[Bytes], codec: &mut RespCodec
                 if i + 3 > args.len() {
                     return Item::Reply(err("ERR Syntax error in HELLO option 'auth'"));
                 }
-                let reply = auth(shared, conn, &args[i + 1..i + 3]);
+                let reply = auth(shared, conn, &args[i + 1..i + 3]).await;
                 if let Frame::Error(_) = reply {
                     return Item::Reply(reply);
                 }
@@ -520,7 +951,7 @@ fn client(conn: &mut Conn, args: &[Bytes]) -> Frame {
         ("setname" | "getname" | "id" | "setinfo", _) => arity(&format!("client|{sub}")),
         _ => err(format!(
             "ERR unknown subcommand '{}'. Try CLIENT HELP.",
-            String::from_utf8_lossy(&args[1])
+            echo(&args[1], ECHO_MAX)
         )),
     }
 }
@@ -538,41 +969,70 @@ fn command(args: &[Bytes]) -> Frame {
     }
 }
 
-async fn wait(shared: &Shared, args: &[Bytes]) -> Frame {
+/// WAIT numreplicas timeout: how many *other* nodes hold everything this node has applied.
+/// Polls replication at [`WAIT_POLL_MIN`], doubling to [`WAIT_POLL_MAX`], and stops as soon
+/// as the client goes away ([`Item::Gone`]): a pending WAIT keeps reading from the client
+/// (up to [`WAIT_READ_AHEAD`], kept for the requests after it) to notice it closing.
+async fn wait(shared: &Shared, args: &[Bytes], io: &mut ConnIo, cancel: &CancellationToken) -> Item {
     if args.len() != 3 {
-        return arity("wait");
+        return Item::Reply(arity("wait"));
     }
     let (Ok(n), Ok(timeout)) = (lower(&args[1]).parse::<i64>(), lower(&args[2]).parse::<i64>()) else {
-        return err("ERR value is not an integer or out of range");
+        return Item::Reply(err("ERR value is not an integer or out of range"));
     };
     if timeout < 0 {
-        return err("ERR timeout is negative");
+        return Item::Reply(err("ERR timeout is negative"));
     }
     // Every acknowledged write is already on a quorum; WAIT counts the other voters whose log
     // has everything this node has applied.
     let target = shared.node.cluster.info().last_applied;
-    let deadline = Instant::now() + Duration::from_millis(if timeout == 0 { 10_000 } else { timeout as u64 });
+    let timeout = Duration::from_millis(if timeout == 0 {
+        10_000
+    } else {
+        timeout.unsigned_abs()
+    });
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut poll = WAIT_POLL_MIN;
     loop {
         let count = replicas_with(shared, target).await;
-        if count >= n || Instant::now() >= deadline {
-            return Frame::Integer(count);
+        if count >= n || tokio::time::Instant::now() >= deadline {
+            return Item::Reply(Frame::Integer(count));
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        let next = tokio::time::sleep_until((tokio::time::Instant::now() + poll).min(deadline));
+        tokio::pin!(next);
+        loop {
+            tokio::select! {
+                _ = &mut next => break,
+                _ = cancel.cancelled() => return Item::Gone,
+                r = io.rd.read_buf(&mut io.inbuf), if io.inbuf.len() < WAIT_READ_AHEAD => match r {
+                    Ok(0) | Err(_) => return Item::Gone,
+                    // Pipelined after the WAIT: read after it.
+                    Ok(_) => {}
+                },
+            }
+        }
+        poll = (poll * 2).min(WAIT_POLL_MAX);
     }
 }
 
-/// Other voters known to hold the log up to `index` (from the leader's replication state).
+/// Other nodes known to hold the log up to `index`: never this node itself, so never more
+/// than the replicas there are.
 async fn replicas_with(shared: &Shared, index: u64) -> i64 {
     let info = shared.node.cluster.info();
+    let me = shared.node.cluster.me();
     if info.is_leader {
-        return info.matched.values().filter(|m| **m >= index).count() as i64;
+        // The leader's replication state lists the leader too (its own log is "matched").
+        return info
+            .matched
+            .iter()
+            .filter(|(id, m)| id.as_str() != me && **m >= index)
+            .count() as i64;
     }
     let status = crate::api::cluster_status(&shared.node).await;
     if status.stale {
         return 0;
     }
     // From a follower: the leader itself has it, and every in-sync voter.
-    let me = shared.node.cluster.me();
     status
         .nodes
         .iter()
@@ -627,4 +1087,113 @@ async fn info(shared: &Shared) -> String {
         s.push_str(&format!("db0:keys={keys},expires={expires},avg_ttl=0\r\n"));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(key: &str, value: &Bytes) -> Op {
+        match cmd::parse(&[
+            Bytes::from_static(b"SET"),
+            Bytes::from(key.to_string()),
+            value.clone(),
+        ]) {
+            Ok(Parsed::Data(op)) => op,
+            other => panic!("SET parsed as {other:?}"),
+        }
+    }
+
+    /// Pipelined writes that together exceed one log entry go out as several groups, each
+    /// within an entry (they used to be one group: a 70 MiB entry no peer frame could carry).
+    #[test]
+    fn a_run_of_large_writes_is_cut_to_fit_log_entries() {
+        // One allocation shared by every op: the size counts, not the memory.
+        let value = Bytes::from(vec![b'v'; 35 << 20]);
+        let items = vec![
+            Item::Write(set("p1", &value)),
+            Item::Write(set("p2", &value)),
+            Item::Write(set("s1", &Bytes::from_static(b"x"))),
+            Item::Write(set("p3", &value)),
+            Item::Reply(Frame::Simple("PONG".into())),
+            Item::Write(set("s2", &Bytes::from_static(b"y"))),
+        ];
+        let mut items = items.into_iter().peekable();
+        let mut groups = Vec::new();
+        while let Some(item) = items.next() {
+            match item {
+                Item::Write(op) => groups.push(write_run(op, &mut items)),
+                _ => groups.push(Vec::new()),
+            }
+        }
+        let sizes: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+        // p1 | p2 s1 | p3 | (reply) | s2: the reply still ends a run.
+        assert_eq!(sizes, vec![1, 2, 1, 0, 1]);
+        for g in &groups {
+            assert!(super::super::encoded_len(g) <= MAX_ENTRY_BYTES);
+        }
+    }
+
+    #[test]
+    fn auth_delays_grow_after_the_free_failures_up_to_a_second() {
+        assert_eq!(auth_delay(1), Duration::ZERO);
+        assert_eq!(auth_delay(AUTH_FREE_FAILURES), Duration::ZERO);
+        assert_eq!(auth_delay(AUTH_FREE_FAILURES + 1), Duration::from_millis(10));
+        assert_eq!(auth_delay(AUTH_FREE_FAILURES + 2), Duration::from_millis(20));
+        assert_eq!(auth_delay(u32::MAX), Duration::from_secs(1));
+        let delays: Vec<Duration> = (1..100).map(auth_delay).collect();
+        assert!(
+            delays.windows(2).all(|w| w[0] <= w[1]),
+            "never shorter for more failures"
+        );
+    }
+
+    /// Failed AUTHs are counted per address and window; a warning is due at most every
+    /// AUTH_WARN_EVERY per address and carries the failures since the last one.
+    #[test]
+    fn auth_failures_are_counted_per_address_and_logged_at_most_every_ten_seconds() {
+        let f = AuthFailures::default();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert_eq!(f.record(a, at(0)), (Duration::ZERO, Some((1, 1))));
+        for i in 2..=AUTH_FREE_FAILURES {
+            assert_eq!(f.record(a, at(u64::from(i))), (Duration::ZERO, None));
+        }
+        // Another address has its own count and its own warning.
+        assert_eq!(f.record(b, at(20)), (Duration::ZERO, Some((1, 1))));
+        let (delay, report) = f.record(a, at(100));
+        assert_eq!((delay, report), (auth_delay(AUTH_FREE_FAILURES + 1), None));
+        // Ten seconds after the last warning: the failures since then, in one line.
+        let (_, report) = f.record(a, at(10_000));
+        assert_eq!(
+            report,
+            Some((AUTH_FREE_FAILURES as u64 + 1, AUTH_FREE_FAILURES + 2))
+        );
+        // A new window starts the count again.
+        let (delay, _) = f.record(a, at(70_001));
+        assert_eq!(delay, Duration::ZERO);
+    }
+
+    /// The file limit leaves room for the rest of the node: the admin API, redb, the peers.
+    #[test]
+    fn max_clients_is_clamped_to_the_file_limit() {
+        let member = |id: &str, kind: &str, n: u8| {
+            format!(
+                "[[member]]\nid = \"{id}\"\nkind = \"{kind}\"\naddresses = [\"127.0.0.1:71{n}1\", \"127.0.0.2:71{n}1\"]\nadmin = \"127.0.0.1:71{n}2\"\n\n"
+            )
+        };
+        let text = format!(
+            "[node]\nid = \"a\"\ndata-dir = \"/tmp/a\"\n\n{}{}{}[service]\ncommand = \"sleep\"\n",
+            member("a", "data", 0),
+            member("b", "data", 1),
+            member("w", "witness", 2)
+        );
+        let config = Config::parse(&text).expect("valid config");
+        // Two peers with two paths each: four connections each way.
+        let reserve = FD_RESERVE + 2 * 4;
+        assert_eq!(clamp_max_clients(10_000, 1_000_000, &config), 10_000);
+        assert_eq!(clamp_max_clients(10_000, 256, &config), (256 - reserve) as u32);
+        assert_eq!(clamp_max_clients(10_000, 10, &config), 1);
+    }
 }

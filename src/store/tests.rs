@@ -1339,3 +1339,20 @@ proptest! {
         }
     }
 }
+
+/// APPEND cannot build a string larger than the largest request (it could build 512 MiB,
+/// which no peer frame carries back to a follower's client).
+#[test]
+fn append_stops_at_the_largest_request() {
+    let mut t = T::new();
+    let max = super::MAX_REQUEST_SIZE as usize;
+    let value = vec![b'v'; max - 1];
+    assert_eq!(t.args(&[b"SET", b"k", &value]), Reply::Ok);
+    drop(value);
+    assert_eq!(t.run("APPEND k x"), int(max as i64));
+    assert_eq!(
+        t.run("APPEND k x"),
+        err("ERR string exceeds maximum allowed size (proto-max-bulk-len)")
+    );
+    assert_eq!(t.run("STRLEN k"), int(max as i64));
+}
