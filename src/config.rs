@@ -988,6 +988,7 @@ impl Config {
                     "must be at least 65536 bytes",
                 ));
             }
+            at_most("store.retry-for", st.retry_for, limits::HOOK)?;
             if st.client_buffer_budget < 1024 * 1024 {
                 return Err(invalid(
                     "store.client-buffer-budget",
@@ -2116,6 +2117,10 @@ args = ["1000"]
             (
                 format!("{FULL}\n[api]\nmax-connections = 65537\n"),
                 "api.max-connections",
+            ),
+            (
+                format!("{FULL}\n[store]\nlisten = \"127.0.0.1:6390\"\nretry-for = {huge}\n"),
+                "store.retry-for",
             ),
         ];
         for (text, key) in cases {

@@ -5,7 +5,8 @@
 //! wiring, `node` the runtime that connects them to the service.
 // Unsafe code is denied everywhere except a few blocks that allow it explicitly, each with a
 // SAFETY note: `address::vip::garp` (raw packet socket), `malloc` (mallopt), and the libc
-// calls for TCP keep-alive (`cluster::transport`) and free disk space (`cluster`).
+// calls for TCP keep-alive (`cluster::transport`), free disk space (`cluster`) and the file
+// limit (`store::server`).
 #![deny(unsafe_code)]
 #![warn(rust_2018_idioms)]
 

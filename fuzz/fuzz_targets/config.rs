@@ -1,0 +1,10 @@
+//! Configuration text: parsing and validation never panic, whatever the file holds.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = standin::config::Config::parse(text);
+    }
+});
