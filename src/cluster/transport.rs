@@ -618,7 +618,7 @@ pub async fn serve(listener: TcpListener, transport: Transport, handler: Handler
             drop(stream);
             continue;
         };
-        keepalive(&stream);
+        keepalive(&stream, PEER_KEEPALIVE_SECS);
         let transport = transport.clone();
         let handler = handler.clone();
         let cancel = cancel.clone();
@@ -629,15 +629,19 @@ pub async fn serve(listener: TcpListener, transport: Transport, handler: Handler
     }
 }
 
-/// Turns on TCP keep-alive (idle 10 s, then 3 probes 5 s apart), so a peer that vanished
-/// without a FIN does not hold a connection and its buffers forever.
-pub fn keepalive(stream: &TcpStream) {
+/// TCP keep-alive on peer connections: probes after 10 s idle, 3 s apart, 3 of them.
+const PEER_KEEPALIVE_SECS: i32 = 10;
+
+/// Turns on TCP keep-alive: after `idle_secs` without traffic, 3 probes `idle_secs / 3` apart
+/// (at least 1 s; Redis's `tcp-keepalive` spacing), so a peer that vanished without a FIN (a crashed host, a cut network) does
+/// not hold a connection and its buffers forever. Best effort: a failure is logged.
+pub fn keepalive(stream: &TcpStream, idle_secs: i32) {
     use std::os::fd::AsRawFd;
     let fd = stream.as_raw_fd();
     for (level, name, value) in [
         (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 10),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 5),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle_secs.max(1)),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, (idle_secs / 3).max(1)),
         (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3),
     ] {
         let value: libc::c_int = value;
@@ -654,7 +658,8 @@ pub fn keepalive(stream: &TcpStream) {
             )
         };
         if rc != 0 {
-            tracing::debug!(error = %std::io::Error::last_os_error(), "setsockopt keepalive failed");
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot set TCP keep-alive");
+            return;
         }
     }
 }

@@ -298,6 +298,19 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     tokio::select! {
         _ = shutdown.cancelled() => tracing::info!(node.id = %me.id, "shutting down"),
         _ = fatal.cancelled() => {
+            // Best effort, bounded: put the reason into the replicated history through the
+            // leader (a follower's Raft may be dead while the leader is fine). Others raise
+            // `node-unreachable` once we are gone either way.
+            if let Some((reason, _)) = failstop::reason() {
+                let cmd = crate::cluster::Command::Health {
+                    node: me.id.clone(),
+                    check: reporter::PROCESS_CHECK.into(),
+                    healthy: false,
+                    detail: format!("fail-stop: {reason}"),
+                    at: crate::cluster::transport::unix_ms(),
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(1), cluster.write(cmd)).await;
+            }
             // Peers must see us gone now, and Raft must stop leading, before the (bounded)
             // demotion below: a node that cannot act must not hold the cluster.
             peer_token.cancel();

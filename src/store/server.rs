@@ -15,7 +15,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -195,7 +194,9 @@ pub async fn serve(
                 reject(stream).await;
                 return;
             };
-            set_keepalive(&stream);
+            // A client that vanished without a FIN frees its slot even though idle clients
+            // are never timed out (Redis `timeout 0`).
+            crate::cluster::transport::keepalive(&stream, TCP_KEEPALIVE_SECS);
             let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
             let span = tracing::debug_span!("store.conn", client.id = id, client.addr = %remote);
             let _e = span.enter();
@@ -215,32 +216,6 @@ async fn reject(mut stream: TcpStream) {
         &mut out,
     );
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
-}
-
-/// TCP keep-alive, so a client that vanished without a FIN (a crashed host, a cut network)
-/// frees its slot even though idle clients are never timed out (Redis `timeout 0`).
-#[allow(unsafe_code)]
-fn set_keepalive(stream: &TcpStream) {
-    let fd = stream.as_raw_fd();
-    let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| {
-        // SAFETY: setsockopt reads an int of the given size from a live local.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                name,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        }
-    };
-    let ok = set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1) == 0
-        && set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, TCP_KEEPALIVE_SECS) == 0
-        && set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, TCP_KEEPALIVE_SECS / 3) == 0
-        && set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3) == 0;
-    if !ok {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot set TCP keep-alive");
-    }
 }
 
 /// All clients' buffers beyond [`FREE_PER_CLIENT`] each, against `client-buffer-budget`.
