@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = postcard::from_bytes::<Frame<Request>>(data);
     let _ = postcard::from_bytes::<Frame<Response>>(data);
     let mut buf = BytesMut::new();
-    let mut dec = FrameDecoder;
+    let mut dec = FrameDecoder::default();
     for piece in data.chunks(7) {
         buf.extend_from_slice(piece);
         while let Ok(Some(frame)) = dec.decode(&mut buf) {

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -139,6 +139,8 @@ struct Inner {
     next_nonce: AtomicU64,
     /// Inbound connections being served, against [`MAX_INBOUND_CONNS`].
     inbound: Arc<tokio::sync::Semaphore>,
+    /// Bytes buffered by inbound connections, against [`INBOUND_BUFFER_BUDGET`].
+    buffers: Arc<BufferBudget>,
     heartbeat_interval: Duration,
     failure_timeout: Duration,
 }
@@ -182,6 +184,7 @@ impl Transport {
                 next_id: AtomicU64::new(1),
                 next_nonce: AtomicU64::new(nonce_seed()),
                 inbound: Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND_CONNS)),
+                buffers: Arc::default(),
                 heartbeat_interval,
                 failure_timeout,
             }),
@@ -533,17 +536,73 @@ fn codec() -> LengthDelimitedCodec {
         .new_codec()
 }
 
+/// Bytes held at once by all inbound peer connections in frames not yet complete. Four
+/// largest frames; a sender that would take the total past it loses its connection, the node
+/// and the other connections go on.
+pub const INBOUND_BUFFER_BUDGET: usize = 4 * MAX_FRAME;
+
+/// What all inbound peer connections hold in their read buffers, against
+/// [`INBOUND_BUFFER_BUDGET`].
+#[derive(Debug, Default)]
+pub struct BufferBudget {
+    used: AtomicUsize,
+}
+
 /// The reading half of the frame format (a 4-byte big-endian length, then the frame), which
 /// unlike `LengthDelimitedCodec` does not reserve the declared length up front: the buffer
-/// grows by [`READ_CHUNK`] as bytes arrive. A frame over [`MAX_FRAME`] is an error.
+/// grows by [`READ_CHUNK`] as bytes arrive. A frame over [`MAX_FRAME`] is an error, and so is
+/// buffering past the shared budget, if one is given.
 #[derive(Debug, Default)]
-pub struct FrameDecoder;
+pub struct FrameDecoder {
+    budget: Option<Arc<BufferBudget>>,
+    /// What this connection counts against the budget now.
+    held: usize,
+}
+
+impl FrameDecoder {
+    /// A decoder whose buffered bytes count against `budget`.
+    pub fn with_budget(budget: Arc<BufferBudget>) -> Self {
+        FrameDecoder {
+            budget: Some(budget),
+            held: 0,
+        }
+    }
+
+    /// Counts `now` buffered bytes against the budget; an error if that takes the total past
+    /// it (a connection holding less than one read chunk is never refused).
+    fn account(&mut self, now: usize) -> std::io::Result<()> {
+        let Some(b) = &self.budget else {
+            return Ok(());
+        };
+        let total = if now >= self.held {
+            b.used.fetch_add(now - self.held, Ordering::Relaxed) + (now - self.held)
+        } else {
+            b.used.fetch_sub(self.held - now, Ordering::Relaxed) - (self.held - now)
+        };
+        self.held = now;
+        if total > INBOUND_BUFFER_BUDGET && now > READ_CHUNK {
+            return Err(std::io::Error::other(format!(
+                "peer read buffers over the {INBOUND_BUFFER_BUDGET}-byte budget"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FrameDecoder {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            b.used.fetch_sub(self.held, Ordering::Relaxed);
+        }
+    }
+}
 
 impl tokio_util::codec::Decoder for FrameDecoder {
     type Item = bytes::BytesMut;
     type Error = std::io::Error;
 
     fn decode(&mut self, src: &mut bytes::BytesMut) -> Result<Option<Self::Item>, Self::Error> {
+        self.account(src.len())?;
         let Some(head) = src.get(..4) else {
             return Ok(None);
         };
@@ -562,6 +621,7 @@ impl tokio_util::codec::Decoder for FrameDecoder {
         }
         let mut frame = src.split_to(total);
         let _ = frame.split_to(4);
+        self.account(src.len())?;
         Ok(Some(frame))
     }
 }
@@ -571,7 +631,7 @@ fn spawn_client_conn(stream: TcpStream) -> Conn {
     let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
     let closed = CancellationToken::new();
     let writer = Writer::new(FramedWrite::new(write, codec()));
-    let mut source = FramedRead::new(read, FrameDecoder);
+    let mut source = FramedRead::new(read, FrameDecoder::default());
     {
         let closed = closed.clone();
         let pending = pending.clone();
@@ -692,7 +752,7 @@ async fn serve_conn(
     cancel: CancellationToken,
 ) {
     let (read, write) = stream.into_split();
-    let mut source = FramedRead::new(read, FrameDecoder);
+    let mut source = FramedRead::new(read, FrameDecoder::with_budget(transport.inner.buffers.clone()));
     // Each answer is written by the task that computed it.
     let writer = Writer::new(FramedWrite::new(write, codec()));
     let me = transport.me().to_string();
@@ -731,7 +791,7 @@ async fn serve_conn(
         let bytes = match frame {
             Some(Ok(b)) => b,
             Some(Err(e)) => {
-                tracing::debug!(%remote, error = %e, "peer connection error");
+                tracing::warn!(%remote, error = %e, "peer connection closed");
                 break;
             }
             None => break,
@@ -850,18 +910,59 @@ mod tests {
     #[test]
     fn a_declared_length_reserves_only_what_arrives() {
         let mut buf = BytesMut::from(&(MAX_FRAME as u32).to_be_bytes()[..]);
-        assert!(FrameDecoder.decode(&mut buf).expect("a valid header").is_none());
+        assert!(FrameDecoder::default()
+            .decode(&mut buf)
+            .expect("a valid header")
+            .is_none());
         assert!(buf.capacity() <= 4 + READ_CHUNK, "reserved {}", buf.capacity());
 
         let mut buf = BytesMut::from(&((MAX_FRAME + 1) as u32).to_be_bytes()[..]);
-        assert!(FrameDecoder.decode(&mut buf).is_err());
+        assert!(FrameDecoder::default().decode(&mut buf).is_err());
 
         let mut buf = BytesMut::from(&[0, 0, 0, 3, b'a', b'b', b'c', 0, 0][..]);
         assert_eq!(
-            &FrameDecoder.decode(&mut buf).expect("ok").expect("frame")[..],
+            &FrameDecoder::default()
+                .decode(&mut buf)
+                .expect("ok")
+                .expect("frame")[..],
             b"abc"
         );
         assert_eq!(&buf[..], &[0, 0]);
+    }
+
+    /// Ten connections each 30 MiB into a declared 64 MiB frame added 310 MB of memory; now
+    /// all inbound connections share a budget, and the one that would cross it is refused
+    /// (its connection closes) while the others keep theirs.
+    #[test]
+    fn inbound_buffers_share_a_budget() {
+        let budget = Arc::new(BufferBudget::default());
+        let header = (MAX_FRAME as u32).to_be_bytes();
+        let partial = |mib: usize| {
+            let mut b = BytesMut::from(&header[..]);
+            b.extend_from_slice(&vec![0u8; mib * 1024 * 1024]);
+            b
+        };
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            let mut dec = FrameDecoder::with_budget(budget.clone());
+            let mut buf = partial(30);
+            assert!(dec.decode(&mut buf).expect("within the budget").is_none());
+            held.push((dec, buf));
+        }
+        let mut dec = FrameDecoder::with_budget(budget.clone());
+        let mut buf = partial(30);
+        assert!(
+            dec.decode(&mut buf).is_err(),
+            "the ninth 30 MiB buffer crosses 256 MiB"
+        );
+        drop(dec);
+        // Closing connections gives their bytes back.
+        held.truncate(1);
+        let mut dec = FrameDecoder::with_budget(budget.clone());
+        assert!(dec.decode(&mut partial(30)).expect("room again").is_none());
+        drop(dec);
+        drop(held);
+        assert_eq!(budget.used.load(Ordering::Relaxed), 0);
     }
 
     fn requests() -> Vec<Request> {
@@ -937,7 +1038,7 @@ mod tests {
             chunk in 1usize..64,
         ) {
             let mut buf = BytesMut::new();
-            let mut dec = FrameDecoder;
+            let mut dec = FrameDecoder::default();
             let mut fed = 0;
             for piece in input.chunks(chunk) {
                 buf.extend_from_slice(piece);
