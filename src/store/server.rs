@@ -54,11 +54,10 @@ pub const ECHO_MAX: usize = 128;
 /// follow every third of it, three of them, as Redis sets them.
 const TCP_KEEPALIVE_SECS: i32 = 300;
 
-/// File descriptors kept for everything but store clients: the admin API's connections,
-/// redb's files, logs, the supervised service's and the VIP keeper's pipes, the listeners.
-/// Two more are kept per path to each peer (an outbound and an inbound connection). The
-/// front proxy's connections (`[proxy]`, in the same process) are not counted: a node running
-/// it needs a file limit well above `max-clients`.
+/// File descriptors kept for everything but store clients and the connection budgets counted
+/// separately (see [`clamp_max_clients`]): redb's files, logs, the supervised service's and
+/// the VIP keeper's pipes, the listeners. The front proxy's connections (`[proxy]`, in the same
+/// process) are not counted: a node running it needs a file limit well above `max-clients`.
 pub const FD_RESERVE: u64 = 64;
 
 /// How much a pending `WAIT` reads ahead from its client (to notice it leave) before it stops
@@ -99,8 +98,10 @@ struct Shared {
 }
 
 /// The most store clients this process can serve: `max-clients`, lowered to the file limit
-/// less what the rest of the node needs ([`FD_RESERVE`] and two per path to each peer), as
-/// Redis lowers `maxclients`. At least 1.
+/// less what the rest of the node may hold at once, as Redis lowers `maxclients`: [`FD_RESERVE`],
+/// the admin API's `max-connections`, the cluster transport's inbound connections and one
+/// outbound connection per path to each peer. So a flood of store clients never starves the
+/// admin API or the peers. At least 1.
 pub fn clamp_max_clients(max_clients: u32, file_limit: u64, config: &Config) -> u32 {
     let peer_paths: u64 = config
         .members
@@ -108,7 +109,10 @@ pub fn clamp_max_clients(max_clients: u32, file_limit: u64, config: &Config) -> 
         .filter(|m| m.id != config.node.id)
         .map(|m| m.addresses.len() as u64)
         .sum();
-    let reserve = FD_RESERVE.saturating_add(peer_paths.saturating_mul(2));
+    let reserve = FD_RESERVE
+        .saturating_add(config.api.max_connections as u64)
+        .saturating_add(crate::cluster::transport::MAX_INBOUND_CONNS as u64)
+        .saturating_add(peer_paths);
     let room = file_limit.saturating_sub(reserve).max(1);
     u32::try_from(room).map_or(max_clients, |room| max_clients.min(room))
 }
@@ -1165,10 +1169,11 @@ mod tests {
             member("w", "witness", 2)
         );
         let config = Config::parse(&text).expect("valid config");
-        // Two peers with two paths each: four connections each way.
-        let reserve = FD_RESERVE + 2 * 4;
+        // The admin API (256 by default), 64 inbound peer connections, and two peers with two
+        // paths each: four outbound connections.
+        let reserve = FD_RESERVE + 256 + 64 + 4;
         assert_eq!(clamp_max_clients(10_000, 1_000_000, &config), 10_000);
-        assert_eq!(clamp_max_clients(10_000, 256, &config), (256 - reserve) as u32);
-        assert_eq!(clamp_max_clients(10_000, 10, &config), 1);
+        assert_eq!(clamp_max_clients(10_000, 1024, &config), (1024 - reserve) as u32);
+        assert_eq!(clamp_max_clients(10_000, 256, &config), 1);
     }
 }
