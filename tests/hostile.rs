@@ -601,3 +601,58 @@ async fn the_largest_default_value_replicates_without_a_role_change() {
         format!(":{}", value.len())
     );
 }
+
+/// A log record that cannot be decoded (here: garbage written over the last one while the
+/// node was stopped) used to be a stack overflow at every start when it held a deep batch.
+/// The node now starts, says which record it cannot read, and exits 74 (storage) without
+/// touching the others; the rest of the cluster keeps its active node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_log_record_is_named_and_the_node_exits_74() {
+    use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+    let _g = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut cluster, before) = start(Spec::new(dir.path(), &binary())).await;
+    let standby = if before.active.as_deref() == Some("a") {
+        "b"
+    } else {
+        "a"
+    };
+    cluster.stop(standby, Duration::from_secs(10)).expect("stop");
+    let file = dir.path().join(format!("{standby}-data")).join("standin.redb");
+    let last = {
+        let logs: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("raft_log");
+        let db = redb::Database::open(&file).expect("open the stopped node's redb");
+        let last = {
+            let tx = db.begin_read().expect("read");
+            let t = tx.open_table(logs).expect("log table");
+            let (k, _) = t.last().expect("read").expect("a last record");
+            k.value()
+        };
+        let tx = db.begin_write().expect("write");
+        tx.open_table(logs)
+            .expect("log table")
+            .insert(last, &[0xff_u8; 11][..])
+            .expect("overwrite");
+        tx.commit().expect("commit");
+        last
+    };
+    cluster.start(standby).expect("start");
+    let mut exit = None;
+    for _ in 0..200 {
+        let n = cluster.nodes.iter_mut().find(|n| n.id == standby).expect("node");
+        if let Some(status) = n.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            exit = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let exit = exit.expect("the node with the bad record exits");
+    assert_eq!(exit.code(), Some(74), "{exit:?}");
+    let log = std::fs::read_to_string(dir.path().join(format!("{standby}.log"))).unwrap_or_default();
+    assert!(
+        log.contains(&format!("log record {last} (11 bytes) cannot be decoded")),
+        "the log names the record:\n{log}"
+    );
+    let after = cluster.status().await.expect("the others answer");
+    assert_eq!(after.active, before.active);
+}

@@ -407,7 +407,11 @@ impl Cluster {
         };
         let raft = Raft::new(raft_id(&me.id), raft_config, network, log, sm.clone())
             .await
-            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+            .map_err(|e| match e {
+                // E.g. a log record that cannot be read back: the node exits 74 naming it.
+                openraft::error::Fatal::StorageError(e) => ClusterError::Storage(e.to_string()),
+                other => ClusterError::Raft(other.to_string()),
+            })?;
         let _ = metrics.set(raft.metrics());
         let cluster = Cluster {
             raft,
