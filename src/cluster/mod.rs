@@ -32,11 +32,17 @@ use transport::Transport;
 
 pub type NodeId = u64;
 
-/// How far a peer's term may run ahead of ours before its message is refused as implausible.
-/// A term grows by one per election, and a node that cannot reach a quorum does not campaign
-/// (see `node::prevote`), so a real member is never this far ahead; a term near `u64::MAX`
-/// would make openraft overflow and stop.
+/// How far a candidate's term (in a vote request, or in an answer) may run ahead of ours
+/// before it is refused as implausible. A term grows by one per election, and a node that
+/// cannot reach a quorum does not campaign (see `prevote`), so a real member never asks for
+/// votes this far ahead. Appends and snapshots from a leader are held only to [`MAX_TERM`]:
+/// a node that is far behind (new, or long away) must still be able to follow.
 pub const MAX_TERM_AHEAD: u64 = 10_000;
+
+/// No term above this is accepted from anyone: far beyond any real cluster's life (2^48
+/// elections), and far enough below `u64::MAX` that openraft's term arithmetic cannot overflow
+/// (a vote for term 2^64-1 used to be saved, then stop openraft for good).
+pub const MAX_TERM: u64 = 1 << 48;
 
 /// Most bytes one `AppendEntries` carries when it holds several entries (a single larger entry
 /// goes alone): openraft 0.9 gives an append half a heartbeat interval, and the same
@@ -175,6 +181,13 @@ fn implausible_term(ours: u64, vote: &openraft::Vote<NodeId>) -> Option<String> 
     let term = vote.leader_id().get_term();
     (term > ours.saturating_add(MAX_TERM_AHEAD))
         .then(|| format!("term {term}, more than {MAX_TERM_AHEAD} ahead of ours ({ours})"))
+        .or_else(|| absurd_term(vote))
+}
+
+/// Why `vote` cannot come from anyone, if so: a term above [`MAX_TERM`].
+fn absurd_term(vote: &openraft::Vote<NodeId>) -> Option<String> {
+    let term = vote.leader_id().get_term();
+    (term > MAX_TERM).then(|| format!("term {term}, above the ceiling {MAX_TERM}"))
 }
 
 impl RaftNetwork<TypeConfig> for NetworkClient {
@@ -186,14 +199,24 @@ impl RaftNetwork<TypeConfig> for NetworkClient {
         // A follower applies what the leader calls committed: never past the leader's own
         // durable log (see `storage::DiskMark`). It learns the rest with the next request.
         rpc.leader_commit = self.disk.cap_commit(rpc.leader_commit);
-        // Entries that together do not fit in one frame go in smaller runs: the first half,
-        // then the first quarter, ... (a single entry always fits: the store caps an entry's
-        // size below the frame limit). The follower then reports a partial success and
+        // Entries that together exceed the append budget go in smaller runs: the first half,
+        // then the first quarter, ... A single entry goes alone up to the frame limit (the
+        // store caps an entry below it). The follower then reports a partial success and
         // openraft sends the rest next.
         let mut req = Request::AppendEntries(rpc);
         let mut partial = None;
         let resp = loop {
-            match self.transport.call(&self.name, &req, option.hard_ttl()).await {
+            let several = matches!(&req, Request::AppendEntries(r) if r.entries.len() > 1);
+            let limit = if several {
+                APPEND_BUDGET
+            } else {
+                transport::MAX_FRAME
+            };
+            match self
+                .transport
+                .call_within(&self.name, &req, option.hard_ttl(), limit)
+                .await
+            {
                 Err(transport::TransportError::TooLarge { .. }) => {
                     let Request::AppendEntries(r) = &mut req else {
                         unreachable!("built above")
@@ -563,10 +586,10 @@ impl Cluster {
     }
 
     /// Whether a Raft RPC carrying `vote` may reach openraft: it must name a member as its
-    /// candidate or leader, the same member that sent it, and a term not implausibly far
-    /// ahead of ours. Checked before openraft sees it, so nothing of a refused message is
+    /// candidate or leader, the same member that sent it, and a sane term: below [`MAX_TERM`],
+    /// and for a vote request (`is_vote`) at most [`MAX_TERM_AHEAD`] beyond ours. Checked before openraft sees it, so nothing of a refused message is
     /// saved (a vote for term 2^64-1 would be saved, then overflow openraft for good).
-    fn admit(&self, from: &str, vote: &openraft::Vote<NodeId>) -> Result<(), String> {
+    fn admit(&self, from: &str, vote: &openraft::Vote<NodeId>, is_vote: bool) -> Result<(), String> {
         let claimed = vote.leader_id().voted_for();
         let Some(name) = claimed.and_then(|id| self.name_of(id)) else {
             return Err(format!("{claimed:?} is not a member"));
@@ -574,8 +597,12 @@ impl Cluster {
         if name != from {
             return Err(format!("sent by {from} on behalf of {name}"));
         }
-        let ours = self.raft.metrics().borrow().current_term;
-        match implausible_term(ours, vote) {
+        let check = if is_vote {
+            implausible_term(self.raft.metrics().borrow().current_term, vote)
+        } else {
+            absurd_term(vote)
+        };
+        match check {
             Some(why) => Err(why),
             None => Ok(()),
         }
@@ -585,12 +612,12 @@ impl Cluster {
     /// is not a Raft RPC.
     pub async fn handle_raft(&self, from: &str, req: Request) -> Result<Response, Request> {
         let vote = match &req {
-            Request::AppendEntries(r) => Some(&r.vote),
-            Request::Vote(r) => Some(&r.vote),
-            Request::InstallSnapshot(r) => Some(&r.vote),
+            Request::AppendEntries(r) => Some((&r.vote, false)),
+            Request::Vote(r) => Some((&r.vote, true)),
+            Request::InstallSnapshot(r) => Some((&r.vote, false)),
             _ => None,
         };
-        if let Some(Err(why)) = vote.map(|v| self.admit(from, v)) {
+        if let Some(Err(why)) = vote.map(|(v, is_vote)| self.admit(from, v, is_vote)) {
             tracing::warn!(peer = %from, reason = %why, "raft message refused");
             return Ok(Response::Error {
                 message: format!("refused: {why}"),
@@ -599,8 +626,13 @@ impl Cluster {
         }
         Ok(match req {
             Request::AppendEntries(r) => {
-                self.contact.touch();
-                Response::AppendEntries(self.raft.append_entries(r).await)
+                let resp = self.raft.append_entries(r).await;
+                // A leader of the current term (or a newer one) was heard; a deposed leader
+                // answered with our higher vote was not, and must not hold off pre-votes.
+                if matches!(&resp, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+                    self.contact.touch();
+                }
+                Response::AppendEntries(resp)
             }
             Request::PreVote { last_log } => Response::PreVote(self.grant_prevote(last_log).await),
             Request::Vote(r) => Response::Vote(self.raft.vote(r).await),
@@ -634,6 +666,20 @@ impl Cluster {
 mod tests {
     use super::*;
     use openraft::{CommittedLeaderId, LogId, Vote};
+
+    /// Terms: a vote request (or an answer) at most `MAX_TERM_AHEAD` beyond ours; an append
+    /// from a leader far ahead is fine (a node long away must follow), but nothing above
+    /// `MAX_TERM`.
+    #[test]
+    fn terms_are_bounded() {
+        let vote = |term| Vote::new(term, 1);
+        assert!(implausible_term(5, &vote(5 + MAX_TERM_AHEAD)).is_none());
+        assert!(implausible_term(5, &vote(6 + MAX_TERM_AHEAD)).is_some());
+        assert!(implausible_term(u64::MAX - 1, &vote(u64::MAX)).is_some());
+        assert!(absurd_term(&vote(MAX_TERM)).is_none());
+        assert!(absurd_term(&vote(MAX_TERM + 1)).is_some());
+        assert!(absurd_term(&vote(1_000_000)).is_none());
+    }
 
     /// The leader never tells a follower that an entry is committed while that entry is only
     /// in the leader's memory: the commit index in an append is capped at the leader's durable

@@ -42,14 +42,27 @@ impl LeaderContact {
 }
 
 impl Cluster {
-    /// The id of this node's last log entry (`None` for an empty log, or when the entry was
-    /// replaced between the two reads: a pre-vote round then simply fails and runs again).
+    /// The id of this node's last log entry: the entry itself, or, when the log was purged up
+    /// to it (after a snapshot install nothing follows the snapshot), the purge point or the
+    /// snapshot's last id. `None` only for an empty log, or when the entry was replaced
+    /// between the reads (a pre-vote round then simply fails and runs again).
     pub async fn last_log_id(&self) -> Option<LogId<NodeId>> {
         use openraft::storage::RaftLogReader;
-        let index = self.raft.metrics().borrow().last_log_index?;
+        let (index, purged, snapshot) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.last_log_index?, m.purged, m.snapshot)
+        };
         let mut reader = self.log.clone();
-        let entries = reader.try_get_log_entries(index..=index).await.ok()?;
-        entries.last().map(|e| e.log_id)
+        if let Ok(entries) = reader.try_get_log_entries(index..=index).await {
+            if let Some(e) = entries.last() {
+                return Some(e.log_id);
+            }
+        }
+        [purged, snapshot]
+            .into_iter()
+            .flatten()
+            .find(|l| l.index == index)
     }
 
     /// Whether this node would vote for a candidate whose last entry is `candidate`.

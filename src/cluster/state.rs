@@ -184,7 +184,64 @@ pub struct HookRecord {
 /// A batch holds plain changes only ([`Change`], whose `Batch` variant holds the uninhabited
 /// [`NoBatch`]), so nothing decoded from the wire or the log nests: postcard's decoder and
 /// [`ClusterState::apply`] never recurse more than one level, whatever the bytes say.
-pub type Command = CommandOf<Vec<Change>>;
+pub type Command = CommandOf<Changes>;
+
+/// Most changes in one batch. The largest batch the node itself writes holds a few per node
+/// (alarms, paths); the bound keeps a hostile batch of millions of two-byte changes from
+/// decoding into gigabytes (a change takes ~110 bytes in memory).
+pub const MAX_BATCH: usize = 1024;
+
+/// The changes of a batch: at most [`MAX_BATCH`], checked while decoding before anything is
+/// allocated for more.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Changes(pub Vec<Change>);
+
+impl<'de> Deserialize<'de> for Changes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Bounded;
+        impl<'de> serde::de::Visitor<'de> for Bounded {
+            type Value = Changes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "at most {MAX_BATCH} changes")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Changes, A::Error> {
+                if seq.size_hint().is_some_and(|n| n > MAX_BATCH) {
+                    return Err(serde::de::Error::custom(format!(
+                        "a batch of more than {MAX_BATCH} changes"
+                    )));
+                }
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_BATCH));
+                while let Some(c) = seq.next_element::<Change>()? {
+                    if out.len() == MAX_BATCH {
+                        return Err(serde::de::Error::custom(format!(
+                            "a batch of more than {MAX_BATCH} changes"
+                        )));
+                    }
+                    out.push(c);
+                }
+                Ok(Changes(out))
+            }
+        }
+        d.deserialize_seq(Bounded)
+    }
+}
+
+impl Command {
+    /// A batch of `changes`, applied in order in one log entry. At most [`MAX_BATCH`] are kept
+    /// (a longer batch could not be read back); the callers write records that they derive
+    /// again on their next round (alarms, paths), so what is left out follows then.
+    pub fn batch(mut changes: Vec<Change>) -> Command {
+        if changes.len() > MAX_BATCH {
+            tracing::error!(
+                changes = changes.len(),
+                max = MAX_BATCH,
+                "batch too long; the rest waits for the next round"
+            );
+            changes.truncate(MAX_BATCH);
+        }
+        CommandOf::Batch(Changes(changes))
+    }
+}
 
 /// One change inside a [`Command::Batch`]: every variant but a nested batch.
 pub type Change = CommandOf<NoBatch>;
@@ -358,10 +415,10 @@ pub trait Batched {
     fn apply_in(&self, state: &mut ClusterState) -> CommandResult;
 }
 
-impl Batched for Vec<Change> {
+impl Batched for Changes {
     fn apply_in(&self, state: &mut ClusterState) -> CommandResult {
         let mut last = CommandResult::ok();
-        for c in self {
+        for c in &self.0 {
             let r = state.apply_one(c);
             if !r.ok {
                 last = r;
@@ -900,7 +957,7 @@ mod tests {
     /// applying. It no longer decodes at all (a batch holds plain changes only).
     #[test]
     fn a_nested_batch_does_not_decode() {
-        let empty = postcard::to_allocvec(&Command::Batch(Vec::new())).expect("encode");
+        let empty = postcard::to_allocvec(&Command::batch(Vec::new())).expect("encode");
         // `Batch` is one tag byte, then the length of its vector.
         assert_eq!(empty.len(), 2);
         let tag = empty[0];
@@ -911,14 +968,14 @@ mod tests {
         nested.extend([tag, 0]);
         assert!(postcard::from_bytes::<Command>(&nested).is_err());
         // One level is what a batch is for.
-        let one = Command::Batch(vec![Change::Notified { seq: 3 }]);
+        let one = Command::batch(vec![Change::Notified { seq: 3 }]);
         let bytes = postcard::to_allocvec(&one).expect("encode");
         assert_eq!(postcard::from_bytes::<Command>(&bytes).expect("decode"), one);
         // The same bytes inside a peer frame.
         let frame = crate::cluster::rpc::Frame {
             id: 7,
             from: "a".to_string(),
-            body: crate::cluster::rpc::Request::Write(Command::Batch(Vec::new())),
+            body: crate::cluster::rpc::Request::Write(Command::batch(Vec::new())),
         };
         let mut bytes = postcard::to_allocvec(&frame).expect("encode");
         bytes.truncate(bytes.len() - 2);
@@ -928,10 +985,30 @@ mod tests {
         );
     }
 
+    /// A 2 MiB frame of a million two-byte changes decoded to 113 MiB; a batch is now refused
+    /// past `MAX_BATCH` changes before anything is allocated for them.
+    #[test]
+    fn a_batch_is_bounded_while_decoding() {
+        let at_limit = Command::batch(vec![Change::Notified { seq: 0 }; MAX_BATCH]);
+        let bytes = postcard::to_allocvec(&at_limit).expect("encode");
+        assert_eq!(
+            postcard::from_bytes::<Command>(&bytes).expect("at the limit"),
+            at_limit
+        );
+        let over = CommandOf::Batch(Changes(vec![Change::Notified { seq: 0 }; 1_000_000]));
+        let bytes = postcard::to_allocvec(&over).expect("encode");
+        assert!(postcard::from_bytes::<Command>(&bytes).is_err());
+        // What the node writes itself never exceeds it.
+        assert!(matches!(
+            Command::batch(vec![Change::Notified { seq: 0 }; MAX_BATCH + 5]),
+            CommandOf::Batch(Changes(c)) if c.len() == MAX_BATCH
+        ));
+    }
+
     #[test]
     fn a_batch_applies_its_changes_in_order() {
         let mut st = ClusterState::default();
-        let r = st.apply(&Command::Batch(vec![
+        let r = st.apply(&Command::batch(vec![
             Change::SetRetention { events: 5 },
             Change::Notified { seq: 9 },
         ]));

@@ -1069,7 +1069,7 @@ mod tests {
         // A batch nested 3000 deep, as an old version would have stored it.
         let empty = postcard::to_allocvec(&Entry::<TypeConfig> {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
-            payload: EntryPayload::Normal(crate::cluster::Command::Batch(Vec::new())),
+            payload: EntryPayload::Normal(crate::cluster::Command::batch(Vec::new())),
         })
         .expect("encode");
         let mut nested = empty[..empty.len() - 1].to_vec();
@@ -1107,7 +1107,7 @@ mod tests {
         ) {
             let e = Entry::<TypeConfig> {
                 log_id: LogId::new(CommittedLeaderId::new(2, 1), 9),
-                payload: EntryPayload::Normal(crate::cluster::Command::Batch(vec![
+                payload: EntryPayload::Normal(crate::cluster::Command::batch(vec![
                     crate::cluster::state::Change::Notified { seq: 4 },
                 ])),
             };

@@ -36,6 +36,14 @@ pub const MAX_INBOUND_CONNS: usize = 64;
 /// A frame that has started arriving must be complete within this long, or the connection is
 /// closed: a sender that declares a large frame and stalls cannot keep its buffer.
 pub const FRAME_DEADLINE: Duration = Duration::from_secs(10);
+/// Requests of one inbound connection being handled at once: beyond, the connection is not
+/// read until one finishes (TCP pushes back on the sender), so a peer that sends requests and
+/// never reads the answers cannot make this node queue answers without end.
+pub const MAX_INFLIGHT: usize = 32;
+/// An inbound connection must send a frame from a member within this long (at least three
+/// heartbeat intervals) or it is closed: real peers ping on every path every heartbeat, so a
+/// connection that never speaks only holds a slot of [`MAX_INBOUND_CONNS`].
+pub const PROVE_DEADLINE: Duration = Duration::from_secs(5);
 /// How much the read buffer grows at a time while a large frame arrives: memory follows the
 /// bytes received, never the length a header declares.
 const READ_CHUNK: usize = 64 * 1024;
@@ -760,9 +768,15 @@ async fn serve_conn(
     let mut check = tokio::time::interval(Duration::from_millis(500));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut partial_since: Option<Instant> = None;
+    let accepted = Instant::now();
+    let prove_within = PROVE_DEADLINE.max(transport.inner.heartbeat_interval.saturating_mul(3));
+    let mut proven = false;
+    let inflight = Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT));
+    // An answer the peer does not take within the frame deadline closes the connection: it
+    // is not read, and answers must not pile up behind it.
     let reply = |writer: Writer, conn_done: CancellationToken, bytes: Bytes| async move {
         tokio::select! {
-            r = writer.send(bytes) => if r.is_err() {
+            r = tokio::time::timeout(FRAME_DEADLINE, writer.send(bytes)) => if !matches!(r, Ok(Ok(()))) {
                 // A partly written answer: nothing may follow it.
                 conn_done.cancel();
                 writer.close().await;
@@ -771,22 +785,37 @@ async fn serve_conn(
         }
     };
     loop {
-        let frame = tokio::select! {
+        // Read the next request only once one of the in-flight slots is free.
+        let permit = tokio::select! {
             _ = cancel.cancelled() => break,
             _ = conn_done.cancelled() => break,
-            f = source.next() => f,
-            // Waiting for a frame is unbounded (an idle peer is fine); finishing one that has
-            // started arriving is not.
-            _ = check.tick() => {
-                if source.read_buffer().is_empty() {
-                    partial_since = None;
-                } else if partial_since.get_or_insert_with(Instant::now).elapsed() > FRAME_DEADLINE {
-                    tracing::warn!(%remote, buffered = source.read_buffer().len(), "peer frame not completed in time; closing");
-                    break;
+            p = inflight.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let frame = loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break None,
+                _ = conn_done.cancelled() => break None,
+                f = source.next() => break Some(f),
+                // Waiting for a frame is unbounded (an idle peer is fine) once the connection
+                // has proven itself; finishing one that has started arriving is not.
+                _ = check.tick() => {
+                    if !proven && accepted.elapsed() > prove_within {
+                        tracing::warn!(%remote, "peer connection sent no member frame in time; closing");
+                        break None;
+                    }
+                    if source.read_buffer().is_empty() {
+                        partial_since = None;
+                    } else if partial_since.get_or_insert_with(Instant::now).elapsed() > FRAME_DEADLINE {
+                        tracing::warn!(%remote, buffered = source.read_buffer().len(), "peer frame not completed in time; closing");
+                        break None;
+                    }
                 }
-                continue;
             }
         };
+        let Some(frame) = frame else { break };
         partial_since = None;
         let bytes = match frame {
             Some(Ok(b)) => b,
@@ -813,6 +842,7 @@ async fn serve_conn(
             }
         };
         let id = frame.id;
+        proven |= transport.is_peer(&frame.from);
         if !transport.is_peer(&frame.from) {
             tracing::warn!(%remote, from = %frame.from, "request from a node that is not a member; refused");
             let resp = Response::Error {
@@ -836,6 +866,7 @@ async fn serve_conn(
         tokio::spawn(async move {
             let resp = fut.await;
             reply(writer, conn_done, encode_response(&me, id, &resp)).await;
+            drop(permit);
         });
     }
     conn_done.cancel();
@@ -965,11 +996,100 @@ mod tests {
         assert_eq!(budget.used.load(Ordering::Relaxed), 0);
     }
 
+    /// Serves a transport named "b" (peer "a") on port 0 with `handler`.
+    async fn serve_b(handler: Handler) -> (SocketAddr, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cancel = CancellationToken::new();
+        let t = Transport::new(
+            "b".into(),
+            vec![("a".into(), Vec::new())],
+            Duration::from_millis(100),
+            Duration::from_millis(500),
+        );
+        tokio::spawn(serve(listener, t, handler, cancel.clone()));
+        (addr, cancel)
+    }
+
+    fn raw(id: u64, from: &str, req: &Request) -> Vec<u8> {
+        let body = postcard::to_allocvec(&Frame {
+            id,
+            from: from.to_string(),
+            body: req,
+        })
+        .expect("encode");
+        let mut out = (body.len() as u32).to_be_bytes().to_vec();
+        out.extend(body);
+        out
+    }
+
+    /// A peer that sends requests and never reads the answers used to make the node queue
+    /// every answer (400 status requests of 3 KB in all: +801 MiB). Now at most
+    /// `MAX_INFLIGHT` requests of a connection are handled at once; the rest wait unread.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_in_flight_per_connection_are_bounded() {
+        use std::sync::atomic::AtomicUsize;
+        let now = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let started = Arc::new(AtomicUsize::new(0));
+        let handler: Handler = {
+            let (now, most, started) = (now.clone(), most.clone(), started.clone());
+            Arc::new(move |_from, _req| {
+                let (now, most, started) = (now.clone(), most.clone(), started.clone());
+                Box::pin(async move {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(n, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    Response::Json("x".repeat(1024 * 1024))
+                })
+            })
+        };
+        let (addr, cancel) = serve_b(handler).await;
+        let mut conn = TcpStream::connect(addr).await.expect("connect");
+        let mut bytes = Vec::new();
+        for id in 0..200 {
+            bytes.extend(raw(id, "a", &Request::Status));
+        }
+        use tokio::io::AsyncWriteExt;
+        conn.write_all(&bytes).await.expect("send");
+        // Long enough for several rounds of handling, never reading an answer.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            most.load(Ordering::SeqCst) <= MAX_INFLIGHT,
+            "{} at once",
+            most.load(Ordering::SeqCst)
+        );
+        // The answers are not read: beyond the in-flight slots, only as many more were
+        // handled as the socket buffers took answers (1 MiB each); before, all 200 were.
+        let handled = started.load(Ordering::SeqCst);
+        assert!(handled <= MAX_INFLIGHT + 16, "{handled} handled");
+        cancel.cancel();
+    }
+
+    /// 64 connections that never sent a byte used to hold every inbound slot for good, locking
+    /// the real peers out. A connection must now send a member's frame within
+    /// `PROVE_DEADLINE`, or it is closed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_connection_is_closed() {
+        use tokio::io::AsyncReadExt;
+        let handler: Handler = Arc::new(|_from, _req| Box::pin(async { Response::Ok }));
+        let (addr, cancel) = serve_b(handler).await;
+        let mut silent = TcpStream::connect(addr).await.expect("connect");
+        let mut buf = [0u8; 16];
+        let closed = tokio::time::timeout(PROVE_DEADLINE + Duration::from_secs(3), silent.read(&mut buf))
+            .await
+            .expect("closed within the deadline");
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+        cancel.cancel();
+    }
+
     fn requests() -> Vec<Request> {
         let vote = openraft::Vote::new(3, 7);
         vec![
             Request::Ping { nonce: 9 },
-            Request::Write(Command::Batch(vec![
+            Request::Write(Command::batch(vec![
                 Change::Notified { seq: 1 },
                 Change::Maintenance {
                     node: "a".into(),

@@ -103,7 +103,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
             }
         }
         if !writes.is_empty() {
-            let cmd = Command::Batch(writes);
+            let cmd = Command::batch(writes);
             if let Ok(Err(e)) =
                 tokio::time::timeout(Duration::from_secs(1), node.cluster.write_local(cmd)).await
             {

@@ -65,7 +65,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
         if changes.is_empty() {
             continue;
         }
-        let cmd = Command::Batch(changes);
+        let cmd = Command::batch(changes);
         // Best effort: without a reachable leader this fails and the next tick tries again.
         match tokio::time::timeout(Duration::from_secs(1), node.cluster.write(cmd)).await {
             Ok(Ok(_)) => {}

@@ -262,7 +262,9 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     let mut role_task = None;
     if node.is_data() {
         tracker.spawn(cluster.clone().run_prevote_gate(peer_token.clone()));
-        tracker.spawn(reporter::run(node.clone(), transitions_rx, tasks.clone()));
+        // On the role token: it stops before the shutdown records this node unhealthy, and
+        // must not write it healthy again afterwards.
+        tracker.spawn(reporter::run(node.clone(), transitions_rx, role_token.clone()));
         tracker.spawn(lease::run(node.clone(), role_token.clone()));
         role_task = Some(tokio::spawn(role::run(node.clone(), role_token.clone())));
     }

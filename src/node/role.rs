@@ -342,7 +342,7 @@ pub async fn shutdown(node: &Arc<Node>) {
     let at = unix_ms();
     // One entry: the coordinator must never see the release without the node being unhealthy,
     // or it could pick this node again.
-    let cmd = Command::Batch(vec![
+    let cmd = Command::batch(vec![
         Change::Health {
             node: me.clone(),
             check: super::reporter::PROCESS_CHECK.into(),
