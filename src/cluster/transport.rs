@@ -36,6 +36,32 @@ pub const MAX_INBOUND_CONNS: usize = 64;
 /// A frame that has started arriving must be complete within this long, or the connection is
 /// closed: a sender that declares a large frame and stalls cannot keep its buffer.
 pub const FRAME_DEADLINE: Duration = Duration::from_secs(10);
+/// Largest frame of a request that carries no bulk data (ping, vote, lease, elect, status,
+/// admin, pre-vote, and cluster commands: a batch holds at most 1024 small changes). Only
+/// appends, snapshots and forwarded store operations may use the whole [`MAX_FRAME`]: a
+/// decoded request takes many times its encoded size in memory, so the kinds that never need
+/// it never get it.
+pub const SMALL_REQUEST: usize = 1024 * 1024;
+
+/// The request kind of an encoded `Frame<Request>` (its id, `from` and the variant index, read
+/// without decoding the body), if the bytes hold that much.
+fn request_kind(bytes: &[u8]) -> Option<u32> {
+    let (_, rest) = postcard::take_from_bytes::<u64>(bytes).ok()?;
+    let (_, rest) = postcard::take_from_bytes::<&str>(rest).ok()?;
+    let (kind, _) = postcard::take_from_bytes::<u32>(rest).ok()?;
+    Some(kind)
+}
+
+/// Whether a request of `kind` may be larger than [`SMALL_REQUEST`]: appends, snapshots and
+/// store writes and reads (variant indices of [`Request`], which the wire keeps stable).
+fn may_be_large(kind: u32) -> bool {
+    const APPEND: u32 = 1;
+    const SNAPSHOT: u32 = 3;
+    const STORE_WRITE: u32 = 10;
+    const STORE_READ: u32 = 11;
+    matches!(kind, APPEND | SNAPSHOT | STORE_WRITE | STORE_READ)
+}
+
 /// Requests of one inbound connection being handled at once: beyond, the connection is not
 /// read until one finishes (TCP pushes back on the sender), so a peer that sends requests and
 /// never reads the answers cannot make this node queue answers without end.
@@ -825,6 +851,20 @@ async fn serve_conn(
             }
             None => break,
         };
+        if bytes.len() > SMALL_REQUEST && !request_kind(&bytes).is_some_and(may_be_large) {
+            tracing::warn!(%remote, len = bytes.len(), kind = ?request_kind(&bytes), "oversized request from peer; refused without decoding");
+            if let Ok((id, _)) = postcard::take_from_bytes::<u64>(&bytes) {
+                let resp = Response::Error {
+                    message: format!(
+                        "request of {} bytes: this kind may carry at most {SMALL_REQUEST}",
+                        bytes.len()
+                    ),
+                    retry: false,
+                };
+                reply(writer.clone(), conn_done.clone(), encode_response(&me, id, &resp)).await;
+            }
+            continue;
+        }
         let frame = match postcard::from_bytes::<Frame<Request>>(&bytes) {
             Ok(f) => f,
             Err(e) => {
@@ -1083,6 +1123,37 @@ mod tests {
             .expect("closed within the deadline");
         assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
         cancel.cancel();
+    }
+
+    /// The variant indices `may_be_large` relies on are those of `Request` on the wire, and
+    /// only those kinds may exceed `SMALL_REQUEST`.
+    #[test]
+    fn only_bulk_request_kinds_may_be_large() {
+        let kind = |r: &Request| {
+            request_kind(
+                &postcard::to_allocvec(&Frame {
+                    id: 7,
+                    from: "a".to_string(),
+                    body: r,
+                })
+                .expect("encode"),
+            )
+            .expect("kind")
+        };
+        let large: Vec<bool> = requests().iter().map(|r| may_be_large(kind(r))).collect();
+        // Ping, Write, Vote, AppendEntries, PreVote, Lease (the order of `requests()`).
+        assert_eq!(large, vec![false, false, false, true, false, false]);
+        for r in [
+            Request::StoreWrite {
+                ops: Vec::new(),
+                kind: crate::store::replicate::GroupKind::Pipeline,
+            },
+            Request::StoreRead { ops: Vec::new() },
+        ] {
+            assert!(may_be_large(kind(&r)));
+        }
+        assert!(!may_be_large(kind(&Request::Status)));
+        assert!(!may_be_large(kind(&Request::Admin(String::new()))));
     }
 
     fn requests() -> Vec<Request> {
