@@ -5,7 +5,7 @@
 //! wiring, `node` the runtime that connects them to the service.
 // Unsafe code is denied everywhere except a few blocks that allow it explicitly, each with a
 // SAFETY note: `address::vip::garp` (raw packet socket), `malloc` (mallopt), and the libc
-// calls for TCP keep-alive (`cluster::transport`), free disk space (`cluster`) and the file
+// calls for TCP keep-alive (`net`), free disk space (`cluster`) and the file
 // limit (`store::server`).
 #![deny(unsafe_code)]
 #![warn(rust_2018_idioms)]
@@ -22,6 +22,7 @@ pub mod failover;
 pub mod failstop;
 pub mod health;
 pub mod malloc;
+pub mod net;
 pub mod node;
 pub mod service;
 pub mod store;

@@ -5,7 +5,6 @@
 //!
 //! Tests run one at a time (they share two cores and measure liveness).
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -16,13 +15,10 @@ use standin::cluster::state::{Event, EventKind};
 use standin::demo::harness::{LocalCluster, Spec};
 
 mod common;
+use common::binary;
 use common::{sample, scrape};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_standin"))
-}
 
 struct Fixture {
     cluster: LocalCluster,

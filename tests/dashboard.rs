@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 
 use standin::demo::harness::{LocalCluster, Spec};
 
-fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_standin"))
-}
+mod common;
+use common::binary;
 
 fn chromium() -> PathBuf {
     for c in [

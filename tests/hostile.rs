@@ -23,18 +23,19 @@ use tokio::net::TcpStream;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_standin"))
-}
+mod common;
+use common::binary;
 
 async fn start(spec: Spec) -> (LocalCluster, Status) {
-    let mut cluster = LocalCluster::create(spec).await.expect("create cluster");
-    cluster.start_all().expect("start");
-    let s = cluster
-        .wait_ready(Duration::from_secs(30))
+    LocalCluster::launch(spec).await.expect("cluster ready")
+}
+
+/// The coordinator moves Raft leadership to the active node: waits for that to settle.
+async fn settled(cluster: &LocalCluster) -> Status {
+    cluster
+        .wait_settled(Duration::from_secs(15))
         .await
-        .expect("cluster ready");
-    (cluster, s)
+        .expect("settled")
 }
 
 /// Writes one length-prefixed frame (the transport's 4-byte big-endian length).
@@ -385,33 +386,6 @@ fn leave_free(dir: &std::path::Path, free: u64) {
         .expect("truncate");
 }
 
-/// Waits until the test's process `id` exits; its exit status.
-async fn wait_exit(
-    cluster: &mut LocalCluster,
-    id: &str,
-    within: Duration,
-) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        let n = cluster.nodes.iter_mut().find(|n| n.id == id)?;
-        if let Some(status) = n.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-            return Some(status);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    None
-}
-
-/// The coordinator moves Raft leadership to the active node: waits for that to settle.
-async fn settled(cluster: &LocalCluster) -> Status {
-    cluster
-        .wait_for(Duration::from_secs(15), "the active node leading", |s| {
-            s.leader.is_some() && s.leader == s.active
-        })
-        .await
-        .expect("settled")
-}
-
 /// A nearly full data disk: store writes are refused with a clear error naming the setting,
 /// before the disk is completely full, while Raft's own records still fit; writes go through
 /// again once there is room.
@@ -495,14 +469,15 @@ async fn a_full_disk_stops_the_node_and_loses_nothing() {
         if redis(via, &[b"SET", key.as_bytes(), &value]).await == "+OK" {
             acked.push(key);
         }
-        exit = wait_exit(&mut cluster, &leader, Duration::from_millis(50)).await;
+        exit = cluster.wait_exit(&leader, Duration::from_millis(50)).await;
         if exit.is_some() {
             break;
         }
     }
     let exit = match exit {
         Some(e) => e,
-        None => wait_exit(&mut cluster, &leader, Duration::from_secs(10))
+        None => cluster
+            .wait_exit(&leader, Duration::from_secs(10))
             .await
             .expect("the node with the full disk exits"),
     };
@@ -602,12 +577,7 @@ async fn the_largest_default_value_replicates_without_a_role_change() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (cluster, _) = start(Spec::new(dir.path(), &binary())).await;
     // The coordinator moves Raft leadership to the active node: let that settle first.
-    let before = cluster
-        .wait_for(Duration::from_secs(15), "the active node leading", |s| {
-            s.leader.is_some() && s.leader == s.active
-        })
-        .await
-        .expect("settled");
+    let before = settled(&cluster).await;
     let active = before.active.clone().expect("active");
     let store = cluster.node(&active).and_then(|n| n.store).expect("store");
     // The whole request (value + key + name + 16 bytes per argument) within 4 MiB.
@@ -712,15 +682,7 @@ async fn an_undecodable_log_record_is_named_and_the_node_exits_74() {
         last
     };
     cluster.start(standby).expect("start");
-    let mut exit = None;
-    for _ in 0..200 {
-        let n = cluster.nodes.iter_mut().find(|n| n.id == standby).expect("node");
-        if let Some(status) = n.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-            exit = Some(status);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let exit = cluster.wait_exit(standby, Duration::from_secs(10)).await;
     let exit = exit.expect("the node with the bad record exits");
     assert_eq!(exit.code(), Some(74), "{exit:?}");
     let log = std::fs::read_to_string(dir.path().join(format!("{standby}.log"))).unwrap_or_default();
@@ -742,12 +704,7 @@ async fn a_follower_behind_by_large_entries_catches_up() {
     let _g = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut cluster, _) = start(Spec::new(dir.path(), &binary())).await;
-    let s = cluster
-        .wait_for(Duration::from_secs(15), "the active node leading", |s| {
-            s.leader.is_some() && s.leader == s.active
-        })
-        .await
-        .expect("settled");
+    let s = settled(&cluster).await;
     let active = s.active.clone().expect("active");
     let standby = if active == "a" { "b" } else { "a" };
     let store = cluster.node(&active).and_then(|n| n.store).expect("store");

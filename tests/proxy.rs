@@ -21,9 +21,8 @@ use tokio::net::TcpStream;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_standin"))
-}
+mod common;
+use common::{assert_slow_head_cut_off, binary};
 
 fn free_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
@@ -780,17 +779,7 @@ async fn raw_exchange(addr: SocketAddr, raw: &[u8], eof: bool) -> String {
 async fn http_listener_cuts_off_slow_and_oversized_request_heads() {
     let (web, admin, _stop) = lone_proxy("300ms").await;
     // Slowloris.
-    let mut slow = TcpStream::connect(web).await.expect("connect");
-    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: a")
-        .await
-        .expect("write");
-    let mut buf = [0u8; 512];
-    let n = tokio::time::timeout(Duration::from_secs(20), slow.read(&mut buf))
-        .await
-        .expect("the proxy closed the slow connection")
-        .unwrap_or(0);
-    let answer = String::from_utf8_lossy(&buf[..n]);
-    assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_slow_head_cut_off(web, b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: a").await;
     // A head larger than the limit.
     let big = format!(
         "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,13 +15,10 @@ use nix::sys::signal::Signal;
 use standin::demo::harness::{LocalCluster, Spec};
 
 mod common;
+use common::binary;
 use common::{sample, scrape};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_standin"))
-}
 
 async fn cluster(store_toml: &str) -> (LocalCluster, tempfile::TempDir) {
     cluster_with(store_toml, false).await

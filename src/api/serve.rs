@@ -99,7 +99,8 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, cancel: C
             drop(stream);
             continue;
         }
-        set_keepalive(&stream);
+        // A peer that vanished is found even while it waits on a long answer (`/v1/watch`).
+        crate::net::keepalive(&stream, crate::net::HTTP_KEEPALIVE_SECS);
         let id = next_id;
         next_id = next_id.wrapping_add(1);
         let conn = Conn {
@@ -237,24 +238,6 @@ impl BusyGuard {
 impl Drop for BusyGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// SO_KEEPALIVE on an accepted socket, so a peer that vanished (power loss, cable) is found
-/// even while its connection waits on a long answer (`/v1/watch`). Set through a duplicate
-/// of the descriptor: the option belongs to the socket both descriptors share.
-pub fn set_keepalive(stream: &TcpStream) {
-    use std::os::fd::AsFd;
-    let dup = match stream.as_fd().try_clone_to_owned() {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::debug!(error = %e, "cannot set TCP keep-alive");
-            return;
-        }
-    };
-    let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(dup));
-    if let Err(e) = socket.set_keepalive(true) {
-        tracing::debug!(error = %e, "cannot set TCP keep-alive");
     }
 }
 
@@ -437,24 +420,6 @@ mod tests {
             "{:?}",
             String::from_utf8_lossy(&buf[..n])
         );
-    }
-
-    #[tokio::test]
-    async fn accepted_sockets_get_tcp_keepalive() {
-        use std::os::fd::AsFd;
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let _client = TcpStream::connect(addr).await.expect("connect");
-        let (accepted, _) = listener.accept().await.expect("accept");
-        let probe = |s: &TcpStream| {
-            let fd = s.as_fd().try_clone_to_owned().expect("dup");
-            tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd))
-                .keepalive()
-                .expect("getsockopt")
-        };
-        assert!(!probe(&accepted), "off by default");
-        set_keepalive(&accepted);
-        assert!(probe(&accepted));
     }
 
     /// A body that trickles in is cut off after the header-read timeout, with a JSON 408.

@@ -712,7 +712,7 @@ pub async fn serve(listener: TcpListener, transport: Transport, handler: Handler
             drop(stream);
             continue;
         };
-        keepalive(&stream, PEER_KEEPALIVE_SECS);
+        crate::net::keepalive(&stream, PEER_KEEPALIVE_SECS);
         let transport = transport.clone();
         let handler = handler.clone();
         let cancel = cancel.clone();
@@ -725,38 +725,6 @@ pub async fn serve(listener: TcpListener, transport: Transport, handler: Handler
 
 /// TCP keep-alive on peer connections: probes after 10 s idle, 3 s apart, 3 of them.
 const PEER_KEEPALIVE_SECS: i32 = 10;
-
-/// Turns on TCP keep-alive: after `idle_secs` without traffic, 3 probes `idle_secs / 3` apart
-/// (at least 1 s; Redis's `tcp-keepalive` spacing), so a peer that vanished without a FIN (a crashed host, a cut network) does
-/// not hold a connection and its buffers forever. Best effort: a failure is logged.
-pub fn keepalive(stream: &TcpStream, idle_secs: i32) {
-    use std::os::fd::AsRawFd;
-    let fd = stream.as_raw_fd();
-    for (level, name, value) in [
-        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle_secs.max(1)),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, (idle_secs / 3).max(1)),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3),
-    ] {
-        let value: libc::c_int = value;
-        // SAFETY: `fd` is an open socket owned by `stream` for the duration of the call, and
-        // the option value points at a live c_int of the size passed.
-        #[allow(unsafe_code)]
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                name,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot set TCP keep-alive");
-            return;
-        }
-    }
-}
 
 /// The next connection (with `TCP_NODELAY`), or `None` once `cancel` fires. Accept errors
 /// (e.g. out of file descriptors) are logged and retried after a short pause, never fatal.
@@ -851,29 +819,33 @@ async fn serve_conn(
             }
             None => break,
         };
-        if bytes.len() > SMALL_REQUEST && !request_kind(&bytes).is_some_and(may_be_large) {
+        // A refused frame gets an error answer (when its id can be read) and the connection
+        // goes on: the length prefix kept the stream in step.
+        let refusal = if bytes.len() > SMALL_REQUEST && !request_kind(&bytes).is_some_and(may_be_large) {
             tracing::warn!(%remote, len = bytes.len(), kind = ?request_kind(&bytes), "oversized request from peer; refused without decoding");
-            if let Ok((id, _)) = postcard::take_from_bytes::<u64>(&bytes) {
-                let resp = Response::Error {
-                    message: format!(
-                        "request of {} bytes: this kind may carry at most {SMALL_REQUEST}",
-                        bytes.len()
-                    ),
-                    retry: false,
-                };
-                reply(writer.clone(), conn_done.clone(), encode_response(&me, id, &resp)).await;
+            Err(format!(
+                "request of {} bytes: this kind may carry at most {SMALL_REQUEST}",
+                bytes.len()
+            ))
+        } else {
+            match postcard::from_bytes::<Frame<Request>>(&bytes) {
+                Err(e) => {
+                    tracing::warn!(%remote, error = %e, len = bytes.len(), "malformed frame from peer");
+                    Err(format!("malformed request: {e}"))
+                }
+                Ok(f) if !transport.is_peer(&f.from) => {
+                    tracing::warn!(%remote, from = %f.from, "request from a node that is not a member; refused");
+                    Err(format!("{:?} is not a member of this cluster", f.from))
+                }
+                Ok(f) => Ok(f),
             }
-            continue;
-        }
-        let frame = match postcard::from_bytes::<Frame<Request>>(&bytes) {
+        };
+        let frame = match refusal {
             Ok(f) => f,
-            Err(e) => {
-                // The length prefix kept the stream in step: answer this frame with an error
-                // (when its id can be read) and go on serving the connection.
-                tracing::warn!(%remote, error = %e, len = bytes.len(), "malformed frame from peer");
+            Err(message) => {
                 if let Ok((id, _)) = postcard::take_from_bytes::<u64>(&bytes) {
                     let resp = Response::Error {
-                        message: format!("malformed request: {e}"),
+                        message,
                         retry: false,
                     };
                     reply(writer.clone(), conn_done.clone(), encode_response(&me, id, &resp)).await;
@@ -881,17 +853,8 @@ async fn serve_conn(
                 continue;
             }
         };
+        proven = true;
         let id = frame.id;
-        proven |= transport.is_peer(&frame.from);
-        if !transport.is_peer(&frame.from) {
-            tracing::warn!(%remote, from = %frame.from, "request from a node that is not a member; refused");
-            let resp = Response::Error {
-                message: format!("{:?} is not a member of this cluster", frame.from),
-                retry: false,
-            };
-            reply(writer.clone(), conn_done.clone(), encode_response(&me, id, &resp)).await;
-            continue;
-        }
         if let Request::Ping { nonce } = frame.body {
             reply(
                 writer.clone(),
@@ -1105,6 +1068,88 @@ mod tests {
         // handled as the socket buffers took answers (1 MiB each); before, all 200 were.
         let handled = started.load(Ordering::SeqCst);
         assert!(handled <= MAX_INFLIGHT + 16, "{handled} handled");
+        cancel.cancel();
+    }
+
+    /// Reads one answer frame from a raw connection.
+    async fn answer(conn: &mut TcpStream) -> Frame<Response> {
+        use tokio::io::AsyncReadExt;
+        let mut len = [0u8; 4];
+        conn.read_exact(&mut len).await.expect("length");
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        conn.read_exact(&mut body).await.expect("frame");
+        postcard::from_bytes(&body).expect("an answer")
+    }
+
+    /// A request kind that carries no bulk data is refused over `SMALL_REQUEST` before it is
+    /// decoded (a decoded request takes many times its size), with an error answer on a
+    /// connection that goes on serving.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_oversized_small_request_is_refused_without_decoding() {
+        use tokio::io::AsyncWriteExt;
+        let handler: Handler = Arc::new(|_from, _req| Box::pin(async { Response::Ok }));
+        let (addr, cancel) = serve_b(handler).await;
+        let mut conn = TcpStream::connect(addr).await.expect("connect");
+        let big = Request::Admin("x".repeat(SMALL_REQUEST + 1));
+        conn.write_all(&raw(1, "a", &big)).await.expect("send");
+        let a = answer(&mut conn).await;
+        assert_eq!(a.id, 1);
+        assert!(
+            matches!(&a.body, Response::Error { message, retry: false } if message.contains("may carry at most")),
+            "{:?}",
+            a.body
+        );
+        conn.write_all(&raw(2, "a", &Request::Ping { nonce: 5 }))
+            .await
+            .expect("send");
+        let a = answer(&mut conn).await;
+        assert!(matches!(a.body, Response::Pong { nonce: 5 }), "{:?}", a.body);
+        // Within the limit, the same kind is served.
+        conn.write_all(&raw(3, "a", &Request::Admin("x".repeat(1000))))
+            .await
+            .expect("send");
+        assert!(matches!(answer(&mut conn).await.body, Response::Ok));
+        cancel.cancel();
+    }
+
+    /// At most `MAX_INBOUND_CONNS` inbound connections are served at once: the next one is
+    /// closed at once, and a slot freed is usable again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn inbound_connections_are_capped() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let handler: Handler = Arc::new(|_from, _req| Box::pin(async { Response::Ok }));
+        let (addr, cancel) = serve_b(handler).await;
+        let mut held = Vec::new();
+        for _ in 0..MAX_INBOUND_CONNS {
+            let mut c = TcpStream::connect(addr).await.expect("connect");
+            // Served: it answers a ping.
+            c.write_all(&raw(1, "a", &Request::Ping { nonce: 1 }))
+                .await
+                .expect("send");
+            assert!(matches!(answer(&mut c).await.body, Response::Pong { nonce: 1 }));
+            held.push(c);
+        }
+        let mut extra = TcpStream::connect(addr).await.expect("connect");
+        let mut buf = [0u8; 8];
+        let n = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf))
+            .await
+            .expect("the extra connection is closed at once");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+        drop(held.pop());
+        // The freed slot is released once the server sees the close.
+        let mut served = false;
+        for _ in 0..50 {
+            let mut c = TcpStream::connect(addr).await.expect("connect");
+            let _ = c.write_all(&raw(2, "a", &Request::Ping { nonce: 2 })).await;
+            let mut len = [0u8; 4];
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), c.read_exact(&mut len)).await
+            {
+                served = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(served, "a freed slot serves a new connection");
         cancel.cancel();
     }
 

@@ -530,6 +530,40 @@ impl LocalCluster {
         wait_status(|| self.status(), timeout, what, pred).await
     }
 
+    /// Creates the cluster of `spec`, starts every node and waits (at most 30 s) until it is
+    /// ready: what nearly every multi-process test does first.
+    pub async fn launch(spec: Spec) -> Result<(LocalCluster, Status), HarnessError> {
+        let mut cluster = LocalCluster::create(spec).await?;
+        cluster.start_all()?;
+        let status = cluster.wait_ready(Duration::from_secs(30)).await?;
+        Ok((cluster, status))
+    }
+
+    /// Waits until Raft leadership sits on the active node (the coordinator moves it there
+    /// after a start or a failover), so that a test measures from a settled cluster.
+    pub async fn wait_settled(&self, timeout: Duration) -> Result<Status, HarnessError> {
+        self.wait_for(timeout, "the active node leading", |s| {
+            s.leader.is_some() && s.leader == s.active
+        })
+        .await
+    }
+
+    /// Waits until node `id`'s daemon has exited; its exit status, or `None` after `within`
+    /// (or if it was never started).
+    pub async fn wait_exit(&mut self, id: &str, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            let n = self.nodes.iter_mut().find(|n| n.id == id)?;
+            if let Some(status) = n.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until some node is active (role "active") and every data node is healthy.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<Status, HarnessError> {
         self.wait_for(timeout, "an active node and healthy standbys", is_ready)

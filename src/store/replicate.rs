@@ -128,20 +128,23 @@ impl Replicator {
     }
 
     /// Writes a group from `client` (a connection of this node's store): here if leading,
-    /// else on the leader.
-    pub async fn write(&self, ops: Vec<Op>, kind: GroupKind, client: u64) -> Result<Vec<Reply>, StoreError> {
+    /// else on the leader. `bytes`: the ops' encoded size, which the connection already
+    /// counted while it gathered them (not computed twice per request).
+    pub async fn write(
+        &self,
+        ops: Vec<Op>,
+        bytes: usize,
+        kind: GroupKind,
+        client: u64,
+    ) -> Result<Vec<Reply>, StoreError> {
+        // A group becomes one entry, or travels in one peer frame when forwarded.
+        if bytes > MAX_ENTRY_BYTES {
+            return Err(too_large(bytes));
+        }
         match self.node.cluster.leader() {
             None => Err(StoreError::NoLeader),
-            Some(l) if l == self.node.cluster.me() => self.write_local(ops, kind, Some(client)).await,
-            Some(l) => {
-                // A forwarded group travels in one peer frame: refused here, not by the frame
-                // limit (which would cost the connection carrying heartbeats).
-                let bytes = super::encoded_len(&ops);
-                if bytes > MAX_ENTRY_BYTES {
-                    return Err(too_large(bytes));
-                }
-                self.forward(&l, Request::StoreWrite { ops, kind }).await
-            }
+            Some(l) if l == self.node.cluster.me() => self.enqueue(ops, bytes, kind, Some(client)).await,
+            Some(l) => self.forward(&l, Request::StoreWrite { ops, kind }).await,
         }
     }
 
@@ -166,6 +169,17 @@ impl Replicator {
         if bytes > MAX_ENTRY_BYTES {
             return Err(too_large(bytes));
         }
+        self.enqueue(ops, bytes, kind, client).await
+    }
+
+    /// Hands a group of `bytes` (within an entry) to the batcher and waits for its replies.
+    async fn enqueue(
+        &self,
+        ops: Vec<Op>,
+        bytes: usize,
+        kind: GroupKind,
+        client: Option<u64>,
+    ) -> Result<Vec<Reply>, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.writes
             .send(WriteReq {

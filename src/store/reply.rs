@@ -110,14 +110,16 @@ impl Reply {
 pub const MAX_REPLY_DEPTH: usize = 16;
 
 /// A reply in pre-order: containers announce how many replies follow (a map, twice its
-/// pairs), so the shape is a flat list whatever the depth.
+/// pairs), so the shape is a flat list whatever the depth. Owned (`Token<String, Bytes>`)
+/// when decoded; borrowed from the reply (`Token<&str, RawBytes>`) when encoded, so encoding
+/// copies nothing. Both encode the same bytes.
 #[derive(Debug, Serialize, Deserialize)]
-enum Token {
+enum Token<S, B> {
     Ok,
-    Simple(String),
-    Error(String),
+    Simple(S),
+    Error(S),
     Int(i64),
-    Bulk(Bytes),
+    Bulk(B),
     Nil,
     NilArray,
     Array(u32),
@@ -126,25 +128,19 @@ enum Token {
     Set(u32),
 }
 
-/// The borrowed twin of [`Token`], for encoding without copying the reply.
-#[derive(Serialize)]
-enum TokenRef<'a> {
-    Ok,
-    Simple(&'a str),
-    Error(&'a str),
-    Int(i64),
-    Bulk(&'a [u8]),
-    Nil,
-    NilArray,
-    Array(u32),
-    Double(f64),
-    Map(u32),
-    Set(u32),
+/// A borrowed bulk string, encoded as bytes (as `Bytes` is), not as a sequence of numbers.
+#[derive(Debug)]
+struct RawBytes<'a>(&'a [u8]);
+
+impl Serialize for RawBytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
+    }
 }
 
 /// The wire form of a [`Reply`]: its tokens in pre-order.
 #[derive(Debug, Deserialize)]
-pub struct WireReply(Vec<Token>);
+pub struct WireReply(Vec<Token<String, Bytes>>);
 
 /// Why a reply from a peer was refused.
 #[derive(Debug, thiserror::Error)]
@@ -169,20 +165,20 @@ impl Reply {
         }
     }
 
-    fn token(&self) -> Result<TokenRef<'_>, WireReplyError> {
+    fn token(&self) -> Result<Token<&str, RawBytes<'_>>, WireReplyError> {
         let len = |n: usize| u32::try_from(n).map_err(|_| WireReplyError::TooLong);
         Ok(match self {
-            Reply::Ok => TokenRef::Ok,
-            Reply::Simple(s) => TokenRef::Simple(s),
-            Reply::Error(s) => TokenRef::Error(s),
-            Reply::Int(i) => TokenRef::Int(*i),
-            Reply::Bulk(b) => TokenRef::Bulk(b),
-            Reply::Nil => TokenRef::Nil,
-            Reply::NilArray => TokenRef::NilArray,
-            Reply::Array(v) => TokenRef::Array(len(v.len())?),
-            Reply::Double(d) => TokenRef::Double(*d),
-            Reply::Map(pairs) => TokenRef::Map(len(pairs.len())?),
-            Reply::Set(v) => TokenRef::Set(len(v.len())?),
+            Reply::Ok => Token::Ok,
+            Reply::Simple(s) => Token::Simple(s.as_str()),
+            Reply::Error(s) => Token::Error(s.as_str()),
+            Reply::Int(i) => Token::Int(*i),
+            Reply::Bulk(b) => Token::Bulk(RawBytes(b)),
+            Reply::Nil => Token::Nil,
+            Reply::NilArray => Token::NilArray,
+            Reply::Array(v) => Token::Array(len(v.len())?),
+            Reply::Double(d) => Token::Double(*d),
+            Reply::Map(pairs) => Token::Map(len(pairs.len())?),
+            Reply::Set(v) => Token::Set(len(v.len())?),
         })
     }
 
@@ -219,7 +215,7 @@ impl Serialize for Reply {
 
 /// A container being rebuilt: its kind, how many replies it still waits for, and those it has.
 struct Open {
-    kind: Token,
+    kind: Token<String, Bytes>,
     missing: usize,
     items: Vec<Reply>,
 }
@@ -337,7 +333,7 @@ mod tests {
     /// receiver's stack while decoding. Now it is refused past `MAX_REPLY_DEPTH`.
     #[test]
     fn deep_nesting_from_a_peer_is_refused() {
-        let mut tokens: Vec<Token> = (0..100_000).map(|_| Token::Array(1)).collect();
+        let mut tokens: Vec<Token<String, Bytes>> = (0..100_000).map(|_| Token::Array(1)).collect();
         tokens.push(Token::Ok);
         let bytes = postcard::to_allocvec(&tokens).expect("encode");
         assert!(postcard::from_bytes::<Reply>(&bytes).is_err());
@@ -353,9 +349,9 @@ mod tests {
 
     #[test]
     fn a_container_cannot_claim_more_than_the_frame_holds() {
-        let bytes = postcard::to_allocvec(&vec![Token::Array(u32::MAX)]).expect("encode");
+        let bytes = postcard::to_allocvec(&vec![Token::<String, Bytes>::Array(u32::MAX)]).expect("encode");
         assert!(postcard::from_bytes::<Reply>(&bytes).is_err());
-        let bytes = postcard::to_allocvec(&vec![Token::Ok, Token::Ok]).expect("encode");
+        let bytes = postcard::to_allocvec(&vec![Token::<String, Bytes>::Ok, Token::Ok]).expect("encode");
         assert!(postcard::from_bytes::<Reply>(&bytes).is_err());
     }
 

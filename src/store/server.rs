@@ -200,7 +200,7 @@ pub async fn serve(
             };
             // A client that vanished without a FIN frees its slot even though idle clients
             // are never timed out (Redis `timeout 0`).
-            crate::cluster::transport::keepalive(&stream, TCP_KEEPALIVE_SECS);
+            crate::net::keepalive(&stream, TCP_KEEPALIVE_SECS);
             let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
             let span = tracing::debug_span!("store.conn", client.id = id, client.addr = %remote);
             let _e = span.enter();
@@ -564,10 +564,10 @@ async fn execute(shared: &Shared, conn: &mut Conn, items: Vec<Item>) -> Vec<(Fra
             }
             Item::Gone => break,
             Item::Write(op) => {
-                let ops = write_run(op, &mut items);
+                let (ops, bytes) = write_run(op, &mut items);
                 let n = ops.len();
                 let started = Instant::now();
-                let result = write_with_retry(shared, ops, GroupKind::Pipeline, conn.id).await;
+                let result = write_with_retry(shared, ops, bytes, GroupKind::Pipeline, conn.id).await;
                 shared
                     .node
                     .metrics
@@ -608,7 +608,8 @@ async fn execute(shared: &Shared, conn: &mut Conn, items: Vec<Item>) -> Vec<(Fra
 /// `first` and the writes right after it, as one group: cut where the next write would take
 /// the group past what one log entry may carry ([`MAX_ENTRY_BYTES`]), so a pipeline of large
 /// writes goes out as several entries instead of one that no peer frame can hold.
-fn write_run<I: Iterator<Item = Item>>(first: Op, items: &mut std::iter::Peekable<I>) -> Vec<Op> {
+/// Returns the ops and their encoded size.
+fn write_run<I: Iterator<Item = Item>>(first: Op, items: &mut std::iter::Peekable<I>) -> (Vec<Op>, usize) {
     let mut bytes = super::encoded_len(std::slice::from_ref(&first));
     let mut ops = vec![first];
     while let Some(Item::Write(next)) = items.peek() {
@@ -621,7 +622,7 @@ fn write_run<I: Iterator<Item = Item>>(first: Op, items: &mut std::iter::Peekabl
             ops.push(op);
         }
     }
-    ops
+    (ops, bytes)
 }
 
 fn pad(mut replies: Vec<Reply>, n: usize) -> Vec<Reply> {
@@ -633,12 +634,13 @@ fn pad(mut replies: Vec<Reply>, n: usize) -> Vec<Reply> {
 async fn write_with_retry(
     shared: &Shared,
     ops: Vec<Op>,
+    bytes: usize,
     kind: GroupKind,
     client: u64,
 ) -> Result<Vec<Reply>, StoreError> {
     let deadline = Instant::now() + shared.cfg.retry_for;
     loop {
-        match shared.replicator.write(ops.clone(), kind, client).await {
+        match shared.replicator.write(ops.clone(), bytes, kind, client).await {
             Err(e) if e.retryable() && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -790,7 +792,7 @@ async fn classify(
             let Some(queued) = conn.multi.take() else {
                 return Item::Reply(err("ERR EXEC without MULTI"));
             };
-            conn.multi_bytes = 0;
+            let bytes = std::mem::take(&mut conn.multi_bytes);
             if std::mem::take(&mut conn.multi_error) {
                 return Item::Reply(err("EXECABORT Transaction discarded because of previous errors."));
             }
@@ -798,7 +800,7 @@ async fn classify(
                 return Item::Reply(Frame::Array(Vec::new()));
             }
             // One log entry, applied atomically: reads inside see the writes before them.
-            match write_with_retry(shared, queued, GroupKind::Exec, conn.id).await {
+            match write_with_retry(shared, queued, bytes, GroupKind::Exec, conn.id).await {
                 // An Exec group has exactly one reply: the array of the block's replies.
                 Ok(replies) => Item::Reply(
                     replies
@@ -1102,14 +1104,19 @@ mod tests {
         while let Some(item) = items.next() {
             match item {
                 Item::Write(op) => groups.push(write_run(op, &mut items)),
-                _ => groups.push(Vec::new()),
+                _ => groups.push((Vec::new(), 0)),
             }
         }
-        let sizes: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+        let sizes: Vec<usize> = groups.iter().map(|(g, _)| g.len()).collect();
         // p1 | p2 s1 | p3 | (reply) | s2: the reply still ends a run.
         assert_eq!(sizes, vec![1, 2, 1, 0, 1]);
-        for g in &groups {
-            assert!(super::super::encoded_len(g) <= MAX_ENTRY_BYTES);
+        for (g, bytes) in &groups {
+            // The size the run counted (one byte per op above the ops' sizes) undercounts the
+            // group by at most the vector's length prefix (a varint: at most 5 bytes), which an
+            // entry's 16 bytes per group cover.
+            let exact = super::super::encoded_len(g);
+            assert!(exact <= MAX_ENTRY_BYTES);
+            assert!(exact <= bytes + 5, "{bytes} vs {exact}");
         }
     }
 

@@ -1,6 +1,33 @@
-//! Helpers shared by the multi-process tests.
+//! Helpers shared by the multi-process tests. Each test file uses some of them, so the
+//! others are dead code in that file's build.
+#![allow(dead_code)]
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The `standin` binary under test.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_standin"))
+}
+
+/// Sends `partial_head` (a request head that never ends) to the HTTP listener at `addr` and
+/// asserts the server cuts the connection off (after its header-read timeout), with a 408 or
+/// by closing it.
+pub async fn assert_slow_head_cut_off(addr: SocketAddr, partial_head: &[u8]) {
+    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(partial_head).await.expect("write");
+    let mut buf = [0u8; 512];
+    // A generous bound only so that a regression fails instead of hanging.
+    let n = tokio::time::timeout(Duration::from_secs(20), slow.read(&mut buf))
+        .await
+        .expect("the slow client was disconnected")
+        .unwrap_or(0);
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
+}
 
 /// One parsed sample: name, sorted labels, value.
 pub type Sample = (String, Vec<(String, String)>, f64);

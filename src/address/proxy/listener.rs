@@ -158,7 +158,7 @@ impl ListenerRt {
                 };
                 l.counters.connections.fetch_add(1, Ordering::Relaxed);
                 let _ = stream.set_nodelay(true);
-                crate::api::serve::set_keepalive(&stream);
+                crate::net::keepalive(&stream, crate::net::HTTP_KEEPALIVE_SECS);
                 let l = l.clone();
                 match l.settings().cfg.protocol {
                     Protocol::Tcp => tokio::spawn(tcp::serve(l, stream)),
