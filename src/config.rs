@@ -72,6 +72,85 @@ pub struct Config {
     /// A front proxy run by this node too (see `address::proxy`).
     #[serde(default)]
     pub proxy: Option<crate::address::proxy::config::ProxyConfig>,
+    /// Mutual TLS between nodes. Required unless `insecure = true`.
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: the cluster CA and this node's certificate and key (PEM files). Every connection
+/// between nodes is TLS 1.3 with certificates checked both ways; a node's certificate names
+/// its member id (URI SAN `standin:node:<id>`), and a peer may act only as that id.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct TlsConfig {
+    /// The cluster CA certificate(s) that sign every member's certificate.
+    pub ca: Option<PathBuf>,
+    /// This node's certificate (its chain, leaf first).
+    pub cert: Option<PathBuf>,
+    /// This node's private key; must not be readable by other users.
+    pub key: Option<PathBuf>,
+    /// Run without TLS: anyone who can reach a cluster address can act as a member. For a
+    /// laptop or a closed test network only; logged at start and shown in `status`.
+    pub insecure: bool,
+}
+
+impl TlsConfig {
+    /// The files to load, or `None` when running insecure.
+    pub fn files(&self) -> Option<crate::tls::TlsFiles> {
+        if self.insecure {
+            return None;
+        }
+        Some(crate::tls::TlsFiles {
+            ca: self.ca.clone(),
+            cert: self.cert.clone()?,
+            key: self.key.clone()?,
+            keys: ["tls.ca", "tls.cert", "tls.key"],
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.insecure {
+            if self.ca.is_some() || self.cert.is_some() || self.key.is_some() {
+                return Err(invalid(
+                    "tls.insecure",
+                    "true turns TLS off; remove it or the ca, cert and key files",
+                ));
+            }
+            return Ok(());
+        }
+        let how = "make them with `standin certs init DIR` and `standin certs issue ID --ca DIR`, \
+                   or set `tls.insecure = true` (anyone who can reach the cluster addresses can then act as a member)";
+        if self.ca.is_none() && self.cert.is_none() && self.key.is_none() {
+            return Err(invalid(
+                "tls",
+                format!("a [tls] section with ca, cert and key is required; {how}"),
+            ));
+        }
+        for (key, v) in [
+            ("tls.ca", &self.ca),
+            ("tls.cert", &self.cert),
+            ("tls.key", &self.key),
+        ] {
+            if v.is_none() {
+                return Err(invalid(key, format!("is required with [tls]; {how}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the files and checks them: readable, the key private to its owner and matching
+    /// the certificate, the certificate from the CA, not expired, naming member `id`.
+    pub fn check(&self, id: &str) -> Result<(), ConfigError> {
+        let Some(files) = self.files() else {
+            return Ok(());
+        };
+        crate::tls::Tls::load(files, Some(id))
+            .map(drop)
+            .map_err(|e| match e.key() {
+                Some(key) => invalid(key, e.detail()),
+                None => invalid("tls", e.detail()),
+            })
+    }
 }
 
 /// `[events]`: the replicated event history.
@@ -735,12 +814,14 @@ impl Config {
         })?;
         config.validate()?;
         config.api.resolve()?;
+        config.tls.check(&config.node.id)?;
         Ok(config)
     }
 
     /// Checks everything serde cannot: names, cross references, timing relations.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_name("node.id", &self.node.id)?;
+        self.tls.validate()?;
         if self.node.data_dir.as_os_str().is_empty() {
             return Err(invalid("node.data-dir", "must not be empty"));
         }
@@ -1253,6 +1334,9 @@ mod tests {
     /// A complete 3-node cluster as seen from data node `a`: two data nodes and a witness,
     /// two cluster addresses each, a service, one check of every kind, hooks and failback.
     const FULL: &str = r#"
+[tls]
+insecure = true
+
 [node]
 id = "a"
 data-dir = "/var/lib/standin"
@@ -1336,6 +1420,9 @@ garp-interval = "50ms"
 
     /// The smallest valid config: only the required keys, every section with defaults omitted.
     const MINIMAL: &str = r#"
+[tls]
+insecure = true
+
 [node]
 id = "a"
 data-dir = "/tmp/a"

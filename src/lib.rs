@@ -26,3 +26,4 @@ pub mod net;
 pub mod node;
 pub mod service;
 pub mod store;
+pub mod tls;

@@ -11,6 +11,9 @@ fn binary() -> &'static str {
 fn config(admin_port: u16, extra: &str) -> String {
     format!(
         r#"
+[tls]
+insecure = true
+
 [node]
 id = "a"
 data-dir = "/nonexistent/should-not-be-created"

@@ -84,7 +84,7 @@ pub fn standin_configs(
     for (id, priority) in members {
         let addr = lab.host(id)?.addr;
         let mut text = format!(
-            "[node]\nid = \"{id}\"\ndata-dir = \"{}\"\n{peers}",
+            "[tls]\ninsecure = true\n\n[node]\nid = \"{id}\"\ndata-dir = \"{}\"\n{peers}",
             dir.join(format!("{id}-data")).display()
         );
         if priority.is_some() {

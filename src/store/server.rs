@@ -1170,7 +1170,7 @@ mod tests {
             )
         };
         let text = format!(
-            "[node]\nid = \"a\"\ndata-dir = \"/tmp/a\"\n\n{}{}{}[service]\ncommand = \"sleep\"\n",
+            "[tls]\ninsecure = true\n[node]\nid = \"a\"\ndata-dir = \"/tmp/a\"\n\n{}{}{}[service]\ncommand = \"sleep\"\n",
             member("a", "data", 0),
             member("b", "data", 1),
             member("w", "witness", 2)

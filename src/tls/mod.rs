@@ -1,0 +1,532 @@
+//! TLS for every listener and client of a node, on rustls with the `ring` provider (TLS 1.3
+//! only).
+//!
+//! Nodes authenticate each other with certificates from one cluster CA. A node's certificate
+//! names its member id as a URI subject alternative name, `standin:node:<id>` ([`node_uri`]);
+//! the id a peer may act as is the one its certificate names, never a field of a message.
+//! Certificates carry both the server and the client purpose, since every node is both.
+//!
+//! Files are reloaded when they change ([`Tls::reload_if_changed`], polled, and on SIGHUP):
+//! connections already open keep the certificate they started with, new ones use the new one.
+//! A file that does not load leaves the old material in place and is reported.
+//!
+//! This module sits low in the layers: it imports nothing of the crate.
+
+mod certs;
+mod verify;
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+pub use certs::{init_ca, issue, issue_between, issue_files, CaFiles, IssuedFiles};
+pub use verify::{AdminServerVerifier, NodeServerVerifier};
+
+/// The scheme and prefix of the URI SAN that names a member: `standin:node:<id>`.
+pub const NODE_URI_PREFIX: &str = "standin:node:";
+
+/// The URI subject alternative name of member `id`.
+pub fn node_uri(id: &str) -> String {
+    format!("{NODE_URI_PREFIX}{id}")
+}
+
+/// Largest PEM file read (a CA bundle of a few hundred certificates fits); a larger file is
+/// refused before it is read whole.
+pub const MAX_PEM_FILE: u64 = 1024 * 1024;
+
+/// Why TLS material was refused. Every variant names the config key of the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("`{key}`: cannot read {path}: {reason}")]
+    Read {
+        key: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("`{key}`: {path}: {reason}")]
+    Invalid {
+        key: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl TlsError {
+    /// The config key the error is about, if any.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            TlsError::Read { key, .. } | TlsError::Invalid { key, .. } => Some(key),
+            TlsError::Other(_) => None,
+        }
+    }
+
+    /// The message without the key (for errors that name the key themselves).
+    pub fn detail(&self) -> String {
+        match self {
+            TlsError::Read { path, reason, .. } => format!("cannot read {}: {reason}", path.display()),
+            TlsError::Invalid { path, reason, .. } => format!("{}: {reason}", path.display()),
+            TlsError::Other(m) => m.clone(),
+        }
+    }
+}
+
+/// The crypto provider every config uses.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Where a node's TLS files are, and the config keys that named them (for errors).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    /// The CA that signs the certificates this side accepts (`None`: no client certificates
+    /// are checked, e.g. an HTTPS listener with its own certificate).
+    pub ca: Option<PathBuf>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Config keys of `ca`, `cert` and `key`, named in errors.
+    pub keys: [&'static str; 3],
+}
+
+/// Loaded, checked material: the trusted roots, this side's chain and key.
+pub struct Material {
+    pub roots: Option<Arc<RootCertStore>>,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: Arc<PrivateKeyDer<'static>>,
+    /// The member id this certificate names, if it names one.
+    pub node_id: Option<String>,
+    /// When the certificate expires (Unix seconds).
+    pub not_after: i64,
+}
+
+impl std::fmt::Debug for Material {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Material")
+            .field("node_id", &self.node_id)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads a PEM file of at most [`MAX_PEM_FILE`] bytes.
+fn read_pem(key: &str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    let read_err = |e: io::Error| TlsError::Read {
+        key: key.to_string(),
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    if meta.len() > MAX_PEM_FILE {
+        return Err(TlsError::Invalid {
+            key: key.to_string(),
+            path: path.to_path_buf(),
+            reason: format!("{} bytes; at most {MAX_PEM_FILE} are read", meta.len()),
+        });
+    }
+    std::fs::read(path).map_err(read_err)
+}
+
+/// Refuses a secret file that users other than its owner can read (as ssh does with keys).
+pub fn check_private(key: &str, path: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| TlsError::Read {
+        key: key.to_string(),
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(TlsError::Invalid {
+            key: key.to_string(),
+            path: path.to_path_buf(),
+            reason: format!(
+                "permissions {mode:04o} let other users read it; run `chmod 600 {}`",
+                path.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn load_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read_pem(key, path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Invalid {
+            key: key.to_string(),
+            path: path.to_path_buf(),
+            reason: format!("not a PEM certificate file: {e}"),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Invalid {
+            key: key.to_string(),
+            path: path.to_path_buf(),
+            reason: "holds no certificate".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// What a certificate says about itself: the member id it names and when it expires.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertInfo {
+    pub node_id: Option<String>,
+    pub not_after: i64,
+}
+
+/// Reads the node id (URI SAN `standin:node:<id>`) and expiry of a DER certificate. Only
+/// called on certificates whose chain has been checked, or on our own files.
+pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| format!("cannot parse certificate: {e}"))?;
+    let mut ids = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::URI(uri) = name {
+                if let Some(id) = uri.strip_prefix(NODE_URI_PREFIX) {
+                    ids.push(id.to_string());
+                }
+            }
+        }
+    }
+    // A certificate that names two members names none: it could act as either.
+    let node_id = match ids.len() {
+        1 => ids.pop(),
+        _ => None,
+    };
+    Ok(CertInfo {
+        node_id,
+        not_after: cert.validity().not_after.timestamp(),
+    })
+}
+
+/// The member id an authenticated peer's certificate names.
+pub fn peer_node_id(certs: Option<&[CertificateDer<'_>]>) -> Option<String> {
+    let leaf = certs?.first()?;
+    cert_info(leaf.as_ref()).ok()?.node_id
+}
+
+impl Material {
+    /// Loads and checks `files`: the key must be private to its owner, the certificate must
+    /// chain to the CA (when one is given), hold the key's public half and not be expired.
+    pub fn load(files: &TlsFiles) -> Result<Material, TlsError> {
+        let [ca_key, cert_key, key_key] = files.keys;
+        let roots = match &files.ca {
+            Some(ca) => {
+                let mut roots = RootCertStore::empty();
+                for c in load_certs(ca_key, ca)? {
+                    roots.add(c).map_err(|e| TlsError::Invalid {
+                        key: ca_key.to_string(),
+                        path: ca.clone(),
+                        reason: format!("not a usable CA certificate: {e}"),
+                    })?;
+                }
+                Some(Arc::new(roots))
+            }
+            None => None,
+        };
+        let chain = load_certs(cert_key, &files.cert)?;
+        check_private(key_key, &files.key)?;
+        let pem = read_pem(key_key, &files.key)?;
+        let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError::Invalid {
+            key: key_key.to_string(),
+            path: files.key.clone(),
+            reason: format!("not a PEM private key: {e}"),
+        })?;
+        let invalid_cert = |reason: String| TlsError::Invalid {
+            key: cert_key.to_string(),
+            path: files.cert.clone(),
+            reason,
+        };
+        let info = cert_info(chain[0].as_ref()).map_err(invalid_cert)?;
+        if info.not_after < unix_now() {
+            return Err(invalid_cert(format!(
+                "the certificate expired at {}",
+                humantime::format_rfc3339_seconds(
+                    UNIX_EPOCH + std::time::Duration::from_secs(info.not_after.max(0) as u64)
+                )
+            )));
+        }
+        // The key must belong to the certificate, and the certificate to the CA.
+        let signing = provider()
+            .key_provider
+            .load_private_key(key.clone_key())
+            .map_err(|e| TlsError::Invalid {
+                key: key_key.to_string(),
+                path: files.key.clone(),
+                reason: format!("unsupported private key: {e}"),
+            })?;
+        let certified = rustls::sign::CertifiedKey::new(chain.clone(), signing);
+        certified.keys_match().map_err(|e| TlsError::Invalid {
+            key: key_key.to_string(),
+            path: files.key.clone(),
+            reason: format!("does not match the certificate in {}: {e}", files.cert.display()),
+        })?;
+        if let Some(roots) = &roots {
+            verify::chains_to(roots, &chain).map_err(|e| {
+                invalid_cert(format!(
+                    "not signed by the CA in {}: {e}",
+                    files.ca.as_deref().unwrap_or(Path::new("?")).display()
+                ))
+            })?;
+        }
+        Ok(Material {
+            roots,
+            chain,
+            key: Arc::new(key),
+            node_id: info.node_id,
+            not_after: info.not_after,
+        })
+    }
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The configs built from one [`Material`].
+struct Loaded {
+    material: Material,
+    /// Server side that asks for and checks a client certificate (peer transport).
+    mutual: Option<Arc<ServerConfig>>,
+    /// Server side without client certificates (HTTPS admin API, store).
+    plain: Arc<ServerConfig>,
+    /// Client side per expected peer id (each checks that the server names that id).
+    clients: Mutex<HashMap<String, Arc<ClientConfig>>>,
+}
+
+fn server_builder() -> rustls::ConfigBuilder<ServerConfig, rustls::WantsVerifier> {
+    ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("ring supports TLS 1.3")
+}
+
+impl Loaded {
+    fn build(material: Material) -> Result<Loaded, TlsError> {
+        let signing_err =
+            |e: rustls::Error| TlsError::Other(format!("cannot use the certificate and key: {e}"));
+        let mutual = match &material.roots {
+            Some(roots) => {
+                let verifier =
+                    rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+                        .build()
+                        .map_err(|e| TlsError::Other(format!("cannot build the client verifier: {e}")))?;
+                let cfg = server_builder()
+                    .with_client_cert_verifier(verifier)
+                    .with_single_cert(material.chain.clone(), material.key.clone_key())
+                    .map_err(signing_err)?;
+                Some(Arc::new(cfg))
+            }
+            None => None,
+        };
+        let mut plain = server_builder()
+            .with_no_client_auth()
+            .with_single_cert(material.chain.clone(), material.key.clone_key())
+            .map_err(signing_err)?;
+        plain.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Loaded {
+            material,
+            mutual,
+            plain: Arc::new(plain),
+            clients: Mutex::default(),
+        })
+    }
+}
+
+/// Identity of the files as last loaded: a change of any of them triggers a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp(Vec<Option<(SystemTime, u64, u64)>>);
+
+impl Stamp {
+    fn of(files: &TlsFiles) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        let paths = files.ca.iter().chain([&files.cert, &files.key]);
+        Stamp(
+            paths
+                .map(|p| {
+                    std::fs::metadata(p)
+                        .ok()
+                        .map(|m| (m.modified().unwrap_or(UNIX_EPOCH), m.len(), m.ino()))
+                })
+                .collect(),
+        )
+    }
+}
+
+/// One node's TLS material, reloaded when its files change. Cheap to share (`Arc`).
+pub struct Tls {
+    files: TlsFiles,
+    current: RwLock<Arc<Loaded>>,
+    stamp: Mutex<Stamp>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Tls {
+    /// Loads `files`; when `expect_id` is given, the certificate must name that member.
+    pub fn load(files: TlsFiles, expect_id: Option<&str>) -> Result<Tls, TlsError> {
+        let stamp = Stamp::of(&files);
+        let loaded = Self::build(&files, expect_id)?;
+        Ok(Tls {
+            files,
+            current: RwLock::new(Arc::new(loaded)),
+            stamp: Mutex::new(stamp),
+        })
+    }
+
+    fn build(files: &TlsFiles, expect_id: Option<&str>) -> Result<Loaded, TlsError> {
+        let material = Material::load(files)?;
+        if let Some(id) = expect_id {
+            if material.node_id.as_deref() != Some(id) {
+                return Err(TlsError::Invalid {
+                    key: files.keys[1].to_string(),
+                    path: files.cert.clone(),
+                    reason: match &material.node_id {
+                        Some(other) => format!(
+                            "the certificate names member {other:?}, but this node is {id:?} (issue one with `standin certs issue {id}`)"
+                        ),
+                        None => format!(
+                            "the certificate names no member (a URI SAN `{}`); issue one with `standin certs issue {id}`",
+                            node_uri(id)
+                        ),
+                    },
+                });
+            }
+        }
+        Loaded::build(material)
+    }
+
+    fn now(&self) -> Arc<Loaded> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reloads the files if any of them changed since the last load. `Ok(true)`: new material
+    /// is in use; an error leaves the old material in place.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let stamp = Stamp::of(&self.files);
+        if *lock(&self.stamp) == stamp {
+            return Ok(false);
+        }
+        self.reload_with(stamp)
+    }
+
+    /// Reloads the files whether or not they look changed (SIGHUP).
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        self.reload_with(Stamp::of(&self.files))
+    }
+
+    fn reload_with(&self, stamp: Stamp) -> Result<bool, TlsError> {
+        let expect = self.now().material.node_id.clone();
+        // Remember the stamp even when loading fails: the same broken files are reported
+        // once, not on every poll.
+        *lock(&self.stamp) = stamp;
+        let loaded = Self::build(&self.files, expect.as_deref())?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(loaded);
+        Ok(true)
+    }
+
+    /// When the certificate in use expires (Unix seconds).
+    pub fn not_after(&self) -> i64 {
+        self.now().material.not_after
+    }
+
+    /// The member id the certificate in use names.
+    pub fn node_id(&self) -> Option<String> {
+        self.now().material.node_id.clone()
+    }
+
+    /// The files this was loaded from.
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+
+    /// Accepts peer connections: TLS 1.3, a client certificate from the CA required.
+    pub fn peer_acceptor(&self) -> Option<TlsAcceptor> {
+        self.now().mutual.clone().map(TlsAcceptor::from)
+    }
+
+    /// Accepts clients without certificates (HTTPS, store).
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.now().plain.clone())
+    }
+
+    /// Connects to member `peer`: its certificate must chain to the CA and name `peer`; ours
+    /// is presented as the client certificate.
+    pub fn peer_connector(&self, peer: &str) -> Result<TlsConnector, TlsError> {
+        let loaded = self.now();
+        if let Some(c) = lock(&loaded.clients).get(peer) {
+            return Ok(TlsConnector::from(c.clone()));
+        }
+        let roots = loaded
+            .material
+            .roots
+            .clone()
+            .ok_or_else(|| TlsError::Other("no CA configured for peer connections".into()))?;
+        let cfg = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("ring supports TLS 1.3")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NodeServerVerifier::new(roots, peer)))
+            .with_client_auth_cert(loaded.material.chain.clone(), loaded.material.key.clone_key())
+            .map_err(|e| TlsError::Other(format!("cannot use the certificate and key: {e}")))?;
+        let cfg = Arc::new(cfg);
+        lock(&loaded.clients).insert(peer.to_string(), cfg.clone());
+        Ok(TlsConnector::from(cfg))
+    }
+}
+
+/// The server name sent to peers (SNI). Peers are checked by the id their certificate names,
+/// not by this name.
+pub fn peer_server_name() -> ServerName<'static> {
+    ServerName::try_from("standin").expect("a valid DNS name")
+}
+
+/// A client config for HTTPS to an admin API whose certificate is signed by the CA in
+/// `ca_pem`: the certificate must chain to that CA and either match the host name or name a
+/// member (node certificates name members, not hosts).
+pub fn https_client_config(ca_path: &Path) -> Result<ClientConfig, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in load_certs("--ca", ca_path)? {
+        roots.add(c).map_err(|e| TlsError::Invalid {
+            key: "--ca".into(),
+            path: ca_path.to_path_buf(),
+            reason: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    let mut cfg = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("ring supports TLS 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AdminServerVerifier::new(Arc::new(roots))))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// The server name to send for `host` (an IP address or a DNS name).
+pub fn server_name_for(host: &str) -> ServerName<'static> {
+    ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_string())
+        .unwrap_or_else(|_| peer_server_name())
+}
