@@ -1299,6 +1299,11 @@ fn ports_clash(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
+/// Checks a member name as `[[member]] id` would.
+pub fn validate_member_name(name: &str) -> Result<(), ConfigError> {
+    validate_name("member id", name)
+}
+
 fn validate_name(key: &str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 32

@@ -13,6 +13,7 @@
 pub mod address;
 pub mod api;
 pub mod bench;
+pub mod certs;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -22,6 +22,44 @@ struct Args {
 }
 
 #[derive(Subcommand)]
+enum CertsCmd {
+    /// Make a cluster CA in DIR (ca.pem, and ca.key with mode 0600). Keep ca.key offline.
+    Init {
+        dir: PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "standin cluster CA")]
+        name: String,
+        /// How long the CA is valid.
+        #[arg(long = "valid-for", value_parser = humantime::parse_duration, default_value = "3650days")]
+        valid_for: std::time::Duration,
+    },
+    /// Issue a certificate for member ID, signed by the CA in --ca DIR: ID.pem and ID.key
+    /// (mode 0600). It names the member as the URI SAN standin:node:ID.
+    Issue {
+        id: String,
+        /// The CA's directory (from `standin certs init`).
+        #[arg(long)]
+        ca: PathBuf,
+        /// Where to write the files (default: the CA's directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Extra DNS names or IP addresses (for HTTPS to the admin API or TLS to the store),
+        /// repeatable: --san 10.0.0.1 --san node-a.example.
+        #[arg(long)]
+        san: Vec<String>,
+        /// How long the certificate is valid.
+        #[arg(long = "valid-for", value_parser = humantime::parse_duration, default_value = "365days")]
+        valid_for: std::time::Duration,
+    },
+    /// Show which member a certificate names and when it expires.
+    Show {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Run one cluster node (daemon; logs to stderr; SIGTERM/SIGINT stop it cleanly).
     Node {
@@ -117,6 +155,11 @@ enum Cmd {
         proxy: String,
         #[arg(long)]
         json: bool,
+    },
+    /// Certificates for mutual TLS between nodes: a cluster CA and one certificate per member.
+    Certs {
+        #[command(subcommand)]
+        which: CertsCmd,
     },
     /// Start a local 3-node cluster (a, b, witness w) with a demo HTTP service.
     Demo {
@@ -455,6 +498,17 @@ async fn async_main(args: Args) -> ExitCode {
             limit,
             json,
         } => cli_result(cli::events(&api.api, since.as_deref(), limit.map(|n| n as usize), json).await),
+        Cmd::Certs { which } => cli_result(match which {
+            CertsCmd::Init { dir, name, valid_for } => standin::certs::init(&dir, &name, valid_for),
+            CertsCmd::Issue {
+                id,
+                ca,
+                out,
+                san,
+                valid_for,
+            } => standin::certs::issue(&id, &ca, out.as_deref(), &san, valid_for),
+            CertsCmd::Show { file, json } => standin::certs::show(&file, json),
+        }),
         Cmd::Demo { dir } => {
             init_tracing();
             let token = CancellationToken::new();

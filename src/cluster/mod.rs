@@ -712,6 +712,7 @@ mod tests {
             vec![("a".into(), Vec::new())],
             interval,
             interval * 10,
+            None,
         );
         tokio::spawn(transport::serve(listener, follower, handler, cancel.clone()));
         let leader = Transport::new(
@@ -719,6 +720,7 @@ mod tests {
             vec![("b".into(), vec![addr])],
             interval,
             interval * 10,
+            None,
         );
 
         let log_id = |i| LogId::new(CommittedLeaderId::new(3, 1), i);

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncWrite, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
@@ -119,7 +119,36 @@ struct PathStats {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
 
-type FrameSink = FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>;
+/// A peer connection's byte stream: TLS over TCP, or plain TCP when running insecure.
+trait PeerIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> PeerIo for T {}
+type BoxIo = Box<dyn PeerIo>;
+
+type FrameSink = FramedWrite<WriteHalf<BoxIo>, LengthDelimitedCodec>;
+
+/// Why an inbound peer connection or frame was refused, counted in `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Refusal {
+    /// The TLS handshake failed: no certificate, one from another CA, an expired one, or
+    /// not TLS at all.
+    Handshake,
+    /// A valid certificate for an id that is not a member of this cluster.
+    NotMember,
+    /// A frame claiming to come from a member other than the one its certificate names.
+    WrongId,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 3] = [Refusal::Handshake, Refusal::NotMember, Refusal::WrongId];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Handshake => "handshake",
+            Refusal::NotMember => "not-member",
+            Refusal::WrongId => "wrong-id",
+        }
+    }
+}
 
 /// The sending side of a connection. Callers write their own frames, one at a time: no
 /// writer task to wake for each message. `None` once the connection is closed (dropping the
@@ -163,6 +192,9 @@ struct Path {
 
 struct Peer {
     paths: Vec<Path>,
+    /// When the certificate this peer last showed expires (Unix seconds), from either side
+    /// of a TLS handshake.
+    cert_not_after: Mutex<Option<i64>>,
 }
 
 struct Inner {
@@ -177,6 +209,10 @@ struct Inner {
     buffers: Arc<BufferBudget>,
     heartbeat_interval: Duration,
     failure_timeout: Duration,
+    /// Mutual TLS on every connection; `None` when running insecure.
+    tls: Option<Arc<crate::tls::Tls>>,
+    /// Refusals by [`Refusal`], in its order.
+    refused: [AtomicU64; 3],
 }
 
 /// Handle to the transport; cheap to clone.
@@ -190,12 +226,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Transport {
-    /// `peers`: every other member with its addresses (paths), in configured order.
+    /// `peers`: every other member with its addresses (paths), in configured order. `tls`:
+    /// the node's certificates; every connection, in and out, then uses mutual TLS and a peer
+    /// may act only as the member its certificate names.
     pub fn new(
         me: String,
         peers: Vec<(String, Vec<SocketAddr>)>,
         heartbeat_interval: Duration,
         failure_timeout: Duration,
+        tls: Option<Arc<crate::tls::Tls>>,
     ) -> Self {
         let peers = peers
             .into_iter()
@@ -208,7 +247,13 @@ impl Transport {
                         stats: Mutex::new(PathStats::default()),
                     })
                     .collect();
-                (id, Peer { paths })
+                (
+                    id,
+                    Peer {
+                        paths,
+                        cert_not_after: Mutex::new(None),
+                    },
+                )
             })
             .collect();
         Transport {
@@ -221,8 +266,41 @@ impl Transport {
                 buffers: Arc::default(),
                 heartbeat_interval,
                 failure_timeout,
+                tls,
+                refused: Default::default(),
             }),
         }
+    }
+
+    /// Whether connections use mutual TLS.
+    pub fn is_tls(&self) -> bool {
+        self.inner.tls.is_some()
+    }
+
+    /// Inbound connections and frames refused so far, by reason.
+    pub fn refusals(&self) -> Vec<(Refusal, u64)> {
+        Refusal::ALL
+            .iter()
+            .map(|r| (*r, self.inner.refused[*r as usize].load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// When the certificate `peer` last showed expires (Unix seconds), if it was seen.
+    pub fn peer_cert_not_after(&self, peer: &str) -> Option<i64> {
+        *lock(&self.inner.peers.get(peer)?.cert_not_after)
+    }
+
+    fn saw_certificate(&self, peer: &str, certs: Option<&[rustls::pki_types::CertificateDer<'_>]>) {
+        let info = certs
+            .and_then(|c| c.first())
+            .and_then(|c| crate::tls::cert_info(c.as_ref()).ok());
+        if let (Some(p), Some(info)) = (self.inner.peers.get(peer), info) {
+            *lock(&p.cert_not_after) = Some(info.not_after);
+        }
+    }
+
+    fn refuse(&self, r: Refusal) {
+        self.inner.refused[r as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn me(&self) -> &str {
@@ -401,7 +479,7 @@ impl Transport {
     ) -> Result<Response, PathError> {
         let path = &self.inner.peers[peer].paths[idx];
         let deadline = tokio::time::Instant::now() + timeout;
-        let conn = self.connection(path, deadline).await?;
+        let conn = self.connection(peer, path, deadline).await?;
         let (id, bytes) = self.encode(req, limit).map_err(PathError::Encode)?;
         let (tx, rx) = oneshot::channel();
         lock(&conn.pending).insert(id, tx);
@@ -449,7 +527,7 @@ impl Transport {
     }
 
     /// The open connection of `path`, or a new one.
-    async fn connection(&self, path: &Path, deadline: tokio::time::Instant) -> Result<Arc<Conn>, PathError> {
+    async fn connection(&self, peer: &str, path: &Path, deadline: tokio::time::Instant) -> Result<Arc<Conn>, PathError> {
         let mut slot = match tokio::time::timeout_at(deadline, path.conn.lock()).await {
             Ok(s) => s,
             Err(_) => return Err(PathError::Timeout),
@@ -472,7 +550,29 @@ impl Transport {
             }
         };
         let _ = stream.set_nodelay(true);
-        let conn = Arc::new(spawn_client_conn(stream));
+        let io: BoxIo = match &self.inner.tls {
+            Some(tls) => {
+                let connector = tls
+                    .peer_connector(peer)
+                    .map_err(|e| PathError::Failed(format!("tls: {e}")))?;
+                match tokio::time::timeout_at(deadline, connector.connect(crate::tls::peer_server_name(), stream)).await {
+                    Ok(Ok(s)) => {
+                        self.saw_certificate(peer, s.get_ref().1.peer_certificates());
+                        Box::new(s)
+                    }
+                    Ok(Err(e)) => {
+                        lock(&path.stats).last_error = Some(format!("tls handshake: {e}"));
+                        return Err(PathError::Failed(format!("tls handshake with {}: {e}", path.addr)));
+                    }
+                    Err(_) => {
+                        lock(&path.stats).last_error = Some("tls handshake timed out".into());
+                        return Err(PathError::Failed(format!("tls handshake with {} timed out", path.addr)));
+                    }
+                }
+            }
+            None => Box::new(stream),
+        };
+        let conn = Arc::new(spawn_client_conn(io));
         *slot = Some(conn.clone());
         Ok(conn)
     }
@@ -660,8 +760,8 @@ impl tokio_util::codec::Decoder for FrameDecoder {
     }
 }
 
-fn spawn_client_conn(stream: TcpStream) -> Conn {
-    let (read, write) = stream.into_split();
+fn spawn_client_conn(stream: BoxIo) -> Conn {
+    let (read, write) = tokio::io::split(stream);
     let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
     let closed = CancellationToken::new();
     let writer = Writer::new(FramedWrite::new(write, codec()));
@@ -717,9 +817,58 @@ pub async fn serve(listener: TcpListener, transport: Transport, handler: Handler
         let handler = handler.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move {
-            serve_conn(stream, remote, transport, handler, cancel).await;
+            if let Some((io, peer)) = transport.authenticate(stream, remote, &cancel).await {
+                serve_conn(io, remote, peer, transport, handler, cancel).await;
+            }
             drop(permit);
         });
+    }
+}
+
+impl Transport {
+    /// Completes the TLS handshake of an inbound connection (within [`PROVE_DEADLINE`]) and
+    /// learns which member its certificate names. `None`: refused (logged and counted). The
+    /// member is `None` without TLS: frames then name their sender themselves.
+    async fn authenticate(
+        &self,
+        stream: TcpStream,
+        remote: SocketAddr,
+        cancel: &CancellationToken,
+    ) -> Option<(BoxIo, Option<String>)> {
+        let Some(tls) = &self.inner.tls else {
+            return Some((Box::new(stream), None));
+        };
+        let acceptor = tls.peer_acceptor()?;
+        let within = PROVE_DEADLINE.max(self.inner.heartbeat_interval.saturating_mul(3));
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => return None,
+            r = tokio::time::timeout(within, acceptor.accept(stream)) => r,
+        };
+        let io = match accepted {
+            Ok(Ok(io)) => io,
+            Ok(Err(e)) => {
+                self.refuse(Refusal::Handshake);
+                tracing::warn!(%remote, error = %e, "peer TLS handshake refused");
+                return None;
+            }
+            Err(_) => {
+                self.refuse(Refusal::Handshake);
+                tracing::warn!(%remote, "peer TLS handshake not completed in time; closing");
+                return None;
+            }
+        };
+        let named = crate::tls::peer_node_id(io.get_ref().1.peer_certificates());
+        match named {
+            Some(id) if self.is_peer(&id) => {
+                self.saw_certificate(&id, io.get_ref().1.peer_certificates());
+                Some((Box::new(io), Some(id)))
+            }
+            other => {
+                self.refuse(Refusal::NotMember);
+                tracing::warn!(%remote, certificate_names = ?other, "peer certificate names no member of this cluster; closing");
+                None
+            }
+        }
     }
 }
 
@@ -746,14 +895,17 @@ pub async fn accept(listener: &TcpListener, cancel: &CancellationToken) -> Optio
     }
 }
 
+/// Serves one connection. `peer`: the member its certificate names (with TLS); every frame
+/// must then claim that member, and the handler hears that name, never the frame's own.
 async fn serve_conn(
-    stream: TcpStream,
+    stream: BoxIo,
     remote: SocketAddr,
+    peer: Option<String>,
     transport: Transport,
     handler: Handler,
     cancel: CancellationToken,
 ) {
-    let (read, write) = stream.into_split();
+    let (read, write) = tokio::io::split(stream);
     let mut source = FramedRead::new(read, FrameDecoder::with_budget(transport.inner.buffers.clone()));
     // Each answer is written by the task that computed it.
     let writer = Writer::new(FramedWrite::new(write, codec()));
@@ -832,6 +984,15 @@ async fn serve_conn(
                 Err(e) => {
                     tracing::warn!(%remote, error = %e, len = bytes.len(), "malformed frame from peer");
                     Err(format!("malformed request: {e}"))
+                }
+                Ok(f) if peer.as_ref().is_some_and(|p| *p != f.from) => {
+                    transport.refuse(Refusal::WrongId);
+                    tracing::warn!(%remote, from = %f.from, certificate_names = ?peer, "frame claims another member than its certificate names; refused");
+                    Err(format!(
+                        "this connection's certificate names {:?}; it cannot act as {:?}",
+                        peer.as_deref().unwrap_or_default(),
+                        f.from
+                    ))
                 }
                 Ok(f) if !transport.is_peer(&f.from) => {
                     tracing::warn!(%remote, from = %f.from, "request from a node that is not a member; refused");
@@ -1009,6 +1170,7 @@ mod tests {
             vec![("a".into(), Vec::new())],
             Duration::from_millis(100),
             Duration::from_millis(500),
+            None,
         );
         tokio::spawn(serve(listener, t, handler, cancel.clone()));
         (addr, cancel)

@@ -48,6 +48,10 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    /// The TLS files could not be loaded (they were checked when the config loaded, so they
+    /// changed since).
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The node stopped because it could no longer act (see [`crate::failstop`]); exit with
     /// `code`.
     #[error("stopped: {reason}")]
@@ -59,6 +63,7 @@ impl NodeError {
     pub fn exit_code(&self) -> i32 {
         match self {
             NodeError::Fatal { code, .. } => *code,
+            NodeError::Tls(_) => crate::config::EXIT_CONFIG,
             NodeError::Cluster(ClusterError::Storage(_)) => failstop::EXIT_STORAGE,
             _ => 1,
         }
@@ -100,6 +105,8 @@ pub struct Node {
     /// True from the first hold sent to the VIP keeper until it confirms a release: a release
     /// of the active role is committed only after this clears (see `role::wait_vip_released`).
     pub vip_unreleased: Arc<std::sync::atomic::AtomicBool>,
+    /// The node's certificates (`None`: `[tls] insecure = true`), reloaded when they change.
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl Node {
@@ -163,6 +170,44 @@ impl Listeners {
     }
 }
 
+/// How often the TLS files are checked for a change.
+const TLS_POLL: Duration = Duration::from_secs(2);
+
+/// Reloads the TLS files when they change (checked every [`TLS_POLL`]) and on SIGHUP. New
+/// connections use the new certificate; open ones keep theirs, so a rotation interrupts
+/// nothing. Files that do not load leave the old ones in use and are reported once.
+async fn watch_tls(tls: Arc<crate::tls::Tls>, cancel: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP; TLS files are still reloaded when they change");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(TLS_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => tls.reload_if_changed(),
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                tracing::info!("SIGHUP received: reloading TLS files");
+                tls.reload()
+            }
+        };
+        match result {
+            Ok(true) => tracing::info!(
+                cert = %tls.files().cert.display(),
+                expires_unix = tls.not_after(),
+                "TLS certificate reloaded; new connections use it"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "TLS files changed but cannot be used; keeping the previous ones"),
+        }
+    }
+}
+
 /// Runs a node until `shutdown` fires, then stops everything (service included) and returns.
 pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationToken) -> Result<(), NodeError> {
     let config = Arc::new(config);
@@ -173,11 +218,22 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         .filter(|m| m.id != me.id)
         .map(|m| (m.id.clone(), m.addresses.clone()))
         .collect();
+    let tls = match config.tls.files() {
+        Some(files) => Some(Arc::new(crate::tls::Tls::load(files, Some(&me.id))?)),
+        None => {
+            tracing::warn!(
+                "[tls] insecure = true: cluster connections are neither encrypted nor authenticated; \
+                 anyone who can reach a cluster address can act as a member"
+            );
+            None
+        }
+    };
     let transport = Transport::new(
         me.id.clone(),
         peers,
         config.timing.heartbeat_interval,
         config.timing.failure_timeout,
+        tls.clone(),
     );
     let cluster = Cluster::start(&config, transport.clone()).await?;
     tracing::info!(node.id = %me.id, kind = %me.kind, "raft started");
@@ -217,7 +273,11 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         metrics: crate::api::metrics::NodeMetrics::new(),
         vip_held: Arc::new(Mutex::new(None)),
         vip_unreleased: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        tls: tls.clone(),
     });
+    if let Some(tls) = tls {
+        tracker.spawn(watch_tls(tls, tasks.clone()));
+    }
     let maxmemory = config.store.as_ref().map_or(0, |s| s.maxmemory);
     let replicator = crate::store::replicate::Replicator::start(node.clone(), maxmemory, tasks.clone());
     let _ = node.store.set(replicator.clone());
