@@ -30,7 +30,13 @@ pub fn init(dir: &Path, name: &str, valid_for: Duration) -> Result<(), CliError>
 }
 
 /// `standin certs issue ID --ca DIR`: a node certificate and key for member `id`.
-pub fn issue(id: &str, ca_dir: &Path, out: Option<&Path>, sans: &[String], valid_for: Duration) -> Result<(), CliError> {
+pub fn issue(
+    id: &str,
+    ca_dir: &Path,
+    out: Option<&Path>,
+    sans: &[String],
+    valid_for: Duration,
+) -> Result<(), CliError> {
     crate::config::validate_member_name(id).map_err(|e| CliError {
         message: e.to_string(),
         code: exit::USAGE,
@@ -89,27 +95,13 @@ pub fn show(file: &Path, json: bool) -> Result<(), CliError> {
             summary.file,
             summary.member.as_deref().unwrap_or("(none)"),
             rfc3339(summary.not_after_unix),
-            in_words(summary.expires_in_seconds)
+            tls::in_words(summary.expires_in_seconds)
         );
     }
     Ok(())
 }
 
 fn rfc3339(unix: i64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64)).to_string()
-}
-
-/// "in 29 days" / "expired 3 days ago".
-pub fn in_words(seconds: i64) -> String {
-    let days = seconds.abs() / 86_400;
-    let amount = if days > 0 {
-        format!("{days} days")
-    } else {
-        format!("{} hours", seconds.abs() / 3600)
-    };
-    if seconds >= 0 {
-        format!("in {amount}")
-    } else {
-        format!("expired {amount} ago")
-    }
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64))
+        .to_string()
 }

@@ -201,6 +201,12 @@ pub fn render_status(s: &Status) -> String {
             String::new()
         }
     );
+    if s.transport == "insecure" {
+        out.push_str(&format!(
+            "INSECURE: {} talks to its peers without TLS ([tls] insecure = true)\n",
+            s.view_from
+        ));
+    }
     if let Some(w) = &s.waiting {
         out.push_str(&format!("waiting: {w}\n"));
     }
@@ -224,6 +230,7 @@ pub fn render_status(s: &Status) -> String {
         "maint/drain",
         "checks",
         "paths",
+        "cert expires",
     ]);
     for n in &s.nodes {
         let checks = n
@@ -252,6 +259,10 @@ pub fn render_status(s: &Status) -> String {
             },
             checks,
             paths_text(n),
+            match n.cert_not_after_unix {
+                Some(t) => crate::tls::in_words(t - crate::tls::unix_now()),
+                None => "-".to_string(),
+            },
         ]);
     }
     out.push_str(&t.to_string());

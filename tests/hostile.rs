@@ -18,13 +18,13 @@ use standin::cluster::rpc::{Frame, Request, Response};
 use standin::cluster::state::Command;
 use standin::config::raft_id;
 use standin::demo::harness::{LocalCluster, Spec};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 mod common;
-use common::binary;
+use common::{binary, peer_conn};
 
 async fn start(spec: Spec) -> (LocalCluster, Status) {
     LocalCluster::launch(spec).await.expect("cluster ready")
@@ -39,14 +39,14 @@ async fn settled(cluster: &LocalCluster) -> Status {
 }
 
 /// Writes one length-prefixed frame (the transport's 4-byte big-endian length).
-async fn send_raw(conn: &mut TcpStream, bytes: &[u8]) {
+async fn send_raw(conn: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) {
     let len = u32::try_from(bytes.len()).expect("frame length");
     conn.write_all(&len.to_be_bytes()).await.expect("write length");
     conn.write_all(bytes).await.expect("write frame");
 }
 
 /// Reads one answer frame, or `None` if the connection closed or nothing came within 5 s.
-async fn read_answer(conn: &mut TcpStream) -> Option<Frame<Response>> {
+async fn read_answer(conn: &mut (impl AsyncRead + Unpin)) -> Option<Frame<Response>> {
     let read = async {
         let mut len = [0u8; 4];
         conn.read_exact(&mut len).await.ok()?;
@@ -117,16 +117,17 @@ async fn crafted_peer_frames_get_errors_and_the_cluster_keeps_working() {
     let store = cluster.node("a").and_then(|n| n.store).expect("store on a");
     assert_eq!(redis(store, &[b"SET", b"kept", b"1"]).await, "+OK");
 
-    for node in ["a", "b", "w"] {
-        let addr = cluster.node(node).expect("node").paths[0];
-        let mut conn = TcpStream::connect(addr).await.expect("connect cluster port");
+    // The attacker holds a member's key (each frame claims that member, as it must): the
+    // strongest one TLS lets in.
+    for (node, sender) in [("a", "b"), ("b", "a"), ("w", "b")] {
+        let mut conn = peer_conn(&cluster, node, sender).await;
         let attacks: Vec<(&str, Vec<u8>)> = vec![
-            ("nested batch", nested_write(1, "b", 3000)),
+            ("nested batch", nested_write(1, sender, 3000)),
             (
                 "huge term",
                 frame(
                     2,
-                    "b",
+                    sender,
                     Request::Vote(VoteRequest {
                         vote: Vote::new(u64::MAX, raft_id("b")),
                         last_log_id: None,
@@ -137,7 +138,7 @@ async fn crafted_peer_frames_get_errors_and_the_cluster_keeps_working() {
                 "non-member",
                 frame(
                     3,
-                    "b",
+                    sender,
                     Request::Vote(VoteRequest {
                         vote: Vote::new(before.term + 1, raft_id("mallory")),
                         last_log_id: None,
@@ -203,23 +204,17 @@ async fn spoofed_pings_do_not_keep_a_frozen_active_reachable() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (cluster, before) = start(Spec::new(dir.path(), &binary())).await;
     let active = before.active.clone().expect("active");
-    let targets: Vec<SocketAddr> = cluster
-        .nodes
-        .iter()
-        .filter(|n| n.id != active)
-        .flat_map(|n| n.paths.clone())
-        .collect();
+    // The spoofer even holds the frozen node's own key: a ping it sends is authenticated,
+    // yet only answers to a node's own pings count.
+    let mut conns = Vec::new();
+    for n in cluster.nodes.iter().filter(|n| n.id != active) {
+        conns.push(peer_conn(&cluster, &n.id, &active).await);
+    }
     let stop = tokio_util::sync::CancellationToken::new();
     let spoofer = {
         let stop = stop.clone();
         let active = active.clone();
         tokio::spawn(async move {
-            let mut conns = Vec::new();
-            for t in &targets {
-                if let Ok(c) = TcpStream::connect(t).await {
-                    conns.push(c);
-                }
-            }
             let mut id = 1u64;
             // Bounded: at most 60 s of spoofing, every 10 ms.
             for _ in 0..6000 {
@@ -535,14 +530,13 @@ async fn a_forged_health_record_is_corrected_by_the_node() {
         "a"
     };
     let leader = before.leader.clone().expect("leader");
-    let addr = cluster.node(&leader).expect("leader").paths[0];
     let sender = cluster
         .nodes
         .iter()
         .map(|n| n.id.clone())
         .find(|id| *id != leader)
         .expect("a member that is not the leader");
-    let mut conn = TcpStream::connect(addr).await.expect("connect");
+    let mut conn = peer_conn(&cluster, &leader, &sender).await;
     let forged = Command::Health {
         node: standby.to_string(),
         check: "process".into(),

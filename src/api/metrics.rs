@@ -341,10 +341,59 @@ fn state_registry(node: &Arc<Node>) -> Registry {
         .map_or(0.0, |u| u.saturating_duration_since(Instant::now()).as_secs_f64());
     lease.get_or_create(&l(&[("node", &me)])).set(left);
 
+    // TLS: certificates' time to expiry (this node's own, and each peer's as last shown in a
+    // handshake), whether the transport runs without TLS, and refused peers.
+    let expiry = fgauge_family(
+        &mut reg,
+        "tls_cert_expiry",
+        "Seconds until the node's TLS certificate expires (negative: expired)",
+        Some(Unit::Seconds),
+    );
+    let now = crate::tls::unix_now();
+    for n in &status.nodes {
+        if let Some(t) = n.cert_not_after_unix {
+            expiry.get_or_create(&l(&[("node", &n.id)])).set((t - now) as f64);
+        }
+    }
+    let insecure = gauge_family(
+        &mut reg,
+        "tls_insecure",
+        "1 if this node talks to its peers without TLS ([tls] insecure = true)",
+    );
+    insecure
+        .get_or_create(&Vec::new())
+        .set(i64::from(node.tls.is_none()));
+    reg.register_collector(Box::new(RefusedCollector(node.cluster.transport.refusals())));
+
     // Replicated counters (they survive restarts and are the same on every node).
     let stats = node.cluster.sm.read(|d| d.state.stats.clone());
     reg.register_collector(Box::new(StatsCollector(stats)));
     reg
+}
+
+/// Inbound peer connections and frames refused by this node, by reason.
+#[derive(Debug)]
+struct RefusedCollector(Vec<(crate::cluster::transport::Refusal, u64)>);
+
+impl prometheus_client::collector::Collector for RefusedCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        let mut refused = encoder.encode_descriptor(
+            "peer_refused",
+            "Peer connections or frames refused: handshake (no or a foreign or expired \
+             certificate, or not TLS), not-member (a certificate for an id that is not a member), \
+             wrong-id (a frame claiming another member than its certificate names)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (reason, n) in &self.0 {
+            ConstCounter::new(*n).encode(refused.encode_family(&l(&[("reason", reason.label())]))?)?;
+        }
+        Ok(())
+    }
 }
 
 /// Exports the replicated [`crate::cluster::state::Stats`] as counters.

@@ -46,6 +46,10 @@ pub struct Status {
     pub switchover: Option<SwitchoverStatus>,
     pub commit_index: u64,
     pub nodes: Vec<NodeStatus>,
+    /// How `view_from` talks to its peers: `mutual-tls`, or `insecure` (`[tls] insecure =
+    /// true`: neither encrypted nor authenticated).
+    #[serde(default)]
+    pub transport: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -83,6 +87,10 @@ pub struct NodeStatus {
     pub checks: Vec<CheckStatusJson>,
     /// Paths from `view_from` to this node (empty for `view_from` itself).
     pub paths: Vec<PathStatus>,
+    /// When the node's certificate expires (Unix seconds): `view_from`'s own, and each
+    /// peer's as last shown in a TLS handshake with `view_from`.
+    #[serde(default)]
+    pub cert_not_after_unix: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -397,6 +405,11 @@ pub(crate) fn build_status(node: &Arc<Node>) -> Status {
                     })
                     .collect(),
                 paths,
+                cert_not_after_unix: if m.id == me {
+                    node.tls.as_ref().map(|t| t.not_after())
+                } else {
+                    node.cluster.transport.peer_cert_not_after(&m.id)
+                },
             }
         })
         .collect();
@@ -436,6 +449,12 @@ pub(crate) fn build_status(node: &Arc<Node>) -> Status {
         }),
         commit_index: info.committed,
         nodes,
+        transport: if node.tls.is_some() {
+            "mutual-tls"
+        } else {
+            "insecure"
+        }
+        .to_string(),
     }
 }
 

@@ -182,6 +182,24 @@ struct Conn {
     writer: Writer,
     pending: Pending,
     closed: CancellationToken,
+    /// The TLS generation ([`crate::tls::Tls::generation`]) it was made with.
+    generation: u64,
+}
+
+/// How long a connection replaced after a certificate reload may go on serving the requests
+/// it already carries before it is closed.
+const RETIRE_AFTER: Duration = Duration::from_secs(10);
+
+/// Closes `conn` once it carries no request (or after [`RETIRE_AFTER`]): a connection made
+/// with an old certificate finishes its work, and new requests go over a new one.
+fn retire(conn: Arc<Conn>) {
+    tokio::spawn(async move {
+        let deadline = Instant::now() + RETIRE_AFTER;
+        while !lock(&conn.pending).is_empty() && Instant::now() < deadline && !conn.closed.is_cancelled() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        conn.closed.cancel();
+    });
 }
 
 struct Path {
@@ -527,17 +545,27 @@ impl Transport {
     }
 
     /// The open connection of `path`, or a new one.
-    async fn connection(&self, peer: &str, path: &Path, deadline: tokio::time::Instant) -> Result<Arc<Conn>, PathError> {
+    async fn connection(
+        &self,
+        peer: &str,
+        path: &Path,
+        deadline: tokio::time::Instant,
+    ) -> Result<Arc<Conn>, PathError> {
         let mut slot = match tokio::time::timeout_at(deadline, path.conn.lock()).await {
             Ok(s) => s,
             Err(_) => return Err(PathError::Timeout),
         };
-        if let Some(c) = slot.as_ref() {
+        let generation = self.inner.tls.as_ref().map_or(0, |t| t.generation());
+        if let Some(c) = slot.take() {
             if !c.closed.is_cancelled() {
-                return Ok(c.clone());
+                if c.generation == generation {
+                    *slot = Some(c.clone());
+                    return Ok(c);
+                }
+                // Our certificate changed: the peer sees the new one on a new connection.
+                retire(c);
             }
         }
-        *slot = None;
         let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(path.addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
@@ -555,24 +583,35 @@ impl Transport {
                 let connector = tls
                     .peer_connector(peer)
                     .map_err(|e| PathError::Failed(format!("tls: {e}")))?;
-                match tokio::time::timeout_at(deadline, connector.connect(crate::tls::peer_server_name(), stream)).await {
+                match tokio::time::timeout_at(
+                    deadline,
+                    connector.connect(crate::tls::peer_server_name(), stream),
+                )
+                .await
+                {
                     Ok(Ok(s)) => {
                         self.saw_certificate(peer, s.get_ref().1.peer_certificates());
                         Box::new(s)
                     }
                     Ok(Err(e)) => {
                         lock(&path.stats).last_error = Some(format!("tls handshake: {e}"));
-                        return Err(PathError::Failed(format!("tls handshake with {}: {e}", path.addr)));
+                        return Err(PathError::Failed(format!(
+                            "tls handshake with {}: {e}",
+                            path.addr
+                        )));
                     }
                     Err(_) => {
                         lock(&path.stats).last_error = Some("tls handshake timed out".into());
-                        return Err(PathError::Failed(format!("tls handshake with {} timed out", path.addr)));
+                        return Err(PathError::Failed(format!(
+                            "tls handshake with {} timed out",
+                            path.addr
+                        )));
                     }
                 }
             }
             None => Box::new(stream),
         };
-        let conn = Arc::new(spawn_client_conn(io));
+        let conn = Arc::new(spawn_client_conn(io, generation));
         *slot = Some(conn.clone());
         Ok(conn)
     }
@@ -760,7 +799,7 @@ impl tokio_util::codec::Decoder for FrameDecoder {
     }
 }
 
-fn spawn_client_conn(stream: BoxIo) -> Conn {
+fn spawn_client_conn(stream: BoxIo, generation: u64) -> Conn {
     let (read, write) = tokio::io::split(stream);
     let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
     let closed = CancellationToken::new();
@@ -795,6 +834,7 @@ fn spawn_client_conn(stream: BoxIo) -> Conn {
         writer,
         pending,
         closed,
+        generation,
     }
 }
 
@@ -1451,5 +1491,179 @@ mod tests {
                 prop_assert!(buf.capacity() <= 2 * (fed + READ_CHUNK), "capacity {} after {} bytes", buf.capacity(), fed);
             }
         }
+    }
+
+    /// A CA with certificates for `ids` in `dir`, and the loaded material of one of them.
+    fn certs(dir: &std::path::Path, ids: &[&str]) {
+        crate::tls::init_ca(dir, "test CA", Duration::from_secs(86_400)).expect("CA");
+        for id in ids {
+            crate::tls::issue_files(dir, dir, id, &[], Duration::from_secs(86_400)).expect("issue");
+        }
+    }
+
+    fn tls_as(dir: &std::path::Path, id: &str) -> Arc<crate::tls::Tls> {
+        Arc::new(
+            crate::tls::Tls::load(
+                crate::tls::TlsFiles {
+                    ca: Some(dir.join("ca.pem")),
+                    cert: dir.join(format!("{id}.pem")),
+                    key: dir.join(format!("{id}.key")),
+                    keys: ["ca", "cert", "key"],
+                },
+                None,
+            )
+            .expect("load"),
+        )
+    }
+
+    /// Serves member "b" of {a, b, c} with TLS; the handler answers with the member it was
+    /// told the request came from.
+    async fn serve_tls_b(dir: &std::path::Path) -> (SocketAddr, Transport, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cancel = CancellationToken::new();
+        let t = Transport::new(
+            "b".into(),
+            vec![("a".into(), Vec::new()), ("c".into(), Vec::new())],
+            Duration::from_millis(100),
+            Duration::from_millis(500),
+            Some(tls_as(dir, "b")),
+        );
+        let handler: Handler = Arc::new(|from, _req| Box::pin(async move { Response::Json(from) }));
+        tokio::spawn(serve(listener, t.clone(), handler, cancel.clone()));
+        (addr, t, cancel)
+    }
+
+    /// A client transport named `me` with `cert`'s material, whose peer "b" is at `addr`.
+    fn client(dir: &std::path::Path, me: &str, cert: &str, addr: SocketAddr) -> Transport {
+        Transport::new(
+            me.into(),
+            vec![("b".into(), vec![addr])],
+            Duration::from_millis(100),
+            Duration::from_millis(500),
+            Some(tls_as(dir, cert)),
+        )
+    }
+
+    /// Members reach each other over mutual TLS and act as the member their certificate
+    /// names; a member's certificate cannot act as another member, and a valid certificate
+    /// for an id that is not a member gets no connection. Each refusal is counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_acts_only_as_the_member_its_certificate_names() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        certs(dir.path(), &["a", "b", "c", "mallory"]);
+        let (addr, server, cancel) = serve_tls_b(dir.path()).await;
+        let t = Duration::from_secs(5);
+
+        let a = client(dir.path(), "a", "a", addr);
+        let r = a.call("b", &Request::Status, t).await.expect("a's call");
+        assert!(matches!(r, Response::Json(ref from) if from == "a"), "{r:?}");
+        assert_eq!(
+            a.peer_cert_not_after("b"),
+            Some(tls_as(dir.path(), "b").not_after())
+        );
+
+        // c's certificate, frames claiming to be a.
+        let forged = client(dir.path(), "a", "c", addr);
+        let r = forged.call("b", &Request::Status, t).await.expect("an answer");
+        assert!(
+            matches!(&r, Response::Error { message, .. } if message.contains("cannot act as \"a\"")),
+            "{r:?}"
+        );
+
+        // A valid certificate of the same CA for a non-member.
+        let mallory = client(dir.path(), "a", "mallory", addr);
+        assert!(mallory.call("b", &Request::Status, t).await.is_err());
+
+        // Plain text to the TLS port: no answer, the connection is closed.
+        let mut plain = TcpStream::connect(addr).await.expect("connect");
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        plain
+            .write_all(&raw(1, "a", &Request::Status))
+            .await
+            .expect("write");
+        // At most a TLS alert record (content type 21), then the close.
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(t, plain.read_to_end(&mut got))
+            .await
+            .expect("closed in time");
+        assert!(
+            got.is_empty() || got[0] == 21,
+            "plain text got an answer: {got:?}"
+        );
+
+        let counts: BTreeMap<&str, u64> = server
+            .refusals()
+            .into_iter()
+            .map(|(r, n)| (r.label(), n))
+            .collect();
+        assert_eq!(counts["wrong-id"], 1, "{counts:?}");
+        assert!(counts["not-member"] >= 1, "{counts:?}");
+        assert!(counts["handshake"] >= 1, "{counts:?}");
+        cancel.cancel();
+    }
+
+    /// A client checks that the server names the member it meant to reach: c's certificate
+    /// on b's address is refused, and so is a server from another CA.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_must_name_the_member_we_meant() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        certs(dir.path(), &["a", "b", "c"]);
+        let other = tempfile::tempdir().expect("tempdir");
+        certs(other.path(), &["a", "b"]);
+        let t = Duration::from_secs(5);
+        for (server_dir, server_cert) in [(dir.path(), "c"), (other.path(), "b")] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let cancel = CancellationToken::new();
+            let impostor = Transport::new(
+                server_cert.into(),
+                vec![("a".into(), Vec::new())],
+                Duration::from_millis(100),
+                Duration::from_millis(500),
+                Some(tls_as(server_dir, server_cert)),
+            );
+            let handler: Handler = Arc::new(|_from, _req| Box::pin(async move { Response::Ok }));
+            tokio::spawn(serve(listener, impostor, handler, cancel.clone()));
+            let a = client(dir.path(), "a", "a", addr);
+            let e = a
+                .call("b", &Request::Status, t)
+                .await
+                .expect_err("impostor refused");
+            assert!(e.to_string().contains("tls handshake"), "{e}");
+            cancel.cancel();
+        }
+    }
+
+    /// After a certificate reload, new requests go over a new connection, so the peer sees
+    /// the new certificate; the old connection is closed once idle.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reloaded_certificate_is_shown_on_a_new_connection() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        certs(dir.path(), &["a", "b"]);
+        let (addr, server, cancel) = serve_tls_b(dir.path()).await;
+        let a_tls = tls_as(dir.path(), "a");
+        let a = Transport::new(
+            "a".into(),
+            vec![("b".into(), vec![addr])],
+            Duration::from_millis(100),
+            Duration::from_millis(500),
+            Some(a_tls.clone()),
+        );
+        let t = Duration::from_secs(5);
+        a.call("b", &Request::Status, t).await.expect("call");
+        let before = server.peer_cert_not_after("a").expect("seen");
+
+        let new = dir.path().join("new");
+        std::fs::create_dir(&new).expect("dir");
+        crate::tls::issue_files(dir.path(), &new, "a", &[], Duration::from_secs(3 * 86_400)).expect("issue");
+        std::fs::rename(new.join("a.pem"), dir.path().join("a.pem")).expect("mv");
+        std::fs::rename(new.join("a.key"), dir.path().join("a.key")).expect("mv");
+        assert!(a_tls.reload_if_changed().expect("reload"));
+
+        a.call("b", &Request::Status, t).await.expect("call after reload");
+        let after = server.peer_cert_not_after("a").expect("seen");
+        assert!(after > before + 86_400, "b saw {after}, before {before}");
+        cancel.cancel();
     }
 }

@@ -318,8 +318,14 @@ impl LocalCluster {
             }
             for n in &nodes {
                 if !certs.join(format!("{}.pem", n.id)).exists() {
-                    crate::tls::issue_files(&certs, &certs, &n.id, &["127.0.0.1".into(), "localhost".into()], CERT_VALIDITY)
-                        .map_err(|e| err(format!("certificate of {}: {e}", n.id)))?;
+                    crate::tls::issue_files(
+                        &certs,
+                        &certs,
+                        &n.id,
+                        &["127.0.0.1".into(), "localhost".into()],
+                        CERT_VALIDITY,
+                    )
+                    .map_err(|e| err(format!("certificate of {}: {e}", n.id)))?;
                 }
             }
         }

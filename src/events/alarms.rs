@@ -15,6 +15,8 @@ use crate::cluster::transport::unix_ms;
 use crate::config::NodeKind;
 use crate::node::Node;
 
+/// A certificate that expires sooner than this raises an alarm.
+pub const CERT_WARN: Duration = Duration::from_secs(14 * 24 * 3600);
 /// How often the leader re-evaluates.
 const EVERY: Duration = Duration::from_millis(250);
 /// Events older than this are not notified by a leader that finds them unnotified.
@@ -179,6 +181,24 @@ pub fn evaluate(status: &Status, records: &BTreeMap<String, NodeRecord>) -> BTre
                 out.insert(
                     format!("path-down:{id}>{peer}@{address}"),
                     format!("heartbeat path from {id} to {peer} via {address} is down"),
+                );
+            }
+        }
+    }
+    // Certificates: each node's own, and its peers' as the leader last saw them in a TLS
+    // handshake (a node re-handshakes with every peer soon after it loads a new one).
+    let now = crate::tls::unix_now();
+    for n in &status.nodes {
+        if let Some(t) = n.cert_not_after_unix {
+            if t - now < CERT_WARN.as_secs() as i64 {
+                out.insert(
+                    format!("cert-expiring:{}", n.id),
+                    format!(
+                        "the TLS certificate of {} expires {}; issue a new one (standin certs issue {} --ca DIR) and put it in place",
+                        n.id,
+                        crate::tls::in_words(t - now),
+                        n.id
+                    ),
                 );
             }
         }

@@ -203,7 +203,9 @@ async fn watch_tls(tls: Arc<crate::tls::Tls>, cancel: CancellationToken) {
                 "TLS certificate reloaded; new connections use it"
             ),
             Ok(false) => {}
-            Err(e) => tracing::error!(error = %e, "TLS files changed but cannot be used; keeping the previous ones"),
+            Err(e) => {
+                tracing::error!(error = %e, "TLS files changed but cannot be used; keeping the previous ones")
+            }
         }
     }
 }

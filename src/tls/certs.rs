@@ -164,7 +164,10 @@ pub fn issue_files(
     valid_for: Duration,
 ) -> Result<IssuedFiles, TlsError> {
     let ca = CaFiles::in_dir(ca_dir);
-    for p in [out_dir.join(format!("{id}.pem")), out_dir.join(format!("{id}.key"))] {
+    for p in [
+        out_dir.join(format!("{id}.pem")),
+        out_dir.join(format!("{id}.key")),
+    ] {
         if p.exists() {
             return Err(TlsError::Other(format!(
                 "{} exists; issue into another directory (--out) and move the files over it \

@@ -370,6 +370,8 @@ pub struct Tls {
     files: TlsFiles,
     current: RwLock<Arc<Loaded>>,
     stamp: Mutex<Stamp>,
+    /// Counts successful reloads: connections made before the last one may be replaced.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Tls {
@@ -393,6 +395,7 @@ impl Tls {
             files,
             current: RwLock::new(Arc::new(loaded)),
             stamp: Mutex::new(stamp),
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -444,7 +447,13 @@ impl Tls {
         *lock(&self.stamp) = stamp;
         let loaded = Self::build(&self.files, expect.as_deref())?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(loaded);
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(true)
+    }
+
+    /// How many times new material was loaded since start.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// When the certificate in use expires (Unix seconds).
@@ -529,4 +538,156 @@ pub fn https_client_config(ca_path: &Path) -> Result<ClientConfig, TlsError> {
 pub fn server_name_for(host: &str) -> ServerName<'static> {
     ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_string())
         .unwrap_or_else(|_| peer_server_name())
+}
+
+/// A time to expiry in words: "in 29 days", "in 5 hours", "expired 3 days ago".
+pub fn in_words(seconds: i64) -> String {
+    let days = seconds.abs() / 86_400;
+    let amount = if days > 0 {
+        format!("{days} days")
+    } else {
+        format!("{} hours", seconds.abs() / 3600)
+    };
+    if seconds >= 0 {
+        format!("in {amount}")
+    } else {
+        format!("expired {amount} ago")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    /// A CA in `dir/ca` and files for `ids` issued by it into `dir/ca`.
+    fn cluster(dir: &Path, ids: &[&str]) -> PathBuf {
+        let ca = dir.join("ca");
+        init_ca(&ca, "test CA", 10 * DAY).expect("CA");
+        for id in ids {
+            issue_files(&ca, &ca, id, &["127.0.0.1".into()], 30 * DAY).expect("issue");
+        }
+        ca
+    }
+
+    fn files(ca: &Path, id: &str) -> TlsFiles {
+        TlsFiles {
+            ca: Some(ca.join("ca.pem")),
+            cert: ca.join(format!("{id}.pem")),
+            key: ca.join(format!("{id}.key")),
+            keys: ["tls.ca", "tls.cert", "tls.key"],
+        }
+    }
+
+    #[test]
+    fn an_issued_certificate_names_its_member_and_loads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = cluster(dir.path(), &["a"]);
+        let tls = Tls::load(files(&ca, "a"), Some("a")).expect("load");
+        assert_eq!(tls.node_id().as_deref(), Some("a"));
+        let left = tls.not_after() - unix_now();
+        assert!((29 * 86_400..=30 * 86_400).contains(&left), "{left}");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(ca.join("a.key"))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn wrong_files_are_refused_naming_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = cluster(dir.path(), &["a", "b"]);
+        // Another member's certificate.
+        let e = Tls::load(files(&ca, "b"), Some("a")).expect_err("b's certificate for a");
+        assert_eq!(e.key(), Some("tls.cert"));
+        assert!(e.to_string().contains("names member \"b\""), "{e}");
+        // A key other users can read.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(ca.join("a.key"), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = Tls::load(files(&ca, "a"), Some("a")).expect_err("readable key");
+        assert_eq!(e.key(), Some("tls.key"));
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+        std::fs::set_permissions(ca.join("a.key"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        // The key of another certificate.
+        let mut mixed = files(&ca, "a");
+        mixed.key = ca.join("b.key");
+        let e = Tls::load(mixed, Some("a")).expect_err("mismatched key");
+        assert_eq!(e.key(), Some("tls.key"));
+        // A certificate from another CA.
+        let other = cluster(&dir.path().join("other"), &["a"]);
+        let mut foreign = files(&other, "a");
+        foreign.ca = Some(ca.join("ca.pem"));
+        let e = Tls::load(foreign, Some("a")).expect_err("foreign CA");
+        assert_eq!(e.key(), Some("tls.cert"));
+        assert!(e.to_string().contains("not signed by the CA"), "{e}");
+        // An expired certificate.
+        let (cert, key) = issue_between(
+            &std::fs::read_to_string(ca.join("ca.pem")).expect("ca"),
+            &std::fs::read_to_string(ca.join("ca.key")).expect("ca key"),
+            "a",
+            &[],
+            Some(time::OffsetDateTime::now_utc() - time::Duration::days(10)),
+            DAY,
+        )
+        .expect("issue");
+        let old = dir.path().join("old");
+        std::fs::create_dir(&old).expect("dir");
+        std::fs::write(old.join("a.pem"), cert).expect("write");
+        std::fs::write(old.join("a.key"), key).expect("write");
+        std::fs::set_permissions(old.join("a.key"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let mut expired = files(&old, "a");
+        expired.ca = Some(ca.join("ca.pem"));
+        let e = Tls::load(expired, Some("a")).expect_err("expired");
+        assert!(e.to_string().contains("expired"), "{e}");
+        // Not PEM at all.
+        std::fs::write(old.join("junk.pem"), "hello").expect("write");
+        let mut junk = files(&ca, "a");
+        junk.cert = old.join("junk.pem");
+        assert_eq!(
+            Tls::load(junk, Some("a")).expect_err("junk").key(),
+            Some("tls.cert")
+        );
+    }
+
+    #[test]
+    fn changed_files_are_reloaded_and_broken_ones_keep_the_old() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = cluster(dir.path(), &["a"]);
+        let tls = Tls::load(files(&ca, "a"), Some("a")).expect("load");
+        let before = tls.not_after();
+        assert!(!tls.reload_if_changed().expect("unchanged"));
+        assert_eq!(tls.generation(), 0);
+
+        // A new certificate, moved over the old files as an operator would.
+        let new = dir.path().join("new");
+        std::fs::create_dir(&new).expect("dir");
+        issue_files(&ca, &new, "a", &[], 20 * DAY).expect("issue");
+        std::fs::rename(new.join("a.pem"), ca.join("a.pem")).expect("mv");
+        std::fs::rename(new.join("a.key"), ca.join("a.key")).expect("mv");
+        assert!(tls.reload_if_changed().expect("reload"));
+        assert_eq!(tls.generation(), 1);
+        assert!(
+            tls.not_after() < before - 9 * 86_400,
+            "the 20-day certificate is in use"
+        );
+
+        // Garbage in place of the certificate: an error, the previous material stays.
+        std::fs::write(ca.join("a.pem"), "not a certificate").expect("write");
+        assert!(tls.reload_if_changed().is_err());
+        assert_eq!(tls.generation(), 1);
+        assert_eq!(tls.node_id().as_deref(), Some("a"));
+        // Reported once, not on every poll.
+        assert!(!tls.reload_if_changed().expect("same broken files"));
+    }
+
+    #[test]
+    fn expiry_in_words() {
+        assert_eq!(in_words(30 * 86_400 + 5), "in 30 days");
+        assert_eq!(in_words(7200), "in 2 hours");
+        assert_eq!(in_words(-3 * 86_400), "expired 3 days ago");
+    }
 }

@@ -87,3 +87,33 @@ pub fn sample(m: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> 
         })
         .map(|(_, _, v)| *v)
 }
+
+/// A cluster connection to member `target` of a local TLS cluster, authenticated with the
+/// certificate of member `as_id` (from the harness's `certs` directory): what a member, or
+/// whoever holds its key, can send.
+pub async fn peer_conn(
+    cluster: &standin::demo::harness::LocalCluster,
+    target: &str,
+    as_id: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let certs = cluster.certs_dir().expect("a TLS cluster");
+    let addr = cluster.node(target).expect("target node").paths[0];
+    let tls = standin::tls::Tls::load(
+        standin::tls::TlsFiles {
+            ca: Some(certs.join("ca.pem")),
+            cert: certs.join(format!("{as_id}.pem")),
+            key: certs.join(format!("{as_id}.key")),
+            keys: ["ca", "cert", "key"],
+        },
+        None,
+    )
+    .expect("load member certificate");
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect cluster port");
+    tls.peer_connector(target)
+        .expect("connector")
+        .connect(standin::tls::peer_server_name(), tcp)
+        .await
+        .expect("TLS handshake as a member")
+}
