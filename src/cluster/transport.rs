@@ -1005,6 +1005,12 @@ async fn serve_conn(
         partial_since = None;
         let bytes = match frame {
             Some(Ok(b)) => b,
+            // A peer that stops (or drops a connection it replaced) closes without TLS's
+            // close_notify: an ordinary end, not worth a warning.
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                tracing::debug!(%remote, "peer connection closed");
+                break;
+            }
             Some(Err(e)) => {
                 tracing::warn!(%remote, error = %e, "peer connection closed");
                 break;

@@ -27,6 +27,12 @@ struct DemoNode {
     admin: String,
     service: Option<String>,
     store: Option<String>,
+    /// Cluster addresses (one per path), TLS with client certificates.
+    addresses: Vec<String>,
+    /// The node's certificate and key: what a script needs to talk to the cluster ports as
+    /// this member.
+    cert: Option<String>,
+    key: Option<String>,
 }
 
 #[derive(Serialize, PartialEq)]
@@ -38,7 +44,44 @@ struct DemoFile {
     store_floating: String,
     /// The front proxy's control API, host:port.
     proxy_admin: String,
+    /// The cluster CA certificate (PEM) every node certificate is signed by.
+    ca: Option<String>,
+    /// The admin API token (mutations need it: `STANDIN_TOKEN`), and the file it is in.
+    token: String,
+    token_file: String,
     nodes: Vec<DemoNode>,
+}
+
+/// A token of 32 hex digits from the kernel's random source.
+fn random_token() -> Result<String, HarnessError> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| HarnessError(format!("cannot read /dev/urandom: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes the admin API token to `DIR/api.token` (mode 0600) and returns it.
+fn write_token(dir: &std::path::Path) -> Result<(String, PathBuf), HarnessError> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| HarnessError(format!("{}: {e}", dir.display())))?;
+    let token = random_token()?;
+    let path = dir.join("api.token");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(format!("{token}\n").as_bytes()))
+        .map_err(|e| HarnessError(format!("{}: {e}", path.display())))?;
+    Ok((token, path))
 }
 
 /// The demo's front proxy addresses.
@@ -91,7 +134,9 @@ pub async fn run(dir: Option<PathBuf>, cancel: CancellationToken) -> Result<(), 
         ),
     };
     let binary = std::env::current_exe().map_err(|e| HarnessError(format!("cannot find own binary: {e}")))?;
+    let (token, token_file) = write_token(&dir)?;
     let mut spec = Spec::new(&dir, &binary);
+    spec.extra_toml = format!("[api]\ntoken-file = \"{}\"\n", token_file.display());
     spec.hooks_toml = concat!(
         "on-promote = \"echo promoted $STANDIN_NODE to epoch $STANDIN_EPOCH, previous: $STANDIN_PREVIOUS\"\n",
         "on-demote = \"echo $STANDIN_NODE demoted\"\n",
@@ -140,10 +185,19 @@ pub async fn run(dir: Option<PathBuf>, cancel: CancellationToken) -> Result<(), 
         cluster.nodes[0].admin
     );
     println!(
-        "  try: STANDIN_API={} standin status | switchover | events; Ctrl-C stops everything",
-        cluster.nodes[0].admin
+        "  try: STANDIN_API={} STANDIN_TOKEN=$(cat {}) standin status | switchover | events; Ctrl-C stops everything",
+        cluster.nodes[0].admin,
+        token_file.display()
     );
-    let result = live(&cluster, &dir, &floating, tty, &cancel).await;
+    if let Some(certs) = cluster.certs_dir() {
+        println!(
+            "  nodes talk over mutual TLS: CA and node certificates in {} (standin certs show {}/a.pem)",
+            certs.display(),
+            certs.display()
+        );
+    }
+    let secrets = (token, token_file);
+    let result = live(&cluster, &dir, &floating, &secrets, tty, &cancel).await;
     proxy_cancel.cancel();
     println!("stopping the demo cluster...");
     let ids: Vec<String> = cluster.nodes.iter().map(|n| n.id.clone()).collect();
@@ -165,9 +219,12 @@ async fn live(
     cluster: &LocalCluster,
     dir: &std::path::Path,
     floating: &Floating,
+    (token, token_file): &(String, PathBuf),
     tty: bool,
     cancel: &CancellationToken,
 ) -> Result<(), HarnessError> {
+    let certs = cluster.certs_dir();
+    let file_in = |name: String| certs.as_ref().map(|c| c.join(name).display().to_string());
     let mut last_file = None;
     let mut last_line = String::new();
     loop {
@@ -186,6 +243,9 @@ async fn live(
                 admin: n.admin.to_string(),
                 service: n.service.map(|s| s.to_string()),
                 store: n.store.map(|s| s.to_string()),
+                addresses: n.paths.iter().map(|p| p.to_string()).collect(),
+                cert: file_in(format!("{}.pem", n.id)),
+                key: file_in(format!("{}.key", n.id)),
             });
         }
         let file = DemoFile {
@@ -193,6 +253,9 @@ async fn live(
             floating: floating.service.to_string(),
             store_floating: floating.store.to_string(),
             proxy_admin: floating.admin.to_string(),
+            ca: file_in("ca.pem".into()),
+            token: token.clone(),
+            token_file: token_file.display().to_string(),
             nodes,
         };
         if last_file.as_ref() != Some(&file) {
