@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -205,8 +205,18 @@ fn retire(conn: Arc<Conn>) {
 struct Path {
     addr: SocketAddr,
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    /// A connection being made, shared by every caller that needs one meanwhile.
+    attempt: Mutex<Option<Attempt>>,
     stats: Mutex<PathStats>,
 }
+
+/// A connection attempt (TCP connect and TLS handshake) running in its own task.
+type Attempt = futures::future::Shared<futures::future::BoxFuture<'static, Result<Arc<Conn>, String>>>;
+
+/// How long one connection attempt may take. It runs in its own task, not within the
+/// deadline of the request that needed it: a TLS handshake can take longer than an
+/// append's 50 ms on a loaded machine, and cutting it off there would mean never connecting.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(3);
 
 struct Peer {
     paths: Vec<Path>,
@@ -262,6 +272,7 @@ impl Transport {
                     .map(|addr| Path {
                         addr,
                         conn: tokio::sync::Mutex::new(None),
+                        attempt: Mutex::new(None),
                         stats: Mutex::new(PathStats::default()),
                     })
                     .collect();
@@ -495,9 +506,8 @@ impl Transport {
         timeout: Duration,
         limit: usize,
     ) -> Result<Response, PathError> {
-        let path = &self.inner.peers[peer].paths[idx];
         let deadline = tokio::time::Instant::now() + timeout;
-        let conn = self.connection(peer, path, deadline).await?;
+        let conn = self.connection(peer, idx, deadline).await?;
         let (id, bytes) = self.encode(req, limit).map_err(PathError::Encode)?;
         let (tx, rx) = oneshot::channel();
         lock(&conn.pending).insert(id, tx);
@@ -544,76 +554,92 @@ impl Transport {
         }
     }
 
-    /// The open connection of `path`, or a new one.
+    /// The open connection of path `idx` of `peer`, or a new one. A new one is made by an
+    /// attempt of its own (see [`CONNECT_DEADLINE`]) that callers wait for until their own
+    /// deadline; one that gives up leaves the attempt running for the next.
     async fn connection(
         &self,
         peer: &str,
-        path: &Path,
+        idx: usize,
         deadline: tokio::time::Instant,
     ) -> Result<Arc<Conn>, PathError> {
-        let mut slot = match tokio::time::timeout_at(deadline, path.conn.lock()).await {
-            Ok(s) => s,
-            Err(_) => return Err(PathError::Timeout),
-        };
-        let generation = self.inner.tls.as_ref().map_or(0, |t| t.generation());
-        if let Some(c) = slot.take() {
-            if !c.closed.is_cancelled() {
-                if c.generation == generation {
-                    *slot = Some(c.clone());
-                    return Ok(c);
+        let path = &self.inner.peers[peer].paths[idx];
+        let attempt = {
+            let mut slot = match tokio::time::timeout_at(deadline, path.conn.lock()).await {
+                Ok(s) => s,
+                Err(_) => return Err(PathError::Timeout),
+            };
+            let generation = self.inner.tls.as_ref().map_or(0, |t| t.generation());
+            if let Some(c) = slot.take() {
+                if !c.closed.is_cancelled() {
+                    if c.generation == generation {
+                        *slot = Some(c.clone());
+                        return Ok(c);
+                    }
+                    // Our certificate changed: the peer sees the new one on a new connection.
+                    retire(c);
                 }
-                // Our certificate changed: the peer sees the new one on a new connection.
-                retire(c);
             }
+            let mut current = lock(&path.attempt);
+            match current.as_ref() {
+                Some(a) => a.clone(),
+                None => {
+                    let (t, p) = (self.clone(), peer.to_string());
+                    let task = tokio::spawn(async move { t.connect_path(&p, idx, generation).await });
+                    let a: Attempt = async move {
+                        task.await
+                            .unwrap_or_else(|e| Err(format!("connect task failed: {e}")))
+                    }
+                    .boxed()
+                    .shared();
+                    *current = Some(a.clone());
+                    a
+                }
+            }
+        };
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(PathError::Failed(e)),
+            Err(_) => Err(PathError::Failed(format!("still connecting to {}", path.addr))),
         }
-        let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(path.addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                lock(&path.stats).last_error = Some(format!("connect: {e}"));
-                return Err(PathError::Failed(format!("connect {}: {e}", path.addr)));
-            }
-            Err(_) => {
-                lock(&path.stats).last_error = Some("connect timed out".into());
-                return Err(PathError::Failed(format!("connect {} timed out", path.addr)));
-            }
+    }
+
+    /// One connection attempt: TCP, then the TLS handshake (the server must name `peer`),
+    /// within [`CONNECT_DEADLINE`]. The connection is installed in the path's slot.
+    async fn connect_path(&self, peer: &str, idx: usize, generation: u64) -> Result<Arc<Conn>, String> {
+        let path = &self.inner.peers[peer].paths[idx];
+        let result = tokio::time::timeout(CONNECT_DEADLINE, self.open(peer, path.addr)).await;
+        let result = match result {
+            Ok(Ok(io)) => Ok(Arc::new(spawn_client_conn(io, generation))),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(format!("connect to {} timed out", path.addr)),
         };
+        let mut slot = path.conn.lock().await;
+        match &result {
+            Ok(conn) => *slot = Some(conn.clone()),
+            Err(e) => lock(&path.stats).last_error = Some(e.clone()),
+        }
+        *lock(&path.attempt) = None;
+        drop(slot);
+        result
+    }
+
+    /// A connected, authenticated byte stream to `addr`, where member `peer` listens.
+    async fn open(&self, peer: &str, addr: SocketAddr) -> Result<BoxIo, String> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
         let _ = stream.set_nodelay(true);
-        let io: BoxIo = match &self.inner.tls {
-            Some(tls) => {
-                let connector = tls
-                    .peer_connector(peer)
-                    .map_err(|e| PathError::Failed(format!("tls: {e}")))?;
-                match tokio::time::timeout_at(
-                    deadline,
-                    connector.connect(crate::tls::peer_server_name(), stream),
-                )
-                .await
-                {
-                    Ok(Ok(s)) => {
-                        self.saw_certificate(peer, s.get_ref().1.peer_certificates());
-                        Box::new(s)
-                    }
-                    Ok(Err(e)) => {
-                        lock(&path.stats).last_error = Some(format!("tls handshake: {e}"));
-                        return Err(PathError::Failed(format!(
-                            "tls handshake with {}: {e}",
-                            path.addr
-                        )));
-                    }
-                    Err(_) => {
-                        lock(&path.stats).last_error = Some("tls handshake timed out".into());
-                        return Err(PathError::Failed(format!(
-                            "tls handshake with {} timed out",
-                            path.addr
-                        )));
-                    }
-                }
-            }
-            None => Box::new(stream),
+        let Some(tls) = &self.inner.tls else {
+            return Ok(Box::new(stream));
         };
-        let conn = Arc::new(spawn_client_conn(io, generation));
-        *slot = Some(conn.clone());
-        Ok(conn)
+        let connector = tls.peer_connector(peer).map_err(|e| format!("tls: {e}"))?;
+        let s = connector
+            .connect(crate::tls::peer_server_name(), stream)
+            .await
+            .map_err(|e| format!("tls handshake with {addr}: {e}"))?;
+        self.saw_certificate(peer, s.get_ref().1.peer_certificates());
+        Ok(Box::new(s))
     }
 
     /// Drops the connection of a path (after a heartbeat timeout) so the next use reconnects.
