@@ -423,7 +423,9 @@ impl StoreConfig {
             return Err(invalid(
                 "store.requirepass",
                 format!(
-                    "the store listens on {} (not a loopback address) without a password: set                      `store.requirepass` or `store.requirepass-file`, or listen on 127.0.0.1, or set                      `store.protected-mode = false` to let anyone who can reach it read and write the store",
+                    "the store listens on {} (not a loopback address) without a password: set \
+                     `store.requirepass` or `store.requirepass-file`, or listen on 127.0.0.1, or set \
+                     `store.protected-mode = false` to let anyone who can reach it read and write the store",
                     self.listen
                 ),
             ));
@@ -445,7 +447,8 @@ impl StoreConfig {
         let Some(files) = self.tls_files(node_tls) else {
             return Err(invalid(
                 "store.tls",
-                "needs a certificate, and `tls.insecure = true` gives none: configure [tls] ca, cert                  and key (the node certificate is used), or `store.tls-cert` and `store.tls-key`",
+                "needs a certificate, and `tls.insecure = true` gives none: configure [tls] ca, cert \
+                 and key (the node certificate is used), or `store.tls-cert` and `store.tls-key`",
             ));
         };
         crate::tls::Tls::load(files, None)
@@ -2041,6 +2044,7 @@ args = ["1000"]
         let file = dir.path().join("token");
         assert!(err(&with(&format!("token-file = \"{}\"", file.display()))).contains("`api.token-file`"));
         std::fs::write(&file, "0123456789abcdef-from-file\n").unwrap();
+        set_mode(&file, 0o600);
         let both = with(&format!(
             "token = \"0123456789abcdef\"\ntoken-file = \"{}\"",
             file.display()
@@ -2059,6 +2063,144 @@ args = ["1000"]
         // Without [api]: open, no token.
         let c = Config::parse(FULL).unwrap();
         assert!(c.api.resolved_token.is_none() && c.api.read_open);
+    }
+
+    fn set_mode(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// Issue 13: a token or password file other users can read is refused (as ssh refuses a
+    /// key), naming the key and the fix; a private one is read (first line).
+    #[test]
+    fn secret_files_readable_by_other_users_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "0123456789abcdef-secret\nsecond line\n").unwrap();
+        set_mode(&file, 0o644);
+        let api = format!("{FULL}\n[api]\ntoken-file = \"{}\"\n", file.display());
+        let store = format!(
+            "{FULL}\n[store]\nlisten = \"127.0.0.1:6390\"\nrequirepass-file = \"{}\"\n",
+            file.display()
+        );
+        for (text, key) in [(&api, "api.token-file"), (&store, "store.requirepass-file")] {
+            let e = err(text);
+            assert!(e.contains(&format!("`{key}`")) && e.contains("chmod 600"), "{e}");
+            assert!(!e.contains("0123456789abcdef-secret"), "{e}");
+        }
+        set_mode(&file, 0o600);
+        let c = Config::parse(&api).unwrap();
+        assert_eq!(c.api.resolved_token.as_deref(), Some("0123456789abcdef-secret"));
+        let c = Config::parse(&store).unwrap();
+        let st = c.store.as_ref().unwrap();
+        assert_eq!(st.resolved_requirepass.as_deref(), Some("0123456789abcdef-secret"));
+        // Both ways at once is ambiguous.
+        assert_invalid(
+            &format!("{store}requirepass = \"x\"\n"),
+            "store.requirepass-file",
+        );
+        // An inline password is what clients must send.
+        let c = Config::parse(&format!("{FULL}\n[store]\nlisten = \"127.0.0.1:6390\"\nrequirepass = \"pw\"\n")).unwrap();
+        assert_eq!(c.store.unwrap().resolved_requirepass.as_deref(), Some("pw"));
+    }
+
+    /// Issue 13: Redis's protected mode. No password and a non-loopback listen address is
+    /// refused, naming `store.requirepass` and how to opt out.
+    #[test]
+    fn store_protected_mode_needs_a_password_off_loopback() {
+        let store = |lines: &str| format!("{FULL}\n[store]\n{lines}\n");
+        for listen in ["10.0.0.1:6390", "0.0.0.0:6390", "[::]:6390"] {
+            let text = store(&format!("listen = \"{listen}\""));
+            assert_invalid(&text, "store.requirepass");
+            assert!(err(&text).contains("store.protected-mode = false"));
+            Config::parse(&store(&format!("listen = \"{listen}\"\nrequirepass = \"pw\""))).unwrap();
+            Config::parse(&store(&format!("listen = \"{listen}\"\nprotected-mode = false"))).unwrap();
+        }
+        for listen in ["127.0.0.1:6390", "[::1]:6390"] {
+            Config::parse(&store(&format!("listen = \"{listen}\""))).unwrap();
+        }
+    }
+
+    /// Issue 13: `[store] tls` needs a certificate: the node's (`[tls]`), or its own files,
+    /// which are loaded and checked like the node's.
+    #[test]
+    fn store_tls_needs_a_certificate() {
+        let store = |lines: &str| format!("{FULL}\n[store]\nlisten = \"127.0.0.1:6390\"\n{lines}\n");
+        // FULL runs with `[tls] insecure = true`: no node certificate to reuse.
+        assert_invalid(&store("tls = true"), "store.tls");
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::tls::init_ca(&dir.path().join("ca"), "test", Duration::from_secs(3600)).unwrap();
+        let (cert, key) = crate::tls::issue(
+            &std::fs::read_to_string(&ca.cert).unwrap(),
+            &std::fs::read_to_string(&ca.key).unwrap(),
+            "a",
+            &["127.0.0.1".into()],
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        let (cert_path, key_path) = (dir.path().join("store.pem"), dir.path().join("store.key"));
+        std::fs::write(&cert_path, cert).unwrap();
+        std::fs::write(&key_path, key).unwrap();
+        set_mode(&key_path, 0o600);
+        let own = format!(
+            "tls-cert = \"{}\"\ntls-key = \"{}\"",
+            cert_path.display(),
+            key_path.display()
+        );
+        assert_invalid(&store(&format!("tls-cert = \"{}\"", cert_path.display())), "store.tls-key");
+        assert_invalid(&store(&format!("tls-key = \"{}\"", key_path.display())), "store.tls-cert");
+        assert_invalid(&store(&own), "store.tls-cert");
+        let c = Config::parse(&store(&format!("tls = true\n{own}"))).unwrap();
+        let files = c.store.as_ref().unwrap().tls_files(&c.tls).unwrap();
+        assert_eq!((files.cert, files.key), (cert_path.clone(), key_path.clone()));
+        // The files are checked when the config loads: a key others can read is refused.
+        set_mode(&key_path, 0o644);
+        let e = err(&store(&format!("tls = true\n{own}")));
+        assert!(e.contains("`store.tls-key`") && e.contains("chmod 600"), "{e}");
+        // Without `tls = true`, nothing is served over TLS.
+        set_mode(&key_path, 0o600);
+        let c = Config::parse(&store("")).unwrap();
+        assert!(c.store.as_ref().unwrap().tls_files(&c.tls).is_none());
+    }
+
+    /// Issue 13: the digest published in `config-changed` events never covers secrets: two
+    /// configs that differ only in a token or password have the same digest (it used to hash
+    /// the token with the rest), and any other change still changes it.
+    #[test]
+    fn the_config_digest_leaves_secrets_out() {
+        let with = |token: &str, pass: &str, retention: u32| {
+            Config::parse(&format!(
+                "{FULL}\n[api]\ntoken = \"{token}\"\n[store]\nlisten = \"127.0.0.1:6390\"\nrequirepass = \"{pass}\"\n[events]\nretention = {retention}\n"
+            ))
+            .unwrap()
+            .digest()
+        };
+        let base = with("0123456789abcdef-one", "pass-one", 1000);
+        assert_eq!(base, with("0123456789abcdef-two", "pass-one", 1000));
+        assert_eq!(base, with("0123456789abcdef-one", "pass-two", 1000));
+        assert_ne!(base, with("0123456789abcdef-one", "pass-one", 1001));
+        // The old digest (FNV-1a over the whole JSON) told tokens apart.
+        let c = Config::parse(&format!("{FULL}\n[api]\ntoken = \"0123456789abcdef-one\"\n")).unwrap();
+        let whole = format!("{:016x}", raft_id(&serde_json::to_string(&c).unwrap()));
+        assert_ne!(c.digest(), whole);
+    }
+
+    /// Issue 13: a config that does not parse is reported without the secrets in it (the
+    /// TOML parser quotes the offending line and value).
+    #[test]
+    fn parse_errors_never_show_secrets() {
+        for (bad, secret) in [
+            ("[store]\nlisten = \"127.0.0.1:6390\"\nrequirepass = \"Hunter2-store-pw\" trailing\n", "Hunter2-store-pw"),
+            ("[api]\ntoken = 918273645546372819\n", "918273645546372819"),
+            ("[api]\n\"token\" = 'Hunter2-token-0123456' 7\n", "Hunter2-token-0123456"),
+            ("[api]\ntoken = \"Hunter2-unterminated\n", "Hunter2-unterminated"),
+            ("[store]\nlisten = \"127.0.0.1:6390\"\nrequirepass = [\"Hunter2-in-array\"]\n", "Hunter2-in-array"),
+        ] {
+            let text = format!("{FULL}\n{bad}");
+            let e = err(&text);
+            assert!(matches!(Config::parse(&text), Err(ConfigError::Parse { .. })), "{e}");
+            assert!(!e.contains(secret), "{e}");
+        }
     }
 
     #[test]
@@ -2477,7 +2619,7 @@ args = ["1000"]
             }
         }
         // Different ports, or another member's address on the same port: fine.
-        Config::parse(&store("10.0.0.1:6380")).expect("no clash");
+        Config::parse(&format!("{}requirepass = \"pw\"\n", store("10.0.0.1:6380"))).expect("no clash");
         Config::parse(&proxy("127.0.0.1:9000", "127.0.0.1:7180")).expect("another IP, no wildcard");
     }
 
