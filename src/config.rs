@@ -434,10 +434,7 @@ impl StoreConfig {
             (Some(_), None) => return Err(invalid("store.tls-key", "is required with `store.tls-cert`")),
             (None, Some(_)) => return Err(invalid("store.tls-cert", "is required with `store.tls-key`")),
             (Some(_), Some(_)) if !self.tls => {
-                return Err(invalid(
-                    "store.tls-cert",
-                    "is used only with `store.tls = true`",
-                ))
+                return Err(invalid("store.tls-cert", "is used only with `store.tls = true`"))
             }
             _ => {}
         }
@@ -2093,14 +2090,17 @@ args = ["1000"]
         assert_eq!(c.api.resolved_token.as_deref(), Some("0123456789abcdef-secret"));
         let c = Config::parse(&store).unwrap();
         let st = c.store.as_ref().unwrap();
-        assert_eq!(st.resolved_requirepass.as_deref(), Some("0123456789abcdef-secret"));
-        // Both ways at once is ambiguous.
-        assert_invalid(
-            &format!("{store}requirepass = \"x\"\n"),
-            "store.requirepass-file",
+        assert_eq!(
+            st.resolved_requirepass.as_deref(),
+            Some("0123456789abcdef-secret")
         );
+        // Both ways at once is ambiguous.
+        assert_invalid(&format!("{store}requirepass = \"x\"\n"), "store.requirepass-file");
         // An inline password is what clients must send.
-        let c = Config::parse(&format!("{FULL}\n[store]\nlisten = \"127.0.0.1:6390\"\nrequirepass = \"pw\"\n")).unwrap();
+        let c = Config::parse(&format!(
+            "{FULL}\n[store]\nlisten = \"127.0.0.1:6390\"\nrequirepass = \"pw\"\n"
+        ))
+        .unwrap();
         assert_eq!(c.store.unwrap().resolved_requirepass.as_deref(), Some("pw"));
     }
 
@@ -2147,8 +2147,14 @@ args = ["1000"]
             cert_path.display(),
             key_path.display()
         );
-        assert_invalid(&store(&format!("tls-cert = \"{}\"", cert_path.display())), "store.tls-key");
-        assert_invalid(&store(&format!("tls-key = \"{}\"", key_path.display())), "store.tls-cert");
+        assert_invalid(
+            &store(&format!("tls-cert = \"{}\"", cert_path.display())),
+            "store.tls-key",
+        );
+        assert_invalid(
+            &store(&format!("tls-key = \"{}\"", key_path.display())),
+            "store.tls-cert",
+        );
         assert_invalid(&store(&own), "store.tls-cert");
         let c = Config::parse(&store(&format!("tls = true\n{own}"))).unwrap();
         let files = c.store.as_ref().unwrap().tls_files(&c.tls).unwrap();
@@ -2190,15 +2196,27 @@ args = ["1000"]
     #[test]
     fn parse_errors_never_show_secrets() {
         for (bad, secret) in [
-            ("[store]\nlisten = \"127.0.0.1:6390\"\nrequirepass = \"Hunter2-store-pw\" trailing\n", "Hunter2-store-pw"),
+            (
+                "[store]\nlisten = \"127.0.0.1:6390\"\nrequirepass = \"Hunter2-store-pw\" trailing\n",
+                "Hunter2-store-pw",
+            ),
             ("[api]\ntoken = 918273645546372819\n", "918273645546372819"),
-            ("[api]\n\"token\" = 'Hunter2-token-0123456' 7\n", "Hunter2-token-0123456"),
+            (
+                "[api]\n\"token\" = 'Hunter2-token-0123456' 7\n",
+                "Hunter2-token-0123456",
+            ),
             ("[api]\ntoken = \"Hunter2-unterminated\n", "Hunter2-unterminated"),
-            ("[store]\nlisten = \"127.0.0.1:6390\"\nrequirepass = [\"Hunter2-in-array\"]\n", "Hunter2-in-array"),
+            (
+                "[store]\nlisten = \"127.0.0.1:6390\"\nrequirepass = [\"Hunter2-in-array\"]\n",
+                "Hunter2-in-array",
+            ),
         ] {
             let text = format!("{FULL}\n{bad}");
             let e = err(&text);
-            assert!(matches!(Config::parse(&text), Err(ConfigError::Parse { .. })), "{e}");
+            assert!(
+                matches!(Config::parse(&text), Err(ConfigError::Parse { .. })),
+                "{e}"
+            );
             assert!(!e.contains(secret), "{e}");
         }
     }

@@ -53,8 +53,12 @@ fn standin(args: &[&str], token: Option<&str>) -> Output {
 async fn secrets_never_appear_in_outputs_logs_or_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
     // A store certificate of its own, so a private key is loaded too.
-    let ca = standin::tls::init_ca(&dir.path().join("ca"), "secrets test CA", Duration::from_secs(3600))
-        .expect("CA");
+    let ca = standin::tls::init_ca(
+        &dir.path().join("ca"),
+        "secrets test CA",
+        Duration::from_secs(3600),
+    )
+    .expect("CA");
     let read = |p: &Path| std::fs::read_to_string(p).expect("read");
     let (cert, key) = standin::tls::issue(
         &read(&ca.cert),
@@ -94,25 +98,45 @@ async fn secrets_never_appear_in_outputs_logs_or_errors() {
     // Operator commands, with the right token (the CLI must not echo it) and a wrong one.
     for (what, args, token) in [
         ("status", vec!["status", "--api", &admin], Some(TOKEN)),
-        ("status --json", vec!["status", "--json", "--api", &admin], Some(TOKEN)),
-        ("maintenance on", vec!["maintenance", "--api", &admin, "on", "b"], Some(TOKEN)),
-        ("maintenance off", vec!["maintenance", "--api", &admin, "off", "b"], Some(TOKEN)),
+        (
+            "status --json",
+            vec!["status", "--json", "--api", &admin],
+            Some(TOKEN),
+        ),
+        (
+            "maintenance on",
+            vec!["maintenance", "--api", &admin, "on", "b"],
+            Some(TOKEN),
+        ),
+        (
+            "maintenance off",
+            vec!["maintenance", "--api", &admin, "off", "b"],
+            Some(TOKEN),
+        ),
         (
             "maintenance, wrong token",
             vec!["maintenance", "--api", &admin, "on", "b"],
             Some("not-the-token-0123456789"),
         ),
-        ("maintenance, no token", vec!["maintenance", "--api", &admin, "on", "b"], None),
+        (
+            "maintenance, no token",
+            vec!["maintenance", "--api", &admin, "on", "b"],
+            None,
+        ),
         ("events", vec!["events", "--api", &admin], Some(TOKEN)),
-        ("events --json", vec!["events", "--json", "--api", &admin], Some(TOKEN)),
+        (
+            "events --json",
+            vec!["events", "--json", "--api", &admin],
+            Some(TOKEN),
+        ),
     ] {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let out = tokio::task::spawn_blocking(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             standin(&args, token)
         })
-            .await
-            .expect("join");
+        .await
+        .expect("join");
         outputs.push((what.to_string(), text_of(&out)));
     }
     assert!(outputs[2].1.starts_with("exit Some(0)"), "{}", outputs[2].1);
@@ -140,7 +164,11 @@ async fn secrets_never_appear_in_outputs_logs_or_errors() {
         let mut v = Vec::new();
         for (what, auth, args) in [
             ("wrong AUTH", "wrong-password", vec!["PING"]),
-            ("wrong AUTH with user", "wrong-password", vec!["--user", "default", "PING"]),
+            (
+                "wrong AUTH with user",
+                "wrong-password",
+                vec!["--user", "default", "PING"],
+            ),
             ("INFO", PASSWORD, vec!["INFO"]),
             ("CONFIG GET", PASSWORD, vec!["CONFIG", "GET", "requirepass"]),
             ("HELLO", PASSWORD, vec!["HELLO", "3"]),
@@ -152,7 +180,11 @@ async fn secrets_never_appear_in_outputs_logs_or_errors() {
     .await
     .expect("join");
     assert!(store_outputs[0].1.contains("WRONGPASS"), "{}", store_outputs[0].1);
-    assert!(store_outputs[2].1.contains("redis_version"), "{}", store_outputs[2].1);
+    assert!(
+        store_outputs[2].1.contains("redis_version"),
+        "{}",
+        store_outputs[2].1
+    );
     outputs.extend(store_outputs);
 
     // check-config on the node's file, and on broken variants of it.
@@ -200,7 +232,10 @@ async fn secrets_never_appear_in_outputs_logs_or_errors() {
     }
     for (what, text) in &outputs {
         assert!(!text.contains(TOKEN), "{what} shows the API token:\n{text}");
-        assert!(!text.contains(PASSWORD), "{what} shows the store password:\n{text}");
+        assert!(
+            !text.contains(PASSWORD),
+            "{what} shows the store password:\n{text}"
+        );
         for line in &key_lines {
             assert!(!text.contains(line.as_str()), "{what} shows the TLS key:\n{text}");
         }

@@ -121,7 +121,10 @@ async fn redis_cli_speaks_tls_to_the_store() {
         // Written through b, read on a: the TLS store is the replicated store.
         let set = redis_cli_tls(b, &ca, &["SET", "greeting", "hello over tls"]);
         assert_eq!(stdout(&set), "OK", "{}", String::from_utf8_lossy(&set.stderr));
-        assert_eq!(stdout(&redis_cli_tls(a, &ca, &["GET", "greeting"])), "hello over tls");
+        assert_eq!(
+            stdout(&redis_cli_tls(a, &ca, &["GET", "greeting"])),
+            "hello over tls"
+        );
         // redis-cli without --tls does not get an answer from a TLS port.
         let plain = Command::new("redis-cli")
             .args(["-h", &a.ip().to_string(), "-p", &a.port().to_string()])
@@ -132,7 +135,8 @@ async fn redis_cli_speaks_tls_to_the_store() {
         assert_ne!(stdout(&plain), "OK");
         // Plain RESP written straight to the socket: closed, nothing applied.
         let mut raw = std::net::TcpStream::connect(a).expect("connect");
-        raw.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        raw.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
         let _ = raw.write_all(format!("AUTH {PASSWORD}\r\nSET plain 1\r\n").as_bytes());
         let mut answer = Vec::new();
         let _ = raw.read_to_end(&mut answer);
@@ -141,12 +145,17 @@ async fn redis_cli_speaks_tls_to_the_store() {
             "plain text was served: {answer:?}"
         );
         assert_eq!(stdout(&redis_cli_tls(a, &ca, &["EXISTS", "plain"])), "0");
-        assert_eq!(stdout(&redis_cli_tls(b, &ca, &["GET", "greeting"])), "hello over tls");
+        assert_eq!(
+            stdout(&redis_cli_tls(b, &ca, &["GET", "greeting"])),
+            "hello over tls"
+        );
     })
     .await
     .expect("join");
     // Redis 6's two-argument AUTH: the default user works, any other gets WRONGPASS.
-    let req = format!("GET greeting\r\nAUTH alice {PASSWORD}\r\nAUTH default {PASSWORD}\r\nGET greeting\r\nQUIT\r\n");
+    let req = format!(
+        "GET greeting\r\nAUTH alice {PASSWORD}\r\nAUTH default {PASSWORD}\r\nGET greeting\r\nQUIT\r\n"
+    );
     let want = "-NOAUTH Authentication required.\r\n-WRONGPASS invalid username-password pair or user is disabled.\r\n+OK\r\n$14\r\nhello over tls\r\n+OK\r\n";
     assert_eq!(tls_exchange(a, &certs.ca, req.as_bytes(), want.len()).await, want);
 }
@@ -253,7 +262,10 @@ fn protected_mode_and_store_tls_without_a_certificate_exit_64() {
             assert_eq!(out.status.code(), Some(64), "{cmd:?} {store}: {err}");
             assert!(err.contains(key) && err.contains(hint), "{cmd:?} {store}: {err}");
         }
-        assert!(!dir.path().join("data").exists(), "refused before starting anything");
+        assert!(
+            !dir.path().join("data").exists(),
+            "refused before starting anything"
+        );
     }
     let path = one_node_config(
         dir.path(),
@@ -264,5 +276,128 @@ fn protected_mode_and_store_tls_without_a_certificate_exit_64() {
         .arg(&path)
         .output()
         .expect("run");
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Kills a node's whole process group (daemon and service) when the test ends, pass or fail.
+struct Group(std::process::Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let pgid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+/// The certificate the store at `addr` presents to a client that trusts `ca`, or `None` if
+/// no TLS session could be made.
+async fn presented_cert(addr: SocketAddr, ca: &Path) -> Option<Vec<u8>> {
+    let cfg = standin::tls::https_client_config(ca).ok()?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let name = standin::tls::server_name_for(&addr.ip().to_string());
+    let tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
+        .await
+        .ok()?
+        .ok()?;
+    let (_, session) = tls.get_ref();
+    Some(session.peer_certificates()?.first()?.as_ref().to_vec())
+}
+
+fn first_cert_der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .expect("a certificate")
+        .expect("PEM")
+        .as_ref()
+        .to_vec()
+}
+
+/// `[store] tls = true` without files of its own serves the node certificate from `[tls]`;
+/// when the files are replaced (a renewal), new clients get the new certificate without a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_serves_the_node_certificate_and_picks_up_a_renewed_one() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = standin::tls::init_ca(&dir.path().join("ca"), "node CA", Duration::from_secs(3600)).expect("CA");
+    let read = |p: &Path| std::fs::read_to_string(p).expect("read");
+    let issue = || {
+        standin::tls::issue(
+            &read(&ca.cert),
+            &read(&ca.key),
+            "a",
+            &["127.0.0.1".into()],
+            Duration::from_secs(3600),
+        )
+        .expect("issue")
+    };
+    let (cert, key) = issue();
+    let (cert_path, key_path) = (dir.path().join("a.pem"), dir.path().join("a.key"));
+    std::fs::write(&cert_path, &cert).expect("write");
+    write_private(&key_path, &key);
+    let store_port = free_port();
+    let text = format!(
+        "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[node]\nid = \"a\"\ndata-dir = \"{}\"\n\n[[member]]\nid = \"a\"\nkind = \"data\"\naddresses = [\"127.0.0.1:{}\"]\nadmin = \"127.0.0.1:{}\"\n\n[service]\ncommand = \"sleep\"\nargs = [\"30\"]\n\n[store]\nlisten = \"127.0.0.1:{store_port}\"\ntls = true\nrequirepass = \"{PASSWORD}\"\n",
+        ca.cert.display(),
+        cert_path.display(),
+        key_path.display(),
+        dir.path().join("data").display(),
+        free_port(),
+        free_port()
+    );
+    let config = dir.path().join("a.toml");
+    std::fs::write(&config, text).expect("write config");
+    let log = std::fs::File::create(dir.path().join("a.log")).expect("log");
+    let _node = Group(
+        Command::new(binary())
+            .args(["node", "--config"])
+            .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("start node"),
+    );
+    let store: SocketAddr = format!("127.0.0.1:{store_port}").parse().expect("addr");
+    let log_text = || std::fs::read_to_string(dir.path().join("a.log")).unwrap_or_default();
+    // Wait (bounded) for the store to answer over TLS with the node certificate.
+    let mut seen = None;
+    for _ in 0..300 {
+        seen = presented_cert(store, &ca.cert).await;
+        if seen.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, Some(first_cert_der(&cert)), "{}", log_text());
+    let ca_path = ca.cert.clone();
+    let ping = tokio::task::spawn_blocking(move || stdout(&redis_cli_tls(store, &ca_path, &["PING"])))
+        .await
+        .expect("join");
+    assert_eq!(ping, "PONG");
+    // Renew: new files moved into place, as `standin certs issue` and rotation tools do.
+    let (cert2, key2) = issue();
+    write_private(&dir.path().join("a.key.new"), &key2);
+    std::fs::write(dir.path().join("a.pem.new"), &cert2).expect("write");
+    std::fs::rename(dir.path().join("a.key.new"), &key_path).expect("rename");
+    std::fs::rename(dir.path().join("a.pem.new"), &cert_path).expect("rename");
+    let renewed = first_cert_der(&cert2);
+    let mut got = None;
+    for _ in 0..300 {
+        got = presented_cert(store, &ca.cert).await;
+        if got.as_ref() == Some(&renewed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(got, Some(renewed), "{}", log_text());
 }

@@ -383,8 +383,8 @@ impl Cluster {
             .mode(0o700)
             .create(&config.node.data_dir)
             .map_err(|e| {
-            ClusterError::Storage(format!("cannot create {}: {e}", config.node.data_dir.display()))
-        })?;
+                ClusterError::Storage(format!("cannot create {}: {e}", config.node.data_dir.display()))
+            })?;
         let db = storage::open_db(&config.node.data_dir).map_err(|e| {
             ClusterError::Storage(format!(
                 "cannot open {}: {e}",

@@ -270,7 +270,9 @@ mod tests {
             o = out.display()
         );
         let body = serde_json::to_string(&evil).expect("json");
-        exec(&cmd, &body, &n, Duration::from_secs(10)).await.expect("delivered");
+        exec(&cmd, &body, &n, Duration::from_secs(10))
+            .await
+            .expect("delivered");
         assert_eq!(
             std::fs::read_to_string(&out).expect("written"),
             format!("{evil}|{evil}|{body}")
