@@ -1005,9 +1005,11 @@ pub fn load_with<T>(
         });
     }
     parse(&text).map_err(|e| match e {
+        // Whatever parsed the text (a node's or a proxy's config), its error may quote it:
+        // secrets are taken out here too.
         ConfigError::Parse { message, .. } => ConfigError::Parse {
             path: path.to_path_buf(),
-            message,
+            message: redact(&text, &message),
         },
         other => other,
     })
@@ -2218,6 +2220,20 @@ args = ["1000"]
                 "{e}"
             );
             assert!(!e.contains(secret), "{e}");
+        }
+        // Loaded from a file, by the node or by `standin proxy` (whose parser quotes the line
+        // too).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[proxy]\ntoken = \"Hunter2-proxy-token-01\" junk\n").unwrap();
+        for e in [
+            Config::load(&path).unwrap_err().to_string(),
+            crate::address::proxy::config::ProxyConfig::load(&path)
+                .unwrap_err()
+                .to_string(),
+        ] {
+            assert!(e.contains("bad.toml") && e.contains(REDACTED), "{e}");
+            assert!(!e.contains("Hunter2-proxy-token-01"), "{e}");
         }
     }
 

@@ -322,7 +322,7 @@ fn first_cert_der(pem: &str) -> Vec<u8> {
 
 /// `[store] tls = true` without files of its own serves the node certificate from `[tls]`;
 /// when the files are replaced (a renewal), new clients get the new certificate without a
-/// restart.
+/// restart. Also AUTH without a password, as Redis answers it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_serves_the_node_certificate_and_picks_up_a_renewed_one() {
     use std::os::unix::process::CommandExt;
@@ -345,7 +345,7 @@ async fn the_store_serves_the_node_certificate_and_picks_up_a_renewed_one() {
     write_private(&key_path, &key);
     let store_port = free_port();
     let text = format!(
-        "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[node]\nid = \"a\"\ndata-dir = \"{}\"\n\n[[member]]\nid = \"a\"\nkind = \"data\"\naddresses = [\"127.0.0.1:{}\"]\nadmin = \"127.0.0.1:{}\"\n\n[service]\ncommand = \"sleep\"\nargs = [\"30\"]\n\n[store]\nlisten = \"127.0.0.1:{store_port}\"\ntls = true\nrequirepass = \"{PASSWORD}\"\n",
+        "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[node]\nid = \"a\"\ndata-dir = \"{}\"\n\n[[member]]\nid = \"a\"\nkind = \"data\"\naddresses = [\"127.0.0.1:{}\"]\nadmin = \"127.0.0.1:{}\"\n\n[service]\ncommand = \"sleep\"\nargs = [\"30\"]\n\n[store]\nlisten = \"127.0.0.1:{store_port}\"\ntls = true\n",
         ca.cert.display(),
         cert_path.display(),
         key_path.display(),
@@ -384,6 +384,11 @@ async fn the_store_serves_the_node_certificate_and_picks_up_a_renewed_one() {
         .await
         .expect("join");
     assert_eq!(ping, "PONG");
+    // Without a password, as in Redis: the default user named with any password is fine, the
+    // one-argument AUTH is an error, another user is WRONGPASS.
+    let req = b"AUTH default anything\r\nAUTH anything\r\nAUTH alice anything\r\nPING\r\n";
+    let want = "+OK\r\n-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n-WRONGPASS invalid username-password pair or user is disabled.\r\n+PONG\r\n";
+    assert_eq!(tls_exchange(store, &ca.cert, req, want.len()).await, want);
     // Renew: new files moved into place, as `standin certs issue` and rotation tools do.
     let (cert2, key2) = issue();
     write_private(&dir.path().join("a.key.new"), &key2);

@@ -929,14 +929,17 @@ async fn classify<R: AsyncRead + Unpin>(
 /// AUTH: a wrong password is counted per client address and, past a few, answered late (see
 /// [`auth_delay`]); only this connection waits.
 async fn auth(shared: &Shared, conn: &mut Conn, args: &[Bytes]) -> Frame {
-    let pass = match args.len() {
-        1 => &args[0],
-        // AUTH username password: only the default user exists.
-        2 if &args[0][..] == b"default" => &args[1],
+    let (pass, named) = match args.len() {
+        1 => (&args[0], false),
+        // AUTH username password (Redis 6): only the default user exists.
+        2 if &args[0][..] == b"default" => (&args[1], true),
         2 => return err("WRONGPASS invalid username-password pair or user is disabled."),
         _ => return arity("auth"),
     };
     match &shared.cfg.resolved_requirepass {
+        // Without a password the default user is `nopass` in Redis: any password works when
+        // the user is named, the one-argument form is an error.
+        None if named => Frame::Simple("OK".into()),
         None => err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"),
         Some(p) if constant_time_eq(p.as_bytes(), pass) => {
             conn.authed = true;
