@@ -2,6 +2,10 @@
 //! commands handled here (PING, HELLO, AUTH, SELECT, CLIENT, COMMAND, INFO, MULTI/EXEC, WAIT,
 //! READONLY), data commands parsed by `cmd` and sent through [`Replicator`].
 //!
+//! With `[store] tls` every connection is a TLS 1.3 session (the node certificate or the
+//! store's own, reloaded when the files change); the handshake runs inside the client's
+//! `max-clients` slot and has a deadline, so clients that never finish it cannot pile up.
+//!
 //! A connection reads every request already in its buffer (a pipeline) and sends runs of
 //! consecutive writes as one group and runs of consecutive reads as one read, so pipelined
 //! clients get group commit while each connection keeps its order.
