@@ -295,10 +295,11 @@ impl Drop for Group {
     }
 }
 
-/// The certificate the store at `addr` presents to a client that trusts `ca`, or `None` if
-/// no TLS session could be made.
-async fn presented_cert(addr: SocketAddr, ca: &Path) -> Option<Vec<u8>> {
-    let cfg = standin::tls::https_client_config(ca).ok()?;
+/// The certificate the store at `addr` presents to a client that trusts `ca` and offers ALPN
+/// `alpn`, or `None` if no TLS session could be made.
+async fn presented_cert(addr: SocketAddr, ca: &Path, alpn: &[u8]) -> Option<Vec<u8>> {
+    let mut cfg = standin::tls::https_client_config(ca).ok()?;
+    cfg.alpn_protocols = vec![alpn.to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
     let name = standin::tls::server_name_for(&addr.ip().to_string());
@@ -372,13 +373,18 @@ async fn the_store_serves_the_node_certificate_and_picks_up_a_renewed_one() {
     // Wait (bounded) for the store to answer over TLS with the node certificate.
     let mut seen = None;
     for _ in 0..300 {
-        seen = presented_cert(store, &ca.cert).await;
+        seen = presented_cert(store, &ca.cert, b"http/1.1").await;
         if seen.is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(seen, Some(first_cert_der(&cert)), "{}", log_text());
+    // A client offering another protocol (ALPN) is served too: the store negotiates none.
+    assert_eq!(
+        presented_cert(store, &ca.cert, b"redis").await,
+        Some(first_cert_der(&cert))
+    );
     let ca_path = ca.cert.clone();
     let ping = tokio::task::spawn_blocking(move || stdout(&redis_cli_tls(store, &ca_path, &["PING"])))
         .await
@@ -398,7 +404,7 @@ async fn the_store_serves_the_node_certificate_and_picks_up_a_renewed_one() {
     let renewed = first_cert_der(&cert2);
     let mut got = None;
     for _ in 0..300 {
-        got = presented_cert(store, &ca.cert).await;
+        got = presented_cert(store, &ca.cert, b"redis").await;
         if got.as_ref() == Some(&renewed) {
             break;
         }

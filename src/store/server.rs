@@ -208,6 +208,7 @@ pub async fn serve(
             }
         },
     };
+    let mut acceptor = tls.as_ref().map(store_acceptor);
     let tls_rejects = Arc::new(Semaphore::new(TLS_REJECTS_AT_ONCE));
     let mut reload_checked = Instant::now();
     let shared = Arc::new(Shared {
@@ -223,17 +224,23 @@ pub async fn serve(
         auth_failures: AuthFailures::default(),
     });
     while let Some((stream, remote)) = crate::cluster::transport::accept(&listener, &cancel).await {
-        let acceptor = tls.as_ref().map(|t| {
-            if reload_checked.elapsed() >= TLS_RELOAD_CHECK {
-                reload_checked = Instant::now();
-                match t.reload_if_changed() {
-                    Ok(true) => tracing::info!("store TLS certificate reloaded"),
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(error = %e, "store TLS files changed but do not load; the old certificate stays in use"),
+        if let Some(t) = tls
+            .as_ref()
+            .filter(|_| reload_checked.elapsed() >= TLS_RELOAD_CHECK)
+        {
+            reload_checked = Instant::now();
+            match t.reload_if_changed() {
+                Ok(true) => {
+                    acceptor = Some(store_acceptor(t));
+                    tracing::info!("store TLS certificate reloaded");
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "store TLS files changed but do not load; the old certificate stays in use")
                 }
             }
-            t.acceptor()
-        });
+        }
+        let acceptor = acceptor.clone();
         let shared = shared.clone();
         let cancel = cancel.clone();
         let tls_rejects = tls_rejects.clone();
@@ -287,6 +294,15 @@ pub async fn serve(
             drop(permit);
         });
     }
+}
+
+/// The store's TLS server config: the node's (or the store's own) certificate without the
+/// HTTP ALPN of the shared acceptor. A client that offers ALPN (`redis`, say) would otherwise be
+/// refused with `no_application_protocol`; Redis negotiates none.
+fn store_acceptor(tls: &crate::tls::Tls) -> tokio_rustls::TlsAcceptor {
+    let mut cfg = (**tls.acceptor().config()).clone();
+    cfg.alpn_protocols.clear();
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
 }
 
 /// Refuses a client over `max-clients` as Redis does: the error, then close. Bounded, so a
