@@ -247,11 +247,7 @@ impl ApiConfig {
                 ))
             }
             (Some(t), None) => Some(t.clone()),
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| invalid("api.token-file", format!("cannot read {}: {e}", path.display())))?;
-                Some(text.lines().next().unwrap_or("").trim().to_string())
-            }
+            (None, Some(path)) => Some(read_secret_file("api.token-file", path)?),
             (None, None) => None,
         };
         match &self.resolved_token {
@@ -326,6 +322,27 @@ pub struct StoreConfig {
     /// Like Redis `requirepass`: clients must AUTH first.
     #[serde(default)]
     pub requirepass: Option<String>,
+    /// The same, read from a file (first line), so it stays out of the config. Like
+    /// `api.token-file`, refused when users other than its owner can read it.
+    #[serde(default)]
+    pub requirepass_file: Option<PathBuf>,
+    /// Redis's protected mode: with no password, the store may listen on a loopback address
+    /// only; `false` allows any address without one (anyone who can reach it can then read and
+    /// write the store).
+    #[serde(default = "default_protected_mode")]
+    pub protected_mode: bool,
+    /// Serve clients over TLS 1.3 (`redis-cli --tls`), with the node certificate from `[tls]`
+    /// or `tls-cert`/`tls-key`. No client certificates are asked for: clients authenticate
+    /// with `requirepass`.
+    #[serde(default)]
+    pub tls: bool,
+    /// A certificate for the store's own (e.g. one naming the store's host name), instead of
+    /// the node certificate. Needs `tls-key` and `tls = true`.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of `tls-cert`; must not be readable by other users.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
     /// Bytes of keys and values after which writes that add data get an OOM error (0: none).
     #[serde(default)]
     pub maxmemory: u64,
@@ -352,6 +369,202 @@ pub struct StoreConfig {
     /// While no leader is known (a failover), requests wait this long before failing.
     #[serde(default = "default_retry_for", with = "humantime_serde")]
     pub retry_for: Duration,
+    /// The password in effect (from `requirepass` or `requirepass-file`), resolved when the
+    /// config loads.
+    #[serde(skip)]
+    pub resolved_requirepass: Option<String>,
+}
+
+fn default_protected_mode() -> bool {
+    true
+}
+
+impl StoreConfig {
+    /// The TLS files the store serves with, if `tls = true`: its own, or the node's (`None`
+    /// also when the node runs without `[tls]`, which `resolve` refuses).
+    pub fn tls_files(&self, node: &TlsConfig) -> Option<crate::tls::TlsFiles> {
+        if !self.tls {
+            return None;
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                ca: None,
+                cert: cert.clone(),
+                key: key.clone(),
+                keys: ["store.tls-cert", "store.tls-cert", "store.tls-key"],
+            }),
+            _ => node.files(),
+        }
+    }
+
+    /// Reads `requirepass-file`, applies protected mode and checks the TLS settings and files.
+    fn resolve(&mut self, node_tls: &TlsConfig) -> Result<(), ConfigError> {
+        self.resolved_requirepass = match (&self.requirepass, &self.requirepass_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "store.requirepass-file",
+                    "set `store.requirepass` or `store.requirepass-file`, not both",
+                ))
+            }
+            (Some(p), None) => Some(p.clone()),
+            (None, Some(path)) => {
+                let text = read_secret_file("store.requirepass-file", path)?;
+                if text.is_empty() {
+                    return Err(invalid(
+                        "store.requirepass-file",
+                        format!("{}: the first line is empty", path.display()),
+                    ));
+                }
+                Some(text)
+            }
+            (None, None) => None,
+        };
+        if self.resolved_requirepass.is_none() && self.protected_mode && !self.listen.ip().is_loopback() {
+            return Err(invalid(
+                "store.requirepass",
+                format!(
+                    "the store listens on {} (not a loopback address) without a password: set \
+                     `store.requirepass` or `store.requirepass-file`, or listen on 127.0.0.1, or set \
+                     `store.protected-mode = false` to let anyone who can reach it read and write the store",
+                    self.listen
+                ),
+            ));
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err(invalid("store.tls-key", "is required with `store.tls-cert`")),
+            (None, Some(_)) => return Err(invalid("store.tls-cert", "is required with `store.tls-key`")),
+            (Some(_), Some(_)) if !self.tls => {
+                return Err(invalid("store.tls-cert", "is used only with `store.tls = true`"))
+            }
+            _ => {}
+        }
+        if !self.tls {
+            return Ok(());
+        }
+        let Some(files) = self.tls_files(node_tls) else {
+            return Err(invalid(
+                "store.tls",
+                "needs a certificate, and `tls.insecure = true` gives none: configure [tls] ca, cert \
+                 and key (the node certificate is used), or `store.tls-cert` and `store.tls-key`",
+            ));
+        };
+        crate::tls::Tls::load(files, None)
+            .map(drop)
+            .map_err(|e| invalid(e.key().unwrap_or("store.tls"), e.detail()))
+    }
+}
+
+/// Config keys whose values are secrets, in any section: never logged, printed, published in
+/// events or hashed into the config digest.
+pub const SECRET_KEYS: &[&str] = &["token", "requirepass"];
+
+/// What a secret's value is replaced with wherever it would be shown.
+pub const REDACTED: &str = "<redacted>";
+
+/// The values assigned to [`SECRET_KEYS`] anywhere in config `text` (a loose scan that also
+/// finds them in text that does not parse).
+fn secret_values(text: &str) -> Vec<&str> {
+    let mut found = Vec::new();
+    for key in SECRET_KEYS {
+        let mut from = 0;
+        while let Some(at) = text[from..].find(key).map(|i| from + i) {
+            from = at + key.len();
+            let before = text[..at].chars().next_back();
+            if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+                continue;
+            }
+            let rest = text[from..].trim_start_matches(['"', '\'']);
+            let rest = rest.trim_start_matches([' ', '\t']);
+            let Some(rest) = rest.strip_prefix('=') else {
+                continue;
+            };
+            let rest = rest.trim_start_matches([' ', '\t']);
+            let value = match rest.chars().next() {
+                Some(q @ ('"' | '\'')) => {
+                    let (open, close) = if rest.starts_with(&format!("{q}{q}{q}")) {
+                        (3, format!("{q}{q}{q}"))
+                    } else {
+                        (1, q.to_string())
+                    };
+                    let body = &rest[open..];
+                    let end = body
+                        .find(close.as_str())
+                        .or_else(|| (open == 1).then(|| body.find('\n')).flatten())
+                        .unwrap_or(body.len());
+                    &body[..end]
+                }
+                _ => {
+                    let end = rest.find([',', '}', '#', '\n', '\r']).unwrap_or(rest.len());
+                    rest[..end].trim()
+                }
+            };
+            if !value.is_empty() {
+                found.push(value);
+            }
+        }
+    }
+    // Longest first, so a secret that contains another is replaced whole.
+    found.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    found
+}
+
+/// `message` (about config `text`) with every secret value in `text` replaced by [`REDACTED`].
+pub fn redact(text: &str, message: &str) -> String {
+    let mut out = message.to_string();
+    for value in secret_values(text) {
+        out = out.replace(value, REDACTED);
+    }
+    out
+}
+
+impl Config {
+    /// A short digest of the effective configuration (what the node runs with, not the file's
+    /// formatting), published in `config-changed` events: FNV-1a over its JSON form with every
+    /// secret replaced by a marker, so the digest tells nothing about a token or password
+    /// (whether one is set still counts).
+    pub fn digest(&self) -> String {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        // The config's shape is fixed (a few levels of sections and lists): an explicit stack
+        // rather than recursion all the same.
+        let mut stack = vec![&mut value];
+        while let Some(v) = stack.pop() {
+            match v {
+                serde_json::Value::Object(map) => {
+                    for (k, v) in map.iter_mut() {
+                        if SECRET_KEYS.contains(&k.as_str()) && !v.is_null() {
+                            *v = serde_json::Value::String(REDACTED.into());
+                        } else {
+                            stack.push(v);
+                        }
+                    }
+                }
+                serde_json::Value::Array(items) => stack.extend(items.iter_mut()),
+                _ => {}
+            }
+        }
+        format!("{:016x}", raft_id(&value.to_string()))
+    }
+}
+
+/// Largest secret file read (a token or password is a line).
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// Reads the first line of a secret file (trimmed), refusing one that users other than its
+/// owner can read (as ssh does with keys) or that is larger than [`MAX_SECRET_FILE`].
+fn read_secret_file(key: &str, path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    crate::tls::check_private(key, path).map_err(|e| invalid(key, e.detail()))?;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_SECRET_FILE + 1).read_to_string(&mut text))
+        .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
+    if text.len() as u64 > MAX_SECRET_FILE {
+        return Err(invalid(
+            key,
+            format!("{}: larger than {MAX_SECRET_FILE} bytes", path.display()),
+        ));
+    }
+    Ok(text.lines().next().unwrap_or("").trim().to_string())
 }
 
 fn default_max_clients() -> u32 {
@@ -792,9 +1005,11 @@ pub fn load_with<T>(
         });
     }
     parse(&text).map_err(|e| match e {
+        // Whatever parsed the text (a node's or a proxy's config), its error may quote it:
+        // secrets are taken out here too.
         ConfigError::Parse { message, .. } => ConfigError::Parse {
             path: path.to_path_buf(),
-            message,
+            message: redact(&text, &message),
         },
         other => other,
     })
@@ -810,11 +1025,15 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::from("<config>"),
-            message: e.to_string().trim().to_string(),
+            // The parser quotes the offending line and values: never a secret.
+            message: redact(text, e.to_string().trim()),
         })?;
         config.validate()?;
         config.api.resolve()?;
         config.tls.check(&config.node.id)?;
+        if let Some(store) = config.store.as_mut() {
+            store.resolve(&config.tls)?;
+        }
         Ok(config)
     }
 
@@ -1829,6 +2048,7 @@ args = ["1000"]
         let file = dir.path().join("token");
         assert!(err(&with(&format!("token-file = \"{}\"", file.display()))).contains("`api.token-file`"));
         std::fs::write(&file, "0123456789abcdef-from-file\n").unwrap();
+        set_mode(&file, 0o600);
         let both = with(&format!(
             "token = \"0123456789abcdef\"\ntoken-file = \"{}\"",
             file.display()
@@ -1847,6 +2067,179 @@ args = ["1000"]
         // Without [api]: open, no token.
         let c = Config::parse(FULL).unwrap();
         assert!(c.api.resolved_token.is_none() && c.api.read_open);
+    }
+
+    fn set_mode(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// Issue 13: a token or password file other users can read is refused (as ssh refuses a
+    /// key), naming the key and the fix; a private one is read (first line).
+    #[test]
+    fn secret_files_readable_by_other_users_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "0123456789abcdef-secret\nsecond line\n").unwrap();
+        set_mode(&file, 0o644);
+        let api = format!("{FULL}\n[api]\ntoken-file = \"{}\"\n", file.display());
+        let store = format!(
+            "{FULL}\n[store]\nlisten = \"127.0.0.1:6390\"\nrequirepass-file = \"{}\"\n",
+            file.display()
+        );
+        for (text, key) in [(&api, "api.token-file"), (&store, "store.requirepass-file")] {
+            let e = err(text);
+            assert!(e.contains(&format!("`{key}`")) && e.contains("chmod 600"), "{e}");
+            assert!(!e.contains("0123456789abcdef-secret"), "{e}");
+        }
+        set_mode(&file, 0o600);
+        let c = Config::parse(&api).unwrap();
+        assert_eq!(c.api.resolved_token.as_deref(), Some("0123456789abcdef-secret"));
+        let c = Config::parse(&store).unwrap();
+        let st = c.store.as_ref().unwrap();
+        assert_eq!(
+            st.resolved_requirepass.as_deref(),
+            Some("0123456789abcdef-secret")
+        );
+        // Both ways at once is ambiguous.
+        assert_invalid(&format!("{store}requirepass = \"x\"\n"), "store.requirepass-file");
+        // An inline password is what clients must send.
+        let c = Config::parse(&format!(
+            "{FULL}\n[store]\nlisten = \"127.0.0.1:6390\"\nrequirepass = \"pw\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.store.unwrap().resolved_requirepass.as_deref(), Some("pw"));
+    }
+
+    /// Issue 13: Redis's protected mode. No password and a non-loopback listen address is
+    /// refused, naming `store.requirepass` and how to opt out.
+    #[test]
+    fn store_protected_mode_needs_a_password_off_loopback() {
+        let store = |lines: &str| format!("{FULL}\n[store]\n{lines}\n");
+        for listen in ["10.0.0.1:6390", "0.0.0.0:6390", "[::]:6390"] {
+            let text = store(&format!("listen = \"{listen}\""));
+            assert_invalid(&text, "store.requirepass");
+            assert!(err(&text).contains("store.protected-mode = false"));
+            Config::parse(&store(&format!("listen = \"{listen}\"\nrequirepass = \"pw\""))).unwrap();
+            Config::parse(&store(&format!("listen = \"{listen}\"\nprotected-mode = false"))).unwrap();
+        }
+        for listen in ["127.0.0.1:6390", "[::1]:6390"] {
+            Config::parse(&store(&format!("listen = \"{listen}\""))).unwrap();
+        }
+    }
+
+    /// Issue 13: `[store] tls` needs a certificate: the node's (`[tls]`), or its own files,
+    /// which are loaded and checked like the node's.
+    #[test]
+    fn store_tls_needs_a_certificate() {
+        let store = |lines: &str| format!("{FULL}\n[store]\nlisten = \"127.0.0.1:6390\"\n{lines}\n");
+        // FULL runs with `[tls] insecure = true`: no node certificate to reuse.
+        assert_invalid(&store("tls = true"), "store.tls");
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::tls::init_ca(&dir.path().join("ca"), "test", Duration::from_secs(3600)).unwrap();
+        let (cert, key) = crate::tls::issue(
+            &std::fs::read_to_string(&ca.cert).unwrap(),
+            &std::fs::read_to_string(&ca.key).unwrap(),
+            "a",
+            &["127.0.0.1".into()],
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        let (cert_path, key_path) = (dir.path().join("store.pem"), dir.path().join("store.key"));
+        std::fs::write(&cert_path, cert).unwrap();
+        std::fs::write(&key_path, key).unwrap();
+        set_mode(&key_path, 0o600);
+        let own = format!(
+            "tls-cert = \"{}\"\ntls-key = \"{}\"",
+            cert_path.display(),
+            key_path.display()
+        );
+        assert_invalid(
+            &store(&format!("tls-cert = \"{}\"", cert_path.display())),
+            "store.tls-key",
+        );
+        assert_invalid(
+            &store(&format!("tls-key = \"{}\"", key_path.display())),
+            "store.tls-cert",
+        );
+        assert_invalid(&store(&own), "store.tls-cert");
+        let c = Config::parse(&store(&format!("tls = true\n{own}"))).unwrap();
+        let files = c.store.as_ref().unwrap().tls_files(&c.tls).unwrap();
+        assert_eq!((files.cert, files.key), (cert_path.clone(), key_path.clone()));
+        // The files are checked when the config loads: a key others can read is refused.
+        set_mode(&key_path, 0o644);
+        let e = err(&store(&format!("tls = true\n{own}")));
+        assert!(e.contains("`store.tls-key`") && e.contains("chmod 600"), "{e}");
+        // Without `tls = true`, nothing is served over TLS.
+        set_mode(&key_path, 0o600);
+        let c = Config::parse(&store("")).unwrap();
+        assert!(c.store.as_ref().unwrap().tls_files(&c.tls).is_none());
+    }
+
+    /// Issue 13: the digest published in `config-changed` events never covers secrets: two
+    /// configs that differ only in a token or password have the same digest (it used to hash
+    /// the token with the rest), and any other change still changes it.
+    #[test]
+    fn the_config_digest_leaves_secrets_out() {
+        let with = |token: &str, pass: &str, retention: u32| {
+            Config::parse(&format!(
+                "{FULL}\n[api]\ntoken = \"{token}\"\n[store]\nlisten = \"127.0.0.1:6390\"\nrequirepass = \"{pass}\"\n[events]\nretention = {retention}\n"
+            ))
+            .unwrap()
+            .digest()
+        };
+        let base = with("0123456789abcdef-one", "pass-one", 1000);
+        assert_eq!(base, with("0123456789abcdef-two", "pass-one", 1000));
+        assert_eq!(base, with("0123456789abcdef-one", "pass-two", 1000));
+        assert_ne!(base, with("0123456789abcdef-one", "pass-one", 1001));
+        // The old digest (FNV-1a over the whole JSON) told tokens apart.
+        let c = Config::parse(&format!("{FULL}\n[api]\ntoken = \"0123456789abcdef-one\"\n")).unwrap();
+        let whole = format!("{:016x}", raft_id(&serde_json::to_string(&c).unwrap()));
+        assert_ne!(c.digest(), whole);
+    }
+
+    /// Issue 13: a config that does not parse is reported without the secrets in it (the
+    /// TOML parser quotes the offending line and value).
+    #[test]
+    fn parse_errors_never_show_secrets() {
+        for (bad, secret) in [
+            (
+                "[store]\nlisten = \"127.0.0.1:6390\"\nrequirepass = \"Hunter2-store-pw\" trailing\n",
+                "Hunter2-store-pw",
+            ),
+            ("[api]\ntoken = 918273645546372819\n", "918273645546372819"),
+            (
+                "[api]\n\"token\" = 'Hunter2-token-0123456' 7\n",
+                "Hunter2-token-0123456",
+            ),
+            ("[api]\ntoken = \"Hunter2-unterminated\n", "Hunter2-unterminated"),
+            (
+                "[store]\nlisten = \"127.0.0.1:6390\"\nrequirepass = [\"Hunter2-in-array\"]\n",
+                "Hunter2-in-array",
+            ),
+        ] {
+            let text = format!("{FULL}\n{bad}");
+            let e = err(&text);
+            assert!(
+                matches!(Config::parse(&text), Err(ConfigError::Parse { .. })),
+                "{e}"
+            );
+            assert!(!e.contains(secret), "{e}");
+        }
+        // Loaded from a file, by the node or by `standin proxy` (whose parser quotes the line
+        // too).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[proxy]\ntoken = \"Hunter2-proxy-token-01\" junk\n").unwrap();
+        for e in [
+            Config::load(&path).unwrap_err().to_string(),
+            crate::address::proxy::config::ProxyConfig::load(&path)
+                .unwrap_err()
+                .to_string(),
+        ] {
+            assert!(e.contains("bad.toml") && e.contains(REDACTED), "{e}");
+            assert!(!e.contains("Hunter2-proxy-token-01"), "{e}");
+        }
     }
 
     #[test]
@@ -2265,7 +2658,7 @@ args = ["1000"]
             }
         }
         // Different ports, or another member's address on the same port: fine.
-        Config::parse(&store("10.0.0.1:6380")).expect("no clash");
+        Config::parse(&format!("{}requirepass = \"pw\"\n", store("10.0.0.1:6380"))).expect("no clash");
         Config::parse(&proxy("127.0.0.1:9000", "127.0.0.1:7180")).expect("another IP, no wildcard");
     }
 

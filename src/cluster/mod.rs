@@ -376,9 +376,15 @@ impl Cluster {
     /// config's member list on first start (every node may do this; openraft accepts the same
     /// initial membership from each).
     pub async fn start(config: &Config, transport: Transport) -> Result<Cluster, ClusterError> {
-        std::fs::create_dir_all(&config.node.data_dir).map_err(|e| {
-            ClusterError::Storage(format!("cannot create {}: {e}", config.node.data_dir.display()))
-        })?;
+        use std::os::unix::fs::DirBuilderExt;
+        // Private to the node's user (0700): the log and the store hold the cluster's data.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.node.data_dir)
+            .map_err(|e| {
+                ClusterError::Storage(format!("cannot create {}: {e}", config.node.data_dir.display()))
+            })?;
         let db = storage::open_db(&config.node.data_dir).map_err(|e| {
             ClusterError::Storage(format!(
                 "cannot open {}: {e}",

@@ -254,6 +254,32 @@ mod tests {
         }
     }
 
+    /// Values reach the exec alarm through its environment and stdin, never as shell text: a
+    /// check's output (in the detail) or a title holding `$(...)` is not run.
+    #[tokio::test]
+    async fn alarm_values_with_shell_syntax_are_passed_not_executed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pwned = dir.path().join("pwned");
+        let out = dir.path().join("out");
+        let evil = format!("$(touch {p}) `touch {p}`; touch {p}", p = pwned.display());
+        let mut n = notification();
+        n.detail = evil.clone();
+        n.title = evil.clone();
+        let cmd = format!(
+            "printf '%s|%s|' \"$STANDIN_ALARM_DETAIL\" \"$STANDIN_ALARM_TITLE\" > '{o}'; cat >> '{o}'",
+            o = out.display()
+        );
+        let body = serde_json::to_string(&evil).expect("json");
+        exec(&cmd, &body, &n, Duration::from_secs(10))
+            .await
+            .expect("delivered");
+        assert_eq!(
+            std::fs::read_to_string(&out).expect("written"),
+            format!("{evil}|{evil}|{body}")
+        );
+        assert!(!pwned.exists(), "a value was run as a command");
+    }
+
     #[tokio::test]
     async fn an_exec_that_reads_its_input_and_exits_0_is_delivered() {
         let dir = tempfile::tempdir().expect("tempdir");

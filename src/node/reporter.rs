@@ -45,11 +45,9 @@ fn describe(state: &ProcState) -> (bool, String) {
     }
 }
 
-/// A short digest of the effective configuration (what the node runs with, not the file's
-/// formatting): FNV-1a over its JSON form.
+/// A short digest of the effective configuration, secrets left out (see `Config::digest`).
 fn config_digest(config: &crate::config::Config) -> String {
-    let text = serde_json::to_string(config).unwrap_or_default();
-    format!("{:016x}", crate::config::raft_id(&text))
+    config.digest()
 }
 
 pub async fn run(node: Arc<Node>, mut transitions: UnboundedReceiver<Transition>, cancel: CancellationToken) {

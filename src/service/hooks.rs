@@ -202,6 +202,27 @@ mod tests {
         assert_eq!(written.trim(), "|");
     }
 
+    /// Values reach a hook through its environment, never as shell text: a value holding
+    /// `$(...)` is not run.
+    #[tokio::test]
+    async fn hook_values_with_shell_syntax_are_passed_not_executed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pwned = dir.path().join("pwned");
+        let path = dir.path().join("env");
+        let evil = format!("$(touch {p}) `touch {p}`; touch {p}", p = pwned.display());
+        let cmd = format!(
+            "printf '%s|%s' \"$STANDIN_PREVIOUS\" \"$STANDIN_ROLE\" > '{}'",
+            path.display()
+        );
+        let out = runner(Some(&cmd), Duration::from_secs(5))
+            .run(HookKind::Promote, &evil, 1, Some(&evil))
+            .await;
+        assert!(out.ok, "{out:?}");
+        let written = std::fs::read_to_string(&path).expect("hook wrote the file");
+        assert_eq!(written, format!("{evil}|{evil}"));
+        assert!(!pwned.exists(), "a value was run as a command");
+    }
+
     #[tokio::test]
     async fn failing_hook_reports_exit_code_and_output() {
         let out = runner(Some("echo boom >&2; exit 3"), Duration::from_secs(5))

@@ -2,6 +2,10 @@
 //! commands handled here (PING, HELLO, AUTH, SELECT, CLIENT, COMMAND, INFO, MULTI/EXEC, WAIT,
 //! READONLY), data commands parsed by `cmd` and sent through [`Replicator`].
 //!
+//! With `[store] tls` every connection is a TLS 1.3 session (the node certificate or the
+//! store's own, reloaded when the files change); the handshake runs inside the client's
+//! `max-clients` slot and has a deadline, so clients that never finish it cannot pile up.
+//!
 //! A connection reads every request already in its buffer (a pipeline) and sends runs of
 //! consecutive writes as one group and runs of consecutive reads as one read, so pipelined
 //! clients get group commit while each connection keeps its order.
@@ -20,9 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
@@ -66,6 +69,21 @@ const WAIT_READ_AHEAD: usize = 64 * 1024;
 /// A `WAIT` polls replication this often at first, doubling up to [`WAIT_POLL_MAX`].
 const WAIT_POLL_MIN: Duration = Duration::from_millis(5);
 const WAIT_POLL_MAX: Duration = Duration::from_millis(100);
+
+/// A TLS client must finish its handshake within this long after connecting, or it is
+/// closed: until then it holds one of the `max-clients` slots.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The TLS files are checked for changes (a renewed certificate) at most this often, when a
+/// client connects: new clients get the new certificate, connected ones keep theirs.
+const TLS_RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+/// Clients over `max-clients` whose TLS handshake is in progress to send them the refusal:
+/// beyond this many at once, further ones are closed without it.
+const TLS_REJECTS_AT_ONCE: usize = 64;
+
+/// How long a refused client is given to take the refusal (its handshake included, over TLS).
+const REJECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Failed AUTHs per client address within [`AUTH_WINDOW`] answered without delay.
 pub const AUTH_FREE_FAILURES: u32 = 10;
@@ -155,7 +173,9 @@ pub fn raise_file_limit() -> std::io::Result<(u64, u64)> {
     Ok((lim.rlim_cur, lim.rlim_max))
 }
 
-/// Serves the store on `listener` until `cancel` fires.
+/// Serves the store on `listener` until `cancel` fires. With `[store] tls`, clients speak
+/// TLS 1.3 (the material was checked when the config loaded; if it no longer loads, the store
+/// is not served rather than served in clear).
 pub async fn serve(
     listener: TcpListener,
     node: Arc<Node>,
@@ -178,6 +198,19 @@ pub async fn serve(
         }
         None => cfg.max_clients,
     };
+    let tls = match cfg.tls_files(&node.config.tls) {
+        None => None,
+        Some(files) => match crate::tls::Tls::load(files, None) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!(error = %e, "store TLS material does not load; the store is not served");
+                return;
+            }
+        },
+    };
+    let mut acceptor = tls.as_ref().map(store_acceptor);
+    let tls_rejects = Arc::new(Semaphore::new(TLS_REJECTS_AT_ONCE));
+    let mut reload_checked = Instant::now();
     let shared = Arc::new(Shared {
         node,
         clients: Arc::new(Semaphore::new(max_clients as usize)),
@@ -191,11 +224,42 @@ pub async fn serve(
         auth_failures: AuthFailures::default(),
     });
     while let Some((stream, remote)) = crate::cluster::transport::accept(&listener, &cancel).await {
+        if let Some(t) = tls
+            .as_ref()
+            .filter(|_| reload_checked.elapsed() >= TLS_RELOAD_CHECK)
+        {
+            reload_checked = Instant::now();
+            match t.reload_if_changed() {
+                Ok(true) => {
+                    acceptor = Some(store_acceptor(t));
+                    tracing::info!("store TLS certificate reloaded");
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "store TLS files changed but do not load; the old certificate stays in use")
+                }
+            }
+        }
+        let acceptor = acceptor.clone();
         let shared = shared.clone();
         let cancel = cancel.clone();
+        let tls_rejects = tls_rejects.clone();
         tokio::spawn(async move {
             let Ok(permit) = shared.clients.clone().try_acquire_owned() else {
-                reject(stream).await;
+                match acceptor {
+                    None => reject(stream).await,
+                    // The refusal is sent once the handshake is done, a few at a time.
+                    Some(acceptor) => {
+                        if let Ok(_slot) = tls_rejects.try_acquire() {
+                            let _ = tokio::time::timeout(REJECT_TIMEOUT, async {
+                                if let Ok(tls) = acceptor.accept(stream).await {
+                                    reject(tls).await;
+                                }
+                            })
+                            .await;
+                        }
+                    }
+                }
                 return;
             };
             // A client that vanished without a FIN frees its slot even though idle clients
@@ -204,22 +268,58 @@ pub async fn serve(
             let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
             let span = tracing::debug_span!("store.conn", client.id = id, client.addr = %remote);
             let _e = span.enter();
-            handle(stream, remote, shared, id, cancel).await;
+            match acceptor {
+                None => {
+                    let (rd, wr) = stream.into_split();
+                    handle(rd, wr, remote, shared, id, cancel).await;
+                }
+                Some(acceptor) => {
+                    // The handshake holds the client's slot, so it has a deadline.
+                    let done = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        r = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => r,
+                    };
+                    match done {
+                        Ok(Ok(tls)) => {
+                            let (rd, wr) = tokio::io::split(tls);
+                            handle(rd, wr, remote, shared, id, cancel).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(client.addr = %remote, error = %e, "store TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(client.addr = %remote, "store TLS handshake timed out"),
+                    }
+                }
+            }
             drop(permit);
         });
     }
 }
 
+/// The store's TLS server config: the node's (or the store's own) certificate without the
+/// HTTP ALPN of the shared acceptor. A client that offers ALPN (`redis`, say) would otherwise be
+/// refused with `no_application_protocol`; Redis negotiates none.
+fn store_acceptor(tls: &crate::tls::Tls) -> tokio_rustls::TlsAcceptor {
+    let mut cfg = (**tls.acceptor().config()).clone();
+    cfg.alpn_protocols.clear();
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
 /// Refuses a client over `max-clients` as Redis does: the error, then close. Bounded, so a
 /// client that does not read cannot hold the descriptor.
-async fn reject(mut stream: TcpStream) {
+async fn reject<S: AsyncWrite + Unpin>(mut stream: S) {
     let mut out = BytesMut::new();
     resp::encode(
         &Frame::Error("ERR max number of clients reached".into()),
         2,
         &mut out,
     );
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
+    let _ = tokio::time::timeout(REJECT_TIMEOUT, async {
+        stream.write_all(&out).await?;
+        stream.flush().await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 /// All clients' buffers beyond [`FREE_PER_CLIENT`] each, against `client-buffer-budget`.
@@ -344,8 +444,8 @@ struct Conn {
 }
 
 /// The connection's read side, for what must read while a request is pending (`WAIT`).
-struct ConnIo {
-    rd: OwnedReadHalf,
+struct ConnIo<R> {
+    rd: R,
     inbuf: BytesMut,
 }
 
@@ -393,13 +493,18 @@ enum Item {
     Gone,
 }
 
-async fn handle(
-    stream: TcpStream,
+/// Serves one client, on a TCP connection or a TLS session (its two halves).
+async fn handle<R, W>(
+    rd: R,
+    mut wr: W,
     remote: SocketAddr,
     shared: Arc<Shared>,
     id: u64,
     cancel: CancellationToken,
-) {
+) where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
     let max_request = usize::try_from(shared.cfg.max_request_size).unwrap_or(usize::MAX);
     let limits = Limits {
         max_bulk_len: max_request,
@@ -408,7 +513,6 @@ async fn handle(
     };
     let output_limit = usize::try_from(shared.cfg.client_output_buffer_limit).unwrap_or(usize::MAX);
     let mut codec = RespCodec::new(limits);
-    let (rd, mut wr) = stream.into_split();
     let mut io = ConnIo {
         rd,
         inbuf: BytesMut::with_capacity(16 * 1024),
@@ -419,7 +523,7 @@ async fn handle(
         id,
         ip: remote.ip(),
         name: None,
-        authed: shared.cfg.requirepass.is_none(),
+        authed: shared.cfg.resolved_requirepass.is_none(),
         readonly: false,
         multi: None,
         multi_bytes: 0,
@@ -495,7 +599,7 @@ async fn handle(
                 );
                 // The replies before it still go out (bounded: a client that does not read
                 // cannot hold the connection).
-                let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&out)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), write_out(&mut wr, &out)).await;
                 return;
             }
             if !charge.set(io.inbuf.capacity() + codec.pending_bytes() + out.len() + size) {
@@ -504,7 +608,7 @@ async fn handle(
             }
             let _ = codec.encode(frame, &mut out);
             if out.len() >= FLUSH_AT {
-                if wr.write_all(&out).await.is_err() {
+                if write_out(&mut wr, &out).await.is_err() {
                     return;
                 }
                 out.clear();
@@ -521,7 +625,11 @@ async fn handle(
             let _ = codec.encode(err(msg), &mut out);
             close = true;
         }
-        if wr.write_all(&out).await.is_err() || close {
+        if write_out(&mut wr, &out).await.is_err() || close {
+            if close {
+                // A TLS client is told the session ends (close_notify); bounded.
+                let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
+            }
             return;
         }
         out.clear();
@@ -533,9 +641,15 @@ async fn handle(
     }
 }
 
+/// Writes `out` and flushes it: a TLS session holds written data in its records until then.
+async fn write_out<W: AsyncWrite + Unpin>(wr: &mut W, out: &[u8]) -> std::io::Result<()> {
+    wr.write_all(out).await?;
+    wr.flush().await
+}
+
 /// Closes a client whose buffers would take the node over `client-buffer-budget`, with an
 /// error it can read if it is listening.
-async fn over_budget(wr: &mut tokio::net::tcp::OwnedWriteHalf, client: u64, what: &'static str) {
+async fn over_budget<W: AsyncWrite + Unpin>(wr: &mut W, client: u64, what: &'static str) {
     tracing::warn!(
         client.id = client,
         buffer = what,
@@ -547,7 +661,7 @@ async fn over_budget(wr: &mut tokio::net::tcp::OwnedWriteHalf, client: u64, what
         2,
         &mut out,
     );
-    let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&out)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), write_out(wr, &out)).await;
 }
 
 /// Runs the items in order: consecutive writes as one group, consecutive reads as one read.
@@ -694,12 +808,12 @@ fn unknown(args: &[Bytes]) -> Frame {
 }
 
 /// Decides what one request is: answered here, a write, or a read.
-async fn classify(
+async fn classify<R: AsyncRead + Unpin>(
     shared: &Shared,
     conn: &mut Conn,
     args: &[Bytes],
     codec: &mut RespCodec,
-    io: &mut ConnIo,
+    io: &mut ConnIo<R>,
     cancel: &CancellationToken,
 ) -> Item {
     let name = lower(&args[0]);
@@ -835,14 +949,17 @@ async fn classify(
 /// AUTH: a wrong password is counted per client address and, past a few, answered late (see
 /// [`auth_delay`]); only this connection waits.
 async fn auth(shared: &Shared, conn: &mut Conn, args: &[Bytes]) -> Frame {
-    let pass = match args.len() {
-        1 => &args[0],
-        // AUTH username password: only the default user exists.
-        2 if &args[0][..] == b"default" => &args[1],
+    let (pass, named) = match args.len() {
+        1 => (&args[0], false),
+        // AUTH username password (Redis 6): only the default user exists.
+        2 if &args[0][..] == b"default" => (&args[1], true),
         2 => return err("WRONGPASS invalid username-password pair or user is disabled."),
         _ => return arity("auth"),
     };
-    match &shared.cfg.requirepass {
+    match &shared.cfg.resolved_requirepass {
+        // Without a password the default user is `nopass` in Redis: any password works when
+        // the user is named, the one-argument form is an error.
+        None if named => Frame::Simple("OK".into()),
         None => err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"),
         Some(p) if constant_time_eq(p.as_bytes(), pass) => {
             conn.authed = true;
@@ -954,7 +1071,12 @@ fn command(args: &[Bytes]) -> Frame {
 /// Polls replication at [`WAIT_POLL_MIN`], doubling to [`WAIT_POLL_MAX`], and stops as soon
 /// as the client goes away ([`Item::Gone`]): a pending WAIT keeps reading from the client
 /// (up to [`WAIT_READ_AHEAD`], kept for the requests after it) to notice it closing.
-async fn wait(shared: &Shared, args: &[Bytes], io: &mut ConnIo, cancel: &CancellationToken) -> Item {
+async fn wait<R: AsyncRead + Unpin>(
+    shared: &Shared,
+    args: &[Bytes],
+    io: &mut ConnIo<R>,
+    cancel: &CancellationToken,
+) -> Item {
     if args.len() != 3 {
         return Item::Reply(arity("wait"));
     }
