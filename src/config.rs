@@ -199,8 +199,9 @@ impl Default for AlarmsConfig {
     }
 }
 
-/// `[api]`: who may use the admin API. Without a token everything is open (loopback or a
-/// trusted network only).
+/// `[api]`: who may use the admin API, and whether it speaks HTTPS. Without a token the API
+/// is open, which is allowed only on a loopback `admin` address or with `insecure-open`
+/// (Redis's protected mode, for the admin API).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct ApiConfig {
@@ -219,6 +220,16 @@ pub struct ApiConfig {
     /// Open connections at most. At the cap, the oldest connection with no request in
     /// progress is closed to make room; when every one is busy, the new one is closed.
     pub max_connections: usize,
+    /// Serve the admin API over HTTPS (TLS 1.3), with `tls-cert`/`tls-key` or else the
+    /// node's `[tls]` certificate and key. Files are reloaded when they change.
+    pub tls: bool,
+    /// The admin API's own certificate (chain, leaf first), instead of the node's.
+    pub tls_cert: Option<PathBuf>,
+    /// The admin API's own private key; must not be readable by other users.
+    pub tls_key: Option<PathBuf>,
+    /// Serve the API without a token on a non-loopback `admin` address: anyone who can reach
+    /// it can move the role. Refused otherwise (the node does not start).
+    pub insecure_open: bool,
     /// The token in effect (from `token` or `token-file`), resolved when the config loads.
     #[serde(skip)]
     pub resolved_token: Option<String>,
@@ -232,12 +243,86 @@ impl Default for ApiConfig {
             read_open: true,
             header_read_timeout: Duration::from_secs(10),
             max_connections: 256,
+            tls: false,
+            tls_cert: None,
+            tls_key: None,
+            insecure_open: false,
             resolved_token: None,
         }
     }
 }
 
 impl ApiConfig {
+    /// The certificate and key the admin API serves HTTPS with, or `None` for plain HTTP.
+    /// No client certificates are asked for: callers authenticate with the token.
+    pub fn tls_files(&self, node: &TlsConfig) -> Option<crate::tls::TlsFiles> {
+        if !self.tls {
+            return None;
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            return Some(crate::tls::TlsFiles {
+                ca: None,
+                cert: cert.clone(),
+                key: key.clone(),
+                keys: ["api.tls-cert", "api.tls-cert", "api.tls-key"],
+            });
+        }
+        let mut files = node.files()?;
+        files.ca = None;
+        Some(files)
+    }
+
+    /// `http` or `https`, as clients and browsers name this API's origin.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Checks the HTTPS settings (and loads the files), and refuses an open API on a
+    /// non-loopback address. Runs after [`ApiConfig::resolve`].
+    fn check(&self, admin: SocketAddr, node_tls: &TlsConfig) -> Result<(), ConfigError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err(invalid("api.tls-key", "is required with `api.tls-cert`")),
+            (None, Some(_)) => return Err(invalid("api.tls-cert", "is required with `api.tls-key`")),
+            (Some(_), Some(_)) if !self.tls => {
+                return Err(invalid(
+                    "api.tls",
+                    "`api.tls-cert` and `api.tls-key` are set but `api.tls` is not true",
+                ))
+            }
+            _ => {}
+        }
+        if self.tls {
+            let Some(files) = self.tls_files(node_tls) else {
+                return Err(invalid(
+                    "api.tls",
+                    "true needs a certificate: `api.tls-cert` and `api.tls-key`, or the node's \
+                     [tls] cert and key (not `tls.insecure`)",
+                ));
+            };
+            crate::tls::Tls::load(files, None).map(drop).map_err(|e| match e.key() {
+                Some(key) => invalid(key, e.detail()),
+                None => invalid("api.tls", e.detail()),
+            })?;
+        }
+        if self.resolved_token.is_none() && !admin.ip().is_loopback() && !self.insecure_open {
+            return Err(invalid(
+                "api.token",
+                format!(
+                    "the admin API listens on {admin}, not a loopback address, and has no token: \
+                     anyone who can reach it could move the role. Set `api.token-file` to a file \
+                     holding a random token of at least 16 characters (e.g. \
+                     `openssl rand -hex 32 > /etc/standin/api-token; chmod 600 /etc/standin/api-token`), \
+                     or `api.insecure-open = true` to run it open"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn resolve(&mut self) -> Result<(), ConfigError> {
         self.resolved_token = match (&self.token, &self.token_file) {
             (Some(_), Some(_)) => {
@@ -815,6 +900,10 @@ impl Config {
         config.validate()?;
         config.api.resolve()?;
         config.tls.check(&config.node.id)?;
+        config.api.check(config.me().admin, &config.tls)?;
+        if let Some(p) = &mut config.proxy {
+            p.resolve(config.api.resolved_token.as_deref())?;
+        }
         Ok(config)
     }
 

@@ -26,6 +26,69 @@ pub struct ProxyConfig {
     pub admin: Option<SocketAddr>,
     #[serde(default, rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
+    /// Bearer token the control API's mutations (`PUT`, `DELETE`) need. Without one, `admin`
+    /// must be a loopback address.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The same, read from a file (first line) that other users cannot read.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Addresses a listener may be bound to through the control API beyond unprivileged
+    /// loopback ones (exact `ip:port`; `0.0.0.0:80` does not allow `0.0.0.0:81`). The file's
+    /// own listeners are always allowed.
+    #[serde(default)]
+    pub allow_bind: Vec<SocketAddr>,
+    /// The token sent to the cluster's admin APIs (`Authorization: Bearer`), so the proxy
+    /// works with `[api] read-open = false`. Inside a node's config, the node's `[api]` token
+    /// is sent when neither this nor `api-token-file` is set.
+    #[serde(default)]
+    pub api_token: Option<String>,
+    /// The same, read from a file (first line) that other users cannot read.
+    #[serde(default)]
+    pub api_token_file: Option<PathBuf>,
+    /// The CA that signs the cluster's admin API certificates: with it the proxy speaks HTTPS
+    /// to every `cluster` address (`[api] tls = true` on the nodes).
+    #[serde(default)]
+    pub api_ca: Option<PathBuf>,
+    /// The control API's token in effect (from `token` or `token-file`).
+    #[serde(skip)]
+    pub resolved_token: Option<String>,
+    /// The token sent to the admin APIs (from `api-token`, `api-token-file` or the node's).
+    #[serde(skip)]
+    pub resolved_api_token: Option<String>,
+}
+
+/// Reads a token from `inline` or `file` (keys `{prefix}` and `{prefix}-file`): at least 16
+/// characters, no spaces or control characters, a file other users cannot read.
+fn resolve_token(
+    prefix: &str,
+    inline: &Option<String>,
+    file: &Option<PathBuf>,
+) -> Result<Option<String>, ConfigError> {
+    let file_key = format!("{prefix}-file");
+    let (key, token) = match (inline, file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                &file_key,
+                format!("set `{prefix}` or `{file_key}`, not both"),
+            ))
+        }
+        (Some(t), None) => (prefix.to_string(), t.clone()),
+        (None, Some(path)) => {
+            crate::tls::check_private(&file_key, path).map_err(|e| invalid(&file_key, e.detail()))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid(&file_key, format!("cannot read {}: {e}", path.display())))?;
+            (file_key, text.lines().next().unwrap_or("").trim().to_string())
+        }
+        (None, None) => return Ok(None),
+    };
+    if token.chars().count() < 16 {
+        return Err(invalid(key, "must be at least 16 characters"));
+    }
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(key, "must not contain spaces or control characters"));
+    }
+    Ok(Some(token))
 }
 
 /// Which of a member's addresses a listener forwards to.
@@ -212,9 +275,45 @@ impl ProxyConfig {
                 .proxy
                 .ok_or_else(|| invalid("proxy", "this node config has no [proxy] section"));
         }
-        let file: ProxyFile = toml::from_str(text).map_err(parse_error)?;
+        let mut file: ProxyFile = toml::from_str(text).map_err(parse_error)?;
         file.proxy.validate()?;
+        file.proxy.resolve(None)?;
         Ok(file.proxy)
+    }
+
+    /// Reads the tokens (files included) and checks the control API's exposure; `node_token`
+    /// is the `[api]` token of the node config this section sits in, if any. Runs after
+    /// [`ProxyConfig::validate`].
+    pub fn resolve(&mut self, node_token: Option<&str>) -> Result<(), ConfigError> {
+        self.resolved_token = resolve_token("proxy.token", &self.token, &self.token_file)?;
+        self.resolved_api_token = resolve_token("proxy.api-token", &self.api_token, &self.api_token_file)?
+            .or_else(|| node_token.map(str::to_string));
+        if let Some(a) = self.admin {
+            if self.resolved_token.is_none() && !a.ip().is_loopback() {
+                return Err(invalid(
+                    "proxy.token",
+                    format!(
+                        "the control API listens on {a}, not a loopback address, and has no token: \
+                         anyone who can reach it could remove or rebind listeners. Set \
+                         `proxy.token-file` to a file holding a random token of at least 16 \
+                         characters (chmod 600), or bind `proxy.admin` to 127.0.0.1"
+                    ),
+                ));
+            }
+        }
+        if let Some(ca) = &self.api_ca {
+            crate::tls::https_client_config(ca).map_err(|e| invalid("proxy.api-ca", e.detail()))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the control API may bind a listener to `addr`: an unprivileged port on a
+    /// loopback address, an address of the file's own listeners, or one in `allow-bind`.
+    pub fn may_bind(&self, addr: SocketAddr) -> bool {
+        let unprivileged = addr.port() == 0 || addr.port() >= 1024;
+        (addr.ip().is_loopback() && unprivileged)
+            || self.allow_bind.contains(&addr)
+            || self.listeners.iter().any(|l| l.listen == addr)
     }
 
     /// Checks everything serde cannot; errors name the key (`proxy.listener[1].listen`).
