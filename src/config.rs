@@ -1505,6 +1505,10 @@ vip = "10.0.0.100/24"
 interface = "eth0"
 garp-count = 5
 garp-interval = "50ms"
+
+# Last, so that tests can append [api] keys. The admin API is on 10.0.0.1 without a token.
+[api]
+insecure-open = true
 "#;
 
     /// The smallest valid config: only the required keys, every section with defaults omitted.
@@ -1754,7 +1758,8 @@ args = ["1000"]
     fn the_same_cluster_validates_on_the_witness() {
         // The witness's file: same members, its own id, no [service] and no [[check]].
         let end = FULL.find("[service]").unwrap();
-        let text = FULL[..end].replace("id = \"a\"\ndata-dir", "id = \"w\"\ndata-dir");
+        let text = FULL[..end].replace("id = \"a\"\ndata-dir", "id = \"w\"\ndata-dir")
+            + "\n[api]\ninsecure-open = true\n";
         let c = Config::parse(&text).expect("valid witness config");
         assert_eq!(c.me().kind, NodeKind::Witness);
         assert!(c.service.is_none() && c.checks.is_empty());
@@ -1905,7 +1910,7 @@ args = ["1000"]
 
     #[test]
     fn api_access_settings_are_checked_and_the_token_file_is_read() {
-        let with = |api: &str| format!("{FULL}\n[api]\n{api}\n");
+        let with = |api: &str| format!("{FULL}\n{api}\n");
         assert!(err(&with("token = \"short\"")).contains("`api.token`"));
         assert!(err(&with("token = \"has a space in it 0123\"")).contains("`api.token`"));
         assert!(err(&with("read-open = false")).contains("`api.read-open`"));
@@ -1928,9 +1933,67 @@ args = ["1000"]
             Some("0123456789abcdef-from-file")
         );
         assert!(!c.api.read_open);
-        // Without [api]: open, no token.
+        // Without a token: open, no token (FULL says insecure-open for its 10.0.0.1 admin).
         let c = Config::parse(FULL).unwrap();
-        assert!(c.api.resolved_token.is_none() && c.api.read_open);
+        assert!(c.api.resolved_token.is_none() && c.api.read_open && c.api.insecure_open);
+    }
+
+    /// Issue 13: an admin API on a non-loopback address without a token is refused (exit 64
+    /// naming `api.token`, with how to set one) unless `insecure-open`; loopback is fine.
+    #[test]
+    fn an_open_admin_api_needs_loopback_or_insecure_open() {
+        let open = FULL.replace("insecure-open = true", "");
+        let e = err(&open);
+        assert!(e.contains("`api.token`") && e.contains("api.token-file"), "{e}");
+        assert!(e.contains("10.0.0.1:7180"), "{e}");
+        Config::parse(&format!("{open}
+token = \"0123456789abcdef\"\n")).expect("a token");
+        Config::parse(MINIMAL).expect("loopback admin without a token");
+        let wild = MINIMAL.replace("admin = \"127.0.0.1:7181\"", "admin = \"0.0.0.0:7181\"");
+        assert!(err(&wild).contains("`api.token`"));
+        Config::parse(&format!("{wild}\n[api]\ninsecure-open = true\n")).expect("insecure-open");
+    }
+
+    /// `[api] tls`: own files or the node's certificate; not with `tls.insecure` alone; the
+    /// files are loaded and a broken one is named.
+    #[test]
+    fn api_tls_settings_are_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = crate::tls::init_ca(&dir.path().join("ca"), "test", Duration::from_secs(3600)).expect("ca");
+        let issued =
+            crate::tls::issue_files(&dir.path().join("ca"), dir.path(), "a", &[], Duration::from_secs(3600))
+                .expect("issue");
+        let e = err(&format!("{MINIMAL}\n[api]\ntls = true\n"));
+        assert!(e.contains("`api.tls`"), "{e}");
+        let own = format!(
+            "{MINIMAL}\n[api]\ntls = true\ntls-cert = \"{}\"\ntls-key = \"{}\"\n",
+            issued.cert.display(),
+            issued.key.display()
+        );
+        let c = Config::parse(&own).expect("own files");
+        assert_eq!(c.api.scheme(), "https");
+        assert_eq!(c.api.tls_files(&c.tls).map(|f| f.cert), Some(issued.cert.clone()));
+        assert!(err(&own.replace("tls = true\n", "")).contains("`api.tls`"));
+        let no_key = own.lines().filter(|l| !l.starts_with("tls-key")).collect::<Vec<_>>().join("\n");
+        assert!(err(&no_key).contains("`api.tls-key`"));
+        // A key others can read is refused, naming the key.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&issued.key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(err(&own).contains("`api.tls-key`"));
+        std::fs::set_permissions(&issued.key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        // The node's own certificate, without the CA (no client certificates for HTTPS).
+        let node = MINIMAL.replace(
+            "[tls]\ninsecure = true",
+            &format!(
+                "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"",
+                ca.cert.display(),
+                issued.cert.display(),
+                issued.key.display()
+            ),
+        );
+        let c = Config::parse(&format!("{node}\n[api]\ntls = true\n")).expect("node certificate");
+        let files = c.api.tls_files(&c.tls).expect("files");
+        assert_eq!((files.ca, files.cert), (None, issued.cert.clone()));
     }
 
     #[test]
@@ -2195,7 +2258,7 @@ args = ["1000"]
             .replace("hold-down = \"45s\"", "hold-down = \"1day\"")
             .replace("max-lag = 16", "max-lag = 1000000000");
         let c = Config::parse(&format!(
-            "{text}\n[api]\nheader-read-timeout = \"1h\"\nmax-connections = 65536\n"
+            "{text}\nheader-read-timeout = \"1h\"\nmax-connections = 65536\n"
         ))
         .expect("the bounds themselves are valid");
         assert_eq!(c.timing.failure_timeout, Duration::from_secs(60));
@@ -2279,19 +2342,19 @@ args = ["1000"]
             (format!("{FULL}\n[alarms]\nbackoff = {huge}\n"), "alarms.backoff"),
             (format!("{FULL}\n[alarms]\ntimeout = \"2h\"\n"), "alarms.timeout"),
             (
-                format!("{FULL}\n[api]\nheader-read-timeout = \"2h\"\n"),
+                format!("{FULL}\nheader-read-timeout = \"2h\"\n"),
                 "api.header-read-timeout",
             ),
             (
-                format!("{FULL}\n[api]\nheader-read-timeout = \"1ms\"\n"),
+                format!("{FULL}\nheader-read-timeout = \"1ms\"\n"),
                 "api.header-read-timeout",
             ),
             (
-                format!("{FULL}\n[api]\nmax-connections = 0\n"),
+                format!("{FULL}\nmax-connections = 0\n"),
                 "api.max-connections",
             ),
             (
-                format!("{FULL}\n[api]\nmax-connections = 65537\n"),
+                format!("{FULL}\nmax-connections = 65537\n"),
                 "api.max-connections",
             ),
             (

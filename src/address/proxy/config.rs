@@ -612,6 +612,46 @@ target = "store"
         assert!(e.contains("proxy.listener[1].name"), "{e}");
     }
 
+    /// Issue 13: the control API without a token only on loopback; tokens of at least 16
+    /// characters, token files private; what the API may bind.
+    #[test]
+    fn control_api_access_and_binds_are_checked() {
+        let public = FULL.replace("admin = \"127.0.0.1:7100\"", "admin = \"0.0.0.0:7100\"");
+        let e = err(&public);
+        assert!(e.contains("`proxy.token`") && e.contains("proxy.token-file"), "{e}");
+        let with = |extra: &str| public.replacen("[[proxy.listener]]", &format!("{extra}\n[[proxy.listener]]"), 1);
+        let c = ProxyConfig::parse(&with("token = \"0123456789abcdef\"")).expect("a token");
+        assert_eq!(c.resolved_token.as_deref(), Some("0123456789abcdef"));
+        assert!(err(&with("token = \"short\"")).contains("`proxy.token`"));
+        assert!(err(&with("api-token = \"has space 0123456789\"")).contains("`proxy.api-token`"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "0123456789abcdef-file\n").expect("write");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let line = format!("token-file = \"{}\"", file.display());
+        let e = err(&with(&line));
+        assert!(e.contains("`proxy.token-file`") && e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let c = ProxyConfig::parse(&with(&line.replace("token-file", "api-token-file"))
+            .replace("admin = \"0.0.0.0:7100\"", "admin = \"127.0.0.1:7100\""))
+        .expect("api token file");
+        assert_eq!(c.resolved_api_token.as_deref(), Some("0123456789abcdef-file"));
+        assert!(err(&with("token = \"0123456789abcdef\"\napi-ca = \"/nonexistent/ca.pem\"")).contains("`proxy.api-ca`"));
+
+        let c = ProxyConfig::parse(&FULL.replacen(
+            "[[proxy.listener]]",
+            "allow-bind = [\"0.0.0.0:80\"]\n[[proxy.listener]]",
+            1,
+        ))
+        .expect("allow-bind");
+        let ok = |a: &str| c.may_bind(a.parse().expect("addr"));
+        assert!(ok("127.0.0.1:8080") && ok("127.0.0.1:0") && ok("[::1]:9000"));
+        assert!(ok("0.0.0.0:80"), "listed");
+        assert!(ok("127.0.0.1:8000"), "a listener of the file");
+        assert!(!ok("127.0.0.1:80") && !ok("0.0.0.0:81") && !ok("0.0.0.0:8080") && !ok("10.0.0.1:9000"));
+    }
+
     #[test]
     fn a_listener_round_trips_through_json() {
         let c = ProxyConfig::parse(FULL).expect("valid");
