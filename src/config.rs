@@ -303,10 +303,12 @@ impl ApiConfig {
                      [tls] cert and key (not `tls.insecure`)",
                 ));
             };
-            crate::tls::Tls::load(files, None).map(drop).map_err(|e| match e.key() {
-                Some(key) => invalid(key, e.detail()),
-                None => invalid("api.tls", e.detail()),
-            })?;
+            crate::tls::Tls::load(files, None)
+                .map(drop)
+                .map_err(|e| match e.key() {
+                    Some(key) => invalid(key, e.detail()),
+                    None => invalid("api.tls", e.detail()),
+                })?;
         }
         if self.resolved_token.is_none() && !admin.ip().is_loopback() && !self.insecure_open {
             return Err(invalid(
@@ -1946,8 +1948,11 @@ args = ["1000"]
         let e = err(&open);
         assert!(e.contains("`api.token`") && e.contains("api.token-file"), "{e}");
         assert!(e.contains("10.0.0.1:7180"), "{e}");
-        Config::parse(&format!("{open}
-token = \"0123456789abcdef\"\n")).expect("a token");
+        Config::parse(&format!(
+            "{open}
+token = \"0123456789abcdef\"\n"
+        ))
+        .expect("a token");
         Config::parse(MINIMAL).expect("loopback admin without a token");
         let wild = MINIMAL.replace("admin = \"127.0.0.1:7181\"", "admin = \"0.0.0.0:7181\"");
         assert!(err(&wild).contains("`api.token`"));
@@ -1960,9 +1965,14 @@ token = \"0123456789abcdef\"\n")).expect("a token");
     fn api_tls_settings_are_checked() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = crate::tls::init_ca(&dir.path().join("ca"), "test", Duration::from_secs(3600)).expect("ca");
-        let issued =
-            crate::tls::issue_files(&dir.path().join("ca"), dir.path(), "a", &[], Duration::from_secs(3600))
-                .expect("issue");
+        let issued = crate::tls::issue_files(
+            &dir.path().join("ca"),
+            dir.path(),
+            "a",
+            &[],
+            Duration::from_secs(3600),
+        )
+        .expect("issue");
         let e = err(&format!("{MINIMAL}\n[api]\ntls = true\n"));
         assert!(e.contains("`api.tls`"), "{e}");
         let own = format!(
@@ -1974,7 +1984,11 @@ token = \"0123456789abcdef\"\n")).expect("a token");
         assert_eq!(c.api.scheme(), "https");
         assert_eq!(c.api.tls_files(&c.tls).map(|f| f.cert), Some(issued.cert.clone()));
         assert!(err(&own.replace("tls = true\n", "")).contains("`api.tls`"));
-        let no_key = own.lines().filter(|l| !l.starts_with("tls-key")).collect::<Vec<_>>().join("\n");
+        let no_key = own
+            .lines()
+            .filter(|l| !l.starts_with("tls-key"))
+            .collect::<Vec<_>>()
+            .join("\n");
         assert!(err(&no_key).contains("`api.tls-key`"));
         // A key others can read is refused, naming the key.
         use std::os::unix::fs::PermissionsExt;
@@ -2349,10 +2363,7 @@ token = \"0123456789abcdef\"\n")).expect("a token");
                 format!("{FULL}\nheader-read-timeout = \"1ms\"\n"),
                 "api.header-read-timeout",
             ),
-            (
-                format!("{FULL}\nmax-connections = 0\n"),
-                "api.max-connections",
-            ),
+            (format!("{FULL}\nmax-connections = 0\n"), "api.max-connections"),
             (
                 format!("{FULL}\nmax-connections = 65537\n"),
                 "api.max-connections",

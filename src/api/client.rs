@@ -19,7 +19,9 @@ use tokio::net::TcpStream;
 pub enum ClientError {
     #[error("invalid address {0:?}: use host:port, http://host:port or https://host:port")]
     Address(String),
-    #[error("{api} is an https:// address: give the CA that signed its certificate (--ca FILE or STANDIN_CA)")]
+    #[error(
+        "{api} is an https:// address: give the CA that signed its certificate (--ca FILE or STANDIN_CA)"
+    )]
     NoCa { api: String },
     #[error("cannot reach the admin API at {api}: {reason}")]
     Unreachable { api: String, reason: String },
@@ -97,7 +99,11 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// Opens a connection to `api` (TCP, then TLS for HTTPS), all within `timeout`.
-pub async fn connect(api: &str, access: &Access, timeout: Duration) -> Result<(Target, Box<dyn Io>), ClientError> {
+pub async fn connect(
+    api: &str,
+    access: &Access,
+    timeout: Duration,
+) -> Result<(Target, Box<dyn Io>), ClientError> {
     let target = Target::parse(api, access.tls.is_some())?;
     let unreachable = |reason: String| ClientError::Unreachable {
         api: api.to_string(),
@@ -243,12 +249,23 @@ mod tests {
     #[test]
     fn addresses_parse_with_and_without_a_scheme() {
         let t = |a: &str, d: bool| Target::parse(a, d).map(|t| (t.https, t.authority));
-        assert_eq!(t("127.0.0.1:7400", false).ok(), Some((false, "127.0.0.1:7400".into())));
-        assert_eq!(t("127.0.0.1:7400", true).ok(), Some((true, "127.0.0.1:7400".into())));
-        assert_eq!(t("https://n1:7400/", false).ok(), Some((true, "n1:7400".into())));
-        assert_eq!(t("http://[::1]:7400", true).ok(), Some((false, "[::1]:7400".into())));
         assert_eq!(
-            Target::parse("https://[::1]:7400", false).map(|t| t.host().to_string()).ok(),
+            t("127.0.0.1:7400", false).ok(),
+            Some((false, "127.0.0.1:7400".into()))
+        );
+        assert_eq!(
+            t("127.0.0.1:7400", true).ok(),
+            Some((true, "127.0.0.1:7400".into()))
+        );
+        assert_eq!(t("https://n1:7400/", false).ok(), Some((true, "n1:7400".into())));
+        assert_eq!(
+            t("http://[::1]:7400", true).ok(),
+            Some((false, "[::1]:7400".into()))
+        );
+        assert_eq!(
+            Target::parse("https://[::1]:7400", false)
+                .map(|t| t.host().to_string())
+                .ok(),
             Some("::1".into())
         );
         for bad in ["", "n1", "https://n1", "ftp://n1:1", "u:p@n1:1", "n1:1/x"] {

@@ -78,12 +78,19 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 /// The middleware: see the module doc.
-pub async fn guard(State(g): State<Arc<Guard>>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+pub async fn guard(
+    State(g): State<Arc<Guard>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     let origin = req
         .headers()
         .get(header::ORIGIN)
         .map(|o| o.to_str().unwrap_or("?").to_string());
-    let allowed = origin.as_deref().filter(|o| g.allows(o, req.headers())).map(str::to_string);
+    let allowed = origin
+        .as_deref()
+        .filter(|o| g.allows(o, req.headers()))
+        .map(str::to_string);
     let method = req.method().clone();
     if method == Method::OPTIONS {
         // A preflight (or any OPTIONS): allow headers only for an allowed origin.
@@ -144,7 +151,8 @@ fn check_token(g: &Guard, req: &axum::extract::Request, mutation: bool) -> Optio
         if given.is_some() {
             "wrong API token".into()
         } else {
-            "this call needs the API token: Authorization: Bearer <token> (standin --token / STANDIN_TOKEN)".into()
+            "this call needs the API token: Authorization: Bearer <token> (standin --token / STANDIN_TOKEN)"
+                .into()
         },
         false,
     );
@@ -207,9 +215,12 @@ mod tests {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        app.oneshot(req.body(axum::body::Body::from(body.to_string())).expect("request"))
-            .await
-            .expect("infallible")
+        app.oneshot(
+            req.body(axum::body::Body::from(body.to_string()))
+                .expect("request"),
+        )
+        .await
+        .expect("infallible")
     }
 
     fn acao(r: &Response) -> Option<&str> {
@@ -239,12 +250,20 @@ mod tests {
         // A foreign origin may not act, with or without a JSON body; a member origin may.
         assert_eq!(call(app(None), "POST", &[evil], "").await.status(), 403);
         assert_eq!(call(app(None), "POST", &[evil, json], "{}").await.status(), 403);
-        assert_eq!(call(app(None), "POST", &[("origin", "null")], "").await.status(), 403);
+        assert_eq!(
+            call(app(None), "POST", &[("origin", "null")], "").await.status(),
+            403
+        );
         let ok = call(app(None), "POST", &[member, json], "{}").await;
-        assert_eq!((ok.status(), acao(&ok)), (StatusCode::OK, Some("http://127.0.0.1:7400")));
+        assert_eq!(
+            (ok.status(), acao(&ok)),
+            (StatusCode::OK, Some("http://127.0.0.1:7400"))
+        );
         // A text/plain body (a CORS "simple request") is refused even without an Origin.
         assert_eq!(
-            call(app(None), "POST", &[("content-type", "text/plain")], "{}").await.status(),
+            call(app(None), "POST", &[("content-type", "text/plain")], "{}")
+                .await
+                .status(),
             415
         );
         assert_eq!(call(app(None), "POST", &[], "{}").await.status(), 415);
@@ -262,9 +281,14 @@ mod tests {
         let auth = ("authorization", bearer.as_str());
         assert_eq!(call(app(Some(t)), "POST", &[], "").await.status(), 401);
         assert_eq!(
-            call(app(Some(t)), "POST", &[("authorization", "Bearer 0123456789abcdeX")], "")
-                .await
-                .status(),
+            call(
+                app(Some(t)),
+                "POST",
+                &[("authorization", "Bearer 0123456789abcdeX")],
+                ""
+            )
+            .await
+            .status(),
             401
         );
         assert_eq!(call(app(Some(t)), "POST", &[auth], "").await.status(), 200);

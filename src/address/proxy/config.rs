@@ -618,8 +618,12 @@ target = "store"
     fn control_api_access_and_binds_are_checked() {
         let public = FULL.replace("admin = \"127.0.0.1:7100\"", "admin = \"0.0.0.0:7100\"");
         let e = err(&public);
-        assert!(e.contains("`proxy.token`") && e.contains("proxy.token-file"), "{e}");
-        let with = |extra: &str| public.replacen("[[proxy.listener]]", &format!("{extra}\n[[proxy.listener]]"), 1);
+        assert!(
+            e.contains("`proxy.token`") && e.contains("proxy.token-file"),
+            "{e}"
+        );
+        let with =
+            |extra: &str| public.replacen("[[proxy.listener]]", &format!("{extra}\n[[proxy.listener]]"), 1);
         let c = ProxyConfig::parse(&with("token = \"0123456789abcdef\"")).expect("a token");
         assert_eq!(c.resolved_token.as_deref(), Some("0123456789abcdef"));
         assert!(err(&with("token = \"short\"")).contains("`proxy.token`"));
@@ -633,11 +637,16 @@ target = "store"
         let e = err(&with(&line));
         assert!(e.contains("`proxy.token-file`") && e.contains("chmod 600"), "{e}");
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        let c = ProxyConfig::parse(&with(&line.replace("token-file", "api-token-file"))
-            .replace("admin = \"0.0.0.0:7100\"", "admin = \"127.0.0.1:7100\""))
+        let c = ProxyConfig::parse(
+            &with(&line.replace("token-file", "api-token-file"))
+                .replace("admin = \"0.0.0.0:7100\"", "admin = \"127.0.0.1:7100\""),
+        )
         .expect("api token file");
         assert_eq!(c.resolved_api_token.as_deref(), Some("0123456789abcdef-file"));
-        assert!(err(&with("token = \"0123456789abcdef\"\napi-ca = \"/nonexistent/ca.pem\"")).contains("`proxy.api-ca`"));
+        assert!(err(&with(
+            "token = \"0123456789abcdef\"\napi-ca = \"/nonexistent/ca.pem\""
+        ))
+        .contains("`proxy.api-ca`"));
 
         let c = ProxyConfig::parse(&FULL.replacen(
             "[[proxy.listener]]",

@@ -59,7 +59,10 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, cancel: Cancellatio
             get(get_listener).put(put_listener).delete(delete_listener),
         )
         .fallback(crate::api::serve::not_found)
-        .layer(axum::middleware::from_fn_with_state(guard, crate::api::guard::guard))
+        .layer(axum::middleware::from_fn_with_state(
+            guard,
+            crate::api::guard::guard,
+        ))
         .with_state(proxy);
     // The admin API's budgets (header-read and idle timeout, connection cap, body limit).
     crate::api::serve::serve(listener, app, crate::api::serve::Limits::default(), cancel).await;

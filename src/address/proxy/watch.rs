@@ -300,7 +300,9 @@ async fn follow(
     if let Some(t) = &access.token {
         req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
     }
-    let req = req.body(Empty::<Bytes>::new()).map_err(|e| failed("request", &e))?;
+    let req = req
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| failed("request", &e))?;
     let resp = tokio::time::timeout(CONNECT_TIMEOUT, send.send_request(req))
         .await
         .map_err(|_| WatchError::Failed("no answer".into()))?
@@ -361,7 +363,7 @@ async fn poll(
             access,
         )
         .await
-            .map_err(|e| WatchError::Failed(e.to_string()))?;
+        .map_err(|e| WatchError::Failed(e.to_string()))?;
         if r.status != 200 {
             return Err(WatchError::Failed(format!("HTTP {}", r.status)));
         }
