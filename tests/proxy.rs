@@ -927,7 +927,13 @@ async fn the_control_api_refuses_unauthenticated_mutations_and_disallowed_binds(
     assert_eq!(listeners(&r.body), ["web"]);
     let r = call(Method::DELETE, "/v1/proxy/listeners/web", None, &without).await;
     assert_eq!(r.status, 401, "{}", r.body);
-    let r = call(Method::PUT, "/v1/proxy/listeners/new", Some(loopback.clone()), &without).await;
+    let r = call(
+        Method::PUT,
+        "/v1/proxy/listeners/new",
+        Some(loopback.clone()),
+        &without,
+    )
+    .await;
     assert_eq!(r.status, 401, "{}", r.body);
     let wrong = Access {
         token: Some("wrong-token-0123456789".into()),
@@ -959,7 +965,8 @@ async fn the_control_api_refuses_unauthenticated_mutations_and_disallowed_binds(
         async move { raw_exchange(admin, req.as_bytes(), false).await }
     };
     let r = raw(
-        "PUT /v1/proxy/listeners/x HTTP/1.1\r\nContent-Type: application/json\r\nOrigin: http://evil.example".into(),
+        "PUT /v1/proxy/listeners/x HTTP/1.1\r\nContent-Type: application/json\r\nOrigin: http://evil.example"
+            .into(),
         r#"{"listen":"127.0.0.1:0"}"#,
     )
     .await;

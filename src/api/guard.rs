@@ -53,7 +53,7 @@ impl Guard {
     /// Whether `origin` may call this API from a browser.
     fn allows(&self, origin: &str, headers: &HeaderMap) -> bool {
         let origin = origin.to_ascii_lowercase();
-        if self.origins.iter().any(|o| *o == origin) {
+        if self.origins.contains(&origin) {
             return true;
         }
         // The page came from this very API (same origin), under a name not in the list. Only
