@@ -213,7 +213,15 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, cancel: CancellationT
                 return;
             }
         },
-        None => None,
+        None => {
+            let admin = node.config.me().admin;
+            if !admin.ip().is_loopback() {
+                // The token, and everything else, crosses the network readable by anyone on
+                // the path.
+                tracing::warn!(%admin, "the admin API speaks plain HTTP on a non-loopback address; set [api] tls = true");
+            }
+            None
+        }
     };
     serve::serve_with(listener, router(node), limits, tls, cancel).await;
 }
