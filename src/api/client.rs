@@ -37,11 +37,21 @@ pub struct Reply {
 }
 
 /// How to reach an API: the token to send and, for HTTPS, the client TLS config.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Access {
     pub token: Option<String>,
     /// From [`crate::tls::https_client_config`]; `Some` makes bare `host:port` speak HTTPS.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// Never shows the token.
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("https", &self.tls.is_some())
+            .finish()
+    }
 }
 
 impl Access {

@@ -18,8 +18,9 @@ use crate::config::{at_most, count_at_most, invalid, limits, Config, ConfigError
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ProxyConfig {
-    /// Admin APIs of cluster nodes to watch (`GET /v1/watch`); any node will do, they are tried
-    /// in turn.
+    /// Admin APIs of cluster nodes to watch (`GET /v1/watch`); any node will do, they are
+    /// followed at once. `host:port` (HTTPS when `api-ca` is set), or with an explicit
+    /// `http://` / `https://`.
     pub cluster: Vec<String>,
     /// The proxy's own control API (`GET /v1/proxy`, `PUT|DELETE /v1/proxy/listeners/{name}`).
     #[serde(default)]
@@ -325,12 +326,16 @@ impl ProxyConfig {
             ));
         }
         for (i, c) in self.cluster.iter().enumerate() {
-            if c.parse::<hyper::http::uri::Authority>()
-                .map_or(true, |a| a.port_u16().is_none())
-            {
-                return Err(invalid(
+            let target = crate::api::client::Target::parse(c, false).map_err(|_| {
+                invalid(
                     format!("proxy.cluster[{i}]"),
-                    format!("{c:?} is not host:port"),
+                    format!("{c:?} is not host:port (or https://host:port)"),
+                )
+            })?;
+            if target.https && self.api_ca.is_none() {
+                return Err(invalid(
+                    "proxy.api-ca",
+                    format!("`proxy.cluster[{i}]` is {c:?}: HTTPS needs the CA that signed the admin API's certificate"),
                 ));
             }
         }
@@ -647,6 +652,8 @@ target = "store"
             "token = \"0123456789abcdef\"\napi-ca = \"/nonexistent/ca.pem\""
         ))
         .contains("`proxy.api-ca`"));
+        let https = FULL.replace("\"localhost:7002\"", "\"https://localhost:7002\"");
+        assert!(err(&https).contains("`proxy.api-ca`"));
 
         let c = ProxyConfig::parse(&FULL.replacen(
             "[[proxy.listener]]",

@@ -5,6 +5,9 @@
 //! silent or stale) costs nothing: the others' streams carry the failover. A node that does not
 //! have `/v1/watch` (older version) is polled on `/v1/status` every 100 ms instead.
 //!
+//! Each request carries `[proxy] api-token` (so `read-open = false` on the nodes works) and
+//! speaks HTTPS when `api-ca` is set (`api::client::connect`).
+//!
 //! The proxy only reads the fields it needs ([`View`]), each with a default where older nodes
 //! lack it, so proxy and nodes can be upgraded one at a time. While no node answers, the last
 //! view stays in force: forwarding continues to the last known active node.
