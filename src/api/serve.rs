@@ -202,7 +202,7 @@ async fn tls_handshake(
             return None;
         }
         if first[0] != TLS_HANDSHAKE {
-            use tokio::io::AsyncWriteExt;
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let msg = "this admin API speaks HTTPS only: use https:// (standin --ca FILE)\n";
             let answer = format!(
                 "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{msg}",
@@ -211,6 +211,17 @@ async fn tls_handshake(
             let mut stream = stream;
             let _ = stream.write_all(answer.as_bytes()).await;
             let _ = stream.shutdown().await;
+            // Lingering close: read (and drop) what the client sent, at most MAX_HEAD +
+            // MAX_BODY bytes, until it closes (bounded by the deadline around us); closing
+            // with unread data would reset the connection and could lose the answer.
+            let mut sink = [0u8; 4096];
+            let mut left = MAX_HEAD + MAX_BODY;
+            while left > 0 {
+                match stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
             return None;
         }
         match acceptor.accept(stream).await {
