@@ -1959,6 +1959,24 @@ token = \"0123456789abcdef\"\n"
         Config::parse(&format!("{wild}\n[api]\ninsecure-open = true\n")).expect("insecure-open");
     }
 
+    /// A proxy inside a node's config sends the node's `[api]` token unless it has its own.
+    #[test]
+    fn a_proxy_in_a_node_config_sends_the_node_token_by_default() {
+        let text = format!(
+            "{MINIMAL}\n[api]\ntoken = \"node-token-0123456789\"\n\
+             [proxy]\ncluster = [\"127.0.0.1:7181\"]\nadmin = \"127.0.0.1:7190\"\n"
+        );
+        let c = Config::parse(&text).expect("valid");
+        let p = c.proxy.expect("proxy");
+        assert_eq!(p.resolved_api_token.as_deref(), Some("node-token-0123456789"));
+        assert!(p.resolved_token.is_none());
+        let own = text.replace("[proxy]\n", "[proxy]\napi-token = \"proxy-token-0123456789\"\n");
+        let p = Config::parse(&own).expect("valid").proxy.expect("proxy");
+        assert_eq!(p.resolved_api_token.as_deref(), Some("proxy-token-0123456789"));
+        let open = text.replace("admin = \"127.0.0.1:7190\"", "admin = \"0.0.0.0:7190\"");
+        assert!(err(&open).contains("`proxy.token`"));
+    }
+
     /// `[api] tls`: own files or the node's certificate; not with `tls.insecure` alone; the
     /// files are loaded and a broken one is named.
     #[test]
