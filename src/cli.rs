@@ -45,7 +45,7 @@ impl CliError {
 impl From<ClientError> for CliError {
     fn from(e: ClientError) -> Self {
         let code = match e {
-            ClientError::Address(_) => exit::USAGE,
+            ClientError::Address(_) | ClientError::NoCa { .. } => exit::USAGE,
             _ => exit::UNAVAILABLE,
         };
         CliError::new(code, e.to_string())
@@ -64,6 +64,17 @@ pub fn set_token(token: Option<String>) {
     }
 }
 
+/// The HTTPS client config from `--ca` / `STANDIN_CA`, set once by main.
+static CA: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+
+/// Makes every CLI request speak HTTPS, checking the API's certificate against the CA in
+/// `path` (a bare `--api host:port` then means `https://`).
+pub fn set_ca(path: &std::path::Path) -> Result<(), CliError> {
+    let cfg = crate::tls::https_client_config(path).map_err(|e| CliError::new(exit::USAGE, e.to_string()))?;
+    let _ = CA.set(std::sync::Arc::new(cfg));
+    Ok(())
+}
+
 async fn request(
     api: &str,
     method: Method,
@@ -71,16 +82,12 @@ async fn request(
     body: Option<String>,
     timeout: Duration,
 ) -> Result<crate::api::client::Reply, ClientError> {
-    let reply = crate::api::client::request_with_token(
-        api,
-        method,
-        path,
-        body,
-        timeout,
-        TOKEN.get().map(String::as_str),
-    )
-    .await?;
-    Ok(reply)
+    // The token is sent, never printed: errors name the API, not the request's headers.
+    let access = crate::api::client::Access {
+        token: TOKEN.get().cloned(),
+        tls: CA.get().cloned(),
+    };
+    crate::api::client::request_with(api, method, path, body, timeout, &access).await
 }
 
 /// 401: the token is missing or wrong (exit 77, EX_NOPERM).

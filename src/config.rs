@@ -199,8 +199,9 @@ impl Default for AlarmsConfig {
     }
 }
 
-/// `[api]`: who may use the admin API. Without a token everything is open (loopback or a
-/// trusted network only).
+/// `[api]`: who may use the admin API, and whether it speaks HTTPS. Without a token the API
+/// is open, which is allowed only on a loopback `admin` address or with `insecure-open`
+/// (Redis's protected mode, for the admin API).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct ApiConfig {
@@ -219,6 +220,16 @@ pub struct ApiConfig {
     /// Open connections at most. At the cap, the oldest connection with no request in
     /// progress is closed to make room; when every one is busy, the new one is closed.
     pub max_connections: usize,
+    /// Serve the admin API over HTTPS (TLS 1.3), with `tls-cert`/`tls-key` or else the
+    /// node's `[tls]` certificate and key. Files are reloaded when they change.
+    pub tls: bool,
+    /// The admin API's own certificate (chain, leaf first), instead of the node's.
+    pub tls_cert: Option<PathBuf>,
+    /// The admin API's own private key; must not be readable by other users.
+    pub tls_key: Option<PathBuf>,
+    /// Serve the API without a token on a non-loopback `admin` address: anyone who can reach
+    /// it can move the role. Refused otherwise (the node does not start).
+    pub insecure_open: bool,
     /// The token in effect (from `token` or `token-file`), resolved when the config loads.
     #[serde(skip)]
     pub resolved_token: Option<String>,
@@ -232,12 +243,88 @@ impl Default for ApiConfig {
             read_open: true,
             header_read_timeout: Duration::from_secs(10),
             max_connections: 256,
+            tls: false,
+            tls_cert: None,
+            tls_key: None,
+            insecure_open: false,
             resolved_token: None,
         }
     }
 }
 
 impl ApiConfig {
+    /// The certificate and key the admin API serves HTTPS with, or `None` for plain HTTP.
+    /// No client certificates are asked for: callers authenticate with the token.
+    pub fn tls_files(&self, node: &TlsConfig) -> Option<crate::tls::TlsFiles> {
+        if !self.tls {
+            return None;
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            return Some(crate::tls::TlsFiles {
+                ca: None,
+                cert: cert.clone(),
+                key: key.clone(),
+                keys: ["api.tls-cert", "api.tls-cert", "api.tls-key"],
+            });
+        }
+        let mut files = node.files()?;
+        files.ca = None;
+        Some(files)
+    }
+
+    /// `http` or `https`, as clients and browsers name this API's origin.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Checks the HTTPS settings (and loads the files), and refuses an open API on a
+    /// non-loopback address. Runs after [`ApiConfig::resolve`].
+    fn check(&self, admin: SocketAddr, node_tls: &TlsConfig) -> Result<(), ConfigError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err(invalid("api.tls-key", "is required with `api.tls-cert`")),
+            (None, Some(_)) => return Err(invalid("api.tls-cert", "is required with `api.tls-key`")),
+            (Some(_), Some(_)) if !self.tls => {
+                return Err(invalid(
+                    "api.tls",
+                    "`api.tls-cert` and `api.tls-key` are set but `api.tls` is not true",
+                ))
+            }
+            _ => {}
+        }
+        if self.tls {
+            let Some(files) = self.tls_files(node_tls) else {
+                return Err(invalid(
+                    "api.tls",
+                    "true needs a certificate: `api.tls-cert` and `api.tls-key`, or the node's \
+                     [tls] cert and key (not `tls.insecure`)",
+                ));
+            };
+            crate::tls::Tls::load(files, None)
+                .map(drop)
+                .map_err(|e| match e.key() {
+                    Some(key) => invalid(key, e.detail()),
+                    None => invalid("api.tls", e.detail()),
+                })?;
+        }
+        if self.resolved_token.is_none() && !admin.ip().is_loopback() && !self.insecure_open {
+            return Err(invalid(
+                "api.token",
+                format!(
+                    "the admin API listens on {admin}, not a loopback address, and has no token: \
+                     anyone who can reach it could move the role. Set `api.token-file` to a file \
+                     holding a random token of at least 16 characters (e.g. \
+                     `openssl rand -hex 32 > /etc/standin/api-token; chmod 600 /etc/standin/api-token`), \
+                     or `api.insecure-open = true` to run it open"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn resolve(&mut self) -> Result<(), ConfigError> {
         self.resolved_token = match (&self.token, &self.token_file) {
             (Some(_), Some(_)) => {
@@ -1034,6 +1121,10 @@ impl Config {
         if let Some(store) = config.store.as_mut() {
             store.resolve(&config.tls)?;
         }
+        config.api.check(config.me().admin, &config.tls)?;
+        if let Some(p) = &mut config.proxy {
+            p.resolve(config.api.resolved_token.as_deref())?;
+        }
         Ok(config)
     }
 
@@ -1640,6 +1731,10 @@ vip = "10.0.0.100/24"
 interface = "eth0"
 garp-count = 5
 garp-interval = "50ms"
+
+# Last, so that tests can append [api] keys. The admin API is on 10.0.0.1 without a token.
+[api]
+insecure-open = true
 "#;
 
     /// The smallest valid config: only the required keys, every section with defaults omitted.
@@ -1889,7 +1984,8 @@ args = ["1000"]
     fn the_same_cluster_validates_on_the_witness() {
         // The witness's file: same members, its own id, no [service] and no [[check]].
         let end = FULL.find("[service]").unwrap();
-        let text = FULL[..end].replace("id = \"a\"\ndata-dir", "id = \"w\"\ndata-dir");
+        let text = FULL[..end].replace("id = \"a\"\ndata-dir", "id = \"w\"\ndata-dir")
+            + "\n[api]\ninsecure-open = true\n";
         let c = Config::parse(&text).expect("valid witness config");
         assert_eq!(c.me().kind, NodeKind::Witness);
         assert!(c.service.is_none() && c.checks.is_empty());
@@ -2040,7 +2136,7 @@ args = ["1000"]
 
     #[test]
     fn api_access_settings_are_checked_and_the_token_file_is_read() {
-        let with = |api: &str| format!("{FULL}\n[api]\n{api}\n");
+        let with = |api: &str| format!("{FULL}\n{api}\n");
         assert!(err(&with("token = \"short\"")).contains("`api.token`"));
         assert!(err(&with("token = \"has a space in it 0123\"")).contains("`api.token`"));
         assert!(err(&with("read-open = false")).contains("`api.read-open`"));
@@ -2064,9 +2160,97 @@ args = ["1000"]
             Some("0123456789abcdef-from-file")
         );
         assert!(!c.api.read_open);
-        // Without [api]: open, no token.
+        // Without a token: open, no token (FULL says insecure-open for its 10.0.0.1 admin).
         let c = Config::parse(FULL).unwrap();
-        assert!(c.api.resolved_token.is_none() && c.api.read_open);
+        assert!(c.api.resolved_token.is_none() && c.api.read_open && c.api.insecure_open);
+    }
+
+    /// Issue 13: an admin API on a non-loopback address without a token is refused (exit 64
+    /// naming `api.token`, with how to set one) unless `insecure-open`; loopback is fine.
+    #[test]
+    fn an_open_admin_api_needs_loopback_or_insecure_open() {
+        let open = FULL.replace("insecure-open = true", "");
+        let e = err(&open);
+        assert!(e.contains("`api.token`") && e.contains("api.token-file"), "{e}");
+        assert!(e.contains("10.0.0.1:7180"), "{e}");
+        Config::parse(&format!(
+            "{open}
+token = \"0123456789abcdef\"\n"
+        ))
+        .expect("a token");
+        Config::parse(MINIMAL).expect("loopback admin without a token");
+        let wild = MINIMAL.replace("admin = \"127.0.0.1:7181\"", "admin = \"0.0.0.0:7181\"");
+        assert!(err(&wild).contains("`api.token`"));
+        Config::parse(&format!("{wild}\n[api]\ninsecure-open = true\n")).expect("insecure-open");
+    }
+
+    /// A proxy inside a node's config sends the node's `[api]` token unless it has its own.
+    #[test]
+    fn a_proxy_in_a_node_config_sends_the_node_token_by_default() {
+        let text = format!(
+            "{MINIMAL}\n[api]\ntoken = \"node-token-0123456789\"\n\
+             [proxy]\ncluster = [\"127.0.0.1:7181\"]\nadmin = \"127.0.0.1:7190\"\n"
+        );
+        let c = Config::parse(&text).expect("valid");
+        let p = c.proxy.expect("proxy");
+        assert_eq!(p.resolved_api_token.as_deref(), Some("node-token-0123456789"));
+        assert!(p.resolved_token.is_none());
+        let own = text.replace("[proxy]\n", "[proxy]\napi-token = \"proxy-token-0123456789\"\n");
+        let p = Config::parse(&own).expect("valid").proxy.expect("proxy");
+        assert_eq!(p.resolved_api_token.as_deref(), Some("proxy-token-0123456789"));
+        let open = text.replace("admin = \"127.0.0.1:7190\"", "admin = \"0.0.0.0:7190\"");
+        assert!(err(&open).contains("`proxy.token`"));
+    }
+
+    /// `[api] tls`: own files or the node's certificate; not with `tls.insecure` alone; the
+    /// files are loaded and a broken one is named.
+    #[test]
+    fn api_tls_settings_are_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = crate::tls::init_ca(&dir.path().join("ca"), "test", Duration::from_secs(3600)).expect("ca");
+        let issued = crate::tls::issue_files(
+            &dir.path().join("ca"),
+            dir.path(),
+            "a",
+            &[],
+            Duration::from_secs(3600),
+        )
+        .expect("issue");
+        let e = err(&format!("{MINIMAL}\n[api]\ntls = true\n"));
+        assert!(e.contains("`api.tls`"), "{e}");
+        let own = format!(
+            "{MINIMAL}\n[api]\ntls = true\ntls-cert = \"{}\"\ntls-key = \"{}\"\n",
+            issued.cert.display(),
+            issued.key.display()
+        );
+        let c = Config::parse(&own).expect("own files");
+        assert_eq!(c.api.scheme(), "https");
+        assert_eq!(c.api.tls_files(&c.tls).map(|f| f.cert), Some(issued.cert.clone()));
+        assert!(err(&own.replace("tls = true\n", "")).contains("`api.tls`"));
+        let no_key = own
+            .lines()
+            .filter(|l| !l.starts_with("tls-key"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(err(&no_key).contains("`api.tls-key`"));
+        // A key others can read is refused, naming the key.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&issued.key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(err(&own).contains("`api.tls-key`"));
+        std::fs::set_permissions(&issued.key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        // The node's own certificate, without the CA (no client certificates for HTTPS).
+        let node = MINIMAL.replace(
+            "[tls]\ninsecure = true",
+            &format!(
+                "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"",
+                ca.cert.display(),
+                issued.cert.display(),
+                issued.key.display()
+            ),
+        );
+        let c = Config::parse(&format!("{node}\n[api]\ntls = true\n")).expect("node certificate");
+        let files = c.api.tls_files(&c.tls).expect("files");
+        assert_eq!((files.ca, files.cert), (None, issued.cert.clone()));
     }
 
     fn set_mode(path: &Path, mode: u32) {
@@ -2082,7 +2266,7 @@ args = ["1000"]
         let file = dir.path().join("secret");
         std::fs::write(&file, "0123456789abcdef-secret\nsecond line\n").unwrap();
         set_mode(&file, 0o644);
-        let api = format!("{FULL}\n[api]\ntoken-file = \"{}\"\n", file.display());
+        let api = format!("{FULL}\ntoken-file = \"{}\"\n", file.display());
         let store = format!(
             "{FULL}\n[store]\nlisten = \"127.0.0.1:6390\"\nrequirepass-file = \"{}\"\n",
             file.display()
@@ -2183,7 +2367,7 @@ args = ["1000"]
     fn the_config_digest_leaves_secrets_out() {
         let with = |token: &str, pass: &str, retention: u32| {
             Config::parse(&format!(
-                "{FULL}\n[api]\ntoken = \"{token}\"\n[store]\nlisten = \"127.0.0.1:6390\"\nrequirepass = \"{pass}\"\n[events]\nretention = {retention}\n"
+                "{FULL}\ntoken = \"{token}\"\n[store]\nlisten = \"127.0.0.1:6390\"\nrequirepass = \"{pass}\"\n[events]\nretention = {retention}\n"
             ))
             .unwrap()
             .digest()
@@ -2193,7 +2377,7 @@ args = ["1000"]
         assert_eq!(base, with("0123456789abcdef-one", "pass-two", 1000));
         assert_ne!(base, with("0123456789abcdef-one", "pass-one", 1001));
         // The old digest (FNV-1a over the whole JSON) told tokens apart.
-        let c = Config::parse(&format!("{FULL}\n[api]\ntoken = \"0123456789abcdef-one\"\n")).unwrap();
+        let c = Config::parse(&format!("{FULL}\ntoken = \"0123456789abcdef-one\"\n")).unwrap();
         let whole = format!("{:016x}", raft_id(&serde_json::to_string(&c).unwrap()));
         assert_ne!(c.digest(), whole);
     }
@@ -2504,7 +2688,7 @@ args = ["1000"]
             .replace("hold-down = \"45s\"", "hold-down = \"1day\"")
             .replace("max-lag = 16", "max-lag = 1000000000");
         let c = Config::parse(&format!(
-            "{text}\n[api]\nheader-read-timeout = \"1h\"\nmax-connections = 65536\n"
+            "{text}\nheader-read-timeout = \"1h\"\nmax-connections = 65536\n"
         ))
         .expect("the bounds themselves are valid");
         assert_eq!(c.timing.failure_timeout, Duration::from_secs(60));
@@ -2588,19 +2772,16 @@ args = ["1000"]
             (format!("{FULL}\n[alarms]\nbackoff = {huge}\n"), "alarms.backoff"),
             (format!("{FULL}\n[alarms]\ntimeout = \"2h\"\n"), "alarms.timeout"),
             (
-                format!("{FULL}\n[api]\nheader-read-timeout = \"2h\"\n"),
+                format!("{FULL}\nheader-read-timeout = \"2h\"\n"),
                 "api.header-read-timeout",
             ),
             (
-                format!("{FULL}\n[api]\nheader-read-timeout = \"1ms\"\n"),
+                format!("{FULL}\nheader-read-timeout = \"1ms\"\n"),
                 "api.header-read-timeout",
             ),
+            (format!("{FULL}\nmax-connections = 0\n"), "api.max-connections"),
             (
-                format!("{FULL}\n[api]\nmax-connections = 0\n"),
-                "api.max-connections",
-            ),
-            (
-                format!("{FULL}\n[api]\nmax-connections = 65537\n"),
+                format!("{FULL}\nmax-connections = 65537\n"),
                 "api.max-connections",
             ),
             (

@@ -285,12 +285,16 @@ enum BenchCmd {
 
 #[derive(clap::Args)]
 struct Api {
-    /// A node's admin API, host:port.
+    /// A node's admin API: host:port, http://host:port or https://host:port.
     #[arg(long, env = "STANDIN_API", default_value = "127.0.0.1:7400")]
     api: String,
     /// The admin API token (`[api] token`), sent as a bearer token.
     #[arg(long, env = "STANDIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The CA certificate (PEM) that signed the admin API's certificate: the CLI then speaks
+    /// HTTPS (`[api] tls = true`), checking the certificate against it.
+    #[arg(long, env = "STANDIN_CA")]
+    ca: Option<PathBuf>,
 }
 
 fn init_tracing() {
@@ -374,6 +378,12 @@ async fn async_main(args: Args) -> ExitCode {
         _ => None,
     };
     cli::set_token(api.and_then(|a| a.token.clone()));
+    if let Some(ca) = api.and_then(|a| a.ca.as_deref()) {
+        if let Err(e) = cli::set_ca(ca) {
+            eprintln!("standin: {e}");
+            return code(e.code);
+        }
+    }
     match args.command {
         Cmd::Node { config } => {
             init_tracing();

@@ -238,3 +238,301 @@ async fn admin_api_sheds_slow_and_idle_clients() {
     assert_eq!(r.status, 200, "{}", r.body);
     drop(idle);
 }
+
+/// Sends a raw HTTP/1.1 request (`Connection: close`) and returns the whole answer, lower-cased.
+async fn raw_http(addr: SocketAddr, head: &str, body: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "{head}\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("an answer within 10 s")
+        .expect("read");
+    String::from_utf8_lossy(&out).to_ascii_lowercase()
+}
+
+/// Issue 13: the admin API allowed any origin (`Access-Control-Allow-Origin: *`) and read a
+/// switchover body whatever its content type, so a `text/plain` POST from any web page the
+/// operator opened moved the role (an empty body did too). Now a foreign origin's preflight
+/// gets no allow headers, its POST is a 403, a non-JSON body a 415, an empty switchover body a
+/// 400, and nothing moves; a member's own origin still gets CORS (the dashboard's fallback).
+#[tokio::test]
+async fn a_foreign_web_page_cannot_move_the_role() {
+    let _serial = SERIAL.lock().await;
+    let (c, _dir) = cluster("").await;
+    let before: Status = c.status().await.expect("status");
+    let addr = c.node("a").expect("a").admin;
+    let other = c.node("b").expect("b").admin;
+    let api = addr.to_string();
+    let last_seq = events(&api, "").await.last().map_or(0, |e| e.seq);
+
+    let preflight = |origin: String| {
+        format!(
+            "OPTIONS /v1/switchover HTTP/1.1\r\nOrigin: {origin}\r\nAccess-Control-Request-Method: POST\r\n\
+             Access-Control-Request-Headers: content-type"
+        )
+    };
+    let evil = raw_http(addr, &preflight("http://evil.example".into()), "").await;
+    assert!(!evil.contains("access-control-allow"), "{evil}");
+    let member = raw_http(addr, &preflight(format!("http://{other}")), "").await;
+    assert!(
+        member.contains(&format!("access-control-allow-origin: http://{other}")),
+        "{member}"
+    );
+    assert!(!member.contains("access-control-allow-origin: *"), "{member}");
+
+    // The CSRF "simple request": text/plain, a JSON-looking body, a foreign origin.
+    let post = |ct: &str, origin: Option<&str>| {
+        let origin = origin.map(|o| format!("\r\nOrigin: {o}")).unwrap_or_default();
+        format!("POST /v1/switchover HTTP/1.1\r\nContent-Type: {ct}{origin}")
+    };
+    let r = raw_http(addr, &post("text/plain", Some("http://evil.example")), "{}").await;
+    assert!(r.starts_with("http/1.1 403"), "{r}");
+    assert!(!r.contains("access-control-allow"), "{r}");
+    let r = raw_http(addr, &post("application/json", Some("http://evil.example")), "{}").await;
+    assert!(r.starts_with("http/1.1 403"), "{r}");
+    let r = raw_http(addr, &post("text/plain", None), "{}").await;
+    assert!(r.starts_with("http/1.1 415"), "{r}");
+    let r = raw_http(addr, &post("application/x-www-form-urlencoded", None), "to=b").await;
+    assert!(r.starts_with("http/1.1 415"), "{r}");
+    // An empty body is not "the best standby" (only an explicit `{}` is).
+    let r = raw_http(addr, &post("application/json", None), "").await;
+    assert!(r.starts_with("http/1.1 400") && r.contains("{}"), "{r}");
+    let r = raw_http(addr, "POST /v1/switchover HTTP/1.1", "").await;
+    assert!(r.starts_with("http/1.1 400"), "{r}");
+
+    let evs = events(&api, &format!("?since={last_seq}&limit=2000")).await;
+    assert!(
+        !evs.iter().any(|e| e.kind == EventKind::SwitchoverRequested),
+        "{evs:#?}"
+    );
+    let now: Status = c.status().await.expect("status");
+    assert_eq!((now.epoch, now.active), (before.epoch, before.active));
+}
+
+/// Writes a node config with a non-loopback admin address and no token.
+fn open_config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let port = |_| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port()
+    };
+    let [p1, p2, p3, admin] = [0, 1, 2, 3].map(port);
+    let text = format!(
+        "[tls]\ninsecure = true\n[node]\nid = \"a\"\ndata-dir = \"{}\"\n\
+         [[member]]\nid = \"a\"\nkind = \"data\"\naddresses = [\"127.0.0.1:{p1}\"]\nadmin = \"0.0.0.0:{admin}\"\n\
+         [[member]]\nid = \"b\"\nkind = \"data\"\naddresses = [\"127.0.0.1:{p2}\"]\nadmin = \"127.0.0.1:{}\"\n\
+         [[member]]\nid = \"w\"\nkind = \"witness\"\naddresses = [\"127.0.0.1:{p3}\"]\nadmin = \"127.0.0.1:{}\"\n\
+         [service]\ncommand = \"sleep\"\nargs = [\"1000\"]\n{extra}",
+        dir.join("data").display(),
+        admin + 1,
+        admin + 2,
+    );
+    let path = dir.join("a.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// Issue 13: an admin API on a non-loopback address with no token was open to anyone who can
+/// reach it. Now `check-config` and `standin node` refuse it with exit 64 naming `api.token`
+/// and saying how to set one, before binding anything; `insecure-open = true` allows it.
+#[tokio::test]
+async fn an_open_admin_api_on_a_non_loopback_address_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = open_config(dir.path(), "");
+    let out = std::process::Command::new(binary())
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .expect("run check-config");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("`api.token`") && err.contains("api.token-file"),
+        "{err}"
+    );
+
+    // The daemon itself: exits 64 at once (bounded wait; killed if it kept running).
+    let mut child = std::process::Command::new(binary())
+        .args(["node", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start node");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(64), "{err}");
+    assert!(err.contains("`api.token`"), "{err}");
+
+    let allowed = open_config(dir.path(), "[api]\ninsecure-open = true\n");
+    let out = std::process::Command::new(binary())
+        .arg("check-config")
+        .arg(&allowed)
+        .output()
+        .expect("run check-config");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA in `dir/name` and a certificate for 127.0.0.1 signed by it, in `dir/name-cert`.
+fn ca_and_cert(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, standin::tls::IssuedFiles) {
+    let ca_dir = dir.join(name);
+    let ca = standin::tls::init_ca(&ca_dir, name, Duration::from_secs(3600)).expect("CA");
+    let out = dir.join(format!("{name}-cert"));
+    std::fs::create_dir_all(&out).expect("mkdir");
+    let cert = standin::tls::issue_files(
+        &ca_dir,
+        &out,
+        "a",
+        &["127.0.0.1".to_string()],
+        Duration::from_secs(3600),
+    )
+    .expect("certificate");
+    (ca.cert, cert)
+}
+
+/// Issue 13: the admin API over HTTPS (`[api] tls = true` with its own certificate): the CLI
+/// (`standin status --ca`) and a plain HTTPS client work, a client trusting another CA and a
+/// plain-HTTP client do not get the status (the latter is told to use https), a client that
+/// never finishes its handshake is cut off after the header-read timeout, and new certificate
+/// files are picked up without a restart.
+#[tokio::test]
+async fn the_admin_api_speaks_https_with_the_cli() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    let (ca1, cert1) = ca_and_cert(&certs, "ca1");
+    let (ca2, cert2) = ca_and_cert(&certs, "ca2");
+    let (served_cert, served_key) = (certs.join("api.pem"), certs.join("api.key"));
+    std::fs::copy(&cert1.cert, &served_cert).expect("copy");
+    std::fs::copy(&cert1.key, &served_key).expect("copy");
+    let mut spec = Spec::new(dir.path(), &binary());
+    spec.store = false;
+    // The demo service asks its daemon's API over plain HTTP; this one needs no lease.
+    spec.service = standin::demo::harness::ServiceKind::BenchBackend;
+    spec.extra_toml = format!(
+        "\n[api]\ntls = true\ntls-cert = \"{}\"\ntls-key = \"{}\"\nheader-read-timeout = \"500ms\"\n",
+        served_cert.display(),
+        served_key.display()
+    );
+    let mut c = LocalCluster::create(spec).await.expect("create");
+    c.start_all().expect("start");
+    let api = admin(&c, "a");
+    let addr = c.node("a").expect("a").admin;
+    let access = |ca: &std::path::Path| standin::api::client::Access::new(None, Some(ca)).expect("CA");
+    let https_status = |ca: std::path::PathBuf, api: String| async move {
+        let r = standin::api::client::request_with(
+            &api,
+            Method::GET,
+            "/v1/status",
+            None,
+            Duration::from_secs(2),
+            &access(&ca),
+        )
+        .await
+        .ok()?;
+        serde_json::from_str::<Status>(&r.body).ok()
+    };
+    standin::demo::harness::wait_status(
+        || https_status(ca1.clone(), api.clone()),
+        Duration::from_secs(30),
+        "the cluster ready over HTTPS",
+        standin::demo::harness::is_ready,
+    )
+    .await
+    .expect("ready");
+
+    // The CLI, with --ca and with STANDIN_CA, bare host:port and https://.
+    let out = std::process::Command::new(binary())
+        .args(["status", "--json", "--api", &api, "--ca"])
+        .arg(&ca1)
+        .output()
+        .expect("run the CLI");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: Status = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert!(s.active.is_some());
+    let out = std::process::Command::new(binary())
+        .args(["status", "--api", &format!("https://{api}")])
+        .env("STANDIN_CA", &ca1)
+        .output()
+        .expect("run the CLI");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Without a CA: plain HTTP to the HTTPS port is refused with a hint; https:// without a
+    // CA is a usage error; another CA fails the handshake.
+    let out = std::process::Command::new(binary())
+        .args(["status", "--api", &api])
+        .env_remove("STANDIN_CA")
+        .output()
+        .expect("run the CLI");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("HTTPS"), "{err}");
+    let r = call(&api, Method::GET, "/v1/status", None).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("https://"), "{}", r.body);
+    let out = std::process::Command::new(binary())
+        .args(["status", "--api", &format!("https://{api}")])
+        .env_remove("STANDIN_CA")
+        .output()
+        .expect("run the CLI");
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wrong = standin::api::client::request_with(
+        &api,
+        Method::GET,
+        "/v1/status",
+        None,
+        Duration::from_secs(5),
+        &access(&ca2),
+    )
+    .await;
+    assert!(
+        matches!(&wrong, Err(standin::api::client::ClientError::Unreachable { reason, .. }) if reason.contains("TLS")),
+        "{wrong:?}"
+    );
+    // A handshake that never completes holds no slot past the header-read timeout.
+    assert_slow_head_cut_off(addr, &[0x16, 0x03, 0x01, 0x02]).await;
+
+    // Rotation: the files are replaced (atomically) by a certificate from ca2; within a few
+    // seconds new connections get it, without a restart.
+    let tmp = certs.join("new.key");
+    std::fs::copy(&cert2.key, &tmp).expect("copy");
+    std::fs::rename(&tmp, &served_key).expect("rename");
+    let tmp = certs.join("new.pem");
+    std::fs::copy(&cert2.cert, &tmp).expect("copy");
+    std::fs::rename(&tmp, &served_cert).expect("rename");
+    standin::demo::harness::wait_status(
+        || https_status(ca2.clone(), api.clone()),
+        Duration::from_secs(15),
+        "the new certificate in use",
+        |_| true,
+    )
+    .await
+    .expect("reloaded");
+    assert!(https_status(ca1.clone(), api.clone()).await.is_none());
+    drop(c);
+}

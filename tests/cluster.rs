@@ -859,44 +859,52 @@ async fn the_api_token_guards_mutations_and_the_cli_sends_it() {
     .await
     .expect("request");
     assert_eq!(r.status, 401, "{}", r.body);
-    // A dashboard served by another node may call this one: the CORS preflight is answered
-    // without the token, and answers carry the headers a browser needs.
+    // A dashboard served by another node may call this one: the CORS preflight from that
+    // member's origin is answered without the token, and answers carry the headers a browser
+    // needs, naming that origin (never `*`). Other origins get none (issue 13).
+    let member = format!("http://{}", f.api("a"));
     let raw = |req: String| {
-        let api = api.clone();
+        let (api, member) = (api.clone(), member.clone());
         move || {
             use std::io::{Read, Write};
             let mut s = std::net::TcpStream::connect(&api).expect("connect");
-            s.write_all(req.replace("HOST", &api).as_bytes()).expect("send");
+            s.write_all(req.replace("HOST", &api).replace("MEMBER", &member).as_bytes())
+                .expect("send");
             let mut out = String::new();
             s.read_to_string(&mut out).expect("read");
             out.to_ascii_lowercase()
         }
     };
     let pre = tokio::task::spawn_blocking(raw(
-        "OPTIONS /v1/drain HTTP/1.1\r\nHost: HOST\r\nOrigin: http://elsewhere\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization, content-type\r\nConnection: close\r\n\r\n".into(),
+        "OPTIONS /v1/drain HTTP/1.1\r\nHost: HOST\r\nOrigin: MEMBER\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization, content-type\r\nConnection: close\r\n\r\n".into(),
     ))
     .await
     .expect("join");
     assert!(pre.starts_with("http/1.1 204"), "{pre}");
-    assert!(pre.contains("access-control-allow-origin: *"), "{pre}");
+    assert!(
+        pre.contains(&format!("access-control-allow-origin: {member}")),
+        "{pre}"
+    );
     assert!(
         pre.contains("access-control-allow-headers: authorization, content-type"),
         "{pre}"
     );
-    assert!(
-        pre.contains("access-control-allow-methods: get, post, options"),
-        "{pre}"
-    );
+    assert!(pre.contains("access-control-allow-methods: get, post"), "{pre}");
     let get = tokio::task::spawn_blocking(raw(
-        "GET /v1/status HTTP/1.1\r\nHost: HOST\r\nOrigin: http://elsewhere\r\nConnection: close\r\n\r\n"
-            .into(),
+        "GET /v1/status HTTP/1.1\r\nHost: HOST\r\nOrigin: MEMBER\r\nConnection: close\r\n\r\n".into(),
     ))
     .await
     .expect("join");
     assert!(
-        get.starts_with("http/1.1 200") && get.contains("access-control-allow-origin: *"),
+        get.starts_with("http/1.1 200") && get.contains(&format!("access-control-allow-origin: {member}")),
         "{get}"
     );
+    let foreign = tokio::task::spawn_blocking(raw(
+        "OPTIONS /v1/drain HTTP/1.1\r\nHost: HOST\r\nOrigin: http://elsewhere\r\nAccess-Control-Request-Method: POST\r\nConnection: close\r\n\r\n".into(),
+    ))
+    .await
+    .expect("join");
+    assert!(!foreign.contains("access-control-allow"), "{foreign}");
     // The managed service's lease endpoint is always open.
     let r = standin::api::client::request(
         &api,

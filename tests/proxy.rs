@@ -871,3 +871,220 @@ async fn http_listener_survives_arbitrary_request_heads() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
 }
+
+/// Issue 13: the proxy's control API had no authentication: anyone could delete listeners or
+/// rebind them to `0.0.0.0` or port 80. Now mutations need `[proxy] token` (401 without it,
+/// nothing changes), a listener may be bound only to an unprivileged loopback address or one
+/// `allow-bind` lists (403 otherwise), a foreign origin's mutation is a 403 and a non-JSON
+/// body a 415; reads stay open.
+#[tokio::test]
+async fn the_control_api_refuses_unauthenticated_mutations_and_disallowed_binds() {
+    use standin::address::proxy::{self, config::ProxyConfig};
+    use standin::api::client::{request_with, Access};
+    let token = "proxy-token-0123456789";
+    let dead = free_port();
+    let text = format!(
+        "[proxy]\ncluster = [\"{dead}\"]\nadmin = \"127.0.0.1:0\"\ntoken = \"{token}\"\n\
+         allow-bind = [\"0.0.0.0:80\"]\n\
+         [[proxy.listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"http\"\n"
+    );
+    let cfg = ProxyConfig::parse(&text).expect("valid proxy config");
+    let bound = proxy::Bound::bind(&cfg).await.expect("bind");
+    let admin = bound.admin.as_ref().expect("admin").local_addr().expect("addr");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    tokio::spawn(proxy::run(cfg, bound, cancel));
+    let api = admin.to_string();
+    let with = Access {
+        token: Some(token.into()),
+        tls: None,
+    };
+    let without = Access::default();
+    let call = |method: Method, path: &str, body: Option<serde_json::Value>, access: &Access| {
+        let (api, path, access) = (api.clone(), path.to_string(), access.clone());
+        async move {
+            request_with(
+                &api,
+                method,
+                &path,
+                body.map(|b| b.to_string()),
+                Duration::from_secs(5),
+                &access,
+            )
+            .await
+            .expect("the control API answers")
+        }
+    };
+    let listeners = |s: &str| -> Vec<String> {
+        let st: ProxyStatus = serde_json::from_str(s).expect("status JSON");
+        st.listeners.into_iter().map(|l| l.name).collect()
+    };
+    let loopback = serde_json::json!({"listen": "127.0.0.1:0"});
+
+    // Reads are open; mutations without the token (or with a wrong one) change nothing.
+    let r = call(Method::GET, "/v1/proxy", None, &without).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(listeners(&r.body), ["web"]);
+    let r = call(Method::DELETE, "/v1/proxy/listeners/web", None, &without).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    let r = call(
+        Method::PUT,
+        "/v1/proxy/listeners/new",
+        Some(loopback.clone()),
+        &without,
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    let wrong = Access {
+        token: Some("wrong-token-0123456789".into()),
+        tls: None,
+    };
+    let r = call(Method::DELETE, "/v1/proxy/listeners/web", None, &wrong).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    let r = call(Method::GET, "/v1/proxy", None, &without).await;
+    assert_eq!(listeners(&r.body), ["web"]);
+
+    // With the token: binds beyond unprivileged loopback ones are refused unless listed.
+    for listen in ["0.0.0.0:0", "0.0.0.0:8080", "127.0.0.1:80", "0.0.0.0:81"] {
+        let r = call(
+            Method::PUT,
+            "/v1/proxy/listeners/web",
+            Some(serde_json::json!({"listen": listen, "protocol": "http"})),
+            &with,
+        )
+        .await;
+        assert_eq!(r.status, 403, "{listen}: {}", r.body);
+        assert!(r.body.contains("allow-bind"), "{}", r.body);
+    }
+    // Browser rules: a foreign origin may not act; a body must be JSON.
+    let raw = |head: String, body: &str| {
+        let req = format!(
+            "{head}\r\nHost: {admin}\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        async move { raw_exchange(admin, req.as_bytes(), false).await }
+    };
+    let r = raw(
+        "PUT /v1/proxy/listeners/x HTTP/1.1\r\nContent-Type: application/json\r\nOrigin: http://evil.example"
+            .into(),
+        r#"{"listen":"127.0.0.1:0"}"#,
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    let r = raw(
+        "PUT /v1/proxy/listeners/x HTTP/1.1\r\nContent-Type: text/plain".into(),
+        r#"{"listen":"127.0.0.1:0"}"#,
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 415"), "{r}");
+    let r = call(Method::GET, "/v1/proxy", None, &without).await;
+    assert_eq!(listeners(&r.body), ["web"]);
+    // Allowed: an unprivileged loopback address, and deleting, with the token.
+    let r = call(Method::PUT, "/v1/proxy/listeners/new", Some(loopback), &with).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = call(Method::DELETE, "/v1/proxy/listeners/web", None, &with).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = call(Method::GET, "/v1/proxy", None, &without).await;
+    assert_eq!(listeners(&r.body), ["new"]);
+}
+
+/// Issue 13: the proxy sent no token, so it could not follow a cluster with
+/// `[api] read-open = false`, and it spoke only plain HTTP. Now, against nodes with
+/// `[api] tls = true`, a token and `read-open = false`: a proxy without `api-token` is
+/// refused (401, shown as its last error, nothing followed); with `api-token` and `api-ca` it
+/// follows the cluster over HTTPS and forwards to the active node.
+#[tokio::test]
+async fn the_proxy_follows_a_cluster_with_a_token_and_https() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    let ca = standin::tls::init_ca(&certs.join("ca"), "test", Duration::from_secs(3600)).expect("CA");
+    let cert = standin::tls::issue_files(
+        &certs.join("ca"),
+        &certs,
+        "a",
+        &["127.0.0.1".to_string()],
+        Duration::from_secs(3600),
+    )
+    .expect("certificate");
+    let token = "cluster-token-0123456789";
+    let mut spec = Spec::new(dir.path(), &binary());
+    spec.store = false;
+    // The demo service asks its daemon's API over plain HTTP; this one needs no lease.
+    spec.service = standin::demo::harness::ServiceKind::BenchBackend;
+    spec.extra_toml = format!(
+        "\n[api]\ntoken = \"{token}\"\nread-open = false\ntls = true\ntls-cert = \"{}\"\ntls-key = \"{}\"\n",
+        cert.cert.display(),
+        cert.key.display()
+    );
+    let mut cluster = LocalCluster::create(spec).await.expect("create");
+    cluster.start_all().expect("start");
+    let access = standin::api::client::Access::new(Some(token.into()), Some(&ca.cert)).expect("access");
+    let api = cluster.nodes[0].admin.to_string();
+    let status = || {
+        let (api, access) = (api.clone(), access.clone());
+        async move {
+            let r = standin::api::client::request_with(
+                &api,
+                Method::GET,
+                "/v1/status",
+                None,
+                Duration::from_secs(2),
+                &access,
+            )
+            .await
+            .ok()?;
+            serde_json::from_str::<Status>(&r.body).ok()
+        }
+    };
+    let ready = standin::demo::harness::wait_status(
+        status,
+        Duration::from_secs(30),
+        "the cluster ready",
+        standin::demo::harness::is_ready,
+    )
+    .await
+    .expect("ready");
+    let active = ready.active.clone().expect("active");
+    let listener = "[[proxy.listener]]\nname = \"svc\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"http\"\n";
+
+    // Without the token: refused, and the proxy says why.
+    let plain = dir.path().join("no-token");
+    std::fs::create_dir_all(&plain).expect("mkdir");
+    let refused = ProxyProc::start(
+        &plain,
+        &cluster,
+        &format!("api-ca = \"{}\"\n{listener}", ca.cert.display()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let last = loop {
+        let s = refused.status().await;
+        if let Some(e) = s.as_ref().and_then(|s| s.cluster.last_error.clone()) {
+            break (e, s);
+        }
+        assert!(Instant::now() < deadline, "no error reported: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(last.0.contains("401"), "{last:?}");
+    let s = last.1.expect("status");
+    assert!(!s.cluster.connected && s.cluster.epoch.is_none(), "{s:?}");
+    drop(refused);
+
+    // With the token and the CA: follows over HTTPS and forwards.
+    let good = dir.path().join("token");
+    std::fs::create_dir_all(&good).expect("mkdir");
+    let proxy = ProxyProc::start(
+        &good,
+        &cluster,
+        &format!(
+            "api-token = \"{token}\"\napi-ca = \"{}\"\n{listener}",
+            ca.cert.display()
+        ),
+    );
+    proxy.wait_following(&active, Duration::from_secs(15)).await;
+    let svc = proxy.addr("svc").await;
+    let (code, _) = get(svc, "/").await.expect("an answer through the proxy");
+    assert_eq!(code, 200);
+    drop(proxy);
+    drop(cluster);
+}

@@ -1,17 +1,28 @@
-//! A small HTTP client for the admin API (used by the CLI, the demo and tests).
+//! A small HTTP and HTTPS client for the admin API (used by the CLI, the proxy, the demo and
+//! tests): one connection per request, `http1` over a TCP stream or a TLS 1.3 stream
+//! (tokio-rustls) whose server certificate must chain to the given CA.
+//!
+//! An address is `host:port`, `http://host:port` or `https://host:port`; a bare `host:port`
+//! speaks HTTPS when a CA is given (a CA means the API is served with TLS).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::Method;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("invalid address {0:?}: use host:port")]
+    #[error("invalid address {0:?}: use host:port, http://host:port or https://host:port")]
     Address(String),
+    #[error(
+        "{api} is an https:// address: give the CA that signed its certificate (--ca FILE or STANDIN_CA)"
+    )]
+    NoCa { api: String },
     #[error("cannot reach the admin API at {api}: {reason}")]
     Unreachable { api: String, reason: String },
     #[error("no answer from {api} within {timeout:?}")]
@@ -25,6 +36,116 @@ pub struct Reply {
     pub body: String,
 }
 
+/// How to reach an API: the token to send and, for HTTPS, the client TLS config.
+#[derive(Clone, Default)]
+pub struct Access {
+    pub token: Option<String>,
+    /// From [`crate::tls::https_client_config`]; `Some` makes bare `host:port` speak HTTPS.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// Never shows the token.
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("https", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Access {
+    /// An access with the CA at `ca` (HTTPS) and `token`; the error names the file's problem.
+    pub fn new(token: Option<String>, ca: Option<&std::path::Path>) -> Result<Access, crate::tls::TlsError> {
+        let tls = match ca {
+            Some(p) => Some(Arc::new(crate::tls::https_client_config(p)?)),
+            None => None,
+        };
+        Ok(Access { token, tls })
+    }
+}
+
+/// A parsed address: whether to use TLS, and `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub https: bool,
+    pub authority: String,
+}
+
+impl Target {
+    /// Parses `api` (see the module doc); `default_https` applies to a bare `host:port`.
+    pub fn parse(api: &str, default_https: bool) -> Result<Target, ClientError> {
+        let (https, rest) = if let Some(r) = api.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = api.strip_prefix("http://") {
+            (false, r)
+        } else {
+            (default_https, api)
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let authority: hyper::http::uri::Authority =
+            rest.parse().map_err(|_| ClientError::Address(api.to_string()))?;
+        if authority.port_u16().is_none() || authority.as_str().contains('@') {
+            return Err(ClientError::Address(api.to_string()));
+        }
+        Ok(Target {
+            https,
+            authority: authority.as_str().to_string(),
+        })
+    }
+
+    /// The host part, without brackets around an IPv6 address.
+    pub fn host(&self) -> &str {
+        let host = match self.authority.rfind(':') {
+            Some(i) => &self.authority[..i],
+            None => &self.authority,
+        };
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
+}
+
+/// A byte stream to an API, plain or TLS.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Opens a connection to `api` (TCP, then TLS for HTTPS), all within `timeout`.
+pub async fn connect(
+    api: &str,
+    access: &Access,
+    timeout: Duration,
+) -> Result<(Target, Box<dyn Io>), ClientError> {
+    let target = Target::parse(api, access.tls.is_some())?;
+    let unreachable = |reason: String| ClientError::Unreachable {
+        api: api.to_string(),
+        reason,
+    };
+    let fut = async {
+        let tcp = TcpStream::connect(&target.authority)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        if !target.https {
+            return Ok(Box::new(tcp) as Box<dyn Io>);
+        }
+        let Some(cfg) = access.tls.clone() else {
+            return Err(ClientError::NoCa { api: api.to_string() });
+        };
+        let name = crate::tls::server_name_for(target.host());
+        let tls = tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| unreachable(format!("TLS handshake failed: {}", error_chain(&e))))?;
+        Ok(Box::new(tls) as Box<dyn Io>)
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r.map(|io| (target, io)),
+        Err(_) => Err(ClientError::Timeout {
+            api: api.to_string(),
+            timeout,
+        }),
+    }
+}
+
 /// Sends one request to `http://{api}{path}`.
 pub async fn request(
     api: &str,
@@ -33,7 +154,7 @@ pub async fn request(
     body: Option<String>,
     timeout: Duration,
 ) -> Result<Reply, ClientError> {
-    request_with_token(api, method, path, body, timeout, None).await
+    request_with(api, method, path, body, timeout, &Access::default()).await
 }
 
 /// [`request`] with `Authorization: Bearer <token>` when a token is given.
@@ -45,27 +166,49 @@ pub async fn request_with_token(
     timeout: Duration,
     token: Option<&str>,
 ) -> Result<Reply, ClientError> {
-    let uri: hyper::Uri = format!("http://{api}{path}")
-        .parse()
-        .map_err(|_| ClientError::Address(api.to_string()))?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut req = hyper::Request::builder().method(method).uri(uri);
-    if body.is_some() {
-        req = req.header("content-type", "application/json");
-    }
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let req = req
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
-        .map_err(|e| ClientError::Address(e.to_string()))?;
+    let access = Access {
+        token: token.map(str::to_string),
+        tls: None,
+    };
+    request_with(api, method, path, body, timeout, &access).await
+}
+
+/// Sends one request to `api` (HTTP or HTTPS, see the module doc) with `access`'s token.
+/// A body is sent as `application/json`. The whole exchange is bounded by `timeout`.
+pub async fn request_with(
+    api: &str,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+    timeout: Duration,
+    access: &Access,
+) -> Result<Reply, ClientError> {
     let unreachable = |reason: String| ClientError::Unreachable {
         api: api.to_string(),
         reason,
     };
     let fut = async {
-        let resp = client
-            .request(req)
+        let (target, io) = connect(api, access, timeout).await?;
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, &target.authority);
+        if body.is_some() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(t) = &access.token {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|_| ClientError::Address(format!("{api}{path}")))?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| unreachable(error_chain(&e)))?;
+        let conn = tokio::spawn(conn);
+        let _abort = AbortOnDrop(conn);
+        let resp = send
+            .send_request(req)
             .await
             .map_err(|e| unreachable(error_chain(&e)))?;
         let status = resp.status().as_u16();
@@ -89,6 +232,15 @@ pub async fn request_with_token(
     }
 }
 
+/// Aborts the connection task when the request is done or dropped.
+pub struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -98,4 +250,36 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_with_and_without_a_scheme() {
+        let t = |a: &str, d: bool| Target::parse(a, d).map(|t| (t.https, t.authority));
+        assert_eq!(
+            t("127.0.0.1:7400", false).ok(),
+            Some((false, "127.0.0.1:7400".into()))
+        );
+        assert_eq!(
+            t("127.0.0.1:7400", true).ok(),
+            Some((true, "127.0.0.1:7400".into()))
+        );
+        assert_eq!(t("https://n1:7400/", false).ok(), Some((true, "n1:7400".into())));
+        assert_eq!(
+            t("http://[::1]:7400", true).ok(),
+            Some((false, "[::1]:7400".into()))
+        );
+        assert_eq!(
+            Target::parse("https://[::1]:7400", false)
+                .map(|t| t.host().to_string())
+                .ok(),
+            Some("::1".into())
+        );
+        for bad in ["", "n1", "https://n1", "ftp://n1:1", "u:p@n1:1", "n1:1/x"] {
+            assert!(Target::parse(bad, false).is_err(), "{bad}");
+        }
+    }
 }

@@ -6,6 +6,7 @@
 //! are forwarded to the leader and committed to the Raft log.
 
 pub mod client;
+pub mod guard;
 pub mod metrics;
 pub mod serve;
 
@@ -197,90 +198,54 @@ impl AdminError {
 
 use serve::error_response;
 
-/// Access control (`[api]`): mutating calls need the bearer token when one is configured;
-/// read-only calls too unless `read-open`. `/v1/lease` is always open (the managed service's
-/// local contract).
-async fn access(
-    State(node): State<Arc<Node>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let cfg = &node.config.api;
-    let Some(token) = cfg.resolved_token.as_deref() else {
-        return next.run(req).await;
-    };
-    let read = matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD);
-    // The dashboard page holds no data (it asks for it with the token the operator types).
-    let open = matches!(req.uri().path(), "/v1/lease" | "/" | "/dashboard");
-    if open || (read && cfg.read_open) {
-        return next.run(req).await;
-    }
-    let given = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(g) if token_eq(g.trim().as_bytes(), token.as_bytes()) => next.run(req).await,
-        _ => {
-            let mut r = error_response(
-                StatusCode::UNAUTHORIZED,
-                if given.is_some() {
-                    "wrong API token".into()
-                } else {
-                    "this call needs the API token: Authorization: Bearer <token> (standin --token / STANDIN_TOKEN)".into()
-                },
-                false,
-            );
-            r.headers_mut().insert(
-                axum::http::header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer realm=\"standin\""),
-            );
-            r
-        }
-    }
-}
-
-/// Lets a dashboard served by one node keep watching through another node when its own goes
-/// away (a different origin). Credentials are an explicit bearer header, never cookies, so
-/// allowing any origin grants nothing the token does not.
-async fn cors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    use axum::http::{header, HeaderValue, Method};
-    let mut resp = if req.method() == Method::OPTIONS {
-        StatusCode::NO_CONTENT.into_response()
-    } else {
-        next.run(req).await
-    };
-    let h = resp.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("authorization, content-type"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, POST, OPTIONS"),
-    );
-    resp
-}
-
 /// `GET /` and `/dashboard`: the web dashboard, built into the binary (no external assets).
 async fn dashboard_handler() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("dashboard.html"))
 }
 
-/// Compares in time independent of where the first difference is.
-fn token_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Serves the admin API until `cancel` fires, with the budgets of `[api]` (see [`serve`]).
+///
+/// With `[api] tls` it speaks HTTPS only; the certificate files are checked when the config
+/// loads, so failing to load them here (changed in between) is logged and nothing is served.
+pub async fn serve(listener: TcpListener, node: Arc<Node>, cancel: CancellationToken) {
+    let cfg = &node.config.api;
+    let limits = serve::Limits {
+        header_read_timeout: cfg.header_read_timeout,
+        max_connections: cfg.max_connections,
+    };
+    let tls = match cfg.tls_files(&node.config.tls) {
+        Some(files) => match crate::tls::Tls::load(files, None) {
+            Ok(t) => Some(Arc::new(t)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load the admin API certificate; the admin API is not served");
+                return;
+            }
+        },
+        None => {
+            let admin = node.config.me().admin;
+            if !admin.ip().is_loopback() {
+                // The token, and everything else, crosses the network readable by anyone on
+                // the path.
+                tracing::warn!(%admin, "the admin API speaks plain HTTP on a non-loopback address; set [api] tls = true");
+            }
+            None
+        }
+    };
+    serve::serve_with(listener, router(node), limits, tls, cancel).await;
 }
 
-/// Serves the admin API until `cancel` fires, with the budgets of `[api]` (see [`serve`]).
-pub async fn serve(listener: TcpListener, node: Arc<Node>, cancel: CancellationToken) {
-    let limits = serve::Limits {
-        header_read_timeout: node.config.api.header_read_timeout,
-        max_connections: node.config.api.max_connections,
-    };
-    serve::serve(listener, router(node), limits, cancel).await;
+/// The admin API's access rules: `[api]` token and read-open, CORS for the members' admin
+/// origins only.
+fn admin_guard(cfg: &crate::config::Config) -> guard::Guard {
+    guard::Guard {
+        token: cfg.api.resolved_token.clone(),
+        read_open: cfg.api.read_open,
+        // The dashboard page holds no data (it asks for it with the token the operator types);
+        // `/v1/lease` is the managed service's local contract.
+        open_paths: &["/v1/lease", "/", "/dashboard"],
+        origins: guard::Guard::origins_of(cfg.api.scheme(), cfg.members.iter().map(|m| m.admin)),
+        scheme: cfg.api.scheme(),
+    }
 }
 
 /// The admin API's routes and middleware.
@@ -304,8 +269,10 @@ fn router(node: Arc<Node>) -> Router {
         .route("/", get(dashboard_handler))
         .route("/dashboard", get(dashboard_handler))
         .fallback(serve::not_found)
-        .layer(axum::middleware::from_fn_with_state(node.clone(), access))
-        .layer(axum::middleware::from_fn(cors))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(admin_guard(&node.config)),
+            guard::guard,
+        ))
         .with_state(node)
 }
 
@@ -627,7 +594,7 @@ async fn lease_handler(State(node): State<Arc<Node>>) -> Json<LeaseStatus> {
     })
 }
 
-/// `POST /v1/switchover`: every field optional; an empty body means "the best standby, now".
+/// `POST /v1/switchover`: every field optional; `{}` means "the best standby, now".
 #[derive(Debug, Deserialize, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SwitchoverBody {
@@ -639,10 +606,15 @@ pub struct SwitchoverBody {
     pub epoch: Option<u64>,
 }
 
-/// An empty (or blank) body is the default request; anything else must be a valid body.
+/// The body must be a JSON object of [`SwitchoverBody`]: an empty body is refused, so only
+/// an explicit `{}` asks for the best standby (a request that lost its body never moves the
+/// role).
 pub fn parse_switchover_body(body: &[u8]) -> Result<SwitchoverBody, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(SwitchoverBody::default());
+        return Err(
+            "invalid switchover request: the body is empty; send a JSON object: {\"to\": \"b\"}, or {} for the best standby"
+                .into(),
+        );
     }
     serde_json::from_slice(body).map_err(|e| format!("invalid switchover request: {e}"))
 }
@@ -981,8 +953,6 @@ mod tests {
     #[test]
     fn switchover_bodies() {
         let ok = |b: &str| parse_switchover_body(b.as_bytes()).expect(b);
-        assert_eq!(ok(""), SwitchoverBody::default());
-        assert_eq!(ok(" \n"), SwitchoverBody::default());
         assert_eq!(ok("{}"), SwitchoverBody::default());
         assert_eq!(ok("{\"to\": null}"), SwitchoverBody::default());
         assert_eq!(
@@ -994,6 +964,8 @@ mod tests {
             }
         );
         for bad in [
+            "",
+            " \n",
             "{",
             "null",
             "[]",

@@ -4,6 +4,12 @@
 //! limit, a request head size limit, TCP keep-alive on every accepted socket, and JSON bodies
 //! on every error answer (axum's own rejections included).
 //!
+//! With TLS ([`serve_with`]), each connection's handshake must finish within the header-read
+//! timeout (and counts as idle, so it is evicted first at the cap): a client that never
+//! completes it cannot hold a slot. The certificate files are checked for changes every
+//! [`TLS_RELOAD_EVERY`]; new connections use the new certificate, open ones keep theirs. A
+//! client speaking plain HTTP to the TLS port gets a plain-text 400 saying so.
+//!
 //! At the connection cap the oldest connection with no request in progress (idle, or still
 //! sending its head: a slowloris) is closed to make room, as nginx reuses idle keep-alive
 //! connections; only when every connection is busy is the new one closed. So idle or slow
@@ -65,9 +71,23 @@ struct Conn {
 /// The open connections by accept order (the first is the oldest).
 type Conns = Arc<Mutex<BTreeMap<u64, Conn>>>;
 
+/// How often the certificate files of a TLS listener are checked for changes.
+pub const TLS_RELOAD_EVERY: Duration = Duration::from_secs(2);
+
 /// Serves `app` on `listener` with `limits` until `cancel` fires, then lets open requests
 /// finish for a short while.
 pub async fn serve(listener: TcpListener, app: Router, limits: Limits, cancel: CancellationToken) {
+    serve_with(listener, app, limits, None, cancel).await;
+}
+
+/// [`serve`], over TLS when `tls` is given (HTTPS only on this listener).
+pub async fn serve_with(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    tls: Option<Arc<crate::tls::Tls>>,
+    cancel: CancellationToken,
+) {
     let app = app
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(json_errors));
@@ -75,9 +95,21 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, cancel: C
     let tracker = TaskTracker::new();
     let mut next_id = 0u64;
     let mut accept_errors = 0u32;
+    let mut reload = tokio::time::interval(TLS_RELOAD_EVERY);
+    reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = reload.tick(), if tls.is_some() => {
+                if let Some(t) = &tls {
+                    match t.reload_if_changed() {
+                        Ok(true) => tracing::info!("HTTPS certificate reloaded; new connections use it"),
+                        Ok(false) => {}
+                        Err(e) => tracing::error!(error = %e, "HTTPS certificate not reloaded; the previous one stays in use"),
+                    }
+                }
+                continue;
+            }
             r = listener.accept() => match r {
                 Ok(x) => { accept_errors = 0; x }
                 Err(e) => {
@@ -110,8 +142,22 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, cancel: C
         let (busy, evict) = (conn.busy.clone(), conn.evict.clone());
         conns.lock().unwrap_or_else(|p| p.into_inner()).insert(id, conn);
         let (app, conns, cancel) = (app.clone(), conns.clone(), cancel.clone());
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
         tracker.spawn(async move {
-            serve_connection(stream, app, limits, busy, evict, cancel).await;
+            match acceptor {
+                None => serve_connection(stream, app, limits, busy, evict, cancel).await,
+                Some(acceptor) => {
+                    let handshake = tls_handshake(stream, acceptor, limits.header_read_timeout);
+                    let stream = tokio::select! {
+                        s = handshake => s,
+                        _ = evict.cancelled() => None,
+                        _ = cancel.cancelled() => None,
+                    };
+                    if let Some(stream) = stream {
+                        serve_connection(stream, app, limits, busy, evict, cancel).await;
+                    }
+                }
+            }
             conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         });
     }
@@ -140,14 +186,71 @@ fn make_room(conns: &Conns, max: usize) -> bool {
     }
 }
 
-async fn serve_connection(
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Completes the TLS handshake within `deadline`; a client that sends plain HTTP instead is
+/// told so in plain text and closed.
+async fn tls_handshake(
     stream: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    deadline: Duration,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let work = async {
+        let mut first = [0u8; 1];
+        if stream.peek(&mut first).await.ok()? == 0 {
+            return None;
+        }
+        if first[0] != TLS_HANDSHAKE {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let msg = "this admin API speaks HTTPS only: use https:// (standin --ca FILE)\n";
+            let answer = format!(
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{msg}",
+                msg.len()
+            );
+            let mut stream = stream;
+            let _ = stream.write_all(answer.as_bytes()).await;
+            let _ = stream.shutdown().await;
+            // Lingering close: read (and drop) what the client sent, at most MAX_HEAD +
+            // MAX_BODY bytes, until it closes (bounded by the deadline around us); closing
+            // with unread data would reset the connection and could lose the answer.
+            let mut sink = [0u8; 4096];
+            let mut left = MAX_HEAD + MAX_BODY;
+            while left > 0 {
+                match stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+            return None;
+        }
+        match acceptor.accept(stream).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                None
+            }
+        }
+    };
+    match tokio::time::timeout(deadline, work).await {
+        Ok(s) => s,
+        Err(_) => {
+            tracing::debug!("TLS handshake not finished within the header-read timeout");
+            None
+        }
+    }
+}
+
+async fn serve_connection<S>(
+    stream: S,
     app: Router,
     limits: Limits,
     busy: Arc<AtomicUsize>,
     evict: CancellationToken,
     cancel: CancellationToken,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let svc = {
         let busy = busy.clone();
         let body_timeout = limits.header_read_timeout;

@@ -18,14 +18,78 @@ use crate::config::{at_most, count_at_most, invalid, limits, Config, ConfigError
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ProxyConfig {
-    /// Admin APIs of cluster nodes to watch (`GET /v1/watch`); any node will do, they are tried
-    /// in turn.
+    /// Admin APIs of cluster nodes to watch (`GET /v1/watch`); any node will do, they are
+    /// followed at once. `host:port` (HTTPS when `api-ca` is set), or with an explicit
+    /// `http://` / `https://`.
     pub cluster: Vec<String>,
     /// The proxy's own control API (`GET /v1/proxy`, `PUT|DELETE /v1/proxy/listeners/{name}`).
     #[serde(default)]
     pub admin: Option<SocketAddr>,
     #[serde(default, rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
+    /// Bearer token the control API's mutations (`PUT`, `DELETE`) need. Without one, `admin`
+    /// must be a loopback address.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The same, read from a file (first line) that other users cannot read.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Addresses a listener may be bound to through the control API beyond unprivileged
+    /// loopback ones (exact `ip:port`; `0.0.0.0:80` does not allow `0.0.0.0:81`). The file's
+    /// own listeners are always allowed.
+    #[serde(default)]
+    pub allow_bind: Vec<SocketAddr>,
+    /// The token sent to the cluster's admin APIs (`Authorization: Bearer`), so the proxy
+    /// works with `[api] read-open = false`. Inside a node's config, the node's `[api]` token
+    /// is sent when neither this nor `api-token-file` is set.
+    #[serde(default)]
+    pub api_token: Option<String>,
+    /// The same, read from a file (first line) that other users cannot read.
+    #[serde(default)]
+    pub api_token_file: Option<PathBuf>,
+    /// The CA that signs the cluster's admin API certificates: with it the proxy speaks HTTPS
+    /// to every `cluster` address (`[api] tls = true` on the nodes).
+    #[serde(default)]
+    pub api_ca: Option<PathBuf>,
+    /// The control API's token in effect (from `token` or `token-file`).
+    #[serde(skip)]
+    pub resolved_token: Option<String>,
+    /// The token sent to the admin APIs (from `api-token`, `api-token-file` or the node's).
+    #[serde(skip)]
+    pub resolved_api_token: Option<String>,
+}
+
+/// Reads a token from `inline` or `file` (keys `{prefix}` and `{prefix}-file`): at least 16
+/// characters, no spaces or control characters, a file other users cannot read.
+fn resolve_token(
+    prefix: &str,
+    inline: &Option<String>,
+    file: &Option<PathBuf>,
+) -> Result<Option<String>, ConfigError> {
+    let file_key = format!("{prefix}-file");
+    let (key, token) = match (inline, file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                &file_key,
+                format!("set `{prefix}` or `{file_key}`, not both"),
+            ))
+        }
+        (Some(t), None) => (prefix.to_string(), t.clone()),
+        (None, Some(path)) => {
+            crate::tls::check_private(&file_key, path).map_err(|e| invalid(&file_key, e.detail()))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid(&file_key, format!("cannot read {}: {e}", path.display())))?;
+            (file_key, text.lines().next().unwrap_or("").trim().to_string())
+        }
+        (None, None) => return Ok(None),
+    };
+    if token.chars().count() < 16 {
+        return Err(invalid(key, "must be at least 16 characters"));
+    }
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(key, "must not contain spaces or control characters"));
+    }
+    Ok(Some(token))
 }
 
 /// Which of a member's addresses a listener forwards to.
@@ -212,9 +276,45 @@ impl ProxyConfig {
                 .proxy
                 .ok_or_else(|| invalid("proxy", "this node config has no [proxy] section"));
         }
-        let file: ProxyFile = toml::from_str(text).map_err(parse_error)?;
+        let mut file: ProxyFile = toml::from_str(text).map_err(parse_error)?;
         file.proxy.validate()?;
+        file.proxy.resolve(None)?;
         Ok(file.proxy)
+    }
+
+    /// Reads the tokens (files included) and checks the control API's exposure; `node_token`
+    /// is the `[api]` token of the node config this section sits in, if any. Runs after
+    /// [`ProxyConfig::validate`].
+    pub fn resolve(&mut self, node_token: Option<&str>) -> Result<(), ConfigError> {
+        self.resolved_token = resolve_token("proxy.token", &self.token, &self.token_file)?;
+        self.resolved_api_token = resolve_token("proxy.api-token", &self.api_token, &self.api_token_file)?
+            .or_else(|| node_token.map(str::to_string));
+        if let Some(a) = self.admin {
+            if self.resolved_token.is_none() && !a.ip().is_loopback() {
+                return Err(invalid(
+                    "proxy.token",
+                    format!(
+                        "the control API listens on {a}, not a loopback address, and has no token: \
+                         anyone who can reach it could remove or rebind listeners. Set \
+                         `proxy.token-file` to a file holding a random token of at least 16 \
+                         characters (chmod 600), or bind `proxy.admin` to 127.0.0.1"
+                    ),
+                ));
+            }
+        }
+        if let Some(ca) = &self.api_ca {
+            crate::tls::https_client_config(ca).map_err(|e| invalid("proxy.api-ca", e.detail()))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the control API may bind a listener to `addr`: an unprivileged port on a
+    /// loopback address, an address of the file's own listeners, or one in `allow-bind`.
+    pub fn may_bind(&self, addr: SocketAddr) -> bool {
+        let unprivileged = addr.port() == 0 || addr.port() >= 1024;
+        (addr.ip().is_loopback() && unprivileged)
+            || self.allow_bind.contains(&addr)
+            || self.listeners.iter().any(|l| l.listen == addr)
     }
 
     /// Checks everything serde cannot; errors name the key (`proxy.listener[1].listen`).
@@ -226,12 +326,16 @@ impl ProxyConfig {
             ));
         }
         for (i, c) in self.cluster.iter().enumerate() {
-            if c.parse::<hyper::http::uri::Authority>()
-                .map_or(true, |a| a.port_u16().is_none())
-            {
-                return Err(invalid(
+            let target = crate::api::client::Target::parse(c, false).map_err(|_| {
+                invalid(
                     format!("proxy.cluster[{i}]"),
-                    format!("{c:?} is not host:port"),
+                    format!("{c:?} is not host:port (or https://host:port)"),
+                )
+            })?;
+            if target.https && self.api_ca.is_none() {
+                return Err(invalid(
+                    "proxy.api-ca",
+                    format!("`proxy.cluster[{i}]` is {c:?}: HTTPS needs the CA that signed the admin API's certificate"),
                 ));
             }
         }
@@ -511,6 +615,57 @@ target = "store"
         }
         let e = err(&FULL.replace("name = \"store\"\n", ""));
         assert!(e.contains("proxy.listener[1].name"), "{e}");
+    }
+
+    /// Issue 13: the control API without a token only on loopback; tokens of at least 16
+    /// characters, token files private; what the API may bind.
+    #[test]
+    fn control_api_access_and_binds_are_checked() {
+        let public = FULL.replace("admin = \"127.0.0.1:7100\"", "admin = \"0.0.0.0:7100\"");
+        let e = err(&public);
+        assert!(
+            e.contains("`proxy.token`") && e.contains("proxy.token-file"),
+            "{e}"
+        );
+        let with =
+            |extra: &str| public.replacen("[[proxy.listener]]", &format!("{extra}\n[[proxy.listener]]"), 1);
+        let c = ProxyConfig::parse(&with("token = \"0123456789abcdef\"")).expect("a token");
+        assert_eq!(c.resolved_token.as_deref(), Some("0123456789abcdef"));
+        assert!(err(&with("token = \"short\"")).contains("`proxy.token`"));
+        assert!(err(&with("api-token = \"has space 0123456789\"")).contains("`proxy.api-token`"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "0123456789abcdef-file\n").expect("write");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let line = format!("token-file = \"{}\"", file.display());
+        let e = err(&with(&line));
+        assert!(e.contains("`proxy.token-file`") && e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let c = ProxyConfig::parse(
+            &with(&line.replace("token-file", "api-token-file"))
+                .replace("admin = \"0.0.0.0:7100\"", "admin = \"127.0.0.1:7100\""),
+        )
+        .expect("api token file");
+        assert_eq!(c.resolved_api_token.as_deref(), Some("0123456789abcdef-file"));
+        assert!(err(&with(
+            "token = \"0123456789abcdef\"\napi-ca = \"/nonexistent/ca.pem\""
+        ))
+        .contains("`proxy.api-ca`"));
+        let https = FULL.replace("\"localhost:7002\"", "\"https://localhost:7002\"");
+        assert!(err(&https).contains("`proxy.api-ca`"));
+
+        let c = ProxyConfig::parse(&FULL.replacen(
+            "[[proxy.listener]]",
+            "allow-bind = [\"0.0.0.0:80\"]\n[[proxy.listener]]",
+            1,
+        ))
+        .expect("allow-bind");
+        let ok = |a: &str| c.may_bind(a.parse().expect("addr"));
+        assert!(ok("127.0.0.1:8080") && ok("127.0.0.1:0") && ok("[::1]:9000"));
+        assert!(ok("0.0.0.0:80"), "listed");
+        assert!(ok("127.0.0.1:8000"), "a listener of the file");
+        assert!(!ok("127.0.0.1:80") && !ok("0.0.0.0:81") && !ok("0.0.0.0:8080") && !ok("10.0.0.1:9000"));
     }
 
     #[test]

@@ -4,7 +4,11 @@
 //!   a listener or change one without dropping established connections;
 //! - `DELETE /v1/proxy/listeners/{name}`: stop accepting; open connections run to their end.
 //!
-//! Served with the admin API's budgets and JSON errors (`api::serve`).
+//! Served with the admin API's budgets and JSON errors (`api::serve`), and its access rules
+//! (`api::guard`): mutations need `[proxy] token` when one is set (without one the config
+//! allows only a loopback address), CORS only for the control API's own origin, 403 for a
+//! mutation from any other origin, JSON bodies only. Listeners may be bound only to what
+//! `[proxy] allow-bind` allows (403 otherwise).
 
 use std::sync::Arc;
 
@@ -32,12 +36,21 @@ impl IntoResponse for ProxyError {
             ProxyError::Config(_) => StatusCode::BAD_REQUEST,
             ProxyError::NotFound(_) => StatusCode::NOT_FOUND,
             ProxyError::Bind { .. } | ProxyError::Conflict(_) => StatusCode::CONFLICT,
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
         };
         error(status, self.to_string())
     }
 }
 
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, cancel: CancellationToken) {
+    let own = listener.local_addr().ok();
+    let guard = Arc::new(crate::api::guard::Guard {
+        token: proxy.config.resolved_token.clone(),
+        read_open: true,
+        open_paths: &[],
+        origins: crate::api::guard::Guard::origins_of("http", own),
+        scheme: "http",
+    });
     let app = Router::new()
         .route("/v1/proxy", get(status))
         .route("/metrics", get(metrics))
@@ -46,6 +59,10 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, cancel: Cancellatio
             get(get_listener).put(put_listener).delete(delete_listener),
         )
         .fallback(crate::api::serve::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            guard,
+            crate::api::guard::guard,
+        ))
         .with_state(proxy);
     // The admin API's budgets (header-read and idle timeout, connection cap, body limit).
     crate::api::serve::serve(listener, app, crate::api::serve::Limits::default(), cancel).await;

@@ -50,6 +50,9 @@ pub enum ProxyError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A listener address the control API may not bind (`[proxy] allow-bind`).
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 /// The proxy's sockets, bound before anything starts (so a taken port fails at once).
@@ -91,6 +94,8 @@ pub struct Proxy {
     shutdown: CancellationToken,
     /// Serialises PUT/DELETE.
     changes: tokio::sync::Mutex<()>,
+    /// The configuration the proxy started with (tokens, `allow-bind`).
+    config: ProxyConfig,
 }
 
 impl Proxy {
@@ -118,9 +123,17 @@ impl Proxy {
         }
     }
 
-    /// Adds a listener or changes one in place (see [`ListenerRt::reconfigure`]).
+    /// Adds a listener or changes one in place (see [`ListenerRt::reconfigure`]). Through the
+    /// API a listener may only bind what [`ProxyConfig::may_bind`] allows.
     pub async fn upsert(&self, cfg: ListenerConfig) -> Result<Arc<ListenerRt>, ProxyError> {
         cfg.validate(&format!("listener {}", cfg.name))?;
+        if !self.config.may_bind(cfg.listen) {
+            return Err(ProxyError::Forbidden(format!(
+                "listener {}: {} is a privileged port or not a loopback address; \
+                 the control API may bind it only if `proxy.allow-bind` lists it",
+                cfg.name, cfg.listen
+            )));
+        }
         let _one_at_a_time = self.changes.lock().await;
         if cfg.listen.port() != 0 {
             if let Some(other) = self
@@ -173,7 +186,9 @@ impl Proxy {
 
 /// Runs the proxy until `cancel` fires.
 pub async fn run(cfg: ProxyConfig, bound: Bound, cancel: CancellationToken) -> Result<(), ProxyError> {
-    let watcher = watch::spawn(cfg.cluster.clone(), cancel.clone());
+    let access = crate::api::client::Access::new(cfg.resolved_api_token.clone(), cfg.api_ca.as_deref())
+        .map_err(|e| crate::config::invalid("proxy.api-ca", e.detail()))?;
+    let watcher = watch::spawn(cfg.cluster.clone(), access, cancel.clone());
     let mut listeners = BTreeMap::new();
     for (l, socket) in cfg.listeners.iter().zip(bound.listeners) {
         let rt = ListenerRt::start(l.clone(), socket, cancel.clone()).map_err(|source| ProxyError::Bind {
@@ -188,6 +203,7 @@ pub async fn run(cfg: ProxyConfig, bound: Bound, cancel: CancellationToken) -> R
         watcher: watcher.clone(),
         shutdown: cancel.clone(),
         changes: tokio::sync::Mutex::new(()),
+        config: cfg,
     });
     if let Some(admin) = bound.admin {
         if let Ok(a) = admin.local_addr() {

@@ -5,6 +5,9 @@
 //! silent or stale) costs nothing: the others' streams carry the failover. A node that does not
 //! have `/v1/watch` (older version) is polled on `/v1/status` every 100 ms instead.
 //!
+//! Each request carries `[proxy] api-token` (so `read-open = false` on the nodes works) and
+//! speaks HTTPS when `api-ca` is set (`api::client::connect`).
+//!
 //! The proxy only reads the fields it needs ([`View`]), each with a default where older nodes
 //! lack it, so proxy and nodes can be upgraded one at a time. While no node answers, the last
 //! view stays in force: forwarding continues to the last known active node.
@@ -18,7 +21,6 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -152,16 +154,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const POLL_EVERY: Duration = Duration::from_millis(100);
 
 /// Starts following the cluster until `cancel` fires.
-pub fn spawn(cluster: Vec<String>, cancel: CancellationToken) -> Watcher {
+pub fn spawn(cluster: Vec<String>, access: crate::api::client::Access, cancel: CancellationToken) -> Watcher {
     let (tx, views) = watch::channel(None);
     let info = Arc::new(Mutex::new(Info::default()));
     let watcher = Watcher {
         views,
         info: info.clone(),
     };
+    let access = Arc::new(access);
     for api in cluster {
-        let (tx, info, cancel) = (tx.clone(), info.clone(), cancel.clone());
-        tokio::spawn(async move { follow_forever(&api, &tx, &info, &cancel).await });
+        let (tx, info, cancel, access) = (tx.clone(), info.clone(), cancel.clone(), access.clone());
+        tokio::spawn(async move { follow_forever(&api, &access, &tx, &info, &cancel).await });
     }
     watcher
 }
@@ -169,6 +172,7 @@ pub fn spawn(cluster: Vec<String>, cancel: CancellationToken) -> Watcher {
 /// Follows one node until `cancel`, reconnecting with backoff.
 async fn follow_forever(
     api: &str,
+    access: &crate::api::client::Access,
     tx: &watch::Sender<Option<Arc<View>>>,
     info: &Mutex<Info>,
     cancel: &CancellationToken,
@@ -179,14 +183,14 @@ async fn follow_forever(
         let started = Instant::now();
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = follow(api, tx, info) => r,
+            r = follow(api, access, tx, info) => r,
         };
         let reason = match result {
             Err(WatchError::NotSupported) => {
                 tracing::info!(api = %api, "node has no /v1/watch; polling /v1/status");
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    r = poll(api, tx, info) => r.err().unwrap_or(WatchError::Failed("stopped".into())),
+                    r = poll(api, access, tx, info) => r.err().unwrap_or(WatchError::Failed("stopped".into())),
                 }
             }
             Err(e) => e,
@@ -279,23 +283,27 @@ fn publish(
 /// Follows `/v1/watch` on one node until it fails.
 async fn follow(
     api: &str,
+    access: &crate::api::client::Access,
     tx: &watch::Sender<Option<Arc<View>>>,
     info: &Mutex<Info>,
 ) -> Result<(), WatchError> {
     let failed = |what: &str, e: &dyn std::fmt::Display| WatchError::Failed(format!("{what}: {e}"));
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(api))
+    // TCP, and TLS when the proxy has the cluster's CA (`[proxy] api-ca`).
+    let (target, stream) = crate::api::client::connect(api, access, CONNECT_TIMEOUT)
         .await
-        .map_err(|_| WatchError::Failed("connect timed out".into()))?
-        .map_err(|e| failed("connect", &e))?;
-    let _ = stream.set_nodelay(true);
+        .map_err(|e| WatchError::Failed(e.to_string()))?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| failed("handshake", &e))?;
     let conn = tokio::spawn(conn);
     let _abort = AbortOnDrop(conn);
-    let req = hyper::Request::get("/v1/watch")
-        .header(hyper::header::HOST, api)
-        .header(hyper::header::ACCEPT, "text/event-stream")
+    let mut req = hyper::Request::get("/v1/watch")
+        .header(hyper::header::HOST, &target.authority)
+        .header(hyper::header::ACCEPT, "text/event-stream");
+    if let Some(t) = &access.token {
+        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req
         .body(Empty::<Bytes>::new())
         .map_err(|e| failed("request", &e))?;
     let resp = tokio::time::timeout(CONNECT_TIMEOUT, send.send_request(req))
@@ -304,6 +312,11 @@ async fn follow(
         .map_err(|e| failed("request", &e))?;
     if resp.status() == hyper::StatusCode::NOT_FOUND {
         return Err(WatchError::NotSupported);
+    }
+    if resp.status() == hyper::StatusCode::UNAUTHORIZED {
+        return Err(WatchError::Failed(
+            "HTTP 401: the admin API needs a token; set `proxy.api-token-file`".into(),
+        ));
     }
     if !resp.status().is_success() {
         return Err(WatchError::Failed(format!("HTTP {}", resp.status())));
@@ -334,24 +347,26 @@ async fn follow(
     }
 }
 
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+use crate::api::client::AbortOnDrop;
 
 /// Polls `/v1/status` every 100 ms (nodes without `/v1/watch`) until it fails.
 async fn poll(
     api: &str,
+    access: &crate::api::client::Access,
     tx: &watch::Sender<Option<Arc<View>>>,
     info: &Mutex<Info>,
 ) -> Result<(), WatchError> {
     loop {
-        let r = crate::api::client::request(api, hyper::Method::GET, "/v1/status", None, CONNECT_TIMEOUT)
-            .await
-            .map_err(|e| WatchError::Failed(e.to_string()))?;
+        let r = crate::api::client::request_with(
+            api,
+            hyper::Method::GET,
+            "/v1/status",
+            None,
+            CONNECT_TIMEOUT,
+            access,
+        )
+        .await
+        .map_err(|e| WatchError::Failed(e.to_string()))?;
         if r.status != 200 {
             return Err(WatchError::Failed(format!("HTTP {}", r.status)));
         }
