@@ -421,7 +421,7 @@ fn ca_and_cert(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, standi
 async fn the_admin_api_speaks_https_with_the_cli() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let certs = dir.path().join("certs");
+    let certs = dir.path().join("api-certs");
     let (ca1, cert1) = ca_and_cert(&certs, "ca1");
     let (ca2, cert2) = ca_and_cert(&certs, "ca2");
     let (served_cert, served_key) = (certs.join("api.pem"), certs.join("api.key"));

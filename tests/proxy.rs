@@ -997,7 +997,7 @@ async fn the_control_api_refuses_unauthenticated_mutations_and_disallowed_binds(
 async fn the_proxy_follows_a_cluster_with_a_token_and_https() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let certs = dir.path().join("certs");
+    let certs = dir.path().join("api-certs");
     let ca = standin::tls::init_ca(&certs.join("ca"), "test", Duration::from_secs(3600)).expect("CA");
     let cert = standin::tls::issue_files(
         &certs.join("ca"),

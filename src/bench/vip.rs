@@ -80,12 +80,28 @@ pub fn standin_configs(
              service-address = \"{addr}:{PORT}\"\n"
         ));
     }
+    // Mutual TLS between the members, as in production, with a CA made for the lab.
+    let certs = dir.join("certs");
+    if !certs.join("ca.pem").exists() {
+        crate::tls::init_ca(&certs, "standin VIP lab CA", Duration::from_secs(7 * 86_400))
+            .map_err(|e| HarnessError(format!("lab CA: {e}")))?;
+    }
     let mut out = Vec::new();
     for (id, priority) in members {
         let addr = lab.host(id)?.addr;
+        if !certs.join(format!("{id}.pem")).exists() {
+            crate::tls::issue_files(&certs, &certs, id, &[], Duration::from_secs(7 * 86_400))
+                .map_err(|e| HarnessError(format!("certificate of {id}: {e}")))?;
+        }
+        // The admin API listens on the lab's own addresses with no token: open on purpose,
+        // in network namespaces nothing else reaches.
         let mut text = format!(
-            "[tls]\ninsecure = true\n\n[node]\nid = \"{id}\"\ndata-dir = \"{}\"\n{peers}",
-            dir.join(format!("{id}-data")).display()
+            "[tls]\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\n[api]\ninsecure-open = true\n\n\
+             [node]\nid = \"{id}\"\ndata-dir = \"{}\"\n{peers}",
+            dir.join(format!("{id}-data")).display(),
+            ca = certs.join("ca.pem").display(),
+            cert = certs.join(format!("{id}.pem")).display(),
+            key = certs.join(format!("{id}.key")).display(),
         );
         if priority.is_some() {
             text.push_str(&format!(
