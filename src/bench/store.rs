@@ -1,7 +1,9 @@
 //! `standin bench store` (BENCHMARKS.md §3): `redis-benchmark` with the same settings against
-//! standin's store on a 3-node cluster, a lone `redis-server`, and a `redis-server` primary
-//! with one replica, both with `appendfsync always`. Prints requests/s, p50 and p99 for SET and
-//! GET with and without pipelining, and standin's ratio to each reference.
+//! standin's store on a 3-node cluster (mutual TLS between the nodes, as deployed), the same
+//! cluster without TLS, a lone `redis-server`, and a `redis-server` primary with one replica
+//! with `appendfsync always`, once in plain text and once with TLS on its replication link and
+//! its clients. Prints requests/s, p50 and p99 for SET and GET with and without pipelining, and
+//! standin's ratio to each reference.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -91,10 +93,15 @@ fn wait_replica_linked(port: u16) -> Result<(), HarnessError> {
 fn run_benchmark(
     target: &str,
     addr: SocketAddr,
+    tls_ca: Option<&Path>,
     requests: u64,
     pipeline: u32,
 ) -> Result<Vec<Row>, HarnessError> {
-    let out = Command::new("redis-benchmark")
+    let mut cmd = Command::new("redis-benchmark");
+    if let Some(ca) = tls_ca {
+        cmd.arg("--tls").arg("--cacert").arg(ca);
+    }
+    let out = cmd
         .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
         .args([
             "-c",
@@ -147,8 +154,7 @@ fn run_benchmark(
 /// sending `SET key value` (plus `WAIT 1 0` for Redis, so the write is on the replica before it
 /// counts) and waiting for the replies before the next request. Keys are unique per request.
 async fn durable_sets(
-    target: &str,
-    addr: SocketAddr,
+    target: &Target,
     requests: u64,
     pipeline: u32,
     with_wait: bool,
@@ -157,14 +163,31 @@ async fn durable_sets(
     let clients = 50u64;
     let pipeline = u64::from(pipeline.max(1));
     let per = requests / clients / pipeline;
+    let addr = target.addr;
+    let tls = match &target.tls_ca {
+        Some(ca) => Some(std::sync::Arc::new(
+            crate::tls::https_client_config(ca).map_err(|e| err(e.to_string()))?,
+        )),
+        None => None,
+    };
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
+        let tls = tls.clone();
         tasks.push(tokio::spawn(async move {
-            let mut s = tokio::net::TcpStream::connect(addr)
+            let tcp = tokio::net::TcpStream::connect(addr)
                 .await
                 .map_err(|e| e.to_string())?;
-            s.set_nodelay(true).map_err(|e| e.to_string())?;
+            tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+            let mut s: Box<dyn Stream> = match tls {
+                Some(cfg) => Box::new(
+                    tokio_rustls::TlsConnector::from(cfg)
+                        .connect(crate::tls::server_name_for(&addr.ip().to_string()), tcp)
+                        .await
+                        .map_err(|e| format!("tls: {e}"))?,
+                ),
+                None => Box::new(tcp),
+            };
             let mut lat = Vec::with_capacity(per as usize);
             let mut buf = vec![0u8; 256];
             for i in 0..per {
@@ -213,7 +236,7 @@ async fn durable_sets(
         all.extend(
             t.await
                 .map_err(|e| err(e.to_string()))?
-                .map_err(|e| err(format!("{target}: {e}")))?,
+                .map_err(|e| err(format!("{}: {e}", target.name)))?,
         );
     }
     let secs = start.elapsed().as_secs_f64();
@@ -224,7 +247,7 @@ async fn durable_sets(
             .unwrap_or(f64::NAN)
     };
     Ok(Row {
-        target: target.to_string(),
+        target: target.name.to_string(),
         // The same test name for both rows: equal durability, compared side by side.
         test: "SET+WAIT 1 0".into(),
         pipeline: pipeline as u32,
@@ -232,6 +255,17 @@ async fn durable_sets(
         p50_ms: pct(50.0),
         p99_ms: pct(99.0),
     })
+}
+
+/// A client stream, plain or TLS.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// One system measured: a name, its address, and the CA to speak TLS to it with (if it does).
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 /// What `standin bench store` runs.
@@ -244,6 +278,53 @@ pub struct StoreOptions {
     /// Only the equal-durability rows (skips redis-benchmark).
     pub durable_only: bool,
     pub json: bool,
+}
+
+/// The standin row every other row is compared with.
+const STANDIN: &str = "standin (3 nodes, quorum + fsync, TLS between nodes)";
+const REDIS_PAIR: &str = "redis primary+replica (appendfsync always)";
+const REDIS_PAIR_TLS: &str = "redis primary+replica (appendfsync always, TLS replication and clients)";
+
+/// Starts a 3-node cluster in `dir` (with or without TLS between the nodes) and returns it
+/// with the store address of its Raft leader once leadership has settled on the active node
+/// (a follower would forward every request).
+async fn start_cluster(dir: &Path, binary: &Path, tls: bool) -> Result<(LocalCluster, SocketAddr), HarnessError> {
+    let mut spec = Spec::new(dir, binary);
+    spec.tls = tls;
+    let mut cluster = LocalCluster::create(spec).await?;
+    cluster.start_all()?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let status = cluster
+        .wait_for(
+            Duration::from_secs(30),
+            "raft leadership on the active node",
+            |s| s.leader.is_some() && s.leader == s.active,
+        )
+        .await?;
+    let leader = status.leader.clone().unwrap_or_else(|| "a".into());
+    let leader = if leader == "w" { "a".to_string() } else { leader };
+    let addr = cluster
+        .node(&leader)
+        .and_then(|n| n.store)
+        .ok_or_else(|| err("no store address"))?;
+    Ok((cluster, addr))
+}
+
+/// Waits until the TLS replica has finished its initial sync.
+fn wait_tls_replica(port: u16, tls: &[String]) -> Result<(), HarnessError> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let done = Command::new("redis-cli")
+            .args(tls)
+            .args(["-p", &port.to_string(), "INFO", "replication"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("master_link_status:up"));
+        if done {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(err("the TLS redis replica did not finish its sync with the primary within 20s"))
 }
 
 /// The row with the median requests/s.
@@ -267,28 +348,51 @@ pub async fn run(opts: StoreOptions) -> Result<(), HarnessError> {
     let scratch = Scratch::new("standin-bench-store")?;
     let dir = scratch.path();
     let binary = std::env::current_exe().map_err(|e| err(e.to_string()))?;
-    let spec = Spec::new(&dir.join("standin"), &binary);
-    let mut cluster = LocalCluster::create(spec).await?;
-    cluster.start_all()?;
-    cluster.wait_ready(Duration::from_secs(30)).await?;
-    // Leadership moves to the active node after start-up; measure once it has settled.
-    let status = cluster
-        .wait_for(
-            Duration::from_secs(30),
-            "raft leadership on the active node",
-            |s| s.leader.is_some() && s.leader == s.active,
-        )
-        .await?;
-    // Benchmark against the Raft leader's store (a follower would forward every request).
-    let leader = status.leader.clone().unwrap_or_else(|| "a".into());
-    let leader = if leader == "w" { "a".to_string() } else { leader };
-    let standin_addr = cluster
-        .node(&leader)
-        .and_then(|n| n.store)
-        .ok_or_else(|| err("no store address"))?;
+    let (cluster, standin_addr) = start_cluster(&dir.join("standin"), &binary, true).await?;
+    let (_plain_cluster, plain_addr) = start_cluster(&dir.join("standin-plain"), &binary, false).await?;
+    let certs = cluster.certs_dir().ok_or_else(|| err("the cluster has no certificates"))?;
 
-    let ports = free_ports(3)?;
+    let ports = free_ports(5)?;
     let (lone_port, primary_port, replica_port) = (ports[0], ports[1], ports[2]);
+    let (tls_primary_port, tls_replica_port) = (ports[3], ports[4]);
+    // The TLS pair uses the cluster's CA and node a's certificate (it names 127.0.0.1):
+    // TLS 1.3 on the replication link and to clients, client certificates not required.
+    let tls_args = |port: u16| {
+        vec![
+            "--port".to_string(),
+            "0".to_string(),
+            "--tls-port".to_string(),
+            port.to_string(),
+            "--tls-cert-file".to_string(),
+            certs.join("a.pem").display().to_string(),
+            "--tls-key-file".to_string(),
+            certs.join("a.key").display().to_string(),
+            "--tls-ca-cert-file".to_string(),
+            certs.join("ca.pem").display().to_string(),
+            "--tls-replication".to_string(),
+            "yes".to_string(),
+            "--tls-auth-clients".to_string(),
+            "no".to_string(),
+            "--tls-protocols".to_string(),
+            "TLSv1.3".to_string(),
+        ]
+    };
+    let mut primary_args = tls_args(tls_primary_port);
+    primary_args.extend(["--appendonly", "yes", "--appendfsync", "always"].map(String::from));
+    let mut replica_args = tls_args(tls_replica_port);
+    replica_args.extend(
+        [
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--replicaof",
+            "127.0.0.1",
+            &tls_primary_port.to_string(),
+        ]
+        .map(String::from),
+    );
+
     let _lone = redis_server(&dir.join("lone"), lone_port, &["--appendonly", "no"])?;
     let _primary = redis_server(
         &dir.join("primary"),
@@ -312,31 +416,55 @@ pub async fn run(opts: StoreOptions) -> Result<(), HarnessError> {
     wait_ping(primary_port, "redis primary")?;
     wait_ping(replica_port, "redis replica")?;
     wait_replica_linked(replica_port)?;
+    // redis-server's own port flag comes first in `redis_server`; `--port 0` later wins.
+    let _tls_primary = redis_server(&dir.join("tls-primary"), tls_primary_port, &primary_args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let _tls_replica = redis_server(&dir.join("tls-replica"), tls_replica_port, &replica_args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let ca = certs.join("ca.pem");
+    let tls_cli = ["--tls", "--cacert", &ca.display().to_string()].map(String::from);
+    wait_tls_replica(tls_replica_port, &tls_cli)?;
 
-    let targets: Vec<(&str, SocketAddr)> = vec![
-        ("standin (3 nodes, quorum + fsync)", standin_addr),
-        (
-            "redis-server (lone, no fsync)",
-            SocketAddr::from(([127, 0, 0, 1], lone_port)),
-        ),
-        (
-            "redis primary+replica (appendfsync always)",
-            SocketAddr::from(([127, 0, 0, 1], primary_port)),
-        ),
+    let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let targets = vec![
+        Target {
+            name: STANDIN,
+            addr: standin_addr,
+            tls_ca: None,
+        },
+        Target {
+            name: "standin without TLS between nodes",
+            addr: plain_addr,
+            tls_ca: None,
+        },
+        Target {
+            name: "redis-server (lone, no fsync)",
+            addr: local(lone_port),
+            tls_ca: None,
+        },
+        Target {
+            name: REDIS_PAIR,
+            addr: local(primary_port),
+            tls_ca: None,
+        },
+        Target {
+            name: REDIS_PAIR_TLS,
+            addr: local(tls_primary_port),
+            tls_ca: Some(ca.clone()),
+        },
     ];
     let mut rows = Vec::new();
     let pipelines = [1u32, 16];
     // redis-benchmark runs: none with --durable-only.
     let benchmark_pipelines: &[u32] = if durable_only { &[] } else { &pipelines };
     let benchmark_runs = targets.len() * benchmark_pipelines.len();
-    let durable_runs = pipelines.len() * 2 * rounds as usize;
+    // Durable rows: every target but the lone server.
+    let durable: Vec<&Target> = targets.iter().filter(|t| !t.name.contains("lone")).collect();
+    let durable_runs = pipelines.len() * durable.len() * rounds as usize;
     let bar = indicatif::ProgressBar::new((benchmark_runs + durable_runs) as u64);
     for &pipeline in benchmark_pipelines {
-        for (name, addr) in &targets {
-            bar.set_message(format!("{name} -P {pipeline}"));
-            let name = name.to_string();
-            let addr = *addr;
-            let r = tokio::task::spawn_blocking(move || run_benchmark(&name, addr, requests, pipeline))
+        for t in &targets {
+            bar.set_message(format!("{} -P {pipeline}", t.name));
+            let (name, addr, ca) = (t.name.to_string(), t.addr, t.tls_ca.clone());
+            let r = tokio::task::spawn_blocking(move || run_benchmark(&name, addr, ca.as_deref(), requests, pipeline))
                 .await
                 .map_err(|e| err(e.to_string()))??;
             rows.extend(r);
@@ -348,18 +476,20 @@ pub async fn run(opts: StoreOptions) -> Result<(), HarnessError> {
     // Rounds alternate the two targets so a burst of other load hits both.
     let durable_requests = requests.min(50_000);
     for pipeline in pipelines {
-        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        let mut runs: Vec<Vec<Row>> = vec![Vec::new(); durable.len()];
         for round in 1..=rounds {
             bar.set_message(format!(
                 "durable SET -P {pipeline} (own client), round {round}/{rounds}"
             ));
-            ours.push(durable_sets(targets[0].0, targets[0].1, durable_requests, pipeline, false).await?);
-            bar.inc(1);
-            theirs.push(durable_sets(targets[2].0, targets[2].1, durable_requests, pipeline, true).await?);
-            bar.inc(1);
+            for (i, t) in durable.iter().enumerate() {
+                let redis = !t.name.starts_with("standin");
+                runs[i].push(durable_sets(t, durable_requests, pipeline, redis).await?);
+                bar.inc(1);
+            }
         }
-        rows.extend(median(ours));
-        rows.extend(median(theirs));
+        for r in runs {
+            rows.extend(median(r));
+        }
     }
     bar.finish_and_clear();
     if json {
@@ -380,7 +510,7 @@ pub async fn run(opts: StoreOptions) -> Result<(), HarnessError> {
     for r in &rows {
         let standin = rows
             .iter()
-            .find(|s| s.test == r.test && s.pipeline == r.pipeline && s.target.starts_with("standin"))
+            .find(|s| s.test == r.test && s.pipeline == r.pipeline && s.target == STANDIN)
             .map(|s| s.rps)
             .unwrap_or(f64::NAN);
         t.add_row(vec![
@@ -390,7 +520,7 @@ pub async fn run(opts: StoreOptions) -> Result<(), HarnessError> {
             format!("{:.0}", r.rps),
             format!("{:.3}", r.p50_ms),
             format!("{:.3}", r.p99_ms),
-            if r.target.starts_with("standin") {
+            if r.target == STANDIN {
                 "-".to_string()
             } else {
                 format!("{:.2}x", standin / r.rps)
