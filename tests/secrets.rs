@@ -5,8 +5,7 @@
 //! others can read); every output and the nodes' logs are then searched for the secret values.
 //! Also checks that the data directory a node creates is private (0700).
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -15,20 +14,10 @@ use hyper::Method;
 use standin::demo::harness::{LocalCluster, Spec};
 
 mod common;
-use common::binary;
+use common::{binary, write_private};
 
 const TOKEN: &str = "tok-7f3a9c1e5b2d4f60-secret";
 const PASSWORD: &str = "pw-91c4e2a7d5b3-secret";
-
-fn write_private(path: &Path, text: &str) {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .expect("create private file");
-    f.write_all(text.as_bytes()).expect("write private file");
-}
 
 /// stdout and stderr of a finished command, with its exit code, as one text.
 fn text_of(o: &Output) -> String {

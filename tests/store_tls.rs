@@ -7,7 +7,6 @@
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -17,7 +16,7 @@ use standin::demo::harness::{LocalCluster, Spec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
-use common::binary;
+use common::{binary, write_private};
 
 const PASSWORD: &str = "pw-for-the-tls-store";
 
@@ -26,16 +25,6 @@ struct Certs {
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
-}
-
-fn write_private(path: &Path, text: &str) {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .expect("create key file");
-    f.write_all(text.as_bytes()).expect("write key file");
 }
 
 fn make_certs(dir: &Path) -> Certs {

@@ -288,7 +288,11 @@ const REDIS_PAIR_TLS: &str = "redis primary+replica (appendfsync always, TLS rep
 /// Starts a 3-node cluster in `dir` (with or without TLS between the nodes) and returns it
 /// with the store address of its Raft leader once leadership has settled on the active node
 /// (a follower would forward every request).
-async fn start_cluster(dir: &Path, binary: &Path, tls: bool) -> Result<(LocalCluster, SocketAddr), HarnessError> {
+async fn start_cluster(
+    dir: &Path,
+    binary: &Path,
+    tls: bool,
+) -> Result<(LocalCluster, SocketAddr), HarnessError> {
     let mut spec = Spec::new(dir, binary);
     spec.tls = tls;
     let mut cluster = LocalCluster::create(spec).await?;
@@ -312,19 +316,15 @@ async fn start_cluster(dir: &Path, binary: &Path, tls: bool) -> Result<(LocalClu
 
 /// Waits until the TLS replica has finished its initial sync.
 fn wait_tls_replica(port: u16, tls: &[String]) -> Result<(), HarnessError> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        let done = Command::new("redis-cli")
-            .args(tls)
-            .args(["-p", &port.to_string(), "INFO", "replication"])
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("master_link_status:up"));
-        if done {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Err(err("the TLS redis replica did not finish its sync with the primary within 20s"))
+    let mut args: Vec<&str> = tls.iter().map(String::as_str).collect();
+    args.extend(["INFO", "replication"]);
+    wait_redis(
+        port,
+        &args,
+        |out| out.contains("master_link_status:up"),
+        Duration::from_secs(20),
+        "the TLS redis replica did not finish its sync with the primary",
+    )
 }
 
 /// The row with the median requests/s.
@@ -350,7 +350,9 @@ pub async fn run(opts: StoreOptions) -> Result<(), HarnessError> {
     let binary = std::env::current_exe().map_err(|e| err(e.to_string()))?;
     let (cluster, standin_addr) = start_cluster(&dir.join("standin"), &binary, true).await?;
     let (_plain_cluster, plain_addr) = start_cluster(&dir.join("standin-plain"), &binary, false).await?;
-    let certs = cluster.certs_dir().ok_or_else(|| err("the cluster has no certificates"))?;
+    let certs = cluster
+        .certs_dir()
+        .ok_or_else(|| err("the cluster has no certificates"))?;
 
     let ports = free_ports(5)?;
     let (lone_port, primary_port, replica_port) = (ports[0], ports[1], ports[2]);
@@ -417,8 +419,16 @@ pub async fn run(opts: StoreOptions) -> Result<(), HarnessError> {
     wait_ping(replica_port, "redis replica")?;
     wait_replica_linked(replica_port)?;
     // redis-server's own port flag comes first in `redis_server`; `--port 0` later wins.
-    let _tls_primary = redis_server(&dir.join("tls-primary"), tls_primary_port, &primary_args.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let _tls_replica = redis_server(&dir.join("tls-replica"), tls_replica_port, &replica_args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let _tls_primary = redis_server(
+        &dir.join("tls-primary"),
+        tls_primary_port,
+        &primary_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )?;
+    let _tls_replica = redis_server(
+        &dir.join("tls-replica"),
+        tls_replica_port,
+        &replica_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )?;
     let ca = certs.join("ca.pem");
     let tls_cli = ["--tls", "--cacert", &ca.display().to_string()].map(String::from);
     wait_tls_replica(tls_replica_port, &tls_cli)?;
@@ -464,9 +474,11 @@ pub async fn run(opts: StoreOptions) -> Result<(), HarnessError> {
         for t in &targets {
             bar.set_message(format!("{} -P {pipeline}", t.name));
             let (name, addr, ca) = (t.name.to_string(), t.addr, t.tls_ca.clone());
-            let r = tokio::task::spawn_blocking(move || run_benchmark(&name, addr, ca.as_deref(), requests, pipeline))
-                .await
-                .map_err(|e| err(e.to_string()))??;
+            let r = tokio::task::spawn_blocking(move || {
+                run_benchmark(&name, addr, ca.as_deref(), requests, pipeline)
+            })
+            .await
+            .map_err(|e| err(e.to_string()))??;
             rows.extend(r);
             bar.inc(1);
         }

@@ -27,7 +27,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 pub use certs::{init_ca, issue, issue_between, issue_files, CaFiles, IssuedFiles};
-pub use verify::{AdminServerVerifier, NodeServerVerifier};
+pub use verify::ServerVerifier;
 
 /// The scheme and prefix of the URI SAN that names a member: `standin:node:<id>`.
 pub const NODE_URI_PREFIX: &str = "standin:node:";
@@ -497,7 +497,7 @@ impl Tls {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("ring supports TLS 1.3")
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NodeServerVerifier::new(roots, peer)))
+            .with_custom_certificate_verifier(Arc::new(ServerVerifier::member(roots, peer)))
             .with_client_auth_cert(loaded.material.chain.clone(), loaded.material.key.clone_key())
             .map_err(|e| TlsError::Other(format!("cannot use the certificate and key: {e}")))?;
         let cfg = Arc::new(cfg);
@@ -528,7 +528,7 @@ pub fn https_client_config(ca_path: &Path) -> Result<ClientConfig, TlsError> {
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("ring supports TLS 1.3")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AdminServerVerifier::new(Arc::new(roots))))
+        .with_custom_certificate_verifier(Arc::new(ServerVerifier::host_or_member(Arc::new(roots))))
         .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)

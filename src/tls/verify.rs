@@ -28,94 +28,42 @@ pub(crate) fn chains_to(roots: &RootCertStore, chain: &[CertificateDer<'_>]) -> 
     )
 }
 
-/// Accepts a server certificate that chains to the cluster CA and names member `expect`.
-#[derive(Debug)]
-pub struct NodeServerVerifier {
-    roots: Arc<RootCertStore>,
-    expect: String,
+/// Which server certificates a client accepts, besides chaining to the CA.
+#[derive(Debug, Clone)]
+enum Expect {
+    /// Exactly this member (peer connections).
+    Member(String),
+    /// Valid for the host name asked for, or naming any member (an admin API serving a node
+    /// certificate, which names a member rather than a host).
+    HostOrMember,
 }
 
-impl NodeServerVerifier {
-    pub fn new(roots: Arc<RootCertStore>, expect: &str) -> Self {
-        NodeServerVerifier {
+/// Checks a server's certificate: it must chain to `roots` and match what the client expects.
+#[derive(Debug)]
+pub struct ServerVerifier {
+    roots: Arc<RootCertStore>,
+    expect: Expect,
+}
+
+impl ServerVerifier {
+    /// For a peer connection: the server must name member `expect`.
+    pub fn member(roots: Arc<RootCertStore>, expect: &str) -> Self {
+        ServerVerifier {
             roots,
-            expect: expect.to_string(),
+            expect: Expect::Member(expect.to_string()),
+        }
+    }
+
+    /// For HTTPS to an admin API: the host name asked for, or any member.
+    pub fn host_or_member(roots: Arc<RootCertStore>) -> Self {
+        ServerVerifier {
+            roots,
+            expect: Expect::HostOrMember,
         }
     }
 }
 
-fn verify_signature_13(
-    message: &[u8],
-    cert: &CertificateDer<'_>,
-    dss: &DigitallySignedStruct,
-) -> Result<HandshakeSignatureValid, Error> {
-    verify_tls13_signature(message, cert, dss, &algorithms())
-}
-
-impl ServerCertVerifier for NodeServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        let parsed = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.roots,
-            intermediates,
-            now,
-            algorithms().all,
-        )?;
-        let named = cert_info(end_entity.as_ref())
-            .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?
-            .node_id;
-        if named.as_deref() == Some(self.expect.as_str()) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(Error::InvalidCertificate(CertificateError::NotValidForName))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls12_signature(message, cert, dss, &algorithms())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_signature_13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        algorithms().supported_schemes()
-    }
-}
-
-/// Accepts an admin API certificate that chains to the CA and either is valid for the host
-/// name asked for or names a member (node certificates are used for the admin API too).
-#[derive(Debug)]
-pub struct AdminServerVerifier {
-    roots: Arc<RootCertStore>,
-}
-
-impl AdminServerVerifier {
-    pub fn new(roots: Arc<RootCertStore>) -> Self {
-        AdminServerVerifier { roots }
-    }
-}
-
-impl ServerCertVerifier for AdminServerVerifier {
+impl ServerCertVerifier for ServerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -132,11 +80,18 @@ impl ServerCertVerifier for AdminServerVerifier {
             now,
             algorithms().all,
         )?;
-        if rustls::client::verify_server_name(&parsed, server_name).is_ok() {
-            return Ok(ServerCertVerified::assertion());
-        }
-        let names_member = cert_info(end_entity.as_ref()).is_ok_and(|i| i.node_id.is_some());
-        if names_member {
+        let named = || {
+            cert_info(end_entity.as_ref())
+                .map(|i| i.node_id)
+                .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))
+        };
+        let ok = match &self.expect {
+            Expect::Member(id) => named()?.as_deref() == Some(id.as_str()),
+            Expect::HostOrMember => {
+                rustls::client::verify_server_name(&parsed, server_name).is_ok() || named()?.is_some()
+            }
+        };
+        if ok {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(Error::InvalidCertificate(CertificateError::NotValidForName))
@@ -158,7 +113,7 @@ impl ServerCertVerifier for AdminServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        verify_signature_13(message, cert, dss)
+        verify_tls13_signature(message, cert, dss, &algorithms())
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -117,3 +117,17 @@ pub async fn peer_conn(
         .await
         .expect("TLS handshake as a member")
 }
+
+/// Creates `path` (it must not exist) with mode 0600 and writes `text`: a key or a secret file
+/// as `check_private` wants it.
+pub fn write_private(path: &std::path::Path, text: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .expect("create private file");
+    f.write_all(text.as_bytes()).expect("write private file");
+}
