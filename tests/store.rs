@@ -661,10 +661,11 @@ async fn hello_3_switches_to_resp3() {
     .expect("join");
 }
 
-/// `standin bench store --durable-only`: the equal-durability rows for both targets and both
+/// `standin bench store --durable-only`: the equal-durability rows for every target (standin
+/// with and without TLS between its nodes, the Redis pair in plain text and with TLS) and both
 /// pipeline depths (the README's figures come from these), and nothing left in the temp dir.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_durable_store_benchmark_compares_both_targets_and_cleans_up() {
+async fn the_durable_store_benchmark_compares_every_target_and_cleans_up() {
     let _g = SERIAL.lock().await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tokio::task::spawn_blocking({
@@ -702,24 +703,26 @@ async fn the_durable_store_benchmark_compares_both_targets_and_cleans_up() {
             );
             assert!(rps > 0.0 && p50 > 0.0 && p50 <= p99, "{r}");
             let target = r["target"].as_str().unwrap_or_default();
-            let which = if target.starts_with("standin") {
-                "standin"
-            } else {
-                "redis"
+            let which = match (
+                target.starts_with("standin"),
+                target.contains("TLS"),
+                target.contains("without TLS"),
+            ) {
+                (true, _, true) => "standin, plain",
+                (true, true, false) => "standin, TLS",
+                (false, true, _) => "redis, TLS",
+                _ => "redis, plain",
             };
             (which.to_string(), r["pipeline"].as_u64().unwrap_or(0))
         })
         .collect();
     seen.sort();
-    assert_eq!(
-        seen,
-        [
-            ("redis".to_string(), 1),
-            ("redis".to_string(), 16),
-            ("standin".to_string(), 1),
-            ("standin".to_string(), 16)
-        ]
-    );
+    let mut want: Vec<(String, u64)> = ["redis, TLS", "redis, plain", "standin, TLS", "standin, plain"]
+        .iter()
+        .flat_map(|t| [(t.to_string(), 1), (t.to_string(), 16)])
+        .collect();
+    want.sort();
+    assert_eq!(seen, want);
     let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("dir").collect();
     assert!(left.is_empty(), "the benchmark left files behind: {left:?}");
 }
