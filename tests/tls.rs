@@ -438,3 +438,50 @@ async fn an_insecure_cluster_says_so() {
     let log = std::fs::read_to_string(dir.path().join("a.log")).expect("log");
     assert!(log.contains("insecure = true"), "no warning at start");
 }
+
+/// Connections that open TCP and never start a handshake cannot lock a member out: 64 of them
+/// used to take every inbound slot for the whole handshake deadline (5 s, renewable at will),
+/// so a member reconnecting (after a restart, a rotation or a lost path) was closed at once.
+/// Handshakes now have their own budget and the oldest gives way; only authenticated
+/// connections take an inbound slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_do_not_lock_a_member_out() {
+    let _g = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cluster, _) = LocalCluster::launch(Spec::new(dir.path(), &binary()))
+        .await
+        .expect("cluster");
+    let addr = cluster.node("a").expect("node").paths[0];
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    let certs = cluster.certs_dir().expect("certs");
+    let mut conn = client(
+        &certs.join("ca.pem"),
+        Some((&certs.join("b.pem"), &certs.join("b.key"))),
+        addr,
+    )
+    .await
+    .expect("a member's handshake completes");
+    conn.write_all(&frame(1, "b", Request::Ping { nonce: 7 }))
+        .await
+        .expect("send");
+    let read = async {
+        let mut len = [0u8; 4];
+        conn.read_exact(&mut len).await.ok()?;
+        let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
+        conn.read_exact(&mut buf).await.ok()?;
+        postcard::from_bytes::<Frame<Response>>(&buf).ok()
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .ok()
+        .flatten()
+        .map(|f| f.body);
+    assert!(
+        matches!(answer, Some(Response::Pong { nonce: 7 })),
+        "the member was not served: {answer:?}"
+    );
+    drop(idle);
+}
