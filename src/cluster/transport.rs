@@ -891,7 +891,7 @@ pub async fn serve(listener: TcpListener, transport: Transport, handler: Handler
         let handler = handler.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move {
-            let Some((io, peer)) = transport.authenticate(stream, remote, &cancel).await else {
+            let Some((io, peer, expires)) = transport.authenticate(stream, remote, &cancel).await else {
                 return;
             };
             // Only an authenticated connection (or any, running insecure) takes a slot.
@@ -899,7 +899,7 @@ pub async fn serve(listener: TcpListener, transport: Transport, handler: Handler
                 tracing::warn!(%remote, limit = MAX_INBOUND_CONNS, "too many peer connections; closing a new one");
                 return;
             };
-            serve_conn(io, remote, peer, transport, handler, cancel).await;
+            serve_conn(io, remote, peer, expires, transport, handler, cancel).await;
             drop(permit);
         });
     }
@@ -929,9 +929,9 @@ impl Transport {
         stream: TcpStream,
         remote: SocketAddr,
         cancel: &CancellationToken,
-    ) -> Option<(BoxIo, Option<String>)> {
+    ) -> Option<(BoxIo, Option<String>, Option<i64>)> {
         let Some(tls) = &self.inner.tls else {
-            return Some((Box::new(stream), None));
+            return Some((Box::new(stream), None, None));
         };
         let acceptor = tls.peer_acceptor()?;
         let within = PROVE_DEADLINE.max(self.inner.heartbeat_interval.saturating_mul(3));
@@ -967,7 +967,14 @@ impl Transport {
         match named {
             Some(id) if self.is_peer(&id) => {
                 self.saw_certificate(&id, io.get_ref().1.peer_certificates());
-                Some((Box::new(io), Some(id)))
+                let expires = io
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| crate::tls::cert_info(c.as_ref()).ok())
+                    .map(|i| i.not_after);
+                Some((Box::new(io), Some(id), expires))
             }
             other => {
                 self.refuse(Refusal::NotMember);
@@ -1003,10 +1010,13 @@ pub async fn accept(listener: &TcpListener, cancel: &CancellationToken) -> Optio
 
 /// Serves one connection. `peer`: the member its certificate names (with TLS); every frame
 /// must then claim that member, and the handler hears that name, never the frame's own.
+/// `expires`: when that certificate expires (Unix seconds); the connection is closed then,
+/// as a new one with it would be refused.
 async fn serve_conn(
     stream: BoxIo,
     remote: SocketAddr,
     peer: Option<String>,
+    expires: Option<i64>,
     transport: Transport,
     handler: Handler,
     cancel: CancellationToken,
@@ -1056,6 +1066,10 @@ async fn serve_conn(
                 _ = check.tick() => {
                     if !proven && accepted.elapsed() > prove_within {
                         tracing::warn!(%remote, "peer connection sent no member frame in time; closing");
+                        break None;
+                    }
+                    if expires.is_some_and(|t| crate::tls::unix_now() > t) {
+                        tracing::warn!(%remote, certificate_names = ?peer, "peer certificate expired; closing its connection");
                         break None;
                     }
                     if source.read_buffer().is_empty() {
