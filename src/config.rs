@@ -543,7 +543,7 @@ impl StoreConfig {
 
 /// Config keys whose values are secrets, in any section: never logged, printed, published in
 /// events or hashed into the config digest.
-pub const SECRET_KEYS: &[&str] = &["token", "requirepass"];
+pub const SECRET_KEYS: &[&str] = &["token", "requirepass", "api-token"];
 
 /// What a secret's value is replaced with wherever it would be shown.
 pub const REDACTED: &str = "<redacted>";
@@ -2380,6 +2380,24 @@ token = \"0123456789abcdef\"\n"
         let c = Config::parse(&format!("{FULL}\ntoken = \"0123456789abcdef-one\"\n")).unwrap();
         let whole = format!("{:016x}", raft_id(&serde_json::to_string(&c).unwrap()));
         assert_ne!(c.digest(), whole);
+    }
+
+    /// `[proxy] api-token` (the token a proxy inside a node's config sends to the admin APIs)
+    /// is a secret too: it was hashed into the digest and left in error messages (the scan
+    /// skipped `token` after a `-`).
+    #[test]
+    fn the_proxy_api_token_is_a_secret_too() {
+        let with = |token: &str| {
+            format!(
+                "{MINIMAL}\n[proxy]\ncluster = [\"127.0.0.1:7181\"]\nadmin = \"127.0.0.1:7190\"\n\
+                 api-token = \"{token}\"\n"
+            )
+        };
+        let digest = |t: &str| Config::parse(&with(t)).expect("valid").digest();
+        assert_eq!(digest("proxy-token-0123456789"), digest("proxy-token-9876543210"));
+        let text = with("proxy-token-0123456789");
+        let shown = redact(&text, "line 9: api-token = \"proxy-token-0123456789\" unexpected");
+        assert!(!shown.contains("proxy-token-0123456789"), "{shown}");
     }
 
     /// Issue 13: a config that does not parse is reported without the secrets in it (the

@@ -515,20 +515,21 @@ async fn a_full_disk_stops_the_node_and_loses_nothing() {
     }
 }
 
-/// One lost or forged `Health` write used to leave a node unhealthy for good (health was
-/// written only on transitions). Each node now reconciles the replicated record with what it
-/// observes and writes it again when they disagree.
+/// A member's own certificate lets it report about itself only: a forged health report for
+/// the active node (used to force a failover), a forged release of the active
+/// node (used to skip the lease wait: two actives), a forged promotion and a lease asked for
+/// the active node (which held off its failover) are all refused, and nothing changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forged_health_record_is_corrected_by_the_node() {
+async fn a_member_cannot_report_or_ask_a_lease_for_another() {
     let _g = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (cluster, before) = start(Spec::new(dir.path(), &binary())).await;
-    let standby = if before.active.as_deref() == Some("a") {
-        "b"
-    } else {
-        "a"
-    };
+    let (cluster, _) = start(Spec::new(dir.path(), &binary())).await;
+    let before = settled(&cluster).await;
+    let active = before.active.clone().expect("active");
     let leader = before.leader.clone().expect("leader");
+    let standby = if active == "a" { "b" } else { "a" };
+    // Settled: the leader is the active node, so the sender is neither.
+    assert_eq!(leader, active, "settled");
     let sender = cluster
         .nodes
         .iter()
@@ -536,28 +537,62 @@ async fn a_forged_health_record_is_corrected_by_the_node() {
         .find(|id| *id != leader)
         .expect("a member that is not the leader");
     let mut conn = peer_conn(&cluster, &leader, &sender).await;
-    let forged = Command::Health {
-        node: standby.to_string(),
-        check: "process".into(),
-        healthy: false,
-        detail: "forged".into(),
-        at: 1,
+    let forged = [
+        Command::Health {
+            node: active.clone(),
+            check: "process".into(),
+            healthy: false,
+            detail: "forged".into(),
+            at: 1,
+        },
+        Command::Released {
+            node: active.clone(),
+            epoch: before.epoch,
+            reason: "forged".into(),
+            at: 1,
+        },
+        Command::Promote {
+            node: standby.to_string(),
+            epoch: before.epoch + 1,
+            previous: Some(active.clone()),
+            cause: standin::failover::Cause::Switchover,
+            fence: false,
+            at: 1,
+        },
+    ];
+    for (i, cmd) in forged.into_iter().enumerate() {
+        send_raw(&mut conn, &frame(i as u64 + 1, &sender, Request::Write(cmd))).await;
+        let answer = read_answer(&mut conn).await.expect("an answer");
+        assert!(
+            matches!(&answer.body, Response::Write(Err(e)) if e.contains(&format!("{sender} cannot"))),
+            "forged write {i}: {:?}",
+            answer.body
+        );
+    }
+    let lease = Request::Lease {
+        node: active.clone(),
+        epoch: before.epoch,
     };
-    send_raw(&mut conn, &frame(1, &sender, Request::Write(forged))).await;
+    send_raw(&mut conn, &frame(9, &sender, lease)).await;
     let answer = read_answer(&mut conn).await.expect("an answer");
     assert!(
-        matches!(&answer.body, Response::Write(Ok(r)) if r.ok),
-        "the forged write was applied (a member may write health today): {:?}",
+        matches!(&answer.body, Response::Lease(standin::cluster::rpc::LeaseReply::Refused(m)) if m.contains("cannot ask for a lease")),
+        "{:?}",
         answer.body
     );
-    cluster
-        .wait_for(Duration::from_secs(10), "the standby healthy again", |s| {
-            s.nodes.iter().any(|n| {
-                n.id == standby && n.healthy && n.checks.iter().all(|c| c.healthy && c.detail != "forged")
-            })
-        })
-        .await
-        .expect("the node re-asserts its health");
+    let after = cluster.status().await.expect("status");
+    assert_eq!(
+        (after.active.clone(), after.epoch),
+        (Some(active), before.epoch),
+        "the role moved: {after:?}"
+    );
+    assert!(
+        after
+            .nodes
+            .iter()
+            .all(|n| n.checks.iter().all(|c| c.detail != "forged")),
+        "a forged health record was applied: {after:?}"
+    );
 }
 
 /// The largest value the store accepts by default replicates without disturbing anyone: a run

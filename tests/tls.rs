@@ -429,3 +429,115 @@ async fn an_insecure_cluster_says_so() {
     let log = std::fs::read_to_string(dir.path().join("a.log")).expect("log");
     assert!(log.contains("insecure = true"), "no warning at start");
 }
+
+/// Connections that open TCP and never start a handshake cannot lock a member out: 64 of them
+/// used to take every inbound slot for the whole handshake deadline (5 s, renewable at will),
+/// so a member reconnecting (after a restart, a rotation or a lost path) was closed at once.
+/// Handshakes now have their own budget and the oldest gives way; only authenticated
+/// connections take an inbound slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_do_not_lock_a_member_out() {
+    let _g = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cluster, _) = LocalCluster::launch(Spec::new(dir.path(), &binary()))
+        .await
+        .expect("cluster");
+    let addr = cluster.node("a").expect("node").paths[0];
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    let certs = cluster.certs_dir().expect("certs");
+    let mut conn = client(
+        &certs.join("ca.pem"),
+        Some((&certs.join("b.pem"), &certs.join("b.key"))),
+        addr,
+    )
+    .await
+    .expect("a member's handshake completes");
+    conn.write_all(&frame(1, "b", Request::Ping { nonce: 7 }))
+        .await
+        .expect("send");
+    let read = async {
+        let mut len = [0u8; 4];
+        conn.read_exact(&mut len).await.ok()?;
+        let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
+        conn.read_exact(&mut buf).await.ok()?;
+        postcard::from_bytes::<Frame<Response>>(&buf).ok()
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .ok()
+        .flatten()
+        .map(|f| f.body);
+    assert!(
+        matches!(answer, Some(Response::Pong { nonce: 7 })),
+        "the member was not served: {answer:?}"
+    );
+    drop(idle);
+}
+
+/// A connection lives no longer than the certificate it was opened with: a member's
+/// connection made with a certificate that then expires is closed (a new one with it would
+/// be refused). It used to be served for as long as it stayed open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_ends_when_its_certificate_expires() {
+    let _g = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cluster, _) = LocalCluster::launch(Spec::new(dir.path(), &binary()))
+        .await
+        .expect("cluster");
+    let certs = cluster.certs_dir().expect("certs");
+    // `b`'s certificate from the cluster CA, expiring in about 3 s.
+    let short = dir.path().join("short");
+    issue_into(
+        &certs,
+        &short,
+        "b",
+        Some(time::OffsetDateTime::now_utc() - time::Duration::seconds(60)),
+        Duration::from_secs(63),
+    );
+    let addr = cluster.node("a").expect("node").paths[0];
+    let mut conn = client(
+        &certs.join("ca.pem"),
+        Some((&short.join("b.pem"), &short.join("b.key"))),
+        addr,
+    )
+    .await
+    .expect("handshake with a certificate still valid");
+    let ping = |nonce: u64| frame(nonce, "b", Request::Ping { nonce });
+    let mut answered = 0;
+    let mut closed = false;
+    // Pings every 250 ms for at most 15 s: answered while the certificate is valid, then the
+    // connection must close.
+    for nonce in 0..60u64 {
+        if conn.write_all(&ping(nonce)).await.is_err() {
+            closed = true;
+            break;
+        }
+        let read = async {
+            let mut len = [0u8; 4];
+            conn.read_exact(&mut len).await.ok()?;
+            let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
+            conn.read_exact(&mut buf).await.ok()?;
+            postcard::from_bytes::<Frame<Response>>(&buf).ok()
+        };
+        match tokio::time::timeout(Duration::from_secs(2), read).await {
+            Ok(Some(f)) if matches!(f.body, Response::Pong { .. }) => answered += 1,
+            Ok(_) => {
+                closed = true;
+                break;
+            }
+            Err(_) => panic!("no answer and no close within 2 s"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        answered > 0,
+        "the connection was served while the certificate was valid"
+    );
+    assert!(
+        closed,
+        "the connection was still served after 15 s of pings, its certificate expired about 3 s in ({answered} pongs)"
+    );
+}

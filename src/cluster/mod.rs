@@ -650,14 +650,21 @@ impl Cluster {
                     retry: false,
                 },
             },
-            Request::Write(cmd) => match self.write_local(cmd).await {
-                Ok(r) => Response::Write(Ok(r)),
-                // Not the leader (any more): nothing was appended, the sender may retry.
-                Err(e) if e.retryable() => Response::Error {
-                    message: e.to_string(),
-                    retry: true,
+            // A peer forwards reports about itself only (see `Command::check_forwarded`).
+            Request::Write(cmd) => match cmd.check_forwarded(from) {
+                Err(why) => {
+                    tracing::warn!(peer = %from, reason = %why, "forwarded write refused");
+                    Response::Write(Err(format!("refused: {why}")))
+                }
+                Ok(()) => match self.write_local(cmd).await {
+                    Ok(r) => Response::Write(Ok(r)),
+                    // Not the leader (any more): nothing was appended, the sender may retry.
+                    Err(e) if e.retryable() => Response::Error {
+                        message: e.to_string(),
+                        retry: true,
+                    },
+                    Err(e) => Response::Write(Err(e.to_string())),
                 },
-                Err(e) => Response::Write(Err(e.to_string())),
             },
             other => return Err(other),
         })

@@ -226,7 +226,68 @@ impl<'de> Deserialize<'de> for Changes {
     }
 }
 
+/// The variant name of a command, for messages (never its contents).
+fn kind_name<B>(c: &CommandOf<B>) -> &'static str {
+    match c {
+        CommandOf::NodeStarted { .. } => "NodeStarted",
+        CommandOf::Health { .. } => "Health",
+        CommandOf::Depose { .. } => "Depose",
+        CommandOf::Released { .. } => "Released",
+        CommandOf::Promote { .. } => "Promote",
+        CommandOf::PromoteResult { .. } => "PromoteResult",
+        CommandOf::PromotionTimedOut { .. } => "PromotionTimedOut",
+        CommandOf::HookRun { .. } => "HookRun",
+        CommandOf::Maintenance { .. } => "Maintenance",
+        CommandOf::Path { .. } => "Path",
+        CommandOf::Alarm { .. } => "Alarm",
+        CommandOf::SetRetention { .. } => "SetRetention",
+        CommandOf::Notified { .. } => "Notified",
+        CommandOf::Drain { .. } => "Drain",
+        CommandOf::Switchover { .. } => "Switchover",
+        CommandOf::CancelSwitchover { .. } => "CancelSwitchover",
+        CommandOf::Batch(_) => "Batch",
+        CommandOf::Store { .. } => "Store",
+        CommandOf::SwitchoverIf { .. } => "SwitchoverIf",
+    }
+}
+
+impl<B> CommandOf<B> {
+    /// The member a peer may forward this change for: the kinds a node reports about itself
+    /// (start, health, release, promotion result, hook run, paths) and only for itself. The
+    /// others are written by the leader itself (coordinator, admin actions, alarms, store
+    /// groups) and never arrive as a forwarded write.
+    fn forwardable_by(&self) -> Option<&str> {
+        match self {
+            CommandOf::NodeStarted { node, .. }
+            | CommandOf::Health { node, .. }
+            | CommandOf::Released { node, .. }
+            | CommandOf::PromoteResult { node, .. }
+            | CommandOf::HookRun { node, .. }
+            | CommandOf::Path { node, .. } => Some(node),
+            _ => None,
+        }
+    }
+}
+
 impl Command {
+    /// Whether member `from` may forward this command to the leader (`Request::Write`): only
+    /// reports about itself. A peer's certificate proves who it is, not what it says about
+    /// others: a forged release of the active node would skip the lease wait (two actives), a
+    /// forged health report would force a failover, a forged promotion would pick the active.
+    pub fn check_forwarded(&self, from: &str) -> Result<(), String> {
+        let one = |node: Option<&str>, kind: &str| match node {
+            Some(node) if node == from => Ok(()),
+            Some(node) => Err(format!("{from} cannot report {kind} for {node}")),
+            None => Err(format!("{from} cannot forward {kind}: only the leader writes it")),
+        };
+        match self {
+            CommandOf::Batch(Changes(changes)) => changes
+                .iter()
+                .try_for_each(|c| one(c.forwardable_by(), kind_name(c))),
+            c => one(c.forwardable_by(), kind_name(c)),
+        }
+    }
+
     /// A batch of `changes`, applied in order in one log entry. At most [`MAX_BATCH`] are kept
     /// (a longer batch could not be read back); the callers write records that they derive
     /// again on their next round (alarms, paths), so what is left out follows then.
@@ -951,6 +1012,64 @@ impl ClusterState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A forwarded write (`Request::Write`) carries only the sender's reports about itself:
+    /// a member with its own certificate used to be able to release, fail or promote another
+    /// member through the leader.
+    #[test]
+    fn a_peer_forwards_only_reports_about_itself() {
+        let health = |node: &str| Change::Health {
+            node: node.into(),
+            check: "process".into(),
+            healthy: false,
+            detail: String::new(),
+            at: 1,
+        };
+        let released = |node: &str| Command::Released {
+            node: node.into(),
+            epoch: 3,
+            reason: String::new(),
+            at: 1,
+        };
+        assert!(released("b").check_forwarded("b").is_ok());
+        assert!(Command::batch(vec![
+            health("b"),
+            Change::Released {
+                node: "b".into(),
+                epoch: 3,
+                reason: String::new(),
+                at: 1,
+            }
+        ])
+        .check_forwarded("b")
+        .is_ok());
+        let e = released("a").check_forwarded("b").expect_err("b releases a");
+        assert!(e.contains("b cannot report Released for a"), "{e}");
+        assert!(Command::batch(vec![health("b"), health("a")])
+            .check_forwarded("b")
+            .is_err());
+        let promote = Command::Promote {
+            node: "b".into(),
+            epoch: 4,
+            previous: Some("a".into()),
+            cause: crate::failover::Cause::Switchover,
+            fence: false,
+            at: 1,
+        };
+        let e = promote
+            .check_forwarded("b")
+            .expect_err("only the leader promotes");
+        assert!(e.contains("only the leader"), "{e}");
+        assert!(Command::batch(vec![Change::Notified { seq: 1 }])
+            .check_forwarded("b")
+            .is_err());
+        assert!(Command::Store {
+            groups: Vec::new(),
+            now_ms: 1
+        }
+        .check_forwarded("b")
+        .is_err());
+    }
 
     /// The attack of issue 12: a batch nested thousands deep, as a log entry or inside a
     /// `Request::Write` frame, used to overflow the stack of every node while decoding or

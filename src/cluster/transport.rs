@@ -33,6 +33,13 @@ pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 /// Most inbound peer connections served at once: a member needs one per path per peer, and
 /// reconnects briefly overlap; beyond this, new connections are closed at once.
 pub const MAX_INBOUND_CONNS: usize = 64;
+/// TLS handshakes of inbound connections under way at once. A new one beyond this evicts the
+/// oldest: handshakes have their own budget, apart from [`MAX_INBOUND_CONNS`], so connections
+/// that never finish a handshake cannot lock members out (64 idle TCP connections used to
+/// hold every inbound slot for the whole handshake deadline, again and again); a member's
+/// handshake takes milliseconds, so to evict it a flood must open this many connections
+/// within those milliseconds.
+pub const MAX_PENDING_HANDSHAKES: usize = 32;
 /// A frame that has started arriving must be complete within this long, or the connection is
 /// closed: a sender that declares a large frame and stalls cannot keep its buffer.
 pub const FRAME_DEADLINE: Duration = Duration::from_secs(10);
@@ -235,6 +242,9 @@ struct Inner {
     inbound: Arc<tokio::sync::Semaphore>,
     /// Bytes buffered by inbound connections, against [`INBOUND_BUFFER_BUDGET`].
     buffers: Arc<BufferBudget>,
+    /// Inbound TLS handshakes under way, oldest first, against [`MAX_PENDING_HANDSHAKES`].
+    handshakes: Mutex<VecDeque<(u64, CancellationToken)>>,
+    next_handshake: AtomicU64,
     heartbeat_interval: Duration,
     failure_timeout: Duration,
     /// Mutual TLS on every connection; `None` when running insecure.
@@ -293,6 +303,8 @@ impl Transport {
                 next_nonce: AtomicU64::new(nonce_seed()),
                 inbound: Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND_CONNS)),
                 buffers: Arc::default(),
+                handshakes: Mutex::default(),
+                next_handshake: AtomicU64::new(0),
                 heartbeat_interval,
                 failure_timeout,
                 tls,
@@ -869,29 +881,46 @@ pub type Handler =
     Arc<dyn Fn(String, Request) -> futures::future::BoxFuture<'static, Response> + Send + Sync>;
 
 /// Accepts peer connections on `listener` until `cancel` fires, at most
-/// [`MAX_INBOUND_CONNS`] at once over all listeners (more are closed at once: the listener
-/// never runs the node out of descriptors or memory).
+/// [`MAX_INBOUND_CONNS`] authenticated ones at once over all listeners (more are closed at
+/// once: the listener never runs the node out of descriptors or memory), and at most
+/// [`MAX_PENDING_HANDSHAKES`] handshakes under way.
 pub async fn serve(listener: TcpListener, transport: Transport, handler: Handler, cancel: CancellationToken) {
     while let Some((stream, remote)) = accept(&listener, &cancel).await {
-        let Ok(permit) = transport.inner.inbound.clone().try_acquire_owned() else {
-            tracing::warn!(%remote, limit = MAX_INBOUND_CONNS, "too many peer connections; closing a new one");
-            drop(stream);
-            continue;
-        };
         crate::net::keepalive(&stream, PEER_KEEPALIVE_SECS);
         let transport = transport.clone();
         let handler = handler.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move {
-            if let Some((io, peer)) = transport.authenticate(stream, remote, &cancel).await {
-                serve_conn(io, remote, peer, transport, handler, cancel).await;
-            }
+            let Some((io, peer, expires)) = transport.authenticate(stream, remote, &cancel).await else {
+                return;
+            };
+            // Only an authenticated connection (or any, running insecure) takes a slot.
+            let Ok(permit) = transport.inner.inbound.clone().try_acquire_owned() else {
+                tracing::warn!(%remote, limit = MAX_INBOUND_CONNS, "too many peer connections; closing a new one");
+                return;
+            };
+            serve_conn(io, remote, peer, expires, transport, handler, cancel).await;
             drop(permit);
         });
     }
 }
 
 impl Transport {
+    /// Registers an inbound handshake; when [`MAX_PENDING_HANDSHAKES`] are under way, the
+    /// oldest is told to give up. Returns its ticket and the token that says so.
+    fn start_handshake(&self) -> (u64, CancellationToken) {
+        let ticket = self.inner.next_handshake.fetch_add(1, Ordering::Relaxed);
+        let token = CancellationToken::new();
+        let mut pending = lock(&self.inner.handshakes);
+        while pending.len() >= MAX_PENDING_HANDSHAKES {
+            if let Some((_, oldest)) = pending.pop_front() {
+                oldest.cancel();
+            }
+        }
+        pending.push_back((ticket, token.clone()));
+        (ticket, token)
+    }
+
     /// Completes the TLS handshake of an inbound connection (within [`PROVE_DEADLINE`]) and
     /// learns which member its certificate names. `None`: refused (logged and counted). The
     /// member is `None` without TLS: frames then name their sender themselves.
@@ -900,15 +929,26 @@ impl Transport {
         stream: TcpStream,
         remote: SocketAddr,
         cancel: &CancellationToken,
-    ) -> Option<(BoxIo, Option<String>)> {
+    ) -> Option<(BoxIo, Option<String>, Option<i64>)> {
         let Some(tls) = &self.inner.tls else {
-            return Some((Box::new(stream), None));
+            return Some((Box::new(stream), None, None));
         };
         let acceptor = tls.peer_acceptor()?;
         let within = PROVE_DEADLINE.max(self.inner.heartbeat_interval.saturating_mul(3));
+        let (ticket, evicted) = self.start_handshake();
         let accepted = tokio::select! {
-            _ = cancel.cancelled() => return None,
-            r = tokio::time::timeout(within, acceptor.accept(stream)) => r,
+            _ = cancel.cancelled() => None,
+            _ = evicted.cancelled() => Some(Err(())),
+            r = tokio::time::timeout(within, acceptor.accept(stream)) => Some(Ok(r)),
+        };
+        lock(&self.inner.handshakes).retain(|(t, _)| *t != ticket);
+        let accepted = match accepted? {
+            Ok(r) => r,
+            Err(()) => {
+                self.refuse(Refusal::Handshake);
+                tracing::warn!(%remote, limit = MAX_PENDING_HANDSHAKES, "too many peer TLS handshakes under way; closing the oldest");
+                return None;
+            }
         };
         let io = match accepted {
             Ok(Ok(io)) => io,
@@ -927,7 +967,14 @@ impl Transport {
         match named {
             Some(id) if self.is_peer(&id) => {
                 self.saw_certificate(&id, io.get_ref().1.peer_certificates());
-                Some((Box::new(io), Some(id)))
+                let expires = io
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| crate::tls::cert_info(c.as_ref()).ok())
+                    .map(|i| i.not_after);
+                Some((Box::new(io), Some(id), expires))
             }
             other => {
                 self.refuse(Refusal::NotMember);
@@ -963,10 +1010,13 @@ pub async fn accept(listener: &TcpListener, cancel: &CancellationToken) -> Optio
 
 /// Serves one connection. `peer`: the member its certificate names (with TLS); every frame
 /// must then claim that member, and the handler hears that name, never the frame's own.
+/// `expires`: when that certificate expires (Unix seconds); the connection is closed then,
+/// as a new one with it would be refused.
 async fn serve_conn(
     stream: BoxIo,
     remote: SocketAddr,
     peer: Option<String>,
+    expires: Option<i64>,
     transport: Transport,
     handler: Handler,
     cancel: CancellationToken,
@@ -1016,6 +1066,10 @@ async fn serve_conn(
                 _ = check.tick() => {
                     if !proven && accepted.elapsed() > prove_within {
                         tracing::warn!(%remote, "peer connection sent no member frame in time; closing");
+                        break None;
+                    }
+                    if expires.is_some_and(|t| crate::tls::unix_now() > t) {
+                        tracing::warn!(%remote, certificate_names = ?peer, "peer certificate expired; closing its connection");
                         break None;
                     }
                     if source.read_buffer().is_empty() {

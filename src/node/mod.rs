@@ -448,6 +448,14 @@ async fn handle_peer(node: &Arc<Node>, from: String, req: Request) -> Response {
         Err(req) => req,
     };
     match req {
+        // A node asks for its own lease only: a grant recorded for another member would hold
+        // off that member's failover for as long as the asker keeps asking.
+        Request::Lease { node: who, .. } if who != from => {
+            tracing::warn!(peer = %from, lease_for = %who, "lease request for another member refused");
+            Response::Lease(crate::cluster::rpc::LeaseReply::Refused(format!(
+                "{from} cannot ask for a lease for {who}"
+            )))
+        }
         Request::Lease { node: who, epoch } => Response::Lease(lease::grant(node, &who, epoch).await),
         Request::StoreWrite { ops, kind } => match node.store.get() {
             Some(r) => Response::Store(r.write_local(ops, kind, None).await),

@@ -130,6 +130,7 @@ pub fn clamp_max_clients(max_clients: u32, file_limit: u64, config: &Config) -> 
     let reserve = FD_RESERVE
         .saturating_add(config.api.max_connections as u64)
         .saturating_add(crate::cluster::transport::MAX_INBOUND_CONNS as u64)
+        .saturating_add(crate::cluster::transport::MAX_PENDING_HANDSHAKES as u64)
         .saturating_add(peer_paths);
     let room = file_limit.saturating_sub(reserve).max(1);
     u32::try_from(room).map_or(max_clients, |room| max_clients.min(room))
@@ -1298,9 +1299,9 @@ mod tests {
             member("w", "witness", 2)
         );
         let config = Config::parse(&text).expect("valid config");
-        // The admin API (256 by default), 64 inbound peer connections, and two peers with two
-        // paths each: four outbound connections.
-        let reserve = FD_RESERVE + 256 + 64 + 4;
+        // The admin API (256 by default), 64 inbound peer connections, 32 peer handshakes, and
+        // two peers with two paths each: four outbound connections.
+        let reserve = FD_RESERVE + 256 + 64 + 32 + 4;
         assert_eq!(clamp_max_clients(10_000, 1_000_000, &config), 10_000);
         assert_eq!(clamp_max_clients(10_000, 1024, &config), (1024 - reserve) as u32);
         assert_eq!(clamp_max_clients(10_000, 256, &config), 1);
