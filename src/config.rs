@@ -230,6 +230,10 @@ pub struct ApiConfig {
     /// Serve the API without a token on a non-loopback `admin` address: anyone who can reach
     /// it can move the role. Refused otherwise (the node does not start).
     pub insecure_open: bool,
+    /// DNS names the admin API answers to (the `Host` a browser sends), besides IP addresses
+    /// and `localhost`: a request naming any other host is refused, so a web page whose name
+    /// was rebound to this address cannot read it.
+    pub hosts: Vec<String>,
     /// The token in effect (from `token` or `token-file`), resolved when the config loads.
     #[serde(skip)]
     pub resolved_token: Option<String>,
@@ -247,6 +251,7 @@ impl Default for ApiConfig {
             tls_cert: None,
             tls_key: None,
             insecure_open: false,
+            hosts: Vec::new(),
             resolved_token: None,
         }
     }

@@ -12,6 +12,10 @@
 //!   anything happens (a "simple" cross-origin POST is sent without a preflight).
 //! - A mutation with a body needs `Content-Type: application/json` (415 otherwise), which a
 //!   page cannot send cross-origin without a preflight.
+//! - The `Host` a request names must be an IP address, `localhost` or one of the configured
+//!   host names (421 otherwise): a page whose DNS name an attacker points at this address
+//!   ("DNS rebinding") is same-origin to the browser, and would otherwise read everything
+//!   the API shows without a token.
 
 use std::sync::Arc;
 
@@ -34,6 +38,9 @@ pub struct Guard {
     /// `http` or `https`: with a token, a page served by this API itself (its origin is this
     /// scheme and the request's `Host`) may call it too, whatever name the browser used.
     pub scheme: &'static str,
+    /// DNS names (lower case) requests may name in `Host`, besides IP addresses and
+    /// `localhost`.
+    pub hosts: Vec<String>,
 }
 
 impl Guard {
@@ -68,6 +75,19 @@ impl Guard {
     }
 }
 
+/// Whether `host` (a `Host` header: a name or address, and maybe a port) is an IP address,
+/// `localhost`, or one of `names`.
+fn host_allowed(host: &str, names: &[String]) -> bool {
+    let host = host.trim().to_ascii_lowercase();
+    // `[v6]:port`, `[v6]`, `v4:port`, `name:port`, `name`.
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok());
+    } else {
+        host.rsplit_once(':').map_or(host.as_str(), |(n, _)| n)
+    };
+    name.parse::<std::net::Ipv4Addr>().is_ok() || name == "localhost" || names.iter().any(|n| n == name)
+}
+
 /// A media type of `application/json` (parameters such as `charset` allowed).
 fn is_json(headers: &HeaderMap) -> bool {
     headers
@@ -91,6 +111,18 @@ pub async fn guard(
         .as_deref()
         .filter(|o| g.allows(o, req.headers()))
         .map(str::to_string);
+    // HTTP/1.1 requires `Host`; a client without one is not a browser.
+    if let Some(host) = req.headers().get(header::HOST) {
+        let host = host.to_str().unwrap_or("?");
+        if !host_allowed(host, &g.hosts) {
+            tracing::warn!(host = %host, path = %req.uri().path(), "request for an unknown host name refused");
+            return error_response(
+                StatusCode::MISDIRECTED_REQUEST,
+                "this API answers only to IP addresses, localhost and the host names in its config (`hosts`)".into(),
+                false,
+            );
+        }
+    }
     let method = req.method().clone();
     if method == Method::OPTIONS {
         // A preflight (or any OPTIONS): allow headers only for an allowed origin.
@@ -201,6 +233,7 @@ mod tests {
             open_paths: &["/open"],
             origins: Guard::origins_of("http", ["127.0.0.1:7400".parse().expect("addr")]),
             scheme: "http",
+            hosts: vec!["node-a".into()],
         });
         Router::new()
             .route("/r", get(|| async { "read" }))
@@ -297,5 +330,22 @@ mod tests {
         let named = [("origin", "http://node-a:7400"), ("host", "node-a:7400"), auth];
         assert_eq!(call(app(Some(t)), "POST", &named, "").await.status(), 200);
         assert_eq!(call(app(None), "POST", &named[..2], "").await.status(), 403);
+    }
+
+    /// DNS rebinding: a page whose name was pointed at this address is same-origin to the
+    /// browser, and could read status, events and metrics without a token. A request must
+    /// name an IP address, `localhost` or a configured host name.
+    #[tokio::test]
+    async fn only_addresses_localhost_and_configured_names_are_served() {
+        for host in ["127.0.0.1:7400", "10.0.0.1", "[::1]:7400", "localhost:7400", "NODE-A:7400", "node-a"] {
+            let r = call(app(None), "GET", &[("host", host)], "").await;
+            assert_eq!(r.status(), 200, "{host}");
+        }
+        for host in ["evil.example:7400", "evil.example", "node-a.evil.example:7400", "[evil]:1", "127.0.0.1.nip.io"] {
+            let r = call(app(None), "GET", &[("host", host)], "").await;
+            assert_eq!(r.status(), 421, "{host}");
+        }
+        assert!(host_allowed("127.0.0.1", &[]));
+        assert!(!host_allowed("localhost.evil", &[]));
     }
 }

@@ -245,6 +245,7 @@ fn admin_guard(cfg: &crate::config::Config) -> guard::Guard {
         open_paths: &["/v1/lease", "/", "/dashboard"],
         origins: guard::Guard::origins_of(cfg.api.scheme(), cfg.members.iter().map(|m| m.admin)),
         scheme: cfg.api.scheme(),
+        hosts: cfg.api.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
     }
 }
 

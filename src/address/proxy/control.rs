@@ -50,6 +50,8 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, cancel: Cancellatio
         open_paths: &[],
         origins: crate::api::guard::Guard::origins_of("http", own),
         scheme: "http",
+        // The control API is reached by address; names are refused (DNS rebinding).
+        hosts: Vec::new(),
     });
     let app = Router::new()
         .route("/v1/proxy", get(status))
