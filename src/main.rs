@@ -378,6 +378,13 @@ async fn async_main(args: Args) -> ExitCode {
         _ => None,
     };
     cli::set_token(api.and_then(|a| a.token.clone()));
+    if let Some(a) = api {
+        if let Some(w) =
+            standin::api::client::plaintext_token_warning(&a.api, a.token.is_some(), a.ca.is_some())
+        {
+            eprintln!("standin: warning: {w}");
+        }
+    }
     if let Some(ca) = api.and_then(|a| a.ca.as_deref()) {
         if let Err(e) = cli::set_ca(ca) {
             eprintln!("standin: {e}");

@@ -157,6 +157,20 @@ pub async fn request(
     request_with(api, method, path, body, timeout, &Access::default()).await
 }
 
+/// A warning when a token would cross the network in plain text: HTTP (not HTTPS) to an
+/// address that is not loopback. `None` when there is no token, the API is HTTPS, or local.
+pub fn plaintext_token_warning(api: &str, has_token: bool, has_ca: bool) -> Option<String> {
+    let target = Target::parse(api, has_ca).ok()?;
+    let host = target.host();
+    let local = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    (has_token && !target.https && !local).then(|| {
+        format!(
+            "the API token goes to {api} in plain text: anyone on the path can read it; \
+             serve the admin API over HTTPS ([api] tls = true) and give its CA (--ca / STANDIN_CA, or [proxy] api-ca)"
+        )
+    })
+}
+
 /// [`request`] with `Authorization: Bearer <token>` when a token is given.
 pub async fn request_with_token(
     api: &str,
@@ -281,5 +295,21 @@ mod tests {
         for bad in ["", "n1", "https://n1", "ftp://n1:1", "u:p@n1:1", "n1:1/x"] {
             assert!(Target::parse(bad, false).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_token_in_plain_text_off_the_machine_is_warned_about() {
+        let w = |api: &str, token: bool, ca: bool| plaintext_token_warning(api, token, ca).is_some();
+        assert!(w("10.0.0.1:7400", true, false));
+        assert!(w("http://node-a.example:7400", true, true));
+        assert!(!w("10.0.0.1:7400", false, false), "no token, nothing to leak");
+        assert!(
+            !w("10.0.0.1:7400", true, true),
+            "a bare address with a CA is HTTPS"
+        );
+        assert!(!w("https://10.0.0.1:7400", true, true));
+        assert!(!w("127.0.0.1:7400", true, false));
+        assert!(!w("localhost:7400", true, false));
+        assert!(!w("[::1]:7400", true, false));
     }
 }

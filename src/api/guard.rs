@@ -81,7 +81,10 @@ fn host_allowed(host: &str, names: &[String]) -> bool {
     let host = host.trim().to_ascii_lowercase();
     // `[v6]:port`, `[v6]`, `v4:port`, `name:port`, `name`.
     let name = if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok());
+        return rest
+            .split(']')
+            .next()
+            .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok());
     } else {
         host.rsplit_once(':').map_or(host.as_str(), |(n, _)| n)
     };
@@ -118,7 +121,8 @@ pub async fn guard(
             tracing::warn!(host = %host, path = %req.uri().path(), "request for an unknown host name refused");
             return error_response(
                 StatusCode::MISDIRECTED_REQUEST,
-                "this API answers only to IP addresses, localhost and the host names in its config (`hosts`)".into(),
+                "this API answers only to IP addresses, localhost and the host names in its config (`hosts`)"
+                    .into(),
                 false,
             );
         }
@@ -337,11 +341,24 @@ mod tests {
     /// name an IP address, `localhost` or a configured host name.
     #[tokio::test]
     async fn only_addresses_localhost_and_configured_names_are_served() {
-        for host in ["127.0.0.1:7400", "10.0.0.1", "[::1]:7400", "localhost:7400", "NODE-A:7400", "node-a"] {
+        for host in [
+            "127.0.0.1:7400",
+            "10.0.0.1",
+            "[::1]:7400",
+            "localhost:7400",
+            "NODE-A:7400",
+            "node-a",
+        ] {
             let r = call(app(None), "GET", &[("host", host)], "").await;
             assert_eq!(r.status(), 200, "{host}");
         }
-        for host in ["evil.example:7400", "evil.example", "node-a.evil.example:7400", "[evil]:1", "127.0.0.1.nip.io"] {
+        for host in [
+            "evil.example:7400",
+            "evil.example",
+            "node-a.evil.example:7400",
+            "[evil]:1",
+            "127.0.0.1.nip.io",
+        ] {
             let r = call(app(None), "GET", &[("host", host)], "").await;
             assert_eq!(r.status(), 421, "{host}");
         }

@@ -385,6 +385,21 @@ impl Cluster {
             .map_err(|e| {
                 ClusterError::Storage(format!("cannot create {}: {e}", config.node.data_dir.display()))
             })?;
+        {
+            // An existing directory keeps its mode (it may be a mount point an operator set
+            // up), but one that other users can enter exposes the log and the store.
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(&config.node.data_dir) {
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    tracing::warn!(
+                        dir = %config.node.data_dir.display(),
+                        mode = format!("{mode:04o}"),
+                        "the data directory is open to other users; run chmod 700 on it"
+                    );
+                }
+            }
+        }
         let db = storage::open_db(&config.node.data_dir).map_err(|e| {
             ClusterError::Storage(format!(
                 "cannot open {}: {e}",

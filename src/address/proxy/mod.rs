@@ -188,6 +188,16 @@ impl Proxy {
 pub async fn run(cfg: ProxyConfig, bound: Bound, cancel: CancellationToken) -> Result<(), ProxyError> {
     let access = crate::api::client::Access::new(cfg.resolved_api_token.clone(), cfg.api_ca.as_deref())
         .map_err(|e| crate::config::invalid("proxy.api-ca", e.detail()))?;
+    for api in &cfg.cluster {
+        let warning = crate::api::client::plaintext_token_warning(
+            api,
+            cfg.resolved_api_token.is_some(),
+            cfg.api_ca.is_some(),
+        );
+        if let Some(w) = warning {
+            tracing::warn!(api = %api, warning = %w, "API token sent in plain text");
+        }
+    }
     let watcher = watch::spawn(cfg.cluster.clone(), access, cancel.clone());
     let mut listeners = BTreeMap::new();
     for (l, socket) in cfg.listeners.iter().zip(bound.listeners) {
