@@ -214,6 +214,9 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, cancel: CancellationT
         max_connections: cfg.max_connections,
     };
     let tls = match cfg.tls_files(&node.config.tls) {
+        // The node's own certificate: the same material the transport uses, reloaded with it
+        // (every 2 s and on SIGHUP).
+        Some(_) if cfg.tls_cert.is_none() && node.tls.is_some() => node.tls.clone(),
         Some(files) => match crate::tls::Tls::load(files, None) {
             Ok(t) => Some(Arc::new(t)),
             Err(e) => {

@@ -191,6 +191,9 @@ struct Conn {
     closed: CancellationToken,
     /// The TLS generation ([`crate::tls::Tls::generation`]) it was made with.
     generation: u64,
+    /// When the certificate the peer showed expires (Unix seconds): the connection is not
+    /// used past it.
+    peer_not_after: Option<i64>,
 }
 
 /// How long a connection replaced after a certificate reload may go on serving the requests
@@ -331,13 +334,19 @@ impl Transport {
         *lock(&self.inner.peers.get(peer)?.cert_not_after)
     }
 
-    fn saw_certificate(&self, peer: &str, certs: Option<&[rustls::pki_types::CertificateDer<'_>]>) {
+    /// Records the expiry of the certificate `peer` showed, and returns it.
+    fn saw_certificate(
+        &self,
+        peer: &str,
+        certs: Option<&[rustls::pki_types::CertificateDer<'_>]>,
+    ) -> Option<i64> {
         let info = certs
             .and_then(|c| c.first())
-            .and_then(|c| crate::tls::cert_info(c.as_ref()).ok());
-        if let (Some(p), Some(info)) = (self.inner.peers.get(peer), info) {
+            .and_then(|c| crate::tls::cert_info(c.as_ref()).ok())?;
+        if let Some(p) = self.inner.peers.get(peer) {
             *lock(&p.cert_not_after) = Some(info.not_after);
         }
+        Some(info.not_after)
     }
 
     fn refuse(&self, r: Refusal) {
@@ -583,7 +592,11 @@ impl Transport {
             };
             let generation = self.inner.tls.as_ref().map_or(0, |t| t.generation());
             if let Some(c) = slot.take() {
-                if !c.closed.is_cancelled() {
+                if c.peer_not_after.is_some_and(|t| t <= crate::tls::unix_now()) {
+                    // The peer's certificate expired while connected: a new handshake decides.
+                    tracing::warn!(peer, path = %path.addr, "the peer's certificate expired; reconnecting");
+                    c.closed.cancel();
+                } else if !c.closed.is_cancelled() {
                     if c.generation == generation {
                         *slot = Some(c.clone());
                         return Ok(c);
@@ -622,7 +635,7 @@ impl Transport {
         let path = &self.inner.peers[peer].paths[idx];
         let result = tokio::time::timeout(CONNECT_DEADLINE, self.open(peer, path.addr)).await;
         let result = match result {
-            Ok(Ok(io)) => Ok(Arc::new(spawn_client_conn(io, generation))),
+            Ok(Ok((io, peer_not_after))) => Ok(Arc::new(spawn_client_conn(io, generation, peer_not_after))),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(format!("connect to {} timed out", path.addr)),
         };
@@ -636,22 +649,23 @@ impl Transport {
         result
     }
 
-    /// A connected, authenticated byte stream to `addr`, where member `peer` listens.
-    async fn open(&self, peer: &str, addr: SocketAddr) -> Result<BoxIo, String> {
+    /// A connected, authenticated byte stream to `addr`, where member `peer` listens, and
+    /// when the certificate it showed expires.
+    async fn open(&self, peer: &str, addr: SocketAddr) -> Result<(BoxIo, Option<i64>), String> {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect {addr}: {e}"))?;
         let _ = stream.set_nodelay(true);
         let Some(tls) = &self.inner.tls else {
-            return Ok(Box::new(stream));
+            return Ok((Box::new(stream), None));
         };
         let connector = tls.peer_connector(peer).map_err(|e| format!("tls: {e}"))?;
         let s = connector
             .connect(crate::tls::peer_server_name(), stream)
             .await
             .map_err(|e| format!("tls handshake with {addr}: {e}"))?;
-        self.saw_certificate(peer, s.get_ref().1.peer_certificates());
-        Ok(Box::new(s))
+        let not_after = self.saw_certificate(peer, s.get_ref().1.peer_certificates());
+        Ok((Box::new(s), not_after))
     }
 
     /// Drops the connection of a path (after a heartbeat timeout) so the next use reconnects.
@@ -837,7 +851,7 @@ impl tokio_util::codec::Decoder for FrameDecoder {
     }
 }
 
-fn spawn_client_conn(stream: BoxIo, generation: u64) -> Conn {
+fn spawn_client_conn(stream: BoxIo, generation: u64, peer_not_after: Option<i64>) -> Conn {
     let (read, write) = tokio::io::split(stream);
     let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
     let closed = CancellationToken::new();
@@ -873,6 +887,7 @@ fn spawn_client_conn(stream: BoxIo, generation: u64) -> Conn {
         pending,
         closed,
         generation,
+        peer_not_after,
     }
 }
 
@@ -1750,6 +1765,101 @@ mod tests {
         a.call("b", &Request::Status, t).await.expect("call after reload");
         let after = server.peer_cert_not_after("a").expect("seen");
         assert!(after > before + 86_400, "b saw {after}, before {before}");
+        cancel.cancel();
+    }
+
+    /// A connection this node opened is not used past the expiry of the certificate its peer
+    /// showed: the next request reconnects, and the expired certificate fails the handshake
+    /// (the connection used to be served for as long as it stayed up).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_outbound_connection_ends_with_the_peers_certificate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        certs(dir.path(), &["a", "b", "c"]);
+        // b's certificate: valid for 3 more seconds.
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).expect("read");
+        let (cert, key) = crate::tls::issue_between(
+            &read("ca.pem"),
+            &read("ca.key"),
+            "b",
+            &[],
+            Some(time::OffsetDateTime::now_utc() - time::Duration::hours(1)),
+            Duration::from_secs(3600 + 3),
+        )
+        .expect("issue");
+        std::fs::write(dir.path().join("b.pem"), cert).expect("write");
+        std::fs::write(dir.path().join("b.key"), key).expect("write");
+        let (addr, _server, cancel) = serve_tls_b(dir.path()).await;
+        let a = client(dir.path(), "a", "a", addr);
+        let t = Duration::from_secs(5);
+        a.call("b", &Request::Status, t).await.expect("before expiry");
+        let expires = a.peer_cert_not_after("b").expect("seen");
+        // Bounded: the certificate expires within 4 s.
+        while crate::tls::unix_now() <= expires {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let e = a
+            .call("b", &Request::Status, t)
+            .await
+            .expect_err("an expired peer");
+        assert!(e.to_string().contains("tls handshake"), "{e}");
+        cancel.cancel();
+    }
+
+    /// CA rotation as the README describes it: while `ca` holds both the old and the new CA,
+    /// a node with a certificate from the new CA and one with a certificate from the old CA
+    /// talk to each other both ways.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn members_of_two_cas_in_one_bundle_talk() {
+        let old = tempfile::tempdir().expect("tempdir");
+        let new = tempfile::tempdir().expect("tempdir");
+        certs(old.path(), &["a", "b"]);
+        certs(new.path(), &["a", "b"]);
+        let bundle = format!(
+            "{}{}",
+            std::fs::read_to_string(old.path().join("ca.pem")).expect("old CA"),
+            std::fs::read_to_string(new.path().join("ca.pem")).expect("new CA")
+        );
+        let with_bundle = |dir: &std::path::Path, id: &str| {
+            let ca = dir.join("bundle.pem");
+            std::fs::write(&ca, &bundle).expect("bundle");
+            Arc::new(
+                crate::tls::Tls::load(
+                    crate::tls::TlsFiles {
+                        ca: Some(ca),
+                        cert: dir.join(format!("{id}.pem")),
+                        key: dir.join(format!("{id}.key")),
+                        keys: ["ca", "cert", "key"],
+                    },
+                    Some(id),
+                )
+                .expect("load with the bundle"),
+            )
+        };
+        // b still has the old CA's certificate, a already the new one's.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cancel = CancellationToken::new();
+        let b = Transport::new(
+            "b".into(),
+            vec![("a".into(), Vec::new())],
+            Duration::from_millis(100),
+            Duration::from_millis(500),
+            Some(with_bundle(old.path(), "b")),
+        );
+        let handler: Handler = Arc::new(|from, _req| Box::pin(async move { Response::Json(from) }));
+        tokio::spawn(serve(listener, b, handler, cancel.clone()));
+        let a = Transport::new(
+            "a".into(),
+            vec![("b".into(), vec![addr])],
+            Duration::from_millis(100),
+            Duration::from_millis(500),
+            Some(with_bundle(new.path(), "a")),
+        );
+        let r = a
+            .call("b", &Request::Status, Duration::from_secs(5))
+            .await
+            .expect("across CAs");
+        assert!(matches!(r, Response::Json(ref from) if from == "a"), "{r:?}");
         cancel.cancel();
     }
 }

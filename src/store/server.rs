@@ -201,15 +201,19 @@ pub async fn serve(
     };
     let tls = match cfg.tls_files(&node.config.tls) {
         None => None,
+        // The node's own certificate: the material the transport uses, reloaded with it
+        // (every 2 s and on SIGHUP).
+        Some(_) if cfg.tls_cert.is_none() && node.tls.is_some() => node.tls.clone(),
         Some(files) => match crate::tls::Tls::load(files, None) {
-            Ok(t) => Some(t),
+            Ok(t) => Some(Arc::new(t)),
             Err(e) => {
                 tracing::error!(error = %e, "store TLS material does not load; the store is not served");
                 return;
             }
         },
     };
-    let mut acceptor = tls.as_ref().map(store_acceptor);
+    let mut acceptor = tls.as_deref().map(store_acceptor);
+    let mut acceptor_generation = tls.as_ref().map_or(0, |t| t.generation());
     let tls_rejects = Arc::new(Semaphore::new(TLS_REJECTS_AT_ONCE));
     let mut reload_checked = Instant::now();
     let shared = Arc::new(Shared {
@@ -230,16 +234,16 @@ pub async fn serve(
             .filter(|_| reload_checked.elapsed() >= TLS_RELOAD_CHECK)
         {
             reload_checked = Instant::now();
-            match t.reload_if_changed() {
-                Ok(true) => {
-                    acceptor = Some(store_acceptor(t));
-                    tracing::info!("store TLS certificate reloaded");
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "store TLS files changed but do not load; the old certificate stays in use")
-                }
+            if let Err(e) = t.reload_if_changed() {
+                tracing::warn!(error = %e, "store TLS files changed but do not load; the old certificate stays in use")
             }
+        }
+        // New material, loaded here or (for the node's own certificate) by the node on a
+        // change or SIGHUP: new clients get it.
+        if let Some(t) = tls.as_ref().filter(|t| t.generation() != acceptor_generation) {
+            acceptor_generation = t.generation();
+            acceptor = Some(store_acceptor(t));
+            tracing::info!("store TLS certificate reloaded");
         }
         let acceptor = acceptor.clone();
         let shared = shared.clone();

@@ -323,10 +323,15 @@ impl Loaded {
                     rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
                         .build()
                         .map_err(|e| TlsError::Other(format!("cannot build the client verifier: {e}")))?;
-                let cfg = server_builder()
+                let mut cfg = server_builder()
                     .with_client_cert_verifier(verifier)
                     .with_single_cert(material.chain.clone(), material.key.clone_key())
                     .map_err(signing_err)?;
+                // No session resumption between nodes: a resumed session skips the certificate
+                // checks, so a certificate that expired (or a peer reissued from a new CA)
+                // would still get in. Connections are long-lived; a full handshake is rare.
+                cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+                cfg.send_tls13_tickets = 0;
                 Some(Arc::new(cfg))
             }
             None => None,
@@ -493,13 +498,15 @@ impl Tls {
             .roots
             .clone()
             .ok_or_else(|| TlsError::Other("no CA configured for peer connections".into()))?;
-        let cfg = ClientConfig::builder_with_provider(provider())
+        let mut cfg = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("ring supports TLS 1.3")
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(ServerVerifier::member(roots, peer)))
             .with_client_auth_cert(loaded.material.chain.clone(), loaded.material.key.clone_key())
             .map_err(|e| TlsError::Other(format!("cannot use the certificate and key: {e}")))?;
+        // Every connection to a peer checks its certificate in full (see `Loaded::build`).
+        cfg.resumption = rustls::client::Resumption::disabled();
         let cfg = Arc::new(cfg);
         lock(&loaded.clients).insert(peer.to_string(), cfg.clone());
         Ok(TlsConnector::from(cfg))
