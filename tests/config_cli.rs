@@ -191,3 +191,85 @@ fn bench_disk_measures_three_series_and_cleans_up() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `standin certs` makes a CA and a node certificate that `check-config` accepts in `[tls]`
+/// (keys 0600, nothing overwritten, `show --json` names the member), and a config without
+/// `[tls]` exits 64 saying how to make them, before binding anything.
+#[test]
+fn certs_make_what_tls_needs_and_no_tls_section_exits_64() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let run = |args: &[&str]| Command::new(binary()).args(args).output().unwrap();
+    let ca_arg = ca.display().to_string();
+    let out = run(&["certs", "init", &ca_arg]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["certs", "issue", "a", "--ca", &ca_arg, "--san", "127.0.0.1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The printed lines are the [tls] section to use.
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        printed.contains("[tls]") && printed.contains("a.key"),
+        "{printed}"
+    );
+    for key in ["ca.key", "a.key"] {
+        let mode = std::fs::metadata(ca.join(key)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{key}");
+    }
+    // Never overwritten.
+    let before = std::fs::read(ca.join("a.key")).unwrap();
+    assert_ne!(
+        run(&["certs", "issue", "a", "--ca", &ca_arg]).status.code(),
+        Some(0)
+    );
+    assert_ne!(run(&["certs", "init", &ca_arg]).status.code(), Some(0));
+    assert_eq!(std::fs::read(ca.join("a.key")).unwrap(), before);
+    let out = run(&["certs", "show", "--json", &ca.join("a.pem").display().to_string()]);
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(shown["member"], "a");
+    assert!(shown["expires_in_seconds"].as_i64().unwrap() > 364 * 86_400);
+
+    // The issued files in [tls] are accepted.
+    let tls = format!(
+        "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        ca.join("ca.pem").display(),
+        ca.join("a.pem").display(),
+        ca.join("a.key").display()
+    );
+    let with_tls = config(free_port(), "").replace("[tls]\ninsecure = true\n", &tls);
+    let path = dir.path().join("tls.toml");
+    std::fs::write(&path, with_tls).unwrap();
+    let out = run(&["check-config", &path.display().to_string()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // No [tls] at all: refused with how to make certificates, and nothing bound.
+    let port = free_port();
+    let none = config(port, "").replace("[tls]\ninsecure = true\n", "");
+    let path = dir.path().join("none.toml");
+    std::fs::write(&path, none).unwrap();
+    for cmd in [vec!["check-config"], vec!["node", "--config"]] {
+        let out = Command::new(binary()).args(&cmd).arg(&path).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{cmd:?}: {err}");
+        assert!(
+            err.contains("`tls`") && err.contains("standin certs init"),
+            "{cmd:?}: {err}"
+        );
+    }
+    assert!(TcpListener::bind(("127.0.0.1", port)).is_ok());
+}
