@@ -18,10 +18,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::config::{Balance, ListenerConfig, Mode, Protocol};
+use super::config::{Balance, ListenerConfig, Mode};
+use super::health;
 use super::upstream::{now_ms, Upstream};
 use super::watch::View;
-use super::{health, http, tcp};
 
 /// Settings in force (replaced whole by a `PUT`).
 pub struct Settings {
@@ -48,8 +48,13 @@ pub struct Counters {
     pub open: AtomicUsize,
 }
 
+/// Serves one accepted client connection of a listener (by its protocol). Given by the proxy
+/// at start, so that this file, which the protocol handlers build on, does not import them.
+pub type ServeConnection = fn(Arc<ListenerRt>, TcpStream, SocketAddr);
+
 pub struct ListenerRt {
     pub name: String,
+    serve: ServeConnection,
     settings: RwLock<Arc<Settings>>,
     local_addr: RwLock<SocketAddr>,
     /// Stops the current accept loop (not the connections it accepted).
@@ -87,6 +92,7 @@ impl ListenerRt {
         cfg: ListenerConfig,
         listener: TcpListener,
         shutdown: CancellationToken,
+        serve: ServeConnection,
     ) -> std::io::Result<Arc<ListenerRt>> {
         let addr = listener.local_addr()?;
         let (targets, _) = watch::channel(Arc::new(Targets {
@@ -97,6 +103,7 @@ impl ListenerRt {
         }));
         let l = Arc::new(ListenerRt {
             name: cfg.name.clone(),
+            serve,
             settings: RwLock::new(Arc::new(Settings { cfg })),
             local_addr: RwLock::new(addr),
             accept_stop: Mutex::new(CancellationToken::new()),
@@ -159,11 +166,7 @@ impl ListenerRt {
                 l.counters.connections.fetch_add(1, Ordering::Relaxed);
                 let _ = stream.set_nodelay(true);
                 crate::net::keepalive(&stream, crate::net::HTTP_KEEPALIVE_SECS);
-                let l = l.clone();
-                match l.settings().cfg.protocol {
-                    Protocol::Tcp => tokio::spawn(tcp::serve(l, stream)),
-                    Protocol::Http => tokio::spawn(http::serve(l, stream, peer)),
-                };
+                (l.serve)(l.clone(), stream, peer);
             }
         });
     }

@@ -159,7 +159,8 @@ impl Proxy {
             return Ok(l);
         }
         let socket = TcpListener::bind(cfg.listen).await.map_err(bind_error)?;
-        let l = ListenerRt::start(cfg, socket, self.shutdown.clone()).map_err(bind_error)?;
+        let l =
+            ListenerRt::start(cfg, socket, self.shutdown.clone(), serve_connection).map_err(bind_error)?;
         if let Some(v) = self.watcher.views.borrow().clone() {
             l.apply_view(&v);
         }
@@ -201,11 +202,14 @@ pub async fn run(cfg: ProxyConfig, bound: Bound, cancel: CancellationToken) -> R
     let watcher = watch::spawn(cfg.cluster.clone(), access, cancel.clone());
     let mut listeners = BTreeMap::new();
     for (l, socket) in cfg.listeners.iter().zip(bound.listeners) {
-        let rt = ListenerRt::start(l.clone(), socket, cancel.clone()).map_err(|source| ProxyError::Bind {
-            what: format!("listener {}", l.name),
-            addr: l.listen,
-            source,
-        })?;
+        let rt =
+            ListenerRt::start(l.clone(), socket, cancel.clone(), serve_connection).map_err(|source| {
+                ProxyError::Bind {
+                    what: format!("listener {}", l.name),
+                    addr: l.listen,
+                    source,
+                }
+            })?;
         listeners.insert(l.name.clone(), rt);
     }
     let proxy = Arc::new(Proxy {
@@ -238,4 +242,17 @@ pub async fn run(cfg: ProxyConfig, bound: Bound, cancel: CancellationToken) -> R
         l.stop();
     }
     Ok(())
+}
+
+/// Serves one accepted client connection of `l` by the listener's protocol (in a task of its
+/// own): the handlers build on the listener, the listener calls them through this.
+fn serve_connection(
+    l: std::sync::Arc<ListenerRt>,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+) {
+    match l.settings().cfg.protocol {
+        config::Protocol::Tcp => drop(tokio::spawn(tcp::serve(l, stream))),
+        config::Protocol::Http => drop(tokio::spawn(http::serve(l, stream, peer))),
+    }
 }
