@@ -26,5 +26,6 @@ pub mod malloc;
 pub mod net;
 pub mod node;
 pub mod service;
+pub mod sizes;
 pub mod store;
 pub mod tls;

@@ -460,7 +460,7 @@ async fn async_main(args: Args) -> ExitCode {
         },
         Cmd::Proxy { config, .. } => {
             init_tracing();
-            let config = match standin::address::proxy::config::ProxyConfig::load(&config) {
+            let config = match standin::config::load_proxy(&config) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("standin: {e}");

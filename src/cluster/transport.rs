@@ -26,10 +26,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::rpc::{Frame, Request, Response};
 
-/// Largest frame accepted (snapshot chunks and log batches stay far below). Every size limit
-/// of what travels between nodes (store values and requests, log entries) is derived from
-/// this one, so anything the store accepts fits in a frame.
-pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+/// Largest frame accepted (see [`crate::sizes`], where every size limit between nodes is
+/// derived from it).
+pub use crate::sizes::MAX_FRAME;
 /// Most inbound peer connections served at once: a member needs one per path per peer, and
 /// reconnects briefly overlap; beyond this, new connections are closed at once.
 pub const MAX_INBOUND_CONNS: usize = 64;

@@ -12,7 +12,7 @@ use rcgen::{
     KeyPair, KeyUsagePurpose, SanType,
 };
 
-use super::{node_uri, TlsError};
+use super::identity::{check_private, node_uri, unix_now, TlsError};
 
 /// The files of a cluster CA in its directory.
 #[derive(Debug, Clone)]
@@ -179,12 +179,12 @@ pub fn issue_files(
     let read = |p: &Path| {
         std::fs::read_to_string(p).map_err(|e| TlsError::Other(format!("cannot read {}: {e}", p.display())))
     };
-    super::check_private("--ca", &ca.key)?;
+    check_private("--ca", &ca.key)?;
     let (cert, key) = issue(&read(&ca.cert)?, &read(&ca.key)?, id, sans, valid_for)?;
     let files = IssuedFiles {
         cert: out_dir.join(format!("{id}.pem")),
         key: out_dir.join(format!("{id}.key")),
-        not_after: super::unix_now() + valid_for.as_secs() as i64,
+        not_after: unix_now() + valid_for.as_secs() as i64,
     };
     write_new(&files.key, key.as_bytes(), 0o600)?;
     write_new(&files.cert, cert.as_bytes(), 0o644)?;

@@ -13,6 +13,7 @@
 //! This module sits low in the layers: it imports nothing of the crate.
 
 mod certs;
+mod identity;
 mod verify;
 
 use std::collections::HashMap;
@@ -27,62 +28,14 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 pub use certs::{init_ca, issue, issue_between, issue_files, CaFiles, IssuedFiles};
+pub use identity::{
+    cert_info, check_private, node_uri, peer_node_id, provider, unix_now, CertInfo, TlsError, NODE_URI_PREFIX,
+};
 pub use verify::ServerVerifier;
-
-/// The scheme and prefix of the URI SAN that names a member: `standin:node:<id>`.
-pub const NODE_URI_PREFIX: &str = "standin:node:";
-
-/// The URI subject alternative name of member `id`.
-pub fn node_uri(id: &str) -> String {
-    format!("{NODE_URI_PREFIX}{id}")
-}
 
 /// Largest PEM file read (a CA bundle of a few hundred certificates fits); a larger file is
 /// refused before it is read whole.
 pub const MAX_PEM_FILE: u64 = 1024 * 1024;
-
-/// Why TLS material was refused. Every variant names the config key of the file at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("`{key}`: cannot read {path}: {reason}")]
-    Read {
-        key: String,
-        path: PathBuf,
-        reason: String,
-    },
-    #[error("`{key}`: {path}: {reason}")]
-    Invalid {
-        key: String,
-        path: PathBuf,
-        reason: String,
-    },
-    #[error("{0}")]
-    Other(String),
-}
-
-impl TlsError {
-    /// The config key the error is about, if any.
-    pub fn key(&self) -> Option<&str> {
-        match self {
-            TlsError::Read { key, .. } | TlsError::Invalid { key, .. } => Some(key),
-            TlsError::Other(_) => None,
-        }
-    }
-
-    /// The message without the key (for errors that name the key themselves).
-    pub fn detail(&self) -> String {
-        match self {
-            TlsError::Read { path, reason, .. } => format!("cannot read {}: {reason}", path.display()),
-            TlsError::Invalid { path, reason, .. } => format!("{}: {reason}", path.display()),
-            TlsError::Other(m) => m.clone(),
-        }
-    }
-}
-
-/// The crypto provider every config uses.
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
 
 /// Where a node's TLS files are, and the config keys that named them (for errors).
 #[derive(Debug, Clone, PartialEq)]
@@ -134,28 +87,6 @@ fn read_pem(key: &str, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(read_err)
 }
 
-/// Refuses a secret file that users other than its owner can read (as ssh does with keys).
-pub fn check_private(key: &str, path: &Path) -> Result<(), TlsError> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).map_err(|e| TlsError::Read {
-        key: key.to_string(),
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    let mode = meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(TlsError::Invalid {
-            key: key.to_string(),
-            path: path.to_path_buf(),
-            reason: format!(
-                "permissions {mode:04o} let other users read it; run `chmod 600 {}`",
-                path.display()
-            ),
-        });
-    }
-    Ok(())
-}
-
 fn load_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read_pem(key, path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
@@ -173,45 +104,6 @@ fn load_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
         });
     }
     Ok(certs)
-}
-
-/// What a certificate says about itself: the member id it names and when it expires.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CertInfo {
-    pub node_id: Option<String>,
-    pub not_after: i64,
-}
-
-/// Reads the node id (URI SAN `standin:node:<id>`) and expiry of a DER certificate. Only
-/// called on certificates whose chain has been checked, or on our own files.
-pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(der).map_err(|e| format!("cannot parse certificate: {e}"))?;
-    let mut ids = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::URI(uri) = name {
-                if let Some(id) = uri.strip_prefix(NODE_URI_PREFIX) {
-                    ids.push(id.to_string());
-                }
-            }
-        }
-    }
-    // A certificate that names two members names none: it could act as either.
-    let node_id = match ids.len() {
-        1 => ids.pop(),
-        _ => None,
-    };
-    Ok(CertInfo {
-        node_id,
-        not_after: cert.validity().not_after.timestamp(),
-    })
-}
-
-/// The member id an authenticated peer's certificate names.
-pub fn peer_node_id(certs: Option<&[CertificateDer<'_>]>) -> Option<String> {
-    let leaf = certs?.first()?;
-    cert_info(leaf.as_ref()).ok()?.node_id
 }
 
 impl Material {
@@ -286,14 +178,6 @@ impl Material {
             not_after: info.not_after,
         })
     }
-}
-
-/// Unix seconds now.
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// The configs built from one [`Material`].

@@ -10,7 +10,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::{CertificateError, DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
 
-use super::{cert_info, provider};
+use super::identity::{cert_info, provider};
 
 fn algorithms() -> WebPkiSupportedAlgorithms {
     provider().signature_verification_algorithms

@@ -7,12 +7,12 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{at_most, count_at_most, invalid, limits, Config, ConfigError};
+use crate::config::rules::{at_most, count_at_most, invalid, limits, ConfigError};
 
 /// `[proxy]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -258,24 +258,13 @@ struct ProxyFile {
 }
 
 impl ProxyConfig {
-    /// Reads a proxy config: a file with only `[proxy]`, or a node's config with a `[proxy]`
-    /// section (the whole node config is then validated too).
-    pub fn load(path: &Path) -> Result<ProxyConfig, ConfigError> {
-        crate::config::load_with(path, Self::parse)
-    }
-
-    /// Parses and validates proxy config text (see [`ProxyConfig::load`]).
+    /// Parses and validates the text of a file that holds only `[proxy]`. A node's config
+    /// with a `[proxy]` section is read by `config::parse_proxy` (in the layer above), which knows both.
     pub fn parse(text: &str) -> Result<ProxyConfig, ConfigError> {
         let parse_error = |e: toml::de::Error| ConfigError::Parse {
             path: PathBuf::from("<config>"),
             message: e.to_string().trim().to_string(),
         };
-        let table: toml::Table = toml::from_str(text).map_err(parse_error)?;
-        if table.contains_key("node") {
-            return Config::parse(text)?
-                .proxy
-                .ok_or_else(|| invalid("proxy", "this node config has no [proxy] section"));
-        }
         let mut file: ProxyFile = toml::from_str(text).map_err(parse_error)?;
         file.proxy.validate()?;
         file.proxy.resolve(None)?;

@@ -12,26 +12,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// Exit code for a configuration error (sysexits.h `EX_USAGE`).
-pub const EXIT_CONFIG: i32 = 64;
-
-/// Why a configuration was refused. Every variant names the key at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("invalid value for `{key}`: {reason}")]
-    Invalid { key: String, reason: String },
-}
-
-pub(crate) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        reason: reason.into(),
-    }
-}
+pub mod rules;
+pub(crate) use rules::{at_most, count_at_most, invalid};
+pub use rules::{
+    limits, load_with, redact, ConfigError, EXIT_CONFIG, MAX_CONFIG_BYTES, REDACTED, SECRET_KEYS,
+};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -444,8 +429,8 @@ pub struct StoreConfig {
     pub max_clients: u32,
     /// Largest request: one bulk string (Redis `proto-max-bulk-len`), and all arguments of one
     /// request together (16 bytes counted per argument). By default
-    /// [`crate::store::DEFAULT_MAX_REQUEST_SIZE`] (4 MiB: what replicates within openraft's
-    /// append timeout), at most [`crate::store::MAX_REQUEST_SIZE`], which follows from the peer
+    /// [`crate::sizes::DEFAULT_MAX_REQUEST_SIZE`] (4 MiB: what replicates within openraft's
+    /// append timeout), at most [`crate::sizes::MAX_REQUEST_SIZE`], which follows from the peer
     /// frame limit.
     #[serde(default = "default_max_request_size")]
     pub max_request_size: u64,
@@ -546,69 +531,6 @@ impl StoreConfig {
     }
 }
 
-/// Config keys whose values are secrets, in any section: never logged, printed, published in
-/// events or hashed into the config digest.
-pub const SECRET_KEYS: &[&str] = &["token", "requirepass", "api-token"];
-
-/// What a secret's value is replaced with wherever it would be shown.
-pub const REDACTED: &str = "<redacted>";
-
-/// The values assigned to [`SECRET_KEYS`] anywhere in config `text` (a loose scan that also
-/// finds them in text that does not parse).
-fn secret_values(text: &str) -> Vec<&str> {
-    let mut found = Vec::new();
-    for key in SECRET_KEYS {
-        let mut from = 0;
-        while let Some(at) = text[from..].find(key).map(|i| from + i) {
-            from = at + key.len();
-            let before = text[..at].chars().next_back();
-            if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
-                continue;
-            }
-            let rest = text[from..].trim_start_matches(['"', '\'']);
-            let rest = rest.trim_start_matches([' ', '\t']);
-            let Some(rest) = rest.strip_prefix('=') else {
-                continue;
-            };
-            let rest = rest.trim_start_matches([' ', '\t']);
-            let value = match rest.chars().next() {
-                Some(q @ ('"' | '\'')) => {
-                    let (open, close) = if rest.starts_with(&format!("{q}{q}{q}")) {
-                        (3, format!("{q}{q}{q}"))
-                    } else {
-                        (1, q.to_string())
-                    };
-                    let body = &rest[open..];
-                    let end = body
-                        .find(close.as_str())
-                        .or_else(|| (open == 1).then(|| body.find('\n')).flatten())
-                        .unwrap_or(body.len());
-                    &body[..end]
-                }
-                _ => {
-                    let end = rest.find([',', '}', '#', '\n', '\r']).unwrap_or(rest.len());
-                    rest[..end].trim()
-                }
-            };
-            if !value.is_empty() {
-                found.push(value);
-            }
-        }
-    }
-    // Longest first, so a secret that contains another is replaced whole.
-    found.sort_by_key(|v| std::cmp::Reverse(v.len()));
-    found
-}
-
-/// `message` (about config `text`) with every secret value in `text` replaced by [`REDACTED`].
-pub fn redact(text: &str, message: &str) -> String {
-    let mut out = message.to_string();
-    for value in secret_values(text) {
-        out = out.replace(value, REDACTED);
-    }
-    out
-}
-
 impl Config {
     /// A short digest of the effective configuration (what the node runs with, not the file's
     /// formatting), published in `config-changed` events: FNV-1a over its JSON form with every
@@ -663,7 +585,7 @@ fn default_max_clients() -> u32 {
     10_000
 }
 fn default_max_request_size() -> u64 {
-    crate::store::DEFAULT_MAX_REQUEST_SIZE
+    crate::sizes::DEFAULT_MAX_REQUEST_SIZE
 }
 fn default_client_output_buffer_limit() -> u64 {
     512 * 1024 * 1024
@@ -1068,43 +990,24 @@ impl Default for Failback {
     }
 }
 
-/// Largest config file read (a real one is a few KiB).
-pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+/// Reads a proxy config (see [`parse_proxy`]).
+pub fn load_proxy(path: &Path) -> Result<crate::address::proxy::config::ProxyConfig, ConfigError> {
+    load_with(path, parse_proxy)
+}
 
-/// Reads `path` (at most [`MAX_CONFIG_BYTES`]) and hands its text to `parse`; parse errors
-/// name the file.
-pub fn load_with<T>(
-    path: &Path,
-    parse: impl FnOnce(&str) -> Result<T, ConfigError>,
-) -> Result<T, ConfigError> {
-    use std::io::Read;
-    let read_error = |source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    // Read at most one byte past the limit: a huge file (or `/dev/zero`) is refused without
-    // being held in memory.
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .map_err(read_error)?
-        .take(MAX_CONFIG_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(read_error)?;
-    if text.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: format!("larger than {MAX_CONFIG_BYTES} bytes; this is not a standin config"),
-        });
+/// Parses and validates a proxy config: a file with only `[proxy]`, or a node's config with a
+/// `[proxy]` section (the whole node config is then validated too).
+pub fn parse_proxy(text: &str) -> Result<crate::address::proxy::config::ProxyConfig, ConfigError> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: PathBuf::from("<config>"),
+        message: e.to_string().trim().to_string(),
+    })?;
+    if table.contains_key("node") {
+        return Config::parse(text)?
+            .proxy
+            .ok_or_else(|| invalid("proxy", "this node config has no [proxy] section"));
     }
-    parse(&text).map_err(|e| match e {
-        // Whatever parsed the text (a node's or a proxy's config), its error may quote it:
-        // secrets are taken out here too.
-        ConfigError::Parse { message, .. } => ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: redact(&text, &message),
-        },
-        other => other,
-    })
+    crate::address::proxy::config::ProxyConfig::parse(text)
 }
 
 impl Config {
@@ -1369,12 +1272,12 @@ impl Config {
             if st.max_request_size < 1024 {
                 return Err(invalid("store.max-request-size", "must be at least 1024 bytes"));
             }
-            if st.max_request_size > crate::store::MAX_REQUEST_SIZE {
+            if st.max_request_size > crate::sizes::MAX_REQUEST_SIZE {
                 return Err(invalid(
                     "store.max-request-size",
                     format!(
                         "must be at most {} bytes (the peer frame limit less room for framing)",
-                        crate::store::MAX_REQUEST_SIZE
+                        crate::sizes::MAX_REQUEST_SIZE
                     ),
                 ));
             }
@@ -1565,46 +1468,6 @@ impl Config {
     /// Maps an internal Raft id back to the member's name.
     pub fn member_by_raft_id(&self, rid: u64) -> Option<&Member> {
         self.members.iter().find(|m| raft_id(&m.id) == rid)
-    }
-}
-
-/// Upper bounds of configured durations and counts. Each is far beyond any sensible setting and
-/// small enough that no derived value (`failure-timeout × 20`, `Instant + lease`, a doubled
-/// backoff) can overflow.
-pub mod limits {
-    use std::time::Duration;
-
-    pub const HEARTBEAT: Duration = Duration::from_secs(10);
-    pub const FAILURE_TIMEOUT: Duration = Duration::from_secs(60);
-    pub const PROMOTE_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
-    /// Hooks, checks, service stop and restart, alarms, the API's header read timeout.
-    pub const HOOK: Duration = Duration::from_secs(3600);
-    pub const DAY: Duration = Duration::from_secs(24 * 3600);
-    pub const MAX_LAG: u64 = 1_000_000_000;
-    /// `rise`, `fall`, consecutive failures.
-    pub const COUNT: u64 = 1000;
-    pub const ALARM_ATTEMPTS: u64 = 100;
-    pub const API_CONNECTIONS: u64 = 65_536;
-}
-
-/// `key` must be at most `max`.
-pub(crate) fn at_most(key: &str, d: Duration, max: Duration) -> Result<(), ConfigError> {
-    if d > max {
-        Err(invalid(
-            key,
-            format!("must be at most {}", humantime::format_duration(max)),
-        ))
-    } else {
-        Ok(())
-    }
-}
-
-/// `key` must be at most `max`.
-pub(crate) fn count_at_most(key: &str, n: u64, max: u64) -> Result<(), ConfigError> {
-    if n > max {
-        Err(invalid(key, format!("must be at most {max}")))
-    } else {
-        Ok(())
     }
 }
 
@@ -1805,7 +1668,7 @@ args = ["1000"]
         let with_store = |extra: &str| format!("{FULL}\n[store]\nlisten = \"127.0.0.1:6390\"\n{extra}");
         let c = Config::parse(&with_store("")).expect("valid");
         let st = c.store.expect("store section");
-        assert_eq!(st.max_request_size, crate::store::DEFAULT_MAX_REQUEST_SIZE);
+        assert_eq!(st.max_request_size, crate::sizes::DEFAULT_MAX_REQUEST_SIZE);
         assert!(
             st.max_request_size + 2 * 1024 * 1024 <= crate::cluster::transport::MAX_FRAME as u64,
             "a request must leave room for framing"
@@ -1813,7 +1676,7 @@ args = ["1000"]
         assert_invalid(
             &with_store(&format!(
                 "max-request-size = {}\n",
-                crate::store::MAX_REQUEST_SIZE + 1
+                crate::sizes::MAX_REQUEST_SIZE + 1
             )),
             "store.max-request-size",
         );
@@ -2440,9 +2303,7 @@ token = \"0123456789abcdef\"\n"
         std::fs::write(&path, "[proxy]\ntoken = \"Hunter2-proxy-token-01\" junk\n").unwrap();
         for e in [
             Config::load(&path).unwrap_err().to_string(),
-            crate::address::proxy::config::ProxyConfig::load(&path)
-                .unwrap_err()
-                .to_string(),
+            load_proxy(&path).unwrap_err().to_string(),
         ] {
             assert!(e.contains("bad.toml") && e.contains(REDACTED), "{e}");
             assert!(!e.contains("Hunter2-proxy-token-01"), "{e}");
@@ -2972,7 +2833,7 @@ token = \"0123456789abcdef\"\n"
         #[test]
         fn arbitrary_config_text_never_panics(text in config_text()) {
             let _ = Config::parse(&text);
-            let _ = crate::address::proxy::config::ProxyConfig::parse(&text);
+            let _ = parse_proxy(&text);
         }
     }
 
