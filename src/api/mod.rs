@@ -300,7 +300,6 @@ pub(crate) fn build_status(node: &Arc<Node>) -> Status {
         )
     });
     let now = Instant::now();
-    let failure_timeout = cfg.timing.failure_timeout;
     let nodes = cfg
         .members
         .iter()
@@ -335,7 +334,7 @@ pub(crate) fn build_status(node: &Arc<Node>) -> Status {
             } else {
                 0
             };
-            let reachable = last_heard.is_some_and(|t| now.duration_since(t) < failure_timeout);
+            let reachable = last_heard.is_some_and(|t| cfg.timing.is_heard(t, now));
             // A node nobody hears is shown as such, whatever it last reported.
             let role = if reachable { role } else { "unreachable" };
             NodeStatus {
@@ -401,14 +400,13 @@ pub(crate) fn build_status(node: &Arc<Node>) -> Status {
         // the quorum (openraft 0.9 does not step down by itself) does not speak for the
         // cluster.
         stale: {
-            let ft = cfg.timing.failure_timeout;
             let leader_heard = info.leader.as_deref().is_some_and(|l| {
                 l == node.cluster.me()
                     || node
                         .cluster
                         .transport
                         .last_heard(l)
-                        .is_some_and(|t| t.elapsed() < ft)
+                        .is_some_and(|t| cfg.timing.is_heard(t, Instant::now()))
             });
             !leader_heard || nodes_heard(node) * 2 <= cfg.members.len()
         },
@@ -432,7 +430,6 @@ pub(crate) fn build_status(node: &Arc<Node>) -> Status {
 /// Voters heard within the failure timeout, this node included.
 fn nodes_heard(node: &Arc<Node>) -> usize {
     let me = node.cluster.me();
-    let ft = node.config.timing.failure_timeout;
     node.config
         .members
         .iter()
@@ -442,7 +439,7 @@ fn nodes_heard(node: &Arc<Node>) -> usize {
                     .cluster
                     .transport
                     .last_heard(&m.id)
-                    .is_some_and(|t| t.elapsed() < ft)
+                    .is_some_and(|t| node.config.timing.is_heard(t, Instant::now()))
         })
         .count()
 }

@@ -420,16 +420,13 @@ impl Cluster {
                 .map(|m| (raft_id(&m.id), m.id.clone()))
                 .collect(),
         );
-        let hb = config.timing.heartbeat_interval.as_millis() as u64;
+        // See `Timing::raft_ms` for why.
+        let (raft_heartbeat, election_min, election_max) = config.timing.raft_ms();
         let raft_config = openraft::Config {
             cluster_name: "standin".into(),
-            // Raft's own heartbeat is twice as frequent as ours: leadership is what lease
-            // renewals depend on, so it must survive a lost packet or two.
-            heartbeat_interval: (hb / 2).max(5),
-            // openraft adds `election_timeout_max` (its leader lease) to the follower's timeout,
-            // so a dead leader is replaced after 2-2.5 heartbeat intervals of silence.
-            election_timeout_min: hb.max(20),
-            election_timeout_max: (hb * 3 / 2).max(30),
+            heartbeat_interval: raft_heartbeat,
+            election_timeout_min: election_min,
+            election_timeout_max: election_max,
             // A witness votes but never campaigns.
             enable_elect: me.kind == NodeKind::Data,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(2000),
@@ -464,7 +461,7 @@ impl Cluster {
             space: DiskSpace::watch(config.node.data_dir.clone(), config.node.min_free_disk),
             contact: Arc::default(),
             log: log_reader,
-            election_timeout: Duration::from_millis(hb.max(20)),
+            election_timeout: Duration::from_millis(election_min),
             names,
             me: me.id.clone(),
         };

@@ -696,6 +696,76 @@ impl Default for Timing {
     }
 }
 
+/// Every duration derived from the configured timings, each with the reason for its multiplier
+/// written once here: no other module multiplies a timing value.
+impl Timing {
+    /// Whether a node last heard at `last` is still heard at `now`: within the failure timeout.
+    pub fn is_heard(&self, last: std::time::Instant, now: std::time::Instant) -> bool {
+        now.saturating_duration_since(last) < self.failure_timeout
+    }
+
+    /// [`Timing::is_heard`] on milliseconds of the node's own clock.
+    pub fn is_heard_ms(&self, last_ms: u64, now_ms: u64) -> bool {
+        now_ms.saturating_sub(last_ms) < self.failure_timeout.as_millis() as u64
+    }
+
+    /// Time a new view needs before it is judged (two failure timeouts): paths need a moment
+    /// to connect, and a new leader a round of heartbeats and reports, before "down" or an
+    /// alarm means anything.
+    pub fn settle_grace(&self) -> Duration {
+        self.failure_timeout.saturating_mul(2)
+    }
+
+    /// How long the cluster may stay without a leader before a witness that holds entries
+    /// the surviving data node lacks campaigns itself (two failure timeouts: a data node had
+    /// every chance to win first).
+    pub fn witness_rescue_after(&self) -> Duration {
+        self.failure_timeout.saturating_mul(2)
+    }
+
+    /// How long after the first leader is elected the coordinator waits for the
+    /// highest-priority node before bootstrapping another (three failure timeouts: every
+    /// node has started and reported its health by then).
+    pub fn bootstrap_wait(&self) -> Duration {
+        self.failure_timeout.saturating_mul(3)
+    }
+
+    /// Between two requests to move Raft leadership, and the bound on one coordinator write
+    /// (four failure timeouts: an election and its settling, with room to spare).
+    pub fn coordination_retry(&self) -> Duration {
+        self.failure_timeout.saturating_mul(4)
+    }
+
+    /// How long a node whose promotion failed or timed out is not tried again (twenty
+    /// failure timeouts: ten seconds at the defaults, long enough for another candidate to
+    /// take over and short enough to retry a node that recovered).
+    pub fn promotion_exclusion(&self) -> Duration {
+        self.failure_timeout.saturating_mul(20)
+    }
+
+    /// How long the active node waits for one lease renewal (half a lease: a renewal that
+    /// fails in time leaves the other half for the next one).
+    pub fn lease_request_timeout(&self) -> Duration {
+        self.lease / 2
+    }
+
+    /// The coordinator's tick: twice per heartbeat (at least 5 ms), so a decision never waits
+    /// a whole heartbeat.
+    pub fn coordinator_tick(&self) -> Duration {
+        (self.heartbeat_interval / 2).max(Duration::from_millis(5))
+    }
+
+    /// openraft's timings in milliseconds: (heartbeat, election timeout min, max). Raft's own
+    /// heartbeat is twice as frequent as ours (leadership is what lease renewals depend on, so
+    /// it must survive a lost packet or two); openraft adds `election_timeout_max` (its leader
+    /// lease) to a follower's timeout, so a dead leader is replaced after 2-2.5 heartbeat
+    /// intervals of silence.
+    pub fn raft_ms(&self) -> (u64, u64, u64) {
+        let hb = self.heartbeat_interval.as_millis() as u64;
+        ((hb / 2).max(5), hb.max(20), (hb * 3 / 2).max(30))
+    }
+}
+
 /// `now + d`, saturating: the latest representable instant at most `d` after `now` (never a
 /// panic on overflow, whatever a duration derived from the config or a peer amounts to).
 pub fn later(now: std::time::Instant, d: Duration) -> std::time::Instant {
@@ -2768,6 +2838,32 @@ token = \"0123456789abcdef\"\n"
             "heartbeat-interval = \"300000000000years\"",
         );
         assert_invalid(&text, "timing.heartbeat-interval");
+    }
+
+    #[test]
+    fn derived_timings_keep_their_documented_values() {
+        let t = Timing::default();
+        let now = std::time::Instant::now();
+        assert!(t.is_heard(now, now + ms(499)));
+        assert!(!t.is_heard(now, now + ms(500)));
+        assert!(t.is_heard(now + ms(10), now), "a time after now is heard");
+        assert!(t.is_heard_ms(1_000, 1_499) && !t.is_heard_ms(1_000, 1_500));
+        assert_eq!(t.settle_grace(), ms(1000));
+        assert_eq!(t.witness_rescue_after(), ms(1000));
+        assert_eq!(t.bootstrap_wait(), ms(1500));
+        assert_eq!(t.coordination_retry(), ms(2000));
+        assert_eq!(t.promotion_exclusion(), Duration::from_secs(10));
+        assert_eq!(t.lease_request_timeout(), ms(200));
+        assert_eq!(t.coordinator_tick(), ms(50));
+        // openraft: heartbeat 50 ms, election timeout 100-150 ms (README: How failover works).
+        assert_eq!(t.raft_ms(), (50, 100, 150));
+        // The floors, at the fastest allowed heartbeat (5 ms).
+        let fast = Timing {
+            heartbeat_interval: ms(5),
+            ..Timing::default()
+        };
+        assert_eq!(fast.raft_ms(), (5, 20, 30));
+        assert_eq!(fast.coordinator_tick(), ms(5));
     }
 
     #[test]

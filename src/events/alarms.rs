@@ -26,7 +26,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
     let cfg = Arc::new(node.config.alarms.clone());
     let me = node.cluster.me().to_string();
     // A new leader's view needs a moment (heartbeats, reports) before it judges anything.
-    let grace = node.config.timing.failure_timeout.saturating_mul(2);
+    let grace = node.config.timing.settle_grace();
     let mut leading: Option<(u64, Instant)> = None;
     // Events up to this sequence number were handled (by us or a previous leader).
     let mut handled: u64 = 0;

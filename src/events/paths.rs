@@ -23,7 +23,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
         .collect();
     let started = Instant::now();
     // Paths need a moment to connect: "down" is only reported after that.
-    let grace = node.config.timing.failure_timeout.saturating_mul(2);
+    let grace = node.config.timing.settle_grace();
     let mut tick = tokio::time::interval(
         node.config
             .timing

@@ -42,7 +42,7 @@ struct State {
 }
 
 pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
-    let tick_every = (node.config.timing.heartbeat_interval / 2).max(Duration::from_millis(5));
+    let tick_every = node.config.timing.coordinator_tick();
     let mut tick = tokio::time::interval(tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut applied = node.cluster.sm.subscribe();
@@ -110,14 +110,14 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
 /// campaigns itself; it leads (and coordinates) until the data node caught up, and then
 /// leadership moves to the active node like from any leader.
 fn witness_rescue(node: &Arc<Node>, st: &mut State, info: &crate::cluster::RaftInfo) {
-    let wait = node.config.timing.failure_timeout.saturating_mul(2);
+    let wait = node.config.timing.witness_rescue_after();
     // The leader we know of may be long dead: a follower keeps its last leader until another
     // one wins.
     let leader_alive = info.leader.as_deref().is_some_and(|l| {
         node.cluster
             .transport
             .last_heard(l)
-            .is_some_and(|t| t.elapsed() < node.config.timing.failure_timeout)
+            .is_some_and(|t| node.config.timing.is_heard(t, Instant::now()))
     });
     if node.is_data() || leader_alive {
         st.leaderless_since = None;
@@ -222,7 +222,7 @@ fn build_view(
     let (active, epoch, deposed, promotion, switchover, records) = state;
     // A node whose promotion failed recently is not tried again for a while (replicated, so
     // a new leader honours it too).
-    let exclusion = millis(cfg.timing.failure_timeout).saturating_mul(20);
+    let exclusion = millis(cfg.timing.promotion_exclusion());
     let failed: HashMap<String, u64> = node.cluster.sm.read(|d| {
         let mut m = HashMap::new();
         for e in d.state.events.iter().rev().take(200) {
@@ -253,7 +253,7 @@ fn build_view(
             } else {
                 node.cluster.transport.last_heard(&m.id).map(|t| node.to_ms(t))
             };
-            if last_heard.is_some_and(|t| now_ms.saturating_sub(t) < millis(cfg.timing.failure_timeout)) {
+            if last_heard.is_some_and(|t| cfg.timing.is_heard_ms(t, now_ms)) {
                 heard_count += 1;
             }
             let rec = records.get(&m.id);
@@ -324,7 +324,7 @@ fn build_view(
         promote_timeout: millis(t.promote_timeout),
         auto_failback: cfg.failback.mode == FailbackMode::Auto,
         hold_down: millis(cfg.failback.hold_down),
-        bootstrap_until: leader_since.saturating_add(millis(t.failure_timeout).saturating_mul(3)),
+        bootstrap_until: leader_since.saturating_add(millis(t.bootstrap_wait())),
         grant_bound: st.grant_bound.as_ref().map(|(_, t)| node.to_ms(*t)),
         // As long as the CLI waits by default, plus a margin.
         switchover_timeout: millis(t.promote_timeout).saturating_add(30_000),
@@ -370,7 +370,7 @@ async fn apply(node: &Arc<Node>, st: &mut State, action: Action, now: Instant) {
             tracing::warn!(node = %n, epoch, "promotion timed out");
             st.excluded.insert(
                 n.clone(),
-                crate::config::later(now, node.config.timing.failure_timeout.saturating_mul(20)),
+                crate::config::later(now, node.config.timing.promotion_exclusion()),
             );
             Command::PromotionTimedOut { node: n, epoch, at }
         }
@@ -387,7 +387,7 @@ async fn apply(node: &Arc<Node>, st: &mut State, action: Action, now: Instant) {
             // Give the previous attempt time to finish before asking again.
             let due = st
                 .last_elect
-                .is_none_or(|t| now.duration_since(t) > node.config.timing.failure_timeout.saturating_mul(4));
+                .is_none_or(|t| now.duration_since(t) > node.config.timing.coordination_retry());
             let settled = st
                 .leader_since
                 .is_some_and(|t| now.duration_since(t) > node.config.timing.failure_timeout);
@@ -406,7 +406,7 @@ async fn apply(node: &Arc<Node>, st: &mut State, action: Action, now: Instant) {
     };
     // Bounded: a coordinator stuck on a write would keep a stale view of its leadership.
     match tokio::time::timeout(
-        node.config.timing.failure_timeout.saturating_mul(4),
+        node.config.timing.coordination_retry(),
         node.cluster.write_local(cmd),
     )
     .await

@@ -103,7 +103,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
         let held = node.lease.borrow().is_some_and(|l| l.epoch == epoch);
         // Renew at most once per tick, plus once right away when a new epoch starts.
         let sent = Instant::now();
-        let reply = request(&node, &me, epoch, timing.lease / 2).await;
+        let reply = request(&node, &me, epoch, timing.lease_request_timeout()).await;
         match reply {
             Ok(LeaseReply::Granted) => {
                 let until = crate::config::later(sent, timing.lease.saturating_sub(margin(timing.lease)));
