@@ -15,6 +15,7 @@ pub mod api;
 pub mod bench;
 pub mod certs;
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod demo;

@@ -179,7 +179,7 @@ fn check_token(g: &Guard, req: &axum::extract::Request, mutation: bool) -> Optio
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if given.is_some_and(|g| token_eq(g.trim().as_bytes(), token.as_bytes())) {
+    if given.is_some_and(|g| crate::config::rules::secret_eq(g.trim().as_bytes(), token.as_bytes())) {
         return None;
     }
     let mut r = error_response(
@@ -216,11 +216,6 @@ fn cors_headers(h: &mut HeaderMap, origin: &str, preflight: bool) {
         );
         h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
     }
-}
-
-/// Compares in time independent of where the first difference is.
-pub fn token_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -1224,12 +1224,7 @@ fn nonce_seed() -> u64 {
 }
 
 /// Wall-clock milliseconds since the Unix epoch (for recorded events; never for decisions).
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::clock::unix_ms;
 
 #[cfg(test)]
 mod tests {

@@ -31,6 +31,12 @@ pub(crate) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Conf
 /// events or hashed into the config digest.
 pub const SECRET_KEYS: &[&str] = &["token", "requirepass", "api-token"];
 
+/// Whether a secret a client sent equals the configured one, in time independent of where
+/// the first difference is (the admin API's token, the store's password).
+pub fn secret_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// What a secret's value is replaced with wherever it would be shown.
 pub const REDACTED: &str = "<redacted>";
 
@@ -166,5 +172,19 @@ pub(crate) fn count_at_most(key: &str, n: u64, max: u64) -> Result<(), ConfigErr
         Err(invalid(key, format!("must be at most {max}")))
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_equal_only_when_equal() {
+        assert!(secret_eq(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!secret_eq(b"0123456789abcdef", b"0123456789abcdeX"));
+        assert!(!secret_eq(b"0123456789abcdef", b"0123456789abcde"));
+        assert!(!secret_eq(b"", b"x"));
+        assert!(secret_eq(b"", b""));
     }
 }

@@ -19,7 +19,7 @@ pub(crate) mod process;
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -361,12 +361,7 @@ async fn log_lines(pipe: impl AsyncRead + Unpin, node: String, stream: &'static 
     }
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+use crate::clock::unix_ms;
 
 #[cfg(test)]
 mod tests;

@@ -19,9 +19,6 @@ use serde::{Deserialize, Serialize};
 
 use super::reply::{self, Reply};
 
-/// Strings longer than this cannot be integers (Redis's `LONG_STR_SIZE` is 21, including NUL).
-const MAX_INT_LEN: usize = 20;
-
 /// When a key written by SET-like commands expires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Expire {
@@ -923,37 +920,7 @@ fn parse_scan(a: &Args<'_>) -> Result<Op, Reply> {
     })
 }
 
-/// Strict decimal `i64` as Redis's `string2ll`: optional `-`, no `+`, no spaces, no leading
-/// zeros ("0" itself is fine, "-0" is not), at most 20 characters.
-pub fn parse_i64(s: &[u8]) -> Option<i64> {
-    if s.is_empty() || s.len() > MAX_INT_LEN {
-        return None;
-    }
-    if s == b"0" {
-        return Some(0);
-    }
-    let (neg, digits) = match s.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        _ => (false, s),
-    };
-    match digits.first() {
-        Some(b'1'..=b'9') => {}
-        _ => return None,
-    }
-    let mut v: u64 = 0;
-    for &c in digits {
-        if !c.is_ascii_digit() {
-            return None;
-        }
-        v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
-    }
-    if neg {
-        // -(i64::MIN) does not fit in i64, so negate in i128.
-        i64::try_from(-(i128::from(v))).ok()
-    } else {
-        i64::try_from(v).ok()
-    }
-}
+pub use super::resp::parse_i64;
 
 /// An unsigned cursor: decimal digits only (leading zeros allowed), fits in `u64`.
 fn parse_u64(s: &[u8]) -> Option<u64> {

@@ -260,7 +260,7 @@ impl RespCodec {
         if cr + 1 >= src.len() {
             return Ok(Progress::NeedMore);
         }
-        let count = src.get(1..cr).and_then(parse_ll);
+        let count = src.get(1..cr).and_then(parse_i64);
         let count = match count {
             Some(n) if n <= 0 => None,
             Some(n) => match usize::try_from(n) {
@@ -318,7 +318,7 @@ impl RespCodec {
                     }
                     let len = src
                         .get(1..cr)
-                        .and_then(parse_ll)
+                        .and_then(parse_i64)
                         .and_then(|n| usize::try_from(n).ok())
                         .filter(|&n| n <= self.limits.max_bulk_len)
                         .ok_or_else(|| protocol_error("invalid bulk length"))?;
@@ -696,35 +696,37 @@ fn find_byte(scanned: &mut usize, buf: &[u8], byte: u8) -> Option<usize> {
     }
 }
 
-/// Parses a decimal like Redis's `string2ll`: optional `-`, no `+`, no leading zeros
-/// (except `0` itself), no spaces, no overflow.
-fn parse_ll(s: &[u8]) -> Option<i64> {
+/// Strict decimal `i64` as Redis's `string2ll` (the one integer parser of the store: the codec's
+/// lengths and counts, and every integer argument): optional `-`, no `+`, no spaces, no leading
+/// zeros ("0" itself is fine, "-0" is not), at most 20 characters.
+pub fn parse_i64(s: &[u8]) -> Option<i64> {
+    // At most 20 characters: `-9223372036854775808`.
+    if s.is_empty() || s.len() > 20 {
+        return None;
+    }
     if s == b"0" {
         return Some(0);
     }
-    let (negative, digits) = match s.strip_prefix(b"-") {
-        Some(rest) => (true, rest),
-        None => (false, s),
+    let (neg, digits) = match s.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, s),
     };
     match digits.first() {
         Some(b'1'..=b'9') => {}
         _ => return None,
     }
-    let mut value: u64 = 0;
-    for &b in digits {
-        if !b.is_ascii_digit() {
+    let mut v: u64 = 0;
+    for &c in digits {
+        if !c.is_ascii_digit() {
             return None;
         }
-        value = value.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
     }
-    if negative {
-        // i64::MIN's magnitude is one more than i64::MAX.
-        if value > i64::MAX.unsigned_abs() + 1 {
-            return None;
-        }
-        Some(0i64.wrapping_sub_unsigned(value))
+    if neg {
+        // -(i64::MIN) does not fit in i64, so negate in i128.
+        i64::try_from(-(i128::from(v))).ok()
     } else {
-        i64::try_from(value).ok()
+        i64::try_from(v).ok()
     }
 }
 
@@ -1157,11 +1159,11 @@ mod tests {
     }
 
     #[test]
-    fn parse_ll_is_string2ll() {
-        assert_eq!(parse_ll(b"0"), Some(0));
-        assert_eq!(parse_ll(b"-1"), Some(-1));
-        assert_eq!(parse_ll(b"9223372036854775807"), Some(i64::MAX));
-        assert_eq!(parse_ll(b"-9223372036854775808"), Some(i64::MIN));
+    fn parse_i64_is_string2ll() {
+        assert_eq!(parse_i64(b"0"), Some(0));
+        assert_eq!(parse_i64(b"-1"), Some(-1));
+        assert_eq!(parse_i64(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
         for bad in [
             &b""[..],
             b"-",
@@ -1172,7 +1174,7 @@ mod tests {
             b"1a",
             b"9223372036854775808",
         ] {
-            assert_eq!(parse_ll(bad), None, "{bad:?}");
+            assert_eq!(parse_i64(bad), None, "{bad:?}");
         }
     }
 

@@ -966,7 +966,7 @@ async fn auth(shared: &Shared, conn: &mut Conn, args: &[Bytes]) -> Frame {
         // the user is named, the one-argument form is an error.
         None if named => Frame::Simple("OK".into()),
         None => err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"),
-        Some(p) if constant_time_eq(p.as_bytes(), pass) => {
+        Some(p) if crate::config::rules::secret_eq(p.as_bytes(), pass) => {
             conn.authed = true;
             Frame::Simple("OK".into())
         }
@@ -979,10 +979,6 @@ async fn auth(shared: &Shared, conn: &mut Conn, args: &[Bytes]) -> Frame {
             err("WRONGPASS invalid username-password pair or user is disabled.")
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn hello(shared: &Shared, conn: &mut Conn, args: &[Bytes], codec: &mut RespCodec) -> Item {
