@@ -367,6 +367,19 @@ fn main() -> ExitCode {
 }
 
 async fn async_main(args: Args) -> ExitCode {
+    // Logging is set up once, for the commands that run for a while (daemons, the demo, the
+    // benchmarks); the operator commands print their results and errors themselves.
+    if matches!(
+        args.command,
+        Cmd::Node { .. }
+            | Cmd::Proxy { .. }
+            | Cmd::Demo { .. }
+            | Cmd::Bench { .. }
+            | Cmd::BenchBackend { .. }
+            | Cmd::DemoService { .. }
+    ) {
+        init_tracing();
+    }
     // Every operator command carries `--api`/`--token`; the token applies to all its requests.
     let api = match &args.command {
         Cmd::Status { api, .. }
@@ -393,7 +406,6 @@ async fn async_main(args: Args) -> ExitCode {
     }
     match args.command {
         Cmd::Node { config } => {
-            init_tracing();
             // Store clients are clamped to the open file limit: raise it as far as allowed.
             match standin::store::server::raise_file_limit() {
                 Ok((soft, hard)) => tracing::info!(soft, hard, "open file limit"),
@@ -459,7 +471,6 @@ async fn async_main(args: Args) -> ExitCode {
             }
         },
         Cmd::Proxy { config, .. } => {
-            init_tracing();
             let config = match standin::config::load_proxy(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -527,7 +538,6 @@ async fn async_main(args: Args) -> ExitCode {
             CertsCmd::Show { file, json } => standin::certs::show(&file, json),
         }),
         Cmd::Demo { dir } => {
-            init_tracing();
             let token = CancellationToken::new();
             shutdown_on_signals(token.clone());
             match standin::demo::run(dir, token).await {
@@ -539,7 +549,6 @@ async fn async_main(args: Args) -> ExitCode {
             }
         }
         Cmd::Bench { which } => {
-            init_tracing();
             let result = match which {
                 BenchCmd::Store {
                     requests,
@@ -622,7 +631,6 @@ async fn async_main(args: Args) -> ExitCode {
             }
         }
         Cmd::BenchBackend { listen, answer } => {
-            init_tracing();
             let token = CancellationToken::new();
             shutdown_on_signals(token.clone());
             match standin::bench::backend::run(listen, answer, token).await {
@@ -634,7 +642,6 @@ async fn async_main(args: Args) -> ExitCode {
             }
         }
         Cmd::DemoService { listen, node, admin } => {
-            init_tracing();
             let token = CancellationToken::new();
             shutdown_on_signals(token.clone());
             match standin::demo::service::run(listen, node, admin, token).await {
@@ -651,18 +658,15 @@ async fn async_main(args: Args) -> ExitCode {
             garp_count,
             garp_interval,
             garp_refresh,
-        } => {
-            init_tracing();
-            code(
-                standin::address::vip::keeper::run(standin::address::vip::KeeperArgs {
-                    interface,
-                    vip,
-                    garp_count,
-                    garp_interval,
-                    garp_refresh,
-                })
-                .await,
-            )
-        }
+        } => code(
+            standin::address::vip::keeper::run(standin::address::vip::KeeperArgs {
+                interface,
+                vip,
+                garp_count,
+                garp_interval,
+                garp_refresh,
+            })
+            .await,
+        ),
     }
 }

@@ -4,9 +4,8 @@
 use std::net::TcpListener;
 use std::process::Command;
 
-fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_standin")
-}
+mod common;
+use common::binary;
 
 fn config(admin_port: u16, extra: &str) -> String {
     format!(

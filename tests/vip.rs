@@ -26,9 +26,8 @@ use standin::bench::vip::{standin_configs, ADMIN_PORT, PORT};
 const SUBNET: [u8; 3] = [10, 231, 0];
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 100);
 
-fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_standin")
-}
+mod common;
+use common::binary;
 
 /// Everything the test created; dropping it kills every process and deletes every namespace.
 struct Net {
@@ -46,8 +45,7 @@ impl Net {
             Lab::create("vip", SUBNET, &[("a", 1), ("b", 2), ("w", 3), ("cl", 50)]).expect("namespaces");
         assert_eq!(lab.spare_addr(100), VIP);
         let members = [("a", Some(200)), ("b", Some(100)), ("w", None)];
-        let configs =
-            standin_configs(&lab, dir.path(), binary().as_ref(), VIP, &members, "").expect("configs");
+        let configs = standin_configs(&lab, dir.path(), &binary(), VIP, &members, "").expect("configs");
         // The data nodes also re-announce the VIP every 300 ms while they hold it
         // (STANDIN_TEST_GARP_REFRESH=0s turns that off: the ARP check below must then fail).
         let refresh = std::env::var("STANDIN_TEST_GARP_REFRESH").unwrap_or_else(|_| "300ms".into());
