@@ -47,17 +47,7 @@ async fn send_raw(conn: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) {
 
 /// Reads one answer frame, or `None` if the connection closed or nothing came within 5 s.
 async fn read_answer(conn: &mut (impl AsyncRead + Unpin)) -> Option<Frame<Response>> {
-    let read = async {
-        let mut len = [0u8; 4];
-        conn.read_exact(&mut len).await.ok()?;
-        let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
-        conn.read_exact(&mut buf).await.ok()?;
-        postcard::from_bytes(&buf).ok()
-    };
-    tokio::time::timeout(Duration::from_secs(5), read)
-        .await
-        .ok()
-        .flatten()
+    common::read_answer(conn, Duration::from_secs(5)).await
 }
 
 fn frame(id: u64, from: &str, body: Request) -> Vec<u8> {

@@ -65,16 +65,9 @@ async fn attack(conn: &mut (impl AsyncRead + AsyncWrite + Unpin), from: &str) ->
     let _ = conn.flush().await;
     let mut answers = Vec::new();
     for _ in 0..2 {
-        let read = async {
-            let mut len = [0u8; 4];
-            conn.read_exact(&mut len).await.ok()?;
-            let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
-            conn.read_exact(&mut buf).await.ok()?;
-            postcard::from_bytes::<Frame<Response>>(&buf).ok()
-        };
-        match tokio::time::timeout(Duration::from_secs(3), read).await {
-            Ok(Some(f)) => answers.push(f.body),
-            _ => break,
+        match common::read_answer(conn, Duration::from_secs(3)).await {
+            Some(f) => answers.push(f.body),
+            None => break,
         }
     }
     answers
@@ -515,14 +508,13 @@ async fn a_connection_ends_when_its_certificate_expires() {
             closed = true;
             break;
         }
-        let read = async {
-            let mut len = [0u8; 4];
-            conn.read_exact(&mut len).await.ok()?;
-            let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
-            conn.read_exact(&mut buf).await.ok()?;
-            postcard::from_bytes::<Frame<Response>>(&buf).ok()
-        };
-        match tokio::time::timeout(Duration::from_secs(2), read).await {
+        // A close (or anything but a pong) ends the loop; silence is a failure.
+        let answer = tokio::time::timeout(
+            Duration::from_secs(2),
+            common::read_answer(&mut conn, Duration::from_secs(3)),
+        )
+        .await;
+        match answer {
             Ok(Some(f)) if matches!(f.body, Response::Pong { .. }) => answered += 1,
             Ok(_) => {
                 closed = true;

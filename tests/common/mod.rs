@@ -131,3 +131,19 @@ pub fn write_private(path: &std::path::Path, text: &str) {
         .expect("create private file");
     f.write_all(text.as_bytes()).expect("write private file");
 }
+
+/// Reads one answer frame of the peer protocol (a 4-byte big-endian length, then the frame),
+/// or `None` if the connection closed, the bytes do not decode, or nothing came `within`.
+pub async fn read_answer(
+    conn: &mut (impl tokio::io::AsyncRead + Unpin),
+    within: Duration,
+) -> Option<standin::cluster::rpc::Frame<standin::cluster::rpc::Response>> {
+    let read = async {
+        let mut len = [0u8; 4];
+        conn.read_exact(&mut len).await.ok()?;
+        let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
+        conn.read_exact(&mut buf).await.ok()?;
+        postcard::from_bytes(&buf).ok()
+    };
+    tokio::time::timeout(within, read).await.ok().flatten()
+}
