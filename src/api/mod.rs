@@ -757,7 +757,7 @@ async fn admin(node: &Arc<Node>, action: AdminAction) -> Response {
 /// Runs an admin action on the leader (here, or forwarded).
 async fn forward_admin(node: &Arc<Node>, body: &str) -> Result<AdminReply, AdminError> {
     let info = node.cluster.info();
-    let leader = info.leader.ok_or(ClusterError::NoLeader)?;
+    let leader = info.leader.ok_or(ClusterError::NotLeader { leader: None })?;
     let json = if leader == node.cluster.me() {
         apply_admin(node, body).await?
     } else {

@@ -67,9 +67,18 @@ pub enum ClusterError {
     Storage(String),
     #[error("raft: {0}")]
     Raft(String),
-    /// No leader is known right now (an election is running, or the quorum is lost).
-    #[error("no leader known (election in progress or quorum lost)")]
-    NoLeader,
+    /// This node cannot commit: it is not the leader. `leader` is the one openraft names, if
+    /// it knows one (`None`: an election is running, or the quorum is lost). Nothing was
+    /// proposed: safe to retry.
+    #[error("{}", match leader {
+        Some(l) => format!("not the leader; {l} is"),
+        None => "no leader known (election in progress or quorum lost)".to_string(),
+    })]
+    NotLeader { leader: Option<String> },
+    /// The request reached the leader (or may have), and then the connection or the wait
+    /// failed: it may or may not have been applied. Not retried by the cluster.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
     #[error("leader {leader} unreachable: {reason}")]
     LeaderUnreachable { leader: String, reason: String },
     #[error("refused: {0}")]
@@ -84,7 +93,7 @@ impl ClusterError {
     pub fn retryable(&self) -> bool {
         matches!(
             self,
-            ClusterError::NoLeader | ClusterError::LeaderUnreachable { .. }
+            ClusterError::NotLeader { .. } | ClusterError::LeaderUnreachable { .. }
         )
     }
 }
@@ -534,7 +543,7 @@ impl Cluster {
     /// Commits `cmd`: directly when this node leads, otherwise forwarded to the leader.
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, ClusterError> {
         let Some(leader) = self.leader() else {
-            return Err(ClusterError::NoLeader);
+            return Err(ClusterError::NotLeader { leader: None });
         };
         if leader == self.me {
             return self.write_local(cmd).await;
@@ -546,7 +555,8 @@ impl Cluster {
         {
             Ok(Response::Write(Ok(r))) => Ok(r),
             Ok(Response::Write(Err(e))) => Err(ClusterError::Refused(e)),
-            Ok(Response::Error { retry: true, .. }) => Err(ClusterError::NoLeader),
+            // The peer we took for the leader is not (any more).
+            Ok(Response::Error { retry: true, .. }) => Err(ClusterError::NotLeader { leader: None }),
             Ok(Response::Error { message, .. }) => Err(ClusterError::Refused(message)),
             Ok(other) => Err(ClusterError::Raft(format!("unexpected reply {other:?}"))),
             // Never sent: safe to retry.
@@ -555,7 +565,7 @@ impl Cluster {
                 reason: e.to_string(),
             }),
             // Sent; the outcome is unknown: not retried (it could apply twice).
-            Err(e) => Err(ClusterError::Raft(format!("outcome unknown: {e}"))),
+            Err(e) => Err(ClusterError::OutcomeUnknown(e.to_string())),
         }
     }
 
@@ -564,7 +574,12 @@ impl Cluster {
         match self.raft.client_write(cmd).await {
             Ok(r) => Ok(r.data),
             // Leadership moved between our check and the write: the caller may retry.
-            Err(e) if e.forward_to_leader().is_some() => Err(ClusterError::NoLeader),
+            Err(e) if e.forward_to_leader().is_some() => Err(ClusterError::NotLeader {
+                leader: e
+                    .forward_to_leader()
+                    .and_then(|f| f.leader_id)
+                    .and_then(|id| self.name_of(id)),
+            }),
             Err(e) => Err(ClusterError::Raft(e.to_string())),
         }
     }
@@ -584,10 +599,15 @@ impl Cluster {
             .client_write_ff(cmd)
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let names = self.names.clone();
         Ok(async move {
             match rx.await {
                 Ok(Ok(r)) => Ok(r.data),
-                Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(_))) => Err(ClusterError::NoLeader),
+                Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
+                    Err(ClusterError::NotLeader {
+                        leader: f.leader_id.and_then(|id| names.get(&id).cloned()),
+                    })
+                }
                 Ok(Err(e)) => Err(ClusterError::Raft(e.to_string())),
                 Err(_) => Err(ClusterError::Raft("raft stopped".into())),
             }
@@ -690,6 +710,25 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Callers decide on variants, not on text: not the leader (with or without a name) is
+    /// retryable, an unknown outcome is not.
+    #[test]
+    fn cluster_errors_are_typed_for_their_callers() {
+        let none = ClusterError::NotLeader { leader: None };
+        let named = ClusterError::NotLeader {
+            leader: Some("b".into()),
+        };
+        assert!(none.retryable() && named.retryable());
+        assert_eq!(
+            none.to_string(),
+            "no leader known (election in progress or quorum lost)"
+        );
+        assert_eq!(named.to_string(), "not the leader; b is");
+        let unknown = ClusterError::OutcomeUnknown("connection lost".into());
+        assert!(!unknown.retryable());
+        assert_eq!(unknown.to_string(), "outcome unknown: connection lost");
+    }
     use openraft::{CommittedLeaderId, LogId, Vote};
 
     /// Terms: a vote request (or an answer) at most `MAX_TERM_AHEAD` beyond ours; an append

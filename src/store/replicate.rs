@@ -358,7 +358,8 @@ async fn write_batcher(
                     // openraft 0.9 answers a pending write with ForwardToLeader only when it
                     // truncated the entry (a conflicting log from a new leader): that entry can
                     // never commit, so retrying it elsewhere cannot apply it twice.
-                    Ok(Err(ClusterError::NoLeader)) => Err(StoreError::NoLeader),
+                    Ok(Err(ClusterError::NotLeader { .. })) => Err(StoreError::NoLeader),
+                    Ok(Err(ClusterError::OutcomeUnknown(e))) => Err(StoreError::Unknown(e)),
                     Ok(Err(e)) => Err(StoreError::Unknown(e.to_string())),
                     Err(_) => Err(StoreError::Unknown("not committed within 10 s".into())),
                 },
@@ -513,7 +514,7 @@ async fn read_batcher(node: Arc<Node>, mut rx: mpsc::UnboundedReceiver<ReadReq>,
             }
             Err(e) => {
                 let err = match e {
-                    ClusterError::NoLeader => StoreError::NoLeader,
+                    ClusterError::NotLeader { .. } => StoreError::NoLeader,
                     other => {
                         tracing::debug!(error = %other, "read barrier failed");
                         StoreError::NoLeader
