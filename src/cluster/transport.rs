@@ -247,8 +247,8 @@ struct Inner {
     /// Inbound TLS handshakes under way, oldest first, against [`MAX_PENDING_HANDSHAKES`].
     handshakes: Mutex<VecDeque<(u64, CancellationToken)>>,
     next_handshake: AtomicU64,
-    heartbeat_interval: Duration,
-    failure_timeout: Duration,
+    /// The heartbeat interval and failure timeout, for the durations derived from them.
+    timing: crate::config::Timing,
     /// Mutual TLS on every connection; `None` when running insecure.
     tls: Option<Arc<crate::tls::Tls>>,
     /// Refusals by [`Refusal`], in its order.
@@ -307,8 +307,11 @@ impl Transport {
                 buffers: Arc::default(),
                 handshakes: Mutex::default(),
                 next_handshake: AtomicU64::new(0),
-                heartbeat_interval,
-                failure_timeout,
+                timing: crate::config::Timing {
+                    heartbeat_interval,
+                    failure_timeout,
+                    ..crate::config::Timing::default()
+                },
                 tls,
                 refused: Default::default(),
             }),
@@ -402,8 +405,7 @@ impl Transport {
     }
 
     fn path_up(&self, s: &PathStats, now: Instant) -> bool {
-        s.last_pong
-            .is_some_and(|t| now.duration_since(t) < self.inner.failure_timeout)
+        s.last_pong.is_some_and(|t| self.inner.timing.is_heard(t, now))
     }
 
     fn encode(&self, req: &Request, limit: usize) -> Result<(u64, Bytes), TransportError> {
@@ -687,9 +689,9 @@ impl Transport {
     }
 
     async fn heartbeat_path(self, peer: String, idx: usize, cancel: CancellationToken) {
-        let interval = self.inner.heartbeat_interval;
+        let interval = self.inner.timing.heartbeat_interval;
         // A ping must come back well within the failure timeout to count.
-        let ping_timeout = (self.inner.failure_timeout / 2).max(interval);
+        let ping_timeout = self.inner.timing.ping_timeout();
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -948,7 +950,7 @@ impl Transport {
             return Some((Box::new(stream), None, None));
         };
         let acceptor = tls.peer_acceptor()?;
-        let within = PROVE_DEADLINE.max(self.inner.heartbeat_interval.saturating_mul(3));
+        let within = self.inner.timing.silence_allowed(PROVE_DEADLINE);
         let (ticket, evicted) = self.start_handshake();
         let accepted = tokio::select! {
             _ = cancel.cancelled() => None,
@@ -1045,7 +1047,7 @@ async fn serve_conn(
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut partial_since: Option<Instant> = None;
     let accepted = Instant::now();
-    let prove_within = PROVE_DEADLINE.max(transport.inner.heartbeat_interval.saturating_mul(3));
+    let prove_within = transport.inner.timing.silence_allowed(PROVE_DEADLINE);
     let mut proven = false;
     let inflight = Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT));
     // An answer the peer does not take within the frame deadline closes the connection: it

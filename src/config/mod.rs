@@ -749,6 +749,19 @@ impl Timing {
         self.lease / 2
     }
 
+    /// How long a heartbeat ping may take to come back and still count: half the failure
+    /// timeout (at least one heartbeat), so a path is seen down well within the timeout.
+    pub fn ping_timeout(&self) -> Duration {
+        (self.failure_timeout / 2).max(self.heartbeat_interval)
+    }
+
+    /// How long a new peer connection may stay silent (no TLS handshake, no member frame)
+    /// before it is closed: `floor` or three heartbeat intervals, if longer (real peers ping
+    /// every heartbeat).
+    pub fn silence_allowed(&self, floor: Duration) -> Duration {
+        floor.max(self.heartbeat_interval.saturating_mul(3))
+    }
+
     /// The coordinator's tick: twice per heartbeat (at least 5 ms), so a decision never waits
     /// a whole heartbeat.
     pub fn coordinator_tick(&self) -> Duration {
@@ -2855,6 +2868,8 @@ token = \"0123456789abcdef\"\n"
         assert_eq!(t.promotion_exclusion(), Duration::from_secs(10));
         assert_eq!(t.lease_request_timeout(), ms(200));
         assert_eq!(t.coordinator_tick(), ms(50));
+        assert_eq!(t.ping_timeout(), ms(250));
+        assert_eq!(t.silence_allowed(Duration::from_secs(5)), Duration::from_secs(5));
         // openraft: heartbeat 50 ms, election timeout 100-150 ms (README: How failover works).
         assert_eq!(t.raft_ms(), (50, 100, 150));
         // The floors, at the fastest allowed heartbeat (5 ms).
