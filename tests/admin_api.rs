@@ -441,19 +441,8 @@ async fn the_admin_api_speaks_https_with_the_cli() {
     let api = admin(&c, "a");
     let addr = c.node("a").expect("a").admin;
     let access = |ca: &std::path::Path| standin::api::client::Access::new(None, Some(ca)).expect("CA");
-    let https_status = |ca: std::path::PathBuf, api: String| async move {
-        let r = standin::api::client::request_with(
-            &api,
-            Method::GET,
-            "/v1/status",
-            None,
-            Duration::from_secs(2),
-            &access(&ca),
-        )
-        .await
-        .ok()?;
-        serde_json::from_str::<Status>(&r.body).ok()
-    };
+    let https_status =
+        |ca: std::path::PathBuf, api: String| async move { common::status_with(&api, &access(&ca)).await };
     standin::demo::harness::wait_status(
         || https_status(ca1.clone(), api.clone()),
         Duration::from_secs(30),

@@ -1023,19 +1023,7 @@ async fn the_proxy_follows_a_cluster_with_a_token_and_https() {
     let api = cluster.nodes[0].admin.to_string();
     let status = || {
         let (api, access) = (api.clone(), access.clone());
-        async move {
-            let r = standin::api::client::request_with(
-                &api,
-                Method::GET,
-                "/v1/status",
-                None,
-                Duration::from_secs(2),
-                &access,
-            )
-            .await
-            .ok()?;
-            serde_json::from_str::<Status>(&r.body).ok()
-        }
+        async move { common::status_with(&api, &access).await }
     };
     let ready = standin::demo::harness::wait_status(
         status,

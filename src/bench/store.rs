@@ -31,7 +31,11 @@ pub struct Row {
     pub p99_ms: f64,
 }
 
-fn redis_server(dir: &Path, port: u16, extra: &[&str]) -> Result<Spawned, HarnessError> {
+fn redis_server(
+    dir: &Path,
+    port: u16,
+    extra: &[impl AsRef<std::ffi::OsStr>],
+) -> Result<Spawned, HarnessError> {
     std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
     let mut cmd = Command::new("redis-server");
     cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
@@ -314,6 +318,22 @@ async fn start_cluster(
     Ok((cluster, addr))
 }
 
+/// The Redis pair's durability settings (`appendfsync always`), and for the replica the
+/// primary on `replica_of`: the same for the plain and the TLS pair.
+fn pair_args(replica_of: Option<u16>) -> Vec<String> {
+    let mut args: Vec<String> = ["--appendonly", "yes", "--appendfsync", "always"]
+        .map(String::from)
+        .into();
+    if let Some(port) = replica_of {
+        args.extend([
+            "--replicaof".to_string(),
+            "127.0.0.1".to_string(),
+            port.to_string(),
+        ]);
+    }
+    args
+}
+
 /// Waits until the TLS replica has finished its initial sync.
 fn wait_tls_replica(port: u16, tls: &[String]) -> Result<(), HarnessError> {
     let mut args: Vec<&str> = tls.iter().map(String::as_str).collect();
@@ -379,41 +399,16 @@ pub async fn run(opts: StoreOptions) -> Result<(), HarnessError> {
             "TLSv1.3".to_string(),
         ]
     };
-    let mut primary_args = tls_args(tls_primary_port);
-    primary_args.extend(["--appendonly", "yes", "--appendfsync", "always"].map(String::from));
-    let mut replica_args = tls_args(tls_replica_port);
-    replica_args.extend(
-        [
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--replicaof",
-            "127.0.0.1",
-            &tls_primary_port.to_string(),
-        ]
-        .map(String::from),
-    );
+    let with = |mut args: Vec<String>, more: Vec<String>| {
+        args.extend(more);
+        args
+    };
+    let primary_args = with(tls_args(tls_primary_port), pair_args(None));
+    let replica_args = with(tls_args(tls_replica_port), pair_args(Some(tls_primary_port)));
 
     let _lone = redis_server(&dir.join("lone"), lone_port, &["--appendonly", "no"])?;
-    let _primary = redis_server(
-        &dir.join("primary"),
-        primary_port,
-        &["--appendonly", "yes", "--appendfsync", "always"],
-    )?;
-    let _replica = redis_server(
-        &dir.join("replica"),
-        replica_port,
-        &[
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--replicaof",
-            "127.0.0.1",
-            &primary_port.to_string(),
-        ],
-    )?;
+    let _primary = redis_server(&dir.join("primary"), primary_port, &pair_args(None))?;
+    let _replica = redis_server(&dir.join("replica"), replica_port, &pair_args(Some(primary_port)))?;
     wait_ping(lone_port, "lone redis-server")?;
     wait_ping(primary_port, "redis primary")?;
     wait_ping(replica_port, "redis replica")?;

@@ -147,3 +147,19 @@ pub async fn read_answer(
     };
     tokio::time::timeout(within, read).await.ok().flatten()
 }
+
+/// `GET /v1/status` from the admin API at `api` with `access` (token, CA for HTTPS), or `None`
+/// if it cannot be had within 2 s.
+pub async fn status_with(api: &str, access: &standin::api::client::Access) -> Option<standin::api::Status> {
+    let r = standin::api::client::request_with(
+        api,
+        hyper::Method::GET,
+        "/v1/status",
+        None,
+        Duration::from_secs(2),
+        access,
+    )
+    .await
+    .ok()?;
+    serde_json::from_str(&r.body).ok()
+}
