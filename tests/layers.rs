@@ -295,7 +295,11 @@ fn no_new_import_circle_and_the_known_one_only_shrinks() {
     }
     assert!(found.len() <= 1, "more than one import circle: {found:?}");
     let in_circle: usize = found.iter().map(BTreeSet::len).sum();
-    eprintln!("import circle: {in_circle} files (known: {})", KNOWN_CIRCLE.len());
+    let names: Vec<Vec<String>> = found.iter().map(|c| c.iter().map(rel).collect()).collect();
+    eprintln!(
+        "import circle: {in_circle} files (known: {}): {names:?}",
+        KNOWN_CIRCLE.len()
+    );
 }
 
 /// The checker itself finds what it must: a circle through `super::` and a `use crate::{…}`

@@ -24,89 +24,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::rpc::{Request, Response as RpcResponse};
 use crate::cluster::state::{Command, Event};
-use crate::cluster::transport::{unix_ms, PathStatus};
+use crate::cluster::transport::unix_ms;
 use crate::cluster::ClusterError;
 use crate::config::NodeKind;
 use crate::failover::Cause;
-use crate::node::role::Acting;
-use crate::node::Node;
-
-/// `GET /v1/status` and `standin status --json`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Status {
-    pub epoch: u64,
-    pub active: Option<String>,
-    pub leader: Option<String>,
-    pub term: u64,
-    /// The node whose view this is (the leader, unless `stale`).
-    pub view_from: String,
-    /// True when the leader could not be reached and this is a follower's own view.
-    pub stale: bool,
-    /// What the coordinator is waiting for, if anything.
-    pub waiting: Option<String>,
-    pub switchover: Option<SwitchoverStatus>,
-    pub commit_index: u64,
-    pub nodes: Vec<NodeStatus>,
-    /// How `view_from` talks to its peers: `mutual-tls`, or `insecure` (`[tls] insecure =
-    /// true`: neither encrypted nor authenticated).
-    #[serde(default)]
-    pub transport: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct SwitchoverStatus {
-    pub target: Option<String>,
-    pub cause: Cause,
-    pub requested_unix_ms: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct NodeStatus {
-    pub id: String,
-    pub kind: NodeKind,
-    pub priority: u32,
-    /// `active`, `promoting`, `standby` or `witness`.
-    pub role: String,
-    pub healthy: bool,
-    /// Replication within `max-lag` of the leader (always true for the leader itself).
-    pub in_sync: bool,
-    /// Log entries behind the leader.
-    pub lag: u64,
-    /// Heard on some path within the failure timeout.
-    pub reachable: bool,
-    pub last_heard_ms_ago: Option<u64>,
-    pub maintenance: bool,
-    /// Taken out of load balancing (`standin drain`).
-    #[serde(default)]
-    pub drain: bool,
-    pub version: String,
-    pub admin: String,
-    pub service: Option<String>,
-    /// The node's Redis-protocol store address (`store-address` in its `[[member]]`).
-    #[serde(default)]
-    pub store: Option<String>,
-    pub checks: Vec<CheckStatusJson>,
-    /// Paths from `view_from` to this node (empty for `view_from` itself).
-    pub paths: Vec<PathStatus>,
-    /// When the node's certificate expires (Unix seconds): `view_from`'s own, and each
-    /// peer's as last shown in a TLS handshake with `view_from`.
-    #[serde(default)]
-    pub cert_not_after_unix: Option<i64>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct CheckStatusJson {
-    pub name: String,
-    pub healthy: bool,
-    pub detail: String,
-    pub since_unix_ms: u64,
-    /// The last probe results (oldest first) and the last probe's latency: known only to the
-    /// node that runs the check, so filled in that node's own view.
-    #[serde(default)]
-    pub recent: Vec<bool>,
-    #[serde(default)]
-    pub latency_ms: Option<f64>,
-}
+use crate::node::shared::Acting;
+use crate::node::shared::Node;
+use crate::status::build::{build_status, cluster_status};
+pub use crate::status::{CheckStatusJson, NodeStatus, Status, SwitchoverStatus};
 
 /// `GET /v1/lease`: what this node is doing, for the managed service.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -278,188 +203,6 @@ fn router(node: Arc<Node>) -> Router {
             guard::guard,
         ))
         .with_state(node)
-}
-
-/// This node's own view, as JSON.
-pub fn local_status(node: &Arc<Node>) -> Result<String, String> {
-    serde_json::to_string(&build_status(node)).map_err(|e| e.to_string())
-}
-
-pub(crate) fn build_status(node: &Arc<Node>) -> Status {
-    let cfg = &node.config;
-    let info = node.cluster.info();
-    let me = node.cluster.me().to_string();
-    let local_probes = node.health.as_ref().map(|h| h.snapshot()).unwrap_or_default();
-    let (active, epoch, promotion, switchover, records) = node.cluster.sm.read(|d| {
-        (
-            d.state.active.clone(),
-            d.state.epoch,
-            d.state.promotion.clone(),
-            d.state.switchover.clone(),
-            d.state.nodes.clone(),
-        )
-    });
-    let now = Instant::now();
-    let nodes = cfg
-        .members
-        .iter()
-        .map(|m| {
-            let rec = records.get(&m.id).cloned().unwrap_or_default();
-            let role = if m.kind == NodeKind::Witness {
-                "witness"
-            } else if active.as_deref() == Some(m.id.as_str()) {
-                if promotion.as_ref().is_some_and(|p| p.node == m.id) {
-                    "promoting"
-                } else {
-                    "active"
-                }
-            } else {
-                "standby"
-            };
-            let (last_heard, paths) = if m.id == me {
-                (Some(now), Vec::new())
-            } else {
-                (
-                    node.cluster.transport.last_heard(&m.id),
-                    node.cluster.transport.paths(&m.id),
-                )
-            };
-            let matched = if m.id == me {
-                info.last_log_index
-            } else {
-                info.matched.get(&m.id).copied().unwrap_or(0)
-            };
-            let lag = if info.is_leader {
-                info.last_log_index.saturating_sub(matched)
-            } else {
-                0
-            };
-            let reachable = last_heard.is_some_and(|t| cfg.timing.is_heard(t, now));
-            // A node nobody hears is shown as such, whatever it last reported.
-            let role = if reachable { role } else { "unreachable" };
-            NodeStatus {
-                id: m.id.clone(),
-                kind: m.kind,
-                priority: m.priority,
-                role: role.to_string(),
-                healthy: rec.healthy && reachable,
-                in_sync: if info.is_leader {
-                    reachable && lag <= cfg.timing.max_lag
-                } else {
-                    reachable
-                },
-                lag,
-                reachable,
-                last_heard_ms_ago: last_heard.map(|t| now.duration_since(t).as_millis() as u64),
-                maintenance: rec.maintenance,
-                drain: rec.drain,
-                version: rec.version.clone(),
-                admin: m.admin.to_string(),
-                service: m.service_address.map(|a| a.to_string()),
-                store: m.store_address.map(|a| a.to_string()),
-                checks: rec
-                    .checks
-                    .iter()
-                    .map(|(name, c)| {
-                        let probes = (m.id == node.cluster.me())
-                            .then(|| local_probes.iter().find(|p| &p.name == name))
-                            .flatten();
-                        CheckStatusJson {
-                            name: name.clone(),
-                            healthy: c.healthy,
-                            detail: c.detail.clone(),
-                            since_unix_ms: c.since_unix_ms,
-                            recent: probes.map(|p| p.recent.clone()).unwrap_or_default(),
-                            latency_ms: probes.and_then(|p| p.last_latency_ms),
-                        }
-                    })
-                    .collect(),
-                paths,
-                cert_not_after_unix: if m.id == me {
-                    node.tls.as_ref().map(|t| t.not_after())
-                } else {
-                    node.cluster.transport.peer_cert_not_after(&m.id)
-                },
-            }
-        })
-        .collect();
-    let waiting = node
-        .coordinator
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .waiting
-        .clone();
-    Status {
-        epoch,
-        active,
-        leader: info.leader.clone(),
-        term: info.term,
-        view_from: me,
-        // Current only if this node knows a leader and hears a quorum: a follower that does is
-        // at most a few milliseconds behind (what `/v1/watch` streams); a leader cut off from
-        // the quorum (openraft 0.9 does not step down by itself) does not speak for the
-        // cluster.
-        stale: {
-            let leader_heard = info.leader.as_deref().is_some_and(|l| {
-                l == node.cluster.me()
-                    || node
-                        .cluster
-                        .transport
-                        .last_heard(l)
-                        .is_some_and(|t| cfg.timing.is_heard(t, Instant::now()))
-            });
-            !leader_heard || nodes_heard(node) * 2 <= cfg.members.len()
-        },
-        waiting,
-        switchover: switchover.map(|s| SwitchoverStatus {
-            target: s.target,
-            cause: s.cause,
-            requested_unix_ms: s.requested_unix_ms,
-        }),
-        commit_index: info.committed,
-        nodes,
-        transport: if node.tls.is_some() {
-            "mutual-tls"
-        } else {
-            "insecure"
-        }
-        .to_string(),
-    }
-}
-
-/// Voters heard within the failure timeout, this node included.
-fn nodes_heard(node: &Arc<Node>) -> usize {
-    let me = node.cluster.me();
-    node.config
-        .members
-        .iter()
-        .filter(|m| {
-            m.id == me
-                || node
-                    .cluster
-                    .transport
-                    .last_heard(&m.id)
-                    .is_some_and(|t| node.config.timing.is_heard(t, Instant::now()))
-        })
-        .count()
-}
-
-/// The cluster's view: from the leader if it can be reached, else our own (stale).
-pub async fn cluster_status(node: &Arc<Node>) -> Status {
-    let info = node.cluster.info();
-    if let Some(leader) = info.leader.filter(|l| l != node.cluster.me()) {
-        if let Ok(RpcResponse::Json(s)) = node
-            .cluster
-            .transport
-            .call(&leader, &Request::Status, Duration::from_millis(500))
-            .await
-        {
-            if let Ok(status) = serde_json::from_str::<Status>(&s) {
-                return status;
-            }
-        }
-    }
-    build_status(node)
 }
 
 async fn status_handler(State(node): State<Arc<Node>>) -> Json<Status> {
@@ -670,7 +413,7 @@ async fn drain_handler(State(node): State<Arc<Node>>, Json(b): Json<MaintenanceB
 
 /// `GET /metrics`: Prometheus / OpenMetrics text.
 async fn metrics_handler(State(node): State<Arc<Node>>) -> Response {
-    match node.metrics.render(&node) {
+    match metrics::render(&node) {
         Ok(text) => (
             [(
                 axum::http::header::CONTENT_TYPE,

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::notify::{deliver, Notification};
-use crate::api::Status;
 use crate::cluster::state::{Change, Command, Event, EventKind, NodeRecord};
 use crate::cluster::transport::unix_ms;
-use crate::config::NodeKind;
-use crate::node::Node;
+use crate::cluster::Cluster;
+use crate::config::{Config, NodeKind};
+use crate::status::Status;
+use crate::status::StatusSource;
 
 /// A certificate that expires sooner than this raises an alarm.
 pub const CERT_WARN: Duration = Duration::from_secs(14 * 24 * 3600);
@@ -22,11 +23,18 @@ const EVERY: Duration = Duration::from_millis(250);
 /// Events older than this are not notified by a leader that finds them unnotified.
 const STALE_AFTER: Duration = Duration::from_secs(300);
 
-pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
-    let cfg = Arc::new(node.config.alarms.clone());
-    let me = node.cluster.me().to_string();
+/// On the leader: notifies new events and raises or clears alarms from this node's own view
+/// (`status`), until `cancel` fires.
+pub async fn run(
+    cluster: Cluster,
+    config: Arc<Config>,
+    status: Arc<dyn StatusSource>,
+    cancel: CancellationToken,
+) {
+    let cfg = Arc::new(config.alarms.clone());
+    let me = cluster.me().to_string();
     // A new leader's view needs a moment (heartbeats, reports) before it judges anything.
-    let grace = node.config.timing.settle_grace();
+    let grace = config.timing.settle_grace();
     let mut leading: Option<(u64, Instant)> = None;
     // Events up to this sequence number were handled (by us or a previous leader).
     let mut handled: u64 = 0;
@@ -37,7 +45,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let info = node.cluster.info();
+        let info = cluster.info();
         if !info.is_leader {
             leading = None;
             continue;
@@ -46,9 +54,9 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
             leading = Some((info.term, Instant::now()));
             // Continue where the previous leader's notifications were recorded as done (it may
             // have sent some more: receivers de-duplicate on `seq`).
-            handled = node.cluster.sm.read(|d| d.state.notified_up_to);
+            handled = cluster.sm.read(|d| d.state.notified_up_to);
         }
-        let (retention, raised, records, events) = node.cluster.sm.read(|d| {
+        let (retention, raised, records, events) = cluster.sm.read(|d| {
             (
                 d.state.event_retention,
                 d.state.alarms.clone(),
@@ -74,13 +82,13 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
             handled = handled.max(last.seq);
             writes.push(Change::Notified { seq: last.seq });
         }
-        if retention != Some(node.config.events.retention) {
+        if retention != Some(config.events.retention) {
             writes.push(Change::SetRetention {
-                events: node.config.events.retention,
+                events: config.events.retention,
             });
         }
         if leading.is_some_and(|(_, since)| since.elapsed() >= grace) {
-            let status = crate::api::build_status(&node);
+            let status = status.own_status();
             let want = evaluate(&status, &records);
             let at = unix_ms();
             for (key, detail) in &want {
@@ -106,9 +114,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
         }
         if !writes.is_empty() {
             let cmd = Command::batch(writes);
-            if let Ok(Err(e)) =
-                tokio::time::timeout(Duration::from_secs(1), node.cluster.write_local(cmd)).await
-            {
+            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(1), cluster.write_local(cmd)).await {
                 tracing::debug!(error = %e, "could not record alarms");
             }
         }

@@ -10,12 +10,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::state::{Change, Command};
 use crate::cluster::transport::unix_ms;
-use crate::node::Node;
+use crate::cluster::Cluster;
+use crate::config::Config;
 
-pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
-    let me = node.cluster.me().to_string();
-    let peers: Vec<String> = node
-        .config
+/// Records this node's path changes each heartbeat until `cancel` fires.
+pub async fn run(cluster: Cluster, config: Arc<Config>, cancel: CancellationToken) {
+    let me = cluster.me().to_string();
+    let peers: Vec<String> = config
         .members
         .iter()
         .filter(|m| m.id != me)
@@ -23,20 +24,15 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
         .collect();
     let started = Instant::now();
     // Paths need a moment to connect: "down" is only reported after that.
-    let grace = node.config.timing.settle_grace();
-    let mut tick = tokio::time::interval(
-        node.config
-            .timing
-            .heartbeat_interval
-            .max(Duration::from_millis(50)),
-    );
+    let grace = config.timing.settle_grace();
+    let mut tick = tokio::time::interval(config.timing.heartbeat_interval.max(Duration::from_millis(50)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let recorded = node.cluster.sm.read(|d| {
+        let recorded = cluster.sm.read(|d| {
             d.state
                 .nodes
                 .get(&me)
@@ -46,7 +42,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
         let at = unix_ms();
         let mut changes: Vec<Change> = Vec::new();
         for peer in &peers {
-            for p in node.cluster.transport.paths(peer) {
+            for p in cluster.transport.paths(peer) {
                 if !p.up && started.elapsed() < grace {
                     continue;
                 }
@@ -67,7 +63,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
         }
         let cmd = Command::batch(changes);
         // Best effort: without a reachable leader this fails and the next tick tries again.
-        match tokio::time::timeout(Duration::from_secs(1), node.cluster.write(cmd)).await {
+        match tokio::time::timeout(Duration::from_secs(1), cluster.write(cmd)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::debug!(error = %e, "could not record a path change yet"),
             Err(_) => tracing::debug!("recording a path change timed out"),

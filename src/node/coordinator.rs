@@ -6,24 +6,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::lease::margin;
-use super::Node;
+use super::shared::Node;
 use crate::cluster::rpc::Request;
 use crate::cluster::state::Command;
 use crate::cluster::transport::unix_ms;
 use crate::config::{FailbackMode, NodeKind};
 use crate::failover::{self, Action, ClusterView, Deposed, NodeView, Pending, Switchover};
-
-/// What the coordinator last concluded; shown in status.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct CoordinatorStatus {
-    pub is_leader: bool,
-    /// Why nothing happened, when something is waiting ("waiting for the lease of a ...").
-    pub waiting: Option<String>,
-}
 
 struct State {
     leader_since: Option<Instant>,

@@ -12,15 +12,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::Node;
+use super::shared::{Lease, Node};
 use crate::cluster::rpc::{LeaseReply, Request, Response};
-
-/// A lease this node holds: it may act as active for `epoch` until `until`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Lease {
-    pub epoch: u64,
-    pub until: Instant,
-}
 
 /// Safety margin subtracted by the holder and added by the coordinator, for clock-rate
 /// differences and scheduling delays.

@@ -14,14 +14,12 @@ mod lease;
 mod reporter;
 pub mod role;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -30,12 +28,13 @@ use crate::cluster::transport::{self, Transport};
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::{Config, NodeKind};
 use crate::failstop;
-use crate::health::{self, HealthHandle};
-use crate::service::hooks::HookRunner;
-use crate::service::{self, Supervisor};
+use crate::health::{self};
+use crate::service::{self};
 
-pub use coordinator::CoordinatorStatus;
-pub use role::LocalRole;
+pub mod shared;
+
+pub use crate::version::VERSION;
+pub use shared::{Acting, CoordinatorStatus, LocalRole, Node};
 
 /// Errors that stop a node from starting.
 #[derive(Debug, thiserror::Error)]
@@ -67,59 +66,6 @@ impl NodeError {
             NodeError::Cluster(ClusterError::Storage(_)) => failstop::EXIT_STORAGE,
             _ => 1,
         }
-    }
-}
-
-/// The version recorded in the cluster state for this node.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// Everything the node's tasks share.
-pub struct Node {
-    pub config: Arc<Config>,
-    pub cluster: Cluster,
-    /// Monotonic origin for the coordinator's millisecond clock.
-    pub origin: Instant,
-    /// Leader side: when a lease request of each node last arrived (grants may run until then
-    /// plus the lease).
-    pub grants: Mutex<HashMap<String, Instant>>,
-    /// When each node last sent us Raft AppendEntries (as leader): the confirmation rounds
-    /// this node took part in, for [`lease::bound_ms_ago`].
-    pub appends: Mutex<HashMap<String, Instant>>,
-    /// This node's acting role, for the service (`/v1/lease`) and status.
-    pub local: watch::Sender<LocalRole>,
-    /// The latest lease end told to the service through `/v1/lease`, until the service has
-    /// been told "standby" again. A release waits for this (see `role::wait_service_stood_down`).
-    pub handed_out: Mutex<Option<(Instant, Option<u32>)>>,
-    /// The lease this node holds, if any (holder side).
-    pub lease: watch::Sender<Option<lease::Lease>>,
-    pub coordinator: Mutex<CoordinatorStatus>,
-    pub health: Option<HealthHandle>,
-    pub supervisor: Option<Supervisor>,
-    pub hooks: HookRunner,
-    /// Leader-side store queues (every node: a witness may lead for a while).
-    pub store: std::sync::OnceLock<crate::store::replicate::Replicator>,
-    /// This node's Prometheus registry (live metrics; the rest is read at scrape time).
-    pub metrics: crate::api::metrics::NodeMetrics,
-    /// The virtual IP while this node's keeper reports it on the interface.
-    pub vip_held: Arc<Mutex<Option<crate::address::vip::Vip>>>,
-    /// True from the first hold sent to the VIP keeper until it confirms a release: a release
-    /// of the active role is committed only after this clears (see `role::wait_vip_released`).
-    pub vip_unreleased: Arc<std::sync::atomic::AtomicBool>,
-    /// The node's certificates (`None`: `[tls] insecure = true`), reloaded when they change.
-    pub tls: Option<Arc<crate::tls::Tls>>,
-}
-
-impl Node {
-    pub fn now_ms(&self) -> u64 {
-        self.origin.elapsed().as_millis() as u64
-    }
-
-    pub fn to_ms(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.origin).as_millis() as u64
-    }
-
-    pub fn is_data(&self) -> bool {
-        self.config.me().kind == NodeKind::Data
     }
 }
 
@@ -257,31 +203,23 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         }
         _ => (None, None),
     };
-    let (local_tx, _) = watch::channel(LocalRole::default());
-    let node = Arc::new(Node {
-        config: config.clone(),
-        cluster: cluster.clone(),
-        origin: Instant::now(),
-        grants: Mutex::new(HashMap::new()),
-        appends: Mutex::new(HashMap::new()),
-        handed_out: Mutex::new(None),
-        local: local_tx,
-        lease: watch::channel(None).0,
-        coordinator: Mutex::new(CoordinatorStatus::default()),
+    let node = Arc::new(Node::new(
+        config.clone(),
+        cluster.clone(),
+        tls.clone(),
         health,
         supervisor,
-        hooks: HookRunner::new(config.hooks.clone(), me.id.clone()),
-        store: std::sync::OnceLock::new(),
-        metrics: crate::api::metrics::NodeMetrics::new(),
-        vip_held: Arc::new(Mutex::new(None)),
-        vip_unreleased: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-        tls: tls.clone(),
-    });
+    ));
     if let Some(tls) = tls {
         tracker.spawn(watch_tls(tls, tasks.clone()));
     }
     let maxmemory = config.store.as_ref().map_or(0, |s| s.maxmemory);
-    let replicator = crate::store::replicate::Replicator::start(node.clone(), maxmemory, tasks.clone());
+    let replicator = crate::store::replicate::Replicator::start(
+        cluster.clone(),
+        node.metrics.clone(),
+        maxmemory,
+        tasks.clone(),
+    );
     let _ = node.store.set(replicator.clone());
 
     // Peer connections.
@@ -307,17 +245,33 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
 
     tracker.spawn(crate::api::serve(listeners.admin, node.clone(), tasks.clone()));
     if let (Some(l), Some(cfg)) = (listeners.store, config.store.clone()) {
+        let ctx = crate::store::server::StoreContext {
+            config: config.clone(),
+            cluster: cluster.clone(),
+            metrics: node.metrics.clone(),
+            tls: node.tls.clone(),
+            status: node.clone(),
+        };
         tracker.spawn(crate::store::server::serve(
             l,
-            node.clone(),
+            ctx,
             cfg,
             replicator,
             tasks.clone(),
         ));
     }
     tracker.spawn(coordinator::run(node.clone(), tasks.clone()));
-    tracker.spawn(crate::events::paths::run(node.clone(), tasks.clone()));
-    tracker.spawn(crate::events::alarms::run(node.clone(), tasks.clone()));
+    tracker.spawn(crate::events::paths::run(
+        cluster.clone(),
+        config.clone(),
+        tasks.clone(),
+    ));
+    tracker.spawn(crate::events::alarms::run(
+        cluster.clone(),
+        config.clone(),
+        node.clone(),
+        tasks.clone(),
+    ));
     // The role and lease loops stop first on shutdown, so nothing re-promotes while the node
     // steps down.
     let role_token = tasks.child_token();
@@ -468,7 +422,7 @@ async fn handle_peer(node: &Arc<Node>, from: String, req: Request) -> Response {
         Request::LeaseBound { leader, node: who } => {
             Response::LeaseBound(lease::bound_ms_ago(node, &leader, &who))
         }
-        Request::Status => match crate::api::local_status(node) {
+        Request::Status => match crate::status::build::local_status(node) {
             Ok(s) => Response::Json(s),
             Err(e) => Response::Error {
                 message: e,

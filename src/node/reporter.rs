@@ -14,13 +14,13 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
-use super::role::Acting;
-use super::{Node, VERSION};
+use super::shared::{Acting, Node};
 use crate::cluster::state::Command;
 use crate::cluster::transport::unix_ms;
 use crate::config::ServiceMode;
 use crate::health::Transition;
 use crate::service::ProcState;
+use crate::version::VERSION;
 
 /// The name of the check that stands for "the supervised process is running".
 pub const PROCESS_CHECK: &str = "process";

@@ -9,33 +9,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::Node;
+use super::shared::{Acting, Node};
 use crate::cluster::state::{Change, Command, HookRecord};
 use crate::cluster::transport::unix_ms;
 use crate::config::ServiceMode;
 use crate::service::hooks::{HookKind, HookOutcome};
-
-/// What this node is doing right now.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Acting {
-    #[default]
-    Standby,
-    /// Running fence/promote hooks; not yet serving as active.
-    Promoting,
-    Active,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LocalRole {
-    pub acting: Acting,
-    pub epoch: u64,
-    /// While active: the instant the lease runs out (the service must stop acting by then).
-    pub lease_until: Option<Instant>,
-}
 
 fn record(o: &HookOutcome) -> HookRecord {
     HookRecord {

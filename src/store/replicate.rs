@@ -24,8 +24,8 @@ use super::{ENTRY_TARGET_BYTES, MAX_ENTRY_BYTES};
 use crate::cluster::rpc::{Request, Response};
 use crate::cluster::state::Command;
 use crate::cluster::transport::unix_ms;
-use crate::cluster::ClusterError;
-use crate::node::Node;
+use crate::cluster::{Cluster, ClusterError};
+use crate::metrics::NodeMetrics;
 
 /// Most groups in one log entry.
 const MAX_GROUPS_PER_ENTRY: usize = 1024;
@@ -104,16 +104,28 @@ struct ReadReq {
     tx: oneshot::Sender<Result<Vec<Reply>, StoreError>>,
 }
 
+/// What the queues need from the node: its cluster handle and its live metrics.
+struct Ctx {
+    cluster: Cluster,
+    metrics: Arc<NodeMetrics>,
+}
+
 /// Leader-side queues. Cheap to clone.
 #[derive(Clone)]
 pub struct Replicator {
     writes: mpsc::UnboundedSender<WriteReq>,
     reads: mpsc::UnboundedSender<ReadReq>,
-    node: Arc<Node>,
+    node: Arc<Ctx>,
 }
 
 impl Replicator {
-    pub fn start(node: Arc<Node>, maxmemory: u64, cancel: CancellationToken) -> Replicator {
+    pub fn start(
+        cluster: Cluster,
+        metrics: Arc<NodeMetrics>,
+        maxmemory: u64,
+        cancel: CancellationToken,
+    ) -> Replicator {
+        let node = Arc::new(Ctx { cluster, metrics });
         let (wtx, wrx) = mpsc::unbounded_channel();
         let (rtx, rrx) = mpsc::unbounded_channel();
         tokio::spawn(write_batcher(node.clone(), wrx, maxmemory, cancel.clone()));
@@ -233,7 +245,7 @@ impl Replicator {
 }
 
 async fn write_batcher(
-    node: Arc<Node>,
+    node: Arc<Ctx>,
     mut rx: mpsc::UnboundedReceiver<WriteReq>,
     maxmemory: u64,
     cancel: CancellationToken,
@@ -491,7 +503,7 @@ impl LastCommit {
     }
 }
 
-async fn read_batcher(node: Arc<Node>, mut rx: mpsc::UnboundedReceiver<ReadReq>, cancel: CancellationToken) {
+async fn read_batcher(node: Arc<Ctx>, mut rx: mpsc::UnboundedReceiver<ReadReq>, cancel: CancellationToken) {
     loop {
         let first = tokio::select! {
             _ = cancel.cancelled() => return,

@@ -35,9 +35,11 @@ use super::replicate::{GroupKind, Replicator, StoreError};
 use super::reply::Reply;
 use super::resp::{self, Frame, Limits, RespCodec, RespError};
 use super::MAX_ENTRY_BYTES;
-use crate::api::metrics::StoreKind;
+use crate::cluster::Cluster;
 use crate::config::{Config, StoreConfig};
-use crate::node::Node;
+use crate::metrics::NodeMetrics;
+use crate::metrics::StoreKind;
+use crate::status::StatusSource;
 
 /// Requests taken from one pipeline at most before replies are written.
 const MAX_PIPELINE: usize = 512;
@@ -105,8 +107,22 @@ pub fn auth_delay(failures: u32) -> Duration {
     Duration::from_millis(10u64 << doublings).min(Duration::from_secs(1))
 }
 
+/// What the store server takes from the node it runs in: narrow handles (no whole node), so
+/// it can also be started in-process on port 0 against a one-node cluster in a test.
+#[derive(Clone)]
+pub struct StoreContext {
+    pub config: Arc<Config>,
+    pub cluster: Cluster,
+    pub metrics: Arc<NodeMetrics>,
+    /// The node's own TLS material (`None`: `[tls] insecure`), reused when `[store] tls`
+    /// names no certificate of its own.
+    pub tls: Option<Arc<crate::tls::Tls>>,
+    /// The cluster's view, for `INFO`.
+    pub status: Arc<dyn StatusSource>,
+}
+
 struct Shared {
-    node: Arc<Node>,
+    ctx: StoreContext,
     cfg: StoreConfig,
     replicator: Replicator,
     clients: Arc<Semaphore>,
@@ -179,14 +195,14 @@ pub fn raise_file_limit() -> std::io::Result<(u64, u64)> {
 /// is not served rather than served in clear).
 pub async fn serve(
     listener: TcpListener,
-    node: Arc<Node>,
+    ctx: StoreContext,
     cfg: StoreConfig,
     replicator: Replicator,
     cancel: CancellationToken,
 ) {
     let max_clients = match file_limit() {
         Some(limit) => {
-            let clamped = clamp_max_clients(cfg.max_clients, limit, &node.config);
+            let clamped = clamp_max_clients(cfg.max_clients, limit, &ctx.config);
             if clamped < cfg.max_clients {
                 tracing::warn!(
                     configured = cfg.max_clients,
@@ -199,11 +215,11 @@ pub async fn serve(
         }
         None => cfg.max_clients,
     };
-    let tls = match cfg.tls_files(&node.config.tls) {
+    let tls = match cfg.tls_files(&ctx.config.tls) {
         None => None,
         // The node's own certificate: the material the transport uses, reloaded with it
         // (every 2 s and on SIGHUP).
-        Some(_) if cfg.tls_cert.is_none() && node.tls.is_some() => node.tls.clone(),
+        Some(_) if cfg.tls_cert.is_none() && ctx.tls.is_some() => ctx.tls.clone(),
         Some(files) => match crate::tls::Tls::load(files, None) {
             Ok(t) => Some(Arc::new(t)),
             Err(e) => {
@@ -217,7 +233,7 @@ pub async fn serve(
     let tls_rejects = Arc::new(Semaphore::new(TLS_REJECTS_AT_ONCE));
     let mut reload_checked = Instant::now();
     let shared = Arc::new(Shared {
-        node,
+        ctx,
         clients: Arc::new(Semaphore::new(max_clients as usize)),
         budget: Budget {
             used: AtomicUsize::new(0),
@@ -688,7 +704,7 @@ async fn execute(shared: &Shared, conn: &mut Conn, items: Vec<Item>) -> Vec<(Fra
                 let started = Instant::now();
                 let result = write_with_retry(shared, ops, bytes, GroupKind::Pipeline, conn.id).await;
                 shared
-                    .node
+                    .ctx
                     .metrics
                     .store_done(StoreKind::Write, n, result.is_ok(), started.elapsed());
                 match result {
@@ -711,7 +727,7 @@ async fn execute(shared: &Shared, conn: &mut Conn, items: Vec<Item>) -> Vec<(Fra
                     (StoreKind::Read, read_with_retry(shared, ops).await)
                 };
                 shared
-                    .node
+                    .ctx
                     .metrics
                     .store_done(kind, n, result.is_ok(), started.elapsed());
                 match result {
@@ -971,7 +987,7 @@ async fn auth(shared: &Shared, conn: &mut Conn, args: &[Bytes]) -> Frame {
             Frame::Simple("OK".into())
         }
         Some(_) => {
-            shared.node.metrics.store_auth_failed();
+            shared.ctx.metrics.store_auth_failed();
             let delay = shared.auth_failures.failed(conn.ip);
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
@@ -1022,7 +1038,7 @@ async fn hello(shared: &Shared, conn: &mut Conn, args: &[Bytes], codec: &mut Res
     let s = |v: &str| Frame::Bulk(Bytes::from(v.to_string()));
     Item::Reply(Frame::Map(vec![
         (s("server"), s("standin")),
-        (s("version"), s(crate::node::VERSION)),
+        (s("version"), s(crate::version::VERSION)),
         (s("proto"), Frame::Integer(i64::from(proto))),
         (s("id"), Frame::Integer(conn.id as i64)),
         (s("mode"), s("standalone")),
@@ -1089,7 +1105,7 @@ async fn wait<R: AsyncRead + Unpin>(
     }
     // Every acknowledged write is already on a quorum; WAIT counts the other voters whose log
     // has everything this node has applied.
-    let target = shared.node.cluster.info().last_applied;
+    let target = shared.ctx.cluster.info().last_applied;
     let timeout = Duration::from_millis(if timeout == 0 {
         10_000
     } else {
@@ -1122,8 +1138,8 @@ async fn wait<R: AsyncRead + Unpin>(
 /// Other nodes known to hold the log up to `index`: never this node itself, so never more
 /// than the replicas there are.
 async fn replicas_with(shared: &Shared, index: u64) -> i64 {
-    let info = shared.node.cluster.info();
-    let me = shared.node.cluster.me();
+    let info = shared.ctx.cluster.info();
+    let me = shared.ctx.cluster.me();
     if info.is_leader {
         // The leader's replication state lists the leader too (its own log is "matched").
         return info
@@ -1132,7 +1148,7 @@ async fn replicas_with(shared: &Shared, index: u64) -> i64 {
             .filter(|(id, m)| id.as_str() != me && **m >= index)
             .count() as i64;
     }
-    let status = crate::api::cluster_status(&shared.node).await;
+    let status = shared.ctx.status.cluster_status().await;
     if status.stale {
         return 0;
     }
@@ -1145,9 +1161,9 @@ async fn replicas_with(shared: &Shared, index: u64) -> i64 {
 }
 
 async fn info(shared: &Shared) -> String {
-    let node = &shared.node;
+    let node = &shared.ctx;
     let info = node.cluster.info();
-    let status = crate::api::cluster_status(node).await;
+    let status = node.status.cluster_status().await;
     let me = node.cluster.me();
     let (keys, expires, used) = node
         .cluster
@@ -1161,7 +1177,7 @@ async fn info(shared: &Shared) -> String {
     s.push_str("# Server\r\n");
     s.push_str(&format!(
         "redis_version:7.0.0\r\nstandin_version:{}\r\n",
-        crate::node::VERSION
+        crate::version::VERSION
     ));
     s.push_str(&format!("process_id:{}\r\nnode:{me}\r\n", std::process::id()));
     s.push_str("\r\n# Memory\r\n");

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::netlink::Netlink;
 use super::{monotonic_us, KeeperArgs, Order, Report, Vip};
-use crate::node::role::{Acting, LocalRole};
+use crate::node::shared::{Acting, LocalRole};
 
 /// Everything the driver needs, from the node's config and runtime.
 pub struct Driver {

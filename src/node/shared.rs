@@ -1,0 +1,132 @@
+//! The state every task of a node shares: the [`Node`] the composition root (`node::run`)
+//! builds once, and the small types it holds (the local role, the lease, the coordinator's
+//! conclusion). It imports only what lies below it (cluster, config, service, health, the
+//! live metrics, the VIP's type); the API, the store server, events and the role loops read
+//! it, and nothing here reaches up to them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::cluster::Cluster;
+use crate::config::{Config, NodeKind};
+use crate::health::HealthHandle;
+use crate::service::hooks::HookRunner;
+use crate::service::Supervisor;
+
+/// What this node is doing right now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Acting {
+    #[default]
+    Standby,
+    /// Running fence/promote hooks; not yet serving as active.
+    Promoting,
+    Active,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LocalRole {
+    pub acting: Acting,
+    pub epoch: u64,
+    /// While active: the instant the lease runs out (the service must stop acting by then).
+    pub lease_until: Option<Instant>,
+}
+
+/// What the coordinator last concluded; shown in status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CoordinatorStatus {
+    pub is_leader: bool,
+    /// Why nothing happened, when something is waiting ("waiting for the lease of a ...").
+    pub waiting: Option<String>,
+}
+
+/// A lease this node holds: it may act as active for `epoch` until `until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub epoch: u64,
+    pub until: Instant,
+}
+
+/// Everything the node's tasks share.
+pub struct Node {
+    pub config: Arc<Config>,
+    pub cluster: Cluster,
+    /// Monotonic origin for the coordinator's millisecond clock.
+    pub origin: Instant,
+    /// Leader side: when a lease request of each node last arrived (grants may run until then
+    /// plus the lease).
+    pub grants: Mutex<HashMap<String, Instant>>,
+    /// When each node last sent us Raft AppendEntries (as leader): the confirmation rounds
+    /// this node took part in, for [`lease::bound_ms_ago`].
+    pub appends: Mutex<HashMap<String, Instant>>,
+    /// This node's acting role, for the service (`/v1/lease`) and status.
+    pub local: watch::Sender<LocalRole>,
+    /// The latest lease end told to the service through `/v1/lease`, until the service has
+    /// been told "standby" again. A release waits for this (see `role::wait_service_stood_down`).
+    pub handed_out: Mutex<Option<(Instant, Option<u32>)>>,
+    /// The lease this node holds, if any (holder side).
+    pub lease: watch::Sender<Option<Lease>>,
+    pub coordinator: Mutex<CoordinatorStatus>,
+    pub health: Option<HealthHandle>,
+    pub supervisor: Option<Supervisor>,
+    pub hooks: HookRunner,
+    /// Leader-side store queues (every node: a witness may lead for a while).
+    pub store: std::sync::OnceLock<crate::store::replicate::Replicator>,
+    /// This node's Prometheus registry (live metrics; the rest is read at scrape time).
+    pub metrics: Arc<crate::metrics::NodeMetrics>,
+    /// The virtual IP while this node's keeper reports it on the interface.
+    pub vip_held: Arc<Mutex<Option<crate::address::vip::Vip>>>,
+    /// True from the first hold sent to the VIP keeper until it confirms a release: a release
+    /// of the active role is committed only after this clears (see `role::wait_vip_released`).
+    pub vip_unreleased: Arc<std::sync::atomic::AtomicBool>,
+    /// The node's certificates (`None`: `[tls] insecure = true`), reloaded when they change.
+    pub tls: Option<Arc<crate::tls::Tls>>,
+}
+
+impl Node {
+    /// A node's shared state, as `node::run` builds it (and an in-process test may).
+    pub fn new(
+        config: Arc<Config>,
+        cluster: Cluster,
+        tls: Option<Arc<crate::tls::Tls>>,
+        health: Option<HealthHandle>,
+        supervisor: Option<Supervisor>,
+    ) -> Node {
+        let me = config.node.id.clone();
+        Node {
+            hooks: HookRunner::new(config.hooks.clone(), me),
+            config,
+            cluster,
+            origin: Instant::now(),
+            grants: Mutex::new(HashMap::new()),
+            appends: Mutex::new(HashMap::new()),
+            handed_out: Mutex::new(None),
+            local: watch::channel(LocalRole::default()).0,
+            lease: watch::channel(None).0,
+            coordinator: Mutex::new(CoordinatorStatus::default()),
+            health,
+            supervisor,
+            store: std::sync::OnceLock::new(),
+            metrics: Arc::new(crate::metrics::NodeMetrics::new()),
+            vip_held: Arc::new(Mutex::new(None)),
+            vip_unreleased: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            tls,
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    pub fn to_ms(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.origin).as_millis() as u64
+    }
+
+    pub fn is_data(&self) -> bool {
+        self.config.me().kind == NodeKind::Data
+    }
+}
