@@ -22,9 +22,9 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::unix_ms;
 use crate::cluster::rpc::{Request, Response as RpcResponse};
 use crate::cluster::state::{Command, Event};
-use crate::cluster::transport::unix_ms;
 use crate::cluster::ClusterError;
 use crate::config::NodeKind;
 use crate::failover::Cause;
@@ -115,8 +115,15 @@ impl AdminError {
         match self {
             AdminError::Invalid(_) => StatusCode::BAD_REQUEST,
             AdminError::Refused(_) => StatusCode::CONFLICT,
-            AdminError::Cluster(e) if e.retryable() => StatusCode::SERVICE_UNAVAILABLE,
-            AdminError::Cluster(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AdminError::Cluster(e) => match e {
+                ClusterError::NotLeader { .. }
+                | ClusterError::LeaderUnreachable { .. }
+                | ClusterError::Refused { retry: true, .. } => StatusCode::SERVICE_UNAVAILABLE,
+                ClusterError::Refused { retry: false, .. } => StatusCode::CONFLICT,
+                ClusterError::DiskLow { .. } => StatusCode::INSUFFICIENT_STORAGE,
+                ClusterError::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
+                ClusterError::Raft(_) | ClusterError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
         }
     }
 }
@@ -675,6 +682,42 @@ fn precondition_failed(active: Option<String>, epoch: u64) -> Result<String, Adm
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The HTTP status of a cluster error follows its variant: retry later (503), refused for
+    /// good (409), full disk (507), outcome unknown (504).
+    #[test]
+    fn cluster_errors_map_to_http_statuses_by_variant() {
+        let status = |e: ClusterError| {
+            let e = AdminError::Cluster(e);
+            (e.status(), e.retryable())
+        };
+        assert_eq!(
+            status(ClusterError::NotLeader { leader: None }),
+            (StatusCode::SERVICE_UNAVAILABLE, true)
+        );
+        assert_eq!(
+            status(ClusterError::Refused {
+                reason: "shutting down".into(),
+                retry: true
+            }),
+            (StatusCode::SERVICE_UNAVAILABLE, true)
+        );
+        assert_eq!(
+            status(ClusterError::Refused {
+                reason: "no".into(),
+                retry: false
+            }),
+            (StatusCode::CONFLICT, false)
+        );
+        assert_eq!(
+            status(ClusterError::DiskLow { free: 1, min: 2 }),
+            (StatusCode::INSUFFICIENT_STORAGE, false)
+        );
+        assert_eq!(
+            status(ClusterError::OutcomeUnknown("lost".into())),
+            (StatusCode::GATEWAY_TIMEOUT, false)
+        );
+    }
 
     fn event(seq: u64, at: u64) -> Event {
         Event {

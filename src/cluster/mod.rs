@@ -81,8 +81,11 @@ pub enum ClusterError {
     OutcomeUnknown(String),
     #[error("leader {leader} unreachable: {reason}")]
     LeaderUnreachable { leader: String, reason: String },
-    #[error("refused: {0}")]
-    Refused(String),
+    /// The leader (or this node) turned the command down before proposing it. `retry`: whether
+    /// the same command may succeed later (this node is shutting down, say) or never will (the
+    /// state machine refused it).
+    #[error("refused: {reason}")]
+    Refused { reason: String, retry: bool },
     /// The data disk is nearly full: nothing was proposed.
     #[error("data disk nearly full: {free} bytes free, writes need at least {min} (node.min-free-disk)")]
     DiskLow { free: u64, min: u64 },
@@ -93,7 +96,9 @@ impl ClusterError {
     pub fn retryable(&self) -> bool {
         matches!(
             self,
-            ClusterError::NotLeader { .. } | ClusterError::LeaderUnreachable { .. }
+            ClusterError::NotLeader { .. }
+                | ClusterError::LeaderUnreachable { .. }
+                | ClusterError::Refused { retry: true, .. }
         )
     }
 }
@@ -554,10 +559,13 @@ impl Cluster {
             .await
         {
             Ok(Response::Write(Ok(r))) => Ok(r),
-            Ok(Response::Write(Err(e))) => Err(ClusterError::Refused(e)),
+            Ok(Response::Write(Err(reason))) => Err(ClusterError::Refused { reason, retry: false }),
             // The peer we took for the leader is not (any more).
             Ok(Response::Error { retry: true, .. }) => Err(ClusterError::NotLeader { leader: None }),
-            Ok(Response::Error { message, .. }) => Err(ClusterError::Refused(message)),
+            Ok(Response::Error { message, .. }) => Err(ClusterError::Refused {
+                reason: message,
+                retry: false,
+            }),
             Ok(other) => Err(ClusterError::Raft(format!("unexpected reply {other:?}"))),
             // Never sent: safe to retry.
             Err(e @ transport::TransportError::Unreachable { .. }) => Err(ClusterError::LeaderUnreachable {
@@ -609,7 +617,10 @@ impl Cluster {
                     })
                 }
                 Ok(Err(e)) => Err(ClusterError::Raft(e.to_string())),
-                Err(_) => Err(ClusterError::Raft("raft stopped".into())),
+                // The entry was submitted; Raft stopped before it said whether it committed.
+                Err(_) => Err(ClusterError::OutcomeUnknown(
+                    "raft stopped before the entry committed".into(),
+                )),
             }
         })
     }
@@ -728,6 +739,16 @@ mod tests {
         let unknown = ClusterError::OutcomeUnknown("connection lost".into());
         assert!(!unknown.retryable());
         assert_eq!(unknown.to_string(), "outcome unknown: connection lost");
+        let later = ClusterError::Refused {
+            reason: "shutting down".into(),
+            retry: true,
+        };
+        let never = ClusterError::Refused {
+            reason: "not active".into(),
+            retry: false,
+        };
+        assert!(later.retryable() && !never.retryable());
+        assert_eq!(never.to_string(), "refused: not active");
     }
     use openraft::{CommittedLeaderId, LogId, Vote};
 

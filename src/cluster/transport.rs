@@ -1225,9 +1225,6 @@ fn nonce_seed() -> u64 {
     h.finish()
 }
 
-/// Wall-clock milliseconds since the Unix epoch (for recorded events; never for decisions).
-pub use crate::clock::unix_ms;
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::notify::{deliver, Notification};
+use crate::clock::unix_ms;
 use crate::cluster::state::{Change, Command, Event, EventKind, NodeRecord};
-use crate::cluster::transport::unix_ms;
 use crate::cluster::Cluster;
 use crate::config::{Config, NodeKind};
 use crate::status::Status;

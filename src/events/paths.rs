@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::unix_ms;
 use crate::cluster::state::{Change, Command};
-use crate::cluster::transport::unix_ms;
 use crate::cluster::Cluster;
 use crate::config::Config;
 

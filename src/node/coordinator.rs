@@ -10,9 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::lease::margin;
 use super::shared::Node;
+use crate::clock::unix_ms;
 use crate::cluster::rpc::Request;
 use crate::cluster::state::Command;
-use crate::cluster::transport::unix_ms;
 use crate::config::{FailbackMode, NodeKind};
 use crate::failover::{self, Action, ClusterView, Deposed, NodeView, Pending, Switchover};
 

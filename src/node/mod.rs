@@ -325,7 +325,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
                     check: reporter::PROCESS_CHECK.into(),
                     healthy: false,
                     detail: format!("fail-stop: {reason}"),
-                    at: crate::cluster::transport::unix_ms(),
+                    at: crate::clock::unix_ms(),
                 };
                 let _ = tokio::time::timeout(Duration::from_secs(1), cluster.write(cmd)).await;
             }

@@ -15,8 +15,8 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
 use super::shared::{Acting, Node};
+use crate::clock::unix_ms;
 use crate::cluster::state::Command;
-use crate::cluster::transport::unix_ms;
 use crate::config::ServiceMode;
 use crate::health::Transition;
 use crate::service::ProcState;
@@ -217,7 +217,10 @@ async fn cancellable<T>(
     fut: impl std::future::Future<Output = Result<T, crate::cluster::ClusterError>>,
 ) -> Result<T, crate::cluster::ClusterError> {
     tokio::select! {
-        _ = cancel.cancelled() => Err(crate::cluster::ClusterError::Refused("shutting down".into())),
+        _ = cancel.cancelled() => Err(crate::cluster::ClusterError::Refused {
+            reason: "shutting down".into(),
+            retry: true,
+        }),
         r = fut => r,
     }
 }

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::shared::{Acting, Node};
+use crate::clock::unix_ms;
 use crate::cluster::state::{Change, Command, HookRecord};
-use crate::cluster::transport::unix_ms;
 use crate::config::ServiceMode;
 use crate::service::hooks::{HookKind, HookOutcome};
 

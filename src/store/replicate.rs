@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 use super::cmd::Op;
 use super::reply::Reply;
 use super::{ENTRY_TARGET_BYTES, MAX_ENTRY_BYTES};
+use crate::clock::unix_ms;
 use crate::cluster::rpc::{Request, Response};
 use crate::cluster::state::Command;
-use crate::cluster::transport::unix_ms;
 use crate::cluster::{Cluster, ClusterError};
 use crate::metrics::NodeMetrics;
 
@@ -70,6 +70,25 @@ fn too_large(bytes: usize) -> StoreError {
     StoreError::Refused(format!(
         "request of {bytes} bytes exceeds the largest replicated entry ({MAX_ENTRY_BYTES} bytes)"
     ))
+}
+
+/// What the store's client is told when the cluster fails a write, decided on the variant (a
+/// new one must be placed here): whether the write may have been applied decides between
+/// "retry" ([`StoreError::NoLeader`]), "it was not done" (`Refused`) and "it may have been
+/// done" (`Unknown`).
+fn store_error(e: ClusterError) -> StoreError {
+    match e {
+        // openraft 0.9 answers a pending write with ForwardToLeader only when it truncated the
+        // entry (a conflicting log from a new leader): that entry can never commit, so retrying
+        // it elsewhere cannot apply it twice. Unreachable: never sent.
+        ClusterError::NotLeader { .. } | ClusterError::LeaderUnreachable { .. } => StoreError::NoLeader,
+        ClusterError::Refused { retry: true, .. } => StoreError::NoLeader,
+        ClusterError::Refused { reason, retry: false } => StoreError::Refused(reason),
+        // Refused before anything was proposed.
+        e @ ClusterError::DiskLow { .. } => StoreError::Refused(e.to_string()),
+        ClusterError::OutcomeUnknown(e) => StoreError::Unknown(e),
+        e @ (ClusterError::Raft(_) | ClusterError::Storage(_)) => StoreError::Unknown(e.to_string()),
+    }
 }
 
 struct WriteReq {
@@ -367,17 +386,10 @@ async fn write_batcher(
                 // lost leadership) never holds the in-flight slot forever.
                 Ok(fut) => match tokio::time::timeout(COMMIT_TIMEOUT, fut).await {
                     Ok(Ok(r)) => Ok(r.store),
-                    // openraft 0.9 answers a pending write with ForwardToLeader only when it
-                    // truncated the entry (a conflicting log from a new leader): that entry can
-                    // never commit, so retrying it elsewhere cannot apply it twice.
-                    Ok(Err(ClusterError::NotLeader { .. })) => Err(StoreError::NoLeader),
-                    Ok(Err(ClusterError::OutcomeUnknown(e))) => Err(StoreError::Unknown(e)),
-                    Ok(Err(e)) => Err(StoreError::Unknown(e.to_string())),
+                    Ok(Err(e)) => Err(store_error(e)),
                     Err(_) => Err(StoreError::Unknown("not committed within 10 s".into())),
                 },
-                // Refused before anything was proposed.
-                Err(e @ ClusterError::DiskLow { .. }) => Err(StoreError::Refused(e.to_string())),
-                Err(e) => Err(StoreError::Unknown(e.to_string())),
+                Err(e) => Err(store_error(e)),
             };
             last.record(accepted.iter().map(|r| r.client), started.elapsed());
             match result {
@@ -525,13 +537,11 @@ async fn read_batcher(node: Arc<Ctx>, mut rx: mpsc::UnboundedReceiver<ReadReq>, 
                 });
             }
             Err(e) => {
-                let err = match e {
-                    ClusterError::NotLeader { .. } => StoreError::NoLeader,
-                    other => {
-                        tracing::debug!(error = %other, "read barrier failed");
-                        StoreError::NoLeader
-                    }
-                };
+                // A read changes nothing, so whatever failed, the client may retry it.
+                if !matches!(e, ClusterError::NotLeader { .. }) {
+                    tracing::debug!(error = %e, "read barrier failed");
+                }
+                let err = StoreError::NoLeader;
                 for req in batch {
                     let _ = req.tx.send(Err(err.clone()));
                 }
