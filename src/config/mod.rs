@@ -743,6 +743,20 @@ impl Timing {
         self.failure_timeout.saturating_mul(20)
     }
 
+    /// The lease's safety margin, for clock-rate differences and scheduling delays: a tenth of
+    /// the lease, at least 20 ms. The holder subtracts it ([`Timing::lease_held_for`]), the
+    /// coordinator adds it before it may promote a successor, and the VIP keeper drops the
+    /// address that much before the hold ends.
+    pub fn lease_margin(&self) -> Duration {
+        (self.lease / 10).max(Duration::from_millis(20))
+    }
+
+    /// How long the holder counts a granted lease, from the moment it asked: the lease minus
+    /// [`Timing::lease_margin`].
+    pub fn lease_held_for(&self) -> Duration {
+        self.lease.saturating_sub(self.lease_margin())
+    }
+
     /// How long the active node waits for one lease renewal (half a lease: a renewal that
     /// fails in time leaves the other half for the next one).
     pub fn lease_request_timeout(&self) -> Duration {
@@ -2867,6 +2881,13 @@ token = \"0123456789abcdef\"\n"
         assert_eq!(t.coordination_retry(), ms(2000));
         assert_eq!(t.promotion_exclusion(), Duration::from_secs(10));
         assert_eq!(t.lease_request_timeout(), ms(200));
+        // Lease 400 ms: margin 40 ms, held 360 ms; a short lease keeps the 20 ms floor.
+        assert_eq!((t.lease_margin(), t.lease_held_for()), (ms(40), ms(360)));
+        let short = Timing {
+            lease: ms(80),
+            ..Timing::default()
+        };
+        assert_eq!((short.lease_margin(), short.lease_held_for()), (ms(20), ms(60)));
         assert_eq!(t.coordinator_tick(), ms(50));
         assert_eq!(t.ping_timeout(), ms(250));
         assert_eq!(t.silence_allowed(Duration::from_secs(5)), Duration::from_secs(5));

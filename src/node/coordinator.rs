@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::lease::margin;
 use super::shared::Node;
 use crate::clock::unix_ms;
 use crate::cluster::rpc::Request;
@@ -311,7 +310,7 @@ fn build_view(
         leader: me,
         failure_timeout: millis(t.failure_timeout),
         lease: millis(t.lease),
-        lease_margin: millis(margin(t.lease)),
+        lease_margin: millis(t.lease_margin()),
         promote_timeout: millis(t.promote_timeout),
         auto_failback: cfg.failback.mode == FailbackMode::Auto,
         hold_down: millis(cfg.failback.hold_down),

@@ -15,12 +15,6 @@ use tokio_util::sync::CancellationToken;
 use super::shared::{Lease, Node};
 use crate::cluster::rpc::{LeaseReply, Request, Response};
 
-/// Safety margin subtracted by the holder and added by the coordinator, for clock-rate
-/// differences and scheduling delays.
-pub fn margin(lease: Duration) -> Duration {
-    (lease / 10).max(Duration::from_millis(20))
-}
-
 /// Leader side: answer a lease request of `who` for `epoch`.
 pub async fn grant(node: &Arc<Node>, who: &str, epoch: u64) -> LeaseReply {
     let names_active = |node: &Arc<Node>| {
@@ -99,7 +93,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
         let reply = request(&node, &me, epoch, timing.lease_request_timeout()).await;
         match reply {
             Ok(LeaseReply::Granted) => {
-                let until = crate::config::later(sent, timing.lease.saturating_sub(margin(timing.lease)));
+                let until = crate::config::later(sent, timing.lease_held_for());
                 node.lease.send_if_modified(|l| {
                     let newer = l.is_none_or(|old| old.epoch != epoch || old.until < until);
                     if newer {

@@ -298,7 +298,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
                     binary,
                     local: node.local.subscribe(),
                     heartbeat: config.timing.heartbeat_interval,
-                    margin: lease::margin(config.timing.lease),
+                    margin: config.timing.lease_margin(),
                     held: node.vip_held.clone(),
                     unreleased: node.vip_unreleased.clone(),
                 };
