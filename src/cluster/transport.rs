@@ -1490,7 +1490,7 @@ mod tests {
         for r in [
             Request::StoreWrite {
                 ops: Vec::new(),
-                kind: crate::store::replicate::GroupKind::Pipeline,
+                kind: crate::kv::GroupKind::Pipeline,
             },
             Request::StoreRead { ops: Vec::new() },
         ] {

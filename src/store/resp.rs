@@ -28,6 +28,8 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
+use crate::kv::num::parse_i64;
+
 /// A reply frame. RESP3 types are downgraded when encoding for a RESP2 client.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Frame {
@@ -696,40 +698,6 @@ fn find_byte(scanned: &mut usize, buf: &[u8], byte: u8) -> Option<usize> {
     }
 }
 
-/// Strict decimal `i64` as Redis's `string2ll` (the one integer parser of the store: the codec's
-/// lengths and counts, and every integer argument): optional `-`, no `+`, no spaces, no leading
-/// zeros ("0" itself is fine, "-0" is not), at most 20 characters.
-pub fn parse_i64(s: &[u8]) -> Option<i64> {
-    // At most 20 characters: `-9223372036854775808`.
-    if s.is_empty() || s.len() > 20 {
-        return None;
-    }
-    if s == b"0" {
-        return Some(0);
-    }
-    let (neg, digits) = match s.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        _ => (false, s),
-    };
-    match digits.first() {
-        Some(b'1'..=b'9') => {}
-        _ => return None,
-    }
-    let mut v: u64 = 0;
-    for &c in digits {
-        if !c.is_ascii_digit() {
-            return None;
-        }
-        v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
-    }
-    if neg {
-        // -(i64::MIN) does not fit in i64, so negate in i128.
-        i64::try_from(-(i128::from(v))).ok()
-    } else {
-        i64::try_from(v).ok()
-    }
-}
-
 /// C `isspace` in the "C" locale, which `sdssplitargs` uses between arguments.
 fn is_c_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r')
@@ -1156,26 +1124,6 @@ mod tests {
         assert_eq!(limits.max_bulk_len, 512 << 20);
         assert_eq!(limits.max_multibulk_len, 1 << 20);
         assert_eq!(limits.max_inline_len, 64 << 10);
-    }
-
-    #[test]
-    fn parse_i64_is_string2ll() {
-        assert_eq!(parse_i64(b"0"), Some(0));
-        assert_eq!(parse_i64(b"-1"), Some(-1));
-        assert_eq!(parse_i64(b"9223372036854775807"), Some(i64::MAX));
-        assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
-        for bad in [
-            &b""[..],
-            b"-",
-            b"-0",
-            b"00",
-            b"+1",
-            b" 1",
-            b"1a",
-            b"9223372036854775808",
-        ] {
-            assert_eq!(parse_i64(bad), None, "{bad:?}");
-        }
     }
 
     #[test]

@@ -30,13 +30,14 @@ use tokio::sync::Semaphore;
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
-use super::cmd::{self, Op, Parsed};
-use super::replicate::{GroupKind, Replicator, StoreError};
-use super::reply::Reply;
+use super::replicate::Replicator;
 use super::resp::{self, Frame, Limits, RespCodec, RespError};
 use super::MAX_ENTRY_BYTES;
 use crate::cluster::Cluster;
 use crate::config::{Config, StoreConfig};
+use crate::kv::cmd::{Op, Parsed};
+use crate::kv::reply::Reply;
+use crate::kv::{encoded_len, GroupKind, StoreError};
 use crate::metrics::NodeMetrics;
 use crate::metrics::StoreKind;
 use crate::status::StatusSource;
@@ -745,10 +746,10 @@ async fn execute(shared: &Shared, conn: &mut Conn, items: Vec<Item>) -> Vec<(Fra
 /// writes goes out as several entries instead of one that no peer frame can hold.
 /// Returns the ops and their encoded size.
 fn write_run<I: Iterator<Item = Item>>(first: Op, items: &mut std::iter::Peekable<I>) -> (Vec<Op>, usize) {
-    let mut bytes = super::encoded_len(std::slice::from_ref(&first));
+    let mut bytes = encoded_len(std::slice::from_ref(&first));
     let mut ops = vec![first];
     while let Some(Item::Write(next)) = items.peek() {
-        let more = super::encoded_len(std::slice::from_ref(next));
+        let more = encoded_len(std::slice::from_ref(next));
         if bytes.saturating_add(more) > MAX_ENTRY_BYTES {
             break;
         }
@@ -844,12 +845,12 @@ async fn classify<R: AsyncRead + Unpin>(
     }
     // Inside MULTI everything but the transaction commands is queued.
     if conn.multi.is_some() && !matches!(name.as_str(), "exec" | "discard" | "multi" | "watch" | "quit") {
-        return match cmd::parse(args) {
+        return match crate::kv::parse(args) {
             Ok(Parsed::Data(op)) => {
                 // The block is one log entry: it must fit one.
                 let bytes = conn
                     .multi_bytes
-                    .saturating_add(super::encoded_len(std::slice::from_ref(&op)));
+                    .saturating_add(encoded_len(std::slice::from_ref(&op)));
                 if bytes > MAX_ENTRY_BYTES {
                     conn.multi_error = true;
                     if let Some(q) = conn.multi.as_mut() {
@@ -958,7 +959,7 @@ async fn classify<R: AsyncRead + Unpin>(
             }
             _ => Item::Reply(err("ERR unknown subcommand. Try CONFIG HELP.")),
         },
-        _ => match cmd::parse(args) {
+        _ => match crate::kv::parse(args) {
             Ok(Parsed::Data(op)) if op.is_write() => Item::Write(op),
             Ok(Parsed::Data(op)) => Item::Read(op),
             Ok(Parsed::NotData) => Item::Reply(unknown(args)),
@@ -1214,7 +1215,7 @@ mod tests {
     use super::*;
 
     fn set(key: &str, value: &Bytes) -> Op {
-        match cmd::parse(&[
+        match crate::kv::parse(&[
             Bytes::from_static(b"SET"),
             Bytes::from(key.to_string()),
             value.clone(),
@@ -1253,7 +1254,7 @@ mod tests {
             // The size the run counted (one byte per op above the ops' sizes) undercounts the
             // group by at most the vector's length prefix (a varint: at most 5 bytes), which an
             // entry's 16 bytes per group cover.
-            let exact = super::super::encoded_len(g);
+            let exact = crate::kv::encoded_len(g);
             assert!(exact <= MAX_ENTRY_BYTES);
             assert!(exact <= bytes + 5, "{bytes} vs {exact}");
         }
