@@ -42,12 +42,12 @@ pub enum Request {
     },
     /// A group of store writes for the leader's batcher.
     StoreWrite {
-        ops: Vec<crate::store::cmd::Op>,
-        kind: crate::store::replicate::GroupKind,
+        ops: Vec<crate::kv::cmd::Op>,
+        kind: crate::kv::GroupKind,
     },
     /// Store reads the leader serves after a quorum round.
     StoreRead {
-        ops: Vec<crate::store::cmd::Op>,
+        ops: Vec<crate::kv::cmd::Op>,
     },
     /// "Would you vote for me?" before a campaign (see `prevote`); `last_log` is the asker's
     /// last entry. Changes nothing on the receiver.
@@ -71,7 +71,7 @@ pub enum Response {
     Json(String),
     /// Milliseconds since that last confirmation or grant; `None`: never.
     LeaseBound(Option<u64>),
-    Store(Result<Vec<crate::store::reply::Reply>, crate::store::replicate::StoreError>),
+    Store(Result<Vec<crate::kv::reply::Reply>, crate::kv::StoreError>),
     /// The request failed on the receiver; `retry` says whether trying again (elsewhere or
     /// later) can help, e.g. "not the leader".
     Error {

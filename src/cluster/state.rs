@@ -428,7 +428,7 @@ pub enum CommandOf<B> {
     /// Store operations: every group of one log entry, applied at the proposer's time
     /// `now_ms` (absolute Unix milliseconds). Applied by the state machine on its key space.
     Store {
-        groups: Vec<(Vec<crate::store::cmd::Op>, crate::store::replicate::GroupKind)>,
+        groups: Vec<(Vec<crate::kv::cmd::Op>, crate::kv::GroupKind)>,
         now_ms: i64,
     },
     /// A switchover only if `from` is still the active node and the epoch still `epoch`
@@ -451,7 +451,7 @@ pub struct CommandResult {
     pub message: String,
     /// For `Command::Store`: the replies of each group.
     #[serde(default)]
-    pub store: Vec<Vec<crate::store::reply::Reply>>,
+    pub store: Vec<Vec<crate::kv::reply::Reply>>,
 }
 
 impl CommandResult {

@@ -799,7 +799,7 @@ pub struct SmData {
     pub state: ClusterState,
     /// The replicated key space of the Redis-protocol store.
     #[serde(default)]
-    pub kv: crate::store::db::Db,
+    pub kv: crate::kv::db::Db,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -957,7 +957,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         message: String::new(),
                         store: groups
                             .iter()
-                            .map(|(ops, kind)| crate::store::apply_group(&mut d.kv, ops, *kind, *now_ms))
+                            .map(|(ops, kind)| crate::kv::apply_group(&mut d.kv, ops, *kind, *now_ms))
                             .collect(),
                     },
                     EntryPayload::Normal(cmd) => d.state.apply(cmd),

@@ -1487,7 +1487,7 @@ mod tests {
         for r in [
             Request::StoreWrite {
                 ops: Vec::new(),
-                kind: crate::store::replicate::GroupKind::Pipeline,
+                kind: crate::kv::GroupKind::Pipeline,
             },
             Request::StoreRead { ops: Vec::new() },
         ] {

@@ -18,13 +18,14 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::cmd::Op;
-use super::reply::Reply;
 use super::{ENTRY_TARGET_BYTES, MAX_ENTRY_BYTES};
 use crate::clock::unix_ms;
 use crate::cluster::rpc::{Request, Response};
 use crate::cluster::state::Command;
 use crate::cluster::{Cluster, ClusterError};
+use crate::kv::cmd::Op;
+use crate::kv::reply::Reply;
+pub use crate::kv::{GroupKind, StoreError};
 use crate::metrics::NodeMetrics;
 
 /// Most groups in one log entry.
@@ -35,34 +36,6 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_IN_FLIGHT: usize = 1;
 /// Longest a free slot waits for the groups the last entry's clients are expected to send.
 const MAX_LINGER: Duration = Duration::from_millis(2);
-
-/// What a group of ops is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum GroupKind {
-    /// Pipelined commands: one reply per op.
-    Pipeline,
-    /// MULTI/EXEC: one array reply.
-    Exec,
-}
-
-/// Why a store request failed, with whether the client may retry safely.
-#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
-pub enum StoreError {
-    /// Nothing was proposed: safe to retry.
-    #[error("no leader (election in progress or quorum lost)")]
-    NoLeader,
-    /// The write may or may not have been applied.
-    #[error("write outcome unknown: {0}")]
-    Unknown(String),
-    #[error("{0}")]
-    Refused(String),
-}
-
-impl StoreError {
-    pub fn retryable(&self) -> bool {
-        matches!(self, StoreError::NoLeader)
-    }
-}
 
 /// The refusal of a group too large for one log entry (the store's server splits pipelines
 /// below it, so only a transaction or a forwarded group can meet it).
@@ -93,7 +66,7 @@ fn store_error(e: ClusterError) -> StoreError {
 
 struct WriteReq {
     ops: Vec<Op>,
-    /// The ops' encoded size ([`super::encoded_len`]): an entry carries at most
+    /// The ops' encoded size ([`crate::kv::encoded_len`]): an entry carries at most
     /// [`MAX_ENTRY_BYTES`] of them.
     bytes: usize,
     kind: GroupKind,
@@ -196,7 +169,7 @@ impl Replicator {
         kind: GroupKind,
         client: Option<u64>,
     ) -> Result<Vec<Reply>, StoreError> {
-        let bytes = super::encoded_len(&ops);
+        let bytes = crate::kv::encoded_len(&ops);
         if bytes > MAX_ENTRY_BYTES {
             return Err(too_large(bytes));
         }

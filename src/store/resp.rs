@@ -5,9 +5,9 @@
 //! arguments) with the same rules, limits and error texts as Redis's own reader
 //! (`processMultibulkBuffer` / `processInlineBuffer` in `networking.c`, `sdssplitargs` in
 //! `sds.c`), so clients, proxies and test suites written against Redis see the same
-//! behaviour. Encoding turns a reply [`Frame`] into bytes for the protocol version the
-//! client chose with `HELLO` (RESP2 unless told otherwise), downgrading RESP3-only types
-//! the way Redis does.
+//! behaviour. Encoding turns a [`Reply`] (the key space's answer, also used for the server's
+//! own) into bytes for the protocol version the client chose with `HELLO` (RESP2 unless told
+//! otherwise), downgrading RESP3-only types the way Redis does.
 //!
 //! Two request forms exist, chosen by the first byte:
 //! - multibulk, `*<n>\r\n` then n times `$<len>\r\n<bytes>\r\n` — what every client
@@ -28,34 +28,8 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-/// A reply frame. RESP3 types are downgraded when encoding for a RESP2 client.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Frame {
-    /// A status line, `+OK`. Must not contain CR or LF; they are sent as spaces.
-    Simple(String),
-    /// An error line including its code, e.g. `"ERR unknown command"` or
-    /// `"WRONGTYPE ..."`; sent as `-<text>`. CR and LF are sent as spaces.
-    Error(String),
-    /// A signed integer, `:<n>`.
-    Integer(i64),
-    /// A binary-safe string, `$<len>`.
-    Bulk(Bytes),
-    /// A missing value: RESP2 `$-1`, RESP3 `_`.
-    Null,
-    /// A missing aggregate (e.g. a timed-out `BLPOP`): RESP2 `*-1`, RESP3 `_`.
-    NullArray,
-    /// An ordered sequence, `*<n>`.
-    Array(Vec<Frame>),
-    /// Key/value pairs: RESP3 `%<n>`; RESP2 a flat array `k1, v1, k2, v2, ...`.
-    Map(Vec<(Frame, Frame)>),
-    /// An unordered collection: RESP3 `~<n>`; RESP2 an array.
-    Set(Vec<Frame>),
-    /// A floating point number: RESP3 `,<repr>`; RESP2 a bulk string. Either way the text
-    /// is what Redis prints (`"3.5"`, `"3"`, `"inf"`, `"-inf"`, `"nan"`, `"1e+20"`).
-    Double(f64),
-    /// A boolean: RESP3 `#t` / `#f`; RESP2 the integer 1 / 0.
-    Boolean(bool),
-}
+use crate::kv::num::parse_i64;
+use crate::kv::reply::Reply;
 
 /// Size limits that bound how much a client can make the server buffer before a request
 /// is complete. Defaults are Redis's.
@@ -114,9 +88,9 @@ pub enum RespError {
 
 impl RespError {
     /// The reply to send before closing the connection, if the client should get one.
-    pub fn reply(&self) -> Option<Frame> {
+    pub fn reply(&self) -> Option<Reply> {
         match self {
-            RespError::Protocol(text) => Some(Frame::Error(text.clone())),
+            RespError::Protocol(text) => Some(Reply::Error(text.clone())),
             RespError::Io(_) => None,
         }
     }
@@ -439,10 +413,10 @@ impl Decoder for RespCodec {
 }
 
 /// Encodes replies for the protocol version set with [`RespCodec::set_protocol`].
-impl Encoder<Frame> for RespCodec {
+impl Encoder<Reply> for RespCodec {
     type Error = std::io::Error;
 
-    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), std::io::Error> {
+    fn encode(&mut self, frame: Reply, dst: &mut BytesMut) -> Result<(), std::io::Error> {
         encode(&frame, self.protocol, dst);
         Ok(())
     }
@@ -450,25 +424,26 @@ impl Encoder<Frame> for RespCodec {
 
 /// How many bytes [`encode`] appends for `frame`, computed without encoding it, so a reply
 /// can be measured against a client's output limit before any memory is taken for it.
-pub fn encoded_len(frame: &Frame, protocol: u8) -> usize {
+pub fn encoded_len(frame: &Reply, protocol: u8) -> usize {
     let resp3 = protocol == 3;
     let header = |len: usize| 1 + digits(u64::try_from(len).unwrap_or(u64::MAX)) + 2;
     let bulk = |len: usize| header(len).saturating_add(len).saturating_add(2);
     match frame {
-        Frame::Simple(text) | Frame::Error(text) => text.len().saturating_add(3),
-        Frame::Integer(n) => 1 + usize::from(*n < 0) + digits(n.unsigned_abs()) + 2,
-        Frame::Bulk(data) => bulk(data.len()),
-        Frame::Null | Frame::NullArray => {
+        Reply::Ok => 5,
+        Reply::Simple(text) | Reply::Error(text) => text.len().saturating_add(3),
+        Reply::Int(n) => 1 + usize::from(*n < 0) + digits(n.unsigned_abs()) + 2,
+        Reply::Bulk(data) => bulk(data.len()),
+        Reply::Nil | Reply::NilArray => {
             if resp3 {
                 3
             } else {
                 5
             }
         }
-        Frame::Array(items) | Frame::Set(items) => items.iter().fold(header(items.len()), |n, f| {
+        Reply::Array(items) | Reply::Set(items) => items.iter().fold(header(items.len()), |n, f| {
             n.saturating_add(encoded_len(f, protocol))
         }),
-        Frame::Map(pairs) => {
+        Reply::Map(pairs) => {
             let count = if resp3 {
                 pairs.len()
             } else {
@@ -479,7 +454,7 @@ pub fn encoded_len(frame: &Frame, protocol: u8) -> usize {
                     .saturating_add(encoded_len(v, protocol))
             })
         }
-        Frame::Double(d) => {
+        Reply::Double(d) => {
             let len = format_double(*d).len();
             if resp3 {
                 len + 3
@@ -487,7 +462,6 @@ pub fn encoded_len(frame: &Frame, protocol: u8) -> usize {
                 bulk(len)
             }
         }
-        Frame::Boolean(_) => 4,
     }
 }
 
@@ -502,26 +476,27 @@ fn digits(mut n: u64) -> usize {
 }
 
 /// Appends `frame` to `out` as RESP `protocol` (3 for RESP3, anything else RESP2).
-pub fn encode(frame: &Frame, protocol: u8, out: &mut BytesMut) {
+pub fn encode(frame: &Reply, protocol: u8, out: &mut BytesMut) {
     let resp3 = protocol == 3;
     match frame {
-        Frame::Simple(text) => put_line(out, b'+', text),
-        Frame::Error(text) => put_line(out, b'-', text),
-        Frame::Integer(n) => {
+        Reply::Ok => out.put_slice(b"+OK\r\n"),
+        Reply::Simple(text) => put_line(out, b'+', text),
+        Reply::Error(text) => put_line(out, b'-', text),
+        Reply::Int(n) => {
             out.put_u8(b':');
             put_i64(out, *n);
             out.put_slice(b"\r\n");
         }
-        Frame::Bulk(data) => put_bulk(out, data),
-        Frame::Null => out.put_slice(if resp3 { b"_\r\n" } else { b"$-1\r\n" }),
-        Frame::NullArray => out.put_slice(if resp3 { b"_\r\n" } else { b"*-1\r\n" }),
-        Frame::Array(items) => {
+        Reply::Bulk(data) => put_bulk(out, data),
+        Reply::Nil => out.put_slice(if resp3 { b"_\r\n" } else { b"$-1\r\n" }),
+        Reply::NilArray => out.put_slice(if resp3 { b"_\r\n" } else { b"*-1\r\n" }),
+        Reply::Array(items) => {
             put_header(out, b'*', items.len());
             for item in items {
                 encode(item, protocol, out);
             }
         }
-        Frame::Map(pairs) => {
+        Reply::Map(pairs) => {
             if resp3 {
                 put_header(out, b'%', pairs.len());
             } else {
@@ -532,13 +507,13 @@ pub fn encode(frame: &Frame, protocol: u8, out: &mut BytesMut) {
                 encode(value, protocol, out);
             }
         }
-        Frame::Set(items) => {
+        Reply::Set(items) => {
             put_header(out, if resp3 { b'~' } else { b'*' }, items.len());
             for item in items {
                 encode(item, protocol, out);
             }
         }
-        Frame::Double(d) => {
+        Reply::Double(d) => {
             let text = format_double(*d);
             if resp3 {
                 out.put_u8(b',');
@@ -548,12 +523,6 @@ pub fn encode(frame: &Frame, protocol: u8, out: &mut BytesMut) {
                 put_bulk(out, text.as_bytes());
             }
         }
-        Frame::Boolean(b) => out.put_slice(match (resp3, b) {
-            (true, true) => b"#t\r\n",
-            (true, false) => b"#f\r\n",
-            (false, true) => b":1\r\n",
-            (false, false) => b":0\r\n",
-        }),
     }
 }
 
@@ -693,40 +662,6 @@ fn find_byte(scanned: &mut usize, buf: &[u8], byte: u8) -> Option<usize> {
             *scanned = buf.len();
             None
         }
-    }
-}
-
-/// Strict decimal `i64` as Redis's `string2ll` (the one integer parser of the store: the codec's
-/// lengths and counts, and every integer argument): optional `-`, no `+`, no spaces, no leading
-/// zeros ("0" itself is fine, "-0" is not), at most 20 characters.
-pub fn parse_i64(s: &[u8]) -> Option<i64> {
-    // At most 20 characters: `-9223372036854775808`.
-    if s.is_empty() || s.len() > 20 {
-        return None;
-    }
-    if s == b"0" {
-        return Some(0);
-    }
-    let (neg, digits) = match s.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        _ => (false, s),
-    };
-    match digits.first() {
-        Some(b'1'..=b'9') => {}
-        _ => return None,
-    }
-    let mut v: u64 = 0;
-    for &c in digits {
-        if !c.is_ascii_digit() {
-            return None;
-        }
-        v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
-    }
-    if neg {
-        // -(i64::MIN) does not fit in i64, so negate in i128.
-        i64::try_from(-(i128::from(v))).ok()
-    } else {
-        i64::try_from(v).ok()
     }
 }
 
@@ -1159,31 +1094,11 @@ mod tests {
     }
 
     #[test]
-    fn parse_i64_is_string2ll() {
-        assert_eq!(parse_i64(b"0"), Some(0));
-        assert_eq!(parse_i64(b"-1"), Some(-1));
-        assert_eq!(parse_i64(b"9223372036854775807"), Some(i64::MAX));
-        assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
-        for bad in [
-            &b""[..],
-            b"-",
-            b"-0",
-            b"00",
-            b"+1",
-            b" 1",
-            b"1a",
-            b"9223372036854775808",
-        ] {
-            assert_eq!(parse_i64(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
     fn protocol_error_reply_frame() {
         let err = protocol_error("invalid bulk length");
         assert_eq!(
             err.reply(),
-            Some(Frame::Error("ERR Protocol error: invalid bulk length".into()))
+            Some(Reply::Error("ERR Protocol error: invalid bulk length".into()))
         );
         let mut out = BytesMut::new();
         if let Some(frame) = err.reply() {
@@ -1193,7 +1108,7 @@ mod tests {
         assert_eq!(RespError::from(std::io::Error::other("x")).reply(), None);
     }
 
-    fn encoded(frame: &Frame, protocol: u8) -> Vec<u8> {
+    fn encoded(frame: &Reply, protocol: u8) -> Vec<u8> {
         let mut out = BytesMut::new();
         encode(frame, protocol, &mut out);
         out.to_vec()
@@ -1201,49 +1116,46 @@ mod tests {
 
     #[test]
     fn encoding_resp2_and_resp3() {
-        let bulk = |s: &str| Frame::Bulk(Bytes::copy_from_slice(s.as_bytes()));
+        let bulk = |s: &str| Reply::Bulk(Bytes::copy_from_slice(s.as_bytes()));
         // (frame, RESP2 bytes, RESP3 bytes)
-        let cases: Vec<(Frame, &[u8], &[u8])> = vec![
-            (Frame::Simple("OK".into()), b"+OK\r\n", b"+OK\r\n"),
-            (Frame::Error("ERR bad".into()), b"-ERR bad\r\n", b"-ERR bad\r\n"),
-            (Frame::Integer(-42), b":-42\r\n", b":-42\r\n"),
+        let cases: Vec<(Reply, &[u8], &[u8])> = vec![
+            (Reply::Ok, b"+OK\r\n", b"+OK\r\n"),
+            (Reply::Simple("OK".into()), b"+OK\r\n", b"+OK\r\n"),
+            (Reply::Simple("string".into()), b"+string\r\n", b"+string\r\n"),
+            (Reply::Error("ERR bad".into()), b"-ERR bad\r\n", b"-ERR bad\r\n"),
+            (Reply::Int(-42), b":-42\r\n", b":-42\r\n"),
             (
-                Frame::Integer(i64::MIN),
+                Reply::Int(i64::MIN),
                 b":-9223372036854775808\r\n",
                 b":-9223372036854775808\r\n",
             ),
             (bulk("hi"), b"$2\r\nhi\r\n", b"$2\r\nhi\r\n"),
             (bulk(""), b"$0\r\n\r\n", b"$0\r\n\r\n"),
-            (Frame::Null, b"$-1\r\n", b"_\r\n"),
-            (Frame::NullArray, b"*-1\r\n", b"_\r\n"),
-            (Frame::Array(vec![]), b"*0\r\n", b"*0\r\n"),
+            (Reply::Nil, b"$-1\r\n", b"_\r\n"),
+            (Reply::NilArray, b"*-1\r\n", b"_\r\n"),
+            (Reply::Array(vec![]), b"*0\r\n", b"*0\r\n"),
             (
-                Frame::Array(vec![Frame::Integer(1), bulk("a"), Frame::Null]),
+                Reply::Array(vec![Reply::Int(1), bulk("a"), Reply::Nil]),
                 b"*3\r\n:1\r\n$1\r\na\r\n$-1\r\n",
                 b"*3\r\n:1\r\n$1\r\na\r\n_\r\n",
             ),
             (
-                Frame::Map(vec![
-                    (bulk("a"), Frame::Integer(1)),
-                    (bulk("b"), Frame::Double(1.5)),
-                ]),
+                Reply::Map(vec![(bulk("a"), Reply::Int(1)), (bulk("b"), Reply::Double(1.5))]),
                 b"*4\r\n$1\r\na\r\n:1\r\n$1\r\nb\r\n$3\r\n1.5\r\n",
                 b"%2\r\n$1\r\na\r\n:1\r\n$1\r\nb\r\n,1.5\r\n",
             ),
             (
-                Frame::Set(vec![bulk("x")]),
+                Reply::Set(vec![bulk("x")]),
                 b"*1\r\n$1\r\nx\r\n",
                 b"~1\r\n$1\r\nx\r\n",
             ),
-            (Frame::Double(1.5), b"$3\r\n1.5\r\n", b",1.5\r\n"),
-            (Frame::Double(f64::INFINITY), b"$3\r\ninf\r\n", b",inf\r\n"),
-            (Frame::Double(f64::NEG_INFINITY), b"$4\r\n-inf\r\n", b",-inf\r\n"),
-            (Frame::Boolean(true), b":1\r\n", b"#t\r\n"),
-            (Frame::Boolean(false), b":0\r\n", b"#f\r\n"),
+            (Reply::Double(1.5), b"$3\r\n1.5\r\n", b",1.5\r\n"),
+            (Reply::Double(f64::INFINITY), b"$3\r\ninf\r\n", b",inf\r\n"),
+            (Reply::Double(f64::NEG_INFINITY), b"$4\r\n-inf\r\n", b",-inf\r\n"),
             (
-                Frame::Array(vec![Frame::Set(vec![Frame::Boolean(true)]), Frame::Map(vec![])]),
+                Reply::Array(vec![Reply::Set(vec![Reply::Int(1)]), Reply::Map(vec![])]),
                 b"*2\r\n*1\r\n:1\r\n*0\r\n",
-                b"*2\r\n~1\r\n#t\r\n%0\r\n",
+                b"*2\r\n~1\r\n:1\r\n%0\r\n",
             ),
         ];
         for (frame, resp2, resp3) in &cases {
@@ -1257,8 +1169,8 @@ mod tests {
 
     #[test]
     fn status_lines_cannot_break_framing() {
-        assert_eq!(encoded(&Frame::Error("ERR a\r\nb".into()), 2), b"-ERR a  b\r\n");
-        assert_eq!(encoded(&Frame::Simple("a\nb".into()), 3), b"+a b\r\n");
+        assert_eq!(encoded(&Reply::Error("ERR a\r\nb".into()), 2), b"-ERR a  b\r\n");
+        assert_eq!(encoded(&Reply::Simple("a\nb".into()), 3), b"+a b\r\n");
     }
 
     #[test]
@@ -1294,10 +1206,10 @@ mod tests {
         let mut codec = RespCodec::default();
         assert_eq!(codec.protocol(), 2);
         let mut out = BytesMut::new();
-        codec.encode(Frame::Null, &mut out).expect("encoding into memory");
+        codec.encode(Reply::Nil, &mut out).expect("encoding into memory");
         codec.set_protocol(3);
         assert_eq!(codec.protocol(), 3);
-        codec.encode(Frame::Null, &mut out).expect("encoding into memory");
+        codec.encode(Reply::Nil, &mut out).expect("encoding into memory");
         codec.set_protocol(7);
         assert_eq!(codec.protocol(), 2);
         assert_eq!(&out[..], b"$-1\r\n_\r\n");

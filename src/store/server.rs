@@ -30,13 +30,14 @@ use tokio::sync::Semaphore;
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
-use super::cmd::{self, Op, Parsed};
-use super::replicate::{GroupKind, Replicator, StoreError};
-use super::reply::Reply;
-use super::resp::{self, Frame, Limits, RespCodec, RespError};
+use super::replicate::Replicator;
+use super::resp::{self, Limits, RespCodec, RespError};
 use super::MAX_ENTRY_BYTES;
 use crate::cluster::Cluster;
 use crate::config::{Config, StoreConfig};
+use crate::kv::cmd::{Op, Parsed};
+use crate::kv::reply::Reply;
+use crate::kv::{encoded_len, GroupKind, StoreError};
 use crate::metrics::NodeMetrics;
 use crate::metrics::StoreKind;
 use crate::status::StatusSource;
@@ -331,7 +332,7 @@ fn store_acceptor(tls: &crate::tls::Tls) -> tokio_rustls::TlsAcceptor {
 async fn reject<S: AsyncWrite + Unpin>(mut stream: S) {
     let mut out = BytesMut::new();
     resp::encode(
-        &Frame::Error("ERR max number of clients reached".into()),
+        &Reply::Error("ERR max number of clients reached".into()),
         2,
         &mut out,
     );
@@ -470,28 +471,11 @@ struct ConnIo<R> {
     inbuf: BytesMut,
 }
 
-/// Converts a store reply into a wire frame.
-pub fn to_frame(r: Reply) -> Frame {
-    match r {
-        Reply::Ok => Frame::Simple("OK".into()),
-        Reply::Simple(s) => Frame::Simple(s),
-        Reply::Error(e) => Frame::Error(e),
-        Reply::Int(i) => Frame::Integer(i),
-        Reply::Bulk(b) => Frame::Bulk(b),
-        Reply::Nil => Frame::Null,
-        Reply::NilArray => Frame::NullArray,
-        Reply::Array(v) => Frame::Array(v.into_iter().map(to_frame).collect()),
-        Reply::Double(d) => Frame::Double(d),
-        Reply::Map(v) => Frame::Map(v.into_iter().map(|(k, v)| (to_frame(k), to_frame(v))).collect()),
-        Reply::Set(v) => Frame::Set(v.into_iter().map(to_frame).collect()),
-    }
+fn err(s: impl Into<String>) -> Reply {
+    Reply::Error(s.into())
 }
 
-fn err(s: impl Into<String>) -> Frame {
-    Frame::Error(s.into())
-}
-
-fn store_error(e: &StoreError) -> Frame {
+fn store_error(e: &StoreError) -> Reply {
     match e {
         StoreError::NoLeader => {
             err("CLUSTERDOWN no Raft leader (election in progress or quorum lost); try again")
@@ -506,10 +490,10 @@ fn store_error(e: &StoreError) -> Frame {
 /// One unit of work taken from the pipeline, in order.
 enum Item {
     /// A connection-level reply computed here.
-    Reply(Frame),
+    Reply(Reply),
     Write(Op),
     Read(Op),
-    Close(Frame),
+    Close(Reply),
     /// The client went away (noticed while a request was pending): nothing to answer.
     Gone,
 }
@@ -687,14 +671,14 @@ async fn over_budget<W: AsyncWrite + Unpin>(wr: &mut W, client: u64, what: &'sta
 
 /// Runs the items in order: consecutive writes as one group, consecutive reads as one read.
 /// Returns (reply, close-after) pairs.
-async fn execute(shared: &Shared, conn: &mut Conn, items: Vec<Item>) -> Vec<(Frame, Option<Frame>)> {
+async fn execute(shared: &Shared, conn: &mut Conn, items: Vec<Item>) -> Vec<(Reply, Option<Reply>)> {
     let mut out = Vec::with_capacity(items.len());
     let mut items = items.into_iter().peekable();
     while let Some(item) = items.next() {
         match item {
             Item::Reply(f) => out.push((f, None)),
             Item::Close(f) => {
-                out.push((Frame::Simple(String::new()), Some(f)));
+                out.push((Reply::Simple(String::new()), Some(f)));
                 break;
             }
             Item::Gone => break,
@@ -708,7 +692,7 @@ async fn execute(shared: &Shared, conn: &mut Conn, items: Vec<Item>) -> Vec<(Fra
                     .metrics
                     .store_done(StoreKind::Write, n, result.is_ok(), started.elapsed());
                 match result {
-                    Ok(replies) => out.extend(pad(replies, n).into_iter().map(|r| (to_frame(r), None))),
+                    Ok(replies) => out.extend(pad(replies, n).into_iter().map(|r| (r, None))),
                     Err(e) => out.extend((0..n).map(|_| (store_error(&e), None))),
                 }
             }
@@ -731,7 +715,7 @@ async fn execute(shared: &Shared, conn: &mut Conn, items: Vec<Item>) -> Vec<(Fra
                     .metrics
                     .store_done(kind, n, result.is_ok(), started.elapsed());
                 match result {
-                    Ok(replies) => out.extend(pad(replies, n).into_iter().map(|r| (to_frame(r), None))),
+                    Ok(replies) => out.extend(pad(replies, n).into_iter().map(|r| (r, None))),
                     Err(e) => out.extend((0..n).map(|_| (store_error(&e), None))),
                 }
             }
@@ -745,10 +729,10 @@ async fn execute(shared: &Shared, conn: &mut Conn, items: Vec<Item>) -> Vec<(Fra
 /// writes goes out as several entries instead of one that no peer frame can hold.
 /// Returns the ops and their encoded size.
 fn write_run<I: Iterator<Item = Item>>(first: Op, items: &mut std::iter::Peekable<I>) -> (Vec<Op>, usize) {
-    let mut bytes = super::encoded_len(std::slice::from_ref(&first));
+    let mut bytes = encoded_len(std::slice::from_ref(&first));
     let mut ops = vec![first];
     while let Some(Item::Write(next)) = items.peek() {
-        let more = super::encoded_len(std::slice::from_ref(next));
+        let more = encoded_len(std::slice::from_ref(next));
         if bytes.saturating_add(more) > MAX_ENTRY_BYTES {
             break;
         }
@@ -796,7 +780,7 @@ async fn read_with_retry(shared: &Shared, ops: Vec<Op>) -> Result<Vec<Reply>, St
     }
 }
 
-fn arity(name: &str) -> Frame {
+fn arity(name: &str) -> Reply {
     err(format!("ERR wrong number of arguments for '{name}' command"))
 }
 
@@ -814,7 +798,7 @@ fn echo(arg: &[u8], max: usize) -> String {
 
 /// Redis's unknown-command error: the name cut to [`ECHO_MAX`] bytes, then arguments while
 /// fewer than [`ECHO_MAX`] bytes of them were echoed, each cut to what is left of that.
-fn unknown(args: &[Bytes]) -> Frame {
+fn unknown(args: &[Bytes]) -> Reply {
     let name = echo(&args[0], ECHO_MAX);
     let mut rest = String::new();
     for a in &args[1..] {
@@ -844,12 +828,12 @@ async fn classify<R: AsyncRead + Unpin>(
     }
     // Inside MULTI everything but the transaction commands is queued.
     if conn.multi.is_some() && !matches!(name.as_str(), "exec" | "discard" | "multi" | "watch" | "quit") {
-        return match cmd::parse(args) {
+        return match crate::kv::parse(args) {
             Ok(Parsed::Data(op)) => {
                 // The block is one log entry: it must fit one.
                 let bytes = conn
                     .multi_bytes
-                    .saturating_add(super::encoded_len(std::slice::from_ref(&op)));
+                    .saturating_add(encoded_len(std::slice::from_ref(&op)));
                 if bytes > MAX_ENTRY_BYTES {
                     conn.multi_error = true;
                     if let Some(q) = conn.multi.as_mut() {
@@ -864,7 +848,7 @@ async fn classify<R: AsyncRead + Unpin>(
                 if let Some(q) = conn.multi.as_mut() {
                     q.push(op);
                 }
-                Item::Reply(Frame::Simple("QUEUED".into()))
+                Item::Reply(Reply::Simple("QUEUED".into()))
             }
             Ok(Parsed::NotData) => {
                 conn.multi_error = true;
@@ -874,24 +858,24 @@ async fn classify<R: AsyncRead + Unpin>(
             }
             Err(e) => {
                 conn.multi_error = true;
-                Item::Reply(to_frame(e))
+                Item::Reply(e)
             }
         };
     }
     match name.as_str() {
         "ping" => match args.len() {
-            1 => Item::Reply(Frame::Simple("PONG".into())),
-            2 => Item::Reply(Frame::Bulk(args[1].clone())),
+            1 => Item::Reply(Reply::Simple("PONG".into())),
+            2 => Item::Reply(Reply::Bulk(args[1].clone())),
             _ => Item::Reply(arity("ping")),
         },
         "echo" => match args.len() {
-            2 => Item::Reply(Frame::Bulk(args[1].clone())),
+            2 => Item::Reply(Reply::Bulk(args[1].clone())),
             _ => Item::Reply(arity("echo")),
         },
-        "quit" => Item::Close(Frame::Simple("OK".into())),
+        "quit" => Item::Close(Reply::Ok),
         "select" => match args.get(1).map(|a| lower(a)) {
             Some(db) if args.len() == 2 => match db.parse::<i64>() {
-                Ok(0) => Item::Reply(Frame::Simple("OK".into())),
+                Ok(0) => Item::Reply(Reply::Ok),
                 Ok(_) => Item::Reply(err("ERR DB index is out of range")),
                 Err(_) => Item::Reply(err("ERR value is not an integer or out of range")),
             },
@@ -901,14 +885,14 @@ async fn classify<R: AsyncRead + Unpin>(
         "hello" => hello(shared, conn, args, codec).await,
         "client" => Item::Reply(client(conn, args)),
         "command" => Item::Reply(command(args)),
-        "info" => Item::Reply(Frame::Bulk(Bytes::from(info(shared).await))),
+        "info" => Item::Reply(Reply::Bulk(Bytes::from(info(shared).await))),
         "readonly" => {
             conn.readonly = true;
-            Item::Reply(Frame::Simple("OK".into()))
+            Item::Reply(Reply::Ok)
         }
         "readwrite" => {
             conn.readonly = false;
-            Item::Reply(Frame::Simple("OK".into()))
+            Item::Reply(Reply::Ok)
         }
         "multi" => {
             if conn.multi.is_some() {
@@ -917,10 +901,10 @@ async fn classify<R: AsyncRead + Unpin>(
             conn.multi = Some(Vec::new());
             conn.multi_bytes = 0;
             conn.multi_error = false;
-            Item::Reply(Frame::Simple("OK".into()))
+            Item::Reply(Reply::Ok)
         }
         "discard" => match conn.multi.take() {
-            Some(_) => Item::Reply(Frame::Simple("OK".into())),
+            Some(_) => Item::Reply(Reply::Ok),
             None => Item::Reply(err("ERR DISCARD without MULTI")),
         },
         "exec" => {
@@ -932,7 +916,7 @@ async fn classify<R: AsyncRead + Unpin>(
                 return Item::Reply(err("EXECABORT Transaction discarded because of previous errors."));
             }
             if queued.is_empty() {
-                return Item::Reply(Frame::Array(Vec::new()));
+                return Item::Reply(Reply::Array(Vec::new()));
             }
             // One log entry, applied atomically: reads inside see the writes before them.
             match write_with_retry(shared, queued, bytes, GroupKind::Exec, conn.id).await {
@@ -941,7 +925,6 @@ async fn classify<R: AsyncRead + Unpin>(
                     replies
                         .into_iter()
                         .next()
-                        .map(to_frame)
                         .unwrap_or_else(|| err("ERR internal: missing EXEC reply")),
                 ),
                 Err(e) => Item::Reply(store_error(&e)),
@@ -951,25 +934,25 @@ async fn classify<R: AsyncRead + Unpin>(
         // Client tools (redis-benchmark, redis-cli) read settings with CONFIG GET; nothing is
         // configurable through the protocol: the TOML file is the one source.
         "config" => match args.get(1).map(|a| lower(a)).as_deref() {
-            Some("get") if args.len() >= 3 => Item::Reply(Frame::Map(Vec::new())),
+            Some("get") if args.len() >= 3 => Item::Reply(Reply::Map(Vec::new())),
             Some("get") => Item::Reply(arity("config|get")),
             Some("set") | Some("rewrite") | Some("resetstat") => {
                 Item::Reply(err("ERR standin is configured through its TOML file, not CONFIG"))
             }
             _ => Item::Reply(err("ERR unknown subcommand. Try CONFIG HELP.")),
         },
-        _ => match cmd::parse(args) {
+        _ => match crate::kv::parse(args) {
             Ok(Parsed::Data(op)) if op.is_write() => Item::Write(op),
             Ok(Parsed::Data(op)) => Item::Read(op),
             Ok(Parsed::NotData) => Item::Reply(unknown(args)),
-            Err(e) => Item::Reply(to_frame(e)),
+            Err(e) => Item::Reply(e),
         },
     }
 }
 
 /// AUTH: a wrong password is counted per client address and, past a few, answered late (see
 /// [`auth_delay`]); only this connection waits.
-async fn auth(shared: &Shared, conn: &mut Conn, args: &[Bytes]) -> Frame {
+async fn auth(shared: &Shared, conn: &mut Conn, args: &[Bytes]) -> Reply {
     let (pass, named) = match args.len() {
         1 => (&args[0], false),
         // AUTH username password (Redis 6): only the default user exists.
@@ -980,11 +963,11 @@ async fn auth(shared: &Shared, conn: &mut Conn, args: &[Bytes]) -> Frame {
     match &shared.cfg.resolved_requirepass {
         // Without a password the default user is `nopass` in Redis: any password works when
         // the user is named, the one-argument form is an error.
-        None if named => Frame::Simple("OK".into()),
+        None if named => Reply::Ok,
         None => err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"),
         Some(p) if crate::config::rules::secret_eq(p.as_bytes(), pass) => {
             conn.authed = true;
-            Frame::Simple("OK".into())
+            Reply::Ok
         }
         Some(_) => {
             shared.ctx.metrics.store_auth_failed();
@@ -1014,7 +997,7 @@ async fn hello(shared: &Shared, conn: &mut Conn, args: &[Bytes], codec: &mut Res
                     return Item::Reply(err("ERR Syntax error in HELLO option 'auth'"));
                 }
                 let reply = auth(shared, conn, &args[i + 1..i + 3]).await;
-                if let Frame::Error(_) = reply {
+                if let Reply::Error(_) = reply {
                     return Item::Reply(reply);
                 }
                 i += 3;
@@ -1035,19 +1018,19 @@ async fn hello(shared: &Shared, conn: &mut Conn, args: &[Bytes], codec: &mut Res
         codec.set_protocol(p);
     }
     let proto = codec.protocol();
-    let s = |v: &str| Frame::Bulk(Bytes::from(v.to_string()));
-    Item::Reply(Frame::Map(vec![
+    let s = |v: &str| Reply::Bulk(Bytes::from(v.to_string()));
+    Item::Reply(Reply::Map(vec![
         (s("server"), s("standin")),
         (s("version"), s(crate::version::VERSION)),
-        (s("proto"), Frame::Integer(i64::from(proto))),
-        (s("id"), Frame::Integer(conn.id as i64)),
+        (s("proto"), Reply::Int(i64::from(proto))),
+        (s("id"), Reply::Int(conn.id as i64)),
         (s("mode"), s("standalone")),
         (s("role"), s("master")),
-        (s("modules"), Frame::Array(Vec::new())),
+        (s("modules"), Reply::Array(Vec::new())),
     ]))
 }
 
-fn client(conn: &mut Conn, args: &[Bytes]) -> Frame {
+fn client(conn: &mut Conn, args: &[Bytes]) -> Reply {
     let Some(sub) = args.get(1).map(|a| lower(a)) else {
         return arity("client");
     };
@@ -1057,12 +1040,12 @@ fn client(conn: &mut Conn, args: &[Bytes]) -> Frame {
                 return err("ERR Client names cannot contain spaces, newlines or special characters.");
             }
             conn.name = (!args[2].is_empty()).then(|| args[2].clone());
-            Frame::Simple("OK".into())
+            Reply::Ok
         }
-        ("getname", 2) => conn.name.clone().map(Frame::Bulk).unwrap_or(Frame::Null),
-        ("id", 2) => Frame::Integer(conn.id as i64),
+        ("getname", 2) => conn.name.clone().map(Reply::Bulk).unwrap_or(Reply::Nil),
+        ("id", 2) => Reply::Int(conn.id as i64),
         // Sent by recent client libraries on connect.
-        ("setinfo", 4) => Frame::Simple("OK".into()),
+        ("setinfo", 4) => Reply::Ok,
         ("setname" | "getname" | "id" | "setinfo", _) => arity(&format!("client|{sub}")),
         _ => err(format!(
             "ERR unknown subcommand '{}'. Try CLIENT HELP.",
@@ -1073,13 +1056,13 @@ fn client(conn: &mut Conn, args: &[Bytes]) -> Frame {
 
 /// Enough of COMMAND for redis-cli and client libraries: COUNT, DOCS and INFO answer with
 /// what we know (an empty docs map is valid and makes redis-cli fall back to plain input).
-fn command(args: &[Bytes]) -> Frame {
+fn command(args: &[Bytes]) -> Reply {
     match args.get(1).map(|a| lower(a)).as_deref() {
-        None => Frame::Array(Vec::new()),
+        None => Reply::Array(Vec::new()),
         // The data commands plus the connection commands handled here.
-        Some("count") => Frame::Integer(90),
-        Some("docs") => Frame::Map(Vec::new()),
-        Some("info") => Frame::Array(args[2..].iter().map(|_| Frame::NullArray).collect()),
+        Some("count") => Reply::Int(90),
+        Some("docs") => Reply::Map(Vec::new()),
+        Some("info") => Reply::Array(args[2..].iter().map(|_| Reply::NilArray).collect()),
         Some(other) => err(format!("ERR unknown subcommand '{other}'. Try COMMAND HELP.")),
     }
 }
@@ -1116,7 +1099,7 @@ async fn wait<R: AsyncRead + Unpin>(
     loop {
         let count = replicas_with(shared, target).await;
         if count >= n || tokio::time::Instant::now() >= deadline {
-            return Item::Reply(Frame::Integer(count));
+            return Item::Reply(Reply::Int(count));
         }
         let next = tokio::time::sleep_until((tokio::time::Instant::now() + poll).min(deadline));
         tokio::pin!(next);
@@ -1214,7 +1197,7 @@ mod tests {
     use super::*;
 
     fn set(key: &str, value: &Bytes) -> Op {
-        match cmd::parse(&[
+        match crate::kv::parse(&[
             Bytes::from_static(b"SET"),
             Bytes::from(key.to_string()),
             value.clone(),
@@ -1235,7 +1218,7 @@ mod tests {
             Item::Write(set("p2", &value)),
             Item::Write(set("s1", &Bytes::from_static(b"x"))),
             Item::Write(set("p3", &value)),
-            Item::Reply(Frame::Simple("PONG".into())),
+            Item::Reply(Reply::Simple("PONG".into())),
             Item::Write(set("s2", &Bytes::from_static(b"y"))),
         ];
         let mut items = items.into_iter().peekable();
@@ -1253,7 +1236,7 @@ mod tests {
             // The size the run counted (one byte per op above the ops' sizes) undercounts the
             // group by at most the vector's length prefix (a varint: at most 5 bytes), which an
             // entry's 16 bytes per group cover.
-            let exact = super::super::encoded_len(g);
+            let exact = crate::kv::encoded_len(g);
             assert!(exact <= MAX_ENTRY_BYTES);
             assert!(exact <= bytes + 5, "{bytes} vs {exact}");
         }
