@@ -23,6 +23,7 @@ pub mod events;
 pub mod failover;
 pub mod failstop;
 pub mod health;
+pub mod lab;
 pub mod malloc;
 pub mod metrics;
 pub mod net;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::demo::harness::probe_service;
+use crate::lab::harness::probe_service;
 
 #[derive(Default)]
 struct Log {
