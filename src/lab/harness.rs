@@ -3,8 +3,8 @@
 //!
 //! Ports are chosen by binding port 0 and releasing the socket just before the node binds it.
 //! Every node runs in its own process group, so a fault can hit the daemon and its service
-//! together (`killpg`) or one of them alone. Dropping the cluster kills every process group it
-//! started.
+//! together (`killpg`) or one of them alone; paths can be cut through relays
+//! ([`crate::lab::relay`]). Dropping the cluster kills every process group it started.
 
 use std::collections::BTreeMap;
 use std::fs::File;

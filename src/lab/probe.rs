@@ -1,5 +1,5 @@
-//! The benchmark's client: probes every service address every `interval` and records which
-//! node answered as active at which epoch.
+//! The client of the failover benchmark and the fault tests: probes every service address every
+//! `interval` and records which node answered as active at which epoch.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
