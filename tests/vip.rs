@@ -3,7 +3,8 @@
 //! One bridge in a "switch" namespace; data nodes `a` and `b`, witness `w` and a client each
 //! in their own namespace, linked to the bridge by a veth. Every node runs
 //! `ip netns exec NS standin node` with the demo service as `[service]` and `[address]` on
-//! `eth0` (the lab and the configs are the VIP benchmark's: `standin::lab::netns`, `standin::bench::vip`).
+//! `eth0` (the namespaces are the lab's, `standin::lab::netns`, and the configs the VIP
+//! benchmark's, `standin::bench::vip`).
 //! The test thread enters the client namespace (setns) and talks HTTP to the VIP; a sampler
 //! runs `ip -4 -o addr show` in every node namespace every ~15 ms and fails the test if the
 //! VIP is ever seen in two at once.
