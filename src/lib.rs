@@ -24,6 +24,7 @@ pub mod failover;
 pub mod failstop;
 pub mod health;
 pub mod kv;
+pub mod lab;
 pub mod malloc;
 pub mod metrics;
 pub mod net;

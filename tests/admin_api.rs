@@ -12,7 +12,7 @@ use hyper::Method;
 use standin::api::client::{request, Reply};
 use standin::api::Status;
 use standin::cluster::state::{Event, EventKind};
-use standin::demo::harness::{LocalCluster, Spec};
+use standin::lab::harness::{LocalCluster, Spec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -316,14 +316,7 @@ async fn a_foreign_web_page_cannot_move_the_role() {
 
 /// Writes a node config with a non-loopback admin address and no token.
 fn open_config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
-    let port = |_| {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port()
-    };
-    let [p1, p2, p3, admin] = [0, 1, 2, 3].map(port);
+    let [p1, p2, p3, admin] = [(); 4].map(|_| common::free_port());
     let text = format!(
         "[tls]\ninsecure = true\n[node]\nid = \"a\"\ndata-dir = \"{}\"\n\
          [[member]]\nid = \"a\"\nkind = \"data\"\naddresses = [\"127.0.0.1:{p1}\"]\nadmin = \"0.0.0.0:{admin}\"\n\
@@ -430,7 +423,7 @@ async fn the_admin_api_speaks_https_with_the_cli() {
     let mut spec = Spec::new(dir.path(), &binary());
     spec.store = false;
     // The demo service asks its daemon's API over plain HTTP; this one needs no lease.
-    spec.service = standin::demo::harness::ServiceKind::BenchBackend;
+    spec.service = standin::lab::harness::ServiceKind::BenchBackend;
     spec.extra_toml = format!(
         "\n[api]\ntls = true\ntls-cert = \"{}\"\ntls-key = \"{}\"\nheader-read-timeout = \"500ms\"\n",
         served_cert.display(),
@@ -443,11 +436,11 @@ async fn the_admin_api_speaks_https_with_the_cli() {
     let access = |ca: &std::path::Path| standin::api::client::Access::new(None, Some(ca)).expect("CA");
     let https_status =
         |ca: std::path::PathBuf, api: String| async move { common::status_with(&api, &access(&ca)).await };
-    standin::demo::harness::wait_status(
+    standin::lab::harness::wait_status(
         || https_status(ca1.clone(), api.clone()),
         Duration::from_secs(30),
         "the cluster ready over HTTPS",
-        standin::demo::harness::is_ready,
+        standin::lab::harness::is_ready,
     )
     .await
     .expect("ready");
@@ -514,7 +507,7 @@ async fn the_admin_api_speaks_https_with_the_cli() {
     let tmp = certs.join("new.pem");
     std::fs::copy(&cert2.cert, &tmp).expect("copy");
     std::fs::rename(&tmp, &served_cert).expect("rename");
-    standin::demo::harness::wait_status(
+    standin::lab::harness::wait_status(
         || https_status(ca2.clone(), api.clone()),
         Duration::from_secs(15),
         "the new certificate in use",

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use standin::api::Status;
-use standin::bench::probe::Prober;
 use standin::cluster::state::{Event, EventKind};
-use standin::demo::harness::{LocalCluster, Spec};
+use standin::lab::harness::{LocalCluster, Spec};
+use standin::lab::probe::Prober;
 
 mod common;
 use common::binary;

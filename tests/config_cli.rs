@@ -5,7 +5,7 @@ use std::net::TcpListener;
 use std::process::Command;
 
 mod common;
-use common::binary;
+use common::{binary, free_port};
 
 fn config(admin_port: u16, extra: &str) -> String {
     format!(
@@ -29,14 +29,6 @@ args = ["30"]
 {extra}
 "#
     )
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

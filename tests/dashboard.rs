@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use standin::demo::harness::{LocalCluster, Spec};
+use standin::lab::harness::{LocalCluster, Spec};
 
 mod common;
 use common::binary;

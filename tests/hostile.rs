@@ -17,7 +17,7 @@ use standin::api::Status;
 use standin::cluster::rpc::{Frame, Request, Response};
 use standin::cluster::state::Command;
 use standin::config::raft_id;
-use standin::demo::harness::{LocalCluster, Spec};
+use standin::lab::harness::{LocalCluster, Spec};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -262,7 +262,7 @@ async fn a_healed_partition_does_not_depose_the_new_leader() {
     let (cluster, before) = start(spec).await;
     let old = before.active.clone().expect("active");
     let services = cluster.nodes.iter().filter_map(|n| n.service).collect();
-    let prober = standin::bench::probe::Prober::start(services, Duration::from_millis(10));
+    let prober = standin::lab::probe::Prober::start(services, Duration::from_millis(10));
     cluster.partition(&old);
     let failed_over = cluster
         .wait_for(

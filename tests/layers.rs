@@ -379,3 +379,91 @@ fn the_checker_sees_circles_and_ignores_tests_and_comments() {
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].len(), 3, "a/mod.rs, b.rs, a/x.rs: {found:?}");
 }
+
+/// The parts of the crate that may import the lab (`src/lab/`, the test and benchmark kit): the
+/// lab itself, the demo, the benchmarks and the binary's face. Product code never does.
+const LAB_USERS: &[&str] = &["lab", "demo", "bench", "cli"];
+
+/// Whether `rel` (a path from the package root) is in part `part` of the crate: `src/PART.rs`
+/// or a file under `src/PART/`.
+fn in_part(rel: &Path, part: &str) -> bool {
+    let dir = Path::new("src").join(part);
+    rel.starts_with(&dir) || rel == dir.with_extension("rs")
+}
+
+/// Every import of the lab from a file outside [`LAB_USERS`], as (importer, lab file), paths
+/// from `root`.
+fn product_imports_of_lab(root: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (from, targets) in &import_graph(root) {
+        let from = from.strip_prefix(root).unwrap_or(from);
+        if LAB_USERS.iter().any(|part| in_part(from, part)) {
+            continue;
+        }
+        for to in targets {
+            let to = to.strip_prefix(root).unwrap_or(to);
+            if in_part(to, "lab") {
+                out.push((from.display().to_string(), to.display().to_string()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_product_does_not_import_the_lab() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        root.join("src/lab/mod.rs").exists(),
+        "the lab is src/lab/ (moved? update LAB_USERS)"
+    );
+    let found = product_imports_of_lab(root);
+    assert!(
+        found.is_empty(),
+        "product code imports the lab (the test and benchmark kit): {found:?}"
+    );
+}
+
+/// The lab check itself: the demo and the benchmarks may import the lab, a test module of a
+/// product file may too, and a product file that imports it (by a `use`, an inline `crate::`
+/// path or a `super::` path) is caught.
+#[test]
+fn the_lab_check_catches_a_product_import_of_the_lab() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src");
+    for d in ["lab", "bench", "node"] {
+        std::fs::create_dir_all(src.join(d)).expect("mkdir");
+    }
+    let write = |p: &str, t: &str| std::fs::write(src.join(p), t).expect("write");
+    write(
+        "lib.rs",
+        "pub mod bench;\npub mod demo;\npub mod lab;\npub mod node;\n",
+    );
+    write("lab/mod.rs", "pub mod harness;\n");
+    write("lab/harness.rs", "pub struct LocalCluster;\npub fn launch() {}\n");
+    write("bench/mod.rs", "use crate::lab::harness::LocalCluster;\n");
+    write("demo.rs", "pub fn run() { crate::lab::harness::launch(); }\n");
+    write("node/mod.rs", "pub mod role;\n");
+    write(
+        "node/role.rs",
+        "// crate::lab::harness in a comment\n#[cfg(test)]\nmod tests {\n    use crate::lab::harness::LocalCluster;\n}\n",
+    );
+    assert_eq!(product_imports_of_lab(dir.path()), Vec::<(String, String)>::new());
+    write("node/role.rs", "use crate::lab::harness::LocalCluster;\n");
+    assert_eq!(
+        product_imports_of_lab(dir.path()),
+        vec![("src/node/role.rs".to_string(), "src/lab/harness.rs".to_string())]
+    );
+    write(
+        "node/role.rs",
+        "pub fn f() { super::super::lab::harness::launch(); }\n",
+    );
+    write("node/mod.rs", "pub mod role;\nuse crate::lab;\n");
+    assert_eq!(
+        product_imports_of_lab(dir.path()),
+        vec![
+            ("src/node/mod.rs".to_string(), "src/lab/mod.rs".to_string()),
+            ("src/node/role.rs".to_string(), "src/lab/harness.rs".to_string()),
+        ]
+    );
+}

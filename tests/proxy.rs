@@ -15,19 +15,14 @@ use nix::unistd::Pid;
 use standin::address::proxy::status::{ListenerStatus, ProxyStatus};
 use standin::api::client::request;
 use standin::api::Status;
-use standin::demo::harness::{parse_active, LocalCluster, Spec};
+use standin::lab::harness::{parse_active, LocalCluster, Spec};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 mod common;
-use common::{assert_slow_head_cut_off, binary};
-
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    l.local_addr().expect("addr")
-}
+use common::{assert_slow_head_cut_off, binary, free_addr, sample, scrape};
 
 /// A `standin proxy` process; killed on drop.
 struct ProxyProc {
@@ -38,7 +33,7 @@ struct ProxyProc {
 
 impl ProxyProc {
     fn start(dir: &Path, cluster: &LocalCluster, listeners_toml: &str) -> ProxyProc {
-        let admin = free_port();
+        let admin = free_addr();
         let apis: Vec<String> = cluster.nodes.iter().map(|n| format!("\"{}\"", n.admin)).collect();
         let text = format!(
             "[proxy]\ncluster = [{}]\nadmin = \"{admin}\"\n{listeners_toml}\n",
@@ -415,32 +410,18 @@ async fn kill_9_of_the_active_fails_over_through_the_floating_address() {
     assert_eq!(l.active.as_deref(), Some(new.as_str()));
     assert_eq!(l.epoch, after.epoch);
     // The proxy's Prometheus metrics count the same traffic.
-    let m = standin::api::client::request(
-        &proxy.admin.to_string(),
-        hyper::Method::GET,
-        "/metrics",
-        None,
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("scrape the proxy");
-    assert_eq!(m.status, 200);
-    assert!(m.body.ends_with("# EOF\n"), "{}", m.body);
-    let value = |line_start: &str| -> f64 {
-        m.body
-            .lines()
-            .find(|l| l.starts_with(line_start))
-            .and_then(|l| l.rsplit_once(' '))
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {line_start} in:\n{}", m.body))
+    let m = scrape(&proxy.admin.to_string()).await;
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        sample(&m, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in {m:?}"))
     };
-    assert!(value("standin_proxy_connections_total{listener=\"tcp\"}") >= 100.0);
-    assert!(value("standin_proxy_requests_total{listener=\"http\"}") >= 100.0);
-    assert_eq!(value("standin_proxy_cluster_epoch"), after.epoch as f64);
+    assert!(value("standin_proxy_connections_total", &[("listener", "tcp")]) >= 100.0);
+    assert!(value("standin_proxy_requests_total", &[("listener", "http")]) >= 100.0);
+    assert_eq!(value("standin_proxy_cluster_epoch", &[]), after.epoch as f64);
     assert_eq!(
-        value(&format!(
-            "standin_proxy_backend_up{{listener=\"http\",node=\"{new}\"}}"
-        )),
+        value(
+            "standin_proxy_backend_up",
+            &[("listener", "http"), ("node", new.as_str())]
+        ),
         1.0
     );
     drop(proxy);
@@ -462,7 +443,7 @@ async fn planned_switchover_drains_old_connections_and_listeners_change_at_runti
     let mut long = KeepAlive::open(tcp).await;
     let body = long.get("/").await.expect("answer");
     assert_eq!(parse_active(&body).map(|a| a.0), Some(old.clone()), "{body}");
-    let new_listen = free_port();
+    let new_listen = free_addr();
     let (code, reply) = proxy
         .put(
             "tcp",
@@ -743,7 +724,7 @@ balance = "least-conn"
 /// on port 0. Stopped when the guard drops.
 async fn lone_proxy(header_read_timeout: &str) -> (SocketAddr, SocketAddr, tokio_util::sync::DropGuard) {
     use standin::address::proxy::{self, config::ProxyConfig};
-    let dead = free_port();
+    let dead = free_addr();
     let text = format!(
         "[proxy]\ncluster = [\"{dead}\"]\nadmin = \"127.0.0.1:0\"\n\
          [[proxy.listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"http\"\n\
@@ -882,7 +863,7 @@ async fn the_control_api_refuses_unauthenticated_mutations_and_disallowed_binds(
     use standin::address::proxy::{self, config::ProxyConfig};
     use standin::api::client::{request_with, Access};
     let token = "proxy-token-0123456789";
-    let dead = free_port();
+    let dead = free_addr();
     let text = format!(
         "[proxy]\ncluster = [\"{dead}\"]\nadmin = \"127.0.0.1:0\"\ntoken = \"{token}\"\n\
          allow-bind = [\"0.0.0.0:80\"]\n\
@@ -1011,7 +992,7 @@ async fn the_proxy_follows_a_cluster_with_a_token_and_https() {
     let mut spec = Spec::new(dir.path(), &binary());
     spec.store = false;
     // The demo service asks its daemon's API over plain HTTP; this one needs no lease.
-    spec.service = standin::demo::harness::ServiceKind::BenchBackend;
+    spec.service = standin::lab::harness::ServiceKind::BenchBackend;
     spec.extra_toml = format!(
         "\n[api]\ntoken = \"{token}\"\nread-open = false\ntls = true\ntls-cert = \"{}\"\ntls-key = \"{}\"\n",
         cert.cert.display(),
@@ -1025,11 +1006,11 @@ async fn the_proxy_follows_a_cluster_with_a_token_and_https() {
         let (api, access) = (api.clone(), access.clone());
         async move { common::status_with(&api, &access).await }
     };
-    let ready = standin::demo::harness::wait_status(
+    let ready = standin::lab::harness::wait_status(
         status,
         Duration::from_secs(30),
         "the cluster ready",
-        standin::demo::harness::is_ready,
+        standin::lab::harness::is_ready,
     )
     .await
     .expect("ready");

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use standin::demo::harness::{LocalCluster, Spec};
+use standin::lab::harness::{LocalCluster, Spec};
 
 mod common;
 use common::binary;
@@ -958,7 +958,7 @@ async fn store_clients_are_clamped_to_the_file_limit() {
     .await
     .expect("join");
     // The admin API still answers with all those clients connected.
-    let status = standin::demo::harness::best_status(&[admin]).await;
+    let status = standin::lab::harness::best_status(&[admin]).await;
     assert!(status.is_some(), "the admin API of b does not answer");
     drop(conns);
 }

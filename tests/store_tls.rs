@@ -12,11 +12,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use standin::demo::harness::{LocalCluster, Spec};
+use standin::lab::harness::{LocalCluster, Spec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
-use common::{binary, write_private};
+use common::{binary, free_port, write_private};
 
 const PASSWORD: &str = "pw-for-the-tls-store";
 
@@ -199,14 +199,6 @@ async fn a_stalled_tls_handshake_holds_a_client_slot_only_until_its_deadline() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(last, "+OK\r\n+PONG\r\n");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 fn one_node_config(dir: &Path, store: &str) -> PathBuf {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use standin::cluster::rpc::{Frame, Request, Response};
-use standin::demo::harness::{LocalCluster, Spec};
+use standin::lab::harness::{LocalCluster, Spec};
 use standin::tls;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -415,7 +415,7 @@ async fn an_insecure_cluster_says_so() {
     spec.data_nodes = vec!["a".into()];
     let (cluster, status) = LocalCluster::launch(spec).await.expect("cluster");
     assert_eq!(status.transport, "insecure");
-    assert!(standin::cli::render_status(&status).contains("INSECURE"));
+    assert!(standin::cli::client::render_status(&status).contains("INSECURE"));
     let admin = cluster.node("a").expect("a").admin.to_string();
     let m = scrape(&admin).await;
     assert_eq!(sample(&m, "standin_tls_insecure", &[]), Some(1.0));

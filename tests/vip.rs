@@ -3,7 +3,8 @@
 //! One bridge in a "switch" namespace; data nodes `a` and `b`, witness `w` and a client each
 //! in their own namespace, linked to the bridge by a veth. Every node runs
 //! `ip netns exec NS standin node` with the demo service as `[service]` and `[address]` on
-//! `eth0` (the lab and the configs are the VIP benchmark's: `standin::bench::{netns, vip}`).
+//! `eth0` (the namespaces are the lab's, `standin::lab::netns`, and the configs the VIP
+//! benchmark's, `standin::bench::vip`).
 //! The test thread enters the client namespace (setns) and talks HTTP to the VIP; a sampler
 //! runs `ip -4 -o addr show` in every node namespace every ~15 ms and fails the test if the
 //! VIP is ever seen in two at once.
@@ -20,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
-use standin::bench::netns::{self, AddrSampler, Lab};
 use standin::bench::vip::{standin_configs, ADMIN_PORT, PORT};
+use standin::lab::netns::{self, AddrSampler, Lab};
 
 const SUBNET: [u8; 3] = [10, 231, 0];
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 100);
@@ -181,7 +182,7 @@ fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Option<(u16, Str
 fn who_serves() -> Option<String> {
     let addr = SocketAddr::from((VIP, PORT));
     let (status, body) = http_get(addr, "/", Duration::from_millis(300))?;
-    let (node, _) = standin::demo::harness::parse_active(&body)?;
+    let (node, _) = standin::lab::harness::parse_active(&body)?;
     (status == 200).then_some(node)
 }
 

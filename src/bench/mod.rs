@@ -13,8 +13,6 @@
 
 pub mod backend;
 pub mod disk;
-pub mod netns;
-pub mod probe;
 pub mod proxy;
 pub mod store;
 pub mod vip;
@@ -31,8 +29,8 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use nix::sys::signal::Signal;
 use serde::Serialize;
 
-use crate::demo::harness::{HarnessError, LocalCluster, Spec};
-use probe::Prober;
+use crate::lab::harness::{HarnessError, LocalCluster, Spec};
+use crate::lab::probe::Prober;
 use proxy::{Protocol, StandinProxy};
 
 /// Runs a benchmark until it ends or SIGINT/SIGTERM arrives. On a signal the benchmark's
@@ -441,7 +439,7 @@ pub async fn failover(o: FailoverOptions) -> Result<(), HarnessError> {
 async fn wait_active_via(addr: SocketAddr, timeout: Duration) -> Result<(), HarnessError> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if crate::demo::harness::probe_service(addr, Duration::from_millis(500))
+        if crate::lab::harness::probe_service(addr, Duration::from_millis(500))
             .await
             .is_some()
         {
@@ -592,4 +590,61 @@ async fn run_fault(
         quiet_window_epoch_changes: quiet_window,
         stale_primary_answers: stale,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Profile;
+    use crate::config::Config;
+
+    /// A valid two-data-node cluster with a witness, at default timings.
+    const MINIMAL: &str = r#"
+[tls]
+insecure = true
+
+[node]
+id = "a"
+data-dir = "/tmp/a"
+
+[[member]]
+id = "a"
+kind = "data"
+addresses = ["127.0.0.1:7101"]
+admin = "127.0.0.1:7181"
+
+[[member]]
+id = "b"
+kind = "data"
+addresses = ["127.0.0.1:7102"]
+admin = "127.0.0.1:7182"
+
+[[member]]
+id = "w"
+kind = "witness"
+addresses = ["127.0.0.1:7103"]
+admin = "127.0.0.1:7183"
+
+[service]
+command = "sleep"
+args = ["1000"]
+"#;
+
+    /// What `standin bench failover --profile` writes into every node's config is valid and
+    /// says what the profile's name says; the default profile writes nothing.
+    #[test]
+    fn the_benchmark_timing_profiles_are_valid_configs() {
+        let ms = Duration::from_millis;
+        assert_eq!(Profile::Default.toml(), "");
+        let c = Config::parse(&format!("{MINIMAL}{}", Profile::Fast.toml())).expect("valid");
+        assert_eq!(
+            (
+                c.timing.heartbeat_interval,
+                c.timing.failure_timeout,
+                c.timing.lease
+            ),
+            (ms(20), ms(100), ms(80))
+        );
+    }
 }

@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use super::{free_ports, print_json, Scratch, Spawned};
 use crate::api::client::request;
-use crate::demo::harness::{HarnessError, LocalCluster, ServiceKind, Spec};
+use crate::lab::harness::{HarnessError, LocalCluster, ServiceKind, Spec};
 
 fn err(m: impl Into<String>) -> HarnessError {
     HarnessError(m.into())

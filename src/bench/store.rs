@@ -14,7 +14,7 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use serde::Serialize;
 
 use super::{free_ports, print_json, Scratch, Spawned};
-use crate::demo::harness::{HarnessError, LocalCluster, Spec};
+use crate::lab::harness::{HarnessError, LocalCluster, Spec};
 
 fn err(m: impl Into<String>) -> HarnessError {
     HarnessError(m.into())

@@ -39,10 +39,10 @@ use nix::unistd::Pid;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::netns::{self, Lab};
 use super::{percentile, print_json, progress, Fault, Interruptions, Profile, Scratch, Spawned};
 use crate::api::client::request;
-use crate::demo::harness::{best_status, is_ready, wait_status, HarnessError};
+use crate::lab::harness::{best_status, is_ready, wait_status, HarnessError};
+use crate::lab::netns::{self, Lab};
 
 /// The service port on every node (the demo service, or the fixed-answer backend).
 pub const PORT: u16 = 8080;
@@ -189,7 +189,7 @@ struct VipClient {
 /// `node=a epoch=3 role=active` (demo service) or `node=a` (fixed-answer backend); a node that
 /// says it is not active does not count as an answer.
 fn parse_answer(body: &str) -> Option<(String, Option<u64>)> {
-    let (node, epoch, role) = crate::demo::harness::answer_fields(body);
+    let (node, epoch, role) = crate::lab::harness::answer_fields(body);
     if role.is_some_and(|r| r != "active") {
         return None;
     }

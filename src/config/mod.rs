@@ -1956,23 +1956,6 @@ args = ["1000"]
         assert!(c.service.is_none() && c.checks.is_empty());
     }
 
-    /// What `standin bench failover --profile` writes into every node's config is valid and
-    /// says what the profile's name says; the default profile writes nothing.
-    #[test]
-    fn the_benchmark_timing_profiles_are_valid_configs() {
-        use crate::bench::Profile;
-        assert_eq!(Profile::Default.toml(), "");
-        let c = Config::parse(&format!("{MINIMAL}{}", Profile::Fast.toml())).expect("valid");
-        assert_eq!(
-            (
-                c.timing.heartbeat_interval,
-                c.timing.failure_timeout,
-                c.timing.lease
-            ),
-            (ms(20), ms(100), ms(80))
-        );
-    }
-
     #[test]
     fn defaults_apply_when_sections_are_omitted() {
         let c = Config::parse(MINIMAL).expect("valid");

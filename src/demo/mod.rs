@@ -6,7 +6,6 @@
 //! service's floating address (HTTP, with `X-Standin-Epoch`) and the store's (TCP). demo.json
 //! holds them as `floating` and `store_floating`.
 
-pub mod harness;
 pub mod service;
 
 use std::io::IsTerminal;
@@ -16,7 +15,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use harness::{HarnessError, LocalCluster, Spec};
+use crate::lab::harness::{HarnessError, LocalCluster, Spec};
 
 #[derive(Serialize, PartialEq)]
 struct DemoNode {
@@ -269,7 +268,7 @@ async fn live(
         match cluster.status().await {
             Some(s) if tty => {
                 // Clear the screen and redraw.
-                print!("\x1b[2J\x1b[H{}", crate::cli::render_status(&s));
+                print!("\x1b[2J\x1b[H{}", crate::cli::client::render_status(&s));
                 println!("demo dir {}  (Ctrl-C to stop)", dir.display());
             }
             Some(s) => {

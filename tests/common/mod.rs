@@ -13,6 +13,20 @@ pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_standin"))
 }
 
+/// A free loopback address: binds port 0 and releases it. Another process may take the port
+/// before the test binds it, which on loopback in a test run does not happen in practice.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind port 0")
+        .local_addr()
+        .expect("local address")
+}
+
+/// The port of [`free_addr`].
+pub fn free_port() -> u16 {
+    free_addr().port()
+}
+
 /// Sends `partial_head` (a request head that never ends) to the HTTP listener at `addr` and
 /// asserts the server cuts the connection off (after its header-read timeout), with a 408 or
 /// by closing it.
@@ -92,7 +106,7 @@ pub fn sample(m: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> 
 /// certificate of member `as_id` (from the harness's `certs` directory): what a member, or
 /// whoever holds its key, can send.
 pub async fn peer_conn(
-    cluster: &standin::demo::harness::LocalCluster,
+    cluster: &standin::lab::harness::LocalCluster,
     target: &str,
     as_id: &str,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {

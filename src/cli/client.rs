@@ -7,54 +7,14 @@ use std::time::{Duration, Instant};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use hyper::Method;
 
+use super::{exit, CliError};
 use crate::api::client::ClientError;
 use crate::api::{AdminReply, NodeStatus, Status};
 use crate::cluster::state::Event;
 
-/// Exit codes (sysexits.h).
-pub mod exit {
-    pub const OK: i32 = 0;
-    /// The request was refused (e.g. switchover to an unhealthy node).
-    pub const REFUSED: i32 = 1;
-    pub const USAGE: i32 = 64;
-    /// The admin API or the cluster is unavailable.
-    pub const UNAVAILABLE: i32 = 69;
-    /// A wait ran out of time.
-    pub const TEMPFAIL: i32 = 75;
-    /// The API refused the token (missing or wrong).
-    pub const NOPERM: i32 = 77;
-}
-
-/// An error that ends a CLI command, with its exit code.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct CliError {
-    pub message: String,
-    pub code: i32,
-}
-
-impl CliError {
-    fn new(code: i32, message: impl Into<String>) -> Self {
-        CliError {
-            message: message.into(),
-            code,
-        }
-    }
-}
-
-impl From<ClientError> for CliError {
-    fn from(e: ClientError) -> Self {
-        let code = match e {
-            ClientError::Address(_) | ClientError::NoCa { .. } => exit::USAGE,
-            _ => exit::UNAVAILABLE,
-        };
-        CliError::new(code, e.to_string())
-    }
-}
-
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The admin API token for this CLI process (`--token` / `STANDIN_TOKEN`), set once by main.
+/// The admin API token for this CLI process (`--token` / `STANDIN_TOKEN`), set once by `run`.
 static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Sets the bearer token every CLI request sends.
@@ -64,7 +24,7 @@ pub fn set_token(token: Option<String>) {
     }
 }
 
-/// The HTTPS client config from `--ca` / `STANDIN_CA`, set once by main.
+/// The HTTPS client config from `--ca` / `STANDIN_CA`, set once by `run`.
 static CA: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
 
 /// Makes every CLI request speak HTTPS, checking the API's certificate against the CA in

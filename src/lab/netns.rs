@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::demo::harness::HarnessError;
+use crate::lab::harness::HarnessError;
 
 /// Runs `ip ARGS`; its stdout, or an error with its stderr.
 pub fn ip(args: &[&str]) -> Result<String, HarnessError> {

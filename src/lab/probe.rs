@@ -1,5 +1,5 @@
-//! The benchmark's client: probes every service address every `interval` and records which
-//! node answered as active at which epoch.
+//! The client of the failover benchmark and the fault tests: probes every service address every
+//! `interval` and records which node answered as active at which epoch.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::demo::harness::probe_service;
+use crate::lab::harness::probe_service;
 
 #[derive(Default)]
 struct Log {

@@ -3,8 +3,8 @@
 //!
 //! Ports are chosen by binding port 0 and releasing the socket just before the node binds it.
 //! Every node runs in its own process group, so a fault can hit the daemon and its service
-//! together (`killpg`) or one of them alone. Dropping the cluster kills every process group it
-//! started.
+//! together (`killpg`) or one of them alone; paths can be cut through relays
+//! ([`crate::lab::relay`]). Dropping the cluster kills every process group it started.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -12,19 +12,15 @@ use std::net::{SocketAddr, TcpListener as StdListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::Method;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 
 use crate::api::client::request;
 use crate::api::{LeaseStatus, Status};
+use crate::lab::relay::Relay;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -128,80 +124,6 @@ impl LocalNode {
     }
 }
 
-/// A relay in front of one path: forwards bytes until cut, then drops them (a black hole,
-/// like a dead link: no reset, no refusal).
-pub struct Relay {
-    pub listen: SocketAddr,
-    cut: Arc<AtomicBool>,
-    cancel: CancellationToken,
-}
-
-impl Relay {
-    pub fn set_cut(&self, cut: bool) {
-        self.cut.store(cut, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
-}
-
-async fn start_relay(target: SocketAddr) -> Result<Relay, HarnessError> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| err(format!("relay bind: {e}")))?;
-    let listen = listener.local_addr().map_err(|e| err(e.to_string()))?;
-    let cut = Arc::new(AtomicBool::new(false));
-    let cancel = CancellationToken::new();
-    let (c2, k2) = (cut.clone(), cancel.clone());
-    tokio::spawn(async move {
-        loop {
-            let (inbound, _) = tokio::select! {
-                _ = k2.cancelled() => return,
-                r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
-            };
-            let (cut, cancel) = (c2.clone(), k2.clone());
-            tokio::spawn(async move {
-                let Ok(outbound) = TcpStream::connect(target).await else {
-                    return;
-                };
-                let _ = inbound.set_nodelay(true);
-                let _ = outbound.set_nodelay(true);
-                let (ri, wi) = inbound.into_split();
-                let (ro, wo) = outbound.into_split();
-                let a = pump(ri, wo, cut.clone(), cancel.clone());
-                let b = pump(ro, wi, cut, cancel);
-                let _ = tokio::join!(a, b);
-            });
-        }
-    });
-    Ok(Relay { listen, cut, cancel })
-}
-
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    cut: Arc<AtomicBool>,
-    cancel: CancellationToken,
-) {
-    use tokio::io::AsyncReadExt;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = from.read(&mut buf) => match r { Ok(0) | Err(_) => return, Ok(n) => n },
-        };
-        if cut.load(Ordering::SeqCst) {
-            continue; // black hole
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
-
 /// Reserves a free port by binding port 0. The listener is kept in `held` until every port of
 /// the cluster is chosen, so the kernel never hands the same port out twice.
 fn free_port_held(held: &mut Vec<StdListener>) -> Result<SocketAddr, HarnessError> {
@@ -256,7 +178,7 @@ impl LocalCluster {
             if spec.partitionable {
                 listens.insert(id.clone(), vec![p1, p2]);
             } else if spec.relay_second_path {
-                let relay = start_relay(p2).await?;
+                let relay = Relay::start(p2).await.map_err(|e| err(e.to_string()))?;
                 paths[1] = relay.listen;
                 relays.insert(id.clone(), relay);
                 listens.insert(id.clone(), vec![p1, p2]);
@@ -281,7 +203,7 @@ impl LocalCluster {
                 for to in nodes.iter().filter(|t| t.id != from.id) {
                     let mut addrs = Vec::new();
                     for p in &to.paths {
-                        let relay = start_relay(*p).await?;
+                        let relay = Relay::start(*p).await.map_err(|e| err(e.to_string()))?;
                         addrs.push(relay.listen);
                         pair_relays.push((from.id.clone(), to.id.clone(), relay));
                     }

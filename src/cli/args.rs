@@ -1,0 +1,329 @@
+//! The argument tree of the `standin` binary (clap derive): every command, its options and
+//! their help texts. `run` dispatches a parsed [`Args`]; `main.rs` parses it.
+//!
+//! Doc comments on these types and fields are clap's help texts (what `standin --help` and
+//! `standin COMMAND --help` print), so they say what an operator needs, and the types
+//! themselves carry none: on a derived parser a doc comment would become help text too.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "standin",
+    version,
+    about = "High availability for any network service"
+)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum CertsCmd {
+    /// Make a cluster CA in DIR (ca.pem, and ca.key with mode 0600). Keep ca.key offline.
+    Init {
+        dir: PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "standin cluster CA")]
+        name: String,
+        /// How long the CA is valid.
+        #[arg(long = "valid-for", value_parser = humantime::parse_duration, default_value = "3650days")]
+        valid_for: std::time::Duration,
+    },
+    /// Issue a certificate for member ID, signed by the CA in --ca DIR: ID.pem and ID.key
+    /// (mode 0600). It names the member as the URI SAN standin:node:ID.
+    Issue {
+        id: String,
+        /// The CA's directory (from `standin certs init`).
+        #[arg(long)]
+        ca: PathBuf,
+        /// Where to write the files (default: the CA's directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Extra DNS names or IP addresses (for HTTPS to the admin API or TLS to the store),
+        /// repeatable: --san 10.0.0.1 --san node-a.example.
+        #[arg(long)]
+        san: Vec<String>,
+        /// How long the certificate is valid.
+        #[arg(long = "valid-for", value_parser = humantime::parse_duration, default_value = "365days")]
+        valid_for: std::time::Duration,
+    },
+    /// Show which member a certificate names and when it expires.
+    Show {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Run one cluster node (daemon; logs to stderr; SIGTERM/SIGINT stop it cleanly).
+    Node {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file without starting anything.
+    CheckConfig { file: PathBuf },
+    /// Show the cluster: nodes, roles, epoch, health, sync and paths.
+    Status {
+        #[command(flatten)]
+        api: Api,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Planned move of the active role (waits for the target to be in sync).
+    Switchover {
+        #[command(flatten)]
+        api: Api,
+        /// Target node (default: the best standby).
+        #[arg(long)]
+        to: Option<String>,
+        /// Only if this node is still the active one (refused otherwise: safe to retry).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only if the epoch is still this one (refused otherwise: safe to retry).
+        #[arg(long)]
+        epoch: Option<u64>,
+        /// How long to wait for the new active node ("0s": do not wait).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move the active role back to the preferred (highest-priority) node.
+    Failback {
+        #[command(flatten)]
+        api: Api,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a node into maintenance (never promoted; moved away from if active) or back.
+    Maintenance {
+        #[command(flatten)]
+        api: Api,
+        #[arg(value_parser = ["on", "off"])]
+        mode: String,
+        node: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a data node out of load balancing (front proxies send it no new connections;
+    /// existing ones finish), or back in with --off.
+    Drain {
+        #[command(flatten)]
+        api: Api,
+        node: String,
+        #[arg(long)]
+        off: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The event history: role changes, failovers with cause and timing, health, hooks.
+    Events {
+        #[command(flatten)]
+        api: Api,
+        /// Only events after this sequence number (e.g. 120), or newer than this age (e.g. 10m).
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many events (default 100, at most 2000).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=2000))]
+        limit: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a front proxy: one stable address for the active node, or load balancing over
+    /// every healthy data node (see README: Floating address).
+    Proxy {
+        /// A file with a `[proxy]` section (alone, or in a node's config).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Worker threads (default: one per core). 1 runs the proxy on one event loop, like
+        /// HAProxy's `nbthread 1`: fewer context switches when cores are shared.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+        threads: Option<u16>,
+    },
+    /// Show a front proxy's listeners, backends and counters.
+    ProxyStatus {
+        /// The proxy's control API (`[proxy] admin`), host:port.
+        #[arg(long, env = "STANDIN_PROXY", default_value = "127.0.0.1:7100")]
+        proxy: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Certificates for mutual TLS between nodes: a cluster CA and one certificate per member.
+    Certs {
+        #[command(subcommand)]
+        which: CertsCmd,
+    },
+    /// Start a local 3-node cluster (a, b, witness w) with a demo HTTP service.
+    Demo {
+        /// Where configs, data and logs go (default: a new temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Benchmarks (see README: Performance).
+    Bench {
+        #[command(subcommand)]
+        which: BenchCmd,
+    },
+    /// The proxy benchmark's backend: a fixed answer to every HTTP request.
+    #[command(hide = true)]
+    BenchBackend {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// The body of every answer.
+        #[arg(long, default_value = crate::bench::backend::BODY)]
+        answer: String,
+    },
+    /// The demo's built-in HTTP service (started by `standin demo`).
+    #[command(hide = true)]
+    DemoService {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        admin: std::net::SocketAddr,
+    },
+    /// Holds the virtual IP while the daemon says so (started by `standin node`; orders on
+    /// stdin: `hold <ms>`, `release`).
+    #[command(hide = true)]
+    VipKeeper {
+        #[arg(long)]
+        interface: String,
+        #[arg(long)]
+        vip: crate::address::vip::Vip,
+        #[arg(long, default_value_t = 3)]
+        garp_count: u32,
+        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+        garp_interval: Duration,
+        /// One more gratuitous ARP this often while holding; 0: never.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        garp_refresh: Duration,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// Store throughput and latency with redis-benchmark vs Redis (BENCHMARKS.md §3).
+    Store {
+        /// Requests per redis-benchmark run.
+        #[arg(long, default_value_t = 200_000)]
+        requests: u64,
+        /// Runs of each equal-durability row (standin and the Redis pair alternate); the
+        /// median is reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Only the equal-durability rows (standin vs the Redis pair with WAIT 1 0).
+        #[arg(long)]
+        durable_only: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What one durable write costs on this disk: raw fdatasync and a redb commit.
+    Disk {
+        /// Where to write (default: the temp dir); use the filesystem of your data-dir.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        /// Writes per series.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+        commits: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Failover interruption per fault kind (BENCHMARKS.md §1).
+    Failover {
+        /// Trials per fault.
+        #[arg(long, default_value_t = 20)]
+        trials: usize,
+        /// Faults to run (comma separated): node-killed, service-killed, node-frozen,
+        /// node-isolated, switchover.
+        #[arg(
+            long,
+            default_value = "node-killed,service-killed,node-frozen,node-isolated,switchover"
+        )]
+        faults: String,
+        /// Keep one core saturated by a busy process during the run.
+        #[arg(long)]
+        cpu_hog: bool,
+        /// Where the client sends its requests: `nodes` (every node's service), `proxy` (one
+        /// failover listener of `standin proxy` in front of the cluster: the floating address)
+        /// or `vip` (the virtual IP, in network namespaces, with keepalived beside it; root).
+        #[arg(long, default_value = "nodes", value_parser = ["nodes", "proxy", "vip"])]
+        via: String,
+        /// With `--via vip`: skip the keepalived rows.
+        #[arg(long)]
+        without_keepalived: bool,
+        /// standin's timings: `default` (heartbeat 100 ms, failure timeout 500 ms, lease 400 ms)
+        /// or `fast` (20 ms, 100 ms, 80 ms).
+        #[arg(long, default_value = "default", value_parser = ["default", "fast"])]
+        profile: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Floating-address proxy overhead with wrk: direct, HAProxy, standin's proxy (BENCHMARKS.md §4).
+    Proxy {
+        /// How long each wrk run lasts (whole seconds).
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Connections wrk keeps open (the same for every row).
+        #[arg(long, default_value_t = 50)]
+        connections: u32,
+        /// Runs per row (round-robin over the rows); the table shows each figure's median.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct Api {
+    /// A node's admin API: host:port, http://host:port or https://host:port.
+    #[arg(long, env = "STANDIN_API", default_value = "127.0.0.1:7400")]
+    pub api: String,
+    /// The admin API token (`[api] token`), sent as a bearer token.
+    #[arg(long, env = "STANDIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The CA certificate (PEM) that signed the admin API's certificate: the CLI then speaks
+    /// HTTPS (`[api] tls = true`), checking the certificate against it.
+    #[arg(long, env = "STANDIN_CA")]
+    pub ca: Option<PathBuf>,
+}
+
+impl Cmd {
+    /// Whether the command logs (through `tracing`, to stderr): the ones that run for a while,
+    /// the daemons, the demo and the benchmarks. The operator commands print their results and
+    /// errors themselves.
+    pub fn logs(&self) -> bool {
+        matches!(
+            self,
+            Cmd::Node { .. }
+                | Cmd::Proxy { .. }
+                | Cmd::Demo { .. }
+                | Cmd::Bench { .. }
+                | Cmd::BenchBackend { .. }
+                | Cmd::DemoService { .. }
+        )
+    }
+
+    /// The admin API an operator command talks to (`--api`, `--token`, `--ca`); `None` for
+    /// the other commands.
+    pub fn api(&self) -> Option<&Api> {
+        match self {
+            Cmd::Status { api, .. }
+            | Cmd::Switchover { api, .. }
+            | Cmd::Failback { api, .. }
+            | Cmd::Maintenance { api, .. }
+            | Cmd::Drain { api, .. }
+            | Cmd::Events { api, .. } => Some(api),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The dispatch of the `standin` binary: one runtime per process, shaped by the command, and
+//! one arm per command that calls into the library and turns its result into the exit code
+//! (sysexits: 64 for bad config or usage, 69 when a listener cannot bind or the API is
+//! unreachable; see [`super::exit`]). Errors go to stderr as `standin: …`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use tokio_util::sync::CancellationToken;
+
+use super::args::{Args, BenchCmd, CertsCmd, Cmd};
+use super::{client, exit, CliError};
+use crate::config::{Config, EXIT_CONFIG};
+
+/// Runs one parsed command line to its end and returns the process's exit code.
+pub fn main_with(args: Args) -> ExitCode {
+    // The VIP keeper is small and single-threaded, and the proxy benchmark's backend gets one
+    // thread like wrk and HAProxy beside it; everything else gets the worker pool.
+    let mut builder = match args.command {
+        Cmd::VipKeeper { .. } | Cmd::BenchBackend { .. } => tokio::runtime::Builder::new_current_thread(),
+        Cmd::Proxy { threads: Some(1), .. } => tokio::runtime::Builder::new_current_thread(),
+        Cmd::Proxy { threads: Some(n), .. } => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(usize::from(n));
+            b
+        }
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let rt = match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("standin: cannot start the runtime: {e}");
+            return code(70);
+        }
+    };
+    rt.block_on(dispatch(args.command))
+}
+
+/// Cancels the token on SIGTERM or SIGINT.
+fn shutdown_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        token.cancel();
+    });
+}
+
+/// A token cancelled by SIGTERM or SIGINT: what a command that runs until stopped waits on.
+fn until_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    shutdown_on_signals(token.clone());
+    token
+}
+
+fn code(c: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(c).unwrap_or(1))
+}
+
+fn cli_result(r: Result<(), CliError>) -> ExitCode {
+    match r {
+        Ok(()) => code(exit::OK),
+        Err(e) => {
+            eprintln!("standin: {e}");
+            code(e.code)
+        }
+    }
+}
+
+/// Exit 0, or print the error and exit 1: how a daemon, the demo or a benchmark ends.
+fn done(r: Result<(), impl std::fmt::Display>) -> ExitCode {
+    match r {
+        Ok(()) => code(exit::OK),
+        Err(e) => {
+            eprintln!("standin: {e}");
+            code(1)
+        }
+    }
+}
+
+/// [`done`] with the error in its alternate form (`{:#}`), as the demo and the benchmarks print it.
+fn done_alternate(r: Result<(), impl std::fmt::Display>) -> ExitCode {
+    match r {
+        Ok(()) => code(exit::OK),
+        Err(e) => {
+            eprintln!("standin: {e:#}");
+            code(1)
+        }
+    }
+}
+
+async fn dispatch(command: Cmd) -> ExitCode {
+    // Every operator command carries `--api`/`--token`; the token applies to all its requests.
+    let api = command.api();
+    client::set_token(api.and_then(|a| a.token.clone()));
+    if let Some(a) = api {
+        if let Some(w) =
+            crate::api::client::plaintext_token_warning(&a.api, a.token.is_some(), a.ca.is_some())
+        {
+            eprintln!("standin: warning: {w}");
+        }
+    }
+    if let Some(ca) = api.and_then(|a| a.ca.as_deref()) {
+        if let Err(e) = client::set_ca(ca) {
+            eprintln!("standin: {e}");
+            return code(e.code);
+        }
+    }
+    match command {
+        Cmd::Node { config } => node(&config).await,
+        Cmd::CheckConfig { file } => check_config(&file),
+        Cmd::Proxy { config, .. } => proxy(&config).await,
+        Cmd::ProxyStatus { proxy, json } => cli_result(client::proxy_status(&proxy, json).await),
+        Cmd::Status { api, json } => cli_result(client::status(&api.api, json).await),
+        Cmd::Switchover {
+            api,
+            to,
+            from,
+            epoch,
+            wait,
+            json,
+        } => {
+            let wait = (!wait.is_zero()).then_some(wait);
+            let expect = (from.as_deref(), epoch);
+            cli_result(client::switchover(&api.api, to.as_deref(), expect, false, wait, json).await)
+        }
+        Cmd::Failback { api, wait, json } => {
+            let wait = (!wait.is_zero()).then_some(wait);
+            cli_result(client::switchover(&api.api, None, (None, None), true, wait, json).await)
+        }
+        Cmd::Maintenance {
+            api,
+            mode,
+            node,
+            json,
+        } => cli_result(client::maintenance(&api.api, &node, mode == "on", json).await),
+        Cmd::Drain { api, node, off, json } => cli_result(client::drain(&api.api, &node, !off, json).await),
+        Cmd::Events {
+            api,
+            since,
+            limit,
+            json,
+        } => cli_result(client::events(&api.api, since.as_deref(), limit.map(|n| n as usize), json).await),
+        Cmd::Certs { which } => cli_result(match which {
+            CertsCmd::Init { dir, name, valid_for } => crate::certs::init(&dir, &name, valid_for),
+            CertsCmd::Issue {
+                id,
+                ca,
+                out,
+                san,
+                valid_for,
+            } => crate::certs::issue(&id, &ca, out.as_deref(), &san, valid_for),
+            CertsCmd::Show { file, json } => crate::certs::show(&file, json),
+        }),
+        Cmd::Demo { dir } => done_alternate(crate::demo::run(dir, until_signal()).await),
+        Cmd::Bench { which } => done_alternate(bench(which).await),
+        Cmd::BenchBackend { listen, answer } => {
+            match crate::bench::backend::run(listen, answer, until_signal()).await {
+                Ok(()) => code(exit::OK),
+                Err(e) => {
+                    eprintln!("standin: {listen}: {e}");
+                    code(1)
+                }
+            }
+        }
+        Cmd::DemoService { listen, node, admin } => {
+            done(crate::demo::service::run(listen, node, admin, until_signal()).await)
+        }
+        Cmd::VipKeeper {
+            interface,
+            vip,
+            garp_count,
+            garp_interval,
+            garp_refresh,
+        } => code(
+            crate::address::vip::keeper::run(crate::address::vip::KeeperArgs {
+                interface,
+                vip,
+                garp_count,
+                garp_interval,
+                garp_refresh,
+            })
+            .await,
+        ),
+    }
+}
+
+/// `standin node`: bad config exits 64 and a port that cannot be bound 69, both before the
+/// node starts; then it runs until SIGTERM/SIGINT (and its proxy beside it, if configured).
+async fn node(config: &Path) -> ExitCode {
+    // Store clients are clamped to the open file limit: raise it as far as allowed.
+    match crate::store::server::raise_file_limit() {
+        Ok((soft, hard)) => tracing::info!(soft, hard, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
+    let config = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("standin: {e}");
+            return code(EXIT_CONFIG);
+        }
+    };
+    let listeners = match crate::node::Listeners::bind(&config).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("standin: {e}");
+            return code(exit::UNAVAILABLE);
+        }
+    };
+    let proxy = match &config.proxy {
+        Some(p) => match crate::address::proxy::Bound::bind(p).await {
+            Ok(b) => Some((p.clone(), b)),
+            Err(e) => {
+                eprintln!("standin: {e}");
+                return code(exit::UNAVAILABLE);
+            }
+        },
+        None => None,
+    };
+    let token = until_signal();
+    if let Some((p, bound)) = proxy {
+        let token = token.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::address::proxy::run(p, bound, token).await {
+                tracing::error!(error = %e, "proxy failed");
+            }
+        });
+    }
+    crate::failstop::arm();
+    match crate::node::run(config, listeners, token).await {
+        Ok(()) => code(exit::OK),
+        Err(e) => {
+            tracing::error!(error = %e, "node failed");
+            eprintln!("standin: {e}");
+            code(e.exit_code())
+        }
+    }
+}
+
+/// `standin check-config FILE`.
+fn check_config(file: &Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(c) => {
+            println!(
+                "{}: ok (node {}, {} members)",
+                file.display(),
+                c.node.id,
+                c.members.len()
+            );
+            code(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("standin: {e}");
+            code(EXIT_CONFIG)
+        }
+    }
+}
+
+/// `standin proxy`: bad config exits 64, a listener that cannot be bound 69.
+async fn proxy(config: &Path) -> ExitCode {
+    let config = match crate::config::load_proxy(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("standin: {e}");
+            return code(EXIT_CONFIG);
+        }
+    };
+    let bound = match crate::address::proxy::Bound::bind(&config).await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("standin: {e}");
+            return code(exit::UNAVAILABLE);
+        }
+    };
+    done(crate::address::proxy::run(config, bound, until_signal()).await)
+}
+
+/// `standin bench …`.
+async fn bench(which: BenchCmd) -> Result<(), crate::lab::harness::HarnessError> {
+    use crate::bench::{self, FailoverOptions, Profile, Via};
+    match which {
+        BenchCmd::Store {
+            requests,
+            rounds,
+            durable_only,
+            json,
+        } => {
+            let opts = bench::store::StoreOptions {
+                requests,
+                rounds,
+                durable_only,
+                json,
+            };
+            bench::until_interrupted(bench::store::run(opts)).await
+        }
+        BenchCmd::Disk { dir, commits, json } => bench::disk::run(dir, commits as usize, json).await,
+        BenchCmd::Failover {
+            trials,
+            faults,
+            cpu_hog,
+            via,
+            without_keepalived,
+            profile,
+            json,
+        } => {
+            let (via, profile) = (Via::parse(&via)?, Profile::parse(&profile)?);
+            let options = FailoverOptions {
+                trials,
+                faults,
+                cpu_hog,
+                via,
+                keepalived: !without_keepalived,
+                profile,
+                json,
+            };
+            if via == Via::Vip {
+                // The VIP benchmark runs on a thread of its own that handles signals itself: it
+                // must finish deleting its namespaces before the process exits.
+                bench::failover(options).await
+            } else {
+                bench::until_interrupted(bench::failover(options)).await
+            }
+        }
+        BenchCmd::Proxy {
+            duration,
+            connections,
+            rounds,
+            json,
+        } => bench::until_interrupted(bench::proxy::run(duration, connections, rounds, json)).await,
+    }
+}
