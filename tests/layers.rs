@@ -342,6 +342,41 @@ fn cluster_does_not_import_the_store() {
     assert!(store.is_empty(), "cluster imports the store: {store:?}");
 }
 
+/// The surfaces (admin API, store server, events, floating address) take the narrow handles
+/// `node::run` gives them (`AdminContext`, `StoreContext`, `Cluster`, a role watch), never the
+/// whole `Node`, and never import the composition root.
+#[test]
+fn surfaces_do_not_take_the_whole_node() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut bad = Vec::new();
+    for (module, file) in modules(root) {
+        let part = module.first().map(String::as_str).unwrap_or("");
+        if !["api", "store", "events", "address"].contains(&part) {
+            continue;
+        }
+        let code = product_code(&std::fs::read_to_string(&file).expect("read source"));
+        let names_node = code.split(|c: char| !is_ident(c)).any(|word| word == "Node");
+        if names_node {
+            bad.push(format!("{} names Node", rel(root, &file)));
+        }
+    }
+    for (file, targets) in &import_graph(root) {
+        let from = rel(root, file);
+        if !["src/api/", "src/store/", "src/events/", "src/address/"]
+            .iter()
+            .any(|p| from.starts_with(p))
+        {
+            continue;
+        }
+        for to in targets.iter().map(|t| rel(root, t)) {
+            if to == "src/node/mod.rs" {
+                bad.push(format!("{from} -> {to}"));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "surfaces that take the whole node: {bad:?}");
+}
+
 /// The checker itself finds what it must: a circle through `super::` and a `use crate::{…}`
 /// group, none through a test module or a comment.
 #[test]

@@ -111,7 +111,19 @@ listen = "{store}"
         replicator,
         cancel.clone(),
     ));
-    tokio::spawn(standin::api::serve(admin_l, node, cancel.clone()));
+    let admin_ctx = Arc::new(standin::api::AdminContext {
+        config: config.clone(),
+        cluster: cluster.clone(),
+        tls: None,
+        metrics: node.metrics.clone(),
+        status: node.clone(),
+        local: node.local.subscribe(),
+        health: None,
+        supervisor: None,
+        handed_out: node.handed_out.clone(),
+        vip_held: node.vip_held.clone(),
+    });
+    tokio::spawn(standin::api::serve(admin_l, admin_ctx, cancel.clone()));
     OneNode {
         store,
         admin,

@@ -5,7 +5,6 @@
 //! node already knows (the replicated state and its counters, Raft progress, heartbeat paths,
 //! local checks, the lease), so they can never drift from `standin status`.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
@@ -14,12 +13,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::node::shared::Node;
-
 pub use crate::metrics::{l, Labels, NodeMetrics, StoreKind};
 
 /// The whole exposition: the node's live metrics, then the state read now.
-pub fn render(node: &Arc<Node>) -> Result<String, std::fmt::Error> {
+pub fn render(node: &super::AdminContext) -> Result<String, std::fmt::Error> {
     let mut out = String::new();
     node.metrics.encode(&mut out)?;
     encode_registry(&mut out, &state_registry(node))?;
@@ -48,10 +45,10 @@ fn fgauge_family(
 }
 
 /// Metrics read from the node's current knowledge, in a registry built for this scrape.
-fn state_registry(node: &Arc<Node>) -> Registry {
+fn state_registry(node: &super::AdminContext) -> Registry {
     use prometheus_client::registry::Unit;
     let mut reg = Registry::with_prefix("standin");
-    let status = crate::status::build::build_status(node);
+    let status = node.status.own_status();
     let info = node.cluster.info();
     let me = node.cluster.me().to_string();
 

@@ -25,12 +25,13 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::unix_ms;
 use crate::cluster::rpc::{Request, Response as RpcResponse};
 use crate::cluster::state::{Command, Event};
+use crate::cluster::Cluster;
 use crate::cluster::ClusterError;
+use crate::config::Config;
 use crate::config::NodeKind;
 use crate::failover::Cause;
-use crate::node::shared::Acting;
-use crate::node::shared::Node;
-use crate::status::build::{build_status, cluster_status};
+use crate::node::shared::{Acting, LocalRole};
+use crate::status::StatusSource;
 pub use crate::status::{CheckStatusJson, NodeStatus, Status, SwitchoverStatus};
 
 /// `GET /v1/lease`: what this node is doing, for the managed service.
@@ -47,6 +48,28 @@ pub struct LeaseStatus {
     /// The virtual IP this node holds right now (as its keeper last reported), if any.
     #[serde(default)]
     pub vip: Option<String>,
+}
+
+/// What the admin API takes from the node it runs in: narrow handles, not the whole node, so
+/// it can also be served in-process on port 0 against a one-node cluster in a test.
+pub struct AdminContext {
+    pub config: Arc<Config>,
+    pub cluster: Cluster,
+    /// The node's own TLS material (`None`: `[tls] insecure`), reused when `[api] tls` names
+    /// no certificate of its own.
+    pub tls: Option<Arc<crate::tls::Tls>>,
+    pub metrics: Arc<crate::metrics::NodeMetrics>,
+    /// The cluster's view (`/v1/status`) and this node's own (`/v1/watch`, `/metrics`).
+    pub status: Arc<dyn StatusSource>,
+    /// This node's role, epoch and lease, as the role loop publishes them.
+    pub local: tokio::sync::watch::Receiver<LocalRole>,
+    pub health: Option<crate::health::HealthHandle>,
+    pub supervisor: Option<crate::service::Supervisor>,
+    /// What `/v1/lease` last told the service (until when it may act, and its pid): the role
+    /// loop's release waits for it.
+    pub handed_out: crate::node::shared::HandedOut,
+    /// The virtual IP this node's keeper holds, if any.
+    pub vip_held: Arc<std::sync::Mutex<Option<crate::address::vip::Vip>>>,
 }
 
 /// Mutations, forwarded to the leader.
@@ -139,7 +162,7 @@ async fn dashboard_handler() -> axum::response::Html<&'static str> {
 ///
 /// With `[api] tls` it speaks HTTPS only; the certificate files are checked when the config
 /// loads, so failing to load them here (changed in between) is logged and nothing is served.
-pub async fn serve(listener: TcpListener, node: Arc<Node>, cancel: CancellationToken) {
+pub async fn serve(listener: TcpListener, node: Arc<AdminContext>, cancel: CancellationToken) {
     let cfg = &node.config.api;
     let limits = serve::Limits {
         header_read_timeout: cfg.header_read_timeout,
@@ -185,7 +208,7 @@ fn admin_guard(cfg: &crate::config::Config) -> guard::Guard {
 }
 
 /// The admin API's routes and middleware.
-fn router(node: Arc<Node>) -> Router {
+fn router(node: Arc<AdminContext>) -> Router {
     let watchers = Arc::new(tokio::sync::Semaphore::new(
         (node.config.api.max_connections / 2).max(1),
     ));
@@ -199,7 +222,7 @@ fn router(node: Arc<Node>) -> Router {
         .route("/v1/drain", post(drain_handler))
         .route(
             "/v1/watch",
-            get(move |State(node): State<Arc<Node>>| watch_handler(node, watchers.clone())),
+            get(move |State(node): State<Arc<AdminContext>>| watch_handler(node, watchers.clone())),
         )
         .route("/metrics", get(metrics_handler))
         .route("/", get(dashboard_handler))
@@ -212,8 +235,8 @@ fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-async fn status_handler(State(node): State<Arc<Node>>) -> Json<Status> {
-    Json(cluster_status(&node).await)
+async fn status_handler(State(node): State<Arc<AdminContext>>) -> Json<Status> {
+    Json(node.status.cluster_status().await)
 }
 
 /// Events per `/v1/events` answer unless `limit` says otherwise.
@@ -298,7 +321,7 @@ pub fn select_events<'a>(
     }
 }
 
-async fn events_handler(State(node): State<Arc<Node>>, uri: axum::http::Uri) -> Response {
+async fn events_handler(State(node): State<Arc<AdminContext>>, uri: axum::http::Uri) -> Response {
     let page = match parse_events_query(&uri, unix_ms()) {
         Ok(p) => p,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, e, false),
@@ -310,7 +333,7 @@ async fn events_handler(State(node): State<Arc<Node>>, uri: axum::http::Uri) -> 
     Json(events).into_response()
 }
 
-async fn lease_handler(State(node): State<Arc<Node>>) -> Json<LeaseStatus> {
+async fn lease_handler(State(node): State<Arc<AdminContext>>) -> Json<LeaseStatus> {
     let local = *node.local.borrow();
     let now = Instant::now();
     let (role, remaining) = match local.acting {
@@ -376,7 +399,7 @@ struct MaintenanceBody {
     on: bool,
 }
 
-async fn switchover_handler(State(node): State<Arc<Node>>, body: axum::body::Bytes) -> Response {
+async fn switchover_handler(State(node): State<Arc<AdminContext>>, body: axum::body::Bytes) -> Response {
     let b = match parse_switchover_body(&body) {
         Ok(b) => b,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, e, false),
@@ -392,11 +415,14 @@ async fn switchover_handler(State(node): State<Arc<Node>>, body: axum::body::Byt
     .await
 }
 
-async fn failback_handler(State(node): State<Arc<Node>>) -> Response {
+async fn failback_handler(State(node): State<Arc<AdminContext>>) -> Response {
     admin(&node, AdminAction::Failback).await
 }
 
-async fn maintenance_handler(State(node): State<Arc<Node>>, Json(b): Json<MaintenanceBody>) -> Response {
+async fn maintenance_handler(
+    State(node): State<Arc<AdminContext>>,
+    Json(b): Json<MaintenanceBody>,
+) -> Response {
     admin(
         &node,
         AdminAction::Maintenance {
@@ -407,7 +433,7 @@ async fn maintenance_handler(State(node): State<Arc<Node>>, Json(b): Json<Mainte
     .await
 }
 
-async fn drain_handler(State(node): State<Arc<Node>>, Json(b): Json<MaintenanceBody>) -> Response {
+async fn drain_handler(State(node): State<Arc<AdminContext>>, Json(b): Json<MaintenanceBody>) -> Response {
     admin(
         &node,
         AdminAction::Drain {
@@ -419,7 +445,7 @@ async fn drain_handler(State(node): State<Arc<Node>>, Json(b): Json<MaintenanceB
 }
 
 /// `GET /metrics`: Prometheus / OpenMetrics text.
-async fn metrics_handler(State(node): State<Arc<Node>>) -> Response {
+async fn metrics_handler(State(node): State<Arc<AdminContext>>) -> Response {
     match metrics::render(&node) {
         Ok(text) => (
             [(
@@ -446,7 +472,7 @@ const WATCH_MAX_GAP: Duration = Duration::from_secs(1);
 /// Streams keep their connection busy for as long as they run, so at most half of
 /// `[api] max-connections` may be open at once (more get a 503 to retry): the other half stays
 /// for operators' calls.
-async fn watch_handler(node: Arc<Node>, watchers: Arc<tokio::sync::Semaphore>) -> Response {
+async fn watch_handler(node: Arc<AdminContext>, watchers: Arc<tokio::sync::Semaphore>) -> Response {
     let Ok(permit) = watchers.try_acquire_owned() else {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -467,7 +493,7 @@ async fn watch_handler(node: Arc<Node>, watchers: Arc<tokio::sync::Semaphore>) -
                 }
                 applied.borrow_and_update();
             }
-            let status = build_status(&node);
+            let status = node.status.own_status();
             let data = serde_json::to_string(&status).unwrap_or_default();
             let event = axum::response::sse::Event::default().event("status").data(data);
             Some((
@@ -479,7 +505,7 @@ async fn watch_handler(node: Arc<Node>, watchers: Arc<tokio::sync::Semaphore>) -
     axum::response::sse::Sse::new(stream).into_response()
 }
 
-async fn admin(node: &Arc<Node>, action: AdminAction) -> Response {
+async fn admin(node: &Arc<AdminContext>, action: AdminAction) -> Response {
     // Bad requests are refused here, whichever node gets them.
     if let Err(e) = validate_admin(&node.config, &action) {
         return error_response(e.status(), e.to_string(), false);
@@ -505,11 +531,11 @@ async fn admin(node: &Arc<Node>, action: AdminAction) -> Response {
 }
 
 /// Runs an admin action on the leader (here, or forwarded).
-async fn forward_admin(node: &Arc<Node>, body: &str) -> Result<AdminReply, AdminError> {
+async fn forward_admin(node: &Arc<AdminContext>, body: &str) -> Result<AdminReply, AdminError> {
     let info = node.cluster.info();
     let leader = info.leader.ok_or(ClusterError::NotLeader { leader: None })?;
     let json = if leader == node.cluster.me() {
-        apply_admin(node, body).await?
+        apply_admin(&node.config, &node.cluster, body).await?
     } else {
         match node
             .cluster
@@ -572,11 +598,11 @@ fn validate_admin(cfg: &crate::config::Config, action: &AdminAction) -> Result<(
 }
 
 /// Leader side of an admin action: validate, commit, answer JSON of [`AdminReply`].
-pub async fn apply_admin(node: &Arc<Node>, body: &str) -> Result<String, AdminError> {
+pub async fn apply_admin(config: &Config, cluster: &Cluster, body: &str) -> Result<String, AdminError> {
     let action: AdminAction =
         serde_json::from_str(body).map_err(|e| AdminError::Invalid(format!("bad admin request: {e}")))?;
-    validate_admin(&node.config, &action)?;
-    let (active, epoch) = node.cluster.sm.read(|d| (d.state.active.clone(), d.state.epoch));
+    validate_admin(config, &action)?;
+    let (active, epoch) = cluster.sm.read(|d| (d.state.active.clone(), d.state.epoch));
     let at = unix_ms();
     let (cmd, message) = match action {
         AdminAction::Switchover {
@@ -646,10 +672,10 @@ pub async fn apply_admin(node: &Arc<Node>, body: &str) -> Result<String, AdminEr
         }
     };
     let conditional = matches!(cmd, Command::SwitchoverIf { .. });
-    let r = node.cluster.write_local(cmd).await?;
+    let r = cluster.write_local(cmd).await?;
     if !r.ok {
         if conditional && r.message.starts_with("precondition failed") {
-            let (active, epoch) = node.cluster.sm.read(|d| (d.state.active.clone(), d.state.epoch));
+            let (active, epoch) = cluster.sm.read(|d| (d.state.active.clone(), d.state.epoch));
             return precondition_failed(active, epoch);
         }
         return Err(AdminError::Refused(r.message));

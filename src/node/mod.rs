@@ -243,7 +243,19 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     transport.spawn_heartbeats(peer_token.clone());
     tracker.spawn(watch_raft(cluster.clone(), tasks.clone()));
 
-    tracker.spawn(crate::api::serve(listeners.admin, node.clone(), tasks.clone()));
+    let admin = Arc::new(crate::api::AdminContext {
+        config: config.clone(),
+        cluster: cluster.clone(),
+        tls: node.tls.clone(),
+        metrics: node.metrics.clone(),
+        status: node.clone(),
+        local: node.local.subscribe(),
+        health: node.health.clone(),
+        supervisor: node.supervisor.clone(),
+        handed_out: node.handed_out.clone(),
+        vip_held: node.vip_held.clone(),
+    });
+    tracker.spawn(crate::api::serve(listeners.admin, admin, tasks.clone()));
     if let (Some(l), Some(cfg)) = (listeners.store, config.store.clone()) {
         let ctx = crate::store::server::StoreContext {
             config: config.clone(),
@@ -429,7 +441,7 @@ async fn handle_peer(node: &Arc<Node>, from: String, req: Request) -> Response {
                 retry: true,
             },
         },
-        Request::Admin(body) => match crate::api::apply_admin(node, &body).await {
+        Request::Admin(body) => match crate::api::apply_admin(&node.config, &node.cluster, &body).await {
             Ok(s) => Response::Json(s),
             Err(e) => Response::Error {
                 message: e.to_string(),

@@ -52,6 +52,10 @@ pub struct Lease {
 }
 
 /// Everything the node's tasks share.
+/// What `/v1/lease` last told the managed service: until when it may act, and the pid it was
+/// told (the role loop's release waits until the service heard "standby" or that time passed).
+pub type HandedOut = Arc<Mutex<Option<(Instant, Option<u32>)>>>;
+
 pub struct Node {
     pub config: Arc<Config>,
     pub cluster: Cluster,
@@ -67,7 +71,7 @@ pub struct Node {
     pub local: watch::Sender<LocalRole>,
     /// The latest lease end told to the service through `/v1/lease`, until the service has
     /// been told "standby" again. A release waits for this (see `role::wait_service_stood_down`).
-    pub handed_out: Mutex<Option<(Instant, Option<u32>)>>,
+    pub handed_out: HandedOut,
     /// The lease this node holds, if any (holder side).
     pub lease: watch::Sender<Option<Lease>>,
     pub coordinator: Mutex<CoordinatorStatus>,
@@ -104,7 +108,7 @@ impl Node {
             origin: Instant::now(),
             grants: Mutex::new(HashMap::new()),
             appends: Mutex::new(HashMap::new()),
-            handed_out: Mutex::new(None),
+            handed_out: Arc::new(Mutex::new(None)),
             local: watch::channel(LocalRole::default()).0,
             lease: watch::channel(None).0,
             coordinator: Mutex::new(CoordinatorStatus::default()),
