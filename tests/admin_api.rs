@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use hyper::Method;
 use standin::api::client::{request, Reply};
-use standin::api::Status;
 use standin::cluster::state::{Event, EventKind};
 use standin::lab::harness::{LocalCluster, Spec};
+use standin::status::Status;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

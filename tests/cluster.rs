@@ -9,10 +9,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use standin::api::Status;
 use standin::cluster::state::{Event, EventKind};
 use standin::lab::harness::{LocalCluster, Spec};
 use standin::lab::probe::Prober;
+use standin::status::Status;
 
 mod common;
 use common::binary;

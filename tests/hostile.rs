@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use openraft::raft::VoteRequest;
 use openraft::Vote;
-use standin::api::Status;
 use standin::cluster::rpc::{Frame, Request, Response};
 use standin::cluster::state::Command;
 use standin::config::raft_id;
 use standin::lab::harness::{LocalCluster, Spec};
+use standin::status::Status;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -14,8 +14,8 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use standin::address::proxy::status::{ListenerStatus, ProxyStatus};
 use standin::api::client::request;
-use standin::api::Status;
 use standin::lab::harness::{parse_active, LocalCluster, Spec};
+use standin::status::Status;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 

@@ -96,13 +96,7 @@ listen = "{store}"
         maxmemory,
         cancel.clone(),
     );
-    let ctx = standin::store::server::StoreContext {
-        config: config.clone(),
-        cluster: cluster.clone(),
-        metrics: node.metrics.clone(),
-        tls: None,
-        status: node.clone(),
-    };
+    let ctx = standin::node::store_context(&node);
     let store_cfg = config.store.clone().expect("[store]");
     tokio::spawn(standin::store::server::serve(
         store_l,
@@ -111,18 +105,7 @@ listen = "{store}"
         replicator,
         cancel.clone(),
     ));
-    let admin_ctx = Arc::new(standin::api::AdminContext {
-        config: config.clone(),
-        cluster: cluster.clone(),
-        tls: None,
-        metrics: node.metrics.clone(),
-        status: node.clone(),
-        local: node.local.subscribe(),
-        health: None,
-        supervisor: None,
-        handed_out: node.handed_out.clone(),
-        vip_held: node.vip_held.clone(),
-    });
+    let admin_ctx = Arc::new(standin::node::admin_context(&node));
     tokio::spawn(standin::api::serve(admin_l, admin_ctx, cancel.clone()));
     OneNode {
         store,

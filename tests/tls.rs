@@ -42,8 +42,8 @@ fn mutations(from: &str) -> Vec<u8> {
         .iter()
         .map(|s| Bytes::from(s.as_bytes().to_vec()))
         .collect();
-    let op = match standin::store::cmd::parse(&set).expect("SET parses") {
-        standin::store::cmd::Parsed::Data(op) => op,
+    let op = match standin::kv::parse(&set).expect("SET parses") {
+        standin::kv::cmd::Parsed::Data(op) => op,
         _ => panic!("SET is an op"),
     };
     let mut out = frame(1, from, Request::Admin(drain));
@@ -52,7 +52,7 @@ fn mutations(from: &str) -> Vec<u8> {
         from,
         Request::StoreWrite {
             ops: vec![op],
-            kind: standin::store::replicate::GroupKind::Pipeline,
+            kind: standin::kv::GroupKind::Pipeline,
         },
     ));
     out
@@ -339,7 +339,7 @@ async fn certificates_rotate_under_load_without_a_failover() {
     for (id, days) in [("a", 20), ("b", 10), ("w", 20)] {
         want.insert(id.to_string(), rotate(id, days));
     }
-    let shows = |s: &standin::api::Status, want: &std::collections::BTreeMap<String, i64>| {
+    let shows = |s: &standin::status::Status, want: &std::collections::BTreeMap<String, i64>| {
         s.nodes
             .iter()
             .all(|n| n.cert_not_after_unix == want.get(&n.id).copied())

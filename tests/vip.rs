@@ -200,7 +200,7 @@ fn wait_served_by(want: &str, timeout: Duration) -> Duration {
     panic!("{want} did not answer at the VIP within {timeout:?}; last answer: {last:?}");
 }
 
-fn status_from(addr: &str) -> Option<standin::api::Status> {
+fn status_from(addr: &str) -> Option<standin::status::Status> {
     let (code, body) = http_get(
         format!("{addr}:{ADMIN_PORT}").parse().ok()?,
         "/v1/status",

@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use standin::cluster::TypeConfig;
-use standin::store::reply::Reply;
+use standin::kv::reply::Reply;
 
 fuzz_target!(|data: &[u8]| {
     let _ = postcard::from_bytes::<openraft::Entry<TypeConfig>>(data);

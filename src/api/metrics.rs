@@ -13,7 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-pub use crate::metrics::{l, Labels, NodeMetrics, StoreKind};
+use crate::metrics::{l, Labels};
 
 /// The whole exposition: the node's live metrics, then the state read now.
 pub fn render(node: &super::AdminContext) -> Result<String, std::fmt::Error> {

@@ -31,8 +31,8 @@ use crate::config::Config;
 use crate::config::NodeKind;
 use crate::failover::Cause;
 use crate::node::shared::{Acting, LocalRole};
+use crate::status::Status;
 use crate::status::StatusSource;
-pub use crate::status::{CheckStatusJson, NodeStatus, Status, SwitchoverStatus};
 
 /// `GET /v1/lease`: what this node is doing, for the managed service.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -555,12 +555,21 @@ async fn forward_admin(node: &Arc<AdminContext>, body: &str) -> Result<AdminRepl
                 })
             }
             Ok(other) => return Err(AdminError::Refused(format!("unexpected reply {other:?}"))),
-            Err(e) => {
+            // Never sent: safe to retry.
+            Err(
+                e @ (crate::cluster::transport::TransportError::Unreachable { .. }
+                | crate::cluster::transport::TransportError::UnknownPeer(_)
+                | crate::cluster::transport::TransportError::Encode(_)
+                | crate::cluster::transport::TransportError::TooLarge { .. }),
+            ) => {
                 return Err(AdminError::Cluster(ClusterError::LeaderUnreachable {
                     leader,
                     reason: e.to_string(),
                 }))
             }
+            // Sent, and the answer was lost: the action may have been committed. Not retried
+            // (a retried switchover could move the role twice).
+            Err(e) => return Err(AdminError::Cluster(ClusterError::OutcomeUnknown(e.to_string()))),
         }
     };
     serde_json::from_str(&json).map_err(|e| AdminError::Refused(format!("bad reply from leader: {e}")))

@@ -599,37 +599,7 @@ mod tests {
     use super::Profile;
     use crate::config::Config;
 
-    /// A valid two-data-node cluster with a witness, at default timings.
-    const MINIMAL: &str = r#"
-[tls]
-insecure = true
-
-[node]
-id = "a"
-data-dir = "/tmp/a"
-
-[[member]]
-id = "a"
-kind = "data"
-addresses = ["127.0.0.1:7101"]
-admin = "127.0.0.1:7181"
-
-[[member]]
-id = "b"
-kind = "data"
-addresses = ["127.0.0.1:7102"]
-admin = "127.0.0.1:7182"
-
-[[member]]
-id = "w"
-kind = "witness"
-addresses = ["127.0.0.1:7103"]
-admin = "127.0.0.1:7183"
-
-[service]
-command = "sleep"
-args = ["1000"]
-"#;
+    use crate::config::tests::MINIMAL;
 
     /// What `standin bench failover --profile` writes into every node's config is valid and
     /// says what the profile's name says; the default profile writes nothing.

@@ -9,8 +9,9 @@ use hyper::Method;
 
 use super::{exit, CliError};
 use crate::api::client::ClientError;
-use crate::api::{AdminReply, NodeStatus, Status};
+use crate::api::AdminReply;
 use crate::cluster::state::Event;
+use crate::status::{NodeStatus, Status};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -381,6 +381,8 @@ pub struct Cluster {
     log: LogStore,
     /// openraft's minimum election timeout: "a leader is alive" while heard within it.
     election_timeout: Duration,
+    /// How often the pre-vote gate looks ([`crate::config::Timing::prevote_tick`]).
+    prevote_tick: Duration,
     names: Arc<BTreeMap<NodeId, String>>,
     me: String,
 }
@@ -476,6 +478,7 @@ impl Cluster {
             contact: Arc::default(),
             log: log_reader,
             election_timeout: Duration::from_millis(election_min),
+            prevote_tick: config.timing.prevote_tick(),
             names,
             me: me.id.clone(),
         };
@@ -627,11 +630,17 @@ impl Cluster {
 
     /// Confirms with a quorum round that this node is still the leader (read barrier).
     pub async fn confirm_leadership(&self) -> Result<(), ClusterError> {
-        self.raft
-            .ensure_linearizable()
-            .await
-            .map(|_| ())
-            .map_err(|e| ClusterError::Raft(e.to_string()))
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            // Deposed, or a quorum did not answer in time: another node may lead.
+            Err(e) if e.forward_to_leader().is_some() => Err(ClusterError::NotLeader {
+                leader: e
+                    .forward_to_leader()
+                    .and_then(|f| f.leader_id)
+                    .and_then(|id| self.name_of(id)),
+            }),
+            Err(e) => Err(ClusterError::Raft(e.to_string())),
+        }
     }
 
     /// Whether a Raft RPC carrying `vote` may reach openraft: it must name a member as its

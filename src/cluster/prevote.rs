@@ -100,7 +100,7 @@ impl Cluster {
     /// Keeps openraft's elections switched on only while a pre-vote round would win. Runs on
     /// data nodes (a witness never campaigns) until `cancel` fires.
     pub async fn run_prevote_gate(self, cancel: CancellationToken) {
-        let tick = (self.election_timeout / 2).max(Duration::from_millis(5));
+        let tick = self.prevote_tick;
         let mut enabled = false;
         self.raft.runtime_config().elect(false);
         loop {

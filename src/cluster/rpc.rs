@@ -30,7 +30,7 @@ pub enum Request {
     Write(Command),
     /// "Campaign now": moves Raft leadership to the receiver (openraft 0.9 has no transfer).
     Elect,
-    /// The leader's live view of the cluster (JSON of `api::Status`).
+    /// The leader's live view of the cluster (JSON of `status::Status`).
     Status,
     /// An admin action forwarded to the leader (JSON of `api::AdminAction`).
     Admin(String),

@@ -782,6 +782,25 @@ impl Timing {
         (self.heartbeat_interval / 2).max(Duration::from_millis(5))
     }
 
+    /// How often the pre-vote gate decides whether openraft may campaign: twice per minimum
+    /// election timeout (at least 5 ms), so a follower that lost its leader campaigns within
+    /// half an election timeout of being allowed to.
+    pub fn prevote_tick(&self) -> Duration {
+        Duration::from_millis(self.raft_ms().1 / 2).max(Duration::from_millis(5))
+    }
+
+    /// How long a requested switchover may stay pending before it is dropped: the promotion's
+    /// own timeout plus 30 s, as long as the CLI waits for it by default, plus a margin.
+    pub fn switchover_timeout(&self) -> Duration {
+        self.promote_timeout.saturating_add(Duration::from_secs(30))
+    }
+
+    /// How often the path watcher looks at every path: each heartbeat, at most 20 times a
+    /// second (a path's state only changes on heartbeats; alarms need no finer grain).
+    pub fn path_watch_tick(&self) -> Duration {
+        self.heartbeat_interval.max(Duration::from_millis(50))
+    }
+
     /// openraft's timings in milliseconds: (heartbeat, election timeout min, max). Raft's own
     /// heartbeat is twice as frequent as ours (leadership is what lease renewals depend on, so
     /// it must survive a lost packet or two); openraft adds `election_timeout_max` (its leader
@@ -1608,7 +1627,7 @@ pub fn raft_id(name: &str) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A complete 3-node cluster as seen from data node `a`: two data nodes and a witness,
@@ -1702,8 +1721,9 @@ garp-interval = "50ms"
 insecure-open = true
 "#;
 
-    /// The smallest valid config: only the required keys, every section with defaults omitted.
-    const MINIMAL: &str = r#"
+    /// The smallest valid config: only the required keys, every section with defaults omitted
+    /// (the benchmark profiles' test builds on it too).
+    pub(crate) const MINIMAL: &str = r#"
 [tls]
 insecure = true
 
@@ -2872,6 +2892,9 @@ token = \"0123456789abcdef\"\n"
         };
         assert_eq!((short.lease_margin(), short.lease_held_for()), (ms(20), ms(60)));
         assert_eq!(t.coordinator_tick(), ms(50));
+        assert_eq!(t.prevote_tick(), ms(50));
+        assert_eq!(t.switchover_timeout(), Duration::from_secs(40));
+        assert_eq!(t.path_watch_tick(), ms(100));
         assert_eq!(t.ping_timeout(), ms(250));
         assert_eq!(t.silence_allowed(Duration::from_secs(5)), Duration::from_secs(5));
         // openraft: heartbeat 50 ms, election timeout 100-150 ms (README: How failover works).

@@ -25,7 +25,7 @@ pub async fn run(cluster: Cluster, config: Arc<Config>, cancel: CancellationToke
     let started = Instant::now();
     // Paths need a moment to connect: "down" is only reported after that.
     let grace = config.timing.settle_grace();
-    let mut tick = tokio::time::interval(config.timing.heartbeat_interval.max(Duration::from_millis(50)));
+    let mut tick = tokio::time::interval(config.timing.path_watch_tick());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -19,8 +19,9 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
 use crate::api::client::request;
-use crate::api::{LeaseStatus, Status};
+use crate::api::LeaseStatus;
 use crate::lab::relay::Relay;
+use crate::status::Status;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

@@ -316,8 +316,7 @@ fn build_view(
         hold_down: millis(cfg.failback.hold_down),
         bootstrap_until: leader_since.saturating_add(millis(t.bootstrap_wait())),
         grant_bound: st.grant_bound.as_ref().map(|(_, t)| node.to_ms(*t)),
-        // As long as the CLI waits by default, plus a margin.
-        switchover_timeout: millis(t.promote_timeout).saturating_add(30_000),
+        switchover_timeout: millis(t.switchover_timeout()),
     }
 }
 

@@ -30,10 +30,10 @@ use crate::config::{Config, NodeKind};
 use crate::failstop;
 use crate::health::{self};
 use crate::service::{self};
+use crate::store::replicate::Replicator;
 
 pub mod shared;
 
-pub use crate::version::VERSION;
 pub use shared::{Acting, CoordinatorStatus, LocalRole, Node};
 
 /// Errors that stop a node from starting.
@@ -220,14 +220,15 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         maxmemory,
         tasks.clone(),
     );
-    let _ = node.store.set(replicator.clone());
 
     // Peer connections.
     let handler: transport::Handler = {
         let node = node.clone();
+        let store = replicator.clone();
         Arc::new(move |from, req| {
             let node = node.clone();
-            async move { handle_peer(&node, from, req).await }.boxed()
+            let store = store.clone();
+            async move { handle_peer(&node, &store, from, req).await }.boxed()
         })
     };
     // Peers are served on their own token: on fail-stop they stop hearing us first.
@@ -243,30 +244,15 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     transport.spawn_heartbeats(peer_token.clone());
     tracker.spawn(watch_raft(cluster.clone(), tasks.clone()));
 
-    let admin = Arc::new(crate::api::AdminContext {
-        config: config.clone(),
-        cluster: cluster.clone(),
-        tls: node.tls.clone(),
-        metrics: node.metrics.clone(),
-        status: node.clone(),
-        local: node.local.subscribe(),
-        health: node.health.clone(),
-        supervisor: node.supervisor.clone(),
-        handed_out: node.handed_out.clone(),
-        vip_held: node.vip_held.clone(),
-    });
-    tracker.spawn(crate::api::serve(listeners.admin, admin, tasks.clone()));
+    tracker.spawn(crate::api::serve(
+        listeners.admin,
+        Arc::new(admin_context(&node)),
+        tasks.clone(),
+    ));
     if let (Some(l), Some(cfg)) = (listeners.store, config.store.clone()) {
-        let ctx = crate::store::server::StoreContext {
-            config: config.clone(),
-            cluster: cluster.clone(),
-            metrics: node.metrics.clone(),
-            tls: node.tls.clone(),
-            status: node.clone(),
-        };
         tracker.spawn(crate::store::server::serve(
             l,
-            ctx,
+            store_context(&node),
             cfg,
             replicator,
             tasks.clone(),
@@ -400,8 +386,37 @@ async fn watch_raft(cluster: Cluster, cancel: CancellationToken) {
     }
 }
 
-/// Answers one request from a peer.
-async fn handle_peer(node: &Arc<Node>, from: String, req: Request) -> Response {
+/// The admin API's handles on `node`: what `node::run` serves it with (and an in-process
+/// test too, so both wire it the same way).
+pub fn admin_context(node: &Arc<Node>) -> crate::api::AdminContext {
+    crate::api::AdminContext {
+        config: node.config.clone(),
+        cluster: node.cluster.clone(),
+        tls: node.tls.clone(),
+        metrics: node.metrics.clone(),
+        status: node.clone(),
+        local: node.local.subscribe(),
+        health: node.health.clone(),
+        supervisor: node.supervisor.clone(),
+        handed_out: node.handed_out.clone(),
+        vip_held: node.vip_held.clone(),
+    }
+}
+
+/// The store server's handles on `node`.
+pub fn store_context(node: &Arc<Node>) -> crate::store::server::StoreContext {
+    crate::store::server::StoreContext {
+        config: node.config.clone(),
+        cluster: node.cluster.clone(),
+        metrics: node.metrics.clone(),
+        tls: node.tls.clone(),
+        status: node.clone(),
+    }
+}
+
+/// Answers one request from a peer; `store` serves the store writes and reads other nodes
+/// forward to this one while it leads (a witness may lead for a while, so every node has one).
+async fn handle_peer(node: &Arc<Node>, store: &Replicator, from: String, req: Request) -> Response {
     if let Request::AppendEntries(_) = &req {
         // Recorded before the request is handled, so the instant precedes our answer.
         node.appends
@@ -423,14 +438,8 @@ async fn handle_peer(node: &Arc<Node>, from: String, req: Request) -> Response {
             )))
         }
         Request::Lease { node: who, epoch } => Response::Lease(lease::grant(node, &who, epoch).await),
-        Request::StoreWrite { ops, kind } => match node.store.get() {
-            Some(r) => Response::Store(r.write_local(ops, kind, None).await),
-            None => Response::Store(Err(crate::store::replicate::StoreError::NoLeader)),
-        },
-        Request::StoreRead { ops } => match node.store.get() {
-            Some(r) => Response::Store(r.read_local(ops).await),
-            None => Response::Store(Err(crate::store::replicate::StoreError::NoLeader)),
-        },
+        Request::StoreWrite { ops, kind } => Response::Store(store.write_local(ops, kind, None).await),
+        Request::StoreRead { ops } => Response::Store(store.read_local(ops).await),
         Request::LeaseBound { leader, node: who } => {
             Response::LeaseBound(lease::bound_ms_ago(node, &leader, &who))
         }

@@ -1,7 +1,7 @@
 //! The state every task of a node shares: the [`Node`] the composition root (`node::run`)
 //! builds once, and the small types it holds (the local role, the lease, the coordinator's
 //! conclusion). It imports only what lies below it (cluster, config, service, health, the
-//! live metrics, the VIP's type); the API, the store server, events and the role loops read
+//! live metrics, the VIP's value type); the API, the store server, events and the role loops read
 //! it, and nothing here reaches up to them.
 
 use std::collections::HashMap;
@@ -51,11 +51,11 @@ pub struct Lease {
     pub until: Instant,
 }
 
-/// Everything the node's tasks share.
 /// What `/v1/lease` last told the managed service: until when it may act, and the pid it was
 /// told (the role loop's release waits until the service heard "standby" or that time passed).
 pub type HandedOut = Arc<Mutex<Option<(Instant, Option<u32>)>>>;
 
+/// Everything the node's tasks share.
 pub struct Node {
     pub config: Arc<Config>,
     pub cluster: Cluster,
@@ -65,7 +65,7 @@ pub struct Node {
     /// plus the lease).
     pub grants: Mutex<HashMap<String, Instant>>,
     /// When each node last sent us Raft AppendEntries (as leader): the confirmation rounds
-    /// this node took part in, for [`lease::bound_ms_ago`].
+    /// this node took part in, for `node::lease::bound_ms_ago`.
     pub appends: Mutex<HashMap<String, Instant>>,
     /// This node's acting role, for the service (`/v1/lease`) and status.
     pub local: watch::Sender<LocalRole>,
@@ -78,8 +78,6 @@ pub struct Node {
     pub health: Option<HealthHandle>,
     pub supervisor: Option<Supervisor>,
     pub hooks: HookRunner,
-    /// Leader-side store queues (every node: a witness may lead for a while).
-    pub store: std::sync::OnceLock<crate::store::replicate::Replicator>,
     /// This node's Prometheus registry (live metrics; the rest is read at scrape time).
     pub metrics: Arc<crate::metrics::NodeMetrics>,
     /// The virtual IP while this node's keeper reports it on the interface.
@@ -114,7 +112,6 @@ impl Node {
             coordinator: Mutex::new(CoordinatorStatus::default()),
             health,
             supervisor,
-            store: std::sync::OnceLock::new(),
             metrics: Arc::new(crate::metrics::NodeMetrics::new()),
             vip_held: Arc::new(Mutex::new(None)),
             vip_unreleased: Arc::new(std::sync::atomic::AtomicBool::new(false)),

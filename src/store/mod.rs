@@ -6,19 +6,12 @@
 //! - [`server`] is the per-connection protocol handling.
 //!
 //! The ops, the key space and the replies live in [`crate::kv`] (below `cluster/`, which
-//! carries and applies them); they are re-exported here under their old paths.
+//! carries and applies them).
 
 pub mod replicate;
 pub mod resp;
 pub mod server;
 
-pub use crate::kv::{apply_group, db, encoded_len, glob, reply};
-
-/// The ops and their parsing, under their old path.
-pub mod cmd {
-    pub use crate::kv::cmd::*;
-    pub use crate::kv::parse;
-}
 pub use crate::sizes::{DEFAULT_MAX_REQUEST_SIZE, MAX_ENTRY_BYTES, MAX_REQUEST_SIZE};
 
 /// Groups are joined into one log entry only up to this many bytes of ops (a single larger

@@ -25,7 +25,7 @@ use crate::cluster::state::Command;
 use crate::cluster::{Cluster, ClusterError};
 use crate::kv::cmd::Op;
 use crate::kv::reply::Reply;
-pub use crate::kv::{GroupKind, StoreError};
+use crate::kv::{GroupKind, StoreError};
 use crate::metrics::NodeMetrics;
 
 /// Most groups in one log entry.

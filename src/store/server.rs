@@ -36,6 +36,7 @@ use super::MAX_ENTRY_BYTES;
 use crate::cluster::Cluster;
 use crate::config::{Config, StoreConfig};
 use crate::kv::cmd::{Op, Parsed};
+use crate::kv::num::parse_i64;
 use crate::kv::reply::Reply;
 use crate::kv::{encoded_len, GroupKind, StoreError};
 use crate::metrics::NodeMetrics;
@@ -873,11 +874,11 @@ async fn classify<R: AsyncRead + Unpin>(
             _ => Item::Reply(arity("echo")),
         },
         "quit" => Item::Close(Reply::Ok),
-        "select" => match args.get(1).map(|a| lower(a)) {
-            Some(db) if args.len() == 2 => match db.parse::<i64>() {
-                Ok(0) => Item::Reply(Reply::Ok),
-                Ok(_) => Item::Reply(err("ERR DB index is out of range")),
-                Err(_) => Item::Reply(err("ERR value is not an integer or out of range")),
+        "select" => match args.get(1) {
+            Some(db) if args.len() == 2 => match parse_i64(db) {
+                Some(0) => Item::Reply(Reply::Ok),
+                Some(_) => Item::Reply(err("ERR DB index is out of range")),
+                None => Item::Reply(err("ERR value is not an integer or out of range")),
             },
             _ => Item::Reply(arity("select")),
         },
@@ -984,8 +985,8 @@ async fn hello(shared: &Shared, conn: &mut Conn, args: &[Bytes], codec: &mut Res
     let mut i = 1;
     let mut proto = None;
     if let Some(v) = args.get(1) {
-        match lower(v).parse::<u8>() {
-            Ok(p @ (2 | 3)) => proto = Some(p),
+        match parse_i64(v) {
+            Some(p @ (2 | 3)) => proto = Some(p as u8),
             _ => return Item::Reply(err("NOPROTO unsupported protocol version")),
         }
         i = 2;
@@ -1080,7 +1081,7 @@ async fn wait<R: AsyncRead + Unpin>(
     if args.len() != 3 {
         return Item::Reply(arity("wait"));
     }
-    let (Ok(n), Ok(timeout)) = (lower(&args[1]).parse::<i64>(), lower(&args[2]).parse::<i64>()) else {
+    let (Some(n), Some(timeout)) = (parse_i64(&args[1]), parse_i64(&args[2])) else {
         return Item::Reply(err("ERR value is not an integer or out of range"));
     };
     if timeout < 0 {

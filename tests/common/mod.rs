@@ -164,7 +164,10 @@ pub async fn read_answer(
 
 /// `GET /v1/status` from the admin API at `api` with `access` (token, CA for HTTPS), or `None`
 /// if it cannot be had within 2 s.
-pub async fn status_with(api: &str, access: &standin::api::client::Access) -> Option<standin::api::Status> {
+pub async fn status_with(
+    api: &str,
+    access: &standin::api::client::Access,
+) -> Option<standin::status::Status> {
     let r = standin::api::client::request_with(
         api,
         hyper::Method::GET,

@@ -100,7 +100,7 @@ fn render_metrics(st: &super::status::ProxyStatus) -> Result<String, std::fmt::E
             mut enc: prometheus_client::encoding::DescriptorEncoder<'_>,
         ) -> Result<(), std::fmt::Error> {
             let st = &self.0;
-            use crate::api::metrics::l;
+            use crate::metrics::l;
             let mut m = enc.encode_descriptor(
                 "cluster_connected",
                 "1 while a cluster view is being received",

@@ -32,7 +32,7 @@ pub struct Driver {
     /// This node's acting role, published by the role loop.
     pub local: watch::Receiver<LocalRole>,
     pub heartbeat: Duration,
-    /// The lease margin (`node::lease::margin`), taken off every hold.
+    /// The lease margin (`Timing::lease_margin`), taken off every hold.
     pub margin: Duration,
     /// The VIP while the keeper reports it on the interface (for `/v1/lease`).
     pub held: Arc<Mutex<Option<Vip>>>,

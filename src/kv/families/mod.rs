@@ -1,8 +1,9 @@
 //! The Redis command families, as Redis groups them (`string`, `hash`, `list`, `set`, the
 //! `generic` key commands, expiry, and the key-space part of `server`). Each family file
 //! holds its commands' parsing and their application to the key space, so adding a command
-//! means touching one family file (and its tests): a `parse` arm, a `read` or `write` arm,
-//! and the [`Op`] variant (appended last: the encoding of ops is on disk and on the wire).
+//! means touching one family file (and its tests): a `parse` arm, a `read` or `write` arm;
+//! plus, in `kv/cmd.rs`, the [`Op`] variant (appended last: the encoding of ops is on disk and
+//! on the wire) and its arms in the exhaustive `is_write` and `keys`.
 //!
 //! Every family has the same three functions, tried in turn by [`parse`] and [`Db::apply`]
 //! (defined here, above the families, as `db.rs` is below them): each answers `Ok(None)` for
