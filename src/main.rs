@@ -25,7 +25,19 @@ fn init_tracing() {
 
 fn main() -> ExitCode {
     standin::malloc::tune();
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        // `--help` and `--version` print to stdout and succeed; a usage error prints clap's
+        // message and exits 64 (EX_USAGE), as every other usage error of standin does.
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(standin::cli::exit::USAGE as u8)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     // Logging is set up once, for the commands that run for a while (daemons, the demo, the
     // benchmarks); the operator commands print their results and errors themselves.
     if args.command.logs() {

@@ -78,6 +78,14 @@ impl NodeMetrics {
              proposed as leader: group commit at work",
             entry_groups.clone(),
         );
+        registry.register(
+            "build",
+            "The standin build this node runs (always 1; its labels say which)",
+            prometheus_client::metrics::info::Info::new(vec![
+                ("version", crate::version::VERSION.to_string()),
+                ("commit", crate::version::COMMIT.to_string()),
+            ]),
+        );
         let auth_failures = Counter::default();
         registry.register(
             "store_auth_failures",

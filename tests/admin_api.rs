@@ -518,3 +518,49 @@ async fn the_admin_api_speaks_https_with_the_cli() {
     assert!(https_status(ca1.clone(), api.clone()).await.is_none());
     drop(c);
 }
+
+/// `/v1/role/active` and `/v1/role/standby` answer 200 only on the node in that role (503
+/// elsewhere, the witness included), follow a failover, and need no token (a load balancer's
+/// health check sends none) while mutations still do.
+#[tokio::test]
+async fn role_checks_answer_200_only_on_the_node_in_that_role() {
+    let _serial = SERIAL.lock().await;
+    let (mut c, _dir) = cluster("[api]\ntoken = \"role-check-token-0123456789\"\n").await;
+    let s: Status = c.status().await.expect("status");
+    let active = s.active.clone().expect("an active node");
+    let standby = if active == "a" { "b" } else { "a" };
+    let roles = |api: String| async move {
+        let a = call(&api, Method::GET, "/v1/role/active", None).await;
+        let s = call(&api, Method::GET, "/v1/role/standby", None).await;
+        let body: serde_json::Value = serde_json::from_str(&a.body).expect("JSON");
+        (a.status, s.status, body)
+    };
+    let (a, s_, body) = roles(admin(&c, &active)).await;
+    assert_eq!((a, s_), (200, 503), "active node: {body}");
+    assert_eq!(body["role"], "active");
+    assert_eq!(body["node"], active.as_str());
+    let (a, s_, body) = roles(admin(&c, standby)).await;
+    assert_eq!((a, s_), (503, 200), "standby node: {body}");
+    let (a, s_, body) = roles(admin(&c, "w")).await;
+    assert_eq!((a, s_), (503, 503), "witness: {body}");
+    // The token is still needed for a mutation.
+    let r = call(&admin(&c, standby), Method::POST, "/v1/failback", Some("{}")).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+
+    // After the active node is killed, the standby answers 200 on /v1/role/active.
+    c.kill(&active).await.expect("kill");
+    let api = admin(&c, standby);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (a, s_, body) = roles(api.clone()).await;
+        if (a, s_) == (200, 503) {
+            assert_eq!(body["role"], "active");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{standby} did not become active on /v1/role/active: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -725,6 +725,26 @@ async fn metrics_scrape_parses_and_follows_a_failover() {
         sample(&m, "standin_node_role", &[("node", "w"), ("role", "witness")]),
         Some(1.0)
     );
+    // A live witness is healthy (its health is its liveness: an alert on 0 means it is down).
+    assert_eq!(sample(&m, "standin_node_healthy", &[("node", "w")]), Some(1.0));
+    assert_eq!(sample(&m, "standin_node_healthy", &[("node", "a")]), Some(1.0));
+    // Which build runs, for dashboards and a version-drift alert.
+    let build: Vec<_> = m
+        .iter()
+        .filter(|(name, _, _)| name == "standin_build_info")
+        .collect();
+    assert_eq!(build.len(), 1, "{build:?}");
+    assert!(
+        build[0]
+            .1
+            .iter()
+            .any(|(k, v)| k == "version" && v == env!("CARGO_PKG_VERSION")),
+        "{build:?}"
+    );
+    assert!(
+        build[0].1.iter().any(|(k, v)| k == "commit" && !v.is_empty()),
+        "{build:?}"
+    );
     assert_eq!(
         sample(&m, "standin_cluster", &[("figure", "epoch")]),
         Some(s.epoch as f64)

@@ -177,10 +177,36 @@ fn bench_disk_measures_three_series_and_cleans_up() {
         .expect("run");
     assert_eq!(
         out.status.code(),
-        Some(2),
+        Some(64),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Usage errors from argument parsing exit 64 (EX_USAGE) like every other usage error, with
+/// clap's message on stderr; `--help` and `--version` print to stdout and exit 0.
+#[test]
+fn usage_errors_exit_64_and_help_exits_0() {
+    for args in [
+        &["no-such-command"][..],
+        &["status", "--no-such-flag"],
+        &["events", "--limit", "many"],
+        &[],
+    ] {
+        let out = Command::new(binary()).args(args).output().expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("error:") || stderr.contains("Usage:"),
+            "{args:?}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    for args in [&["--help"][..], &["--version"], &["status", "--help"]] {
+        let out = Command::new(binary()).args(args).output().expect("run");
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(!out.stdout.is_empty(), "{args:?}");
+    }
 }
 
 /// `standin certs` makes a CA and a node certificate that `check-config` accepts in `[tls]`

@@ -199,8 +199,15 @@ fn admin_guard(cfg: &crate::config::Config) -> guard::Guard {
         token: cfg.api.resolved_token.clone(),
         read_open: cfg.api.read_open,
         // The dashboard page holds no data (it asks for it with the token the operator types);
-        // `/v1/lease` is the managed service's local contract.
-        open_paths: &["/v1/lease", "/", "/dashboard"],
+        // `/v1/lease` is the managed service's local contract; the role checks are for load
+        // balancers, which send no token.
+        open_paths: &[
+            "/v1/lease",
+            "/v1/role/active",
+            "/v1/role/standby",
+            "/",
+            "/dashboard",
+        ],
         origins: guard::Guard::origins_of(cfg.api.scheme(), cfg.members.iter().map(|m| m.admin)),
         scheme: cfg.api.scheme(),
         hosts: cfg.api.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
@@ -216,6 +223,14 @@ fn router(node: Arc<AdminContext>) -> Router {
         .route("/v1/status", get(status_handler))
         .route("/v1/events", get(events_handler))
         .route("/v1/lease", get(lease_handler))
+        .route(
+            "/v1/role/active",
+            get(|State(node): State<Arc<AdminContext>>| role_handler(node, "active")),
+        )
+        .route(
+            "/v1/role/standby",
+            get(|State(node): State<Arc<AdminContext>>| role_handler(node, "standby")),
+        )
         .route("/v1/switchover", post(switchover_handler))
         .route("/v1/failback", post(failback_handler))
         .route("/v1/maintenance", post(maintenance_handler))
@@ -333,17 +348,57 @@ async fn events_handler(State(node): State<Arc<AdminContext>>, uri: axum::http::
     Json(events).into_response()
 }
 
-async fn lease_handler(State(node): State<Arc<AdminContext>>) -> Json<LeaseStatus> {
-    let local = *node.local.borrow();
-    let now = Instant::now();
-    let (role, remaining) = match local.acting {
+/// What this node is doing now, by its own role watch: `active` only while it holds an
+/// unexpired lease (with the time left), else `promoting` or `standby`.
+fn acting_now(local: &LocalRole, now: Instant) -> (&'static str, Option<u64>) {
+    match local.acting {
         Acting::Active => match local.lease_until {
             Some(until) if until > now => ("active", Some(until.duration_since(now).as_millis() as u64)),
             _ => ("standby", None),
         },
         Acting::Promoting => ("promoting", None),
         Acting::Standby => ("standby", None),
+    }
+}
+
+/// `GET /v1/role/active` and `GET /v1/role/standby` (HEAD too): 200 while this node is in
+/// that role, 503 otherwise, for a load balancer's health check (Patroni's `/primary` and
+/// `/replica`). Active means holding an unexpired lease right now, as `/v1/lease` tells the
+/// service, so a balancer never sends to a node that may no longer act; standby means a data
+/// node that is not acting and whose own checks pass. Open like `/v1/lease`: a balancer
+/// sends no token, and the answer says only the role.
+async fn role_handler(node: Arc<AdminContext>, want: &'static str) -> Response {
+    let local = *node.local.borrow();
+    let (acting, _) = acting_now(&local, Instant::now());
+    let is = match want {
+        "active" => acting == "active",
+        _ => {
+            let me = node.cluster.me();
+            let own = node.status.own_status();
+            acting == "standby"
+                && own
+                    .nodes
+                    .iter()
+                    .any(|n| n.id == me && n.kind == NodeKind::Data && n.healthy && !n.maintenance)
+        }
     };
+    let body = serde_json::json!({
+        "node": node.cluster.me(),
+        "role": acting,
+        "epoch": local.epoch,
+    });
+    let code = if is {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+async fn lease_handler(State(node): State<Arc<AdminContext>>) -> Json<LeaseStatus> {
+    let local = *node.local.borrow();
+    let now = Instant::now();
+    let (role, remaining) = acting_now(&local, now);
     {
         // Remember what the service was told: a release waits until it has heard "standby"
         // or the lease it was given has run out.

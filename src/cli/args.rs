@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "standin",
-    version,
+    version = crate::version::LONG_VERSION,
     about = "High availability for any network service"
 )]
 pub struct Args {

@@ -73,7 +73,9 @@ pub fn build_status(node: &Node) -> Status {
                 kind: m.kind,
                 priority: m.priority,
                 role: role.to_string(),
-                healthy: rec.healthy && reachable,
+                // A witness runs no service and no checks: its health is its own liveness, so
+                // `standin_node_healthy` of a live witness is 1 (a plain alert on 0 means down).
+                healthy: reachable && (m.kind == NodeKind::Witness || rec.healthy),
                 in_sync: if info.is_leader {
                     reachable && lag <= cfg.timing.max_lag
                 } else {
