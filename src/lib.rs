@@ -33,5 +33,6 @@ pub mod service;
 pub mod sizes;
 pub mod status;
 pub mod store;
+pub mod systemd;
 pub mod tls;
 pub mod version;

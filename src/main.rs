@@ -6,21 +6,27 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use standin::cli::args::Args;
+use standin::cli::args::{Args, LogFormat};
 
-/// Logging to stderr, filtered by `STANDIN_LOG` (default `info`, openraft's own logs off). Set
-/// up here and nowhere else.
-fn init_tracing() {
+/// Logging to stderr, filtered by `STANDIN_LOG` (default `info`, openraft's own logs off), as
+/// text (colour codes only when stderr is a terminal: journald and files get plain lines) or
+/// one JSON object per line. Set up here and nowhere else.
+fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("STANDIN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=off"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         // If stderr goes away (the reader died), tracing would report that with eprintln!,
         // which panics: a daemon must outlive its log reader.
-        .log_internal_errors(false)
-        .init();
+        .log_internal_errors(false);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -41,7 +47,7 @@ fn main() -> ExitCode {
     // Logging is set up once, for the commands that run for a while (daemons, the demo, the
     // benchmarks); the operator commands print their results and errors themselves.
     if args.command.logs() {
-        init_tracing();
+        init_tracing(args.log_format);
     }
     standin::cli::run::main_with(args)
 }

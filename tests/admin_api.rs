@@ -564,3 +564,81 @@ async fn role_checks_answer_200_only_on_the_node_in_that_role() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// SIGHUP (what `systemctl reload` sends) never stops a node, even one without TLS: it reads
+/// the configuration again; an unchanged file is reported so, a file that does not validate is
+/// rejected naming the key and changes nothing, a valid changed one is reported by section as
+/// needing a restart. The role, the epoch and the active node stay; no failover.
+#[tokio::test]
+async fn sighup_rereads_the_config_and_never_stops_the_node() {
+    let _serial = SERIAL.lock().await;
+    let (c, dir) = cluster("").await;
+    let before: Status = c.status().await.expect("status");
+    let active = before.active.clone().expect("an active node");
+    let config = c.node(&active).expect("node").config.clone();
+    let original = std::fs::read_to_string(&config).expect("config");
+    let log = dir.path().join(format!("{active}.log"));
+    let wait_log = |needle: &'static str| {
+        let log = log.clone();
+        async move {
+            for _ in 0..100 {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if let Some(line) = text.lines().rev().find(|l| l.contains(needle)) {
+                    return line.to_string();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("no log line with {needle:?} in {}", log.display());
+        }
+    };
+
+    c.signal_daemon(&active, nix::sys::signal::Signal::SIGHUP)
+        .expect("hup");
+    wait_log("configuration reread: unchanged").await;
+
+    std::fs::write(&config, format!("{original}\n[events]\nretention = 0\n")).expect("write");
+    c.signal_daemon(&active, nix::sys::signal::Signal::SIGHUP)
+        .expect("hup");
+    let line = wait_log("configuration reload rejected").await;
+    assert!(line.contains("events.retention"), "{line}");
+
+    std::fs::write(&config, format!("{original}\n[events]\nretention = 1999\n")).expect("write");
+    c.signal_daemon(&active, nix::sys::signal::Signal::SIGHUP)
+        .expect("hup");
+    let line = wait_log("needs restart").await;
+    assert!(line.contains("events"), "{line}");
+    std::fs::write(&config, &original).expect("restore");
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after: Status = c.status().await.expect("status");
+    assert_eq!(
+        after.active.as_deref(),
+        Some(active.as_str()),
+        "the active node stays"
+    );
+    assert_eq!(after.epoch, before.epoch, "no failover");
+    assert!(
+        after.nodes.iter().all(|n| n.reachable),
+        "every node still up: {:?}",
+        after.nodes
+    );
+    drop(c);
+
+    // Without TLS (`[tls] insecure = true`) SIGHUP used to kill the node (exit 129).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = Spec::new(dir.path(), &binary());
+    spec.store = false;
+    spec.tls = false;
+    let (mut c, s) = LocalCluster::launch(spec).await.expect("cluster ready");
+    let active = s.active.clone().expect("an active node");
+    c.signal_daemon(&active, nix::sys::signal::Signal::SIGHUP)
+        .expect("hup");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        c.wait_exit(&active, Duration::from_millis(100)).await.is_none(),
+        "SIGHUP stopped the node"
+    );
+    let after: Status = c.status().await.expect("status");
+    assert_eq!(after.active.as_deref(), Some(active.as_str()));
+    assert_eq!(after.epoch, s.epoch, "no failover");
+}

@@ -290,3 +290,84 @@ fn certs_make_what_tls_needs_and_no_tls_section_exits_64() {
     }
     assert!(TcpListener::bind(("127.0.0.1", port)).is_ok());
 }
+
+/// Logs on stderr carry no colour codes when stderr is not a terminal (journald, a file), and
+/// `--log-format json` writes one JSON object per line.
+#[test]
+fn logs_are_plain_off_a_terminal_and_json_on_request() {
+    let missing = "/nonexistent/standin.toml";
+    let text = Command::new(binary())
+        .args(["node", "--config", missing])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&text.stderr);
+    assert!(stderr.contains("open file limit"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes off a terminal: {stderr:?}"
+    );
+
+    let json = Command::new(binary())
+        .args(["--log-format", "json", "node", "--config", missing])
+        .output()
+        .expect("run");
+    assert_eq!(json.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&json.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("open file limit"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["level"], "INFO", "{v}");
+    assert_eq!(v["message"], "open file limit", "{v}");
+    assert!(v["soft"].is_u64() && v["timestamp"].is_string(), "{v}");
+}
+
+/// The example configs in `packaging/examples/` pass `check-config` (the data node and the
+/// witness, with certificates made by `standin certs` and a token file where the examples say
+/// `/etc/standin/`), and the proxy example loads as a proxy config.
+#[test]
+fn packaging_examples_pass_check_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let etc = dir.path().join("etc");
+    let certs = etc.join("certs");
+    std::fs::create_dir_all(&certs).expect("mkdir");
+    let run = |args: &[&str]| {
+        let out = Command::new(binary()).args(args).output().expect("run");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let certs_s = certs.to_str().expect("utf-8");
+    run(&["certs", "init", certs_s]);
+    for (id, ip) in [("a", "10.0.0.1"), ("w", "10.0.0.3")] {
+        run(&[
+            "certs", "issue", id, "--ca", certs_s, "--out", certs_s, "--san", ip,
+        ]);
+    }
+    common::write_private(&etc.join("api-token"), "an-example-token-0123456789");
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/examples");
+    for (file, node) in [("data-node.toml", "a"), ("witness.toml", "w")] {
+        let text = std::fs::read_to_string(examples.join(file)).expect("example");
+        let text = text
+            .replace("/etc/standin", etc.to_str().expect("utf-8"))
+            .replace(
+                "/var/lib/standin",
+                dir.path().join("data").to_str().expect("utf-8"),
+            );
+        let path = dir.path().join(file);
+        std::fs::write(&path, text).expect("write");
+        let out = run(&["check-config", path.to_str().expect("utf-8")]);
+        assert!(out.contains(&format!("ok (node {node}, 3 members)")), "{out}");
+    }
+    let text = std::fs::read_to_string(examples.join("proxy.toml")).expect("example");
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, text.replace("/etc/standin", etc.to_str().expect("utf-8"))).expect("write");
+    let proxy = standin::config::load_proxy(&path).expect("the proxy example is valid");
+    assert_eq!(proxy.listeners.len(), 1);
+}

@@ -384,6 +384,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "src/net.rs",
             "src/failstop.rs",
             "src/malloc.rs",
+            "src/systemd.rs",
             // The VIP's value type and the keeper's protocol: imports nothing of the crate.
             "src/address/vip/mod.rs",
         ],

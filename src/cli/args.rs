@@ -17,8 +17,19 @@ use clap::{Parser, Subcommand};
     about = "High availability for any network service"
 )]
 pub struct Args {
+    /// Log lines on stderr: `text` (colours only when stderr is a terminal) or `json` (one
+    /// object per line, for journald/Loki/Elasticsearch)
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "STANDIN_LOG_FORMAT")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Cmd,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]

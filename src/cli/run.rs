@@ -194,13 +194,13 @@ async fn dispatch(command: Cmd) -> ExitCode {
 
 /// `standin node`: bad config exits 64 and a port that cannot be bound 69, both before the
 /// node starts; then it runs until SIGTERM/SIGINT (and its proxy beside it, if configured).
-async fn node(config: &Path) -> ExitCode {
+async fn node(path: &Path) -> ExitCode {
     // Store clients are clamped to the open file limit: raise it as far as allowed.
     match crate::store::server::raise_file_limit() {
         Ok((soft, hard)) => tracing::info!(soft, hard, "open file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
     }
-    let config = match Config::load(config) {
+    let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("standin: {e}");
@@ -234,7 +234,14 @@ async fn node(config: &Path) -> ExitCode {
         });
     }
     crate::failstop::arm();
-    match crate::node::run(config, listeners, token).await {
+    {
+        let token = token.clone();
+        tokio::spawn(async move {
+            token.cancelled().await;
+            crate::systemd::stopping();
+        });
+    }
+    match crate::node::run(config, Some(path.to_path_buf()), listeners, token).await {
         Ok(()) => code(exit::OK),
         Err(e) => {
             tracing::error!(error = %e, "node failed");

@@ -532,6 +532,23 @@ impl StoreConfig {
 }
 
 impl Config {
+    /// The top-level sections (`node`, `timing`, `member`, ...) whose effective values differ
+    /// between `self` and `other`, in the file's order of keys; secrets compare too, but only
+    /// the section's name is reported.
+    pub fn changed_sections(&self, other: &Config) -> Vec<String> {
+        let (a, b) = match (serde_json::to_value(self), serde_json::to_value(other)) {
+            (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) => (a, b),
+            _ => return vec!["(whole file)".into()],
+        };
+        let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .filter(|k| a.get(*k) != b.get(*k))
+            .map(|k| k.replace('_', "-"))
+            .collect()
+    }
+
     /// A short digest of the effective configuration (what the node runs with, not the file's
     /// formatting), published in `config-changed` events: FNV-1a over its JSON form with every
     /// secret replaced by a marker, so the digest tells nothing about a token or password
@@ -2868,6 +2885,14 @@ token = \"0123456789abcdef\"\n"
             "heartbeat-interval = \"300000000000years\"",
         );
         assert_invalid(&text, "timing.heartbeat-interval");
+    }
+
+    #[test]
+    fn changed_sections_name_what_differs() {
+        let a = Config::parse(MINIMAL).expect("valid");
+        assert!(a.changed_sections(&a.clone()).is_empty());
+        let b = Config::parse(&format!("{MINIMAL}\n[timing]\nfailure-timeout = \"700ms\"\n")).expect("valid");
+        assert_eq!(a.changed_sections(&b), vec!["timing".to_string()]);
     }
 
     #[test]

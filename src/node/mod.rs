@@ -119,10 +119,20 @@ impl Listeners {
 /// How often the TLS files are checked for a change.
 const TLS_POLL: Duration = Duration::from_secs(2);
 
-/// Reloads the TLS files when they change (checked every [`TLS_POLL`]) and on SIGHUP. New
-/// connections use the new certificate; open ones keep theirs, so a rotation interrupts
-/// nothing. Files that do not load leave the old ones in use and are reported once.
-async fn watch_tls(tls: Arc<crate::tls::Tls>, cancel: CancellationToken) {
+/// Reloads the TLS files when they change (checked every [`TLS_POLL`]) and on SIGHUP (what
+/// `systemctl reload` sends), and on SIGHUP also reads the configuration file again: a file
+/// that does not validate is reported naming its key and changes nothing; a valid one that
+/// differs is reported section by section as taking effect at the next restart (live
+/// application of settings is not built yet: the running configuration stays as it is). New
+/// connections use a new certificate; open ones keep theirs, so a rotation interrupts nothing.
+/// Files that do not load leave the old ones in use and are reported once. SIGHUP never stops
+/// the node.
+async fn watch_reload(
+    tls: Option<Arc<crate::tls::Tls>>,
+    running: Arc<Config>,
+    path: Option<std::path::PathBuf>,
+    cancel: CancellationToken,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => Some(s),
@@ -136,12 +146,25 @@ async fn watch_tls(tls: Arc<crate::tls::Tls>, cancel: CancellationToken) {
     loop {
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tick.tick() => tls.reload_if_changed(),
+            _ = tick.tick() => match &tls {
+                Some(tls) => tls.reload_if_changed(),
+                None => Ok(false),
+            },
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                tracing::info!("SIGHUP received: reloading TLS files");
-                tls.reload()
+                crate::systemd::reloading();
+                tracing::info!("SIGHUP received: reloading TLS files and reading the configuration again");
+                if let Some(path) = &path {
+                    reread_config(&running, path);
+                }
+                let r = match &tls {
+                    Some(tls) => tls.reload(),
+                    None => Ok(false),
+                };
+                crate::systemd::ready("reloaded");
+                r
             }
         };
+        let Some(tls) = &tls else { continue };
         match result {
             Ok(true) => tracing::info!(
                 cert = %tls.files().cert.display(),
@@ -156,8 +179,41 @@ async fn watch_tls(tls: Arc<crate::tls::Tls>, cancel: CancellationToken) {
     }
 }
 
+/// Reads and validates the configuration file again and says what it would change.
+fn reread_config(running: &Config, path: &std::path::Path) {
+    match Config::load(path) {
+        Err(e) => tracing::error!(
+            file = %path.display(),
+            error = %e,
+            "configuration reload rejected: the file does not validate; nothing changed"
+        ),
+        Ok(new) => {
+            let changed = running.changed_sections(&new);
+            if changed.is_empty() {
+                tracing::info!(file = %path.display(), digest = %new.digest(), "configuration reread: unchanged");
+            } else {
+                tracing::warn!(
+                    file = %path.display(),
+                    digest = %new.digest(),
+                    sections = %changed.join(", "),
+                    "configuration reread: valid, but these sections take effect only at the next \
+                     restart (needs restart); the node keeps running with its current settings"
+                );
+            }
+        }
+    }
+}
+
 /// Runs a node until `shutdown` fires, then stops everything (service included) and returns.
-pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationToken) -> Result<(), NodeError> {
+///
+/// `config_path` is the file `config` was read from: SIGHUP reads it again (see
+/// `watch_reload`).
+pub async fn run(
+    config: Config,
+    config_path: Option<std::path::PathBuf>,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), NodeError> {
     let config = Arc::new(config);
     let me = config.me().clone();
     let peers = config
@@ -210,8 +266,29 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         health,
         supervisor,
     ));
-    if let Some(tls) = tls {
-        tracker.spawn(watch_tls(tls, tasks.clone()));
+    tracker.spawn(watch_reload(tls, config.clone(), config_path, tasks.clone()));
+    crate::systemd::spawn_watchdog(tasks.clone());
+    // READY=1 once a leader is known (the role loop can then decide this node's role), or
+    // after the bootstrap wait if none is (no quorum yet: the unit must not time out).
+    {
+        let cluster = cluster.clone();
+        let cancel = tasks.clone();
+        let wait = config.timing.bootstrap_wait();
+        tracker.spawn(async move {
+            let start = tokio::time::Instant::now();
+            loop {
+                let leader = cluster.info().leader;
+                if leader.is_some() || start.elapsed() >= wait {
+                    let leader = leader.as_deref().unwrap_or("not yet known").to_string();
+                    crate::systemd::ready(&format!("running; raft leader {leader}"));
+                    return;
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+            }
+        });
     }
     let maxmemory = config.store.as_ref().map_or(0, |s| s.maxmemory);
     let replicator = crate::store::replicate::Replicator::start(
