@@ -642,3 +642,49 @@ async fn sighup_rereads_the_config_and_never_stops_the_node() {
     assert_eq!(after.active.as_deref(), Some(active.as_str()));
     assert_eq!(after.epoch, s.epoch, "no failover");
 }
+
+/// `standin reload` asks every node (or `--node`) to read its configuration file again over
+/// `POST /v1/reload` (the token is needed): unchanged files say so; a file that does not
+/// validate makes the command exit 64 naming the key, and changes nothing on that node.
+#[tokio::test]
+async fn standin_reload_reports_each_node_and_exits_64_on_a_bad_file() {
+    let _serial = SERIAL.lock().await;
+    let token = "reload-test-token-0123456789";
+    let (c, _dir) = cluster(&format!("[api]\ntoken = \"{token}\"\n")).await;
+    let before: Status = c.status().await.expect("status");
+    let reload = |args: &[&str]| {
+        let out = std::process::Command::new(binary())
+            .args(["reload", "--api", &admin(&c, "w")])
+            .args(args)
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Without the token: refused (77).
+    assert_eq!(reload(&[]).0, Some(77));
+    let (code, stdout, stderr) = reload(&["--token", token, "--json"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let reports: Vec<serde_json::Value> = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(reports.len(), 3, "{stdout}");
+    assert!(reports.iter().all(|r| r["outcome"] == "unchanged"), "{stdout}");
+
+    let config = c.node("b").expect("b").config.clone();
+    let original = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, format!("{original}\n[events]\nretention = 0\n")).expect("write");
+    let (code, stdout, stderr) = reload(&["--token", token, "--node", "b"]);
+    std::fs::write(&config, &original).expect("restore");
+    assert_eq!(code, Some(64), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("rejected") && stdout.contains("events.retention"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(" a "), "only b was asked: {stdout}");
+
+    let after: Status = c.status().await.expect("status");
+    assert_eq!(after.epoch, before.epoch, "no failover");
+    assert_eq!(after.active, before.active);
+}

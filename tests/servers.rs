@@ -105,7 +105,7 @@ listen = "{store}"
         replicator,
         cancel.clone(),
     ));
-    let admin_ctx = Arc::new(standin::node::admin_context(&node));
+    let admin_ctx = Arc::new(standin::node::admin_context(&node, None));
     tokio::spawn(standin::api::serve(admin_l, admin_ctx, cancel.clone()));
     OneNode {
         store,

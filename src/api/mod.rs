@@ -54,6 +54,9 @@ pub struct LeaseStatus {
 /// it can also be served in-process on port 0 against a one-node cluster in a test.
 pub struct AdminContext {
     pub config: Arc<Config>,
+    /// The file `config` was read from, read again by `POST /v1/reload` (`None`: started
+    /// without one, as in a test).
+    pub config_path: Option<std::path::PathBuf>,
     pub cluster: Cluster,
     /// The node's own TLS material (`None`: `[tls] insecure`), reused when `[api] tls` names
     /// no certificate of its own.
@@ -235,6 +238,7 @@ fn router(node: Arc<AdminContext>) -> Router {
         .route("/v1/failback", post(failback_handler))
         .route("/v1/maintenance", post(maintenance_handler))
         .route("/v1/drain", post(drain_handler))
+        .route("/v1/reload", post(reload_handler))
         .route(
             "/v1/watch",
             get(move |State(node): State<Arc<AdminContext>>| watch_handler(node, watchers.clone())),
@@ -497,6 +501,45 @@ async fn drain_handler(State(node): State<Arc<AdminContext>>, Json(b): Json<Main
         },
     )
     .await
+}
+
+/// `POST /v1/reload`: what SIGHUP does, asked over the API (`standin reload`): reload the TLS
+/// files and read the configuration file again. 200 with the [`ReloadReport`] when the file is
+/// valid (`unchanged`, or `needs-restart` with the sections that differ), 422 naming the key
+/// when it is not (nothing changes), 409 when the node was started without a file.
+///
+/// [`ReloadReport`]: crate::config::ReloadReport
+async fn reload_handler(State(node): State<Arc<AdminContext>>) -> Response {
+    let Some(path) = node.config_path.clone() else {
+        return error_response(
+            StatusCode::CONFLICT,
+            "this node was started without a configuration file".into(),
+            false,
+        );
+    };
+    let report = {
+        let config = node.config.clone();
+        let path = path.clone();
+        match tokio::task::spawn_blocking(move || config.recheck(&path)).await {
+            Ok(r) => r,
+            Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), false),
+        }
+    };
+    report.log(&path);
+    if let Some(tls) = &node.tls {
+        if let Err(e) = tls.reload() {
+            tracing::error!(error = %e, "TLS files cannot be used; keeping the previous ones");
+        }
+    }
+    if report.outcome == "rejected" {
+        let mut body = serde_json::json!({
+            "error": report.error.clone().unwrap_or_default(),
+            "retry": false,
+        });
+        body["report"] = serde_json::to_value(&report).unwrap_or_default();
+        return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
+    }
+    Json(report).into_response()
 }
 
 /// `GET /metrics`: Prometheus / OpenMetrics text.

@@ -105,6 +105,18 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Make nodes read their configuration file again, as SIGHUP does (TLS files reloaded too),
+    /// and show what changed; exits 64 if a node's file does not validate (nothing changes
+    /// there).
+    Reload {
+        #[command(flatten)]
+        api: Api,
+        /// Only this node (default: every member).
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Move the active role back to the preferred (highest-priority) node.
     Failback {
         #[command(flatten)]
@@ -331,6 +343,7 @@ impl Cmd {
             Cmd::Status { api, .. }
             | Cmd::Switchover { api, .. }
             | Cmd::Failback { api, .. }
+            | Cmd::Reload { api, .. }
             | Cmd::Maintenance { api, .. }
             | Cmd::Drain { api, .. }
             | Cmd::Events { api, .. } => Some(api),

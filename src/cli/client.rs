@@ -11,6 +11,7 @@ use super::{exit, CliError};
 use crate::api::client::ClientError;
 use crate::api::AdminReply;
 use crate::cluster::state::Event;
+use crate::config::ReloadReport;
 use crate::status::{NodeStatus, Status};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -329,6 +330,77 @@ pub async fn drain(api: &str, node: &str, on: bool, json: bool) -> Result<(), Cl
     .await?;
     print_reply(&r, json);
     Ok(())
+}
+
+/// `standin reload [--node ID]`: `POST /v1/reload` to every member's admin API (or one),
+/// then a line per node. Exit 64 if a node's file does not validate, else 69 if a node could
+/// not be reached, else 0.
+pub async fn reload(api: &str, only: Option<&str>, json: bool) -> Result<(), CliError> {
+    let status = fetch_status(api).await?;
+    let targets: Vec<(String, String)> = status
+        .nodes
+        .iter()
+        .filter(|n| only.is_none_or(|o| o == n.id))
+        .map(|n| (n.id.clone(), n.admin.clone()))
+        .collect();
+    if targets.is_empty() {
+        return Err(CliError::new(
+            exit::USAGE,
+            format!("no member named {:?}", only.unwrap_or("")),
+        ));
+    }
+    let mut reports: Vec<ReloadReport> = Vec::new();
+    for (id, admin) in targets {
+        let unreachable = |error: String| ReloadReport {
+            node: id.clone(),
+            outcome: "unreachable".into(),
+            digest: None,
+            needs_restart: Vec::new(),
+            error: Some(error),
+        };
+        let report = match request(&admin, Method::POST, "/v1/reload", None, TIMEOUT).await {
+            Err(e) => unreachable(e.to_string()),
+            Ok(reply) => {
+                check_auth(&reply)?;
+                let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap_or_default();
+                let report = match reply.status {
+                    200 => serde_json::from_value(body).ok(),
+                    422 => serde_json::from_value(body["report"].clone()).ok(),
+                    _ => None,
+                };
+                report.unwrap_or_else(|| unreachable(api_error(&reply.body, reply.status)))
+            }
+        };
+        reports.push(report);
+    }
+    if json {
+        println!("{}", serde_json::to_string(&reports).unwrap_or_default());
+    } else {
+        let mut t = Table::new();
+        t.load_preset(UTF8_FULL_CONDENSED);
+        t.set_header(vec!["node", "outcome", "digest", "needs restart / error"]);
+        for r in &reports {
+            t.add_row(vec![
+                r.node.clone(),
+                r.outcome.clone(),
+                r.digest.clone().unwrap_or_else(|| "-".into()),
+                r.error.clone().unwrap_or_else(|| r.needs_restart.join(", ")),
+            ]);
+        }
+        println!("{t}");
+    }
+    let count = |o: &str| reports.iter().filter(|r| r.outcome == o).count();
+    match (count("rejected"), count("unreachable")) {
+        (0, 0) => Ok(()),
+        (0, n) => Err(CliError::new(
+            exit::UNAVAILABLE,
+            format!("{n} node(s) could not be reached"),
+        )),
+        (n, _) => Err(CliError::new(
+            exit::USAGE,
+            format!("{n} node(s) rejected their configuration file; nothing changed there"),
+        )),
+    }
 }
 
 fn print_reply(r: &AdminReply, json: bool) {

@@ -131,6 +131,7 @@ async fn dispatch(command: Cmd) -> ExitCode {
             let expect = (from.as_deref(), epoch);
             cli_result(client::switchover(&api.api, to.as_deref(), expect, false, wait, json).await)
         }
+        Cmd::Reload { api, node, json } => cli_result(client::reload(&api.api, node.as_deref(), json).await),
         Cmd::Failback { api, wait, json } => {
             let wait = (!wait.is_zero()).then_some(wait);
             cli_result(client::switchover(&api.api, None, (None, None), true, wait, json).await)

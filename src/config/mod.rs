@@ -531,7 +531,78 @@ impl StoreConfig {
     }
 }
 
+/// What reading the configuration file again found (`SIGHUP`, `POST /v1/reload`,
+/// `standin reload`). Settings are not applied live yet: a valid file that differs from the
+/// running configuration lists the sections that take effect at the next restart.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReloadReport {
+    pub node: String,
+    /// `unchanged`, `needs-restart` or `rejected`.
+    pub outcome: String,
+    /// The digest of the file's configuration (as in `config-changed` events), if it is valid.
+    pub digest: Option<String>,
+    /// The sections that differ from the running configuration.
+    #[serde(default)]
+    pub needs_restart: Vec<String>,
+    /// Why the file was rejected (naming the key), if it was.
+    pub error: Option<String>,
+}
+
+impl ReloadReport {
+    /// One log line for the report, at the level its outcome deserves.
+    pub fn log(&self, file: &Path) {
+        match self.outcome.as_str() {
+            "rejected" => tracing::error!(
+                file = %file.display(),
+                error = self.error.as_deref().unwrap_or(""),
+                "configuration reload rejected: the file does not validate; nothing changed"
+            ),
+            "unchanged" => tracing::info!(
+                file = %file.display(),
+                digest = self.digest.as_deref().unwrap_or(""),
+                "configuration reread: unchanged"
+            ),
+            _ => tracing::warn!(
+                file = %file.display(),
+                digest = self.digest.as_deref().unwrap_or(""),
+                sections = %self.needs_restart.join(", "),
+                "configuration reread: valid, but these sections take effect only at the next \
+                 restart (needs restart); the node keeps running with its current settings"
+            ),
+        }
+    }
+}
+
 impl Config {
+    /// Reads and validates `path` again and compares it with this (running) configuration.
+    pub fn recheck(&self, path: &Path) -> ReloadReport {
+        let node = self.node.id.clone();
+        match Config::load(path) {
+            Err(e) => ReloadReport {
+                node,
+                outcome: "rejected".into(),
+                digest: None,
+                needs_restart: Vec::new(),
+                error: Some(e.to_string()),
+            },
+            Ok(new) => {
+                let changed = self.changed_sections(&new);
+                ReloadReport {
+                    node,
+                    outcome: if changed.is_empty() {
+                        "unchanged"
+                    } else {
+                        "needs-restart"
+                    }
+                    .into(),
+                    digest: Some(new.digest()),
+                    needs_restart: changed,
+                    error: None,
+                }
+            }
+        }
+    }
+
     /// The top-level sections (`node`, `timing`, `member`, ...) whose effective values differ
     /// between `self` and `other`, in the file's order of keys; secrets compare too, but only
     /// the section's name is reported.

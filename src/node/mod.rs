@@ -154,7 +154,7 @@ async fn watch_reload(
                 crate::systemd::reloading();
                 tracing::info!("SIGHUP received: reloading TLS files and reading the configuration again");
                 if let Some(path) = &path {
-                    reread_config(&running, path);
+                    running.recheck(path).log(path);
                 }
                 let r = match &tls {
                     Some(tls) => tls.reload(),
@@ -174,31 +174,6 @@ async fn watch_reload(
             Ok(false) => {}
             Err(e) => {
                 tracing::error!(error = %e, "TLS files changed but cannot be used; keeping the previous ones")
-            }
-        }
-    }
-}
-
-/// Reads and validates the configuration file again and says what it would change.
-fn reread_config(running: &Config, path: &std::path::Path) {
-    match Config::load(path) {
-        Err(e) => tracing::error!(
-            file = %path.display(),
-            error = %e,
-            "configuration reload rejected: the file does not validate; nothing changed"
-        ),
-        Ok(new) => {
-            let changed = running.changed_sections(&new);
-            if changed.is_empty() {
-                tracing::info!(file = %path.display(), digest = %new.digest(), "configuration reread: unchanged");
-            } else {
-                tracing::warn!(
-                    file = %path.display(),
-                    digest = %new.digest(),
-                    sections = %changed.join(", "),
-                    "configuration reread: valid, but these sections take effect only at the next \
-                     restart (needs restart); the node keeps running with its current settings"
-                );
             }
         }
     }
@@ -266,7 +241,12 @@ pub async fn run(
         health,
         supervisor,
     ));
-    tracker.spawn(watch_reload(tls, config.clone(), config_path, tasks.clone()));
+    tracker.spawn(watch_reload(
+        tls,
+        config.clone(),
+        config_path.clone(),
+        tasks.clone(),
+    ));
     crate::systemd::spawn_watchdog(tasks.clone());
     // READY=1 once a leader is known (the role loop can then decide this node's role), or
     // after the bootstrap wait if none is (no quorum yet: the unit must not time out).
@@ -323,7 +303,7 @@ pub async fn run(
 
     tracker.spawn(crate::api::serve(
         listeners.admin,
-        Arc::new(admin_context(&node)),
+        Arc::new(admin_context(&node, config_path.clone())),
         tasks.clone(),
     ));
     if let (Some(l), Some(cfg)) = (listeners.store, config.store.clone()) {
@@ -465,8 +445,9 @@ async fn watch_raft(cluster: Cluster, cancel: CancellationToken) {
 
 /// The admin API's handles on `node`: what `node::run` serves it with (and an in-process
 /// test too, so both wire it the same way).
-pub fn admin_context(node: &Arc<Node>) -> crate::api::AdminContext {
+pub fn admin_context(node: &Arc<Node>, config_path: Option<std::path::PathBuf>) -> crate::api::AdminContext {
     crate::api::AdminContext {
+        config_path,
         config: node.config.clone(),
         cluster: node.cluster.clone(),
         tls: node.tls.clone(),
