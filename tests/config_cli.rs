@@ -371,3 +371,36 @@ fn packaging_examples_pass_check_config() {
     let proxy = standin::config::load_proxy(&path).expect("the proxy example is valid");
     assert_eq!(proxy.listeners.len(), 1);
 }
+
+/// `standin completions SHELL` and `standin man` print what the .deb installs (generated from
+/// the same argument tree, so they cannot drift from it).
+#[test]
+fn completions_and_man_page_come_from_the_argument_tree() {
+    for (shell, marker) in [
+        ("bash", "_standin()"),
+        ("zsh", "#compdef standin"),
+        ("fish", "complete -c standin"),
+    ] {
+        let out = Command::new(binary())
+            .args(["completions", shell])
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(marker), "{shell}: {}", &text[..text.len().min(200)]);
+        assert!(text.contains("switchover") && text.contains("reload"), "{shell}");
+    }
+    let out = Command::new(binary()).args(["man"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(".TH standin 1"), "{}", &text[..text.len().min(200)]);
+    assert!(
+        text.contains("check\\-config") || text.contains("check-config"),
+        "subcommands listed"
+    );
+    let out = Command::new(binary())
+        .args(["completions", "tcsh"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+}

@@ -79,6 +79,13 @@ pub enum Cmd {
     },
     /// Validate a config file without starting anything.
     CheckConfig { file: PathBuf },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout: `standin man | man -l -`.
+    Man,
     /// Show the cluster: nodes, roles, epoch, health, sync and paths.
     Status {
         #[command(flatten)]

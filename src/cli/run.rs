@@ -116,6 +116,23 @@ async fn dispatch(command: Cmd) -> ExitCode {
     match command {
         Cmd::Node { config } => node(&config).await,
         Cmd::CheckConfig { file } => check_config(&file),
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = crate::cli::args::Args::command();
+            clap_complete::generate(shell, &mut cmd, "standin", &mut std::io::stdout());
+            code(exit::OK)
+        }
+        Cmd::Man => {
+            use clap::CommandFactory;
+            let cmd = crate::cli::args::Args::command();
+            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => code(exit::OK),
+                Err(e) => {
+                    eprintln!("standin: cannot write the man page: {e}");
+                    code(exit::UNAVAILABLE)
+                }
+            }
+        }
         Cmd::Proxy { config, .. } => proxy(&config).await,
         Cmd::ProxyStatus { proxy, json } => cli_result(client::proxy_status(&proxy, json).await),
         Cmd::Status { api, json } => cli_result(client::status(&api.api, json).await),
