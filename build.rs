@@ -1,7 +1,8 @@
-//! Records the git commit the binary is built from, as `STANDIN_COMMIT` (a 12-digit short
-//! hash, `-dirty` when the tree has uncommitted changes, `unknown` outside a git checkout, or
-//! what the environment's `STANDIN_COMMIT` says, for builds from a source tarball). Shown by
-//! `standin --version` and the `standin_build_info` metric.
+//! Records the git commit the binary is built from, as `STANDIN_COMMIT` (the 12-digit short
+//! hash of HEAD; `unknown` outside a git checkout; or what the environment's `STANDIN_COMMIT`
+//! says, for builds from a source tarball). Uncommitted changes are not marked: telling them
+//! would mean running this script at every build. Shown by `standin --version` and the
+//! `standin_build_info` metric.
 
 use std::process::Command;
 
@@ -17,17 +18,12 @@ fn main() {
     let commit = std::env::var("STANDIN_COMMIT")
         .ok()
         .filter(|c| !c.is_empty())
-        .or_else(|| {
-            let hash = git(&["rev-parse", "--short=12", "HEAD"]).filter(|h| !h.is_empty())?;
-            let dirty =
-                git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-            Some(if dirty { format!("{hash}-dirty") } else { hash })
-        })
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]).filter(|h| !h.is_empty()))
         .unwrap_or_else(|| "unknown".to_string());
     println!("cargo:rustc-env=STANDIN_COMMIT={commit}");
     println!("cargo:rerun-if-env-changed=STANDIN_COMMIT");
     println!("cargo:rerun-if-changed=build.rs");
-    for path in [".git/HEAD", ".git/index", ".git/refs/heads"] {
+    for path in [".git/HEAD", ".git/refs/heads"] {
         if std::path::Path::new(path).exists() {
             println!("cargo:rerun-if-changed={path}");
         }

@@ -712,6 +712,52 @@ async fn an_undecodable_log_record_is_named_and_the_node_exits_74() {
     assert_eq!(after.active, before.active);
 }
 
+/// A data directory of a newer format than the binary knows (as after a downgrade) is refused
+/// before anything reads it: the node exits 64 (no restart loop) naming both formats, the
+/// others keep their active node, and with its own format recorded again the node rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_data_format_is_refused_with_exit_64() {
+    let _g = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut cluster, before) = start(Spec::new(dir.path(), &binary())).await;
+    let standby = if before.active.as_deref() == Some("a") {
+        "b"
+    } else {
+        "a"
+    };
+    cluster.stop(standby, Duration::from_secs(10)).expect("stop");
+    let data = dir.path().join(format!("{standby}-data"));
+    // Replaces the recorded format `was` (checked) with `f`.
+    let set_format = |was: u32, f: u32| {
+        let db = standin::cluster::storage::open_db(&data).expect("open the stopped node's redb");
+        assert_eq!(
+            standin::cluster::storage::data_format(&db).expect("read"),
+            Some(was)
+        );
+        standin::cluster::storage::record_data_format(&db, f).expect("write");
+    };
+    // The running node recorded its own format.
+    set_format(standin::version::DATA_FORMAT, 99);
+    cluster.start(standby).expect("start");
+    let exit = cluster.wait_exit(standby, Duration::from_secs(10)).await;
+    let exit = exit.expect("the node exits");
+    assert_eq!(exit.code(), Some(64), "{exit:?}");
+    let log = std::fs::read_to_string(dir.path().join(format!("{standby}.log"))).unwrap_or_default();
+    assert!(
+        log.contains("the data directory has format 99, newer than this binary's 1"),
+        "the error names both formats:\n{log}"
+    );
+    let during = cluster.status().await.expect("the others answer");
+    assert_eq!(during.active, before.active);
+
+    set_format(99, standin::version::DATA_FORMAT);
+    cluster.start(standby).expect("restart");
+    cluster
+        .wait_ready(Duration::from_secs(30))
+        .await
+        .expect("the node rejoins");
+}
+
 /// A follower that was away while large values were written catches up: openraft may send it
 /// all the missed entries in one append (here 10 × 4 MiB), which on a real link cannot arrive
 /// within its 50 ms append timeout. An append holding several entries now carries at most

@@ -148,7 +148,9 @@ impl AdminError {
                 ClusterError::Refused { retry: false, .. } => StatusCode::CONFLICT,
                 ClusterError::DiskLow { .. } => StatusCode::INSUFFICIENT_STORAGE,
                 ClusterError::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
-                ClusterError::Raft(_) | ClusterError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                ClusterError::Raft(_) | ClusterError::Storage(_) | ClusterError::DataFormat(_) => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
             },
         }
     }

@@ -86,6 +86,10 @@ pub enum ClusterError {
     /// state machine refused it).
     #[error("refused: {reason}")]
     Refused { reason: String, retry: bool },
+    /// The data directory is of a format this binary cannot read (a newer one). Will not fix
+    /// itself: the node exits 64 (no restart loop).
+    #[error("{0}")]
+    DataFormat(String),
     /// The data disk is nearly full: nothing was proposed.
     #[error("data disk nearly full: {free} bytes free, writes need at least {min} (node.min-free-disk)")]
     DiskLow { free: u64, min: u64 },
@@ -422,6 +426,8 @@ impl Cluster {
                 config.node.data_dir.join("standin.redb").display()
             ))
         })?;
+        let format = storage::check_data_format(&db).map_err(ClusterError::DataFormat)?;
+        tracing::info!(format, "data directory format");
         let me = config.me();
         let disk = DiskMark::new(raft_id(&me.id));
         let log = LogStore::new(db.clone(), disk.clone());

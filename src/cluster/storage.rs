@@ -56,6 +56,37 @@ pub fn open_db(data_dir: &Path) -> Result<Arc<Database>, redb::DatabaseError> {
     Ok(Arc::new(db))
 }
 
+/// The data directory's format as recorded in it (`None`: not recorded yet).
+pub fn data_format(db: &Database) -> StorageResult<Option<u32>> {
+    LogStore::read_meta(db, "format")
+}
+
+/// Records the data directory's format (on first start; by a migration; by a test making a
+/// directory of another format).
+pub fn record_data_format(db: &Database, format: u32) -> StorageResult<()> {
+    LogStore::write_meta(db, "format", &format)
+}
+
+/// Checks the data directory's format before anything reads it: a newer one than this binary
+/// knows is refused (`Err` with what to do); an unrecorded one (a new directory, or one from
+/// before formats were recorded: the same layout) is recorded as the current format.
+pub fn check_data_format(db: &Database) -> Result<u32, String> {
+    use crate::version::DATA_FORMAT;
+    match data_format(db).map_err(|e| format!("cannot read the data format: {e}"))? {
+        Some(f) if f > DATA_FORMAT => Err(format!(
+            "the data directory has format {f}, newer than this binary's {DATA_FORMAT} ({}): \
+             run a standin that knows format {f}, or move the directory away to join as a new node",
+            crate::version::VERSION
+        )),
+        // Formats older than DATA_FORMAT would be migrated here; there is none yet.
+        Some(f) => Ok(f),
+        None => {
+            record_data_format(db, DATA_FORMAT).map_err(|e| format!("cannot record the data format: {e}"))?;
+            Ok(DATA_FORMAT)
+        }
+    }
+}
+
 /// Whether the runtime has another worker to run tasks while this one writes to disk.
 fn spare_worker() -> bool {
     tokio::runtime::Handle::try_current().is_ok_and(|h| h.metrics().num_workers() >= 2)
@@ -1046,6 +1077,21 @@ mod tests {
 
     /// openraft's own storage compliance suite (vote, log state, truncate, purge, membership,
     /// snapshot, re-apply of the committed log), run against the redb store and its cache.
+    /// A new directory records the current format; the same format opens; a newer one is
+    /// refused naming both formats.
+    #[test]
+    fn the_data_format_is_recorded_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = open_db(dir.path()).expect("open");
+        assert_eq!(data_format(&db).expect("read"), None);
+        assert_eq!(check_data_format(&db), Ok(crate::version::DATA_FORMAT));
+        assert_eq!(data_format(&db).expect("read"), Some(crate::version::DATA_FORMAT));
+        assert_eq!(check_data_format(&db), Ok(crate::version::DATA_FORMAT));
+        record_data_format(&db, crate::version::DATA_FORMAT + 98).expect("write");
+        let e = check_data_format(&db).expect_err("newer format refused");
+        assert!(e.contains("format 99") && e.contains("this binary's 1"), "{e}");
+    }
+
     #[test]
     fn openraft_storage_suite() -> Result<(), StorageError<NodeId>> {
         Suite::test_all(Builder)

@@ -64,6 +64,7 @@ impl NodeError {
             NodeError::Fatal { code, .. } => *code,
             NodeError::Tls(_) => crate::config::EXIT_CONFIG,
             NodeError::Cluster(ClusterError::Storage(_)) => failstop::EXIT_STORAGE,
+            NodeError::Cluster(ClusterError::DataFormat(_)) => crate::config::EXIT_CONFIG,
             _ => 1,
         }
     }

@@ -60,7 +60,9 @@ fn store_error(e: ClusterError) -> StoreError {
         // Refused before anything was proposed.
         e @ ClusterError::DiskLow { .. } => StoreError::Refused(e.to_string()),
         ClusterError::OutcomeUnknown(e) => StoreError::Unknown(e),
-        e @ (ClusterError::Raft(_) | ClusterError::Storage(_)) => StoreError::Unknown(e.to_string()),
+        e @ (ClusterError::Raft(_) | ClusterError::Storage(_) | ClusterError::DataFormat(_)) => {
+            StoreError::Unknown(e.to_string())
+        }
     }
 }
 
