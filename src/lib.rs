@@ -4,9 +4,9 @@
 //! See DESIGN in `docs/` and the module docs: `failover` holds the rules, `cluster` the Raft
 //! wiring, `node` the runtime that connects them to the service.
 // Unsafe code is denied everywhere except a few blocks that allow it explicitly, each with a
-// SAFETY note: `address::vip::garp` (raw packet socket), `malloc` (mallopt), and the libc
-// calls for TCP keep-alive (`net`), free disk space (`cluster`) and the file
-// limit (`store::server`).
+// SAFETY note: `address::vip::garp` (raw packet socket), `malloc` (mallopt),
+// `service::process` (clearing ambient capabilities before exec), and the libc calls for TCP
+// keep-alive (`net`), free disk space (`cluster`) and the file limit (`store::server`).
 #![deny(unsafe_code)]
 #![warn(rust_2018_idioms)]
 

@@ -664,7 +664,9 @@ async fn standin_reload_reports_each_node_and_exits_64_on_a_bad_file() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    // Without the token: refused (77).
+    // Without the token: the API refuses the reload itself (401), and the CLI exits 77.
+    let r = call(&admin(&c, "a"), Method::POST, "/v1/reload", None).await;
+    assert_eq!(r.status, 401, "{}", r.body);
     assert_eq!(reload(&[]).0, Some(77));
     let (code, stdout, stderr) = reload(&["--token", token, "--json"]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");

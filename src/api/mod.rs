@@ -369,10 +369,11 @@ fn acting_now(local: &LocalRole, now: Instant) -> (&'static str, Option<u64>) {
 
 /// `GET /v1/role/active` and `GET /v1/role/standby` (HEAD too): 200 while this node is in
 /// that role, 503 otherwise, for a load balancer's health check (Patroni's `/primary` and
-/// `/replica`). Active means holding an unexpired lease right now, as `/v1/lease` tells the
-/// service, so a balancer never sends to a node that may no longer act; standby means a data
-/// node that is not acting and whose own checks pass. Open like `/v1/lease`: a balancer
-/// sends no token, and the answer says only the role.
+/// `/replica`). Active means holding an unexpired lease right now (the same test `/v1/lease`
+/// uses); standby means a data node that is not acting, whose own checks pass, and that is
+/// neither in maintenance nor drained. A balancer learns of a change only at its next check,
+/// so this is not fencing: the old node may get requests until then (see the README). Open
+/// like `/v1/lease`: a balancer sends no token, and the answer says only the role.
 async fn role_handler(node: Arc<AdminContext>, want: &'static str) -> Response {
     let local = *node.local.borrow();
     let (acting, _) = acting_now(&local, Instant::now());
@@ -382,10 +383,9 @@ async fn role_handler(node: Arc<AdminContext>, want: &'static str) -> Response {
             let me = node.cluster.me();
             let own = node.status.own_status();
             acting == "standby"
-                && own
-                    .nodes
-                    .iter()
-                    .any(|n| n.id == me && n.kind == NodeKind::Data && n.healthy && !n.maintenance)
+                && own.nodes.iter().any(|n| {
+                    n.id == me && n.kind == NodeKind::Data && n.healthy && !n.maintenance && !n.drain
+                })
         }
     };
     let body = serde_json::json!({
@@ -527,10 +527,12 @@ async fn reload_handler(State(node): State<Arc<AdminContext>>) -> Response {
             Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), false),
         }
     };
+    let mut report = report;
     report.log(&path);
     if let Some(tls) = &node.tls {
         if let Err(e) = tls.reload() {
             tracing::error!(error = %e, "TLS files cannot be used; keeping the previous ones");
+            report.tls_error = Some(e.to_string());
         }
     }
     if report.outcome == "rejected" {

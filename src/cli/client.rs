@@ -357,6 +357,7 @@ pub async fn reload(api: &str, only: Option<&str>, json: bool) -> Result<(), Cli
             digest: None,
             needs_restart: Vec::new(),
             error: Some(error),
+            tls_error: None,
         };
         let report = match request(&admin, Method::POST, "/v1/reload", None, TIMEOUT).await {
             Err(e) => unreachable(e.to_string()),
@@ -384,13 +385,18 @@ pub async fn reload(api: &str, only: Option<&str>, json: bool) -> Result<(), Cli
                 r.node.clone(),
                 r.outcome.clone(),
                 r.digest.clone().unwrap_or_else(|| "-".into()),
-                r.error.clone().unwrap_or_else(|| r.needs_restart.join(", ")),
+                match (&r.error, &r.tls_error) {
+                    (Some(e), _) => e.clone(),
+                    (None, Some(t)) => format!("TLS files not usable: {t}"),
+                    (None, None) => r.needs_restart.join(", "),
+                },
             ]);
         }
         println!("{t}");
     }
     let count = |o: &str| reports.iter().filter(|r| r.outcome == o).count();
-    match (count("rejected"), count("unreachable")) {
+    let tls = reports.iter().filter(|r| r.tls_error.is_some()).count();
+    match (count("rejected") + tls, count("unreachable")) {
         (0, 0) => Ok(()),
         (0, n) => Err(CliError::new(
             exit::UNAVAILABLE,
@@ -398,7 +404,7 @@ pub async fn reload(api: &str, only: Option<&str>, json: bool) -> Result<(), Cli
         )),
         (n, _) => Err(CliError::new(
             exit::USAGE,
-            format!("{n} node(s) rejected their configuration file; nothing changed there"),
+            format!("{n} node(s) rejected their configuration or TLS files; nothing changed there"),
         )),
     }
 }

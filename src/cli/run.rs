@@ -210,9 +210,20 @@ async fn dispatch(command: Cmd) -> ExitCode {
     }
 }
 
+/// SIGHUP's default action is to stop the process. Registering a handler replaces it for the
+/// rest of the process's life (tokio keeps it installed), so a SIGHUP during a long start (a
+/// large log to open) or to the standalone proxy no longer kills it; the node's own loop
+/// answers SIGHUP once it runs (`node::run`: TLS files and the config file read again).
+fn ignore_hangup_from_now_on() {
+    if let Err(e) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        tracing::warn!(error = %e, "cannot install a SIGHUP handler: SIGHUP will stop this process");
+    }
+}
+
 /// `standin node`: bad config exits 64 and a port that cannot be bound 69, both before the
 /// node starts; then it runs until SIGTERM/SIGINT (and its proxy beside it, if configured).
 async fn node(path: &Path) -> ExitCode {
+    ignore_hangup_from_now_on();
     // Store clients are clamped to the open file limit: raise it as far as allowed.
     match crate::store::server::raise_file_limit() {
         Ok((soft, hard)) => tracing::info!(soft, hard, "open file limit"),
@@ -290,6 +301,7 @@ fn check_config(file: &Path) -> ExitCode {
 
 /// `standin proxy`: bad config exits 64, a listener that cannot be bound 69.
 async fn proxy(config: &Path) -> ExitCode {
+    ignore_hangup_from_now_on();
     let config = match crate::config::load_proxy(config) {
         Ok(c) => c,
         Err(e) => {

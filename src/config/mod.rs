@@ -546,6 +546,9 @@ pub struct ReloadReport {
     pub needs_restart: Vec<String>,
     /// Why the file was rejected (naming the key), if it was.
     pub error: Option<String>,
+    /// The TLS files changed but cannot be used (the previous ones stay in use), if so.
+    #[serde(default)]
+    pub tls_error: Option<String>,
 }
 
 impl ReloadReport {
@@ -584,6 +587,7 @@ impl Config {
                 digest: None,
                 needs_restart: Vec::new(),
                 error: Some(e.to_string()),
+                tls_error: None,
             },
             Ok(new) => {
                 let changed = self.changed_sections(&new);
@@ -598,6 +602,7 @@ impl Config {
                     digest: Some(new.digest()),
                     needs_restart: changed,
                     error: None,
+                    tls_error: None,
                 }
             }
         }
@@ -614,10 +619,26 @@ impl Config {
         let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
         keys.sort();
         keys.dedup();
-        keys.into_iter()
+        let mut changed: Vec<String> = keys
+            .into_iter()
             .filter(|k| a.get(*k) != b.get(*k))
             .map(|k| k.replace('_', "-"))
-            .collect()
+            .collect();
+        // Secrets read from files are not in the serialized form: a token rotated inside its
+        // file changes the section all the same.
+        let mut secret = |section: &str, differs: bool| {
+            if differs && !changed.iter().any(|c| c == section) {
+                changed.push(section.to_string());
+            }
+        };
+        secret("api", self.api.resolved_token != other.api.resolved_token);
+        secret(
+            "store",
+            self.store.as_ref().map(|s| &s.resolved_requirepass)
+                != other.store.as_ref().map(|s| &s.resolved_requirepass),
+        );
+        changed.sort();
+        changed
     }
 
     /// A short digest of the effective configuration (what the node runs with, not the file's

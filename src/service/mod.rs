@@ -240,6 +240,7 @@ impl Task {
         if let Some(dir) = &self.cfg.workdir {
             cmd.current_dir(dir);
         }
+        process::confine(&mut cmd);
         let mut child = cmd.spawn()?;
         let pgid =
             process::leader_pgid(&child).ok_or_else(|| std::io::Error::other("spawned child has no pid"))?;

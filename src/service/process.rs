@@ -172,7 +172,35 @@ pub(crate) fn shell(command: &str) -> Command {
         .process_group(0)
         .stdin(Stdio::null())
         .kill_on_drop(true);
+    confine(&mut cmd);
     cmd
+}
+
+/// What the service and the hooks must not inherit from the daemon: systemd's notification
+/// and socket-activation variables (a service that speaks sd_notify would message standin's
+/// unit), and the ambient capabilities the unit grants for the virtual IP (CAP_NET_ADMIN,
+/// CAP_NET_RAW): only the VIP keeper needs them, not the service or a hook.
+pub(crate) fn confine(cmd: &mut Command) {
+    for var in [
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+    ] {
+        cmd.env_remove(var);
+    }
+    // SAFETY: the closure runs in the child between fork and exec and only makes one prctl
+    // system call (async-signal-safe), touching no memory of the parent. A kernel without
+    // ambient capabilities answers EINVAL, which leaves nothing to clear: ignored.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+            Ok(())
+        });
+    }
 }
 
 /// The process group id of a just-spawned group leader (its pid).
@@ -311,6 +339,20 @@ async fn collect(mut pipe: impl AsyncRead + Unpin, buf: Arc<Mutex<Vec<u8>>>, cap
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A confined child sees neither systemd's notification socket nor ambient capabilities.
+    #[tokio::test]
+    async fn a_confined_child_inherits_no_notify_socket_and_no_ambient_caps() {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("echo \"[$NOTIFY_SOCKET]\"; grep CapAmb /proc/self/status")
+            .env("NOTIFY_SOCKET", "/run/systemd/notify");
+        confine(&mut cmd);
+        let out = cmd.output().await.expect("run sh");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("[]"), "{text}");
+        assert!(text.contains("CapAmb:\t0000000000000000"), "{text}");
+    }
 
     #[test]
     fn parse_stat_handles_odd_names() {
