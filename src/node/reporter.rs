@@ -121,6 +121,8 @@ pub async fn run(node: Arc<Node>, mut transitions: UnboundedReceiver<Transition>
             match cancellable(&cancel, node.cluster.write(cmd)).await {
                 Ok(_) => {
                     started = true;
+                    node.started_reported
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
                     reported = observed
                         .keys()
                         .map(|k| (k.clone(), (false, "not yet checked".to_string())))

@@ -103,7 +103,11 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
                 r.lease_until = until;
                 changed
             });
-        } else if named && lease_valid && failed_epoch != Some(epoch) {
+        } else if named
+            && lease_valid
+            && failed_epoch != Some(epoch)
+            && node.started_reported.load(std::sync::atomic::Ordering::SeqCst)
+        {
             let pending = promotion.as_ref().filter(|p| p.node == me && p.epoch == epoch);
             if promote(&node, epoch, pending.cloned()).await == Promoted::HookFailed {
                 failed_epoch = Some(epoch);

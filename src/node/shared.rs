@@ -87,6 +87,11 @@ pub struct Node {
     pub vip_unreleased: Arc<std::sync::atomic::AtomicBool>,
     /// The node's certificates (`None`: `[tls] insecure = true`), reloaded when they change.
     pub tls: Option<Arc<crate::tls::Tls>>,
+    /// Set once this process's `NodeStarted` report is committed. The role loop does not act
+    /// as active before: a start report committed after this process was promoted would step
+    /// it down as "restarted" (it was seen once when the report was held up by a frozen
+    /// leader), and acting in between would make that a failover of a node that never failed.
+    pub started_reported: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -116,6 +121,7 @@ impl Node {
             vip_held: Arc::new(Mutex::new(None)),
             vip_unreleased: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             tls,
+            started_reported: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
