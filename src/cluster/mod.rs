@@ -591,13 +591,17 @@ impl Cluster {
         match self.raft.client_write(cmd).await {
             Ok(r) => Ok(r.data),
             // Leadership moved between our check and the write: the caller may retry.
-            Err(e) if e.forward_to_leader().is_some() => Err(ClusterError::NotLeader {
-                leader: e
-                    .forward_to_leader()
-                    .and_then(|f| f.leader_id)
-                    .and_then(|id| self.name_of(id)),
+            Err(e) => Err(match e.forward_to_leader() {
+                Some(f) => self.not_leader(f),
+                None => ClusterError::Raft(e.to_string()),
             }),
-            Err(e) => Err(ClusterError::Raft(e.to_string())),
+        }
+    }
+
+    /// `NotLeader`, naming the leader openraft's `ForwardToLeader` names (by member name).
+    fn not_leader(&self, f: &openraft::error::ForwardToLeader<NodeId, EmptyNode>) -> ClusterError {
+        ClusterError::NotLeader {
+            leader: f.leader_id.and_then(|id| self.name_of(id)),
         }
     }
 
@@ -639,13 +643,10 @@ impl Cluster {
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
             // Deposed, or a quorum did not answer in time: another node may lead.
-            Err(e) if e.forward_to_leader().is_some() => Err(ClusterError::NotLeader {
-                leader: e
-                    .forward_to_leader()
-                    .and_then(|f| f.leader_id)
-                    .and_then(|id| self.name_of(id)),
+            Err(e) => Err(match e.forward_to_leader() {
+                Some(f) => self.not_leader(f),
+                None => ClusterError::Raft(e.to_string()),
             }),
-            Err(e) => Err(ClusterError::Raft(e.to_string())),
         }
     }
 
