@@ -412,3 +412,114 @@ fn completions_and_man_page_come_from_the_argument_tree() {
         .expect("run");
     assert_eq!(out.status.code(), Some(64));
 }
+
+/// A `standin node` process, killed (SIGKILL) when the test ends, pass or fail.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Under systemd (`NOTIFY_SOCKET` and `WATCHDOG_USEC` set, as `Type=notify` with `WatchdogSec`
+/// does) a node sends `READY=1` (here a witness whose data nodes are down: after the bootstrap
+/// wait, so the unit does not time out), `WATCHDOG=1` at half the interval, and `STOPPING=1` on
+/// SIGTERM, then exits 0. Without `NOTIFY_SOCKET` nothing is sent (the other tests).
+#[test]
+fn a_node_notifies_systemd_ready_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let (pa, pb, pw, admin) = (free_port(), free_port(), free_port(), free_port());
+    let config = dir.path().join("w.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[tls]
+insecure = true
+
+[node]
+id = "w"
+data-dir = "{data}"
+
+[[member]]
+id = "a"
+kind = "data"
+addresses = ["127.0.0.1:{pa}"]
+admin = "127.0.0.1:1"
+
+[[member]]
+id = "b"
+kind = "data"
+addresses = ["127.0.0.1:{pb}"]
+admin = "127.0.0.1:2"
+
+[[member]]
+id = "w"
+kind = "witness"
+addresses = ["127.0.0.1:{pw}"]
+admin = "127.0.0.1:{admin}"
+"#,
+            data = dir.path().join("data").display()
+        ),
+    )
+    .expect("write config");
+    let log = std::fs::File::create(dir.path().join("w.log")).expect("log");
+    // systemd names the watched process in WATCHDOG_PID: the shell's pid, which `exec` keeps.
+    let mut daemon = Daemon(
+        Command::new("sh")
+            .arg("-c")
+            .arg("WATCHDOG_PID=$$ exec \"$0\" node --config \"$1\"")
+            .arg(binary())
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env("WATCHDOG_USEC", "200000")
+            .stderr(log)
+            .spawn()
+            .expect("start the node"),
+    );
+    // Reads notifications until one contains `want` or `within` passes.
+    let mut seen: Vec<String> = Vec::new();
+    let mut wait_for = |want: &str, within: Duration| {
+        let deadline = Instant::now() + within;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = socket.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let found = msg.lines().any(|l| l == want);
+                seen.push(msg);
+                if found {
+                    return;
+                }
+            }
+        }
+        let log = std::fs::read_to_string(dir.path().join("w.log")).unwrap_or_default();
+        panic!("no {want} within {within:?}; got {seen:?}\n{log}");
+    };
+    wait_for("READY=1", Duration::from_secs(15));
+    wait_for("WATCHDOG=1", Duration::from_secs(2));
+    wait_for("WATCHDOG=1", Duration::from_secs(2));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    wait_for("STOPPING=1", Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = daemon.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the node did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}

@@ -230,11 +230,11 @@ fn router(node: Arc<AdminContext>) -> Router {
         .route("/v1/lease", get(lease_handler))
         .route(
             "/v1/role/active",
-            get(|State(node): State<Arc<AdminContext>>| role_handler(node, "active")),
+            get(|State(node): State<Arc<AdminContext>>| role_handler(node, RoleCheck::Active)),
         )
         .route(
             "/v1/role/standby",
-            get(|State(node): State<Arc<AdminContext>>| role_handler(node, "standby")),
+            get(|State(node): State<Arc<AdminContext>>| role_handler(node, RoleCheck::Standby)),
         )
         .route("/v1/switchover", post(switchover_handler))
         .route("/v1/failback", post(failback_handler))
@@ -367,6 +367,13 @@ fn acting_now(local: &LocalRole, now: Instant) -> (&'static str, Option<u64>) {
     }
 }
 
+/// Which role a `/v1/role/...` health check asks about.
+#[derive(Clone, Copy)]
+enum RoleCheck {
+    Active,
+    Standby,
+}
+
 /// `GET /v1/role/active` and `GET /v1/role/standby` (HEAD too): 200 while this node is in
 /// that role, 503 otherwise, for a load balancer's health check (Patroni's `/primary` and
 /// `/replica`). Active means holding an unexpired lease right now (the same test `/v1/lease`
@@ -374,12 +381,12 @@ fn acting_now(local: &LocalRole, now: Instant) -> (&'static str, Option<u64>) {
 /// neither in maintenance nor drained. A balancer learns of a change only at its next check,
 /// so this is not fencing: the old node may get requests until then (see the README). Open
 /// like `/v1/lease`: a balancer sends no token, and the answer says only the role.
-async fn role_handler(node: Arc<AdminContext>, want: &'static str) -> Response {
+async fn role_handler(node: Arc<AdminContext>, want: RoleCheck) -> Response {
     let local = *node.local.borrow();
     let (acting, _) = acting_now(&local, Instant::now());
     let is = match want {
-        "active" => acting == "active",
-        _ => {
+        RoleCheck::Active => acting == "active",
+        RoleCheck::Standby => {
             let me = node.cluster.me();
             let own = node.status.own_status();
             acting == "standby"
@@ -520,22 +527,15 @@ async fn reload_handler(State(node): State<Arc<AdminContext>>) -> Response {
         );
     };
     let report = {
-        let config = node.config.clone();
-        let path = path.clone();
-        match tokio::task::spawn_blocking(move || config.recheck(&path)).await {
+        let (config, tls) = (node.config.clone(), node.tls.clone());
+        // Reading files (the config, the certificates) blocks: off the async workers.
+        match tokio::task::spawn_blocking(move || crate::config::reload(&config, &path, tls.as_deref())).await
+        {
             Ok(r) => r,
             Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), false),
         }
     };
-    let mut report = report;
-    report.log(&path);
-    if let Some(tls) = &node.tls {
-        if let Err(e) = tls.reload() {
-            tracing::error!(error = %e, "TLS files cannot be used; keeping the previous ones");
-            report.tls_error = Some(e.to_string());
-        }
-    }
-    if report.outcome == "rejected" {
+    if report.outcome == crate::config::ReloadOutcome::Rejected {
         let mut body = serde_json::json!({
             "error": report.error.clone().unwrap_or_default(),
             "retry": false,

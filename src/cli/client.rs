@@ -11,7 +11,7 @@ use super::{exit, CliError};
 use crate::api::client::ClientError;
 use crate::api::AdminReply;
 use crate::cluster::state::Event;
-use crate::config::ReloadReport;
+use crate::config::{ReloadOutcome, ReloadReport};
 use crate::status::{NodeStatus, Status};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -352,12 +352,8 @@ pub async fn reload(api: &str, only: Option<&str>, json: bool) -> Result<(), Cli
     let mut reports: Vec<ReloadReport> = Vec::new();
     for (id, admin) in targets {
         let unreachable = |error: String| ReloadReport {
-            node: id.clone(),
-            outcome: "unreachable".into(),
-            digest: None,
-            needs_restart: Vec::new(),
             error: Some(error),
-            tls_error: None,
+            ..ReloadReport::new(&id, ReloadOutcome::Unreachable)
         };
         let report = match request(&admin, Method::POST, "/v1/reload", None, TIMEOUT).await {
             Err(e) => unreachable(e.to_string()),
@@ -383,7 +379,10 @@ pub async fn reload(api: &str, only: Option<&str>, json: bool) -> Result<(), Cli
         for r in &reports {
             t.add_row(vec![
                 r.node.clone(),
-                r.outcome.clone(),
+                serde_json::to_value(r.outcome)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
                 r.digest.clone().unwrap_or_else(|| "-".into()),
                 match (&r.error, &r.tls_error) {
                     (Some(e), _) => e.clone(),
@@ -394,9 +393,12 @@ pub async fn reload(api: &str, only: Option<&str>, json: bool) -> Result<(), Cli
         }
         println!("{t}");
     }
-    let count = |o: &str| reports.iter().filter(|r| r.outcome == o).count();
+    let count = |o: ReloadOutcome| reports.iter().filter(|r| r.outcome == o).count();
     let tls = reports.iter().filter(|r| r.tls_error.is_some()).count();
-    match (count("rejected") + tls, count("unreachable")) {
+    match (
+        count(ReloadOutcome::Rejected) + tls,
+        count(ReloadOutcome::Unreachable),
+    ) {
         (0, 0) => Ok(()),
         (0, n) => Err(CliError::new(
             exit::UNAVAILABLE,

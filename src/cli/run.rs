@@ -270,7 +270,7 @@ async fn node(path: &Path) -> ExitCode {
             crate::systemd::stopping();
         });
     }
-    match crate::node::run(config, Some(path.to_path_buf()), listeners, token).await {
+    match crate::node::run(config, path.to_path_buf(), listeners, token).await {
         Ok(()) => code(exit::OK),
         Err(e) => {
             tracing::error!(error = %e, "node failed");

@@ -131,7 +131,7 @@ const TLS_POLL: Duration = Duration::from_secs(2);
 async fn watch_reload(
     tls: Option<Arc<crate::tls::Tls>>,
     running: Arc<Config>,
-    path: Option<std::path::PathBuf>,
+    path: std::path::PathBuf,
     cancel: CancellationToken,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -154,15 +154,9 @@ async fn watch_reload(
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                 crate::systemd::reloading();
                 tracing::info!("SIGHUP received: reloading TLS files and reading the configuration again");
-                if let Some(path) = &path {
-                    running.recheck(path).log(path);
-                }
-                let r = match &tls {
-                    Some(tls) => tls.reload(),
-                    None => Ok(false),
-                };
+                crate::config::reload(&running, &path, tls.as_deref());
                 crate::systemd::ready("reloaded");
-                r
+                continue;
             }
         };
         let Some(tls) = &tls else { continue };
@@ -186,7 +180,7 @@ async fn watch_reload(
 /// `watch_reload`).
 pub async fn run(
     config: Config,
-    config_path: Option<std::path::PathBuf>,
+    config_path: std::path::PathBuf,
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
@@ -304,7 +298,7 @@ pub async fn run(
 
     tracker.spawn(crate::api::serve(
         listeners.admin,
-        Arc::new(admin_context(&node, config_path.clone())),
+        Arc::new(admin_context(&node, Some(config_path.clone()))),
         tasks.clone(),
     ));
     if let (Some(l), Some(cfg)) = (listeners.store, config.store.clone()) {
