@@ -665,6 +665,17 @@ async fn the_largest_default_value_replicates_without_a_role_change() {
     );
 }
 
+/// Stops (SIGTERM) the data node that is not active and returns its id.
+fn stop_the_standby(cluster: &mut LocalCluster, status: &standin::status::Status) -> &'static str {
+    let standby = if status.active.as_deref() == Some("a") {
+        "b"
+    } else {
+        "a"
+    };
+    cluster.stop(standby, Duration::from_secs(10)).expect("stop");
+    standby
+}
+
 /// A log record that cannot be decoded (here: garbage written over the last one while the
 /// node was stopped) used to be a stack overflow at every start when it held a deep batch.
 /// The node now starts, says which record it cannot read, and exits 74 (storage) without
@@ -675,12 +686,7 @@ async fn an_undecodable_log_record_is_named_and_the_node_exits_74() {
     let _g = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut cluster, before) = start(Spec::new(dir.path(), &binary())).await;
-    let standby = if before.active.as_deref() == Some("a") {
-        "b"
-    } else {
-        "a"
-    };
-    cluster.stop(standby, Duration::from_secs(10)).expect("stop");
+    let standby = stop_the_standby(&mut cluster, &before);
     let file = dir.path().join(format!("{standby}-data")).join("standin.redb");
     let last = {
         let logs: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("raft_log");
@@ -720,12 +726,7 @@ async fn a_newer_data_format_is_refused_with_exit_64() {
     let _g = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut cluster, before) = start(Spec::new(dir.path(), &binary())).await;
-    let standby = if before.active.as_deref() == Some("a") {
-        "b"
-    } else {
-        "a"
-    };
-    cluster.stop(standby, Duration::from_secs(10)).expect("stop");
+    let standby = stop_the_standby(&mut cluster, &before);
     let data = dir.path().join(format!("{standby}-data"));
     // Replaces the recorded format `was` (checked) with `f`.
     let set_format = |was: u32, f: u32| {
