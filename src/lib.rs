@@ -22,6 +22,7 @@ pub mod demo;
 pub mod events;
 pub mod failover;
 pub mod failstop;
+pub mod handover;
 pub mod health;
 pub mod kv;
 pub mod lab;

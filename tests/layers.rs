@@ -367,6 +367,8 @@ const LAYERS: &[(&str, &[&str])] = &[
             "src/health/",
             "src/service/",
             "src/tls/",
+            // What a hot restart hands from one program to the next (descriptors, role).
+            "src/handover.rs",
             // The proxy's config schema is part of the config; the admin API's client is a
             // library the config checks addresses with and the CLI and proxy call through.
             "src/address/proxy/config.rs",

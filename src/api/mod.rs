@@ -73,6 +73,10 @@ pub struct AdminContext {
     pub handed_out: crate::node::shared::HandedOut,
     /// The virtual IP this node's keeper holds, if any.
     pub vip_held: Arc<std::sync::Mutex<Option<crate::address::vip::Vip>>>,
+    /// The daemon process (`GET /v1/daemon`).
+    pub daemon: Arc<std::sync::Mutex<crate::node::shared::DaemonInfo>>,
+    /// Where `POST /v1/restart` sends a hot restart request (`None`: nothing to restart).
+    pub restart: Option<tokio::sync::mpsc::Sender<crate::node::shared::RestartRequest>>,
 }
 
 /// Mutations, forwarded to the leader.
@@ -241,6 +245,8 @@ fn router(node: Arc<AdminContext>) -> Router {
         .route("/v1/maintenance", post(maintenance_handler))
         .route("/v1/drain", post(drain_handler))
         .route("/v1/reload", post(reload_handler))
+        .route("/v1/restart", post(restart_handler))
+        .route("/v1/daemon", get(daemon_handler))
         .route(
             "/v1/watch",
             get(move |State(node): State<Arc<AdminContext>>| watch_handler(node, watchers.clone())),
@@ -544,6 +550,42 @@ async fn reload_handler(State(node): State<Arc<AdminContext>>) -> Response {
         return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
     }
     Json(report).into_response()
+}
+
+/// `POST /v1/restart`: a hot restart of this node's daemon (`standin restart`, SIGUSR2). 202
+/// once the new program passed its preflight (the hand-over then begins: watch `GET
+/// /v1/daemon` for `hot_restarts`); 422 with the reason when it did not (nothing changed,
+/// this program keeps running); 409 when this process cannot be restarted.
+async fn restart_handler(State(node): State<Arc<AdminContext>>) -> Response {
+    let Some(restart) = node.restart.clone() else {
+        return error_response(
+            StatusCode::CONFLICT,
+            "this node cannot be hot-restarted".into(),
+            false,
+        );
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if restart
+        .send(crate::node::shared::RestartRequest { reply })
+        .await
+        .is_err()
+    {
+        return error_response(StatusCode::CONFLICT, "the node is stopping".into(), false);
+    }
+    match answer.await {
+        Ok(Ok(message)) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({ "message": message })),
+        )
+            .into_response(),
+        Ok(Err(why)) => error_response(StatusCode::UNPROCESSABLE_ENTITY, why, false),
+        Err(_) => error_response(StatusCode::CONFLICT, "the node is stopping".into(), false),
+    }
+}
+
+/// `GET /v1/daemon`: the daemon process behind this node (pid, version, hot restarts).
+async fn daemon_handler(State(node): State<Arc<AdminContext>>) -> Json<crate::node::shared::DaemonInfo> {
+    Json(node.daemon.lock().unwrap_or_else(|p| p.into_inner()).clone())
 }
 
 /// `GET /metrics`: Prometheus / OpenMetrics text.

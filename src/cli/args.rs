@@ -124,6 +124,34 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Hot-restart node daemons in place with the binary now on disk at their program path,
+    /// one at a time, witnesses and standbys first and the active node last: the service keeps
+    /// running, the role and epoch stay, no failover. Each node must come back healthy (and in
+    /// sync) before the next; the command stops at the first that does not and says why. This
+    /// is how standin is upgraded: install the new binary on every machine, then run this.
+    Restart {
+        #[command(flatten)]
+        api: Api,
+        /// Only this node (default: every member).
+        #[arg(long)]
+        node: Option<String>,
+        /// How long each node gets to hand over and be healthy again.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Can this binary take over a running node (hot restart)? Run by the daemon with the new
+    /// binary before it hands over; prints one JSON line and exits 0 if so.
+    #[command(hide = true)]
+    Preflight {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        data_format: u32,
+    },
     /// Move the active role back to the preferred (highest-priority) node.
     Failback {
         #[command(flatten)]
@@ -351,6 +379,7 @@ impl Cmd {
             | Cmd::Switchover { api, .. }
             | Cmd::Failback { api, .. }
             | Cmd::Reload { api, .. }
+            | Cmd::Restart { api, .. }
             | Cmd::Maintenance { api, .. }
             | Cmd::Drain { api, .. }
             | Cmd::Events { api, .. } => Some(api),

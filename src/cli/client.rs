@@ -615,3 +615,188 @@ pub fn render_proxy_status(s: &crate::address::proxy::status::ProxyStatus) -> St
     out.push('\n');
     out
 }
+
+/// One node's hot restart, as `standin restart --json` reports it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RestartReport {
+    pub node: String,
+    pub ok: bool,
+    /// From asking to the new program answering (ms).
+    pub handover_ms: Option<u64>,
+    /// From asking to the node healthy and in sync again (ms).
+    pub ready_ms: Option<u64>,
+    pub pid: Option<u32>,
+    pub from_version: Option<String>,
+    pub version: Option<String>,
+    pub hot_restarts: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// `standin restart [--node ID]`: hot restarts one node, or every member one at a time
+/// (witnesses, then standbys, the active node last), each checked back (new program running,
+/// healthy, in sync, epoch unchanged) before the next. Exit 0 when all were restarted, 1 at
+/// the first that was not (the rest are left alone), 69 if a node cannot be reached.
+pub async fn restart(api: &str, only: Option<&str>, wait: Duration, json: bool) -> Result<(), CliError> {
+    let status = fetch_status(api).await?;
+    let epoch = status.epoch;
+    let mut targets: Vec<&NodeStatus> = status
+        .nodes
+        .iter()
+        .filter(|n| only.is_none_or(|o| o == n.id))
+        .collect();
+    if targets.is_empty() {
+        return Err(CliError::new(
+            exit::USAGE,
+            format!("no member named {:?}", only.unwrap_or("")),
+        ));
+    }
+    // Witnesses, then standbys, the active node last.
+    targets.sort_by_key(|n| match n.role.as_str() {
+        "witness" => 0,
+        "active" | "promoting" => 2,
+        _ => 1,
+    });
+    let mut reports = Vec::new();
+    let mut failed = None;
+    for n in targets {
+        let report = restart_one(n, epoch, wait, json).await?;
+        let ok = report.ok;
+        if !json {
+            match &report.error {
+                None => eprintln!(
+                    "{}: hot-restarted in {} ms (pid {}, {} -> {}), healthy and in sync after {} ms",
+                    report.node,
+                    report.handover_ms.unwrap_or(0),
+                    report.pid.unwrap_or(0),
+                    report.from_version.as_deref().unwrap_or("?"),
+                    report.version.as_deref().unwrap_or("?"),
+                    report.ready_ms.unwrap_or(0),
+                ),
+                Some(e) => eprintln!("{}: NOT restarted: {e}", report.node),
+            }
+        }
+        reports.push(report);
+        if !ok {
+            failed = Some(reports.len() - 1);
+            break;
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string(&reports).unwrap_or_default());
+    }
+    match failed {
+        Some(i) => Err(CliError::new(
+            1,
+            format!(
+                "stopped at {}: {}",
+                reports[i].node,
+                reports[i].error.as_deref().unwrap_or("not restarted")
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+async fn daemon_info(admin: &str) -> Result<crate::node::shared::DaemonInfo, String> {
+    let reply = request(admin, Method::GET, "/v1/daemon", None, TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    if reply.status != 200 {
+        return Err(api_error(&reply.body, reply.status));
+    }
+    serde_json::from_str(&reply.body).map_err(|e| format!("unreadable /v1/daemon answer: {e}"))
+}
+
+async fn restart_one(
+    n: &NodeStatus,
+    epoch: u64,
+    wait: Duration,
+    json: bool,
+) -> Result<RestartReport, CliError> {
+    let mut report = RestartReport {
+        node: n.id.clone(),
+        ok: false,
+        handover_ms: None,
+        ready_ms: None,
+        pid: None,
+        from_version: None,
+        version: None,
+        hot_restarts: None,
+        error: None,
+    };
+    let before = match daemon_info(&n.admin).await {
+        Ok(d) => d,
+        Err(e) => {
+            return Err(CliError::new(exit::UNAVAILABLE, format!("{}: {e}", n.id)));
+        }
+    };
+    report.from_version = Some(format!("{} ({})", before.version, before.commit));
+    if !json {
+        eprintln!(
+            "{}: handing over (pid {}, version {})...",
+            n.id, before.pid, before.version
+        );
+    }
+    let asked = Instant::now();
+    let reply = match request(&n.admin, Method::POST, "/v1/restart", None, TIMEOUT).await {
+        Ok(r) => r,
+        Err(e) => {
+            report.error = Some(format!("cannot ask for the restart: {e}"));
+            return Ok(report);
+        }
+    };
+    check_auth(&reply)?;
+    if reply.status != 202 {
+        report.error = Some(api_error(&reply.body, reply.status));
+        return Ok(report);
+    }
+    let deadline = crate::config::later(asked, wait);
+    // The new program answers once it runs; the old one may answer for a moment more.
+    let after = loop {
+        if Instant::now() >= deadline {
+            report.error = Some(format!("no new program answered within {wait:?}"));
+            return Ok(report);
+        }
+        if let Ok(d) = daemon_info(&n.admin).await {
+            if d.program_started_unix_ms != before.program_started_unix_ms {
+                break d;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    report.handover_ms = Some(asked.elapsed().as_millis() as u64);
+    report.pid = Some(after.pid);
+    report.version = Some(format!("{} ({})", after.version, after.commit));
+    report.hot_restarts = Some(after.hot_restarts);
+    if after.hot_restarts != before.hot_restarts + 1 || after.pid != before.pid {
+        report.error = Some(format!(
+            "the previous program resumed: {}",
+            after.last_restart_failure.as_deref().unwrap_or("no reason given")
+        ));
+        return Ok(report);
+    }
+    // Back in the cluster: reachable, healthy, in sync, the same epoch.
+    loop {
+        if let Ok(s) = get_json::<Status>(&n.admin, "/v1/status").await.map(|(s, _)| s) {
+            if let Some(me) = s.nodes.iter().find(|m| m.id == n.id) {
+                if s.epoch != epoch {
+                    report.error = Some(format!(
+                        "the epoch moved from {epoch} to {} (a failover)",
+                        s.epoch
+                    ));
+                    return Ok(report);
+                }
+                if me.reachable && me.healthy && (me.in_sync || me.kind == crate::config::NodeKind::Witness) {
+                    report.ready_ms = Some(asked.elapsed().as_millis() as u64);
+                    report.ok = true;
+                    return Ok(report);
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            report.error = Some(format!("not healthy and in sync within {wait:?}"));
+            return Ok(report);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -14,6 +14,16 @@ use crate::config::{Config, EXIT_CONFIG};
 
 /// Runs one parsed command line to its end and returns the process's exit code.
 pub fn main_with(args: Args) -> ExitCode {
+    // A hot restart's document is read (and removed from the environment) before any thread
+    // exists; only a node takes it over.
+    let handover = match crate::handover::take_from_env() {
+        Ok(h) if matches!(args.command, Cmd::Node { .. }) => h,
+        Ok(_) => None,
+        Err(e) => {
+            eprintln!("standin: hot restart: {e}");
+            return code(EXIT_CONFIG);
+        }
+    };
     // The VIP keeper is small and single-threaded, and the proxy benchmark's backend gets one
     // thread like wrk and HAProxy beside it; everything else gets the worker pool.
     let mut builder = match args.command {
@@ -33,7 +43,7 @@ pub fn main_with(args: Args) -> ExitCode {
             return code(70);
         }
     };
-    rt.block_on(dispatch(args.command))
+    rt.block_on(dispatch(args.command, handover))
 }
 
 /// Cancels the token on SIGTERM or SIGINT.
@@ -96,7 +106,7 @@ fn done_alternate(r: Result<(), impl std::fmt::Display>) -> ExitCode {
     }
 }
 
-async fn dispatch(command: Cmd) -> ExitCode {
+async fn dispatch(command: Cmd, handover: Option<crate::handover::Handover>) -> ExitCode {
     // Every operator command carries `--api`/`--token`; the token applies to all its requests.
     let api = command.api();
     client::set_token(api.and_then(|a| a.token.clone()));
@@ -114,7 +124,27 @@ async fn dispatch(command: Cmd) -> ExitCode {
         }
     }
     match command {
-        Cmd::Node { config } => node(&config).await,
+        Cmd::Node { config } => node(&config, handover).await,
+        Cmd::Preflight {
+            config,
+            node,
+            data_format,
+        } => match crate::node::restart::preflight(&config, &node, data_format) {
+            Ok(p) => {
+                println!("{}", serde_json::to_string(&p).unwrap_or_default());
+                code(exit::OK)
+            }
+            Err(e) => {
+                eprintln!("standin: {e}");
+                code(EXIT_CONFIG)
+            }
+        },
+        Cmd::Restart {
+            api,
+            node,
+            wait,
+            json,
+        } => cli_result(client::restart(&api.api, node.as_deref(), wait, json).await),
         Cmd::CheckConfig { file } => check_config(&file),
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
@@ -222,8 +252,17 @@ fn ignore_hangup_from_now_on() {
 
 /// `standin node`: bad config exits 64 and a port that cannot be bound 69, both before the
 /// node starts; then it runs until SIGTERM/SIGINT (and its proxy beside it, if configured).
-async fn node(path: &Path) -> ExitCode {
+async fn node(path: &Path, handover: Option<crate::handover::Handover>) -> ExitCode {
     ignore_hangup_from_now_on();
+    // With a hot restart's document, anything that fails before the take-over goes back to
+    // the previous program, which resumes (see `handover::fall_back`).
+    let fall_back = |h: &Option<crate::handover::Handover>, why: &str| {
+        if let Some(h) = h {
+            tracing::error!(error = %why, "hot restart: this program cannot start; going back to the previous one");
+            let err = crate::handover::fall_back(h, why);
+            tracing::error!(error = %err, "cannot go back to the previous program");
+        }
+    };
     // Store clients are clamped to the open file limit: raise it as far as allowed.
     match crate::store::server::raise_file_limit() {
         Ok((soft, hard)) => tracing::info!(soft, hard, "open file limit"),
@@ -232,16 +271,27 @@ async fn node(path: &Path) -> ExitCode {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
+            fall_back(&handover, &e.to_string());
             eprintln!("standin: {e}");
             return code(EXIT_CONFIG);
         }
     };
-    let listeners = match crate::node::Listeners::bind(&config).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("standin: {e}");
-            return code(exit::UNAVAILABLE);
-        }
+    let listeners = match &handover {
+        Some(h) => match crate::node::Listeners::from_handover(&config, h) {
+            Ok(l) => l,
+            Err(e) => {
+                fall_back(&handover, &e);
+                eprintln!("standin: hot restart: {e}");
+                return code(exit::UNAVAILABLE);
+            }
+        },
+        None => match crate::node::Listeners::bind(&config).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("standin: {e}");
+                return code(exit::UNAVAILABLE);
+            }
+        },
     };
     let proxy = match &config.proxy {
         Some(p) => match crate::address::proxy::Bound::bind(p).await {
@@ -270,7 +320,7 @@ async fn node(path: &Path) -> ExitCode {
             crate::systemd::stopping();
         });
     }
-    match crate::node::run(config, path.to_path_buf(), listeners, token).await {
+    match crate::node::run(config, path.to_path_buf(), listeners, token, handover).await {
         Ok(()) => code(exit::OK),
         Err(e) => {
             tracing::error!(error = %e, "node failed");

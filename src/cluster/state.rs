@@ -156,6 +156,8 @@ pub enum EventKind {
     ConfigChanged,
     SwitchoverRequested,
     SwitchoverCancelled,
+    /// A node's daemon was hot-restarted (same pid, new program; role and service kept).
+    HotRestart,
 }
 
 impl std::fmt::Display for EventKind {
@@ -248,6 +250,7 @@ fn kind_name<B>(c: &CommandOf<B>) -> &'static str {
         CommandOf::Batch(_) => "Batch",
         CommandOf::Store { .. } => "Store",
         CommandOf::SwitchoverIf { .. } => "SwitchoverIf",
+        CommandOf::NodeResumed { .. } => "NodeResumed",
     }
 }
 
@@ -259,6 +262,7 @@ impl<B> CommandOf<B> {
     fn forwardable_by(&self) -> Option<&str> {
         match self {
             CommandOf::NodeStarted { node, .. }
+            | CommandOf::NodeResumed { node, .. }
             | CommandOf::Health { node, .. }
             | CommandOf::Released { node, .. }
             | CommandOf::PromoteResult { node, .. }
@@ -442,6 +446,19 @@ pub enum CommandOf<B> {
         from: Option<String>,
         epoch: Option<u64>,
     },
+    /// A node's daemon was replaced in place by a hot restart: the same process (pid) runs a
+    /// new program that took over the service, the listeners and the role. Unlike
+    /// [`CommandOf::NodeStarted`] it does not step the node down and keeps its checks: the
+    /// node never stopped acting. Records the version and configuration it runs now.
+    NodeResumed {
+        node: String,
+        version: String,
+        /// The version that handed over.
+        from_version: String,
+        #[serde(default)]
+        config: String,
+        at: u64,
+    },
 }
 
 /// The answer to a command: applied, or refused with the reason.
@@ -619,6 +636,36 @@ impl ClusterState {
                     // Not a confirmed release: the old daemon died without telling its service,
                     // which may act until its lease runs out. The coordinator waits for it.
                     self.step_down(node, epoch, Cause::Released, "node restarted", *at, false);
+                }
+                CommandResult::ok()
+            }
+            CommandOf::NodeResumed {
+                node,
+                version,
+                from_version,
+                config,
+                at,
+            } => {
+                let rec = self.node_mut(node);
+                let previous_config = std::mem::replace(&mut rec.config_digest, config.clone());
+                rec.version = version.clone();
+                self.event(
+                    *at,
+                    EventKind::HotRestart,
+                    Some(node),
+                    None,
+                    format!("hot restart: version {from_version} -> {version}; service and role kept"),
+                    None,
+                );
+                if !previous_config.is_empty() && !config.is_empty() && previous_config != *config {
+                    self.event(
+                        *at,
+                        EventKind::ConfigChanged,
+                        Some(node),
+                        None,
+                        format!("configuration changed (digest {previous_config} -> {config})"),
+                        None,
+                    );
                 }
                 CommandResult::ok()
             }

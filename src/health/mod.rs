@@ -143,9 +143,32 @@ pub fn spawn_checks(
     transitions: UnboundedSender<Transition>,
     cancel: CancellationToken,
 ) -> HealthHandle {
+    spawn_checks_from(checks, &std::collections::BTreeMap::new(), transitions, cancel)
+}
+
+/// [`spawn_checks`], each check starting in the state `initial` gives it (a check it does
+/// not name starts unhealthy). A hot restart continues where the previous program stopped:
+/// a healthy check stays healthy until `fall` probes fail, and no transition is sent for a
+/// state the cluster already has.
+pub fn spawn_checks_from(
+    checks: Vec<CheckConfig>,
+    initial: &std::collections::BTreeMap<String, bool>,
+    transitions: UnboundedSender<Transition>,
+    cancel: CancellationToken,
+) -> HealthHandle {
     let handle = HealthHandle {
         statuses: Arc::new(Mutex::new(
-            checks.iter().map(|c| CheckStatus::new(&c.name)).collect(),
+            checks
+                .iter()
+                .map(|c| {
+                    let mut s = CheckStatus::new(&c.name);
+                    if initial.get(&c.name) == Some(&true) {
+                        s.healthy = true;
+                        s.last_result = Some("healthy before the hot restart".into());
+                    }
+                    s
+                })
+                .collect(),
         )),
     };
     for (index, check) in checks.into_iter().enumerate() {

@@ -12,6 +12,7 @@
 mod coordinator;
 mod lease;
 mod reporter;
+pub mod restart;
 pub mod role;
 
 use std::net::SocketAddr;
@@ -78,7 +79,71 @@ pub struct Listeners {
     pub store: Option<TcpListener>,
 }
 
+/// Close-on-exec duplicates of a node's listening sockets, kept from the start for a hot
+/// restart (the serving tasks own and close the originals when they stop).
+struct ListenerFds {
+    admin: std::os::fd::OwnedFd,
+    cluster: Vec<std::os::fd::OwnedFd>,
+    store: Option<std::os::fd::OwnedFd>,
+}
+
+impl ListenerFds {
+    fn dup(l: &Listeners) -> std::io::Result<ListenerFds> {
+        use std::os::fd::AsRawFd;
+        let dup = |l: &TcpListener| crate::handover::dup(l.as_raw_fd());
+        Ok(ListenerFds {
+            admin: dup(&l.admin)?,
+            cluster: l.cluster.iter().map(dup).collect::<std::io::Result<_>>()?,
+            store: l.store.as_ref().map(dup).transpose()?,
+        })
+    }
+}
+
 impl Listeners {
+    /// The listeners handed over by the previous program (hot restart), checked against the
+    /// addresses `config` asks for (a changed address needs a full restart). The handover's
+    /// descriptors are duplicated, so they stay open for a fall-back until the take-over.
+    pub fn from_handover(config: &Config, h: &crate::handover::Handover) -> Result<Listeners, String> {
+        let take = |fd: std::os::fd::RawFd, what: &str, want: SocketAddr| -> Result<TcpListener, String> {
+            let owned = crate::handover::dup(fd).map_err(|e| format!("{what}: {e}"))?;
+            let std = std::net::TcpListener::from(owned);
+            let have = std.local_addr().map_err(|e| format!("{what}: {e}"))?;
+            if have != want && !(want.port() == 0 && have.ip() == want.ip()) {
+                return Err(format!(
+                    "{what} listens on {have} but the configuration says {want}: an address change needs a full restart"
+                ));
+            }
+            std.set_nonblocking(true).map_err(|e| format!("{what}: {e}"))?;
+            TcpListener::from_std(std).map_err(|e| format!("{what}: {e}"))
+        };
+        let me = config.me();
+        let admin = take(h.admin, "admin API", me.admin)?;
+        let want: Vec<SocketAddr> = config.node.listen.clone().unwrap_or_else(|| me.addresses.clone());
+        if want.len() != h.cluster.len() {
+            return Err(format!(
+                "{} cluster listeners handed over, the configuration has {}: a full restart is needed",
+                h.cluster.len(),
+                want.len()
+            ));
+        }
+        let cluster = h
+            .cluster
+            .iter()
+            .zip(&want)
+            .map(|(fd, addr)| take(*fd, "cluster path", *addr))
+            .collect::<Result<_, _>>()?;
+        let store = match (&config.store, h.store) {
+            (Some(s), Some(fd)) => Some(take(fd, "store", s.listen)?),
+            (None, None) => None,
+            _ => return Err("the store was added or removed: a full restart is needed".into()),
+        };
+        Ok(Listeners {
+            admin,
+            cluster,
+            store,
+        })
+    }
+
     /// Binds the admin API and every cluster address of this node.
     pub async fn bind(config: &Config) -> Result<Listeners, NodeError> {
         let me = config.me();
@@ -177,71 +242,159 @@ async fn watch_reload(
 /// Runs a node until `shutdown` fires, then stops everything (service included) and returns.
 ///
 /// `config_path` is the file `config` was read from: SIGHUP reads it again (see
-/// `watch_reload`).
+/// `watch_reload`). `handover` is what the previous program handed over in a hot restart
+/// (see [`restart`]): the service, the VIP keeper, the role and the lease are taken over
+/// instead of started; if this program cannot open the cluster state, it goes back to the
+/// previous program. A hot restart requested while running ends this function only if it
+/// failed after the point of no return (then with an error).
 pub async fn run(
     config: Config,
     config_path: std::path::PathBuf,
     listeners: Listeners,
     shutdown: CancellationToken,
+    handover: Option<crate::handover::Handover>,
 ) -> Result<(), NodeError> {
     let config = Arc::new(config);
     let me = config.me().clone();
+    let listen_fds = ListenerFds::dup(&listeners)
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot keep the listeners for a hot restart"))
+        .ok();
     let peers = config
         .members
         .iter()
         .filter(|m| m.id != me.id)
         .map(|m| (m.id.clone(), m.addresses.clone()))
         .collect();
-    let tls = match config.tls.files() {
-        Some(files) => Some(Arc::new(crate::tls::Tls::load(files, Some(&me.id))?)),
-        None => {
-            tracing::warn!(
-                "[tls] insecure = true: cluster connections are neither encrypted nor authenticated; \
-                 anyone who can reach a cluster address can act as a member"
-            );
-            None
-        }
+    let start = async {
+        let tls = match config.tls.files() {
+            Some(files) => Some(Arc::new(crate::tls::Tls::load(files, Some(&me.id))?)),
+            None => None,
+        };
+        let transport = Transport::new(
+            me.id.clone(),
+            peers,
+            config.timing.heartbeat_interval,
+            config.timing.failure_timeout,
+            tls.clone(),
+        );
+        let cluster = Cluster::start(&config, transport.clone()).await?;
+        Ok::<_, NodeError>((tls, transport, cluster))
     };
-    let transport = Transport::new(
-        me.id.clone(),
-        peers,
-        config.timing.heartbeat_interval,
-        config.timing.failure_timeout,
-        tls.clone(),
-    );
-    let cluster = Cluster::start(&config, transport.clone()).await?;
+    let (tls, transport, cluster) = match (start.await, &handover) {
+        (Ok(parts), _) => parts,
+        (Err(e), Some(h)) => {
+            // Nothing was taken over yet: the previous program resumes with everything.
+            tracing::error!(error = %e, "hot restart: this program cannot start; going back to the previous one");
+            let why = crate::handover::fall_back(h, &e.to_string());
+            tracing::error!(error = %why, "cannot go back to the previous program");
+            return Err(e);
+        }
+        (Err(e), None) => return Err(e),
+    };
+    if tls.is_none() {
+        tracing::warn!(
+            "[tls] insecure = true: cluster connections are neither encrypted nor authenticated; \
+             anyone who can reach a cluster address can act as a member"
+        );
+    }
     tracing::info!(node.id = %me.id, kind = %me.kind, "raft started");
+
+    // Past this point the hand-over is taken: what it carries is adopted or dropped.
+    let mut adopt_service = None;
+    let mut adopt_keeper = None;
+    if let Some(h) = &handover {
+        let dup = |fd: Option<std::os::fd::RawFd>| fd.and_then(|fd| crate::handover::dup(fd).ok());
+        adopt_service = h.service.as_ref().map(|s| service::Adopt {
+            pid: s.pid,
+            since_unix_ms: s.since_unix_ms,
+            stdout: dup(s.stdout),
+            stderr: dup(s.stderr),
+        });
+        adopt_keeper = h.keeper.as_ref().and_then(|k| {
+            Some(crate::address::vip::driver::AdoptKeeper {
+                pid: k.pid,
+                stdin: dup(Some(k.stdin))?,
+                stdout: dup(Some(k.stdout))?,
+            })
+        });
+        for fd in h.fds() {
+            // SAFETY: the document was checked and each descriptor is closed exactly once,
+            // after everything that needed it was duplicated.
+            #[allow(unsafe_code)]
+            drop(unsafe { crate::handover::own(fd) });
+        }
+        match &h.failed {
+            Some(why) => tracing::error!(reason = %why, "hot restart failed: the previous program resumed"),
+            None => {
+                tracing::info!(from = %h.from_version, hot_restarts = h.hot_restarts, "hot restart: took over from the previous program")
+            }
+        }
+    }
 
     // Internal tasks get their own token so that the service is stopped before Raft goes.
     let tasks = CancellationToken::new();
+    // The service and the VIP keeper outlive the tasks when the program is replaced (hot
+    // restart): they have tokens of their own, cancelled only by a real shutdown.
+    let service_token = CancellationToken::new();
+    let vip_token = CancellationToken::new();
     let tracker = TaskTracker::new();
 
     let (transitions_tx, transitions_rx) = tokio::sync::mpsc::unbounded_channel();
+    let initial_checks = handover.as_ref().map(|h| h.checks.clone()).unwrap_or_default();
     let (health, supervisor) = match (&config.service, me.kind) {
         (Some(svc), NodeKind::Data) => {
-            let health = health::spawn_checks(config.checks.clone(), transitions_tx, tasks.clone());
-            let sup = service::spawn_supervisor(svc.clone(), me.id.clone(), tasks.clone());
+            let health = health::spawn_checks_from(
+                config.checks.clone(),
+                &initial_checks,
+                transitions_tx,
+                tasks.clone(),
+            );
+            let adopted = adopt_service.is_some();
+            let sup = service::spawn_supervisor_adopting(
+                svc.clone(),
+                me.id.clone(),
+                adopt_service,
+                service_token.clone(),
+            );
             // A hot service runs on standbys too; a warm one starts on promotion.
-            if svc.mode == crate::config::ServiceMode::Hot {
+            if svc.mode == crate::config::ServiceMode::Hot && !adopted {
                 sup.set_desired(true).await;
             }
             (Some(health), Some(sup))
         }
         _ => (None, None),
     };
-    let node = Arc::new(Node::new(
-        config.clone(),
-        cluster.clone(),
-        tls.clone(),
-        health,
-        supervisor,
-    ));
+    let (restart_tx, mut restart_rx) = tokio::sync::mpsc::channel(4);
+    let mut node = Node::new(config.clone(), cluster.clone(), tls.clone(), health, supervisor);
+    node.restart = Some(restart_tx.clone());
+    *node.daemon.lock().unwrap_or_else(|p| p.into_inner()) = shared::DaemonInfo {
+        node: me.id.clone(),
+        pid: std::process::id(),
+        version: crate::version::VERSION.into(),
+        commit: crate::version::COMMIT.into(),
+        started_unix_ms: handover
+            .as_ref()
+            .map_or_else(crate::clock::unix_ms, |h| h.started_unix_ms),
+        hot_restarts: handover.as_ref().map_or(0, |h| h.hot_restarts),
+        program_started_unix_ms: crate::clock::unix_ms(),
+        last_restart_failure: handover.as_ref().and_then(|h| h.failed.clone()),
+        resumed_from: handover.as_ref().map(|h| h.from_version.clone()),
+    };
+    if let Some(h) = &handover {
+        seed_role(&node, &h.role);
+    }
+    let node = Arc::new(node);
+    let program = handover
+        .as_ref()
+        .map(|h| h.program.clone())
+        .or_else(|| std::env::current_exe().ok());
     tracker.spawn(watch_reload(
         tls,
         config.clone(),
         config_path.clone(),
         tasks.clone(),
     ));
+    tracker.spawn(restart_on_usr2(restart_tx, tasks.clone()));
     crate::systemd::spawn_watchdog(tasks.clone());
     // READY=1 once a leader is known (the role loop can then decide this node's role), or
     // after the bootstrap wait if none is (no quorum yet: the unit must not time out).
@@ -334,9 +487,11 @@ pub async fn run(
         tracker.spawn(lease::run(node.clone(), role_token.clone()));
         role_task = Some(tokio::spawn(role::run(node.clone(), role_token.clone())));
     }
+    let (keeper_tx, keeper_rx) = tokio::sync::mpsc::channel(1);
+    let mut vip_driver = false;
     if let (true, Some(addr)) = (node.is_data(), &config.address) {
-        match std::env::current_exe() {
-            Ok(binary) => {
+        match program.clone() {
+            Some(binary) => {
                 let driver = crate::address::vip::driver::Driver {
                     args: crate::address::vip::KeeperArgs {
                         interface: addr.interface.clone(),
@@ -351,38 +506,141 @@ pub async fn run(
                     margin: config.timing.lease_margin(),
                     held: node.vip_held.clone(),
                     unreleased: node.vip_unreleased.clone(),
+                    adopt: adopt_keeper.take(),
+                    hand_over: keeper_rx,
                 };
-                tracker.spawn(driver.run(tasks.clone()));
+                vip_driver = true;
+                tracker.spawn(driver.run(vip_token.clone()));
             }
             // Without the keeper the VIP is never added: the node runs, the address stays put.
-            Err(e) => {
-                tracing::error!(error = %e, vip = %addr.vip, "cannot find our own binary to run the vip keeper")
+            None => {
+                tracing::error!(vip = %addr.vip, "cannot find our own binary to run the vip keeper")
             }
         }
     }
     tracing::info!(node.id = %me.id, admin = %me.admin, "node running");
 
     let fatal = failstop::token();
-    tokio::select! {
-        _ = shutdown.cancelled() => tracing::info!(node.id = %me.id, "shutting down"),
-        _ = fatal.cancelled() => {
-            // Best effort, bounded: put the reason into the replicated history through the
-            // leader (a follower's Raft may be dead while the leader is fine). Others raise
-            // `node-unreachable` once we are gone either way.
-            if let Some((reason, _)) = failstop::reason() {
-                let cmd = crate::cluster::Command::Health {
-                    node: me.id.clone(),
-                    check: reporter::PROCESS_CHECK.into(),
-                    healthy: false,
-                    detail: format!("fail-stop: {reason}"),
-                    at: crate::clock::unix_ms(),
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(1), cluster.write(cmd)).await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                tracing::info!(node.id = %me.id, "shutting down");
+                break;
             }
-            // Peers must see us gone now, and Raft must stop leading, before the (bounded)
-            // demotion below: a node that cannot act must not hold the cluster.
-            peer_token.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(2), cluster.shutdown()).await;
+            _ = fatal.cancelled() => {
+                // Best effort, bounded: put the reason into the replicated history through the
+                // leader (a follower's Raft may be dead while the leader is fine). Others raise
+                // `node-unreachable` once we are gone either way.
+                if let Some((reason, _)) = failstop::reason() {
+                    let cmd = crate::cluster::Command::Health {
+                        node: me.id.clone(),
+                        check: reporter::PROCESS_CHECK.into(),
+                        healthy: false,
+                        detail: format!("fail-stop: {reason}"),
+                        at: crate::clock::unix_ms(),
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(1), cluster.write(cmd)).await;
+                }
+                // Peers must see us gone now, and Raft must stop leading, before the (bounded)
+                // demotion below: a node that cannot act must not hold the cluster.
+                peer_token.cancel();
+                let _ = tokio::time::timeout(Duration::from_secs(2), cluster.shutdown()).await;
+                break;
+            }
+            Some(req) = restart_rx.recv() => {
+                let req: shared::RestartRequest = req;
+                let (Some(binary), Some(fds)) = (program.clone(), listen_fds.as_ref()) else {
+                    let _ = req.reply.send(Err("this daemon cannot find its program or lost its listeners: restart it".into()));
+                    continue;
+                };
+                let new = match restart::run_preflight(&binary, &config_path, &me.id).await {
+                    Ok(p) => p,
+                    Err(why) => {
+                        tracing::error!(reason = %why, "hot restart refused: the new program failed its preflight; this one keeps running");
+                        node.daemon.lock().unwrap_or_else(|p| p.into_inner()).last_restart_failure = Some(why.clone());
+                        let _ = req.reply.send(Err(why));
+                        continue;
+                    }
+                };
+                tracing::info!(version = %new.version, commit = %new.commit, binary = %binary.display(), "hot restart: handing over to the new program");
+                let _ = req.reply.send(Ok(format!(
+                    "handing over to {} (commit {}) from {}",
+                    new.version, new.commit, binary.display()
+                )));
+                crate::systemd::reloading();
+                // Let the reply reach the client before the servers stop.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                restart::prepare(&node).await;
+                // Stop acting loops without demoting: the role goes over as it is.
+                role_token.cancel();
+                if let Some(t) = role_task.take() {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+                }
+                let keeper = if vip_driver {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    match keeper_tx.send(tx).await {
+                        Ok(()) => rx.await.ok().flatten(),
+                        Err(_) => None,
+                    }
+                } else {
+                    None
+                };
+                let service = match &node.supervisor {
+                    Some(sup) => sup.hand_over().await,
+                    None => None,
+                };
+                let role = snapshot_role(&node);
+                let checks: std::collections::BTreeMap<String, bool> = node
+                    .health
+                    .as_ref()
+                    .map(|h| h.snapshot().into_iter().map(|c| (c.name, c.healthy)).collect())
+                    .unwrap_or_default();
+                peer_token.cancel();
+                tasks.cancel();
+                tracker.close();
+                let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), cluster.shutdown()).await;
+                let fallback = crate::handover::open_own_program()
+                    .inspect_err(|e| tracing::warn!(error = %e, "cannot open this program to go back to"))
+                    .ok();
+                use std::os::fd::AsRawFd;
+                let daemon = node.daemon.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let h = crate::handover::Handover {
+                    format: crate::handover::FORMAT,
+                    from_version: format!("{} (commit {})", crate::version::VERSION, crate::version::COMMIT),
+                    hot_restarts: daemon.hot_restarts + 1,
+                    started_unix_ms: daemon.started_unix_ms,
+                    program: binary.clone(),
+                    admin: fds.admin.as_raw_fd(),
+                    cluster: fds.cluster.iter().map(|f| f.as_raw_fd()).collect(),
+                    store: fds.store.as_ref().map(|f| f.as_raw_fd()),
+                    service: service.as_ref().map(|s| crate::handover::ServiceHandover {
+                        pid: s.pid,
+                        since_unix_ms: s.since_unix_ms,
+                        stdout: s.stdout.as_ref().map(|f| f.as_raw_fd()),
+                        stderr: s.stderr.as_ref().map(|f| f.as_raw_fd()),
+                    }),
+                    keeper: keeper.as_ref().map(|k| crate::handover::KeeperHandover {
+                        pid: k.pid,
+                        stdin: k.stdin.as_raw_fd(),
+                        stdout: k.stdout.as_raw_fd(),
+                    }),
+                    role,
+                    checks,
+                    fallback: fallback.as_ref().map(|f| f.as_raw_fd()),
+                    failed: None,
+                };
+                let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+                let err = crate::handover::exec(&binary, &args, &h);
+                // Still here: the new program could not even be executed. Go back to this one
+                // (same document), which resumes everything.
+                tracing::error!(error = %err, binary = %binary.display(), "hot restart: cannot execute the new program; resuming this one");
+                let why = crate::handover::fall_back(&h, &format!("cannot execute {}: {err}", binary.display()));
+                failstop::trip(format!("hot restart failed and this program cannot resume: {why}"), failstop::EXIT_SOFTWARE);
+                // The tasks are gone: stop the service too (the normal shutdown below).
+                role_task = None;
+                break;
+            }
         }
     }
     // Stop acting as active first (demote hook, release), then the service.
@@ -394,7 +652,9 @@ pub async fn run(
     if let Some(sup) = &node.supervisor {
         sup.shutdown().await;
     }
+    service_token.cancel();
     tasks.cancel();
+    vip_token.cancel();
     tracker.close();
     if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
         .await
@@ -406,6 +666,75 @@ pub async fn run(
     match failstop::reason() {
         Some((reason, code)) => Err(NodeError::Fatal { reason, code }),
         None => Ok(()),
+    }
+}
+
+/// SIGUSR2 asks for a hot restart (as `standin restart` does over the API); the outcome is
+/// logged.
+async fn restart_on_usr2(
+    restart: tokio::sync::mpsc::Sender<shared::RestartRequest>,
+    cancel: CancellationToken,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr2 = match signal(SignalKind::user_defined2()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGUSR2: hot restart only through the API");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = usr2.recv() => if r.is_none() { return },
+        }
+        tracing::info!("SIGUSR2 received: hot restart");
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if restart.send(shared::RestartRequest { reply }).await.is_err() {
+            return;
+        }
+        if let Ok(Err(why)) = answer.await {
+            tracing::error!(reason = %why, "hot restart did not happen");
+        }
+    }
+}
+
+/// The role as it goes over to the next program.
+fn snapshot_role(node: &Node) -> crate::handover::RoleHandover {
+    use crate::handover::to_monotonic;
+    let local = *node.local.borrow();
+    let lease = *node.lease.borrow();
+    let handed = *node.handed_out.lock().unwrap_or_else(|p| p.into_inner());
+    crate::handover::RoleHandover {
+        active: local.acting == Acting::Active,
+        epoch: local.epoch,
+        lease: lease.map(|l| (l.epoch, to_monotonic(l.until))),
+        handed_out: handed.map(|(until, pid)| (to_monotonic(until), pid)),
+        vip_unreleased: node.vip_unreleased.load(std::sync::atomic::Ordering::SeqCst),
+    }
+}
+
+/// Takes over the role the previous program held: acting as active (with its lease, which
+/// the lease loop renews from here) if it was.
+fn seed_role(node: &Node, role: &crate::handover::RoleHandover) {
+    use crate::handover::from_monotonic;
+    let lease = role.lease.map(|(epoch, until)| shared::Lease {
+        epoch,
+        until: from_monotonic(until),
+    });
+    node.lease.send_replace(lease);
+    *node.handed_out.lock().unwrap_or_else(|p| p.into_inner()) =
+        role.handed_out.map(|(until, pid)| (from_monotonic(until), pid));
+    node.vip_unreleased
+        .store(role.vip_unreleased, std::sync::atomic::Ordering::SeqCst);
+    // As it was: the role loop checks the replicated state on its first round and demotes
+    // (hook, service told, VIP released) if the state moved on meanwhile.
+    if role.active {
+        node.local.send_replace(shared::LocalRole {
+            acting: Acting::Active,
+            epoch: role.epoch,
+            lease_until: lease.filter(|l| l.epoch == role.epoch).map(|l| l.until),
+        });
     }
 }
 
@@ -453,6 +782,8 @@ pub fn admin_context(node: &Arc<Node>, config_path: Option<std::path::PathBuf>) 
         supervisor: node.supervisor.clone(),
         handed_out: node.handed_out.clone(),
         vip_held: node.vip_held.clone(),
+        daemon: node.daemon.clone(),
+        restart: node.restart.clone(),
     }
 }
 

@@ -67,6 +67,22 @@ pub async fn run(node: Arc<Node>, mut transitions: UnboundedReceiver<Transition>
     observed.insert(PROCESS_CHECK.into(), (false, "starting".into()));
     let mut reported: BTreeMap<String, (bool, String)> = BTreeMap::new();
     let mut started = false;
+    // A hot restart: the checks go on from where the previous program left them (the cluster
+    // has their state), and the node reports a resumption, not a start.
+    let resumed_from = node
+        .daemon
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .resumed_from
+        .clone();
+    if resumed_from.is_some() {
+        if let Some(h) = &node.health {
+            for c in h.snapshot() {
+                let detail = if c.healthy { "ok" } else { "not yet checked" };
+                observed.insert(c.name, (c.healthy, detail.to_string()));
+            }
+        }
+    }
     let mut proc_rx = node.supervisor.as_ref().map(|s| s.state());
     let mut local_rx = node.local.subscribe();
     // Warm mode: when the service was started for a promotion, and which checks have passed
@@ -111,22 +127,46 @@ pub async fn run(node: Arc<Node>, mut transitions: UnboundedReceiver<Transition>
             .collect();
         let mut pending = false;
         if !started {
-            let cmd = Command::NodeStarted {
-                node: me.clone(),
-                version: VERSION.into(),
-                checks: observed.keys().cloned().collect(),
-                config: config_digest(&node.config),
-                at: unix_ms(),
+            let cmd = match &resumed_from {
+                Some(from) => Command::NodeResumed {
+                    node: me.clone(),
+                    version: VERSION.into(),
+                    from_version: from.clone(),
+                    config: config_digest(&node.config),
+                    at: unix_ms(),
+                },
+                None => Command::NodeStarted {
+                    node: me.clone(),
+                    version: VERSION.into(),
+                    checks: observed.keys().cloned().collect(),
+                    config: config_digest(&node.config),
+                    at: unix_ms(),
+                },
             };
             match cancellable(&cancel, node.cluster.write(cmd)).await {
                 Ok(_) => {
                     started = true;
                     node.started_reported
                         .store(true, std::sync::atomic::Ordering::SeqCst);
-                    reported = observed
-                        .keys()
-                        .map(|k| (k.clone(), (false, "not yet checked".to_string())))
-                        .collect();
+                    reported = match &resumed_from {
+                        // What the cluster had before the restart, as the checks go on from it.
+                        Some(_) => node.cluster.sm.read(|d| {
+                            d.state
+                                .nodes
+                                .get(&me)
+                                .map(|r| {
+                                    r.checks
+                                        .iter()
+                                        .map(|(k, c)| (k.clone(), (c.healthy, c.detail.clone())))
+                                        .collect()
+                                })
+                                .unwrap_or_default()
+                        }),
+                        None => observed
+                            .keys()
+                            .map(|k| (k.clone(), (false, "not yet checked".to_string())))
+                            .collect(),
+                    };
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot register node yet");

@@ -55,6 +55,24 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
     // An epoch whose promotion failed here: never retried by this node.
     let mut failed_epoch: Option<u64> = None;
     let heartbeat = node.config.timing.heartbeat_interval;
+    // Taken over acting as active (hot restart): the state machine is still replaying its log
+    // right after the start; judge the role only once it reached the epoch handed over (or
+    // the lease ran out, which demotes below).
+    let seeded = *node.local.borrow();
+    if seeded.acting == Acting::Active {
+        loop {
+            let epoch = node.cluster.sm.read(|d| d.state.epoch);
+            let lease_left = node.lease.borrow().is_some_and(|l| Instant::now() < l.until);
+            if epoch >= seeded.epoch || !lease_left {
+                break;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = applied.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
+    }
     loop {
         let (active, epoch, promotion, deposed) = node.cluster.sm.read(|d| {
             (

@@ -55,6 +55,35 @@ pub struct Lease {
 /// told (the role loop's release waits until the service heard "standby" or that time passed).
 pub type HandedOut = Arc<Mutex<Option<(Instant, Option<u32>)>>>;
 
+/// The daemon process behind a node (`GET /v1/daemon`): what `standin restart` watches to
+/// see a hot restart happen (same pid, one more hot restart, the new version).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct DaemonInfo {
+    pub node: String,
+    pub pid: u32,
+    pub version: String,
+    pub commit: String,
+    /// When this pid started (the first program, before any hot restart).
+    pub started_unix_ms: u64,
+    /// Hot restarts this pid went through.
+    pub hot_restarts: u64,
+    /// When the running program took over (its own start).
+    pub program_started_unix_ms: u64,
+    /// Why the last hot restart did not happen (the previous program kept or took back the
+    /// node), if it did not.
+    pub last_restart_failure: Option<String>,
+    /// The version this program took over from (hot restart), if it did.
+    pub resumed_from: Option<String>,
+}
+
+/// A request for a hot restart of this node's daemon (`POST /v1/restart`, SIGUSR2). The reply
+/// says whether the new program passed its preflight and the hand-over begins (the reply is
+/// sent before the program is replaced) or why not.
+#[derive(Debug)]
+pub struct RestartRequest {
+    pub reply: tokio::sync::oneshot::Sender<Result<String, String>>,
+}
+
 /// Everything the node's tasks share.
 pub struct Node {
     pub config: Arc<Config>,
@@ -92,6 +121,10 @@ pub struct Node {
     /// it down as "restarted" (it was seen once when the report was held up by a frozen
     /// leader), and acting in between would make that a failover of a node that never failed.
     pub started_reported: std::sync::atomic::AtomicBool,
+    /// The daemon process (pid, program version, hot restarts).
+    pub daemon: Arc<Mutex<DaemonInfo>>,
+    /// Where hot restart requests go (`None` in in-process tests: no daemon to replace).
+    pub restart: Option<tokio::sync::mpsc::Sender<RestartRequest>>,
 }
 
 impl Node {
@@ -122,6 +155,8 @@ impl Node {
             vip_unreleased: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             tls,
             started_reported: std::sync::atomic::AtomicBool::new(false),
+            daemon: Arc::new(Mutex::new(DaemonInfo::default())),
+            restart: None,
         }
     }
 

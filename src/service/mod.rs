@@ -17,6 +17,7 @@
 pub mod hooks;
 pub(crate) mod process;
 
+use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -70,6 +71,19 @@ enum Request {
     SetDesired(bool, oneshot::Sender<()>),
     /// Stop and end the task.
     Shutdown,
+    /// Hot restart: describe the running process for the program that replaces this one,
+    /// then leave it alone (no restart, no stop) until the process is replaced.
+    HandOver(oneshot::Sender<Option<Adopt>>),
+}
+
+/// A running service process passed from one daemon program to the next (hot restart): its
+/// pid (still a child of this pid), since when it runs, and its output pipes.
+#[derive(Debug)]
+pub struct Adopt {
+    pub pid: u32,
+    pub since_unix_ms: u64,
+    pub stdout: Option<std::os::fd::OwnedFd>,
+    pub stderr: Option<std::os::fd::OwnedFd>,
 }
 
 /// Handle to the supervisor task of the managed service. Cheap to clone.
@@ -84,6 +98,7 @@ impl std::fmt::Debug for Request {
         match self {
             Request::SetDesired(running, _) => write!(f, "SetDesired({running})"),
             Request::Shutdown => f.write_str("Shutdown"),
+            Request::HandOver(_) => f.write_str("HandOver"),
         }
     }
 }
@@ -92,9 +107,22 @@ impl std::fmt::Debug for Request {
 /// [`Supervisor::set_desired`]`(true)`. `node` is this node's id (`STANDIN_NODE`, log field).
 /// When `cancel` fires the service is stopped and the task ends.
 pub fn spawn_supervisor(cfg: ServiceConfig, node: String, cancel: CancellationToken) -> Supervisor {
+    spawn_supervisor_adopting(cfg, node, None, cancel)
+}
+
+/// [`spawn_supervisor`], taking over the running process `adopt` handed over by the program
+/// this one replaced (hot restart): it is supervised as if this process had started it (it
+/// should run; an exit is restarted). A process that cannot be adopted (it exited meanwhile)
+/// is logged and started again.
+pub fn spawn_supervisor_adopting(
+    cfg: ServiceConfig,
+    node: String,
+    adopt: Option<Adopt>,
+    cancel: CancellationToken,
+) -> Supervisor {
     let (commands, rx) = mpsc::channel(16);
     let (state_tx, state) = watch::channel(ProcState::Stopped);
-    let task = Task {
+    let mut task = Task {
         backoff: cfg.restart_backoff_min,
         cfg,
         node,
@@ -103,6 +131,9 @@ pub fn spawn_supervisor(cfg: ServiceConfig, node: String, cancel: CancellationTo
         desired: false,
         restart_at: None,
     };
+    if let Some(adopt) = adopt {
+        task.adopt(adopt);
+    }
     tokio::spawn(task.run(rx, cancel));
     Supervisor { commands, state }
 }
@@ -117,6 +148,14 @@ impl Supervisor {
             // An Err means the task ended meanwhile (shutdown); nothing left to wait for.
             let _ = rx.await;
         }
+    }
+
+    /// Hot restart: the running process (if any) with its output pipes, for the program that
+    /// replaces this one. From then on the supervisor neither restarts nor stops it.
+    pub async fn hand_over(&self) -> Option<Adopt> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Request::HandOver(tx)).await.ok()?;
+        rx.await.ok().flatten()
     }
 
     /// Follows the process state.
@@ -144,11 +183,16 @@ impl Supervisor {
 
 /// The running process and what the task needs to stop it.
 struct Running {
-    child: Child,
+    child: process::Proc,
     pgid: Pid,
     started: Instant,
+    since_unix_ms: u64,
     /// SIGKILLs the group if the task is dropped while the process runs.
     guard: GroupGuard,
+    /// Close-on-exec duplicates of the read ends of its stdout and stderr, for a hot restart
+    /// (the log tasks own the originals).
+    stdout: Option<std::os::fd::OwnedFd>,
+    stderr: Option<std::os::fd::OwnedFd>,
 }
 
 struct Task {
@@ -176,6 +220,22 @@ impl Task {
                     }
                     // All handles dropped is a shutdown too: nobody could stop it later.
                     Some(Request::Shutdown) | None => break,
+                    Some(Request::HandOver(reply)) => {
+                        let _ = reply.send(self.hand_over());
+                        // Frozen until the program is replaced; a shutdown (the replacement
+                        // did not happen) still stops the service.
+                        loop {
+                            tokio::select! {
+                                _ = cancel.cancelled() => break,
+                                cmd = commands.recv() => match cmd {
+                                    Some(Request::Shutdown) | None => break,
+                                    Some(Request::SetDesired(_, reply)) => { let _ = reply.send(()); }
+                                    Some(Request::HandOver(reply)) => { let _ = reply.send(None); }
+                                },
+                            }
+                        }
+                        break;
+                    }
                 },
                 status = wait_child(&mut self.child) => self.exited(status),
                 _ = sleep_until(self.restart_at) => {
@@ -187,6 +247,80 @@ impl Task {
         self.desired = false;
         self.stop().await;
         tracing::debug!(node = %self.node, "service supervisor ended");
+    }
+
+    /// Takes over a process handed over by the previous program (see [`Adopt`]).
+    fn adopt(&mut self, adopt: Adopt) {
+        self.desired = true;
+        let pgid = Pid::from_raw(adopt.pid as i32);
+        match process::Adopted::new(adopt.pid) {
+            Ok(child) => {
+                let stdout = adopt
+                    .stdout
+                    .as_ref()
+                    .and_then(|fd| crate::handover::dup(fd.as_raw_fd()).ok());
+                let stderr = adopt
+                    .stderr
+                    .as_ref()
+                    .and_then(|fd| crate::handover::dup(fd.as_raw_fd()).ok());
+                for (fd, stream) in [(adopt.stdout, "stdout"), (adopt.stderr, "stderr")] {
+                    let Some(fd) = fd else { continue };
+                    match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+                        Ok(pipe) => {
+                            tokio::spawn(log_lines(pipe, self.node.clone(), stream));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, stream, "cannot read the adopted service's output")
+                        }
+                    }
+                }
+                let up_ms = unix_ms().saturating_sub(adopt.since_unix_ms);
+                let started = Instant::now()
+                    .checked_sub(Duration::from_millis(up_ms))
+                    .unwrap_or_else(Instant::now);
+                tracing::info!(node = %self.node, pid = adopt.pid, "service adopted from the previous program (hot restart): not restarted");
+                self.child = Some(Running {
+                    child: process::Proc::Adopted(child),
+                    pgid,
+                    started,
+                    since_unix_ms: adopt.since_unix_ms,
+                    guard: GroupGuard::new(pgid),
+                    stdout,
+                    stderr,
+                });
+                self.state.send_replace(ProcState::Running {
+                    pid: adopt.pid,
+                    since_unix_ms: adopt.since_unix_ms,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(node = %self.node, pid = adopt.pid, error = %e, "the service handed over cannot be adopted (it exited?); starting it");
+                if process::group_alive(pgid) {
+                    process::signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
+                }
+                self.start();
+            }
+        }
+    }
+
+    /// Describes the running process for the next program, and disarms the group guard:
+    /// from now on this task must not kill it, even if it is dropped.
+    fn hand_over(&mut self) -> Option<Adopt> {
+        let running = self.child.as_mut()?;
+        let pid = running.child.id()?;
+        running.guard.disarm();
+        Some(Adopt {
+            pid,
+            since_unix_ms: running.since_unix_ms,
+            stdout: running
+                .stdout
+                .as_ref()
+                .and_then(|fd| crate::handover::dup(fd.as_raw_fd()).ok()),
+            stderr: running
+                .stderr
+                .as_ref()
+                .and_then(|fd| crate::handover::dup(fd.as_raw_fd()).ok()),
+        })
     }
 
     async fn set_desired(&mut self, running: bool) {
@@ -209,11 +343,9 @@ impl Task {
             Ok(running) => {
                 let pid = running.pgid.as_raw().unsigned_abs();
                 tracing::info!(node = %self.node, pid, command = %self.cfg.command, "service started");
+                let since_unix_ms = running.since_unix_ms;
                 self.child = Some(running);
-                self.state.send_replace(ProcState::Running {
-                    pid,
-                    since_unix_ms: unix_ms(),
-                });
+                self.state.send_replace(ProcState::Running { pid, since_unix_ms });
             }
             Err(e) => {
                 tracing::error!(node = %self.node, command = %self.cfg.command, error = %e, "cannot start service");
@@ -245,17 +377,24 @@ impl Task {
         let pgid =
             process::leader_pgid(&child).ok_or_else(|| std::io::Error::other("spawned child has no pid"))?;
         let guard = GroupGuard::new(pgid);
+        let mut stdout = None;
+        let mut stderr = None;
         if let Some(out) = child.stdout.take() {
+            stdout = crate::handover::dup(out.as_raw_fd()).ok();
             tokio::spawn(log_lines(out, self.node.clone(), "stdout"));
         }
         if let Some(err) = child.stderr.take() {
+            stderr = crate::handover::dup(err.as_raw_fd()).ok();
             tokio::spawn(log_lines(err, self.node.clone(), "stderr"));
         }
         Ok(Running {
-            child,
+            child: process::Proc::Spawned(child),
             pgid,
             started: Instant::now(),
+            since_unix_ms: unix_ms(),
             guard,
+            stdout,
+            stderr,
         })
     }
 

@@ -136,7 +136,7 @@ async fn wait_group_gone(pgid: Pid, deadline: Instant) -> bool {
 /// alive (or a bounded wait after SIGKILL expired, which is logged).
 ///
 /// Returns the leader's exit status if it could be collected.
-pub(crate) async fn stop_group(child: &mut Child, pgid: Pid, grace: Duration) -> Option<ExitStatus> {
+pub(crate) async fn stop_group(child: &mut Proc, pgid: Pid, grace: Duration) -> Option<ExitStatus> {
     let deadline = crate::config::later(Instant::now(), grace);
     signal_group(pgid, Signal::SIGTERM);
     let status = match tokio::time::timeout_at(deadline.into(), child.wait()).await {
@@ -162,6 +162,114 @@ pub(crate) async fn stop_group(child: &mut Child, pgid: Pid, grace: Duration) ->
         }
     }
     status
+}
+
+/// A child process: one this process spawned (tokio reaps it), or one it adopted from the
+/// program it replaced in a hot restart (same pid, so still its child: watched through a
+/// pidfd and reaped with `waitpid`).
+pub enum Proc {
+    Spawned(Child),
+    Adopted(Adopted),
+}
+
+impl Proc {
+    /// Waits for the process to exit and reaps it.
+    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        match self {
+            Proc::Spawned(child) => child.wait().await,
+            Proc::Adopted(a) => a.wait().await,
+        }
+    }
+
+    pub fn id(&self) -> Option<u32> {
+        match self {
+            Proc::Spawned(child) => child.id(),
+            Proc::Adopted(a) => (a.status.is_none()).then_some(a.pid),
+        }
+    }
+
+    /// SIGKILLs the process (not its group).
+    pub async fn kill(&mut self) -> std::io::Result<()> {
+        match self {
+            Proc::Spawned(child) => child.kill().await,
+            Proc::Adopted(a) => {
+                if a.status.is_none() {
+                    let _ = nix::sys::signal::kill(Pid::from_raw(a.pid as i32), Signal::SIGKILL);
+                    a.wait().await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A child inherited across `execve` from the program this one replaced.
+pub struct Adopted {
+    pid: u32,
+    pidfd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+    /// Set once reaped: the pid may then belong to someone else.
+    status: Option<ExitStatus>,
+}
+
+impl Adopted {
+    /// Adopts child `pid`. Fails if it is not a live child of this process.
+    pub fn new(pid: u32) -> std::io::Result<Adopted> {
+        use std::os::fd::FromRawFd;
+        let raw = i32::try_from(pid).map_err(|_| std::io::Error::other("pid out of range"))?;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        #[allow(unsafe_code)]
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the descriptor was just returned to us by the kernel.
+        #[allow(unsafe_code)]
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+        // SAFETY: the AsyncFd owns the OwnedFd, which stays open and unchanged until dropped.
+        #[allow(unsafe_code)]
+        let pidfd =
+            unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }?;
+        let mut adopted = Adopted {
+            pid,
+            pidfd,
+            status: None,
+        };
+        // Must be our child: WNOHANG on a pid that is not gives ECHILD.
+        adopted.try_reap()?;
+        Ok(adopted)
+    }
+
+    /// Reaps the process if it has exited.
+    fn try_reap(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(s) = self.status {
+            return Ok(Some(s));
+        }
+        let mut raw: libc::c_int = 0;
+        // SAFETY: waitpid writes the status into `raw`; WNOHANG makes it return at once.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::waitpid(self.pid as i32, &mut raw, libc::WNOHANG) };
+        match rc {
+            0 => Ok(None),
+            r if r < 0 => Err(std::io::Error::last_os_error()),
+            _ => {
+                let status = ExitStatus::from_raw(raw);
+                self.status = Some(status);
+                Ok(Some(status))
+            }
+        }
+    }
+
+    async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        loop {
+            if let Some(s) = self.try_reap()? {
+                return Ok(s);
+            }
+            // The pidfd turns readable when the process exits.
+            let mut ready = self.pidfd.readable().await?;
+            ready.clear_ready();
+        }
+    }
 }
 
 /// Spawns `sh -c command` as the leader of a new process group, stdin closed.

@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::os::fd::{AsRawFd, RawFd};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::netlink::Netlink;
 use super::{monotonic_us, KeeperArgs, Order, Report, Vip};
 use crate::node::shared::{Acting, LocalRole};
+use crate::service::process::Proc;
 
 /// Everything the driver needs, from the node's config and runtime.
 pub struct Driver {
@@ -39,6 +42,67 @@ pub struct Driver {
     /// Set when a hold is sent, cleared when the keeper confirms the VIP is off the interface
     /// (the role loop waits for that before it confirms a release to the cluster).
     pub unreleased: Arc<AtomicBool>,
+    /// A keeper handed over by the program this one replaced (hot restart): driven instead of
+    /// starting a new one.
+    pub adopt: Option<AdoptKeeper>,
+    /// Hot restart: asks the driver for its keeper (pid and pipes) and to stop driving it.
+    pub hand_over: tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<Option<AdoptKeeper>>>,
+}
+
+/// A running keeper passed between daemon programs (hot restart): its pid (a child of this
+/// pid), the write end of its stdin and the read end of its stdout.
+#[derive(Debug)]
+pub struct AdoptKeeper {
+    pub pid: u32,
+    pub stdin: std::os::fd::OwnedFd,
+    pub stdout: std::os::fd::OwnedFd,
+}
+
+/// A keeper process being driven, spawned or adopted.
+struct Keeper {
+    proc: Proc,
+    stdin: Option<Box<dyn tokio::io::AsyncWrite + Unpin + Send>>,
+    stdout: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>,
+    /// The raw descriptors of the two pipes, for a hand-over.
+    fds: (RawFd, RawFd),
+}
+
+impl Keeper {
+    fn spawned(mut child: Child) -> std::io::Result<Keeper> {
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(std::io::Error::other("keeper spawned without pipes"));
+        };
+        let fds = (stdin.as_raw_fd(), stdout.as_raw_fd());
+        Ok(Keeper {
+            proc: Proc::Spawned(child),
+            stdin: Some(Box::new(stdin)),
+            stdout: Some(Box::new(stdout)),
+            fds,
+        })
+    }
+
+    fn adopted(a: AdoptKeeper) -> std::io::Result<Keeper> {
+        let fds = (a.stdin.as_raw_fd(), a.stdout.as_raw_fd());
+        let proc = Proc::Adopted(crate::service::process::Adopted::new(a.pid)?);
+        let stdin = tokio::net::unix::pipe::Sender::from_owned_fd(a.stdin)?;
+        let stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(a.stdout)?;
+        Ok(Keeper {
+            proc,
+            stdin: Some(Box::new(stdin)),
+            stdout: Some(Box::new(stdout)),
+            fds,
+        })
+    }
+}
+
+/// How driving one keeper ended.
+enum Driven {
+    /// `cancel`: the keeper released the VIP and was stopped.
+    Stopped,
+    /// Handed over to the next program.
+    HandedOver,
+    /// The keeper went away (crash, closed pipe).
+    KeeperGone,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -92,29 +156,52 @@ impl Driver {
         *self.held.lock().unwrap_or_else(|p| p.into_inner()) = held.then_some(self.args.vip);
     }
 
-    /// Runs until `cancel`, then releases the VIP and stops the keeper.
+    /// Runs until `cancel`, then releases the VIP and stops the keeper; or until a hand-over
+    /// (hot restart), after which the keeper is left alone, holding what it was told.
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut backoff = BACKOFF_MIN;
         loop {
-            let mut child = match self.spawn() {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(binary = %self.binary.display(), error = %e, "cannot start the vip keeper");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    continue;
+            let adopted = self.adopt.take().map(|a| {
+                let pid = a.pid;
+                Keeper::adopted(a).inspect_err(|e| {
+                    tracing::warn!(pid, error = %e, "the vip keeper handed over cannot be adopted; starting a new one")
+                })
+            });
+            let mut keeper = match adopted {
+                Some(Ok(k)) => {
+                    tracing::info!(
+                        pid = k.proc.id(),
+                        "vip keeper adopted from the previous program (hot restart)"
+                    );
+                    k
                 }
+                _ => match self.spawn().and_then(Keeper::spawned) {
+                    Ok(k) => {
+                        tracing::info!(pid = k.proc.id(), interface = %self.args.interface, vip = %self.args.vip, "vip keeper started");
+                        k
+                    }
+                    Err(e) => {
+                        tracing::error!(binary = %self.binary.display(), error = %e, "cannot start the vip keeper");
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        continue;
+                    }
+                },
             };
             let started = Instant::now();
-            tracing::info!(pid = child.id(), interface = %self.args.interface, vip = %self.args.vip, "vip keeper started");
-            let stopped = self.drive(&mut child, &cancel).await;
-            if stopped {
-                return;
+            match self.drive(&mut keeper, &cancel).await {
+                Driven::Stopped => return,
+                Driven::HandedOver => {
+                    // Leave the keeper to the next program; this task has nothing left to do.
+                    cancel.cancelled().await;
+                    return;
+                }
+                Driven::KeeperGone => {}
             }
-            let status = child.wait().await;
+            let status = keeper.proc.wait().await;
             tracing::warn!(status = ?status, interface = %self.args.interface, vip = %self.args.vip, "vip keeper exited; restarting it");
             // A keeper killed outright leaves the VIP behind; it must not outlast the lease
             // while the next keeper is not running yet (it would re-add it on the next hold).
@@ -149,11 +236,11 @@ impl Driver {
         }
     }
 
-    /// Feeds one keeper. Returns true when stopped by `cancel` (keeper stopped too), false
-    /// when the keeper went away.
-    async fn drive(&mut self, child: &mut Child, cancel: &CancellationToken) -> bool {
-        let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            return false;
+    /// Feeds one keeper until `cancel` (keeper stopped too), a hand-over, or the keeper going
+    /// away.
+    async fn drive(&mut self, keeper: &mut Keeper, cancel: &CancellationToken) -> Driven {
+        let (Some(mut stdin), Some(stdout)) = (keeper.stdin.take(), keeper.stdout.take()) else {
+            return Driven::KeeperGone;
         };
         let mut reports = BufReader::new(stdout).lines();
         let mut last_sent: Option<Order> = None;
@@ -168,23 +255,35 @@ impl Driver {
                 }
                 if let Err(e) = stdin.write_all(format!("{order}\n").as_bytes()).await {
                     tracing::warn!(error = %e, "cannot write to the vip keeper");
-                    return false;
+                    return Driven::KeeperGone;
                 }
                 last_sent = Some(order);
             }
             tokio::select! {
                 _ = cancel.cancelled() => {
-                    self.stop(child, stdin).await;
-                    return true;
+                    self.stop(&mut keeper.proc, stdin).await;
+                    return Driven::Stopped;
                 }
                 r = self.local.changed() => if r.is_err() {
-                    self.stop(child, stdin).await;
-                    return true;
+                    self.stop(&mut keeper.proc, stdin).await;
+                    return Driven::Stopped;
                 },
+                Some(reply) = self.hand_over.recv() => {
+                    let handed = match (keeper.proc.id(), crate::handover::dup(keeper.fds.0), crate::handover::dup(keeper.fds.1)) {
+                        (Some(pid), Ok(stdin), Ok(stdout)) => Some(AdoptKeeper { pid, stdin, stdout }),
+                        _ => None,
+                    };
+                    let _ = reply.send(handed);
+                    // The originals stay open too: an `execve` closes them, a failed hand-over
+                    // leaves the keeper to expire its hold and the daemon to shut down.
+                    std::mem::forget(stdin);
+                    std::mem::forget(reports);
+                    return Driven::HandedOver;
+                }
                 _ = tokio::time::sleep(self.heartbeat) => {}
                 line = reports.next_line() => match line {
                     Ok(Some(line)) => self.on_report(&line, last_sent),
-                    Ok(None) | Err(_) => return false,
+                    Ok(None) | Err(_) => return Driven::KeeperGone,
                 },
             }
         }
@@ -213,7 +312,7 @@ impl Driver {
     }
 
     /// Releases the VIP and lets the keeper exit (stdin EOF); kills it if it hangs.
-    async fn stop(&self, child: &mut Child, mut stdin: tokio::process::ChildStdin) {
+    async fn stop(&self, child: &mut Proc, mut stdin: Box<dyn tokio::io::AsyncWrite + Unpin + Send>) {
         let _ = stdin.write_all(format!("{}\n", Order::Release).as_bytes()).await;
         drop(stdin);
         match tokio::time::timeout(Duration::from_secs(3), child.wait()).await {

@@ -1,0 +1,176 @@
+//! Hot restart of the node daemon (`standin restart`, `POST /v1/restart`, SIGUSR2): the
+//! program is replaced in place by the binary now on disk, with no failover, no epoch change
+//! and the service left running (see [`crate::handover`] for what travels across).
+//!
+//! ```text
+//!   request -> preflight of the new binary (config, node id, formats)   fail: keep running, say why
+//!           -> Raft leadership moved to another voter, a fresh lease    (bounded waits)
+//!           -> role, lease, reporter, coordinator, servers stopped; service and VIP keeper frozen
+//!           -> Raft stopped (log closed) -> execve(new binary, same pid)
+//!   new program: listeners, service, keeper, role and lease taken over; NodeResumed committed
+//!           start fails before taking over -> execve(previous program) with the same document
+//! ```
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::shared::{Acting, Node};
+use crate::cluster::rpc::Request;
+
+/// How long the new binary gets to pass its preflight.
+const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most bytes read from the preflight's output.
+const PREFLIGHT_OUTPUT: usize = 16 * 1024;
+
+/// What `standin preflight` prints (one JSON line) when the binary can take over this node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Preflight {
+    pub version: String,
+    pub commit: String,
+    pub data_format: u32,
+    pub handover_format: u32,
+    pub node: String,
+}
+
+/// `standin preflight --config FILE --node ID --data-format N`, run by the daemon with the
+/// binary that is about to replace it: can this program take over node `node`, whose data
+/// directory has format `data_format`, with this configuration?
+pub fn preflight(config: &Path, node: &str, data_format: u32) -> Result<Preflight, String> {
+    let cfg = crate::config::Config::load(config).map_err(|e| e.to_string())?;
+    if cfg.node.id != node {
+        return Err(format!(
+            "{} is the configuration of node {}, not of {node}",
+            config.display(),
+            cfg.node.id
+        ));
+    }
+    if data_format > crate::version::DATA_FORMAT {
+        return Err(format!(
+            "the data directory has format {data_format}, newer than this binary's {}",
+            crate::version::DATA_FORMAT
+        ));
+    }
+    Ok(Preflight {
+        version: crate::version::VERSION.into(),
+        commit: crate::version::COMMIT.into(),
+        data_format: crate::version::DATA_FORMAT,
+        handover_format: crate::handover::FORMAT,
+        node: node.into(),
+    })
+}
+
+/// Runs `binary preflight` for this node: the new program must start, read the configuration
+/// file, accept the data format and speak our handover format. Bounded in time and output.
+pub async fn run_preflight(binary: &Path, config_path: &Path, node: &str) -> Result<Preflight, String> {
+    let mut cmd = tokio::process::Command::new(binary);
+    cmd.arg("preflight")
+        .arg("--config")
+        .arg(config_path)
+        .arg("--node")
+        .arg(node)
+        .arg("--data-format")
+        .arg(crate::version::DATA_FORMAT.to_string())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = match tokio::time::timeout(PREFLIGHT_TIMEOUT, cmd.output()).await {
+        Err(_) => {
+            return Err(format!(
+                "{} preflight did not finish within {PREFLIGHT_TIMEOUT:?}",
+                binary.display()
+            ))
+        }
+        Ok(Err(e)) => return Err(format!("cannot run {}: {e}", binary.display())),
+        Ok(Ok(out)) => out,
+    };
+    let text = |b: &[u8]| {
+        String::from_utf8_lossy(&b[..b.len().min(PREFLIGHT_OUTPUT)])
+            .trim()
+            .to_string()
+    };
+    if !out.status.success() {
+        let err = text(&out.stderr);
+        return Err(format!(
+            "{} refused to take over ({}): {}",
+            binary.display(),
+            out.status,
+            if err.is_empty() { "no message".into() } else { err }
+        ));
+    }
+    let stdout = text(&out.stdout);
+    let p: Preflight = serde_json::from_str(stdout.lines().last().unwrap_or("")).map_err(|e| {
+        format!(
+            "{} preflight answered something unreadable ({e}): {stdout}",
+            binary.display()
+        )
+    })?;
+    if p.handover_format != crate::handover::FORMAT || p.node != node {
+        return Err(format!(
+            "{} speaks handover format {} for node {}, this daemon {} for {node}",
+            binary.display(),
+            p.handover_format,
+            p.node,
+            crate::handover::FORMAT
+        ));
+    }
+    Ok(p)
+}
+
+/// Before the hand-over: if this node leads Raft, asks another voter to take over leadership
+/// and waits (bounded) until one has, then until the lease (if this node holds one) has been
+/// renewed by the new leader. The new program then starts as a follower under a stable
+/// leader, with a fresh lease, instead of leaving the cluster leaderless for an election.
+pub async fn prepare(node: &Arc<Node>) {
+    let me = node.cluster.me().to_string();
+    let timing = node.config.timing.clone();
+    let bound = timing.coordination_retry();
+    if node.cluster.info().leader.as_deref() == Some(me.as_str()) {
+        let candidates: Vec<String> = node
+            .config
+            .members
+            .iter()
+            .filter(|m| m.id != me && m.kind == crate::config::NodeKind::Data)
+            .map(|m| m.id.clone())
+            .collect();
+        let deadline = crate::config::later(Instant::now(), bound);
+        'moved: for to in candidates.iter().cycle().take(candidates.len() * 3) {
+            tracing::info!(to = %to, "hot restart: moving raft leadership away first");
+            if let Err(e) = node
+                .cluster
+                .transport
+                .call(to, &Request::Elect, timing.failure_timeout)
+                .await
+            {
+                tracing::debug!(to = %to, error = %e, "leadership request failed");
+            }
+            let wait = crate::config::later(Instant::now(), timing.failure_timeout);
+            while Instant::now() < wait.min(deadline) {
+                if node.cluster.info().leader.as_deref().is_some_and(|l| l != me) {
+                    break 'moved;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        match node.cluster.info().leader {
+            Some(l) if l != me => tracing::info!(leader = %l, "hot restart: raft leadership moved"),
+            _ => tracing::warn!("hot restart: raft leadership did not move; the others elect a leader while this node restarts"),
+        }
+    }
+    if node.local.borrow().acting == Acting::Active {
+        let before = node.lease.borrow().map(|l| l.until);
+        let deadline = crate::config::later(Instant::now(), timing.lease);
+        while Instant::now() < deadline {
+            let now = node.lease.borrow().map(|l| l.until);
+            if now.is_some() && now != before {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
