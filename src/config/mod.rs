@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 pub mod reload;
 pub mod rules;
+pub use reload::{Live, LiveChange, ReloadOutcome, ReloadReport};
 pub(crate) use rules::{at_most, count_at_most, invalid};
-pub use reload::{reload, Live, LiveChange, ReloadOutcome, ReloadReport};
 pub use rules::{
     limits, load_with, redact, ConfigError, EXIT_CONFIG, MAX_CONFIG_BYTES, REDACTED, SECRET_KEYS,
 };

@@ -176,15 +176,6 @@ fn reload_tls(report: &mut ReloadReport, tls: Option<&crate::tls::Tls>) {
     }
 }
 
-/// A reload that applies nothing: the file read again and compared with `running`, the TLS
-/// files loaded again, the outcome logged (for callers without a [`Live`] handle).
-pub fn reload(running: &Config, path: &Path, tls: Option<&crate::tls::Tls>) -> ReloadReport {
-    let (mut report, _) = running.recheck(path);
-    reload_tls(&mut report, tls);
-    report.log(path);
-    report
-}
-
 impl Config {
     /// Reads and validates `path` again and compares it with this (running) configuration:
     /// the report, and the configuration to run with from now on if anything applies live.
