@@ -609,9 +609,7 @@ async fn sighup_rereads_the_config_and_never_stops_the_node() {
     assert!(rejected.detail.contains("events.retention"), "{rejected:?}");
 
     // `[events]` and `[hooks]` apply live; `[timing]` needs a restart (leases).
-    let changed = format!(
-        "{original}\n[events]\nretention = 1999\n[hooks]\non-demote = \"true\"\n"
-    );
+    let changed = format!("{original}\n[events]\nretention = 1999\n[hooks]\non-demote = \"true\"\n");
     std::fs::write(&config, &changed).expect("write");
     c.signal_daemon(&active, nix::sys::signal::Signal::SIGHUP)
         .expect("hup");
@@ -704,7 +702,6 @@ async fn standin_reload_reports_each_node_and_exits_64_on_a_bad_file() {
     );
     assert!(!stdout.contains(" a "), "only b was asked: {stdout}");
 
-
     // A new token and a new hook on b apply live: the old token is refused at once.
     let new_token = "reload-test-token-rotated-98765";
     let rotated = format!(
@@ -743,7 +740,10 @@ async fn standin_reload_reports_each_node_and_exits_64_on_a_bad_file() {
     let new = reload_as(new_token).await;
     assert_eq!(new.status, 200, "{}", new.body);
     let report: serde_json::Value = serde_json::from_str(&new.body).expect("JSON");
-    assert_eq!(report["outcome"], "unchanged", "the applied config is the running one: {report}");
+    assert_eq!(
+        report["outcome"], "unchanged",
+        "the applied config is the running one: {report}"
+    );
     std::fs::write(&config, &original).expect("restore");
 
     let after: Status = c.status().await.expect("status");
@@ -772,7 +772,13 @@ async fn wait_event(api: &str, kind: EventKind, node: &str) -> Event {
 async fn wait_log_after(log: &std::path::Path, needle: &str, after: &str) {
     for _ in 0..100 {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        let last = |n: &str| text.lines().enumerate().filter(|(_, l)| l.contains(n)).map(|(i, _)| i).last();
+        let last = |n: &str| {
+            text.lines()
+                .enumerate()
+                .filter(|(_, l)| l.contains(n))
+                .map(|(i, _)| i)
+                .last()
+        };
         if let (Some(a), Some(b)) = (last(needle), last(after)) {
             if a > b {
                 return;

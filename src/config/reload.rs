@@ -252,3 +252,99 @@ pub struct LiveChange {
     /// The configuration to run with: the running one with the live settings of the file.
     pub next: Config,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::MINIMAL;
+
+    fn with(extra: &str) -> Config {
+        Config::parse(&format!("{MINIMAL}\n{extra}\n")).expect("valid")
+    }
+
+    /// Each row: what the file adds to the running (minimal) configuration, the sections
+    /// applied live, and those that need a restart.
+    #[test]
+    fn each_section_is_applied_live_or_needs_a_restart() {
+        let table: &[(&str, &[&str], &[&str])] = &[
+            ("", &[], &[]),
+            ("[hooks]\non-promote = \"true\"", &["hooks"], &[]),
+            ("[failback]\nmode = \"auto\"", &["failback"], &[]),
+            ("[alarms]\nattempts = 2", &["alarms"], &[]),
+            ("[events]\nretention = 10", &["events"], &[]),
+            ("[api]\ntoken = \"0123456789abcdef-new\"", &["api"], &[]),
+            ("[api]\nhosts = [\"ha.example\"]", &["api"], &[]),
+            // Leases are safe only while every node uses the same timings.
+            ("[timing]\nfailure-timeout = \"700ms\"", &[], &["timing"]),
+            ("[api]\nmax-connections = 8", &[], &["api"]),
+            // A token and a listen-side setting in one section: the token now, the rest later.
+            (
+                "[api]\ntoken = \"0123456789abcdef-new\"\nmax-connections = 8",
+                &["api"],
+                &["api"],
+            ),
+            (
+                "[hooks]\non-demote = \"true\"\n[timing]\nfailure-timeout = \"700ms\"",
+                &["hooks"],
+                &["timing"],
+            ),
+        ];
+        let running = with("");
+        for (extra, applied, restart) in table {
+            let change = running.apply_live(&with(extra));
+            assert_eq!(change.applied, *applied, "{extra}");
+            assert_eq!(change.needs_restart, *restart, "{extra}");
+            // Applying again changes nothing more: the next reload of the file compares
+            // against the configuration now in effect.
+            let again = change.next.apply_live(&with(extra));
+            assert!(again.applied.is_empty(), "{extra}: {:?}", again.applied);
+            assert_eq!(again.needs_restart, *restart, "{extra}");
+        }
+    }
+
+    /// A file that drops the token while it also moves the admin API to loopback (a listen
+    /// address, so not live) would leave the running API open off loopback: nothing applies.
+    #[test]
+    fn no_live_change_opens_the_api_off_loopback() {
+        let token = "[api]\ntoken = \"0123456789abcdef-old\"";
+        let off_loopback = |extra: &str| {
+            Config::parse(&format!(
+                "{}\n{extra}\n",
+                MINIMAL.replace("admin = \"127.0.0.1:7181\"", "admin = \"10.0.0.1:7181\"")
+            ))
+            .expect("valid")
+        };
+        let running = off_loopback(token);
+        let change = running.apply_live(&with(""));
+        assert!(change.applied.is_empty(), "{:?}", change.applied);
+        assert_eq!(change.next, running);
+        assert!(change.needs_restart.contains(&"api".to_string()));
+        assert!(change.needs_restart.contains(&"member".to_string()));
+    }
+
+    #[test]
+    fn outcomes_follow_the_classification_and_old_reports_decode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        let running = with("");
+        let outcome = |extra: &str| {
+            std::fs::write(&path, format!("{MINIMAL}\n{extra}\n")).expect("write");
+            running.recheck(&path)
+        };
+        let (r, next) = outcome("");
+        assert_eq!((r.outcome, next.is_none()), (ReloadOutcome::Unchanged, true));
+        let (r, next) = outcome("[hooks]\non-promote = \"true\"");
+        assert_eq!((r.outcome, next.is_some()), (ReloadOutcome::Applied, true));
+        assert!(r.changed());
+        let (r, next) = outcome("[timing]\nfailure-timeout = \"700ms\"");
+        assert_eq!((r.outcome, next.is_none()), (ReloadOutcome::NeedsRestart, true));
+        let (r, next) = outcome("[events]\nretention = 0");
+        assert_eq!((r.outcome, next.is_none()), (ReloadOutcome::Rejected, true));
+        assert!(r.error.is_some_and(|e| e.contains("events.retention")));
+        // A report of an older node (no `applied`) still decodes.
+        let old =
+            r#"{"node":"a","outcome":"needs-restart","digest":"x","needs_restart":["timing"],"error":null}"#;
+        let r: ReloadReport = serde_json::from_str(old).expect("decodes");
+        assert!(r.applied.is_empty() && r.needs_restart == ["timing"]);
+    }
+}
