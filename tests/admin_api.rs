@@ -567,8 +567,9 @@ async fn role_checks_answer_200_only_on_the_node_in_that_role() {
 
 /// SIGHUP (what `systemctl reload` sends) never stops a node, even one without TLS: it reads
 /// the configuration again; an unchanged file is reported so, a file that does not validate is
-/// rejected naming the key and changes nothing, a valid changed one is reported by section as
-/// needing a restart. The role, the epoch and the active node stay; no failover.
+/// rejected naming the key and changes nothing (a `config-rejected` event names the key), a
+/// valid changed one applies its live sections and records `config-changed` with the file's
+/// digest. The role, the epoch and the active node stay; no failover.
 #[tokio::test]
 async fn sighup_rereads_the_config_and_never_stops_the_node() {
     let _serial = SERIAL.lock().await;
@@ -602,11 +603,25 @@ async fn sighup_rereads_the_config_and_never_stops_the_node() {
     let line = wait_log("configuration reload rejected").await;
     assert!(line.contains("events.retention"), "{line}");
 
-    std::fs::write(&config, format!("{original}\n[events]\nretention = 1999\n")).expect("write");
+    // The refused file is in the history, naming the key.
+    let api = c.node(&active).expect("node").admin.to_string();
+    let rejected = wait_event(&api, EventKind::ConfigRejected, &active).await;
+    assert!(rejected.detail.contains("events.retention"), "{rejected:?}");
+
+    // `[events]` and `[hooks]` apply live; `[timing]` needs a restart (leases).
+    let changed = format!("{original}\n[events]\nretention = 1999\n[hooks]\non-demote = \"true\"\n");
+    std::fs::write(&config, &changed).expect("write");
     c.signal_daemon(&active, nix::sys::signal::Signal::SIGHUP)
         .expect("hup");
-    let line = wait_log("needs restart").await;
-    assert!(line.contains("events"), "{line}");
+    let line = wait_log("applied live").await;
+    assert!(line.contains("events") && line.contains("hooks"), "{line}");
+    let digest = standin::config::Config::load(&config).expect("valid").digest();
+    let event = wait_event(&api, EventKind::ConfigChanged, &active).await;
+    assert!(event.detail.contains(&digest), "{event:?} lacks {digest}");
+    // The applied configuration is the running one now: the same file again is unchanged.
+    c.signal_daemon(&active, nix::sys::signal::Signal::SIGHUP)
+        .expect("hup");
+    wait_log_after(&log, "configuration reread: unchanged", "applied live").await;
     std::fs::write(&config, &original).expect("restore");
 
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -645,7 +660,8 @@ async fn sighup_rereads_the_config_and_never_stops_the_node() {
 
 /// `standin reload` asks every node (or `--node`) to read its configuration file again over
 /// `POST /v1/reload` (the token is needed): unchanged files say so; a file that does not
-/// validate makes the command exit 64 naming the key, and changes nothing on that node.
+/// validate makes the command exit 64 naming the key, and changes nothing on that node; a new
+/// token and hook apply live (`applied` in `--json`), the old token gets 401 at once.
 #[tokio::test]
 async fn standin_reload_reports_each_node_and_exits_64_on_a_bad_file() {
     let _serial = SERIAL.lock().await;
@@ -686,7 +702,89 @@ async fn standin_reload_reports_each_node_and_exits_64_on_a_bad_file() {
     );
     assert!(!stdout.contains(" a "), "only b was asked: {stdout}");
 
+    // A new token and a new hook on b apply live: the old token is refused at once.
+    let new_token = "reload-test-token-rotated-98765";
+    let rotated = format!(
+        "{}\n[hooks]\non-demote = \"true\"\n",
+        original.replace(token, new_token)
+    );
+    std::fs::write(&config, &rotated).expect("write");
+    let (code, stdout, stderr) = reload(&["--token", token, "--node", "b", "--json"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let reports: Vec<serde_json::Value> = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(reports[0]["outcome"], "applied", "{stdout}");
+    let applied: Vec<&str> = reports[0]["applied"]
+        .as_array()
+        .expect("applied")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(applied, ["api", "hooks"], "{stdout}");
+    let reload_as = |t: &'static str| {
+        let api = admin(&c, "b");
+        async move {
+            standin::api::client::request_with_token(
+                &api,
+                Method::POST,
+                "/v1/reload",
+                None,
+                Duration::from_secs(10),
+                Some(t),
+            )
+            .await
+            .expect("answers")
+        }
+    };
+    let old = reload_as(token).await;
+    assert_eq!(old.status, 401, "the old token still works: {}", old.body);
+    let new = reload_as(new_token).await;
+    assert_eq!(new.status, 200, "{}", new.body);
+    let report: serde_json::Value = serde_json::from_str(&new.body).expect("JSON");
+    assert_eq!(
+        report["outcome"], "unchanged",
+        "the applied config is the running one: {report}"
+    );
+    std::fs::write(&config, &original).expect("restore");
+
     let after: Status = c.status().await.expect("status");
     assert_eq!(after.epoch, before.epoch, "no failover");
     assert_eq!(after.active, before.active);
+}
+
+/// The newest event of `kind` about `node`, waited for (reloads record them best effort).
+async fn wait_event(api: &str, kind: EventKind, node: &str) -> Event {
+    for _ in 0..100 {
+        if let Some(e) = events(api, "")
+            .await
+            .into_iter()
+            .rev()
+            .find(|e| e.kind == kind && e.node.as_deref() == Some(node))
+        {
+            return e;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no {kind} event about {node}");
+}
+
+/// Waits until the last line of `log` holding `needle` comes after the last one holding
+/// `after`.
+async fn wait_log_after(log: &std::path::Path, needle: &str, after: &str) {
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let last = |n: &str| {
+            text.lines()
+                .enumerate()
+                .filter(|(_, l)| l.contains(n))
+                .map(|(i, _)| i)
+                .last()
+        };
+        if let (Some(a), Some(b)) = (last(needle), last(after)) {
+            if a > b {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no {needle:?} after {after:?} in {}", log.display());
 }

@@ -53,7 +53,12 @@ pub struct LeaseStatus {
 /// What the admin API takes from the node it runs in: narrow handles, not the whole node, so
 /// it can also be served in-process on port 0 against a one-node cluster in a test.
 pub struct AdminContext {
+    /// The configuration the node started with (addresses, TLS, limits).
     pub config: Arc<Config>,
+    /// The configuration in effect now: the access settings (`[api]` token, read-open, hosts)
+    /// are read from it per request, so a reload applies to the next request. `POST
+    /// /v1/reload` applies reloads to it.
+    pub live: crate::config::Live,
     /// The file `config` was read from, read again by `POST /v1/reload` (`None`: started
     /// without one, as in a test).
     pub config_path: Option<std::path::PathBuf>,
@@ -223,6 +228,43 @@ fn admin_guard(cfg: &crate::config::Config) -> guard::Guard {
     }
 }
 
+/// The admin API's access rules of the configuration in effect now: built again after a
+/// reload changed it (an old token is refused from the next request on), shared otherwise.
+struct LiveGuard {
+    live: crate::config::Live,
+    /// The configuration the guard was built from, and the guard.
+    built: std::sync::Mutex<(Arc<Config>, Arc<guard::Guard>)>,
+}
+
+impl LiveGuard {
+    fn new(live: crate::config::Live) -> LiveGuard {
+        let config = live.get();
+        let g = Arc::new(admin_guard(&config));
+        LiveGuard {
+            live,
+            built: std::sync::Mutex::new((config, g)),
+        }
+    }
+
+    fn current(&self) -> Arc<guard::Guard> {
+        let config = self.live.get();
+        let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
+        if !Arc::ptr_eq(&built.0, &config) {
+            *built = (config.clone(), Arc::new(admin_guard(&config)));
+        }
+        built.1.clone()
+    }
+}
+
+/// The guard middleware with the rules in effect now.
+async fn live_guard(
+    State(g): State<Arc<LiveGuard>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    guard::guard(State(g.current()), req, next).await
+}
+
 /// The admin API's routes and middleware.
 fn router(node: Arc<AdminContext>) -> Router {
     let watchers = Arc::new(tokio::sync::Semaphore::new(
@@ -256,8 +298,8 @@ fn router(node: Arc<AdminContext>) -> Router {
         .route("/dashboard", get(dashboard_handler))
         .fallback(serve::not_found)
         .layer(axum::middleware::from_fn_with_state(
-            Arc::new(admin_guard(&node.config)),
-            guard::guard,
+            Arc::new(LiveGuard::new(node.live.clone())),
+            live_guard,
         ))
         .with_state(node)
 }
@@ -519,9 +561,11 @@ async fn drain_handler(State(node): State<Arc<AdminContext>>, Json(b): Json<Main
 }
 
 /// `POST /v1/reload`: what SIGHUP does, asked over the API (`standin reload`): reload the TLS
-/// files and read the configuration file again. 200 with the [`ReloadReport`] when the file is
-/// valid (`unchanged`, or `needs-restart` with the sections that differ), 422 naming the key
-/// when it is not (nothing changes), 409 when the node was started without a file.
+/// files, read the configuration file again and apply what changes live. 200 with the
+/// [`ReloadReport`] when the file is valid (`unchanged`, `applied` with the sections now in
+/// effect, and/or `needs-restart` with those that differ until a restart), 422 naming the key
+/// when it is not (nothing changes), 409 when the node was started without a file. Either way
+/// the outcome is recorded in the event history first (best effort, bounded).
 ///
 /// [`ReloadReport`]: crate::config::ReloadReport
 async fn reload_handler(State(node): State<Arc<AdminContext>>) -> Response {
@@ -533,14 +577,14 @@ async fn reload_handler(State(node): State<Arc<AdminContext>>) -> Response {
         );
     };
     let report = {
-        let (config, tls) = (node.config.clone(), node.tls.clone());
+        let (live, tls) = (node.live.clone(), node.tls.clone());
         // Reading files (the config, the certificates) blocks: off the async workers.
-        match tokio::task::spawn_blocking(move || crate::config::reload(&config, &path, tls.as_deref())).await
-        {
+        match tokio::task::spawn_blocking(move || live.reload(&path, tls.as_deref())).await {
             Ok(r) => r,
             Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), false),
         }
     };
+    node.cluster.record_reload(&report).await;
     if report.outcome == crate::config::ReloadOutcome::Rejected {
         let mut body = serde_json::json!({
             "error": report.error.clone().unwrap_or_default(),

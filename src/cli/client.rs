@@ -375,7 +375,13 @@ pub async fn reload(api: &str, only: Option<&str>, json: bool) -> Result<(), Cli
     } else {
         let mut t = Table::new();
         t.load_preset(UTF8_FULL_CONDENSED);
-        t.set_header(vec!["node", "outcome", "digest", "needs restart / error"]);
+        t.set_header(vec![
+            "node",
+            "outcome",
+            "digest",
+            "applied live",
+            "needs restart / error",
+        ]);
         for r in &reports {
             t.add_row(vec![
                 r.node.clone(),
@@ -384,6 +390,7 @@ pub async fn reload(api: &str, only: Option<&str>, json: bool) -> Result<(), Cli
                     .and_then(|v| v.as_str().map(str::to_string))
                     .unwrap_or_default(),
                 r.digest.clone().unwrap_or_else(|| "-".into()),
+                r.applied.join(", "),
                 match (&r.error, &r.tls_error) {
                     (Some(e), _) => e.clone(),
                     (None, Some(t)) => format!("TLS files not usable: {t}"),

@@ -391,6 +391,9 @@ pub struct Cluster {
     me: String,
 }
 
+/// How long a reload waits to record its event (see [`Cluster::record_reload`]).
+pub const RECORD_RELOAD_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl Cluster {
     /// Opens storage under the data directory and starts Raft. Initializes the group from the
     /// config's member list on first start (every node may do this; openraft accepts the same
@@ -551,6 +554,39 @@ impl Cluster {
             committed,
             matched,
             millis_since_quorum_ack: m.millis_since_quorum_ack,
+        }
+    }
+
+    /// Records a reload in the event history (`config-changed` for a valid file that differs,
+    /// `config-rejected` naming the key for a refused one; nothing otherwise). Best effort:
+    /// the node may not reach a leader, so it gives up after [`RECORD_RELOAD_TIMEOUT`] and
+    /// says so in the log; the reload itself stands either way.
+    pub async fn record_reload(&self, report: &crate::config::ReloadReport) {
+        use crate::config::ReloadOutcome;
+        let error = match report.outcome {
+            ReloadOutcome::Rejected => Some(
+                // A config error is a line; bounded all the same, it goes into every log.
+                report
+                    .error
+                    .as_deref()
+                    .unwrap_or("invalid")
+                    .chars()
+                    .take(1024)
+                    .collect(),
+            ),
+            _ if report.changed() => None,
+            _ => return,
+        };
+        let cmd = Command::ConfigReloaded {
+            node: self.me.clone(),
+            digest: report.digest.clone().unwrap_or_default(),
+            error,
+            at: crate::clock::unix_ms(),
+        };
+        match tokio::time::timeout(RECORD_RELOAD_TIMEOUT, self.write(cmd)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "reload not recorded in the event history"),
+            Err(_) => tracing::warn!("reload not recorded in the event history: no leader answered in time"),
         }
     }
 

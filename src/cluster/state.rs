@@ -158,6 +158,8 @@ pub enum EventKind {
     SwitchoverCancelled,
     /// A node's daemon was hot-restarted (same pid, new program; role and service kept).
     HotRestart,
+    /// A node read its configuration file again and refused it (the detail names the key).
+    ConfigRejected,
 }
 
 impl std::fmt::Display for EventKind {
@@ -251,6 +253,7 @@ fn kind_name<B>(c: &CommandOf<B>) -> &'static str {
         CommandOf::Store { .. } => "Store",
         CommandOf::SwitchoverIf { .. } => "SwitchoverIf",
         CommandOf::NodeResumed { .. } => "NodeResumed",
+        CommandOf::ConfigReloaded { .. } => "ConfigReloaded",
     }
 }
 
@@ -267,7 +270,8 @@ impl<B> CommandOf<B> {
             | CommandOf::Released { node, .. }
             | CommandOf::PromoteResult { node, .. }
             | CommandOf::HookRun { node, .. }
-            | CommandOf::Path { node, .. } => Some(node),
+            | CommandOf::Path { node, .. }
+            | CommandOf::ConfigReloaded { node, .. } => Some(node),
             _ => None,
         }
     }
@@ -457,6 +461,16 @@ pub enum CommandOf<B> {
         from_version: String,
         #[serde(default)]
         config: String,
+        at: u64,
+    },
+    /// `node` read its configuration file again (SIGHUP, `POST /v1/reload`): a valid file
+    /// that differs (`error` is `None`; `digest` is the file's) is a `config-changed` event
+    /// and becomes the node's recorded digest, a refused one (`error` names the key) a
+    /// `config-rejected` event. Appended last: older entries keep their encoding.
+    ConfigReloaded {
+        node: String,
+        digest: String,
+        error: Option<String>,
         at: u64,
     },
 }
@@ -1010,6 +1024,41 @@ impl ClusterState {
             // Applied by the state machine, which owns the key space.
             CommandOf::Store { .. } => {
                 CommandResult::refused("store commands are applied by the state machine")
+            }
+            CommandOf::ConfigReloaded {
+                node,
+                digest,
+                error,
+                at,
+            } => {
+                match error {
+                    Some(error) => self.event(
+                        *at,
+                        EventKind::ConfigRejected,
+                        Some(node),
+                        None,
+                        format!("configuration file refused, nothing changed: {error}"),
+                        None,
+                    ),
+                    None => {
+                        let rec = self.node_mut(node);
+                        let previous = std::mem::replace(&mut rec.config_digest, digest.clone());
+                        let from = if previous.is_empty() {
+                            "unknown"
+                        } else {
+                            previous.as_str()
+                        };
+                        self.event(
+                            *at,
+                            EventKind::ConfigChanged,
+                            Some(node),
+                            None,
+                            format!("configuration reloaded (digest {from} -> {digest})"),
+                            None,
+                        );
+                    }
+                }
+                CommandResult::ok()
             }
             CommandOf::CancelSwitchover { reason, at } => {
                 if self.switchover.take().is_none() {

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod reload;
 pub mod rules;
+pub use reload::{Live, LiveChange, ReloadOutcome, ReloadReport};
 pub(crate) use rules::{at_most, count_at_most, invalid};
 pub use rules::{
     limits, load_with, redact, ConfigError, EXIT_CONFIG, MAX_CONFIG_BYTES, REDACTED, SECRET_KEYS,
@@ -531,124 +533,7 @@ impl StoreConfig {
     }
 }
 
-/// What reading the configuration file again found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ReloadOutcome {
-    /// Valid and the same as the running configuration.
-    Unchanged,
-    /// Valid, but some sections differ: they take effect at the next restart.
-    NeedsRestart,
-    /// Does not validate: nothing changed.
-    Rejected,
-    /// The node could not be asked (set by `standin reload`, never by a node).
-    Unreachable,
-}
-
-/// What reading the configuration file again found (`SIGHUP`, `POST /v1/reload`,
-/// `standin reload`). Settings are not applied live yet: a valid file that differs from the
-/// running configuration lists the sections that take effect at the next restart.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ReloadReport {
-    pub node: String,
-    pub outcome: ReloadOutcome,
-    /// The digest of the file's configuration (as in `config-changed` events), if it is valid.
-    pub digest: Option<String>,
-    /// The sections that differ from the running configuration.
-    #[serde(default)]
-    pub needs_restart: Vec<String>,
-    /// Why the file was rejected (naming the key), or the node not reached, if so.
-    pub error: Option<String>,
-    /// The TLS files changed but cannot be used (the previous ones stay in use), if so.
-    #[serde(default)]
-    pub tls_error: Option<String>,
-}
-
-impl ReloadReport {
-    /// A report of `outcome` for `node` with nothing else known yet.
-    pub fn new(node: &str, outcome: ReloadOutcome) -> ReloadReport {
-        ReloadReport {
-            node: node.to_string(),
-            outcome,
-            digest: None,
-            needs_restart: Vec::new(),
-            error: None,
-            tls_error: None,
-        }
-    }
-
-    /// One log line for the report, at the level its outcome deserves.
-    fn log(&self, file: &Path) {
-        match self.outcome {
-            ReloadOutcome::Rejected | ReloadOutcome::Unreachable => tracing::error!(
-                file = %file.display(),
-                error = self.error.as_deref().unwrap_or(""),
-                "configuration reload rejected: the file does not validate; nothing changed"
-            ),
-            ReloadOutcome::Unchanged => tracing::info!(
-                file = %file.display(),
-                digest = self.digest.as_deref().unwrap_or(""),
-                "configuration reread: unchanged"
-            ),
-            ReloadOutcome::NeedsRestart => tracing::warn!(
-                file = %file.display(),
-                digest = self.digest.as_deref().unwrap_or(""),
-                sections = %self.needs_restart.join(", "),
-                "configuration reread: valid, but these sections take effect only at the next \
-                 restart (needs restart); the node keeps running with its current settings"
-            ),
-        }
-        if let Some(e) = &self.tls_error {
-            tracing::error!(error = %e, "TLS files cannot be used; keeping the previous ones");
-        }
-    }
-}
-
-/// A reload, as SIGHUP and `POST /v1/reload` both do it: the TLS files (`tls`, if the node has
-/// its own) loaded again, the configuration file read again and compared with `running`, and
-/// the outcome logged. Nothing of the running configuration changes.
-pub fn reload(running: &Config, path: &Path, tls: Option<&crate::tls::Tls>) -> ReloadReport {
-    let mut report = running.recheck(path);
-    if let Some(tls) = tls {
-        match tls.reload() {
-            Ok(true) => tracing::info!(
-                cert = %tls.files().cert.display(),
-                expires_unix = tls.not_after(),
-                "TLS certificate reloaded; new connections use it"
-            ),
-            Ok(false) => {}
-            Err(e) => report.tls_error = Some(e.to_string()),
-        }
-    }
-    report.log(path);
-    report
-}
-
 impl Config {
-    /// Reads and validates `path` again and compares it with this (running) configuration.
-    pub fn recheck(&self, path: &Path) -> ReloadReport {
-        let node = self.node.id.as_str();
-        match Config::load(path) {
-            Err(e) => ReloadReport {
-                error: Some(e.to_string()),
-                ..ReloadReport::new(node, ReloadOutcome::Rejected)
-            },
-            Ok(new) => {
-                let changed = self.changed_sections(&new);
-                let outcome = if changed.is_empty() {
-                    ReloadOutcome::Unchanged
-                } else {
-                    ReloadOutcome::NeedsRestart
-                };
-                ReloadReport {
-                    digest: Some(new.digest()),
-                    needs_restart: changed,
-                    ..ReloadReport::new(node, outcome)
-                }
-            }
-        }
-    }
-
     /// The top-level sections (`node`, `timing`, `member`, ...) whose effective values differ
     /// between `self` and `other`, sorted; secrets read from files compare too, but only the
     /// section's name is reported.

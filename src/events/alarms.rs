@@ -12,7 +12,7 @@ use super::notify::{deliver, Notification};
 use crate::clock::unix_ms;
 use crate::cluster::state::{Change, Command, Event, EventKind, NodeRecord};
 use crate::cluster::Cluster;
-use crate::config::{Config, NodeKind};
+use crate::config::NodeKind;
 use crate::status::Status;
 use crate::status::StatusSource;
 
@@ -27,11 +27,14 @@ const STALE_AFTER: Duration = Duration::from_secs(300);
 /// (`status`), until `cancel` fires.
 pub async fn run(
     cluster: Cluster,
-    config: Arc<Config>,
+    config: crate::config::Live,
     status: Arc<dyn StatusSource>,
     cancel: CancellationToken,
 ) {
-    let cfg = Arc::new(config.alarms.clone());
+    // `[alarms]` and `[events]` apply live: read again each round.
+    let mut live = config.subscribe();
+    let mut config = live.borrow_and_update().clone();
+    let mut cfg = Arc::new(config.alarms.clone());
     let me = cluster.me().to_string();
     // A new leader's view needs a moment (heartbeats, reports) before it judges anything.
     let grace = config.timing.settle_grace();
@@ -44,6 +47,10 @@ pub async fn run(
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if live.has_changed().unwrap_or(false) {
+            config = live.borrow_and_update().clone();
+            cfg = Arc::new(config.alarms.clone());
         }
         let info = cluster.info();
         if !info.is_leader {

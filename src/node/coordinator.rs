@@ -198,6 +198,7 @@ fn build_view(
     now: Instant,
 ) -> ClusterView {
     let cfg = &node.config;
+    let failback = node.live.get().failback.clone();
     let me = node.cluster.me().to_string();
     let state = node.cluster.sm.read(|d| {
         (
@@ -312,8 +313,9 @@ fn build_view(
         lease: millis(t.lease),
         lease_margin: millis(t.lease_margin()),
         promote_timeout: millis(t.promote_timeout),
-        auto_failback: cfg.failback.mode == FailbackMode::Auto,
-        hold_down: millis(cfg.failback.hold_down),
+        // Live: a reload of `[failback]` applies from the next round.
+        auto_failback: failback.mode == FailbackMode::Auto,
+        hold_down: millis(failback.hold_down),
         bootstrap_until: leader_since.saturating_add(millis(t.bootstrap_wait())),
         grant_bound: st.grant_bound.as_ref().map(|(_, t)| node.to_ms(*t)),
         switchover_timeout: millis(t.switchover_timeout()),

@@ -188,14 +188,15 @@ const TLS_POLL: Duration = Duration::from_secs(2);
 /// Reloads the TLS files when they change (checked every [`TLS_POLL`]) and on SIGHUP (what
 /// `systemctl reload` sends), and on SIGHUP also reads the configuration file again: a file
 /// that does not validate is reported naming its key and changes nothing; a valid one that
-/// differs is reported section by section as taking effect at the next restart (live
-/// application of settings is not built yet: the running configuration stays as it is). New
+/// differs has its live settings applied to `live` and the rest reported as needing a restart
+/// (see `config::reload`); both are recorded as events (`Cluster::record_reload`). New
 /// connections use a new certificate; open ones keep theirs, so a rotation interrupts nothing.
 /// Files that do not load leave the old ones in use and are reported once. SIGHUP never stops
 /// the node.
 async fn watch_reload(
     tls: Option<Arc<crate::tls::Tls>>,
-    running: Arc<Config>,
+    live: crate::config::Live,
+    cluster: Cluster,
     path: std::path::PathBuf,
     cancel: CancellationToken,
 ) {
@@ -219,8 +220,9 @@ async fn watch_reload(
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                 crate::systemd::reloading();
                 tracing::info!("SIGHUP received: reloading TLS files and reading the configuration again");
-                crate::config::reload(&running, &path, tls.as_deref());
+                let report = live.reload(&path, tls.as_deref());
                 crate::systemd::ready("reloaded");
+                cluster.record_reload(&report).await;
                 continue;
             }
         };
@@ -390,7 +392,8 @@ pub async fn run(
         .or_else(|| std::env::current_exe().ok());
     tracker.spawn(watch_reload(
         tls,
-        config.clone(),
+        node.live.clone(),
+        cluster.clone(),
         config_path.clone(),
         tasks.clone(),
     ));
@@ -471,7 +474,7 @@ pub async fn run(
     ));
     tracker.spawn(crate::events::alarms::run(
         cluster.clone(),
-        config.clone(),
+        node.live.clone(),
         node.clone(),
         tasks.clone(),
     ));
@@ -773,6 +776,7 @@ pub fn admin_context(node: &Arc<Node>, config_path: Option<std::path::PathBuf>) 
     crate::api::AdminContext {
         config_path,
         config: node.config.clone(),
+        live: node.live.clone(),
         cluster: node.cluster.clone(),
         tls: node.tls.clone(),
         metrics: node.metrics.clone(),

@@ -86,7 +86,12 @@ pub struct RestartRequest {
 
 /// Everything the node's tasks share.
 pub struct Node {
+    /// The configuration the node started with: what needs a restart to change (timings,
+    /// addresses, members, the service, the checks). Live settings are read from `live`.
     pub config: Arc<Config>,
+    /// The configuration in effect now: `config` with the live settings of every valid reload
+    /// applied (hooks, failback, alarms, event retention, the API's access settings).
+    pub live: crate::config::Live,
     pub cluster: Cluster,
     /// Monotonic origin for the coordinator's millisecond clock.
     pub origin: Instant,
@@ -137,8 +142,10 @@ impl Node {
         supervisor: Option<Supervisor>,
     ) -> Node {
         let me = config.node.id.clone();
+        let live = crate::config::Live::new(config.clone());
         Node {
-            hooks: HookRunner::new(config.hooks.clone(), me),
+            hooks: HookRunner::live(live.clone(), me),
+            live,
             config,
             cluster,
             origin: Instant::now(),

@@ -6,6 +6,10 @@
 //! caller longer than `hooks.timeout`: past that the whole group is SIGKILLed and the hook
 //! counts as failed. The outcome is returned, not logged only, so the caller can record it in
 //! the event history (a failed fence is recorded; the expired lease is what makes promotion safe).
+//!
+//! The commands and the timeout are read when a hook starts: a runner made with
+//! [`HookRunner::live`] follows reloads of `[hooks]` (the next run uses the new ones; a hook
+//! already running finishes as it started).
 
 use std::fmt;
 use std::time::Instant;
@@ -68,14 +72,41 @@ pub struct HookOutcome {
 /// Runs the configured role hooks of one node.
 #[derive(Debug, Clone)]
 pub struct HookRunner {
-    hooks: Hooks,
+    hooks: Source,
     node: String,
+}
+
+/// Where a runner reads its hooks from.
+#[derive(Debug, Clone)]
+enum Source {
+    Fixed(Hooks),
+    /// `[hooks]` of the configuration in effect when each hook starts.
+    Live(crate::config::Live),
 }
 
 impl HookRunner {
     /// `node` is this node's id, passed to every hook as `STANDIN_NODE`.
     pub fn new(hooks: Hooks, node: String) -> Self {
-        HookRunner { hooks, node }
+        HookRunner {
+            hooks: Source::Fixed(hooks),
+            node,
+        }
+    }
+
+    /// A runner that reads `[hooks]` from `live` at each run, so a reload applies to the next.
+    pub fn live(live: crate::config::Live, node: String) -> Self {
+        HookRunner {
+            hooks: Source::Live(live),
+            node,
+        }
+    }
+
+    /// The hooks in effect now.
+    fn hooks(&self) -> Hooks {
+        match &self.hooks {
+            Source::Fixed(h) => h.clone(),
+            Source::Live(live) => live.get().hooks.clone(),
+        }
     }
 
     /// Runs hook `kind` and waits for it (at most `hooks.timeout`).
@@ -84,10 +115,11 @@ impl HookRunner {
     /// role (`STANDIN_EPOCH`), `previous` the node that was active before, if known
     /// (`STANDIN_PREVIOUS`, empty otherwise).
     pub async fn run(&self, kind: HookKind, role: &str, epoch: u64, previous: Option<&str>) -> HookOutcome {
+        let hooks = self.hooks();
         let command = match kind {
-            HookKind::Promote => self.hooks.on_promote.as_deref(),
-            HookKind::Demote => self.hooks.on_demote.as_deref(),
-            HookKind::Fence => self.hooks.on_fence.as_deref(),
+            HookKind::Promote => hooks.on_promote.as_deref(),
+            HookKind::Demote => hooks.on_demote.as_deref(),
+            HookKind::Fence => hooks.on_fence.as_deref(),
         };
         let Some(command) = command else {
             return HookOutcome {
@@ -108,7 +140,7 @@ impl HookRunner {
             ("STANDIN_HOOK", kind.as_str().to_string()),
         ];
         let started = Instant::now();
-        let result = process::run_shell(command, &env, self.hooks.timeout, HOOK_OUTPUT_LIMIT).await;
+        let result = process::run_shell(command, &env, hooks.timeout, HOOK_OUTPUT_LIMIT).await;
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let ok = result.success();
         let output = match &result.spawn_error {
