@@ -391,18 +391,19 @@ mod tests {
     #[test]
     fn a_document_naming_closed_duplicate_or_wrong_descriptors_is_refused() {
         let mut h = sample();
-        h.admin = 1000;
-        h.cluster = vec![1001];
+        h.admin = 100_000;
+        h.cluster = vec![100_001];
         assert!(h.check().unwrap_err().contains("not open"));
-        h.cluster = vec![1000];
-        assert!(h.check().unwrap_err().contains("twice"));
         h.admin = 2;
         assert!(h.check().unwrap_err().contains("stdio"));
-        // An open descriptor that is not a listening socket.
+        // An open descriptor that is not a listening socket, and one named twice.
         let file = std::fs::File::open("/proc/self/exe").expect("open");
         let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let lfd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+        h.admin = lfd;
+        h.cluster = vec![lfd];
+        assert!(h.check().unwrap_err().contains("twice"));
         h.admin = fd;
         h.cluster = vec![lfd];
         assert!(h.check().unwrap_err().contains("not a listening socket"));

@@ -556,7 +556,7 @@ pub async fn run(
                     let _ = req.reply.send(Err("this daemon cannot find its program or lost its listeners: restart it".into()));
                     continue;
                 };
-                let new = match restart::run_preflight(&binary, &config_path, &me.id).await {
+                let new = match restart::run_preflight(&binary, &config_path, &config).await {
                     Ok(p) => p,
                     Err(why) => {
                         tracing::error!(reason = %why, "hot restart refused: the new program failed its preflight; this one keeps running");

@@ -34,6 +34,26 @@ pub struct Preflight {
     pub data_format: u32,
     pub handover_format: u32,
     pub node: String,
+    /// The addresses the configuration file asks to listen on (admin, cluster paths, store):
+    /// they must be the running ones, since the sockets are handed over as they are.
+    #[serde(default)]
+    pub listen: Vec<String>,
+}
+
+/// The addresses a node listens on, in hand-over order: admin, every cluster path, the store.
+pub fn listen_addresses(cfg: &crate::config::Config) -> Vec<String> {
+    let me = cfg.me();
+    let mut out = vec![me.admin.to_string()];
+    out.extend(
+        cfg.node
+            .listen
+            .as_ref()
+            .unwrap_or(&me.addresses)
+            .iter()
+            .map(|a| a.to_string()),
+    );
+    out.extend(cfg.store.as_ref().map(|s| s.listen.to_string()));
+    out
 }
 
 /// `standin preflight --config FILE --node ID --data-format N`, run by the daemon with the
@@ -60,12 +80,18 @@ pub fn preflight(config: &Path, node: &str, data_format: u32) -> Result<Prefligh
         data_format: crate::version::DATA_FORMAT,
         handover_format: crate::handover::FORMAT,
         node: node.into(),
+        listen: listen_addresses(&cfg),
     })
 }
 
 /// Runs `binary preflight` for this node: the new program must start, read the configuration
 /// file, accept the data format and speak our handover format. Bounded in time and output.
-pub async fn run_preflight(binary: &Path, config_path: &Path, node: &str) -> Result<Preflight, String> {
+pub async fn run_preflight(
+    binary: &Path,
+    config_path: &Path,
+    running: &crate::config::Config,
+) -> Result<Preflight, String> {
+    let node = running.node.id.as_str();
     let mut cmd = tokio::process::Command::new(binary);
     cmd.arg("preflight")
         .arg("--config")
@@ -114,6 +140,14 @@ pub async fn run_preflight(binary: &Path, config_path: &Path, node: &str) -> Res
             p.handover_format,
             p.node,
             crate::handover::FORMAT
+        ));
+    }
+    let want = listen_addresses(running);
+    if p.listen != want {
+        return Err(format!(
+            "the configuration file now listens on {} instead of {}: an address change needs a full restart",
+            p.listen.join(", "),
+            want.join(", ")
         ));
     }
     Ok(p)
