@@ -175,13 +175,14 @@ async fn get(store: SocketAddr, key: &str) -> Option<String> {
     Some(value.trim_end().to_string())
 }
 
-fn restart_cmd(bin: &Path, admin: SocketAddr, node: Option<&str>) -> std::process::Output {
-    let mut cmd = std::process::Command::new(bin);
+/// Runs `standin restart` without blocking the test's runtime (the clients keep running).
+async fn restart_cmd(bin: &Path, admin: SocketAddr, node: Option<&str>) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(bin);
     cmd.args(["restart", "--api", &admin.to_string(), "--json", "--wait", "20s"]);
     if let Some(n) = node {
         cmd.args(["--node", n]);
     }
-    cmd.output().expect("run standin restart")
+    cmd.output().await.expect("run standin restart")
 }
 
 /// The active node's daemon is hot-restarted while a client probes its service every 10 ms
@@ -189,7 +190,7 @@ fn restart_cmd(bin: &Path, admin: SocketAddr, node: Option<&str>) -> std::proces
 /// as redis clients do on a closed connection), the same epoch, the same service process,
 /// the same daemon pid with one more hot restart, every acknowledged write still there, and
 /// a `hot-restart` event instead of a failover.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_restart_of_the_active_node_keeps_its_service_role_and_store() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -215,7 +216,7 @@ async fn a_hot_restart_of_the_active_node_keeps_its_service_role_and_store() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let started = Instant::now();
-    let out = restart_cmd(&bin, admin, Some(&active));
+    let out = restart_cmd(&bin, admin, Some(&active)).await;
     let took = started.elapsed();
     assert!(
         out.status.success(),
@@ -293,21 +294,22 @@ async fn a_hot_restart_of_the_active_node_keeps_its_service_role_and_store() {
 /// A hot restart whose new binary cannot take over changes nothing: a binary that fails its
 /// preflight is refused (the old program keeps serving, the command exits 1 saying why); the
 /// node then restarts fine once a good binary is back, and `standin restart` goes through every
-/// node, the active one last, with no failover.
-#[tokio::test]
+/// node, the active one last, with no failover — under a store write load (no failed write, no
+/// acknowledged write lost) while a sampler asks both data nodes' services every 10 ms and
+/// never finds two answering active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_new_binary_keeps_the_old_program_and_a_rolling_restart_goes_through() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let bin = own_binary(dir.path());
-    let mut spec = Spec::new(dir.path(), &bin);
-    spec.store = false;
+    let spec = Spec::new(dir.path(), &bin);
     let (c, s) = LocalCluster::launch(spec).await.expect("cluster ready");
     let active = s.active.clone().expect("an active node");
     let admin = c.node(&active).expect("node").admin;
     let good = std::fs::read(&bin).expect("read binary");
 
     replace(&bin, b"#!/bin/sh\necho 'this build is broken' >&2\nexit 3\n");
-    let out = restart_cmd(&binary(), admin, Some(&active));
+    let out = restart_cmd(&binary(), admin, Some(&active)).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -329,7 +331,45 @@ async fn a_failing_new_binary_keeps_the_old_program_and_a_rolling_restart_goes_t
     );
 
     replace(&bin, &good);
-    let out = restart_cmd(&binary(), admin, None);
+    let node = c.node(&active).expect("node");
+    let seen = Arc::new(Seen::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (probe, writer) = start_clients(
+        node.service.expect("service"),
+        node.store.expect("store"),
+        s.epoch,
+        seen.clone(),
+        stop.clone(),
+    );
+    let services: Vec<SocketAddr> = c.nodes.iter().filter_map(|n| n.service).collect();
+    let two_actives = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut both = 0u32;
+            while !stop.load(Ordering::SeqCst) {
+                let answers = futures::future::join_all(
+                    services
+                        .iter()
+                        .map(|a| probe_service(*a, Duration::from_millis(300))),
+                )
+                .await;
+                if answers.iter().filter(|a| a.is_some()).count() > 1 {
+                    both += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            both
+        })
+    };
+    let out = restart_cmd(&binary(), admin, None).await;
+    stop.store(true, Ordering::SeqCst);
+    probe.await.expect("probe");
+    let acked = writer.await.expect("writer");
+    assert_eq!(
+        two_actives.await.expect("sampler"),
+        0,
+        "two services answered active at once"
+    );
     assert!(
         out.status.success(),
         "rolling restart failed: {}\n{}",
@@ -349,4 +389,31 @@ async fn a_failing_new_binary_keeps_the_old_program_and_a_rolling_restart_goes_t
     let s2: Status = c.status().await.expect("status");
     assert_eq!(s2.active.as_deref(), Some(active.as_str()));
     assert_eq!(s2.epoch, s.epoch, "no failover");
+    let store = c.node(&active).and_then(|n| n.store).expect("store");
+    eprintln!(
+        "rolling hot restart: service probes {} ok / {} failed (max gap {} ms); writes {} ok / {} failed ({} reconnects)",
+        seen.service_ok.load(Ordering::SeqCst),
+        seen.service_failed.load(Ordering::SeqCst),
+        seen.max_gap_ms.load(Ordering::SeqCst),
+        seen.writes_ok.load(Ordering::SeqCst),
+        seen.writes_failed.load(Ordering::SeqCst),
+        seen.reconnects.load(Ordering::SeqCst)
+    );
+    assert_eq!(
+        seen.writes_failed.load(Ordering::SeqCst),
+        0,
+        "a store write failed"
+    );
+    assert_eq!(
+        seen.service_failed.load(Ordering::SeqCst),
+        0,
+        "a service probe failed"
+    );
+    for i in &acked {
+        assert_eq!(
+            get(store, &format!("hr:{i}")).await.as_deref(),
+            Some(i.to_string().as_str()),
+            "acknowledged write {i} lost"
+        );
+    }
 }

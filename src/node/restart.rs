@@ -68,6 +68,11 @@ pub fn preflight(config: &Path, node: &str, data_format: u32) -> Result<Prefligh
             cfg.node.id
         ));
     }
+    // The certificates load as the new program will load them (files readable, key matching,
+    // the certificate naming this member).
+    if let Some(files) = cfg.tls.files() {
+        crate::tls::Tls::load(files, Some(node)).map_err(|e| e.to_string())?;
+    }
     if data_format > crate::version::DATA_FORMAT {
         return Err(format!(
             "the data directory has format {data_format}, newer than this binary's {}",
@@ -199,12 +204,36 @@ pub async fn prepare(node: &Arc<Node>) {
     if node.local.borrow().acting == Acting::Active {
         let before = node.lease.borrow().map(|l| l.until);
         let deadline = crate::config::later(Instant::now(), timing.lease);
+        let mut renewed = None;
         while Instant::now() < deadline {
             let now = node.lease.borrow().map(|l| l.until);
             if now.is_some() && now != before {
+                renewed = now;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // A lease-aware service (one that asks `/v1/lease`) should hold that fresh lease too
+        // before the admin API pauses: it then acts through the hand-over on it. Bounded by a
+        // few of its polling rounds; a service that never asks is not waited for.
+        let told = |node: &Node| {
+            node.handed_out
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .map(|(u, _)| u)
+        };
+        if let (Some(fresh), Some(_)) = (renewed, told(node)) {
+            let wait = crate::config::later(
+                Instant::now(),
+                timing.heartbeat_interval.max(Duration::from_millis(100)),
+            );
+            let margin = timing.lease_margin();
+            while Instant::now() < wait {
+                if told(node).is_some_and(|u| u + margin >= fresh) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
         }
     }
 }
