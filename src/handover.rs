@@ -421,3 +421,134 @@ mod tests {
         assert!(serde_json::from_value::<Handover>(v).is_err());
     }
 }
+
+/// The environment variable that carries a proxy's handover document.
+pub const PROXY_ENV: &str = "STANDIN_PROXY_HANDOVER";
+
+/// What a running `standin proxy` hands to the new process it started for a hot restart (the
+/// HAProxy way: the new process takes the listening sockets and says when it serves; the old
+/// one then stops accepting, lets its open connections finish, and exits).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyHandover {
+    pub format: u32,
+    pub from_pid: u32,
+    pub from_version: String,
+    /// Hot restarts so far, this one included.
+    pub hot_restarts: u64,
+    /// The control API's listener, if any.
+    pub admin: Option<RawFd>,
+    /// Every listener's socket, by listener name.
+    pub listeners: BTreeMap<String, RawFd>,
+    /// The write end of a pipe: the new process writes `ready\n` once it serves.
+    pub ready: RawFd,
+}
+
+impl ProxyHandover {
+    pub fn fds(&self) -> Vec<RawFd> {
+        let mut fds: Vec<RawFd> = self.admin.into_iter().collect();
+        fds.extend(self.listeners.values());
+        fds.push(self.ready);
+        fds
+    }
+
+    /// Known format, distinct open descriptors above stdio, listeners that listen.
+    pub fn check(&self) -> Result<(), String> {
+        if self.format != FORMAT {
+            return Err(format!(
+                "handover format {} is not the one this program reads ({FORMAT})",
+                self.format
+            ));
+        }
+        let fds = self.fds();
+        if fds.len() > MAX_FDS {
+            return Err(format!(
+                "{} descriptors handed over, at most {MAX_FDS}",
+                fds.len()
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for fd in &fds {
+            if *fd <= 2 || !seen.insert(*fd) {
+                return Err(format!("descriptor {fd} handed over twice or is stdio"));
+            }
+            // SAFETY: F_GETFD only reads the descriptor's flags; any integer is allowed.
+            #[allow(unsafe_code)]
+            if unsafe { libc::fcntl(*fd, libc::F_GETFD) } < 0 {
+                return Err(format!("descriptor {fd} handed over is not open"));
+            }
+        }
+        for fd in self.admin.iter().chain(self.listeners.values()) {
+            if !is_listening_socket(*fd) {
+                return Err(format!("descriptor {fd} handed over is not a listening socket"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// [`take_from_env`] for a proxy's document ([`PROXY_ENV`]).
+pub fn take_proxy_from_env() -> Result<Option<ProxyHandover>, String> {
+    let Some(raw) = std::env::var_os(PROXY_ENV) else {
+        return Ok(None);
+    };
+    std::env::remove_var(PROXY_ENV);
+    let raw = raw
+        .into_string()
+        .map_err(|_| format!("{PROXY_ENV} is not UTF-8"))?;
+    if raw.len() > MAX_BYTES {
+        return Err(format!(
+            "{PROXY_ENV} holds {} bytes, at most {MAX_BYTES}",
+            raw.len()
+        ));
+    }
+    let handover: ProxyHandover =
+        serde_json::from_str(&raw).map_err(|e| format!("{PROXY_ENV} cannot be read: {e}"))?;
+    handover.check()?;
+    for fd in handover.fds() {
+        set_cloexec(fd, true).map_err(|e| format!("descriptor {fd}: {e}"))?;
+    }
+    Ok(Some(handover))
+}
+
+/// Starts `program` with `args` as a new process that inherits `fds` (close-on-exec here,
+/// cleared in the child only) and gets `env` = `json`.
+pub fn spawn_inheriting(
+    program: &Path,
+    args: &[OsString],
+    env: (&str, &str),
+    fds: Vec<RawFd>,
+) -> std::io::Result<std::process::Child> {
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args)
+        .env(env.0, env.1)
+        .stdin(std::process::Stdio::null());
+    // SAFETY: the closure runs in the child between fork and exec and only calls fcntl
+    // (async-signal-safe) on descriptors the parent owns; it allocates nothing.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in &fds {
+                let flags = libc::fcntl(*fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(*fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// A pipe whose both ends are close-on-exec: (read, write).
+pub fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two new descriptors into `fds`; we own them from here.
+    #[allow(unsafe_code)]
+    unsafe {
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])))
+    }
+}

@@ -27,6 +27,15 @@ pub fn reloading() {
     }
 }
 
+/// `MAINPID=pid`: a proxy's hot restart hands the unit to the new process (the unit needs
+/// `NotifyAccess=all` so that the new process may notify too).
+pub fn main_pid(pid: u32) {
+    send(&[
+        NotifyState::MainPid(pid),
+        NotifyState::Status("hot restart: new process serves"),
+    ]);
+}
+
 /// `STOPPING=1`.
 pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);

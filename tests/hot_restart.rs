@@ -417,3 +417,216 @@ async fn a_failing_new_binary_keeps_the_old_program_and_a_rolling_restart_goes_t
         );
     }
 }
+
+/// Kills a process by pid when dropped (the proxy that took over is not the test's child).
+struct KillOnDrop(Vec<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+async fn proxy_process(admin: SocketAddr) -> Option<standin::address::proxy::status::ProxyProcess> {
+    let r = standin::api::client::request(
+        &admin.to_string(),
+        hyper::Method::GET,
+        "/v1/proxy",
+        None,
+        Duration::from_secs(1),
+    )
+    .await
+    .ok()?;
+    let s: standin::address::proxy::status::ProxyStatus = serde_json::from_str(&r.body).ok()?;
+    s.process
+}
+
+/// One HTTP/1.1 request on an open connection; the answer's body.
+async fn http_on(conn: &mut BufReader<tokio::net::TcpStream>) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    conn.get_mut()
+        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .ok()?;
+    let mut len = 0usize;
+    loop {
+        let mut line = String::new();
+        if conn.read_line(&mut line).await.ok()? == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().ok()?;
+        }
+    }
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body).await.ok()?;
+    Some(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// `standin proxy` hot-restarts on SIGUSR2 the way HAProxy reloads: a new process takes the
+/// listening sockets and serves; the old one stops accepting, keeps serving the connections it
+/// has (a keep-alive connection opened before still gets answers), and exits once they end.
+/// A client connecting every 10 ms through the proxy meanwhile sees no failure. Before that, a
+/// hot restart with a configuration the new process refuses leaves the old one serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_hot_restarts_without_refusing_or_cutting_a_connection() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = own_binary(dir.path());
+    let mut spec = Spec::new(dir.path(), &bin);
+    spec.store = false;
+    let (c, _s) = LocalCluster::launch(spec).await.expect("cluster ready");
+    let admin = common::free_addr();
+    let listen = common::free_addr();
+    let apis: Vec<String> = c.nodes.iter().map(|n| format!("\"{}\"", n.admin)).collect();
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[proxy]\ncluster = [{}]\nadmin = \"{admin}\"\n\n[[proxy.listener]]\nname = \"web\"\nlisten = \"{listen}\"\n\
+             target = \"service\"\nmode = \"failover\"\nprotocol = \"tcp\"\n",
+            apis.join(", ")
+        ),
+    )
+    .expect("proxy config");
+    let log = dir.path().join("proxy.log");
+    let mut old = std::process::Command::new(&bin)
+        .args(["proxy", "--config"])
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start the proxy");
+    let mut guard = KillOnDrop(vec![old.id()]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while probe_service(listen, Duration::from_millis(300)).await.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the proxy did not serve: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = proxy_process(admin).await.expect("proxy status");
+    assert_eq!(before.pid, old.id());
+
+    // A configuration the new process cannot use: it exits, the old one keeps serving.
+    let good = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        good.replace("mode = \"failover\"", "mode = \"sideways\""),
+    )
+    .expect("write");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old.id() as i32),
+        nix::sys::signal::Signal::SIGUSR2,
+    )
+    .expect("usr2");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("proxy hot restart failed")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no failure logged: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        proxy_process(admin).await.map(|p| p.pid),
+        Some(old.id()),
+        "the old process still answers"
+    );
+    assert!(
+        probe_service(listen, Duration::from_millis(500)).await.is_some(),
+        "and still serves"
+    );
+    std::fs::write(&config, good).expect("restore");
+
+    // A keep-alive connection through the old process.
+    let mut kept = BufReader::new(tokio::net::TcpStream::connect(listen).await.expect("connect"));
+    assert!(http_on(&mut kept).await.is_some(), "the kept connection answers");
+
+    let failed = Arc::new(AtomicU64::new(0));
+    let ok = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let probe = {
+        let (failed, ok, stop) = (failed.clone(), ok.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                match probe_service(listen, Duration::from_millis(500)).await {
+                    Some(_) => ok.fetch_add(1, Ordering::SeqCst),
+                    None => failed.fetch_add(1, Ordering::SeqCst),
+                };
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old.id() as i32),
+        nix::sys::signal::Signal::SIGUSR2,
+    )
+    .expect("usr2");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let after = loop {
+        if let Some(p) = proxy_process(admin).await {
+            if p.pid != before.pid {
+                break p;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new proxy process: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    guard.0.push(after.pid);
+    assert_eq!(after.hot_restarts, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The old process still serves the connection it had, then exits once it is closed.
+    assert!(
+        old.try_wait().expect("try_wait").is_none(),
+        "the old process left its connection"
+    );
+    assert!(
+        http_on(&mut kept).await.is_some(),
+        "the kept connection still answers after the hand-over"
+    );
+    drop(kept);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = old.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old proxy process did not exit after its last connection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "old proxy exit: {status}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::SeqCst);
+    probe.await.expect("probe");
+    let (ok, failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    eprintln!("proxy hot restart: {ok} connections ok, {failed} failed");
+    assert_eq!(
+        failed, 0,
+        "a connection through the proxy failed during its hot restart"
+    );
+    assert!(ok > 20, "the client ran: {ok}");
+    drop(guard);
+}

@@ -24,6 +24,14 @@ pub fn main_with(args: Args) -> ExitCode {
             return code(EXIT_CONFIG);
         }
     };
+    let proxy_handover = match crate::handover::take_proxy_from_env() {
+        Ok(h) if matches!(args.command, Cmd::Proxy { .. }) => h,
+        Ok(_) => None,
+        Err(e) => {
+            eprintln!("standin: hot restart: {e}");
+            return code(EXIT_CONFIG);
+        }
+    };
     // The VIP keeper is small and single-threaded, and the proxy benchmark's backend gets one
     // thread like wrk and HAProxy beside it; everything else gets the worker pool.
     let mut builder = match args.command {
@@ -43,7 +51,7 @@ pub fn main_with(args: Args) -> ExitCode {
             return code(70);
         }
     };
-    rt.block_on(dispatch(args.command, handover))
+    rt.block_on(dispatch(args.command, handover, proxy_handover))
 }
 
 /// Cancels the token on SIGTERM or SIGINT.
@@ -106,7 +114,11 @@ fn done_alternate(r: Result<(), impl std::fmt::Display>) -> ExitCode {
     }
 }
 
-async fn dispatch(command: Cmd, handover: Option<crate::handover::Handover>) -> ExitCode {
+async fn dispatch(
+    command: Cmd,
+    handover: Option<crate::handover::Handover>,
+    proxy_handover: Option<crate::handover::ProxyHandover>,
+) -> ExitCode {
     // Every operator command carries `--api`/`--token`; the token applies to all its requests.
     let api = command.api();
     client::set_token(api.and_then(|a| a.token.clone()));
@@ -163,7 +175,7 @@ async fn dispatch(command: Cmd, handover: Option<crate::handover::Handover>) -> 
                 }
             }
         }
-        Cmd::Proxy { config, .. } => proxy(&config).await,
+        Cmd::Proxy { config, .. } => proxy(&config, proxy_handover).await,
         Cmd::ProxyStatus { proxy, json } => cli_result(client::proxy_status(&proxy, json).await),
         Cmd::Status { api, json } => cli_result(client::status(&api.api, json).await),
         Cmd::Switchover {
@@ -350,8 +362,10 @@ fn check_config(file: &Path) -> ExitCode {
 }
 
 /// `standin proxy`: bad config exits 64, a listener that cannot be bound 69.
-async fn proxy(config: &Path) -> ExitCode {
+async fn proxy(config: &Path, handover: Option<crate::handover::ProxyHandover>) -> ExitCode {
     ignore_hangup_from_now_on();
+    // A process started by a hot restart that cannot serve just exits: the previous one sees
+    // the pipe close and keeps serving.
     let config = match crate::config::load_proxy(config) {
         Ok(c) => c,
         Err(e) => {
@@ -359,14 +373,38 @@ async fn proxy(config: &Path) -> ExitCode {
             return code(EXIT_CONFIG);
         }
     };
-    let bound = match crate::address::proxy::Bound::bind(&config).await {
+    let bound = match &handover {
+        Some(h) => crate::address::proxy::Bound::from_handover(&config, h).await,
+        None => crate::address::proxy::Bound::bind(&config).await,
+    };
+    let bound = match bound {
         Ok(b) => b,
         Err(e) => {
             eprintln!("standin: {e}");
             return code(exit::UNAVAILABLE);
         }
     };
-    done(crate::address::proxy::run(config, bound, until_signal()).await)
+    let ready = handover.as_ref().map(|h| {
+        let ready = crate::handover::dup(h.ready);
+        for fd in h.fds() {
+            // SAFETY: the document was checked; each descriptor is closed once, after what
+            // was needed from it was duplicated.
+            #[allow(unsafe_code)]
+            drop(unsafe { crate::handover::own(fd) });
+        }
+        tracing::info!(from_pid = h.from_pid, from = %h.from_version, "proxy hot restart: took over the listeners");
+        ready
+    });
+    let restartable =
+        std::env::current_exe()
+            .ok()
+            .map(|program| crate::address::proxy::restart::Restartable {
+                program,
+                args: std::env::args_os().skip(1).collect(),
+                hot_restarts: handover.as_ref().map_or(0, |h| h.hot_restarts),
+                ready: ready.and_then(|r| r.ok()),
+            });
+    done(crate::address::proxy::run_restartable(config, bound, until_signal(), restartable).await)
 }
 
 /// `standin bench …`.

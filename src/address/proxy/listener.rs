@@ -59,6 +59,9 @@ pub struct ListenerRt {
     local_addr: RwLock<SocketAddr>,
     /// Stops the current accept loop (not the connections it accepted).
     accept_stop: Mutex<CancellationToken>,
+    /// The socket the current accept loop serves (shared with it), for a hot restart to hand
+    /// over; `None` once stopped, so the socket closes when its loop ends.
+    socket: Mutex<Option<Arc<TcpListener>>>,
     targets: watch::Sender<Arc<Targets>>,
     upstreams: Mutex<BTreeMap<String, Arc<Upstream>>>,
     last_view: Mutex<Option<Arc<View>>>,
@@ -107,6 +110,7 @@ impl ListenerRt {
             settings: RwLock::new(Arc::new(Settings { cfg })),
             local_addr: RwLock::new(addr),
             accept_stop: Mutex::new(CancellationToken::new()),
+            socket: Mutex::new(None),
             targets,
             upstreams: Mutex::new(BTreeMap::new()),
             last_view: Mutex::new(None),
@@ -142,7 +146,16 @@ impl ListenerRt {
             .collect()
     }
 
+    /// A close-on-exec duplicate of the socket this listener accepts on (hot restart).
+    pub fn dup_socket(&self) -> Option<std::io::Result<std::os::fd::OwnedFd>> {
+        use std::os::fd::AsRawFd;
+        let socket = self.socket.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
+        Some(crate::handover::dup(socket.as_raw_fd()))
+    }
+
     fn spawn_accept(self: &Arc<Self>, listener: TcpListener) {
+        let listener = Arc::new(listener);
+        *self.socket.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener.clone());
         let stop = {
             let mut s = self.accept_stop.lock().unwrap_or_else(|p| p.into_inner());
             *s = self.shutdown.child_token();
@@ -210,6 +223,7 @@ impl ListenerRt {
 
     /// Stops accepting and checking; open connections keep running until they end.
     pub fn stop(&self) {
+        self.socket.lock().unwrap_or_else(|p| p.into_inner()).take();
         self.accept_stop
             .lock()
             .unwrap_or_else(|p| p.into_inner())

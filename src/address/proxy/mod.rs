@@ -20,6 +20,7 @@ pub mod control;
 pub mod health;
 pub mod http;
 pub mod listener;
+pub mod restart;
 pub mod status;
 pub mod tcp;
 pub mod upstream;
@@ -96,6 +97,8 @@ pub struct Proxy {
     changes: tokio::sync::Mutex<()>,
     /// The configuration the proxy started with (tokens, `allow-bind`).
     config: ProxyConfig,
+    /// This process (shown in the status: which process answers after a hot restart).
+    process: status::ProxyProcess,
 }
 
 impl Proxy {
@@ -120,6 +123,7 @@ impl Proxy {
         ProxyStatus {
             cluster: self.watcher.status(),
             listeners: self.all().iter().map(|l| status::listener_status(l)).collect(),
+            process: Some(self.process.clone()),
         }
     }
 
@@ -187,6 +191,25 @@ impl Proxy {
 
 /// Runs the proxy until `cancel` fires.
 pub async fn run(cfg: ProxyConfig, bound: Bound, cancel: CancellationToken) -> Result<(), ProxyError> {
+    run_restartable(cfg, bound, cancel, None).await
+}
+
+/// [`run`], and on SIGUSR2 a hot restart (see [`restart`]) when `restartable` says how: the
+/// function then returns once the new process serves and this one's connections have ended.
+pub async fn run_restartable(
+    cfg: ProxyConfig,
+    bound: Bound,
+    cancel: CancellationToken,
+    mut restartable: Option<restart::Restartable>,
+) -> Result<(), ProxyError> {
+    let kept_admin = match &restartable {
+        Some(_) => restart::Kept::admin(&bound)
+            .inspect_err(
+                |e| tracing::warn!(error = %e, "cannot keep the control API's socket: no hot restart"),
+            )
+            .ok(),
+        None => None,
+    };
     let access = crate::api::client::Access::new(cfg.resolved_api_token.clone(), cfg.api_ca.as_deref())
         .map_err(|e| crate::config::invalid("proxy.api-ca", e.detail()))?;
     for api in &cfg.cluster {
@@ -218,13 +241,34 @@ pub async fn run(cfg: ProxyConfig, bound: Bound, cancel: CancellationToken) -> R
         shutdown: cancel.clone(),
         changes: tokio::sync::Mutex::new(()),
         config: cfg,
+        process: status::ProxyProcess {
+            pid: std::process::id(),
+            version: crate::version::VERSION.into(),
+            commit: crate::version::COMMIT.into(),
+            hot_restarts: restartable.as_ref().map_or(0, |r| r.hot_restarts),
+        },
     });
+    // The control API stops with the accept loops when a successor takes over.
+    let control = cancel.child_token();
     if let Some(admin) = bound.admin {
         if let Ok(a) = admin.local_addr() {
             tracing::info!(admin = %a, "proxy control API listening");
         }
-        tokio::spawn(control::serve(admin, proxy.clone(), cancel.clone()));
+        tokio::spawn(control::serve(admin, proxy.clone(), control.clone()));
     }
+    if let Some(ready) = restartable.as_mut().and_then(|r| r.ready.take()) {
+        restart::say_ready(ready);
+    }
+    if restartable.is_some() {
+        // The standalone proxy (`Type=notify`); a node's own proxy leaves this to the node.
+        crate::systemd::ready("serving");
+    }
+    let mut usr2 = match (&restartable, &kept_admin) {
+        (Some(_), Some(_)) => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot watch SIGUSR2: no hot restart"))
+            .ok(),
+        _ => None,
+    };
     let mut views = watcher.views.clone();
     loop {
         let view = views.borrow_and_update().clone();
@@ -236,6 +280,42 @@ pub async fn run(cfg: ProxyConfig, bound: Bound, cancel: CancellationToken) -> R
         tokio::select! {
             _ = cancel.cancelled() => break,
             r = views.changed() => if r.is_err() { break },
+            Some(()) = async { match usr2.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
+                let (Some(r), Some(admin)) = (&restartable, &kept_admin) else { continue };
+                tracing::info!("SIGUSR2 received: hot restart of the proxy");
+                let outcome = match restart::Kept::now(admin.as_ref(), &proxy.all()) {
+                    Ok(kept) => restart::start_successor(&kept, r).await,
+                    Err(e) => Err(format!("cannot duplicate the listening sockets: {e}")),
+                };
+                match outcome {
+                    Err(why) => tracing::error!(reason = %why, "proxy hot restart failed: this process keeps serving"),
+                    Ok(pid) => {
+                        tracing::info!(new_pid = pid, "proxy hot restart: the new process serves; this one stops accepting and exits when its connections end");
+                        crate::systemd::main_pid(pid);
+                        control.cancel();
+                        for l in proxy.all() {
+                            l.stop();
+                        }
+                        let deadline = crate::config::later(std::time::Instant::now(), restart::DRAIN_MAX);
+                        loop {
+                            let open: usize = proxy
+                                .all()
+                                .iter()
+                                .map(|l| l.counters.open.load(std::sync::atomic::Ordering::SeqCst))
+                                .sum();
+                            if open == 0 || std::time::Instant::now() >= deadline {
+                                tracing::info!(open, "proxy hot restart: old process exits");
+                                break;
+                            }
+                            tokio::select! {
+                                _ = cancel.cancelled() => break,
+                                _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+                            }
+                        }
+                        break;
+                    }
+                }
+            }
         }
     }
     for l in proxy.all() {

@@ -13,6 +13,18 @@ use super::watch::WatchStatus;
 pub struct ProxyStatus {
     pub cluster: WatchStatus,
     pub listeners: Vec<ListenerStatus>,
+    /// The process that answered (after a hot restart: the new one).
+    #[serde(default)]
+    pub process: Option<ProxyProcess>,
+}
+
+/// A proxy process: its pid, program version and hot restarts so far.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct ProxyProcess {
+    pub pid: u32,
+    pub version: String,
+    pub commit: String,
+    pub hot_restarts: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
