@@ -362,6 +362,7 @@ async fn a_failing_new_binary_keeps_the_old_program_and_a_rolling_restart_goes_t
         })
     };
     let out = restart_cmd(&binary(), admin, None).await;
+    eprintln!("standin restart: {}", String::from_utf8_lossy(&out.stderr));
     stop.store(true, Ordering::SeqCst);
     probe.await.expect("probe");
     let acked = writer.await.expect("writer");

@@ -461,6 +461,9 @@ pub enum CommandOf<B> {
         from_version: String,
         #[serde(default)]
         config: String,
+        /// The checks the new program runs (the process check included): a check no longer
+        /// configured leaves the node's record; a new one is reported by the node.
+        checks: Vec<String>,
         at: u64,
     },
     /// `node` read its configuration file again (SIGHUP, `POST /v1/reload`): a valid file
@@ -658,11 +661,13 @@ impl ClusterState {
                 version,
                 from_version,
                 config,
+                checks,
                 at,
             } => {
                 let rec = self.node_mut(node);
                 let previous_config = std::mem::replace(&mut rec.config_digest, config.clone());
                 rec.version = version.clone();
+                rec.checks.retain(|name, _| checks.contains(name));
                 self.event(
                     *at,
                     EventKind::HotRestart,
@@ -681,6 +686,7 @@ impl ClusterState {
                         None,
                     );
                 }
+                self.recompute_health(node, *at);
                 CommandResult::ok()
             }
             CommandOf::Health {
@@ -1387,6 +1393,49 @@ mod tests {
         let d = s.deposed.as_ref().expect("deposed");
         // Unconfirmed: the old service may still hold its lease, so the successor waits.
         assert!(!d.released && d.node == "a" && d.epoch == 1);
+    }
+
+    /// A hot restart is not a restart: the active node keeps its role and epoch, its checks
+    /// keep their states, a check no longer configured leaves its record, and the history
+    /// says what happened.
+    #[test]
+    fn a_resumed_active_keeps_its_role_and_drops_removed_checks() {
+        let mut s = ClusterState::default();
+        s.apply(&promote("a", 1));
+        let health = |check: &str, healthy: bool| Command::Health {
+            node: "a".into(),
+            check: check.into(),
+            healthy,
+            detail: String::new(),
+            at: 2,
+        };
+        s.apply(&health("process", true));
+        s.apply(&health("http", true));
+        s.apply(&health("old", false));
+        assert!(!s.nodes["a"].healthy);
+        s.apply(&Command::NodeResumed {
+            node: "a".into(),
+            version: "2".into(),
+            from_version: "1".into(),
+            config: String::new(),
+            checks: vec!["process".into(), "http".into()],
+            at: 5,
+        });
+        assert_eq!(s.active.as_deref(), Some("a"), "still active");
+        assert_eq!(s.epoch, 1);
+        assert!(s.deposed.is_none());
+        let rec = &s.nodes["a"];
+        assert_eq!(rec.version, "2");
+        assert!(rec.checks["http"].healthy, "states kept");
+        assert!(
+            !rec.checks.contains_key("old"),
+            "a removed check leaves the record"
+        );
+        assert!(rec.healthy, "healthy once the failing removed check is gone");
+        assert!(s
+            .events
+            .iter()
+            .any(|e| e.kind == EventKind::HotRestart && e.detail.contains("1 -> 2")));
     }
 
     #[test]

@@ -342,7 +342,18 @@ pub async fn run(
     let tracker = TaskTracker::new();
 
     let (transitions_tx, transitions_rx) = tokio::sync::mpsc::unbounded_channel();
-    let initial_checks = handover.as_ref().map(|h| h.checks.clone()).unwrap_or_default();
+    // A hot restart goes on from the checks' states; a check that is new in this program's
+    // configuration is assumed healthy until it fails `fall` times (as the service already
+    // runs and serves), so adding a check never fails the node over by itself.
+    let mut initial_checks = handover.as_ref().map(|h| h.checks.clone()).unwrap_or_default();
+    if handover.is_some() {
+        for c in &config.checks {
+            if !initial_checks.contains_key(&c.name) {
+                tracing::info!(check = %c.name, "new check after the hot restart: assumed healthy until it fails");
+                initial_checks.insert(c.name.clone(), true);
+            }
+        }
+    }
     let (health, supervisor) = match (&config.service, me.kind) {
         (Some(svc), NodeKind::Data) => {
             let health = health::spawn_checks_from(

@@ -133,6 +133,7 @@ pub async fn run(node: Arc<Node>, mut transitions: UnboundedReceiver<Transition>
                     version: VERSION.into(),
                     from_version: from.clone(),
                     config: config_digest(&node.config),
+                    checks: observed.keys().cloned().collect(),
                     at: unix_ms(),
                 },
                 None => Command::NodeStarted {

@@ -167,6 +167,27 @@ pub async fn prepare(node: &Arc<Node>) {
     let timing = node.config.timing.clone();
     let bound = timing.coordination_retry();
     if node.cluster.info().leader.as_deref() == Some(me.as_str()) {
+        // openraft's voters refuse a candidate for a leader lease (the longest election
+        // timeout) after their last vote change: moving leadership right after an election
+        // would leave the cluster leaderless until that runs out, and the lease with it (seen
+        // under load: 'lease expired: demoting'). Wait until the term has been stable for
+        // twice that, and for a lease renewal just before asking, so the whole transfer runs
+        // on a fresh lease. Both waits are bounded.
+        let settle = Duration::from_millis(timing.raft_ms().2.saturating_mul(2));
+        let stop = crate::config::later(Instant::now(), bound);
+        let mut seen = (node.cluster.info().term, node.cluster.info().leader);
+        let mut since = Instant::now();
+        while Instant::now() < stop {
+            let i = node.cluster.info();
+            if (i.term, i.leader.clone()) != seen {
+                seen = (i.term, i.leader);
+                since = Instant::now();
+            } else if since.elapsed() >= settle {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        wait_renewal(node, timing.lease).await;
         let candidates: Vec<String> = node
             .config
             .members
@@ -202,17 +223,7 @@ pub async fn prepare(node: &Arc<Node>) {
         }
     }
     if node.local.borrow().acting == Acting::Active {
-        let before = node.lease.borrow().map(|l| l.until);
-        let deadline = crate::config::later(Instant::now(), timing.lease);
-        let mut renewed = None;
-        while Instant::now() < deadline {
-            let now = node.lease.borrow().map(|l| l.until);
-            if now.is_some() && now != before {
-                renewed = now;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        let renewed = wait_renewal(node, timing.lease).await;
         // A lease-aware service (one that asks `/v1/lease`) should hold that fresh lease too
         // before the admin API pauses: it then acts through the hand-over on it. Bounded by a
         // few of its polling rounds; a service that never asks is not waited for.
@@ -236,4 +247,22 @@ pub async fn prepare(node: &Arc<Node>) {
             }
         }
     }
+}
+
+/// While this node acts as active: waits (at most `within`) for its lease to be renewed and
+/// returns the new end; `None` if it was not (or the node is not active).
+async fn wait_renewal(node: &Arc<Node>, within: Duration) -> Option<Instant> {
+    if node.local.borrow().acting != Acting::Active {
+        return None;
+    }
+    let before = node.lease.borrow().map(|l| l.until);
+    let deadline = crate::config::later(Instant::now(), within);
+    while Instant::now() < deadline {
+        let now = node.lease.borrow().map(|l| l.until);
+        if now.is_some() && now != before {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    None
 }
