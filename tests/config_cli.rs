@@ -212,7 +212,9 @@ fn usage_errors_exit_64_and_help_exits_0() {
     let version = String::from_utf8_lossy(&out.stdout);
     assert!(
         version.starts_with(&format!("standin {} (commit ", env!("CARGO_PKG_VERSION")))
-            && version.trim_end().ends_with("; data format 1; peer protocol 1..1)"),
+            && version
+                .trim_end()
+                .ends_with("; data format 1; peer protocol 1..1)"),
         "{version}"
     );
 }

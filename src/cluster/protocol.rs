@@ -106,9 +106,26 @@ mod tests {
     #[test]
     fn alpn_names_round_trip_and_hostile_ones_are_ignored() {
         let offer = Range::new(2, 4).unwrap().alpn();
-        assert_eq!(offer, vec![b"standin/4".to_vec(), b"standin/3".to_vec(), b"standin/2".to_vec()]);
-        assert_eq!(Range::from_alpn(offer.iter().map(|v| v.as_slice())), Range::new(2, 4));
-        for bad in [&b"standin/"[..], b"standin/0", b"standin/-1", b"standin/99999999999", b"h2", b"standin/1x"] {
+        assert_eq!(
+            offer,
+            vec![
+                b"standin/4".to_vec(),
+                b"standin/3".to_vec(),
+                b"standin/2".to_vec()
+            ]
+        );
+        assert_eq!(
+            Range::from_alpn(offer.iter().map(|v| v.as_slice())),
+            Range::new(2, 4)
+        );
+        for bad in [
+            &b"standin/"[..],
+            b"standin/0",
+            b"standin/-1",
+            b"standin/99999999999",
+            b"h2",
+            b"standin/1x",
+        ] {
             assert_eq!(version_of_alpn(bad), None, "{bad:?}");
         }
         assert_eq!(Range::from_alpn([&b"http/1.1"[..]].into_iter()), None);
@@ -123,6 +140,9 @@ mod tests {
             mismatch("b", &new, &old),
             "peer b speaks protocol 2..3, this node 1..1: upgrade this node"
         );
-        assert_eq!(mismatch("a", &old, &new), "peer a speaks protocol 1..1, this node 2..3: upgrade a");
+        assert_eq!(
+            mismatch("a", &old, &new),
+            "peer a speaks protocol 1..1, this node 2..3: upgrade a"
+        );
     }
 }

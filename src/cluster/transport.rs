@@ -715,7 +715,10 @@ impl Transport {
             Err(e) => {
                 let mut s = lock(&path.stats);
                 // A version mismatch is logged once per path, not on every heartbeat.
-                if e.starts_with("peer ") && e.contains(" speaks protocol ") && s.last_error.as_ref() != Some(e) {
+                if e.starts_with("peer ")
+                    && e.contains(" speaks protocol ")
+                    && s.last_error.as_ref() != Some(e)
+                {
                     tracing::error!(peer, path = %path.addr, "{e}");
                 }
                 s.last_error = Some(e.clone());
@@ -767,7 +770,11 @@ impl Transport {
                 };
                 match chosen {
                     Some(v) if ours.contains(v) && theirs.contains(v) => return Ok(v),
-                    Some(v) => return Err(format!("{peer} chose protocol {v}, which this node ({ours}) does not speak")),
+                    Some(v) => {
+                        return Err(format!(
+                            "{peer} chose protocol {v}, which this node ({ours}) does not speak"
+                        ))
+                    }
                     None => theirs,
                 }
             }
@@ -1023,7 +1030,8 @@ pub async fn serve(listener: TcpListener, transport: Transport, handler: Handler
         let handler = handler.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move {
-            let Some((io, peer, expires, negotiated)) = transport.authenticate(stream, remote, &cancel).await else {
+            let Some((io, peer, expires, negotiated)) = transport.authenticate(stream, remote, &cancel).await
+            else {
                 return;
             };
             // Only an authenticated connection (or any, running insecure) takes a slot.
@@ -1080,10 +1088,7 @@ impl Transport {
         let handshake = async move {
             let start =
                 tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
-            let theirs = start
-                .client_hello()
-                .alpn()
-                .and_then(|offer| Range::from_alpn(offer));
+            let theirs = start.client_hello().alpn().and_then(Range::from_alpn);
             // No version common: the handshake completes without an ALPN name, so that the
             // refusal can name the member and tell it our versions (see `serve_conn`).
             let negotiated = match theirs {
@@ -1202,7 +1207,13 @@ struct Inbound {
 }
 
 /// Serves one connection.
-async fn serve_conn(stream: BoxIo, conn: Inbound, transport: Transport, handler: Handler, cancel: CancellationToken) {
+async fn serve_conn(
+    stream: BoxIo,
+    conn: Inbound,
+    transport: Transport,
+    handler: Handler,
+    cancel: CancellationToken,
+) {
     let Inbound {
         remote,
         peer,
@@ -1344,7 +1355,12 @@ async fn serve_conn(stream: BoxIo, conn: Inbound, transport: Transport, handler:
                     max: ours.max,
                     chosen,
                 };
-                reply(writer.clone(), conn_done.clone(), encode_response(&me, id, &answer)).await;
+                reply(
+                    writer.clone(),
+                    conn_done.clone(),
+                    encode_response(&me, id, &answer),
+                )
+                .await;
                 match (chosen, theirs) {
                     (Some(v), _) => {
                         tracing::debug!(%remote, from = %frame.from, protocol = v, "peer protocol negotiated");
@@ -1723,6 +1739,7 @@ mod tests {
         }
         assert!(!may_be_large(kind(&Request::Status)));
         assert!(!may_be_large(kind(&Request::Admin(String::new()))));
+        assert!(!may_be_large(kind(&Request::Hello { min: 1, max: 1 })));
     }
 
     fn requests() -> Vec<Request> {
@@ -1923,6 +1940,156 @@ mod tests {
         assert!(counts["not-member"] >= 1, "{counts:?}");
         assert!(counts["handshake"] >= 1, "{counts:?}");
         cancel.cancel();
+    }
+
+    /// Member "b" speaking `server` served on port 0, and member "a" speaking `client` that
+    /// reaches it; with TLS when `dir` holds their certificates.
+    async fn speaking(
+        dir: Option<&std::path::Path>,
+        server: (u32, u32),
+        client: (u32, u32),
+    ) -> (Transport, Transport, CancellationToken) {
+        let range = |(min, max)| Range::new(min, max).expect("range");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cancel = CancellationToken::new();
+        let b = Transport::new(
+            "b".into(),
+            vec![("a".into(), Vec::new())],
+            Duration::from_millis(100),
+            Duration::from_millis(500),
+            dir.map(|d| tls_as(d, "b")),
+        )
+        .speaking(range(server));
+        let handler: Handler = Arc::new(|_from, _req| Box::pin(async move { Response::Ok }));
+        tokio::spawn(serve(listener, b.clone(), handler, cancel.clone()));
+        let a = Transport::new(
+            "a".into(),
+            vec![("b".into(), vec![addr])],
+            Duration::from_millis(100),
+            Duration::from_millis(500),
+            dir.map(|d| tls_as(d, "a")),
+        )
+        .speaking(range(client));
+        (a, b, cancel)
+    }
+
+    fn protocol_refusals(t: &Transport) -> u64 {
+        t.refusals()
+            .into_iter()
+            .find(|(r, _)| *r == Refusal::Protocol)
+            .map_or(0, |(_, n)| n)
+    }
+
+    /// Two nodes whose protocol ranges overlap agree on the highest common version (with TLS
+    /// through ALPN, without through the hello), whichever side is newer; disjoint ranges are
+    /// refused, and the error names both ranges and the side to upgrade.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nodes_agree_on_the_highest_common_protocol_or_refuse_naming_both_ranges() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        certs(dir.path(), &["a", "b"]);
+        let t = Duration::from_secs(5);
+        for tls in [Some(dir.path()), None] {
+            for (server, client, want) in [((1, 3), (2, 5), 3), ((2, 5), (1, 3), 3), ((1, 1), (1, 1), 1)] {
+                let (a, _b, cancel) = speaking(tls, server, client).await;
+                let r = a.call("b", &Request::Status, t).await;
+                assert!(matches!(r, Ok(Response::Ok)), "tls {}: {r:?}", tls.is_some());
+                assert_eq!(
+                    a.paths("b")[0].protocol,
+                    Some(want),
+                    "tls {} {server:?} {client:?}",
+                    tls.is_some()
+                );
+                cancel.cancel();
+            }
+            for (server, client, want) in [
+                (
+                    (2, 3),
+                    (1, 1),
+                    "peer b speaks protocol 2..3, this node 1..1: upgrade this node",
+                ),
+                (
+                    (1, 1),
+                    (2, 3),
+                    "peer b speaks protocol 1..1, this node 2..3: upgrade b",
+                ),
+            ] {
+                let (a, b, cancel) = speaking(tls, server, client).await;
+                let e = a.call("b", &Request::Status, t).await.expect_err("refused");
+                assert!(e.to_string().contains(want), "tls {}: {e}", tls.is_some());
+                let path = &a.paths("b")[0];
+                assert_eq!(path.protocol, None);
+                assert!(
+                    path.last_error.as_deref().is_some_and(|e| e.contains(want)),
+                    "{path:?}"
+                );
+                assert!(protocol_refusals(&b) >= 1, "tls {}", tls.is_some());
+                cancel.cancel();
+            }
+        }
+    }
+
+    /// A server from before negotiation answers the hello with an error (an unknown
+    /// request): it speaks version 1, which a node speaking 1 uses and a node that no longer
+    /// does refuses. A client from before negotiation sends no hello: version 1 (the raw
+    /// frames of the tests above are such a client).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_from_before_negotiation_speaks_version_1() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // The old server: every frame it cannot decode gets an error with its id.
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (read, write) = tokio::io::split(stream);
+                    let mut source = FramedRead::new(read, FrameDecoder::default());
+                    let mut sink = FramedWrite::new(write, codec());
+                    while let Some(Ok(bytes)) = source.next().await {
+                        let Ok((id, _)) = postcard::take_from_bytes::<u64>(&bytes) else {
+                            break;
+                        };
+                        let resp = match postcard::from_bytes::<Frame<Request>>(&bytes) {
+                            Ok(Frame {
+                                body: Request::Ping { nonce },
+                                ..
+                            }) => Response::Pong { nonce },
+                            Ok(Frame {
+                                body: Request::Hello { .. },
+                                ..
+                            }) => Response::Error {
+                                message: "malformed request: unknown variant".into(),
+                                retry: false,
+                            },
+                            _ => Response::Ok,
+                        };
+                        if sink.send(encode_response("b", id, &resp)).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let t = Duration::from_secs(5);
+        let client = |min, max| {
+            Transport::new(
+                "a".into(),
+                vec![("b".into(), vec![addr])],
+                Duration::from_millis(100),
+                Duration::from_millis(500),
+                None,
+            )
+            .speaking(Range::new(min, max).expect("range"))
+        };
+        let a = client(1, 2);
+        assert!(matches!(a.call("b", &Request::Status, t).await, Ok(Response::Ok)));
+        assert_eq!(a.paths("b")[0].protocol, Some(1));
+        let newer = client(2, 3);
+        let e = newer.call("b", &Request::Status, t).await.expect_err("refused");
+        assert!(
+            e.to_string()
+                .contains("peer b speaks protocol 1..1, this node 2..3: upgrade b"),
+            "{e}"
+        );
     }
 
     /// A client checks that the server names the member it meant to reach: c's certificate
