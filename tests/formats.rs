@@ -262,10 +262,10 @@ async fn a_data_directory_of_format_1_opens_and_gets_its_format_recorded() {
             .any(|c| matches!(c, Command::NodeStarted { node, .. } if node == "a")),
         "{commands:?}"
     );
-    let written = set(KEY, VALUE);
+    let written = format!("{:?}", [set(KEY, VALUE)]);
     assert!(
         commands.iter().any(|c| matches!(c, Command::Store { groups, .. }
-            if groups.iter().any(|(ops, _)| format!("{ops:?}") == format!("{:?}", [written.clone()])))),
+            if groups.iter().any(|(ops, _)| format!("{ops:?}") == written))),
         "the store write is in the log: {commands:?}"
     );
 
