@@ -14,19 +14,38 @@ pub const COMMIT: &str = env!("STANDIN_COMMIT");
 /// encoding of log entries, snapshots or state, and add the migration.
 pub const DATA_FORMAT: u32 = 1;
 
-/// `standin --version`: the version, the commit and the data format (a test keeps the literal
-/// here equal to [`DATA_FORMAT`]).
+/// The newest version of the peer protocol (the messages of `cluster::rpc` and their
+/// encoding, the log entries they carry included) this build speaks. Each peer connection
+/// negotiates the highest version both sides speak (TLS ALPN `standin/<v>`, or an in-band
+/// hello without TLS; see `cluster::protocol`), so nodes of versions N and N+1 work together
+/// during a rolling upgrade. Raise it with any change of an encoding on the wire, keep the
+/// old encoding for connections that negotiate an older version, and raise
+/// [`PROTOCOL_MIN`] only when a version is dropped.
+pub const PROTOCOL: u32 = 1;
+
+/// The oldest peer protocol version this build still speaks. A build from before negotiation
+/// speaks 1 only.
+pub const PROTOCOL_MIN: u32 = 1;
+
+/// `standin --version`: the version, the commit, the data format and the peer protocol range
+/// (a test keeps the literals here equal to [`DATA_FORMAT`], [`PROTOCOL_MIN`] and
+/// [`PROTOCOL`]).
 pub const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
     env!("STANDIN_COMMIT"),
-    "; data format 1)"
+    "; data format 1; peer protocol 1..1)"
 );
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_long_version_names_the_data_format() {
-        assert!(super::LONG_VERSION.ends_with(&format!("; data format {})", super::DATA_FORMAT)));
+    fn the_long_version_names_the_data_format_and_protocols() {
+        assert!(super::LONG_VERSION.ends_with(&format!(
+            "; data format {}; peer protocol {}..{})",
+            super::DATA_FORMAT,
+            super::PROTOCOL_MIN,
+            super::PROTOCOL
+        )));
     }
 }

@@ -207,12 +207,14 @@ fn usage_errors_exit_64_and_help_exits_0() {
         assert_eq!(out.status.code(), Some(0), "{args:?}");
         assert!(!out.stdout.is_empty(), "{args:?}");
     }
-    // The version names the commit and the data format.
+    // The version names the commit, the data format and the peer protocol range.
     let out = Command::new(binary()).arg("--version").output().expect("run");
     let version = String::from_utf8_lossy(&out.stdout);
     assert!(
         version.starts_with(&format!("standin {} (commit ", env!("CARGO_PKG_VERSION")))
-            && version.trim_end().ends_with("; data format 1)"),
+            && version
+                .trim_end()
+                .ends_with("; data format 1; peer protocol 1..1)"),
         "{version}"
     );
 }

@@ -5,6 +5,7 @@
 //! [`Command`]s, [`ClusterState`] and [`RaftInfo`], so a move to openraft 0.10 stays local.
 
 pub mod prevote;
+pub mod protocol;
 pub mod rpc;
 pub mod state;
 pub mod storage;

@@ -1,4 +1,8 @@
 //! The messages nodes exchange over the cluster transport, encoded with postcard.
+//!
+//! The encoding is the peer protocol (`version::PROTOCOL`): variants are only appended, never
+//! inserted or reordered, and `tests/formats.rs` decodes checked-in frames of every release's
+//! protocol with the current types.
 
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
@@ -54,6 +58,14 @@ pub enum Request {
     PreVote {
         last_log: Option<openraft::LogId<NodeId>>,
     },
+    /// The first frame of a connection whose protocol version was not settled in the TLS
+    /// handshake (running insecure, or a server that picked no ALPN name): the peer protocol
+    /// versions the sender speaks (`cluster::protocol`). A server from before negotiation
+    /// answers it with an error (an unknown request): it speaks version 1.
+    Hello {
+        min: u32,
+        max: u32,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -80,6 +92,13 @@ pub enum Response {
     },
     /// The answer to a pre-vote.
     PreVote(bool),
+    /// The answer to a hello: the versions the receiver speaks and the one it chose, `None`
+    /// when none is common (the receiver then closes the connection).
+    Hello {
+        min: u32,
+        max: u32,
+        chosen: Option<u32>,
+    },
 }
 
 /// The answer to a lease request.

@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
+use super::protocol::{self, Range};
 use super::rpc::{Frame, Request, Response};
 
 /// Largest frame accepted (see [`crate::sizes`], where every size limit between nodes is
@@ -112,6 +113,9 @@ pub struct PathStatus {
     /// Share of the last heartbeats that got no answer (0.0 - 1.0).
     pub loss: f64,
     pub last_error: Option<String>,
+    /// The peer protocol version negotiated on this path's connection (`None`: none yet).
+    #[serde(default)]
+    pub protocol: Option<u32>,
 }
 
 #[derive(Default)]
@@ -121,6 +125,8 @@ struct PathStats {
     recent: VecDeque<bool>,
     last_error: Option<String>,
     was_up: bool,
+    /// The protocol version of the path's current connection.
+    protocol: Option<u32>,
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
@@ -142,16 +148,24 @@ pub enum Refusal {
     NotMember,
     /// A frame claiming to come from a member other than the one its certificate names.
     WrongId,
+    /// A member that speaks no peer protocol version this node speaks.
+    Protocol,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 3] = [Refusal::Handshake, Refusal::NotMember, Refusal::WrongId];
+    pub const ALL: [Refusal; 4] = [
+        Refusal::Handshake,
+        Refusal::NotMember,
+        Refusal::WrongId,
+        Refusal::Protocol,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Refusal::Handshake => "handshake",
             Refusal::NotMember => "not-member",
             Refusal::WrongId => "wrong-id",
+            Refusal::Protocol => "protocol",
         }
     }
 }
@@ -193,6 +207,9 @@ struct Conn {
     /// When the certificate the peer showed expires (Unix seconds): the connection is not
     /// used past it.
     peer_not_after: Option<i64>,
+    /// The peer protocol version negotiated for this connection: what a later version would
+    /// choose its encodings by.
+    protocol: u32,
 }
 
 /// How long a connection replaced after a certificate reload may go on serving the requests
@@ -252,7 +269,9 @@ struct Inner {
     /// Mutual TLS on every connection; `None` when running insecure.
     tls: Option<Arc<crate::tls::Tls>>,
     /// Refusals by [`Refusal`], in its order.
-    refused: [AtomicU64; 3],
+    refused: [AtomicU64; 4],
+    /// The peer protocol versions this node speaks ([`Range::OURS`] but in tests).
+    protocols: Range,
 }
 
 /// Handle to the transport; cheap to clone.
@@ -314,8 +333,24 @@ impl Transport {
                 },
                 tls,
                 refused: Default::default(),
+                protocols: Range::OURS,
             }),
         }
+    }
+
+    /// This transport speaking `protocols` instead of [`Range::OURS`]: for tests of the
+    /// negotiation between versions. Only on a transport not yet cloned (else unchanged).
+    #[doc(hidden)]
+    pub fn speaking(mut self, protocols: Range) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.protocols = protocols;
+        }
+        self
+    }
+
+    /// The peer protocol versions this node speaks.
+    pub fn protocols(&self) -> Range {
+        self.inner.protocols
     }
 
     /// Whether connections use mutual TLS.
@@ -399,6 +434,7 @@ impl Transport {
                         lost as f64 / s.recent.len() as f64
                     },
                     last_error: s.last_error.clone(),
+                    protocol: s.protocol,
                 }
             })
             .collect()
@@ -530,6 +566,17 @@ impl Transport {
     ) -> Result<Response, PathError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let conn = self.connection(peer, idx, deadline).await?;
+        self.call_conn(&conn, req, deadline, limit).await
+    }
+
+    /// Sends `req` on `conn` and waits for the answer until `deadline`.
+    async fn call_conn(
+        &self,
+        conn: &Conn,
+        req: &Request,
+        deadline: tokio::time::Instant,
+        limit: usize,
+    ) -> Result<Response, PathError> {
         let (id, bytes) = self.encode(req, limit).map_err(PathError::Encode)?;
         let (tx, rx) = oneshot::channel();
         lock(&conn.pending).insert(id, tx);
@@ -630,43 +677,117 @@ impl Transport {
         }
     }
 
-    /// One connection attempt: TCP, then the TLS handshake (the server must name `peer`),
-    /// within [`CONNECT_DEADLINE`]. The connection is installed in the path's slot.
+    /// One connection attempt: TCP, then the TLS handshake (the server must name `peer`)
+    /// and the protocol version's negotiation, within [`CONNECT_DEADLINE`]. The connection is
+    /// installed in the path's slot.
     async fn connect_path(&self, peer: &str, idx: usize, generation: u64) -> Result<Arc<Conn>, String> {
         let path = &self.inner.peers[peer].paths[idx];
-        let result = tokio::time::timeout(CONNECT_DEADLINE, self.open(peer, path.addr)).await;
-        let result = match result {
-            Ok(Ok((io, peer_not_after))) => Ok(Arc::new(spawn_client_conn(io, generation, peer_not_after))),
-            Ok(Err(e)) => Err(e),
+        let deadline = tokio::time::Instant::now() + CONNECT_DEADLINE;
+        let attempt = async {
+            let (io, peer_not_after, settled) = self.open(peer, path.addr).await?;
+            let mut conn = spawn_client_conn(io, generation, peer_not_after);
+            conn.protocol = match settled {
+                Some(v) => v,
+                None => match self.hello(peer, &conn, deadline).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        conn.closed.cancel();
+                        return Err(e);
+                    }
+                },
+            };
+            Ok(Arc::new(conn))
+        };
+        let result = match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(r) => r,
             Err(_) => Err(format!("connect to {} timed out", path.addr)),
         };
         let mut slot = path.conn.lock().await;
         match &result {
-            Ok(conn) => *slot = Some(conn.clone()),
-            Err(e) => lock(&path.stats).last_error = Some(e.clone()),
+            Ok(conn) => {
+                *slot = Some(conn.clone());
+                let mut s = lock(&path.stats);
+                if s.protocol != Some(conn.protocol) {
+                    tracing::debug!(peer, path = %path.addr, protocol = conn.protocol, "peer protocol negotiated");
+                }
+                s.protocol = Some(conn.protocol);
+            }
+            Err(e) => {
+                let mut s = lock(&path.stats);
+                // A version mismatch is logged once per path, not on every heartbeat.
+                if e.starts_with("peer ")
+                    && e.contains(" speaks protocol ")
+                    && s.last_error.as_ref() != Some(e)
+                {
+                    tracing::error!(peer, path = %path.addr, "{e}");
+                }
+                s.last_error = Some(e.clone());
+                s.protocol = None;
+            }
         }
         *lock(&path.attempt) = None;
         drop(slot);
         result
     }
 
-    /// A connected, authenticated byte stream to `addr`, where member `peer` listens, and
-    /// when the certificate it showed expires.
-    async fn open(&self, peer: &str, addr: SocketAddr) -> Result<(BoxIo, Option<i64>), String> {
+    /// A connected, authenticated byte stream to `addr`, where member `peer` listens, when
+    /// the certificate it showed expires, and the protocol version the TLS handshake settled
+    /// (`None`: not settled there, see [`Transport::hello`]). The client offers every version
+    /// it speaks as an ALPN name, newest first; the server picks the highest it speaks too.
+    async fn open(&self, peer: &str, addr: SocketAddr) -> Result<(BoxIo, Option<i64>, Option<u32>), String> {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect {addr}: {e}"))?;
         let _ = stream.set_nodelay(true);
         let Some(tls) = &self.inner.tls else {
-            return Ok((Box::new(stream), None));
+            return Ok((Box::new(stream), None, None));
         };
-        let connector = tls.peer_connector(peer).map_err(|e| format!("tls: {e}"))?;
-        let s = connector
+        let mut cfg = (*tls.peer_client_config(peer).map_err(|e| format!("tls: {e}"))?).clone();
+        cfg.alpn_protocols = self.inner.protocols.alpn();
+        let s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
             .connect(crate::tls::peer_server_name(), stream)
             .await
             .map_err(|e| format!("tls handshake with {addr}: {e}"))?;
         let not_after = self.saw_certificate(peer, s.get_ref().1.peer_certificates());
-        Ok((Box::new(s), not_after))
+        // rustls accepts only a name we offered: one of our versions.
+        let settled = s.get_ref().1.alpn_protocol().and_then(protocol::version_of_alpn);
+        Ok((Box::new(s), not_after, settled))
+    }
+
+    /// Settles the protocol version of a new connection in-band (no TLS, or a server that
+    /// picked no ALPN name): sends [`Request::Hello`] with the versions we speak. A server
+    /// from before negotiation answers with an error: it speaks version 1 only.
+    async fn hello(&self, peer: &str, conn: &Conn, deadline: tokio::time::Instant) -> Result<u32, String> {
+        let ours = self.inner.protocols;
+        let hello = Request::Hello {
+            min: ours.min,
+            max: ours.max,
+        };
+        let theirs = match self.call_conn(conn, &hello, deadline, SMALL_REQUEST).await {
+            Ok(Response::Hello { min, max, chosen }) => {
+                let Some(theirs) = Range::new(min, max) else {
+                    return Err(format!("{peer} sent an invalid protocol range {min}..{max}"));
+                };
+                match chosen {
+                    Some(v) if ours.contains(v) && theirs.contains(v) => return Ok(v),
+                    Some(v) => {
+                        return Err(format!(
+                            "{peer} chose protocol {v}, which this node ({ours}) does not speak"
+                        ))
+                    }
+                    None => theirs,
+                }
+            }
+            Ok(Response::Error { .. }) => Range::LEGACY,
+            Ok(other) => return Err(format!("{peer} answered the protocol hello with {other:?}")),
+            Err(PathError::Timeout) => return Err(format!("{peer} did not answer the protocol hello")),
+            Err(PathError::Failed(e)) | Err(PathError::Lost(e)) => {
+                return Err(format!("protocol hello with {peer}: {e}"))
+            }
+            Err(PathError::Encode(e)) => return Err(e.to_string()),
+        };
+        ours.highest_common(&theirs)
+            .ok_or_else(|| protocol::mismatch(peer, &theirs, &ours))
     }
 
     /// Drops the connection of a path (after a heartbeat timeout) so the next use reconnects.
@@ -674,6 +795,7 @@ impl Transport {
         if let Some(c) = path.conn.lock().await.take() {
             c.closed.cancel();
         }
+        lock(&path.stats).protocol = None;
     }
 
     /// Starts one heartbeat task per path per peer.
@@ -889,6 +1011,7 @@ fn spawn_client_conn(stream: BoxIo, generation: u64, peer_not_after: Option<i64>
         closed,
         generation,
         peer_not_after,
+        protocol: protocol::Range::LEGACY.max,
     }
 }
 
@@ -907,7 +1030,8 @@ pub async fn serve(listener: TcpListener, transport: Transport, handler: Handler
         let handler = handler.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move {
-            let Some((io, peer, expires)) = transport.authenticate(stream, remote, &cancel).await else {
+            let Some((io, peer, expires, negotiated)) = transport.authenticate(stream, remote, &cancel).await
+            else {
                 return;
             };
             // Only an authenticated connection (or any, running insecure) takes a slot.
@@ -915,7 +1039,13 @@ pub async fn serve(listener: TcpListener, transport: Transport, handler: Handler
                 tracing::warn!(%remote, limit = MAX_INBOUND_CONNS, "too many peer connections; closing a new one");
                 return;
             };
-            serve_conn(io, remote, peer, expires, transport, handler, cancel).await;
+            let conn = Inbound {
+                remote,
+                peer,
+                expires,
+                negotiated,
+            };
+            serve_conn(io, conn, transport, handler, cancel).await;
             drop(permit);
         });
     }
@@ -937,25 +1067,49 @@ impl Transport {
         (ticket, token)
     }
 
-    /// Completes the TLS handshake of an inbound connection (within [`PROVE_DEADLINE`]) and
-    /// learns which member its certificate names. `None`: refused (logged and counted). The
-    /// member is `None` without TLS: frames then name their sender themselves.
+    /// Completes the TLS handshake of an inbound connection (within [`PROVE_DEADLINE`]),
+    /// learns which member its certificate names and negotiates the protocol version: the
+    /// highest of the client's ALPN names that this node speaks too. `None`: refused (logged
+    /// and counted). The member is `None` without TLS: frames then name their sender
+    /// themselves, and the version is settled by a `Hello` (or its absence).
     async fn authenticate(
         &self,
         stream: TcpStream,
         remote: SocketAddr,
         cancel: &CancellationToken,
-    ) -> Option<(BoxIo, Option<String>, Option<i64>)> {
+    ) -> Option<(BoxIo, Option<String>, Option<i64>, Negotiated)> {
         let Some(tls) = &self.inner.tls else {
-            return Some((Box::new(stream), None, None));
+            return Some((Box::new(stream), None, None, Negotiated::Open));
         };
-        let acceptor = tls.peer_acceptor()?;
+        let config = tls.peer_server_config()?;
+        let ours = self.inner.protocols;
         let within = self.inner.timing.silence_allowed(PROVE_DEADLINE);
         let (ticket, evicted) = self.start_handshake();
+        let handshake = async move {
+            let start =
+                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+            let theirs = start.client_hello().alpn().and_then(Range::from_alpn);
+            // No version common: the handshake completes without an ALPN name, so that the
+            // refusal can name the member and tell it our versions (see `serve_conn`).
+            let negotiated = match theirs {
+                None => Negotiated::Open,
+                Some(theirs) => match ours.highest_common(&theirs) {
+                    Some(v) => Negotiated::Version(v),
+                    None => Negotiated::Refused(theirs),
+                },
+            };
+            let mut config = (*config).clone();
+            config.alpn_protocols = match negotiated {
+                Negotiated::Version(v) => Range { min: v, max: v }.alpn(),
+                _ => Vec::new(),
+            };
+            let io = start.into_stream(Arc::new(config)).await?;
+            Ok::<_, std::io::Error>((io, negotiated))
+        };
         let accepted = tokio::select! {
             _ = cancel.cancelled() => None,
             _ = evicted.cancelled() => Some(Err(())),
-            r = tokio::time::timeout(within, acceptor.accept(stream)) => Some(Ok(r)),
+            r = tokio::time::timeout(within, handshake) => Some(Ok(r)),
         };
         lock(&self.inner.handshakes).retain(|(t, _)| *t != ticket);
         let accepted = match accepted? {
@@ -966,8 +1120,8 @@ impl Transport {
                 return None;
             }
         };
-        let io = match accepted {
-            Ok(Ok(io)) => io,
+        let (io, negotiated) = match accepted {
+            Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 self.refuse(Refusal::Handshake);
                 tracing::warn!(%remote, error = %e, "peer TLS handshake refused");
@@ -990,7 +1144,11 @@ impl Transport {
                     .and_then(|c| c.first())
                     .and_then(|c| crate::tls::cert_info(c.as_ref()).ok())
                     .map(|i| i.not_after);
-                Some((Box::new(io), Some(id), expires))
+                if let Negotiated::Refused(theirs) = negotiated {
+                    self.refuse(Refusal::Protocol);
+                    tracing::error!(%remote, "{}", protocol::mismatch(&id, &theirs, &ours));
+                }
+                Some((Box::new(io), Some(id), expires, negotiated))
             }
             other => {
                 self.refuse(Refusal::NotMember);
@@ -1024,19 +1182,45 @@ pub async fn accept(listener: &TcpListener, cancel: &CancellationToken) -> Optio
     }
 }
 
-/// Serves one connection. `peer`: the member its certificate names (with TLS); every frame
-/// must then claim that member, and the handler hears that name, never the frame's own.
-/// `expires`: when that certificate expires (Unix seconds); the connection is closed then,
-/// as a new one with it would be refused.
-async fn serve_conn(
-    stream: BoxIo,
+/// Where the protocol version of an inbound connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Negotiated {
+    /// Settled in the TLS handshake.
+    Version(u32),
+    /// Not settled: a `Hello` may come first; any other first frame is from a build before
+    /// negotiation (version 1).
+    Open,
+    /// The client speaks these versions, none of ours: its first frame is answered with the
+    /// refusal and the connection closes.
+    Refused(Range),
+}
+
+/// What the handshake of an inbound connection established. `peer`: the member its
+/// certificate names (with TLS); every frame must then claim that member, and the handler
+/// hears that name, never the frame's own. `expires`: when that certificate expires (Unix
+/// seconds); the connection is closed then, as a new one with it would be refused.
+struct Inbound {
     remote: SocketAddr,
     peer: Option<String>,
     expires: Option<i64>,
+    negotiated: Negotiated,
+}
+
+/// Serves one connection.
+async fn serve_conn(
+    stream: BoxIo,
+    conn: Inbound,
     transport: Transport,
     handler: Handler,
     cancel: CancellationToken,
 ) {
+    let Inbound {
+        remote,
+        peer,
+        expires,
+        mut negotiated,
+    } = conn;
+    let ours = transport.inner.protocols;
     let (read, write) = tokio::io::split(stream);
     let mut source = FramedRead::new(read, FrameDecoder::with_budget(transport.inner.buffers.clone()));
     // Each answer is written by the task that computed it.
@@ -1158,6 +1342,66 @@ async fn serve_conn(
         };
         proven = true;
         let id = frame.id;
+        // The protocol version: a hello settles it (once), any other first frame too.
+        let refused = match (&frame.body, negotiated) {
+            (Request::Hello { min, max }, _) => {
+                let theirs = Range::new(*min, *max);
+                let chosen = match negotiated {
+                    Negotiated::Refused(_) => None,
+                    _ => theirs.and_then(|t| ours.highest_common(&t)),
+                };
+                let answer = Response::Hello {
+                    min: ours.min,
+                    max: ours.max,
+                    chosen,
+                };
+                reply(
+                    writer.clone(),
+                    conn_done.clone(),
+                    encode_response(&me, id, &answer),
+                )
+                .await;
+                match (chosen, theirs) {
+                    (Some(v), _) => {
+                        tracing::debug!(%remote, from = %frame.from, protocol = v, "peer protocol negotiated");
+                        negotiated = Negotiated::Version(v);
+                        continue;
+                    }
+                    // Logged at the handshake already.
+                    (None, _) if matches!(negotiated, Negotiated::Refused(_)) => {}
+                    (None, Some(theirs)) => {
+                        transport.refuse(Refusal::Protocol);
+                        tracing::error!(%remote, "{}", protocol::mismatch(&frame.from, &theirs, &ours));
+                    }
+                    (None, None) => {
+                        transport.refuse(Refusal::Protocol);
+                        tracing::error!(%remote, from = %frame.from, min, max, "peer sent an invalid protocol range; closing");
+                    }
+                }
+                break;
+            }
+            (_, Negotiated::Version(_)) => None,
+            (_, Negotiated::Open) if ours.contains(Range::LEGACY.max) => {
+                negotiated = Negotiated::Version(Range::LEGACY.max);
+                None
+            }
+            (_, Negotiated::Open) => {
+                transport.refuse(Refusal::Protocol);
+                let text = protocol::mismatch(&frame.from, &Range::LEGACY, &ours);
+                tracing::error!(%remote, "{text}");
+                Some(Range::LEGACY)
+            }
+            (_, Negotiated::Refused(theirs)) => Some(theirs),
+        };
+        if let Some(theirs) = refused {
+            // Told as the peer sees it: this node is its peer.
+            let resp = Response::Error {
+                message: protocol::mismatch(&me, &ours, &theirs),
+                retry: false,
+            };
+            reply(writer.clone(), conn_done.clone(), encode_response(&me, id, &resp)).await;
+            break;
+        }
         if let Request::Ping { nonce } = frame.body {
             reply(
                 writer.clone(),
@@ -1495,6 +1739,7 @@ mod tests {
         }
         assert!(!may_be_large(kind(&Request::Status)));
         assert!(!may_be_large(kind(&Request::Admin(String::new()))));
+        assert!(!may_be_large(kind(&Request::Hello { min: 1, max: 1 })));
     }
 
     fn requests() -> Vec<Request> {
@@ -1695,6 +1940,156 @@ mod tests {
         assert!(counts["not-member"] >= 1, "{counts:?}");
         assert!(counts["handshake"] >= 1, "{counts:?}");
         cancel.cancel();
+    }
+
+    /// Member "b" speaking `server` served on port 0, and member "a" speaking `client` that
+    /// reaches it; with TLS when `dir` holds their certificates.
+    async fn speaking(
+        dir: Option<&std::path::Path>,
+        server: (u32, u32),
+        client: (u32, u32),
+    ) -> (Transport, Transport, CancellationToken) {
+        let range = |(min, max)| Range::new(min, max).expect("range");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cancel = CancellationToken::new();
+        let b = Transport::new(
+            "b".into(),
+            vec![("a".into(), Vec::new())],
+            Duration::from_millis(100),
+            Duration::from_millis(500),
+            dir.map(|d| tls_as(d, "b")),
+        )
+        .speaking(range(server));
+        let handler: Handler = Arc::new(|_from, _req| Box::pin(async move { Response::Ok }));
+        tokio::spawn(serve(listener, b.clone(), handler, cancel.clone()));
+        let a = Transport::new(
+            "a".into(),
+            vec![("b".into(), vec![addr])],
+            Duration::from_millis(100),
+            Duration::from_millis(500),
+            dir.map(|d| tls_as(d, "a")),
+        )
+        .speaking(range(client));
+        (a, b, cancel)
+    }
+
+    fn protocol_refusals(t: &Transport) -> u64 {
+        t.refusals()
+            .into_iter()
+            .find(|(r, _)| *r == Refusal::Protocol)
+            .map_or(0, |(_, n)| n)
+    }
+
+    /// Two nodes whose protocol ranges overlap agree on the highest common version (with TLS
+    /// through ALPN, without through the hello), whichever side is newer; disjoint ranges are
+    /// refused, and the error names both ranges and the side to upgrade.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nodes_agree_on_the_highest_common_protocol_or_refuse_naming_both_ranges() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        certs(dir.path(), &["a", "b"]);
+        let t = Duration::from_secs(5);
+        for tls in [Some(dir.path()), None] {
+            for (server, client, want) in [((1, 3), (2, 5), 3), ((2, 5), (1, 3), 3), ((1, 1), (1, 1), 1)] {
+                let (a, _b, cancel) = speaking(tls, server, client).await;
+                let r = a.call("b", &Request::Status, t).await;
+                assert!(matches!(r, Ok(Response::Ok)), "tls {}: {r:?}", tls.is_some());
+                assert_eq!(
+                    a.paths("b")[0].protocol,
+                    Some(want),
+                    "tls {} {server:?} {client:?}",
+                    tls.is_some()
+                );
+                cancel.cancel();
+            }
+            for (server, client, want) in [
+                (
+                    (2, 3),
+                    (1, 1),
+                    "peer b speaks protocol 2..3, this node 1..1: upgrade this node",
+                ),
+                (
+                    (1, 1),
+                    (2, 3),
+                    "peer b speaks protocol 1..1, this node 2..3: upgrade b",
+                ),
+            ] {
+                let (a, b, cancel) = speaking(tls, server, client).await;
+                let e = a.call("b", &Request::Status, t).await.expect_err("refused");
+                assert!(e.to_string().contains(want), "tls {}: {e}", tls.is_some());
+                let path = &a.paths("b")[0];
+                assert_eq!(path.protocol, None);
+                assert!(
+                    path.last_error.as_deref().is_some_and(|e| e.contains(want)),
+                    "{path:?}"
+                );
+                assert!(protocol_refusals(&b) >= 1, "tls {}", tls.is_some());
+                cancel.cancel();
+            }
+        }
+    }
+
+    /// A server from before negotiation answers the hello with an error (an unknown
+    /// request): it speaks version 1, which a node speaking 1 uses and a node that no longer
+    /// does refuses. A client from before negotiation sends no hello: version 1 (the raw
+    /// frames of the tests above are such a client).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_from_before_negotiation_speaks_version_1() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // The old server: every frame it cannot decode gets an error with its id.
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (read, write) = tokio::io::split(stream);
+                    let mut source = FramedRead::new(read, FrameDecoder::default());
+                    let mut sink = FramedWrite::new(write, codec());
+                    while let Some(Ok(bytes)) = source.next().await {
+                        let Ok((id, _)) = postcard::take_from_bytes::<u64>(&bytes) else {
+                            break;
+                        };
+                        let resp = match postcard::from_bytes::<Frame<Request>>(&bytes) {
+                            Ok(Frame {
+                                body: Request::Ping { nonce },
+                                ..
+                            }) => Response::Pong { nonce },
+                            Ok(Frame {
+                                body: Request::Hello { .. },
+                                ..
+                            }) => Response::Error {
+                                message: "malformed request: unknown variant".into(),
+                                retry: false,
+                            },
+                            _ => Response::Ok,
+                        };
+                        if sink.send(encode_response("b", id, &resp)).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let t = Duration::from_secs(5);
+        let client = |min, max| {
+            Transport::new(
+                "a".into(),
+                vec![("b".into(), vec![addr])],
+                Duration::from_millis(100),
+                Duration::from_millis(500),
+                None,
+            )
+            .speaking(Range::new(min, max).expect("range"))
+        };
+        let a = client(1, 2);
+        assert!(matches!(a.call("b", &Request::Status, t).await, Ok(Response::Ok)));
+        assert_eq!(a.paths("b")[0].protocol, Some(1));
+        let newer = client(2, 3);
+        let e = newer.call("b", &Request::Status, t).await.expect_err("refused");
+        assert!(
+            e.to_string()
+                .contains("peer b speaks protocol 1..1, this node 2..3: upgrade b"),
+            "{e}"
+        );
     }
 
     /// A client checks that the server names the member it meant to reach: c's certificate

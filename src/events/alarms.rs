@@ -307,3 +307,74 @@ pub fn notifications(e: &Event, sender: &str) -> Vec<Notification> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::NodeStatus;
+
+    fn node(id: &str, kind: NodeKind, role: &str, version: &str) -> NodeStatus {
+        NodeStatus {
+            id: id.into(),
+            kind,
+            priority: 100,
+            role: role.into(),
+            healthy: true,
+            in_sync: true,
+            lag: 0,
+            reachable: true,
+            last_heard_ms_ago: Some(10),
+            maintenance: false,
+            drain: false,
+            version: version.into(),
+            admin: String::new(),
+            service: None,
+            store: None,
+            checks: Vec::new(),
+            paths: Vec::new(),
+            cert_not_after_unix: None,
+        }
+    }
+
+    fn cluster(versions: [&str; 3]) -> Status {
+        Status {
+            epoch: 1,
+            active: Some("a".into()),
+            leader: Some("a".into()),
+            term: 1,
+            view_from: "a".into(),
+            stale: false,
+            waiting: None,
+            switchover: None,
+            commit_index: 1,
+            nodes: vec![
+                node("a", NodeKind::Data, "active", versions[0]),
+                node("b", NodeKind::Data, "standby", versions[1]),
+                node("w", NodeKind::Witness, "witness", versions[2]),
+            ],
+            transport: "mutual-tls".into(),
+        }
+    }
+
+    /// `version-mismatch` is up while the members run different versions (a rolling upgrade
+    /// half done) and gone once they all run the same; a node that reported no version yet
+    /// does not count.
+    #[test]
+    fn the_version_mismatch_alarm_lasts_while_versions_differ() {
+        let records = BTreeMap::new();
+        let all_same = evaluate(&cluster(["0.1.0", "0.1.0", "0.1.0"]), &records);
+        assert!(!all_same.contains_key("version-mismatch"), "{all_same:?}");
+
+        let upgrading = evaluate(&cluster(["0.1.0", "0.2.0", "0.1.0"]), &records);
+        assert_eq!(
+            upgrading.get("version-mismatch").map(String::as_str),
+            Some("nodes run different versions: 0.1.0, 0.2.0")
+        );
+        assert_eq!(severity_of("version-mismatch"), "warning");
+
+        let unknown = evaluate(&cluster(["0.2.0", "0.2.0", ""]), &records);
+        assert!(!unknown.contains_key("version-mismatch"), "{unknown:?}");
+        let done = evaluate(&cluster(["0.2.0", "0.2.0", "0.2.0"]), &records);
+        assert!(done.is_empty(), "{done:?}");
+    }
+}

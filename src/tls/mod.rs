@@ -370,12 +370,23 @@ impl Tls {
         TlsAcceptor::from(self.now().plain.clone())
     }
 
+    /// The server side of [`Tls::peer_acceptor`], for a caller that sets its own ALPN names
+    /// per connection (the peer protocol's negotiation).
+    pub fn peer_server_config(&self) -> Option<Arc<ServerConfig>> {
+        self.now().mutual.clone()
+    }
+
     /// Connects to member `peer`: its certificate must chain to the CA and name `peer`; ours
     /// is presented as the client certificate.
     pub fn peer_connector(&self, peer: &str) -> Result<TlsConnector, TlsError> {
+        self.peer_client_config(peer).map(TlsConnector::from)
+    }
+
+    /// The client side of [`Tls::peer_connector`] (to set ALPN names on a copy).
+    pub fn peer_client_config(&self, peer: &str) -> Result<Arc<ClientConfig>, TlsError> {
         let loaded = self.now();
         if let Some(c) = lock(&loaded.clients).get(peer) {
-            return Ok(TlsConnector::from(c.clone()));
+            return Ok(c.clone());
         }
         let roots = loaded
             .material
@@ -393,7 +404,7 @@ impl Tls {
         cfg.resumption = rustls::client::Resumption::disabled();
         let cfg = Arc::new(cfg);
         lock(&loaded.clients).insert(peer.to_string(), cfg.clone());
-        Ok(TlsConnector::from(cfg))
+        Ok(cfg)
     }
 }
 
