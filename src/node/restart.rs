@@ -38,6 +38,10 @@ pub struct Preflight {
     /// they must be the running ones, since the sockets are handed over as they are.
     #[serde(default)]
     pub listen: Vec<String>,
+    /// The peer protocol versions the new program speaks (oldest, newest): it must share one
+    /// with this program, which the other members speak too during a rolling restart.
+    #[serde(default)]
+    pub protocol: (u32, u32),
 }
 
 /// The addresses a node listens on, in hand-over order: admin, every cluster path, the store.
@@ -86,6 +90,7 @@ pub fn preflight(config: &Path, node: &str, data_format: u32) -> Result<Prefligh
         handover_format: crate::handover::FORMAT,
         node: node.into(),
         listen: listen_addresses(&cfg),
+        protocol: (crate::version::PROTOCOL_MIN, crate::version::PROTOCOL),
     })
 }
 
@@ -145,6 +150,15 @@ pub async fn run_preflight(
             p.handover_format,
             p.node,
             crate::handover::FORMAT
+        ));
+    }
+    let (lo, hi) = p.protocol;
+    if hi < crate::version::PROTOCOL_MIN || lo > crate::version::PROTOCOL {
+        return Err(format!(
+            "{} speaks peer protocol {lo}..{hi}, this program {}..{}: no version in common with the cluster",
+            binary.display(),
+            crate::version::PROTOCOL_MIN,
+            crate::version::PROTOCOL
         ));
     }
     let want = listen_addresses(running);
