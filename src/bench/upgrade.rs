@@ -785,11 +785,12 @@ pub async fn run(o: UpgradeOptions) -> Result<(), HarnessError> {
     if o.json {
         return print_json(&report);
     }
-    print_report(&report);
+    print!("{}", render(&report));
     Ok(())
 }
 
-fn print_report(report: &Report) {
+/// The table and the lines under it, as printed without `--json`.
+fn render(report: &Report) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
     t.set_header(vec![
@@ -827,20 +828,17 @@ fn print_report(report: &Report) {
             r.failovers.map(|f| f.to_string()).unwrap_or_else(|| "-".into()),
         ]);
     }
-    println!("{t}");
-    println!("{}", report.command);
-    println!(
-        "load: a client probing every data node's service every {} ms (new connection each; a \
+    format!(
+        "{t}\n{}\n\
+         load: a client probing every data node's service every {} ms (a new connection each; a \
          round succeeds when the active node answers) and a store writer (SET, one connection, \
          one reconnect allowed on a closed connection, to the node last seen active); HAProxy \
-         rows: the same probe through HAProxy (nbthread 1, mode tcp) to the active node's service",
-        report.probe_interval_ms
-    );
-    println!(
-        "max interruption = longest time between two successful answers; failovers = epoch \
-         changes in the cluster status over the phase"
-    );
-    println!("target (issue 15) for the hot restart: 0 failed, < 50 ms max interruption, 0 failovers");
+         rows: the same probe through HAProxy (nbthread 1, mode tcp) to the active node's service\n\
+         max interruption = longest time between two successful answers; failovers = epoch \
+         changes in the cluster status over the phase\n\
+         target (issue 15) for the hot restart: 0 failed, < 50 ms max interruption, 0 failovers\n",
+        report.command, report.probe_interval_ms
+    )
 }
 
 #[cfg(test)]
@@ -865,6 +863,36 @@ mod tests {
         assert_eq!(op_stats(&[]), (None, None));
         assert_eq!(op_stats(&[3.0, 1.0, 2.0]), (Some(2.0), Some(3.0)));
         assert_eq!(op_stats(&[4.0, 1.0]), (Some(2.5), Some(4.0)));
+    }
+
+    #[test]
+    fn the_table_shows_every_row_and_why_one_was_skipped() {
+        let mut hot = Row::new("hot-restart", "standin hot restart (POST /v1/restart)");
+        hot.operations = 20;
+        hot.service = Traffic {
+            requests: 1234,
+            failed: 0,
+            max_interruption_ms: 17.4,
+        };
+        hot.store = Some(Traffic {
+            requests: 567,
+            failed: 1,
+            max_interruption_ms: 80.6,
+        });
+        hot.failovers = Some(0);
+        let report = Report {
+            rows: vec![
+                hot,
+                Row::skipped("haproxy-sf", "HAProxy reload", "haproxy is not installed".into()),
+            ],
+            probe_interval_ms: 10,
+            command: "standin bench upgrade".into(),
+        };
+        let text = render(&report);
+        assert!(text.contains("1234 / 567"), "{text}");
+        assert!(text.contains("0 / 1"), "{text}");
+        assert!(text.contains("17 / 81"), "{text}");
+        assert!(text.contains("not run: haproxy is not installed"), "{text}");
     }
 
     #[test]
