@@ -15,6 +15,7 @@ pub mod backend;
 pub mod disk;
 pub mod proxy;
 pub mod store;
+pub mod upgrade;
 pub mod vip;
 
 use std::fs::File;
@@ -106,6 +107,11 @@ impl Spawned {
 
     pub fn pid(&self) -> u32 {
         self.0.id()
+    }
+
+    /// Whether the process has exited (it is reaped if so).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(Some(_)))
     }
 }
 

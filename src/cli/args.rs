@@ -325,6 +325,22 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Zero-downtime changes (BENCHMARKS.md §5): hot restarts and reloads of the active node
+    /// under service and store load, beside a stop-and-start and HAProxy's own reloads.
+    Upgrade {
+        /// Hot restarts of the active node's daemon.
+        #[arg(long, default_value_t = 20)]
+        restarts: usize,
+        /// Reloads of the active node (and HAProxy reloads of each kind).
+        #[arg(long, default_value_t = 100)]
+        reloads: usize,
+        /// Stop-and-start restarts of the active node's daemon, as `systemctl restart` does
+        /// (the baseline; each is a switchover).
+        #[arg(long, default_value_t = 3)]
+        stop_starts: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Floating-address proxy overhead with wrk: direct, HAProxy, standin's proxy (BENCHMARKS.md §4).
     Proxy {
         /// How long each wrk run lasts (whole seconds).

@@ -459,5 +459,19 @@ async fn bench(which: BenchCmd) -> Result<(), crate::lab::harness::HarnessError>
             rounds,
             json,
         } => bench::until_interrupted(bench::proxy::run(duration, connections, rounds, json)).await,
+        BenchCmd::Upgrade {
+            restarts,
+            reloads,
+            stop_starts,
+            json,
+        } => {
+            let opts = bench::upgrade::UpgradeOptions {
+                restarts,
+                reloads,
+                stop_starts,
+                json,
+            };
+            bench::until_interrupted(bench::upgrade::run(opts)).await
+        }
     }
 }
