@@ -796,8 +796,18 @@ pub async fn run(o: UpgradeOptions) -> Result<(), HarnessError> {
     remember_services(&cluster).await;
     let _ = cluster.wait_settled(WAIT).await?;
 
+    let first = run_phase(&mut cluster, Phase::HotRestart, o.restarts).await?;
+    // `STANDIN_BENCH_KEEP_LOGS=DIR`: the nodes' logs of the hot restart phase are copied there.
+    if let Some(to) = std::env::var_os("STANDIN_BENCH_KEEP_LOGS") {
+        let to = std::path::PathBuf::from(to);
+        let _ = std::fs::create_dir_all(&to);
+        for n in &cluster.nodes {
+            let log = scratch.path().join("cluster").join(format!("{}.log", n.id));
+            let _ = std::fs::copy(&log, to.join(format!("{}.log", n.id)));
+        }
+    }
     let mut rows = vec![
-        run_phase(&mut cluster, Phase::HotRestart, o.restarts).await?,
+        first,
         run_phase(&mut cluster, Phase::Reload, o.reloads).await?,
         run_phase(&mut cluster, Phase::StopStart, o.stop_starts).await?,
     ];
