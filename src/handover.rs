@@ -331,8 +331,9 @@ const CONVERSION_SLACK: Duration = Duration::from_millis(1);
 
 /// An `Instant` as `CLOCK_MONOTONIC` nanoseconds (for a document that outlives the process).
 pub fn to_monotonic(t: Instant) -> u64 {
-    let now = Instant::now();
+    // The monotonic clock first: a stall between the two reads then makes the result earlier.
     let mono = monotonic_ns();
+    let now = Instant::now();
     let slack = CONVERSION_SLACK.as_nanos() as u64;
     if t >= now {
         let ahead = t.duration_since(now).as_nanos() as u64;
@@ -345,8 +346,9 @@ pub fn to_monotonic(t: Instant) -> u64 {
 
 /// The `Instant` of `CLOCK_MONOTONIC` nanoseconds `ns` (never later than it).
 pub fn from_monotonic(ns: u64) -> Instant {
-    let mono = monotonic_ns();
+    // `Instant` first: a stall between the two reads then makes the result earlier.
     let now = Instant::now();
+    let mono = monotonic_ns();
     let ns = ns.saturating_sub(CONVERSION_SLACK.as_nanos() as u64);
     if ns >= mono {
         crate::config::later(now, Duration::from_nanos(ns - mono))

@@ -567,6 +567,10 @@ pub async fn run(
                     let _ = req.reply.send(Err("this daemon cannot find its program or lost its listeners: restart it".into()));
                     continue;
                 };
+                if node.local.borrow().acting == Acting::Promoting {
+                    let _ = req.reply.send(Err("the node is promoting (fence and promote hooks running): try again once it acts".into()));
+                    continue;
+                }
                 let new = match restart::run_preflight(&binary, &config_path, &config).await {
                     Ok(p) => p,
                     Err(why) => {
@@ -593,7 +597,8 @@ pub async fn run(
                 let keeper = if vip_driver {
                     let (tx, rx) = tokio::sync::oneshot::channel();
                     match keeper_tx.send(tx).await {
-                        Ok(()) => rx.await.ok().flatten(),
+                        // Bounded: a driver in its restart back-off does not answer.
+                        Ok(()) => tokio::time::timeout(Duration::from_secs(1), rx).await.ok().and_then(|r| r.ok()).flatten(),
                         Err(_) => None,
                     }
                 } else {
@@ -644,6 +649,12 @@ pub async fn run(
                     fallback: fallback.as_ref().map(|f| f.as_raw_fd()),
                     failed: None,
                 };
+                if shutdown.is_cancelled() {
+                    // Stopped while handing over: stop for real (service included) below.
+                    tracing::info!("shutdown requested during the hot restart: stopping instead");
+                    role_task = None;
+                    break;
+                }
                 let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
                 let err = crate::handover::exec(&binary, &args, &h);
                 // Still here: the new program could not even be executed. Go back to this one

@@ -270,6 +270,8 @@ pub async fn run_restartable(
         _ => None,
     };
     let mut views = watcher.views.clone();
+    // Set once a successor serves: until when the open connections may drain.
+    let mut draining: Option<std::time::Instant> = None;
     loop {
         let view = views.borrow_and_update().clone();
         if let Some(v) = view {
@@ -280,6 +282,17 @@ pub async fn run_restartable(
         tokio::select! {
             _ = cancel.cancelled() => break,
             r = views.changed() => if r.is_err() { break },
+            _ = tokio::time::sleep(std::time::Duration::from_millis(50)), if draining.is_some() => {
+                let open: usize = proxy
+                    .all()
+                    .iter()
+                    .map(|l| l.counters.open.load(std::sync::atomic::Ordering::SeqCst))
+                    .sum();
+                if open == 0 || draining.is_some_and(|d| std::time::Instant::now() >= d) {
+                    tracing::info!(open, "proxy hot restart: old process exits");
+                    break;
+                }
+            }
             Some(()) = async { match usr2.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
                 let (Some(r), Some(admin)) = (&restartable, &kept_admin) else { continue };
                 tracing::info!("SIGUSR2 received: hot restart of the proxy");
@@ -296,23 +309,10 @@ pub async fn run_restartable(
                         for l in proxy.all() {
                             l.stop();
                         }
-                        let deadline = crate::config::later(std::time::Instant::now(), restart::DRAIN_MAX);
-                        loop {
-                            let open: usize = proxy
-                                .all()
-                                .iter()
-                                .map(|l| l.counters.open.load(std::sync::atomic::Ordering::SeqCst))
-                                .sum();
-                            if open == 0 || std::time::Instant::now() >= deadline {
-                                tracing::info!(open, "proxy hot restart: old process exits");
-                                break;
-                            }
-                            tokio::select! {
-                                _ = cancel.cancelled() => break,
-                                _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
-                            }
-                        }
-                        break;
+                        // Views keep being applied while the connections drain: a failover
+                        // meanwhile still retires the old active's connections.
+                        draining = Some(crate::config::later(std::time::Instant::now(), restart::DRAIN_MAX));
+                        usr2 = None;
                     }
                 }
             }

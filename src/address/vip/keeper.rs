@@ -240,6 +240,11 @@ pub async fn run(args: KeeperArgs) -> i32 {
         k.drop_vip("cannot install signal handlers").await;
         return 1;
     };
+    // SIGUSR2 (a hot restart asked of the whole unit, `systemctl kill -s USR2`) and SIGHUP
+    // (`systemctl reload` sent to every process) are the daemon's business: with a handler
+    // registered here their default action (exit) no longer applies to the keeper.
+    let _usr2 = signal(SignalKind::user_defined2());
+    let _hup = signal(SignalKind::hangup());
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let far = || Instant::now() + Duration::from_secs(3600);
     loop {
