@@ -129,38 +129,10 @@ impl Handover {
     /// Checks the document against what the process really has: known format, distinct
     /// descriptors above stdio that are open, listeners that listen.
     pub fn check(&self) -> Result<(), String> {
-        if self.format != FORMAT {
-            return Err(format!(
-                "handover format {} is not the one this program reads ({FORMAT})",
-                self.format
-            ));
-        }
-        let fds = self.fds();
-        if fds.len() > MAX_FDS {
-            return Err(format!(
-                "{} descriptors handed over, at most {MAX_FDS}",
-                fds.len()
-            ));
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for fd in &fds {
-            if *fd <= 2 || !seen.insert(*fd) {
-                return Err(format!("descriptor {fd} handed over twice or is stdio"));
-            }
-            // SAFETY: F_GETFD only reads the descriptor's flags; any integer is allowed.
-            #[allow(unsafe_code)]
-            if unsafe { libc::fcntl(*fd, libc::F_GETFD) } < 0 {
-                return Err(format!("descriptor {fd} handed over is not open"));
-            }
-        }
         let mut listeners = vec![self.admin];
         listeners.extend(&self.cluster);
         listeners.extend(self.store);
-        for fd in listeners {
-            if !is_listening_socket(fd) {
-                return Err(format!("descriptor {fd} handed over is not a listening socket"));
-            }
-        }
+        check_descriptors(self.format, &self.fds(), &listeners)?;
         if self.service.as_ref().is_some_and(|s| s.pid <= 1)
             || self.keeper.as_ref().is_some_and(|k| k.pid <= 1)
         {
@@ -168,6 +140,62 @@ impl Handover {
         }
         Ok(())
     }
+}
+
+/// What both handover documents must satisfy: our format, at most [`MAX_FDS`] distinct open
+/// descriptors above stdio, and `listeners` among them listening sockets.
+fn check_descriptors(format: u32, fds: &[RawFd], listeners: &[RawFd]) -> Result<(), String> {
+    if format != FORMAT {
+        return Err(format!(
+            "handover format {format} is not the one this program reads ({FORMAT})"
+        ));
+    }
+    if fds.len() > MAX_FDS {
+        return Err(format!(
+            "{} descriptors handed over, at most {MAX_FDS}",
+            fds.len()
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for fd in fds {
+        if *fd <= 2 || !seen.insert(*fd) {
+            return Err(format!("descriptor {fd} handed over twice or is stdio"));
+        }
+        // SAFETY: F_GETFD only reads the descriptor's flags; any integer is allowed.
+        #[allow(unsafe_code)]
+        if unsafe { libc::fcntl(*fd, libc::F_GETFD) } < 0 {
+            return Err(format!("descriptor {fd} handed over is not open"));
+        }
+    }
+    for fd in listeners {
+        if !is_listening_socket(*fd) {
+            return Err(format!("descriptor {fd} handed over is not a listening socket"));
+        }
+    }
+    Ok(())
+}
+
+/// Reads a handover document from environment variable `env` (and removes it), bounded in
+/// size; `check` validates it and `fds` names its descriptors, made close-on-exec again.
+fn take_document<T: serde::de::DeserializeOwned>(
+    env: &str,
+    check: impl Fn(&T) -> Result<(), String>,
+    fds: impl Fn(&T) -> Vec<RawFd>,
+) -> Result<Option<T>, String> {
+    let Some(raw) = std::env::var_os(env) else {
+        return Ok(None);
+    };
+    std::env::remove_var(env);
+    let raw = raw.into_string().map_err(|_| format!("{env} is not UTF-8"))?;
+    if raw.len() > MAX_BYTES {
+        return Err(format!("{env} holds {} bytes, at most {MAX_BYTES}", raw.len()));
+    }
+    let doc: T = serde_json::from_str(&raw).map_err(|e| format!("{env} cannot be read: {e}"))?;
+    check(&doc)?;
+    for fd in fds(&doc) {
+        set_cloexec(fd, true).map_err(|e| format!("descriptor {fd}: {e}"))?;
+    }
+    Ok(Some(doc))
 }
 
 fn is_listening_socket(fd: RawFd) -> bool {
@@ -235,20 +263,7 @@ pub unsafe fn own(fd: RawFd) -> OwnedFd {
 /// environment). A document that cannot be read is an error the caller reports; the
 /// descriptors it named are then left alone.
 pub fn take_from_env() -> Result<Option<Handover>, String> {
-    let Some(raw) = std::env::var_os(ENV) else {
-        return Ok(None);
-    };
-    std::env::remove_var(ENV);
-    let raw = raw.into_string().map_err(|_| format!("{ENV} is not UTF-8"))?;
-    if raw.len() > MAX_BYTES {
-        return Err(format!("{ENV} holds {} bytes, at most {MAX_BYTES}", raw.len()));
-    }
-    let handover: Handover = serde_json::from_str(&raw).map_err(|e| format!("{ENV} cannot be read: {e}"))?;
-    handover.check()?;
-    for fd in handover.fds() {
-        set_cloexec(fd, true).map_err(|e| format!("descriptor {fd}: {e}"))?;
-    }
-    Ok(Some(handover))
+    take_document(ENV, Handover::check, Handover::fds)
 }
 
 /// Replaces this process's program with `binary` (same pid, same arguments `args`), handing
@@ -456,61 +471,19 @@ impl ProxyHandover {
 
     /// Known format, distinct open descriptors above stdio, listeners that listen.
     pub fn check(&self) -> Result<(), String> {
-        if self.format != FORMAT {
-            return Err(format!(
-                "handover format {} is not the one this program reads ({FORMAT})",
-                self.format
-            ));
-        }
-        let fds = self.fds();
-        if fds.len() > MAX_FDS {
-            return Err(format!(
-                "{} descriptors handed over, at most {MAX_FDS}",
-                fds.len()
-            ));
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for fd in &fds {
-            if *fd <= 2 || !seen.insert(*fd) {
-                return Err(format!("descriptor {fd} handed over twice or is stdio"));
-            }
-            // SAFETY: F_GETFD only reads the descriptor's flags; any integer is allowed.
-            #[allow(unsafe_code)]
-            if unsafe { libc::fcntl(*fd, libc::F_GETFD) } < 0 {
-                return Err(format!("descriptor {fd} handed over is not open"));
-            }
-        }
-        for fd in self.admin.iter().chain(self.listeners.values()) {
-            if !is_listening_socket(*fd) {
-                return Err(format!("descriptor {fd} handed over is not a listening socket"));
-            }
-        }
-        Ok(())
+        let listeners: Vec<RawFd> = self
+            .admin
+            .iter()
+            .chain(self.listeners.values())
+            .copied()
+            .collect();
+        check_descriptors(self.format, &self.fds(), &listeners)
     }
 }
 
 /// [`take_from_env`] for a proxy's document ([`PROXY_ENV`]).
 pub fn take_proxy_from_env() -> Result<Option<ProxyHandover>, String> {
-    let Some(raw) = std::env::var_os(PROXY_ENV) else {
-        return Ok(None);
-    };
-    std::env::remove_var(PROXY_ENV);
-    let raw = raw
-        .into_string()
-        .map_err(|_| format!("{PROXY_ENV} is not UTF-8"))?;
-    if raw.len() > MAX_BYTES {
-        return Err(format!(
-            "{PROXY_ENV} holds {} bytes, at most {MAX_BYTES}",
-            raw.len()
-        ));
-    }
-    let handover: ProxyHandover =
-        serde_json::from_str(&raw).map_err(|e| format!("{PROXY_ENV} cannot be read: {e}"))?;
-    handover.check()?;
-    for fd in handover.fds() {
-        set_cloexec(fd, true).map_err(|e| format!("descriptor {fd}: {e}"))?;
-    }
-    Ok(Some(handover))
+    take_document(PROXY_ENV, ProxyHandover::check, ProxyHandover::fds)
 }
 
 /// Starts `program` with `args` as a new process that inherits `fds` (close-on-exec here,
