@@ -82,6 +82,7 @@ listen = "{store}"
         None,
     );
     let cluster = Cluster::start(&config, transport).await.expect("cluster starts");
+    cluster.bootstrap(&config).await.expect("bootstrap");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !cluster.info().is_leader {
         assert!(Instant::now() < deadline, "a one-node cluster leads within 10 s");

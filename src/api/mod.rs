@@ -106,6 +106,35 @@ pub enum AdminAction {
         node: String,
         on: bool,
     },
+    /// First step of `standin member add`: the member joins the table and Raft as a learner.
+    MemberLearner {
+        member: crate::config::Member,
+    },
+    /// Second step: a caught-up learner becomes a voter.
+    MemberVoter {
+        id: String,
+    },
+    /// `standin member remove`: out of Raft, then out of the table.
+    MemberRemove {
+        id: String,
+    },
+    /// The membership as the leader sees it (a read: answered with a [`MembersView`]).
+    Members,
+}
+
+use crate::cluster::members::{MemberError, MembersView};
+
+impl From<MemberError> for AdminError {
+    fn from(e: MemberError) -> Self {
+        match e {
+            MemberError::Refused(m) => AdminError::Refused(m),
+            MemberError::NotYet(m) => AdminError::Cluster(ClusterError::Refused {
+                reason: m,
+                retry: true,
+            }),
+            MemberError::Cluster(e) => AdminError::Cluster(e),
+        }
+    }
 }
 
 /// The answer to a mutation.
@@ -289,6 +318,9 @@ fn router(node: Arc<AdminContext>) -> Router {
         .route("/v1/reload", post(reload_handler))
         .route("/v1/restart", post(restart_handler))
         .route("/v1/daemon", get(daemon_handler))
+        .route("/v1/members", get(members_handler).post(member_add_handler))
+        .route("/v1/members/:id", axum::routing::delete(member_remove_handler))
+        .route("/v1/members/:id/voter", post(member_voter_handler))
         .route(
             "/v1/watch",
             get(move |State(node): State<Arc<AdminContext>>| watch_handler(node, watchers.clone())),
@@ -531,6 +563,50 @@ async fn switchover_handler(State(node): State<Arc<AdminContext>>, body: axum::b
     .await
 }
 
+/// `GET /v1/members`: the membership as the leader sees it (with each member's replication
+/// progress), or as this node does when no leader answers.
+async fn members_handler(State(node): State<Arc<AdminContext>>) -> Response {
+    let body = match serde_json::to_string(&AdminAction::Members) {
+        Ok(b) => b,
+        Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), false),
+    };
+    let view = match forward_admin_raw(&node, &body).await {
+        Ok(json) => serde_json::from_str::<MembersView>(&json).ok(),
+        Err(_) => None,
+    };
+    let mut view = view.unwrap_or_else(|| node.cluster.members_view());
+    // Drift is about the config file of the node asked.
+    view.drift = crate::cluster::members::drift(&node.config.members, &node.cluster.members());
+    Json(view).into_response()
+}
+
+/// `POST /v1/members` with a member (as a `[[member]]` in JSON): adds it as a learner.
+async fn member_add_handler(State(node): State<Arc<AdminContext>>, body: axum::body::Bytes) -> Response {
+    let member: crate::config::Member = match serde_json::from_slice(&body) {
+        Ok(m) => m,
+        Err(e) => {
+            return error_response(StatusCode::BAD_REQUEST, format!("invalid member: {e}"), false)
+        }
+    };
+    admin(&node, AdminAction::MemberLearner { member }).await
+}
+
+/// `POST /v1/members/{id}/voter`: a caught-up learner becomes a voter (503 while it catches up).
+async fn member_voter_handler(
+    State(node): State<Arc<AdminContext>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    admin(&node, AdminAction::MemberVoter { id }).await
+}
+
+/// `DELETE /v1/members/{id}`: removes a member (not the active node: switch over first).
+async fn member_remove_handler(
+    State(node): State<Arc<AdminContext>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    admin(&node, AdminAction::MemberRemove { id }).await
+}
+
 async fn failback_handler(State(node): State<Arc<AdminContext>>) -> Response {
     admin(&node, AdminAction::Failback).await
 }
@@ -695,7 +771,7 @@ async fn watch_handler(node: Arc<AdminContext>, watchers: Arc<tokio::sync::Semap
 
 async fn admin(node: &Arc<AdminContext>, action: AdminAction) -> Response {
     // Bad requests are refused here, whichever node gets them.
-    if let Err(e) = validate_admin(&node.config, &action) {
+    if let Err(e) = validate_admin(&node.cluster.members(), &action) {
         return error_response(e.status(), e.to_string(), false);
     }
     let body = match serde_json::to_string(&action) {
@@ -720,6 +796,12 @@ async fn admin(node: &Arc<AdminContext>, action: AdminAction) -> Response {
 
 /// Runs an admin action on the leader (here, or forwarded).
 async fn forward_admin(node: &Arc<AdminContext>, body: &str) -> Result<AdminReply, AdminError> {
+    let json = forward_admin_raw(node, body).await?;
+    serde_json::from_str(&json).map_err(|e| AdminError::Refused(format!("bad reply from leader: {e}")))
+}
+
+/// Runs an admin action on the leader (here, or forwarded); its JSON answer.
+async fn forward_admin_raw(node: &Arc<AdminContext>, body: &str) -> Result<String, AdminError> {
     let info = node.cluster.info();
     let leader = info.leader.ok_or(ClusterError::NotLeader { leader: None })?;
     let json = if leader == node.cluster.me() {
@@ -760,13 +842,13 @@ async fn forward_admin(node: &Arc<AdminContext>, body: &str) -> Result<AdminRepl
             Err(e) => return Err(AdminError::Cluster(ClusterError::OutcomeUnknown(e.to_string()))),
         }
     };
-    serde_json::from_str(&json).map_err(|e| AdminError::Refused(format!("bad reply from leader: {e}")))
+    Ok(json)
 }
 
-/// Checks an action against the configuration (members and their kinds).
-fn validate_admin(cfg: &crate::config::Config, action: &AdminAction) -> Result<(), AdminError> {
+/// Checks an action against the live membership (members and their kinds).
+fn validate_admin(members: &[crate::config::Member], action: &AdminAction) -> Result<(), AdminError> {
     let data_member = |id: &str| -> Result<(), AdminError> {
-        match cfg.member(id) {
+        match members.iter().find(|m| m.id == id) {
             None => Err(AdminError::Invalid(format!(
                 "{id} is not a member of the cluster"
             ))),
@@ -786,10 +868,17 @@ fn validate_admin(cfg: &crate::config::Config, action: &AdminAction) -> Result<(
                 None => Ok(()),
             }
         }
-        AdminAction::Maintenance { node, .. } if cfg.member(node).is_none() => Err(AdminError::Invalid(
+        AdminAction::Maintenance { node, .. } if !members.iter().any(|m| m.id == *node) => Err(AdminError::Invalid(
             format!("{node} is not a member of the cluster"),
         )),
         AdminAction::Drain { node, .. } => data_member(node),
+        AdminAction::MemberLearner { member } => crate::config::check_member(member)
+            .map_err(|e| AdminError::Invalid(format!("invalid member: {e}"))),
+        AdminAction::MemberVoter { id } | AdminAction::MemberRemove { id }
+            if !members.iter().any(|m| m.id == *id) =>
+        {
+            Err(AdminError::Invalid(format!("{id} is not a member of the cluster")))
+        }
         _ => Ok(()),
     }
 }
@@ -798,10 +887,26 @@ fn validate_admin(cfg: &crate::config::Config, action: &AdminAction) -> Result<(
 pub async fn apply_admin(config: &Config, cluster: &Cluster, body: &str) -> Result<String, AdminError> {
     let action: AdminAction =
         serde_json::from_str(body).map_err(|e| AdminError::Invalid(format!("bad admin request: {e}")))?;
-    validate_admin(config, &action)?;
+    let _ = config;
+    validate_admin(&cluster.members(), &action)?;
     let (active, epoch) = cluster.sm.read(|d| (d.state.active.clone(), d.state.epoch));
     let at = unix_ms();
+    let done = |message: String| {
+        serde_json::to_string(&AdminReply {
+            ok: true,
+            message,
+            epoch,
+            active: None,
+        })
+        .map_err(|e| AdminError::Refused(e.to_string()))
+    };
     let (cmd, message) = match action {
+        AdminAction::Members => {
+            return serde_json::to_string(&cluster.members_view()).map_err(|e| AdminError::Refused(e.to_string()))
+        }
+        AdminAction::MemberLearner { member } => return done(cluster.add_learner(member).await?),
+        AdminAction::MemberVoter { id } => return done(cluster.promote_learner(&id).await?),
+        AdminAction::MemberRemove { id } => return done(cluster.remove_member(&id, active.as_deref()).await?),
         AdminAction::Switchover {
             to,
             from,

@@ -93,6 +93,13 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Grow, shrink or repair the cluster while it runs: add a node (as a learner that catches
+    /// up, then a voter), remove one (the active node is switched away from first), replace
+    /// one whose machine or disk is gone, or list the members.
+    Member {
+        #[command(subcommand)]
+        cmd: MemberCmd,
+    },
     /// Planned move of the active role (waits for the target to be in sync).
     Switchover {
         #[command(flatten)]
@@ -357,6 +364,103 @@ pub enum BenchCmd {
     },
 }
 
+#[derive(clap::Subcommand)]
+pub enum MemberCmd {
+    /// Add a node: it joins as a learner, catches up (from a snapshot if the log was
+    /// compacted), then votes. Start it first with `[node] join = true`. Exits 0 once it votes.
+    Add {
+        #[command(flatten)]
+        api: Api,
+        #[command(flatten)]
+        spec: MemberSpec,
+        #[command(flatten)]
+        wait: MemberWait,
+    },
+    /// Remove a member. The active node is switched away from first (planned, no write
+    /// lost); refused when it would leave no quorum or no data node.
+    Remove {
+        #[command(flatten)]
+        api: Api,
+        id: String,
+        #[command(flatten)]
+        wait: MemberWait,
+    },
+    /// Replace member OLD (machine or disk gone) with the node described: added, then OLD
+    /// removed, in the order that keeps the quorum (the same id: removed, then added again,
+    /// for a node whose data directory was lost).
+    Replace {
+        #[command(flatten)]
+        api: Api,
+        old: String,
+        #[command(flatten)]
+        spec: MemberSpec,
+        #[command(flatten)]
+        wait: MemberWait,
+    },
+    /// The members: kind, site, voter or learner, replication lag (as the leader sees it).
+    List {
+        #[command(flatten)]
+        api: Api,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A member as `standin member add` takes it (the fields of a `[[member]]`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct MemberSpec {
+    /// The new member's id (its certificate must name it).
+    pub id: String,
+    #[arg(long, value_parser = ["data", "witness"])]
+    pub kind: String,
+    /// A cluster address (one per network path; repeat the option).
+    #[arg(long = "address", required = true)]
+    pub addresses: Vec<std::net::SocketAddr>,
+    /// Its admin API address.
+    #[arg(long)]
+    pub admin: std::net::SocketAddr,
+    #[arg(long, default_value_t = 100)]
+    pub priority: u32,
+    #[arg(long)]
+    pub service_address: Option<std::net::SocketAddr>,
+    #[arg(long)]
+    pub store_address: Option<std::net::SocketAddr>,
+    /// Where it stands (a building, a region).
+    #[arg(long)]
+    pub site: Option<String>,
+}
+
+impl MemberSpec {
+    /// The member this describes.
+    pub fn member(&self) -> crate::config::Member {
+        crate::config::Member {
+            id: self.id.clone(),
+            kind: if self.kind == "witness" {
+                crate::config::NodeKind::Witness
+            } else {
+                crate::config::NodeKind::Data
+            },
+            priority: self.priority,
+            addresses: self.addresses.clone(),
+            admin: self.admin,
+            service_address: self.service_address,
+            store_address: self.store_address,
+            site: self.site.clone(),
+        }
+    }
+}
+
+/// How long a membership command waits, and how it prints.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MemberWait {
+    /// How long the new node may take to catch up (or the active node to be switched away
+    /// from) before the command gives up; a node that has not caught up stays a learner.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(clap::Args)]
 pub struct Api {
     /// A node's admin API: host:port, http://host:port or https://host:port.
@@ -391,6 +495,13 @@ impl Cmd {
     /// the other commands.
     pub fn api(&self) -> Option<&Api> {
         match self {
+            Cmd::Member {
+                cmd:
+                    MemberCmd::Add { api, .. }
+                    | MemberCmd::Remove { api, .. }
+                    | MemberCmd::Replace { api, .. }
+                    | MemberCmd::List { api, .. },
+            } => Some(api),
             Cmd::Status { api, .. }
             | Cmd::Switchover { api, .. }
             | Cmd::Failback { api, .. }

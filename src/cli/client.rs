@@ -14,7 +14,7 @@ use crate::cluster::state::Event;
 use crate::config::{ReloadOutcome, ReloadReport};
 use crate::status::{NodeStatus, Status};
 
-const TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The admin API token for this CLI process (`--token` / `STANDIN_TOKEN`), set once by `run`.
 static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -37,7 +37,7 @@ pub fn set_ca(path: &std::path::Path) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn request(
+pub(super) async fn request(
     api: &str,
     method: Method,
     path: &str,
@@ -60,7 +60,7 @@ fn check_auth(reply: &crate::api::client::Reply) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn get_json<T: serde::de::DeserializeOwned>(api: &str, path: &str) -> Result<(T, String), CliError> {
+pub(super) async fn get_json<T: serde::de::DeserializeOwned>(api: &str, path: &str) -> Result<(T, String), CliError> {
     let reply = request(api, Method::GET, path, None, TIMEOUT).await?;
     check_auth(&reply)?;
     if reply.status != 200 {
@@ -78,14 +78,14 @@ async fn get_json<T: serde::de::DeserializeOwned>(api: &str, path: &str) -> Resu
     Ok((parsed, reply.body))
 }
 
-fn api_error(body: &str, status: u16) -> String {
+pub(super) fn api_error(body: &str, status: u16) -> String {
     serde_json::from_str::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
         .unwrap_or_else(|| format!("HTTP {status}: {body}"))
 }
 
-async fn post(api: &str, path: &str, body: Option<serde_json::Value>) -> Result<AdminReply, CliError> {
+pub(super) async fn post(api: &str, path: &str, body: Option<serde_json::Value>) -> Result<AdminReply, CliError> {
     // A leader election (e.g. leadership moving to the active node) takes a moment: retry
     // what the API marks as retryable for up to five seconds.
     let deadline = Instant::now() + Duration::from_secs(5);

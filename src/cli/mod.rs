@@ -7,6 +7,7 @@
 
 pub mod args;
 pub mod client;
+pub mod member;
 pub mod run;
 
 use crate::api::client::ClientError;

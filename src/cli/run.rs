@@ -178,6 +178,22 @@ async fn dispatch(
         Cmd::Proxy { config, .. } => proxy(&config, proxy_handover).await,
         Cmd::ProxyStatus { proxy, json } => cli_result(client::proxy_status(&proxy, json).await),
         Cmd::Status { api, json } => cli_result(client::status(&api.api, json).await),
+        Cmd::Member { cmd } => {
+            use crate::cli::args::MemberCmd;
+            use crate::cli::member;
+            cli_result(match cmd {
+                MemberCmd::List { api, json } => member::list(&api.api, json).await,
+                MemberCmd::Add { api, spec, wait } => {
+                    member::add(&api.api, &spec.member(), wait.timeout, wait.json).await
+                }
+                MemberCmd::Remove { api, id, wait } => {
+                    member::remove(&api.api, &id, wait.timeout, wait.json).await
+                }
+                MemberCmd::Replace { api, old, spec, wait } => {
+                    member::replace(&api.api, &old, &spec.member(), wait.timeout, wait.json).await
+                }
+            })
+        }
         Cmd::Switchover {
             api,
             to,

@@ -4,6 +4,7 @@
 //! openraft's types stay inside this module (and `rpc`): the rest of the crate talks in
 //! [`Command`]s, [`ClusterState`] and [`RaftInfo`], so a move to openraft 0.10 stays local.
 
+pub mod members;
 pub mod prevote;
 pub mod protocol;
 pub mod rpc;
@@ -13,7 +14,7 @@ pub mod transport;
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError};
@@ -126,10 +127,66 @@ pub struct RaftInfo {
 #[derive(Clone)]
 pub struct Network {
     transport: Transport,
-    names: Arc<BTreeMap<NodeId, String>>,
+    names: Names,
     disk: DiskMark,
     /// Our own Raft metrics (set once Raft runs; the clients are made after that).
     metrics: Arc<std::sync::OnceLock<tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, EmptyNode>>>>,
+    /// Followers seen going back behind what they had acknowledged (see [`Reverts`]).
+    reverts: Reverts,
+}
+
+/// Member names by Raft id: the live member table's ids (see [`Cluster::members`]).
+#[derive(Clone, Default)]
+pub struct Names(Arc<std::sync::RwLock<BTreeMap<NodeId, String>>>);
+
+impl Names {
+    fn get(&self, id: NodeId) -> Option<String> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+    }
+
+    fn set(&self, names: BTreeMap<NodeId, String>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = names;
+    }
+}
+
+/// Followers whose log went back behind what they had acknowledged to this leader: their data
+/// directory was wiped (or lost) while they were away. openraft 0.9 would trip an assertion
+/// on the answer (issue #898, a panic of the leader in debug builds, a confused replication
+/// in release ones), so the answer never reaches it: the follower is kept out, and the
+/// operator replaces it (`standin member replace ID ID`), which starts its replication afresh.
+#[derive(Clone, Default)]
+pub struct Reverts(Arc<Mutex<BTreeMap<String, LostLog>>>);
+
+/// A follower seen with less log than it had acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LostLog {
+    /// The last index it had acknowledged.
+    pub acknowledged: u64,
+    /// The index its answer says it lacks.
+    pub conflict: u64,
+}
+
+impl Reverts {
+    fn record(&self, name: &str, lost: LostLog) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if m.insert(name.to_string(), lost.clone()).is_none() {
+            tracing::error!(
+                peer = name,
+                acknowledged = lost.acknowledged,
+                conflict = lost.conflict,
+                "{name} lost log entries it had acknowledged (its data directory was wiped?); it is kept out of replication: run `standin member replace {name} {name}`"
+            );
+        }
+    }
+
+    /// Followers that lost their log, by name.
+    pub fn get(&self) -> BTreeMap<String, LostLog> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn clear(&self, name: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -139,7 +196,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         NetworkClient {
             transport: self.transport.clone(),
             target,
-            name: self.names.get(&target).cloned().unwrap_or_default(),
+            name: self.names.get(target).unwrap_or_default(),
+            reverts: self.reverts.clone(),
+            acked: None,
             disk: self.disk.clone(),
             term: self
                 .metrics
@@ -158,6 +217,9 @@ pub struct NetworkClient {
     disk: DiskMark,
     /// Our own Raft metrics, for the current term.
     term: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, EmptyNode>>,
+    reverts: Reverts,
+    /// The last log id the target acknowledged on this replication stream.
+    acked: Option<openraft::LogId<NodeId>>,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, EmptyNode, RaftError<NodeId, E>>;
@@ -179,6 +241,20 @@ impl NetworkClient {
     fn unexpected<E: std::error::Error>(&self, resp: Response) -> RpcErr<E> {
         let e = std::io::Error::other(format!("unexpected reply from {}: {resp:?}", self.name));
         RPCError::Network(NetworkError::new(&e))
+    }
+
+    /// How far the target is known to match our log: what it acknowledged on this stream, or
+    /// what openraft's replication metrics say (they outlive a stream restarted after a
+    /// membership change).
+    fn matched(&self) -> Option<u64> {
+        let metrics = self
+            .term
+            .borrow()
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&self.target).cloned().flatten())
+            .map(|l| l.index);
+        metrics.max(self.acked.map(|l| l.index))
     }
 
     /// A vote in an answer that is implausibly far ahead of our term is not believed: it
@@ -218,6 +294,8 @@ impl RaftNetwork<TypeConfig> for NetworkClient {
         // A follower applies what the leader calls committed: never past the leader's own
         // durable log (see `storage::DiskMark`). It learns the rest with the next request.
         rpc.leader_commit = self.disk.cap_commit(rpc.leader_commit);
+        let prev = rpc.prev_log_id;
+        let last = rpc.entries.last().map(|e| e.log_id).or(prev);
         // Entries that together exceed the append budget go in smaller runs: the first half,
         // then the first quarter, ... A single entry goes alone up to the frame limit (the
         // store caps an entry below it). The follower then reports a partial success and
@@ -253,9 +331,32 @@ impl RaftNetwork<TypeConfig> for NetworkClient {
         };
         match resp {
             Response::AppendEntries(Ok(AppendEntriesResponse::Success)) if partial.is_some() => {
+                self.acked = self.acked.max(partial);
                 Ok(AppendEntriesResponse::PartialSuccess(partial))
             }
+            Response::AppendEntries(Ok(AppendEntriesResponse::Conflict)) => {
+                // A conflict at an index the target had already acknowledged: its log went
+                // back (see `Reverts`). Kept from openraft, which asserts this never happens.
+                let conflict = prev.map_or(0, |p| p.index);
+                match self.matched() {
+                    Some(acknowledged) if prev.is_some() && conflict <= acknowledged => {
+                        self.reverts.record(&self.name, LostLog { acknowledged, conflict });
+                        let e = std::io::Error::other(format!(
+                            "{} lost log entries it had acknowledged (up to {acknowledged})",
+                            self.name
+                        ));
+                        Err(RPCError::Network(NetworkError::new(&e)))
+                    }
+                    _ => Ok(AppendEntriesResponse::Conflict),
+                }
+            }
             Response::AppendEntries(Ok(r)) => {
+                if matches!(r, AppendEntriesResponse::Success) {
+                    self.acked = self.acked.max(last);
+                }
+                if let AppendEntriesResponse::PartialSuccess(p) = &r {
+                    self.acked = self.acked.max(*p);
+                }
                 if let AppendEntriesResponse::HigherVote(v) = &r {
                     if let Some(why) = self.implausible(v) {
                         return Err(self.refuse_answer(v, why));
@@ -388,7 +489,11 @@ pub struct Cluster {
     election_timeout: Duration,
     /// How often the pre-vote gate looks ([`crate::config::Timing::prevote_tick`]).
     prevote_tick: Duration,
-    names: Arc<BTreeMap<NodeId, String>>,
+    names: Names,
+    /// The live membership (see [`Cluster::members`]).
+    live: Arc<members::Live>,
+    /// Followers seen with less log than they had acknowledged (on the leader).
+    pub reverts: Reverts,
     me: String,
 }
 
@@ -439,13 +544,9 @@ impl Cluster {
         let sm = StateMachine::open(db, disk.clone())
             .await
             .map_err(|e| ClusterError::Storage(e.to_string()))?;
-        let names: Arc<BTreeMap<NodeId, String>> = Arc::new(
-            config
-                .members
-                .iter()
-                .map(|m| (raft_id(&m.id), m.id.clone()))
-                .collect(),
-        );
+        let live = members::Live::new(config.members.clone(), transport.clone(), sm.clone(), me.id.clone());
+        let names = live.names.clone();
+        let reverts = Reverts::default();
         // See `Timing::raft_ms` for why.
         let (raft_heartbeat, election_min, election_max) = config.timing.raft_ms();
         let raft_config = openraft::Config {
@@ -471,6 +572,7 @@ impl Cluster {
             names: names.clone(),
             disk,
             metrics: metrics.clone(),
+            reverts: reverts.clone(),
         };
         let raft = Raft::new(raft_id(&me.id), raft_config, network, log, sm.clone())
             .await
@@ -490,23 +592,10 @@ impl Cluster {
             election_timeout: Duration::from_millis(election_min),
             prevote_tick: config.timing.prevote_tick(),
             names,
+            live,
+            reverts,
             me: me.id.clone(),
         };
-        let initialized = cluster
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        // Only data nodes initialize: openraft's initialize() campaigns at once, even on a node
-        // with elections disabled, and a witness should not lead from the start.
-        if !initialized && me.kind == NodeKind::Data {
-            let voters: BTreeSet<NodeId> = config.members.iter().map(|m| raft_id(&m.id)).collect();
-            match cluster.raft.initialize(voters).await {
-                Ok(()) => tracing::info!("raft group initialized"),
-                // Another node initialized first and already replicated to us: fine.
-                Err(e) => tracing::info!(error = %e, "raft group not initialized by this node"),
-            }
-        }
         Ok(cluster)
     }
 
@@ -514,8 +603,61 @@ impl Cluster {
         &self.me
     }
 
+    /// On a data node's first start (no Raft state in its data directory), creates the
+    /// cluster from the config's member list, unless it is told to join one (`[node] join`),
+    /// or a leader already reaches it: then it is a member of a running cluster (one that
+    /// lost its data directory, or started after another created the cluster) and waits to
+    /// be replicated to, or to be added or replaced. Run once peers can reach this node.
+    pub async fn bootstrap(&self, config: &Config) -> Result<(), ClusterError> {
+        let initialized = || async {
+            self.raft
+                .is_initialized()
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))
+        };
+        if initialized().await? {
+            return Ok(());
+        }
+        let me = config.me();
+        if config.node.join {
+            tracing::info!(
+                node = %me.id,
+                "waiting to be added to the cluster: run `standin member add {} --kind {} --address ... --admin {}` against a member",
+                me.id, me.kind, me.admin
+            );
+            return Ok(());
+        }
+        // Only data nodes create the cluster: openraft's initialize() campaigns at once, even
+        // on a node with elections disabled, and a witness should not lead from the start.
+        if me.kind != NodeKind::Data {
+            return Ok(());
+        }
+        // A running cluster's leader sends appends every heartbeat: heard within two election
+        // timeouts, this node is a member already (the others created the cluster first, or
+        // its data directory was lost) and must not start a log of its own.
+        tokio::time::sleep(self.election_timeout * 2).await;
+        if initialized().await? {
+            return Ok(());
+        }
+        if self.contact.recent(self.election_timeout * 2) {
+            tracing::warn!(
+                node = %me.id,
+                "this node has no Raft state, but a leader reaches it: the cluster exists. If its data directory was lost, run `standin member replace {0} {0}`; it waits until then",
+                me.id
+            );
+            return Ok(());
+        }
+        let voters: BTreeSet<NodeId> = config.members.iter().map(|m| raft_id(&m.id)).collect();
+        match self.raft.initialize(voters).await {
+            Ok(()) => tracing::info!("raft group initialized"),
+            // Another node initialized first and already replicated to us: fine.
+            Err(e) => tracing::info!(error = %e, "raft group not initialized by this node"),
+        }
+        Ok(())
+    }
+
     pub fn name_of(&self, id: NodeId) -> Option<String> {
-        self.names.get(&id).cloned()
+        self.names.get(id)
     }
 
     pub fn id_of(&self, name: &str) -> NodeId {
@@ -663,7 +805,7 @@ impl Cluster {
                 Ok(Ok(r)) => Ok(r.data),
                 Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
                     Err(ClusterError::NotLeader {
-                        leader: f.leader_id.and_then(|id| names.get(&id).cloned()),
+                        leader: f.leader_id.and_then(|id| names.get(id)),
                     })
                 }
                 Ok(Err(e)) => Err(ClusterError::Raft(e.to_string())),
@@ -737,7 +879,17 @@ impl Cluster {
                 Response::AppendEntries(resp)
             }
             Request::PreVote { last_log } => Response::PreVote(self.grant_prevote(last_log).await),
-            Request::Vote(r) => Response::Vote(self.raft.vote(r).await),
+            Request::Vote(r) => {
+                let ours = self.last_log_id().await;
+                if prevote::lost_its_log(ours, r.last_log_id) {
+                    tracing::warn!(peer = %from, "vote refused: this node has no log (new, or its data directory was lost); it votes again once a leader replicated to it");
+                    return Ok(Response::Error {
+                        message: "refused: this node has no log yet and does not vote".into(),
+                        retry: false,
+                    });
+                }
+                Response::Vote(self.raft.vote(r).await)
+            }
             Request::InstallSnapshot(r) => Response::InstallSnapshot(self.raft.install_snapshot(r).await),
             Request::Elect => match self.raft.trigger().elect().await {
                 Ok(()) => Response::Ok,
@@ -869,6 +1021,8 @@ mod tests {
             name: "b".into(),
             disk: disk.clone(),
             term: tokio::sync::watch::channel(openraft::RaftMetrics::new_initial(1)).1,
+            reverts: Reverts::default(),
+            acked: None,
         };
         // (on disk up to, commit index the follower is sent) for a leader that has committed 8:
         // with entries 6..=8 only in memory it goes out as 5; with all on disk, as it is.

@@ -41,6 +41,16 @@ impl LeaderContact {
     }
 }
 
+/// Whether a node whose last log entry is `ours` must refuse its vote to a candidate whose
+/// last entry is `candidate`: a node with no entry beyond the initial membership (index 0)
+/// either is new or lost its data directory, and the entries it acknowledged before may be
+/// exactly what the candidate lacks. Its vote could elect a leader without a committed entry;
+/// it votes again once a leader has replicated its log to it. A cluster being created (every
+/// log at index 0 or empty) elects its first leader as before.
+pub fn lost_its_log(ours: Option<LogId<NodeId>>, candidate: Option<LogId<NodeId>>) -> bool {
+    ours.is_none_or(|l| l.index == 0) && candidate.is_some_and(|c| c.index > 0)
+}
+
 impl Cluster {
     /// The id of this node's last log entry: the entry itself, or, when the log was purged up
     /// to it (after a snapshot install nothing follows the snapshot), the purge point or the
@@ -70,17 +80,21 @@ impl Cluster {
         if self.is_leader() || self.contact.recent(self.election_timeout) {
             return false;
         }
-        candidate >= self.last_log_id().await
+        let ours = self.last_log_id().await;
+        if lost_its_log(ours, candidate) {
+            return false;
+        }
+        candidate >= ours
     }
 
     /// Asks every other voter for a pre-vote; true once a majority (this node included) would
     /// vote for it.
     async fn prevote_round(&self, timeout: Duration) -> bool {
-        let voters = self.names.len();
-        let majority = voters / 2 + 1;
+        let voters: Vec<String> = self.voters().into_iter().map(|m| m.id).collect();
+        let majority = voters.len() / 2 + 1;
         let last = self.last_log_id().await;
         let req = Request::PreVote { last_log: last };
-        let asks = self.names.values().filter(|n| **n != self.me).map(|peer| {
+        let asks = voters.iter().filter(|n| **n != self.me).map(|peer| {
             let req = &req;
             async move {
                 matches!(

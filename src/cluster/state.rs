@@ -160,6 +160,8 @@ pub enum EventKind {
     HotRestart,
     /// A node read its configuration file again and refused it (the detail names the key).
     ConfigRejected,
+    /// The membership changed (`standin member add/remove/replace`): the detail says how.
+    MembershipChanged,
 }
 
 impl std::fmt::Display for EventKind {
@@ -254,6 +256,7 @@ fn kind_name<B>(c: &CommandOf<B>) -> &'static str {
         CommandOf::SwitchoverIf { .. } => "SwitchoverIf",
         CommandOf::NodeResumed { .. } => "NodeResumed",
         CommandOf::ConfigReloaded { .. } => "ConfigReloaded",
+        CommandOf::Members { .. } => "Members",
     }
 }
 
@@ -476,6 +479,59 @@ pub enum CommandOf<B> {
         error: Option<String>,
         at: u64,
     },
+    /// The member table becomes `members` (the whole table: ids, kinds, addresses, sites),
+    /// written by the leader before a node joins Raft and after one left it; `change` says
+    /// what changed, for the history. Applied by the state machine, which keeps the table
+    /// beside the cluster state (see `storage::SmExt`). Appended last.
+    Members {
+        members: Vec<MemberRecord>,
+        change: String,
+        at: u64,
+    },
+}
+
+/// A member as the cluster records it: a `[[member]]` of the config, replicated so that every
+/// node knows a member added at run time (its addresses, to connect; its id, to admit it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MemberRecord {
+    pub id: String,
+    pub kind: crate::config::NodeKind,
+    pub priority: u32,
+    pub addresses: Vec<std::net::SocketAddr>,
+    pub admin: std::net::SocketAddr,
+    pub service_address: Option<std::net::SocketAddr>,
+    pub store_address: Option<std::net::SocketAddr>,
+    pub site: Option<String>,
+}
+
+impl From<&crate::config::Member> for MemberRecord {
+    fn from(m: &crate::config::Member) -> Self {
+        MemberRecord {
+            id: m.id.clone(),
+            kind: m.kind,
+            priority: m.priority,
+            addresses: m.addresses.clone(),
+            admin: m.admin,
+            service_address: m.service_address,
+            store_address: m.store_address,
+            site: m.site.clone(),
+        }
+    }
+}
+
+impl From<&MemberRecord> for crate::config::Member {
+    fn from(m: &MemberRecord) -> Self {
+        crate::config::Member {
+            id: m.id.clone(),
+            kind: m.kind,
+            priority: m.priority,
+            addresses: m.addresses.clone(),
+            admin: m.admin,
+            service_address: m.service_address,
+            store_address: m.store_address,
+            site: m.site.clone(),
+        }
+    }
 }
 
 /// The answer to a command: applied, or refused with the reason.
@@ -530,6 +586,11 @@ impl Batched for NoBatch {
 }
 
 impl ClusterState {
+    /// Records a membership change in the history (the table itself is the state machine's).
+    pub fn membership_changed(&mut self, change: &str, at: u64) {
+        self.event(at, EventKind::MembershipChanged, None, None, change.to_string(), None);
+    }
+
     fn event(
         &mut self,
         at: u64,
@@ -1030,6 +1091,10 @@ impl ClusterState {
             // Applied by the state machine, which owns the key space.
             CommandOf::Store { .. } => {
                 CommandResult::refused("store commands are applied by the state machine")
+            }
+            // Applied by the state machine, which owns the member table.
+            CommandOf::Members { .. } => {
+                CommandResult::refused("member tables are applied by the state machine")
             }
             CommandOf::ConfigReloaded {
                 node,

@@ -831,6 +831,47 @@ pub struct SmData {
     /// The replicated key space of the Redis-protocol store.
     #[serde(default)]
     pub kv: crate::kv::db::Db,
+    /// What later builds added, encoded after the fields above: a build that knows only them
+    /// reads a snapshot with this part and ignores it (postcard leaves trailing bytes alone),
+    /// and a snapshot without it (from such a build, or data format 1 on disk) reads as the
+    /// default (see [`decode_sm`]).
+    #[serde(default)]
+    pub ext: SmExt,
+}
+
+/// The part of the state machine that follows [`SmData`]'s first fields in a snapshot.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SmExt {
+    /// The member table once a membership change wrote it; `None` while the cluster still
+    /// runs with the members of the config files it was created with.
+    pub members: Option<Vec<super::state::MemberRecord>>,
+}
+
+/// [`SmData`] as builds before the member table wrote it.
+#[derive(Deserialize)]
+struct SmDataV1 {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, openraft::EmptyNode>,
+    state: ClusterState,
+    kv: crate::kv::db::Db,
+}
+
+/// Decodes a snapshot of the state machine, with or without its [`SmExt`] part.
+pub fn decode_sm(bytes: &[u8]) -> Result<SmData, postcard::Error> {
+    match postcard::from_bytes::<SmData>(bytes) {
+        Ok(d) => Ok(d),
+        Err(postcard::Error::DeserializeUnexpectedEnd) => {
+            let old: SmDataV1 = postcard::from_bytes(bytes)?;
+            Ok(SmData {
+                last_applied: old.last_applied,
+                membership: old.membership,
+                state: old.state,
+                kv: old.kv,
+                ext: SmExt::default(),
+            })
+        }
+        Err(e) => Err(e),
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -854,7 +895,7 @@ impl StateMachine {
         let db2 = db.clone();
         let stored = blocking(move || load_snapshot(&db2)).await?;
         let data = match stored {
-            Some(s) => postcard::from_bytes::<SmData>(&s.data)
+            Some(s) => decode_sm(&s.data)
                 .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?,
             None => SmData::default(),
         };
@@ -991,6 +1032,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             .map(|(ops, kind)| crate::kv::apply_group(&mut d.kv, ops, *kind, *now_ms))
                             .collect(),
                     },
+                    EntryPayload::Normal(Command::Members { members, change, at }) => {
+                        d.ext.members = Some(members.clone());
+                        d.state.membership_changed(change, *at);
+                        CommandResult {
+                            ok: true,
+                            ..Default::default()
+                        }
+                    }
                     EntryPayload::Normal(cmd) => d.state.apply(cmd),
                     EntryPayload::Membership(m) => {
                         d.membership = StoredMembership::new(Some(entry.log_id), m.clone());
@@ -1022,7 +1071,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let bytes = snapshot.into_inner();
-        let new: SmData = postcard::from_bytes(&bytes)
+        let new: SmData = decode_sm(&bytes)
             .map_err(|e| io_err(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Read, e))?;
         let stored = StoredSnapshot {
             meta: meta.clone(),
@@ -1037,6 +1086,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 membership: meta.last_membership.clone(),
                 state: new.state,
                 kv: new.kv,
+                ext: new.ext,
             };
             d.last_applied.map_or(0, |l| l.index)
         };

@@ -246,6 +246,8 @@ const CONNECT_DEADLINE: Duration = Duration::from_secs(3);
 
 struct Peer {
     paths: Vec<Path>,
+    /// Stops this peer's heartbeat tasks once it leaves the membership.
+    gone: CancellationToken,
     /// When the certificate this peer last showed expires (Unix seconds), from either side
     /// of a TLS handshake.
     cert_not_after: Mutex<Option<i64>>,
@@ -253,7 +255,11 @@ struct Peer {
 
 struct Inner {
     me: String,
-    peers: BTreeMap<String, Peer>,
+    /// Every other member, by id. Changes with the live membership ([`Transport::set_peers`]).
+    peers: std::sync::RwLock<BTreeMap<String, Arc<Peer>>>,
+    /// The heartbeats' parent token, once [`Transport::spawn_heartbeats`] ran: a peer added
+    /// later gets its heartbeat tasks under it.
+    beat: std::sync::OnceLock<CancellationToken>,
     next_id: AtomicU64,
     /// Source of ping nonces (seeded at random; see [`nonce_seed`]).
     next_nonce: AtomicU64,
@@ -284,6 +290,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+fn read<T>(m: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Peer {
+    fn new(addrs: Vec<SocketAddr>) -> Peer {
+        Peer {
+            paths: addrs
+                .into_iter()
+                .map(|addr| Path {
+                    addr,
+                    conn: tokio::sync::Mutex::new(None),
+                    attempt: Mutex::new(None),
+                    stats: Mutex::new(PathStats::default()),
+                })
+                .collect(),
+            gone: CancellationToken::new(),
+            cert_not_after: Mutex::new(None),
+        }
+    }
+}
+
 impl Transport {
     /// `peers`: every other member with its addresses (paths), in configured order. `tls`:
     /// the node's certificates; every connection, in and out, then uses mutual TLS and a peer
@@ -297,29 +325,13 @@ impl Transport {
     ) -> Self {
         let peers = peers
             .into_iter()
-            .map(|(id, addrs)| {
-                let paths = addrs
-                    .into_iter()
-                    .map(|addr| Path {
-                        addr,
-                        conn: tokio::sync::Mutex::new(None),
-                        attempt: Mutex::new(None),
-                        stats: Mutex::new(PathStats::default()),
-                    })
-                    .collect();
-                (
-                    id,
-                    Peer {
-                        paths,
-                        cert_not_after: Mutex::new(None),
-                    },
-                )
-            })
+            .map(|(id, addrs)| (id, Arc::new(Peer::new(addrs))))
             .collect();
         Transport {
             inner: Arc::new(Inner {
                 me,
-                peers,
+                peers: std::sync::RwLock::new(peers),
+                beat: std::sync::OnceLock::new(),
                 next_id: AtomicU64::new(1),
                 next_nonce: AtomicU64::new(nonce_seed()),
                 inbound: Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND_CONNS)),
@@ -368,7 +380,7 @@ impl Transport {
 
     /// When the certificate `peer` last showed expires (Unix seconds), if it was seen.
     pub fn peer_cert_not_after(&self, peer: &str) -> Option<i64> {
-        *lock(&self.inner.peers.get(peer)?.cert_not_after)
+        *lock(&self.peer(peer)?.cert_not_after)
     }
 
     /// Records the expiry of the certificate `peer` showed, and returns it.
@@ -380,7 +392,7 @@ impl Transport {
         let info = certs
             .and_then(|c| c.first())
             .and_then(|c| crate::tls::cert_info(c.as_ref()).ok())?;
-        if let Some(p) = self.inner.peers.get(peer) {
+        if let Some(p) = self.peer(peer) {
             *lock(&p.cert_not_after) = Some(info.not_after);
         }
         Some(info.not_after)
@@ -395,12 +407,12 @@ impl Transport {
     }
 
     pub fn peer_ids(&self) -> Vec<String> {
-        self.inner.peers.keys().cloned().collect()
+        read(&self.inner.peers).keys().cloned().collect()
     }
 
     /// The last time `peer` answered one of our heartbeats, on any path.
     pub fn last_heard(&self, peer: &str) -> Option<Instant> {
-        let p = self.inner.peers.get(peer)?;
+        let p = self.peer(peer)?;
         p.paths
             .iter()
             .filter_map(|path| lock(&path.stats).last_pong)
@@ -409,12 +421,12 @@ impl Transport {
 
     /// Whether `name` is a peer of this node (a member other than ourselves).
     pub fn is_peer(&self, name: &str) -> bool {
-        self.inner.peers.contains_key(name)
+        read(&self.inner.peers).contains_key(name)
     }
 
     /// State of every path to `peer`.
     pub fn paths(&self, peer: &str) -> Vec<PathStatus> {
-        let Some(p) = self.inner.peers.get(peer) else {
+        let Some(p) = self.peer(peer) else {
             return Vec::new();
         };
         let now = Instant::now();
@@ -507,9 +519,7 @@ impl Transport {
         limit: usize,
     ) -> Result<Response, TransportError> {
         let p = self
-            .inner
-            .peers
-            .get(peer)
+            .peer(peer)
             .ok_or_else(|| TransportError::UnknownPeer(peer.to_string()))?;
         let deadline = Instant::now() + timeout;
         // Paths that are up first (fastest first), then the others in configured order.
@@ -632,7 +642,10 @@ impl Transport {
         idx: usize,
         deadline: tokio::time::Instant,
     ) -> Result<Arc<Conn>, PathError> {
-        let path = &self.inner.peers[peer].paths[idx];
+        let Some(p) = self.peer(peer) else {
+            return Err(PathError::Failed(format!("{peer} is no longer a member")));
+        };
+        let path = &p.paths[idx];
         let attempt = {
             let mut slot = match tokio::time::timeout_at(deadline, path.conn.lock()).await {
                 Ok(s) => s,
@@ -681,7 +694,8 @@ impl Transport {
     /// and the protocol version's negotiation, within [`CONNECT_DEADLINE`]. The connection is
     /// installed in the path's slot.
     async fn connect_path(&self, peer: &str, idx: usize, generation: u64) -> Result<Arc<Conn>, String> {
-        let path = &self.inner.peers[peer].paths[idx];
+        let p = self.peer(peer).ok_or_else(|| format!("{peer} is no longer a member"))?;
+        let path = &p.paths[idx];
         let deadline = tokio::time::Instant::now() + CONNECT_DEADLINE;
         let attempt = async {
             let (io, peer_not_after, settled) = self.open(peer, path.addr).await?;
@@ -800,14 +814,84 @@ impl Transport {
 
     /// Starts one heartbeat task per path per peer.
     pub fn spawn_heartbeats(&self, cancel: CancellationToken) {
-        for (peer, p) in &self.inner.peers {
-            for idx in 0..p.paths.len() {
-                let t = self.clone();
-                let peer = peer.clone();
-                let cancel = cancel.clone();
-                tokio::spawn(async move { t.heartbeat_path(peer, idx, cancel).await });
+        if self.inner.beat.set(cancel).is_err() {
+            return;
+        }
+        let peers: Vec<(String, Arc<Peer>)> =
+            read(&self.inner.peers).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (peer, p) in peers {
+            self.beat_peer(&peer, &p);
+        }
+    }
+
+    /// Starts the heartbeat tasks of `peer`, if heartbeats run.
+    fn beat_peer(&self, peer: &str, p: &Peer) {
+        let Some(parent) = self.inner.beat.get() else {
+            return;
+        };
+        for idx in 0..p.paths.len() {
+            let t = self.clone();
+            let peer = peer.to_string();
+            let cancel = parent.child_token();
+            let gone = p.gone.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = gone.cancelled() => {}
+                    _ = t.heartbeat_path(peer, idx, cancel) => {}
+                }
+            });
+        }
+    }
+
+    /// Makes the peer set `peers` (every other member with its addresses): a new member is
+    /// added (its heartbeats start), one that left is dropped (its heartbeats stop, its
+    /// connections close), one whose addresses changed is replaced. Returns whether anything
+    /// changed.
+    pub fn set_peers(&self, peers: &[(String, Vec<SocketAddr>)]) -> bool {
+        let mut added = Vec::new();
+        let mut removed = Vec::new();
+        {
+            let mut map = self.inner.peers.write().unwrap_or_else(|p| p.into_inner());
+            let wanted: BTreeMap<&str, &Vec<SocketAddr>> =
+                peers.iter().filter(|(id, _)| *id != self.inner.me).map(|(id, a)| (id.as_str(), a)).collect();
+            map.retain(|id, p| {
+                let keep = wanted
+                    .get(id.as_str())
+                    .is_some_and(|addrs| p.paths.iter().map(|x| x.addr).eq(addrs.iter().copied()));
+                if !keep {
+                    removed.push((id.clone(), p.clone()));
+                }
+                keep
+            });
+            for (id, addrs) in wanted {
+                if !map.contains_key(id) {
+                    let p = Arc::new(Peer::new(addrs.clone()));
+                    map.insert(id.to_string(), p.clone());
+                    added.push((id.to_string(), p));
+                }
             }
         }
+        for (id, p) in &removed {
+            tracing::info!(peer = %id, "peer left the membership (or changed its addresses)");
+            p.gone.cancel();
+            for path in &p.paths {
+                if let Ok(mut slot) = path.conn.try_lock() {
+                    if let Some(c) = slot.take() {
+                        c.closed.cancel();
+                    }
+                }
+            }
+        }
+        for (id, p) in &added {
+            tracing::info!(peer = %id, paths = p.paths.len(), "peer joined the membership");
+            self.beat_peer(id, p);
+        }
+        !added.is_empty() || !removed.is_empty()
+    }
+
+    /// The peer named `name`, if it is one.
+    fn peer(&self, name: &str) -> Option<Arc<Peer>> {
+        read(&self.inner.peers).get(name).cloned()
     }
 
     async fn heartbeat_path(self, peer: String, idx: usize, cancel: CancellationToken) {
@@ -828,7 +912,8 @@ impl Transport {
                 _ = cancel.cancelled() => return,
                 r = self.call_path(&peer, idx, &ping, ping_timeout, MAX_FRAME) => r,
             };
-            let path = &self.inner.peers[&peer].paths[idx];
+            let Some(p) = self.peer(&peer) else { return };
+            let path = &p.paths[idx];
             let ok = matches!(result, Ok(Response::Pong { nonce: n }) if n == nonce);
             {
                 let mut s = lock(&path.stats);

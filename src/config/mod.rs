@@ -648,6 +648,11 @@ pub struct NodeSection {
     /// Raft's own records can no longer be written. 0 turns the check off.
     #[serde(default = "default_min_free_disk")]
     pub min_free_disk: u64,
+    /// This node joins a running cluster (`standin member add` makes it a member) instead of
+    /// creating one with the `[[member]]` list on its first start. Its member list needs
+    /// itself and at least one member of the running cluster.
+    #[serde(default)]
+    pub join: bool,
 }
 
 fn default_min_free_disk() -> u64 {
@@ -692,6 +697,10 @@ pub struct Member {
     /// proxies for the store's floating address).
     #[serde(default)]
     pub store_address: Option<SocketAddr>,
+    /// Where the member stands (a building, a region): `status` groups members by site and
+    /// a failover prefers a standby on the active node's site. Optional.
+    #[serde(default)]
+    pub site: Option<String>,
 }
 
 fn default_priority() -> u32 {
@@ -1202,7 +1211,7 @@ impl Config {
         let mut addrs = BTreeSet::new();
         for (i, m) in self.members.iter().enumerate() {
             let key = format!("member[{i}]");
-            validate_name(&format!("{key}.id"), &m.id)?;
+            check_member_at(&key, m)?;
             if !ids.insert(m.id.clone()) {
                 return Err(invalid(
                     format!("{key}.id"),
@@ -1218,22 +1227,10 @@ impl Config {
                     ),
                 ));
             }
-            if m.addresses.is_empty() {
-                return Err(invalid(
-                    format!("{key}.addresses"),
-                    "at least one address is required",
-                ));
-            }
             for a in &m.addresses {
-                if a.port() == 0 {
-                    return Err(invalid(format!("{key}.addresses"), "port 0 is not allowed"));
-                }
                 if !addrs.insert(*a) {
                     return Err(invalid(format!("{key}.addresses"), format!("{a} is used twice")));
                 }
-            }
-            if m.admin.port() == 0 {
-                return Err(invalid(format!("{key}.admin"), "port 0 is not allowed"));
             }
             if !addrs.insert(m.admin) {
                 return Err(invalid(
@@ -1265,7 +1262,8 @@ impl Config {
             }
         }
         let voters = self.members.len();
-        if voters.is_multiple_of(2) {
+        // A joining node's list is itself and a contact, not the voters.
+        if voters.is_multiple_of(2) && !self.node.join {
             return Err(invalid(
                 "member",
                 format!("{voters} voters cannot break ties; use an odd number (add a witness)"),
@@ -1651,6 +1649,38 @@ fn validate_name(key: &str, name: &str) -> Result<(), ConfigError> {
 
 /// The numeric Raft id of a member name: 64-bit FNV-1a, stable across versions and machines.
 /// `validate()` rejects configs whose names collide.
+/// Checks one member on its own (name, addresses, site), as a `[[member]]` or as the member
+/// of `standin member add`.
+pub fn check_member(m: &Member) -> Result<(), ConfigError> {
+    check_member_at("member", m)
+}
+
+fn check_member_at(key: &str, m: &Member) -> Result<(), ConfigError> {
+    validate_name(&format!("{key}.id"), &m.id)?;
+    if m.addresses.is_empty() {
+        return Err(invalid(format!("{key}.addresses"), "at least one address is required"));
+    }
+    if m.addresses.len() > MAX_PATHS {
+        return Err(invalid(
+            format!("{key}.addresses"),
+            format!("at most {MAX_PATHS} paths"),
+        ));
+    }
+    if m.addresses.iter().any(|a| a.port() == 0) {
+        return Err(invalid(format!("{key}.addresses"), "port 0 is not allowed"));
+    }
+    if m.admin.port() == 0 {
+        return Err(invalid(format!("{key}.admin"), "port 0 is not allowed"));
+    }
+    if let Some(site) = &m.site {
+        validate_name(&format!("{key}.site"), site)?;
+    }
+    Ok(())
+}
+
+/// Most heartbeat paths one member may have.
+pub const MAX_PATHS: usize = 8;
+
 pub fn raft_id(name: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in name.bytes() {

@@ -216,14 +216,39 @@ pub fn evaluate(status: &Status, records: &BTreeMap<String, NodeRecord>) -> BTre
             }
         }
     }
-    let voters = status.nodes.len();
+    let voting: Vec<&str> = status
+        .nodes
+        .iter()
+        .filter(|n| n.raft == "voter")
+        .map(|n| n.id.as_str())
+        .collect();
+    let voters = voting.len();
     let majority = voters / 2 + 1;
-    if reachable.len() <= majority {
+    let reachable_voters = voting.iter().filter(|v| reachable.contains(**v)).count();
+    if reachable_voters <= majority {
         out.insert(
             "quorum-at-risk".to_string(),
             format!(
-                "{} of {voters} voters reachable: one more failure loses the quorum",
-                reachable.len()
+                "{reachable_voters} of {voters} voters reachable: one more failure loses the quorum"
+            ),
+        );
+    }
+    for n in status.nodes.iter().filter(|n| n.lost_log) {
+        out.insert(
+            format!("member-lost-log:{}", n.id),
+            format!(
+                "{0} answered with less log than it had acknowledged (its data directory was lost?); it is kept out of replication: run `standin member replace {0} {0}`",
+                n.id
+            ),
+        );
+    }
+    if !status.membership_drift.is_empty() {
+        out.insert(
+            format!("membership-drift:{}", status.view_from),
+            format!(
+                "the config file of {} disagrees with the live membership: {}",
+                status.view_from,
+                status.membership_drift.join("; ")
             ),
         );
     }
@@ -247,7 +272,7 @@ pub fn evaluate(status: &Status, records: &BTreeMap<String, NodeRecord>) -> BTre
 
 fn severity_of(key: &str) -> &'static str {
     match key.split(':').next().unwrap_or(key) {
-        "no-in-sync-standby" | "quorum-at-risk" | "node-unreachable" => "critical",
+        "no-in-sync-standby" | "quorum-at-risk" | "node-unreachable" | "member-lost-log" => "critical",
         _ => "warning",
     }
 }
@@ -333,6 +358,9 @@ mod tests {
             checks: Vec::new(),
             paths: Vec::new(),
             cert_not_after_unix: None,
+            raft: "voter".into(),
+            site: None,
+            lost_log: false,
         }
     }
 
@@ -352,6 +380,8 @@ mod tests {
                 node("b", NodeKind::Data, "standby", versions[1]),
                 node("w", NodeKind::Witness, "witness", versions[2]),
             ],
+            membership_drift: Vec::new(),
+            membership_warnings: Vec::new(),
             transport: "mutual-tls".into(),
         }
     }

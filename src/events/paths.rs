@@ -16,12 +16,6 @@ use crate::config::Config;
 /// Records this node's path changes each heartbeat until `cancel` fires.
 pub async fn run(cluster: Cluster, config: Arc<Config>, cancel: CancellationToken) {
     let me = cluster.me().to_string();
-    let peers: Vec<String> = config
-        .members
-        .iter()
-        .filter(|m| m.id != me)
-        .map(|m| m.id.clone())
-        .collect();
     let started = Instant::now();
     // Paths need a moment to connect: "down" is only reported after that.
     let grace = config.timing.settle_grace();
@@ -41,6 +35,8 @@ pub async fn run(cluster: Cluster, config: Arc<Config>, cancel: CancellationToke
         });
         let at = unix_ms();
         let mut changes: Vec<Change> = Vec::new();
+        // The peers of the live membership (a member added at run time too).
+        let peers = cluster.transport.peer_ids();
         for peer in &peers {
             for p in cluster.transport.paths(peer) {
                 if !p.up && started.elapsed() < grace {

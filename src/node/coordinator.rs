@@ -146,9 +146,8 @@ async fn refresh_grant_bound(node: &Arc<Node>, st: &mut State) {
     }
     let me = node.cluster.me().to_string();
     let timeout = node.config.timing.heartbeat_interval;
-    let asks = node
-        .config
-        .members
+    let members = node.cluster.members();
+    let asks = members
         .iter()
         .filter(|m| m.id != d.node && m.id != me)
         .map(|m| {
@@ -235,8 +234,8 @@ fn build_view(
         }
     };
     let mut heard_count = 0;
-    let nodes: Vec<NodeView> = cfg
-        .members
+    let voters = node.cluster.voters();
+    let nodes: Vec<NodeView> = voters
         .iter()
         .map(|m| {
             let last_heard = if m.id == me {
@@ -305,7 +304,7 @@ fn build_view(
             cause: s.cause,
             since: unix_to_ms(s.requested_unix_ms),
         }),
-        quorum: heard_count * 2 > cfg.members.len(),
+        quorum: heard_count * 2 > voters.len(),
         leader_since,
         last_grant,
         leader: me,

@@ -461,6 +461,14 @@ pub async fn run(
         ));
     }
     transport.spawn_heartbeats(peer_token.clone());
+    {
+        let (cluster, config) = (cluster.clone(), config.clone());
+        tracker.spawn(async move {
+            if let Err(e) = cluster.bootstrap(&config).await {
+                tracing::error!(error = %e, "cannot create the cluster");
+            }
+        });
+    }
     tracker.spawn(watch_raft(cluster.clone(), tasks.clone()));
 
     tracker.spawn(crate::api::serve(

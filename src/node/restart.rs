@@ -203,8 +203,8 @@ pub async fn prepare(node: &Arc<Node>) {
         }
         wait_renewal(node, timing.lease).await;
         let candidates: Vec<String> = node
-            .config
-            .members
+            .cluster
+            .voters()
             .iter()
             .filter(|m| m.id != me && m.kind == crate::config::NodeKind::Data)
             .map(|m| m.id.clone())

@@ -31,8 +31,9 @@ pub fn build_status(node: &Node) -> Status {
         )
     });
     let now = Instant::now();
-    let nodes = cfg
-        .members
+    let members = node.cluster.members();
+    let lost = node.cluster.reverts.get();
+    let nodes = members
         .iter()
         .map(|m| {
             let rec = records.get(&m.id).cloned().unwrap_or_default();
@@ -113,6 +114,9 @@ pub fn build_status(node: &Node) -> Status {
                 } else {
                     node.cluster.transport.peer_cert_not_after(&m.id)
                 },
+                raft: node.cluster.raft_role(&m.id).to_string(),
+                site: m.site.clone(),
+                lost_log: lost.contains_key(&m.id),
             }
         })
         .collect();
@@ -141,7 +145,7 @@ pub fn build_status(node: &Node) -> Status {
                         .last_heard(l)
                         .is_some_and(|t| cfg.timing.is_heard(t, Instant::now()))
             });
-            !leader_heard || nodes_heard(node) * 2 <= cfg.members.len()
+            !leader_heard || nodes_heard(node) * 2 <= node.cluster.voters().len()
         },
         waiting,
         switchover: switchover.map(|s| SwitchoverStatus {
@@ -157,14 +161,26 @@ pub fn build_status(node: &Node) -> Status {
             "insecure"
         }
         .to_string(),
+        membership_drift: crate::cluster::members::drift(&cfg.members, &members),
+        membership_warnings: {
+            let voters = node.cluster.voters().len();
+            if voters > 0 && voters % 2 == 0 {
+                vec![format!(
+                    "{voters} voters: an even number tolerates no more failures than {} (add or remove a witness)",
+                    voters - 1
+                )]
+            } else {
+                Vec::new()
+            }
+        },
     }
 }
 
 /// Voters heard within the failure timeout, this node included.
 fn nodes_heard(node: &Node) -> usize {
     let me = node.cluster.me();
-    node.config
-        .members
+    node.cluster
+        .voters()
         .iter()
         .filter(|m| {
             m.id == me

@@ -41,6 +41,12 @@ pub struct Status {
     /// true`: neither encrypted nor authenticated).
     #[serde(default)]
     pub transport: String,
+    /// Where `view_from`'s config file disagrees with the live membership, one line each.
+    #[serde(default)]
+    pub membership_drift: Vec<String>,
+    /// Things about the membership an operator should know (an even number of voters).
+    #[serde(default)]
+    pub membership_warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -82,6 +88,21 @@ pub struct NodeStatus {
     /// peer's as last shown in a TLS handshake with `view_from`.
     #[serde(default)]
     pub cert_not_after_unix: Option<i64>,
+    /// Where the member stands in Raft: `voter`, `learner` (being added: catching up) or
+    /// `none` (in the member table only, while a change is under way).
+    #[serde(default = "voter")]
+    pub raft: String,
+    /// The member's `site` label, if any.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// The node answered the leader with less log than it had acknowledged (its data directory
+    /// was lost): kept out until `standin member replace ID ID`.
+    #[serde(default)]
+    pub lost_log: bool,
+}
+
+fn voter() -> String {
+    "voter".into()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
