@@ -584,9 +584,7 @@ async fn members_handler(State(node): State<Arc<AdminContext>>) -> Response {
 async fn member_add_handler(State(node): State<Arc<AdminContext>>, body: axum::body::Bytes) -> Response {
     let member: crate::config::Member = match serde_json::from_slice(&body) {
         Ok(m) => m,
-        Err(e) => {
-            return error_response(StatusCode::BAD_REQUEST, format!("invalid member: {e}"), false)
-        }
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, format!("invalid member: {e}"), false),
     };
     admin(&node, AdminAction::MemberLearner { member }).await
 }
@@ -868,16 +866,18 @@ fn validate_admin(members: &[crate::config::Member], action: &AdminAction) -> Re
                 None => Ok(()),
             }
         }
-        AdminAction::Maintenance { node, .. } if !members.iter().any(|m| m.id == *node) => Err(AdminError::Invalid(
-            format!("{node} is not a member of the cluster"),
-        )),
+        AdminAction::Maintenance { node, .. } if !members.iter().any(|m| m.id == *node) => Err(
+            AdminError::Invalid(format!("{node} is not a member of the cluster")),
+        ),
         AdminAction::Drain { node, .. } => data_member(node),
         AdminAction::MemberLearner { member } => crate::config::check_member(member)
             .map_err(|e| AdminError::Invalid(format!("invalid member: {e}"))),
         AdminAction::MemberVoter { id } | AdminAction::MemberRemove { id }
             if !members.iter().any(|m| m.id == *id) =>
         {
-            Err(AdminError::Invalid(format!("{id} is not a member of the cluster")))
+            Err(AdminError::Invalid(format!(
+                "{id} is not a member of the cluster"
+            )))
         }
         _ => Ok(()),
     }
@@ -902,11 +902,14 @@ pub async fn apply_admin(config: &Config, cluster: &Cluster, body: &str) -> Resu
     };
     let (cmd, message) = match action {
         AdminAction::Members => {
-            return serde_json::to_string(&cluster.members_view()).map_err(|e| AdminError::Refused(e.to_string()))
+            return serde_json::to_string(&cluster.members_view())
+                .map_err(|e| AdminError::Refused(e.to_string()))
         }
         AdminAction::MemberLearner { member } => return done(cluster.add_learner(member).await?),
         AdminAction::MemberVoter { id } => return done(cluster.promote_learner(&id).await?),
-        AdminAction::MemberRemove { id } => return done(cluster.remove_member(&id, active.as_deref()).await?),
+        AdminAction::MemberRemove { id } => {
+            return done(cluster.remove_member(&id, active.as_deref()).await?)
+        }
         AdminAction::Switchover {
             to,
             from,

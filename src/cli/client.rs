@@ -60,7 +60,10 @@ fn check_auth(reply: &crate::api::client::Reply) -> Result<(), CliError> {
     Ok(())
 }
 
-pub(super) async fn get_json<T: serde::de::DeserializeOwned>(api: &str, path: &str) -> Result<(T, String), CliError> {
+pub(super) async fn get_json<T: serde::de::DeserializeOwned>(
+    api: &str,
+    path: &str,
+) -> Result<(T, String), CliError> {
     let reply = request(api, Method::GET, path, None, TIMEOUT).await?;
     check_auth(&reply)?;
     if reply.status != 200 {
@@ -85,7 +88,11 @@ pub(super) fn api_error(body: &str, status: u16) -> String {
         .unwrap_or_else(|| format!("HTTP {status}: {body}"))
 }
 
-pub(super) async fn post(api: &str, path: &str, body: Option<serde_json::Value>) -> Result<AdminReply, CliError> {
+pub(super) async fn post(
+    api: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<AdminReply, CliError> {
     // A leader election (e.g. leadership moving to the active node) takes a moment: retry
     // what the API marks as retryable for up to five seconds.
     let deadline = Instant::now() + Duration::from_secs(5);

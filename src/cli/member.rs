@@ -41,9 +41,23 @@ pub fn render(v: &MembersView) -> String {
     );
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(vec!["site", "node", "kind", "raft", "prio", "addresses", "admin", "lag"]);
+    t.set_header(vec![
+        "site",
+        "node",
+        "kind",
+        "raft",
+        "prio",
+        "addresses",
+        "admin",
+        "lag",
+    ]);
     let mut rows: Vec<_> = v.members.iter().collect();
-    rows.sort_by(|a, b| a.member.site.cmp(&b.member.site).then(a.member.id.cmp(&b.member.id)));
+    rows.sort_by(|a, b| {
+        a.member
+            .site
+            .cmp(&b.member.site)
+            .then(a.member.id.cmp(&b.member.id))
+    });
     for m in rows {
         t.add_row(vec![
             m.member.site.clone().unwrap_or_else(|| "-".into()),
@@ -100,7 +114,10 @@ async fn step(
             200 => {
                 let v: serde_json::Value = serde_json::from_str(&reply.body).unwrap_or_default();
                 return Ok(Some(
-                    v.get("message").and_then(|m| m.as_str()).unwrap_or("done").to_string(),
+                    v.get("message")
+                        .and_then(|m| m.as_str())
+                        .unwrap_or("done")
+                        .to_string(),
                 ));
             }
             401 => return Err(CliError::new(exit::NOPERM, api_error(&reply.body, 401))),
@@ -129,15 +146,23 @@ pub async fn add(api: &str, m: &Member, timeout: Duration, json: bool) -> Result
     let body = serde_json::to_string(m).map_err(|e| CliError::new(exit::USAGE, e.to_string()))?;
     say(&format!("adding {} as a learner", m.id));
     let Some(msg) = step(api, Method::POST, "/v1/members", Some(body), deadline, say).await? else {
-        return Err(CliError::new(exit::TEMPFAIL, format!("{} not added: no leader answered in time", m.id)));
+        return Err(CliError::new(
+            exit::TEMPFAIL,
+            format!("{} not added: no leader answered in time", m.id),
+        ));
     };
     if let Some(pb) = &pb {
         pb.println(&msg);
     }
     let mut last_lag = None;
     let result = loop {
-        let view = get_json::<MembersView>(api, "/v1/members").await.map(|(v, _)| v).ok();
-        let me = view.as_ref().and_then(|v| v.members.iter().find(|x| x.member.id == m.id));
+        let view = get_json::<MembersView>(api, "/v1/members")
+            .await
+            .map(|(v, _)| v)
+            .ok();
+        let me = view
+            .as_ref()
+            .and_then(|v| v.members.iter().find(|x| x.member.id == m.id));
         match me.map(|x| (x.raft, x.lag)) {
             Some((RaftRole::Voter, _)) => break Ok(()),
             Some((RaftRole::Learner, lag)) => {
@@ -148,7 +173,10 @@ pub async fn add(api: &str, m: &Member, timeout: Duration, json: bool) -> Result
                 });
                 if lag.is_some_and(|l| l <= crate::cluster::members::VOTER_LAG) {
                     let path = format!("/v1/members/{}/voter", m.id);
-                    if step(api, Method::POST, &path, None, Instant::now(), |_| {}).await?.is_some() {
+                    if step(api, Method::POST, &path, None, Instant::now(), |_| {})
+                        .await?
+                        .is_some()
+                    {
                         break Ok(());
                     }
                 }
@@ -202,6 +230,27 @@ pub async fn remove(api: &str, id: &str, timeout: Duration, json: bool) -> Resul
         }
     };
     let status = fetch_status(api).await?;
+    // What the leader would refuse anyway, refused before a switchover moves the role.
+    let (view, _) = get_json::<MembersView>(api, "/v1/members").await?;
+    let data_voters_left = view
+        .members
+        .iter()
+        .filter(|m| {
+            m.member.id != id && m.raft == RaftRole::Voter && m.member.kind == crate::config::NodeKind::Data
+        })
+        .count();
+    let is_voter = view
+        .members
+        .iter()
+        .any(|m| m.member.id == id && m.raft == RaftRole::Voter);
+    if is_voter && data_voters_left == 0 {
+        return Err(CliError::new(
+            exit::REFUSED,
+            format!(
+                "{id} is the last data node that votes: the cluster would have no node to run the service"
+            ),
+        ));
+    }
     if status.active.as_deref() == Some(id) {
         say(&format!("{id} is active: switching over first"));
         let body = serde_json::json!({ "to": null, "from": id });
@@ -219,7 +268,9 @@ pub async fn remove(api: &str, id: &str, timeout: Duration, json: bool) -> Resul
             tokio::time::sleep(POLL).await;
             let Ok(s) = fetch_status(api).await else { continue };
             let moved = s.active.as_deref().is_some_and(|a| a != id)
-                && s.nodes.iter().any(|n| Some(&n.id) == s.active.as_ref() && n.role == "active");
+                && s.nodes
+                    .iter()
+                    .any(|n| Some(&n.id) == s.active.as_ref() && n.role == "active");
             if moved {
                 if let Some(pb) = &pb {
                     pb.println(format!(
@@ -239,7 +290,10 @@ pub async fn remove(api: &str, id: &str, timeout: Duration, json: bool) -> Resul
         pb.finish_and_clear();
     }
     let Some(msg) = msg else {
-        return Err(CliError::new(exit::TEMPFAIL, format!("{id} not removed: no leader answered in time")));
+        return Err(CliError::new(
+            exit::TEMPFAIL,
+            format!("{id} not removed: no leader answered in time"),
+        ));
     };
     if json {
         println!(
@@ -255,7 +309,13 @@ pub async fn remove(api: &str, id: &str, timeout: Duration, json: bool) -> Resul
 /// `standin member replace OLD NEW`: a new id is added before OLD goes (the quorum only grows
 /// in between); the same id is removed first, then added afresh (its replication restarts from
 /// nothing, as a node whose data directory was lost needs).
-pub async fn replace(api: &str, old: &str, new: &Member, timeout: Duration, json: bool) -> Result<(), CliError> {
+pub async fn replace(
+    api: &str,
+    old: &str,
+    new: &Member,
+    timeout: Duration,
+    json: bool,
+) -> Result<(), CliError> {
     if old == new.id {
         remove(api, old, timeout, json).await?;
         add(api, new, timeout, json).await

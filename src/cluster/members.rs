@@ -259,7 +259,10 @@ impl Cluster {
         let members = self.members();
         for other in members.iter().filter(|o| o.id != m.id) {
             if let Some(a) = other.addresses.iter().find(|a| m.addresses.contains(a)) {
-                return Err(MemberError::Refused(format!("address {a} is already {}'s", other.id)));
+                return Err(MemberError::Refused(format!(
+                    "address {a} is already {}'s",
+                    other.id
+                )));
             }
             if other.admin == m.admin {
                 return Err(MemberError::Refused(format!(
@@ -320,7 +323,11 @@ impl Cluster {
             RaftRole::Learner => {}
         }
         let view = self.members_view();
-        let lag = view.members.iter().find(|v| v.member.id == id).and_then(|v| v.lag);
+        let lag = view
+            .members
+            .iter()
+            .find(|v| v.member.id == id)
+            .and_then(|v| v.lag);
         match lag {
             Some(l) if l <= VOTER_LAG => {}
             Some(l) => return Err(MemberError::NotYet(format!("{id} is {l} entries behind"))),
@@ -387,12 +394,13 @@ impl Cluster {
             // openraft lets a leader remove itself, but this node then stops leading in the
             // middle of the change: hand leadership to another data voter first.
             let Some(to) = voters.iter().find(|v| v.id != id && v.kind == NodeKind::Data) else {
-                return Err(MemberError::Refused(format!("no other data voter can lead once {id} is gone")));
+                return Err(MemberError::Refused(format!(
+                    "no other data voter can lead once {id} is gone"
+                )));
             };
-            let _ = self
-                .transport
-                .call(&to.id, &super::rpc::Request::Elect, Duration::from_secs(1))
-                .await;
+            if let Err(e) = self.transfer_leadership(&to.id, self.election_timeout * 4).await {
+                tracing::info!(error = %e, "leadership transfer did not complete");
+            }
             return Err(MemberError::NotYet(format!(
                 "{id} leads Raft; leadership handed to {}: try again",
                 to.id
@@ -415,7 +423,8 @@ impl Cluster {
             RaftRole::None => {}
         }
         let table: Vec<Member> = members.iter().filter(|o| o.id != id).cloned().collect();
-        self.write_table(table, format!("member {id} ({}) removed", m.kind)).await?;
+        self.write_table(table, format!("member {id} ({}) removed", m.kind))
+            .await?;
         self.reverts.clear(id);
         Ok(format!("{id} removed"))
     }
@@ -424,7 +433,9 @@ impl Cluster {
         if self.is_leader() {
             Ok(())
         } else {
-            Err(MemberError::Cluster(ClusterError::NotLeader { leader: self.leader() }))
+            Err(MemberError::Cluster(ClusterError::NotLeader {
+                leader: self.leader(),
+            }))
         }
     }
 }
@@ -442,7 +453,12 @@ pub struct Live {
 }
 
 impl Live {
-    pub(super) fn new(configured: Vec<Member>, transport: Transport, sm: StateMachine, me: String) -> Arc<Live> {
+    pub(super) fn new(
+        configured: Vec<Member>,
+        transport: Transport,
+        sm: StateMachine,
+        me: String,
+    ) -> Arc<Live> {
         let names = Names::default();
         names.set(names_of(&configured));
         let live = Arc::new(Live {
@@ -542,9 +558,18 @@ mod tests {
         assert!(drift(&[a.clone(), b.clone()], &[a.clone(), b.clone()]).is_empty());
         let d = drift(&[a.clone(), b.clone()], &[a.clone(), b2, c]);
         assert_eq!(d.len(), 2, "{d:?}");
-        assert!(d[0].contains("b differs") && d[0].contains("priority, site"), "{d:?}");
-        assert!(d[1].contains("c is a member but not in this node's config file"), "{d:?}");
+        assert!(
+            d[0].contains("b differs") && d[0].contains("priority, site"),
+            "{d:?}"
+        );
+        assert!(
+            d[1].contains("c is a member but not in this node's config file"),
+            "{d:?}"
+        );
         let d = drift(&[a.clone(), b], &[a]);
-        assert_eq!(d, vec!["b is in this node's config file but not a member".to_string()]);
+        assert_eq!(
+            d,
+            vec!["b is in this node's config file but not a member".to_string()]
+        );
     }
 }

@@ -340,7 +340,13 @@ impl RaftNetwork<TypeConfig> for NetworkClient {
                 let conflict = prev.map_or(0, |p| p.index);
                 match self.matched() {
                     Some(acknowledged) if prev.is_some() && conflict <= acknowledged => {
-                        self.reverts.record(&self.name, LostLog { acknowledged, conflict });
+                        self.reverts.record(
+                            &self.name,
+                            LostLog {
+                                acknowledged,
+                                conflict,
+                            },
+                        );
                         let e = std::io::Error::other(format!(
                             "{} lost log entries it had acknowledged (up to {acknowledged})",
                             self.name
@@ -494,6 +500,9 @@ pub struct Cluster {
     live: Arc<members::Live>,
     /// Followers seen with less log than they had acknowledged (on the leader).
     pub reverts: Reverts,
+    /// Set while leadership is handed over: new writes wait (see
+    /// [`Cluster::transfer_leadership`]).
+    hold: Arc<tokio::sync::watch::Sender<bool>>,
     me: String,
 }
 
@@ -544,7 +553,12 @@ impl Cluster {
         let sm = StateMachine::open(db, disk.clone())
             .await
             .map_err(|e| ClusterError::Storage(e.to_string()))?;
-        let live = members::Live::new(config.members.clone(), transport.clone(), sm.clone(), me.id.clone());
+        let live = members::Live::new(
+            config.members.clone(),
+            transport.clone(),
+            sm.clone(),
+            me.id.clone(),
+        );
         let names = live.names.clone();
         let reverts = Reverts::default();
         // See `Timing::raft_ms` for why.
@@ -594,6 +608,7 @@ impl Cluster {
             names,
             live,
             reverts,
+            hold: Arc::new(tokio::sync::watch::channel(false).0),
             me: me.id.clone(),
         };
         Ok(cluster)
@@ -636,15 +651,15 @@ impl Cluster {
         // timeouts, this node is a member already (the others created the cluster first, or
         // its data directory was lost) and must not start a log of its own.
         tokio::time::sleep(self.election_timeout * 2).await;
-        if initialized().await? {
-            return Ok(());
-        }
-        if self.contact.recent(self.election_timeout * 2) {
+        if self.contact.recent(self.election_timeout * 2) && self.last_log_id().await.is_none() {
             tracing::warn!(
                 node = %me.id,
                 "this node has no Raft state, but a leader reaches it: the cluster exists. If its data directory was lost, run `standin member replace {0} {0}`; it waits until then",
                 me.id
             );
+            return Ok(());
+        }
+        if initialized().await? {
             return Ok(());
         }
         let voters: BTreeSet<NodeId> = config.members.iter().map(|m| raft_id(&m.id)).collect();
@@ -765,8 +780,79 @@ impl Cluster {
         }
     }
 
+    /// Waits while leadership is being handed over (at most a few election timeouts).
+    async fn unheld(&self) {
+        if *self.hold.borrow() {
+            let mut rx = self.hold.subscribe();
+            let _ = tokio::time::timeout(self.election_timeout * 4, rx.wait_for(|h| !*h)).await;
+        }
+    }
+
+    /// Hands Raft leadership to `to` (openraft 0.9 has no transfer): new writes wait, `to`
+    /// receives everything this leader has, then it is told to campaign; with a log as long as
+    /// ours it wins. Without the pause a target under a steady write load is always an entry
+    /// behind, and every voter refuses it. Gives up after `within` (writes go on).
+    pub async fn transfer_leadership(&self, to: &str, within: Duration) -> Result<(), ClusterError> {
+        if !self.is_leader() {
+            return Err(ClusterError::NotLeader {
+                leader: self.leader(),
+            });
+        }
+        let target = raft_id(to);
+        let deadline = tokio::time::Instant::now() + within;
+        self.hold.send_replace(true);
+        struct Release<'a>(&'a tokio::sync::watch::Sender<bool>);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.send_replace(false);
+            }
+        }
+        let _release = Release(&self.hold);
+        loop {
+            let (last, matched) = {
+                let m = self.raft.metrics();
+                let m = m.borrow();
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&target).cloned().flatten())
+                    .map(|l| l.index);
+                (m.last_log_index, matched)
+            };
+            if matched.is_some() && matched >= last {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClusterError::Raft(format!(
+                    "{to} did not catch up within {} ms (at {matched:?} of {last:?})",
+                    within.as_millis()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.transport
+            .call(to, &Request::Elect, remaining.max(Duration::from_millis(50)))
+            .await
+            .map_err(|e| ClusterError::LeaderUnreachable {
+                leader: to.to_string(),
+                reason: e.to_string(),
+            })?;
+        while tokio::time::Instant::now() < deadline {
+            if self.leader().is_some_and(|l| l != self.me) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Err(ClusterError::Raft(format!(
+            "{to} did not take over within {} ms",
+            within.as_millis()
+        )))
+    }
+
     /// Commits `cmd` on this node, which must be the leader.
     pub async fn write_local(&self, cmd: Command) -> Result<CommandResult, ClusterError> {
+        self.unheld().await;
         match self.raft.client_write(cmd).await {
             Ok(r) => Ok(r.data),
             // Leadership moved between our check and the write: the caller may retry.
@@ -794,6 +880,7 @@ impl Cluster {
         if matches!(cmd, Command::Store { .. }) {
             self.space.check()?;
         }
+        self.unheld().await;
         let rx = self
             .raft
             .client_write_ff(cmd)

@@ -588,7 +588,14 @@ impl Batched for NoBatch {
 impl ClusterState {
     /// Records a membership change in the history (the table itself is the state machine's).
     pub fn membership_changed(&mut self, change: &str, at: u64) {
-        self.event(at, EventKind::MembershipChanged, None, None, change.to_string(), None);
+        self.event(
+            at,
+            EventKind::MembershipChanged,
+            None,
+            None,
+            change.to_string(),
+            None,
+        );
     }
 
     fn event(

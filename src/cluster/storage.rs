@@ -895,8 +895,9 @@ impl StateMachine {
         let db2 = db.clone();
         let stored = blocking(move || load_snapshot(&db2)).await?;
         let data = match stored {
-            Some(s) => decode_sm(&s.data)
-                .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?,
+            Some(s) => {
+                decode_sm(&s.data).map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?
+            }
             None => SmData::default(),
         };
         let (tx, _) = watch::channel(data.last_applied.map_or(0, |l| l.index));

@@ -694,7 +694,9 @@ impl Transport {
     /// and the protocol version's negotiation, within [`CONNECT_DEADLINE`]. The connection is
     /// installed in the path's slot.
     async fn connect_path(&self, peer: &str, idx: usize, generation: u64) -> Result<Arc<Conn>, String> {
-        let p = self.peer(peer).ok_or_else(|| format!("{peer} is no longer a member"))?;
+        let p = self
+            .peer(peer)
+            .ok_or_else(|| format!("{peer} is no longer a member"))?;
         let path = &p.paths[idx];
         let deadline = tokio::time::Instant::now() + CONNECT_DEADLINE;
         let attempt = async {
@@ -817,8 +819,10 @@ impl Transport {
         if self.inner.beat.set(cancel).is_err() {
             return;
         }
-        let peers: Vec<(String, Arc<Peer>)> =
-            read(&self.inner.peers).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let peers: Vec<(String, Arc<Peer>)> = read(&self.inner.peers)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         for (peer, p) in peers {
             self.beat_peer(&peer, &p);
         }
@@ -852,8 +856,11 @@ impl Transport {
         let mut removed = Vec::new();
         {
             let mut map = self.inner.peers.write().unwrap_or_else(|p| p.into_inner());
-            let wanted: BTreeMap<&str, &Vec<SocketAddr>> =
-                peers.iter().filter(|(id, _)| *id != self.inner.me).map(|(id, a)| (id.as_str(), a)).collect();
+            let wanted: BTreeMap<&str, &Vec<SocketAddr>> = peers
+                .iter()
+                .filter(|(id, _)| *id != self.inner.me)
+                .map(|(id, a)| (id.as_str(), a))
+                .collect();
             map.retain(|id, p| {
                 let keep = wanted
                     .get(id.as_str())

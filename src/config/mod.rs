@@ -1658,7 +1658,10 @@ pub fn check_member(m: &Member) -> Result<(), ConfigError> {
 fn check_member_at(key: &str, m: &Member) -> Result<(), ConfigError> {
     validate_name(&format!("{key}.id"), &m.id)?;
     if m.addresses.is_empty() {
-        return Err(invalid(format!("{key}.addresses"), "at least one address is required"));
+        return Err(invalid(
+            format!("{key}.addresses"),
+            "at least one address is required",
+        ));
     }
     if m.addresses.len() > MAX_PATHS {
         return Err(invalid(

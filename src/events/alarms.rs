@@ -228,9 +228,7 @@ pub fn evaluate(status: &Status, records: &BTreeMap<String, NodeRecord>) -> BTre
     if reachable_voters <= majority {
         out.insert(
             "quorum-at-risk".to_string(),
-            format!(
-                "{reachable_voters} of {voters} voters reachable: one more failure loses the quorum"
-            ),
+            format!("{reachable_voters} of {voters} voters reachable: one more failure loses the quorum"),
         );
     }
     for n in status.nodes.iter().filter(|n| n.lost_log) {

@@ -147,30 +147,27 @@ async fn refresh_grant_bound(node: &Arc<Node>, st: &mut State) {
     let me = node.cluster.me().to_string();
     let timeout = node.config.timing.heartbeat_interval;
     let members = node.cluster.members();
-    let asks = members
-        .iter()
-        .filter(|m| m.id != d.node && m.id != me)
-        .map(|m| {
-            let req = Request::LeaseBound {
-                leader: me.clone(),
-                node: d.node.clone(),
-            };
-            let transport = node.cluster.transport.clone();
-            let id = m.id.clone();
-            async move {
-                match transport.call(&id, &req, timeout).await {
-                    Ok(crate::cluster::rpc::Response::LeaseBound(ago)) => {
-                        let received = Instant::now();
-                        Ok(ago.map(|ms| {
-                            received
-                                .checked_sub(Duration::from_millis(ms))
-                                .unwrap_or(received)
-                        }))
-                    }
-                    _ => Err(()),
+    let asks = members.iter().filter(|m| m.id != d.node && m.id != me).map(|m| {
+        let req = Request::LeaseBound {
+            leader: me.clone(),
+            node: d.node.clone(),
+        };
+        let transport = node.cluster.transport.clone();
+        let id = m.id.clone();
+        async move {
+            match transport.call(&id, &req, timeout).await {
+                Ok(crate::cluster::rpc::Response::LeaseBound(ago)) => {
+                    let received = Instant::now();
+                    Ok(ago.map(|ms| {
+                        received
+                            .checked_sub(Duration::from_millis(ms))
+                            .unwrap_or(received)
+                    }))
                 }
+                _ => Err(()),
             }
-        });
+        }
+    });
     let replies = futures::future::join_all(asks).await;
     if replies.iter().any(|r| r.is_err()) {
         return;
@@ -235,6 +232,7 @@ fn build_view(
     };
     let mut heard_count = 0;
     let voters = node.cluster.voters();
+    let lost = node.cluster.reverts.get();
     let nodes: Vec<NodeView> = voters
         .iter()
         .map(|m| {
@@ -247,8 +245,11 @@ fn build_view(
                 heard_count += 1;
             }
             let rec = records.get(&m.id);
+            // A node that lost its log is as far behind as can be, whatever it acknowledged.
             let matched = if m.id == me {
                 info.last_log_index
+            } else if lost.contains_key(&m.id) {
+                0
             } else {
                 info.matched.get(&m.id).copied().unwrap_or(0)
             };
@@ -384,10 +385,11 @@ async fn apply(node: &Arc<Node>, st: &mut State, action: Action, now: Instant) {
             if due && settled {
                 st.last_elect = Some(now);
                 tracing::info!(to = %to, "moving raft leadership to the active node");
-                let transport = node.cluster.transport.clone();
+                let cluster = node.cluster.clone();
+                let within = node.config.timing.failure_timeout;
                 tokio::spawn(async move {
-                    if let Err(e) = transport.call(&to, &Request::Elect, Duration::from_secs(1)).await {
-                        tracing::debug!(error = %e, "leadership transfer request failed");
+                    if let Err(e) = cluster.transfer_leadership(&to, within).await {
+                        tracing::info!(error = %e, "leadership transfer did not complete");
                     }
                 });
             }

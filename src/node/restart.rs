@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::shared::{Acting, Node};
-use crate::cluster::rpc::Request;
 
 /// How long the new binary gets to pass its preflight.
 const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -212,13 +211,8 @@ pub async fn prepare(node: &Arc<Node>) {
         let deadline = crate::config::later(Instant::now(), bound);
         'moved: for to in candidates.iter().cycle().take(candidates.len() * 3) {
             tracing::info!(to = %to, "hot restart: moving raft leadership away first");
-            if let Err(e) = node
-                .cluster
-                .transport
-                .call(to, &Request::Elect, timing.failure_timeout)
-                .await
-            {
-                tracing::debug!(to = %to, error = %e, "leadership request failed");
+            if let Err(e) = node.cluster.transfer_leadership(to, timing.failure_timeout).await {
+                tracing::debug!(to = %to, error = %e, "leadership transfer did not complete");
             }
             let wait = crate::config::later(Instant::now(), timing.failure_timeout);
             while Instant::now() < wait.min(deadline) {
