@@ -13,6 +13,7 @@
 
 pub mod backend;
 pub mod disk;
+pub mod join;
 pub mod proxy;
 pub mod store;
 pub mod upgrade;

@@ -31,7 +31,7 @@ pub struct Row {
     pub p99_ms: f64,
 }
 
-fn redis_server(
+pub(crate) fn redis_server(
     dir: &Path,
     port: u16,
     extra: &[impl AsRef<std::ffi::OsStr>],
@@ -50,7 +50,7 @@ fn redis_server(
 }
 
 /// Runs `redis-cli -p PORT ARGS...` every 100 ms until its output satisfies `ok`.
-fn wait_redis(
+pub(crate) fn wait_redis(
     port: u16,
     args: &[&str],
     ok: impl Fn(&str) -> bool,

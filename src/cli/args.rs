@@ -332,6 +332,16 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// How long a node added to a running cluster takes to catch up on N keys and vote
+    /// (`standin member add`), beside a fresh Redis replica's full sync of the same keys.
+    Join {
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Zero-downtime changes (BENCHMARKS.md §5): hot restarts and reloads of the active node
     /// under service and store load, beside a stop-and-start and HAProxy's own reloads.
     Upgrade {

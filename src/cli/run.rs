@@ -475,6 +475,18 @@ async fn bench(which: BenchCmd) -> Result<(), crate::lab::harness::HarnessError>
             rounds,
             json,
         } => bench::until_interrupted(bench::proxy::run(duration, connections, rounds, json)).await,
+        BenchCmd::Join {
+            keys,
+            value_size,
+            json,
+        } => {
+            let opts = bench::join::JoinOptions {
+                keys,
+                value_size,
+                json,
+            };
+            bench::until_interrupted(bench::join::run(opts)).await
+        }
         BenchCmd::Upgrade {
             restarts,
             reloads,

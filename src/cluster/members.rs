@@ -518,6 +518,10 @@ impl Live {
             .map(|m| (m.id.clone(), m.addresses.clone()))
             .collect();
         self.transport.set_peers(&peers);
+        if list.iter().any(|m| m.id == self.me) {
+            // A joining node now knows every member.
+            self.transport.set_joining(false);
+        }
         let ids: Vec<&str> = list.iter().map(|m| m.id.as_str()).collect();
         tracing::info!(members = ?ids, "membership changed");
         *self.list.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(list);

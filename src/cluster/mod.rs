@@ -630,6 +630,10 @@ impl Cluster {
                 .await
                 .map_err(|e| ClusterError::Raft(e.to_string()))
         };
+        if config.node.join && self.sm.read(|d| d.ext.members.is_none()) {
+            // Until the member table arrives, the leader may be a node this config omits.
+            self.transport.set_joining(true);
+        }
         if initialized().await? {
             return Ok(());
         }
@@ -922,7 +926,11 @@ impl Cluster {
     /// saved (a vote for term 2^64-1 would be saved, then overflow openraft for good).
     fn admit(&self, from: &str, vote: &openraft::Vote<NodeId>, is_vote: bool) -> Result<(), String> {
         let claimed = vote.leader_id().voted_for();
-        let Some(name) = claimed.and_then(|id| self.name_of(id)) else {
+        // A joining node does not know every member yet: the sender's proven name stands in,
+        // as long as it is the one the message claims.
+        let joining =
+            || (self.transport.joining() && claimed == Some(raft_id(from))).then(|| from.to_string());
+        let Some(name) = claimed.and_then(|id| self.name_of(id)).or_else(joining) else {
             return Err(format!("{claimed:?} is not a member"));
         };
         if name != from {

@@ -48,15 +48,24 @@ fn eligible(v: &ClusterView, n: &NodeView, now: Millis) -> bool {
         && v.reachable(&n.id, now)
 }
 
-/// The best candidate other than `exclude`: priority first, then the most caught-up, then the
-/// name (so that the choice is deterministic).
+/// The best candidate other than `exclude`: one on the active (or deposed) node's site first
+/// when sites are set (a standby across a WAN link is the last resort, not a peer), then
+/// priority, then the most caught-up, then the name (so that the choice is deterministic).
 fn best_candidate<'a>(v: &'a ClusterView, now: Millis, exclude: Option<&str>) -> Option<&'a NodeView> {
+    let home = v
+        .active
+        .as_deref()
+        .or(v.deposed.as_ref().map(|d| d.node.as_str()))
+        .and_then(|a| v.node(a))
+        .and_then(|n| n.site.as_deref());
+    let away = |n: &NodeView| home.is_some() && n.site.as_deref() != home;
     v.nodes
         .iter()
         .filter(|n| Some(n.id.as_str()) != exclude && eligible(v, n, now))
         .min_by(|a, b| {
-            b.priority
-                .cmp(&a.priority)
+            away(a)
+                .cmp(&away(b))
+                .then(b.priority.cmp(&a.priority))
                 .then(b.matched.cmp(&a.matched))
                 .then(a.id.cmp(&b.id))
         })

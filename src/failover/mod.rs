@@ -76,6 +76,8 @@ pub struct NodeView {
     pub maintenance: bool,
     /// A promotion of this node failed; it is not a candidate before this time.
     pub excluded_until: Option<Millis>,
+    /// The member's `site` label: a candidate on the active node's site is preferred.
+    pub site: Option<String>,
 }
 
 /// An active node that was deposed and whose lease may still be running.

@@ -36,6 +36,7 @@ fn node(id: &str, priority: u32) -> NodeView {
         matched: 1000,
         maintenance: false,
         excluded_until: None,
+        site: None,
     }
 }
 
@@ -317,6 +318,33 @@ fn scenarios() -> Vec<Scenario> {
             "two candidates: higher priority wins",
             |v| {
                 add_c(v, 80, 10);
+                lose(v, "a");
+                deposed(v, "a", false, NodeLost);
+            },
+            EXPIRY,
+            vec![promote("c", 6, Some("a"), NodeLost, true)],
+        ),
+        row(
+            "sites: a standby on the lost active's site wins over a higher priority elsewhere",
+            |v| {
+                add_c(v, 80, 1000);
+                n(v, "a").site = Some("east".into());
+                n(v, "b").site = Some("east".into());
+                n(v, "c").site = Some("west".into());
+                lose(v, "a");
+                deposed(v, "a", false, NodeLost);
+            },
+            EXPIRY,
+            vec![promote("b", 6, Some("a"), NodeLost, true)],
+        ),
+        row(
+            "sites: with none healthy on the active's site, the other site takes over",
+            |v| {
+                add_c(v, 80, 1000);
+                n(v, "a").site = Some("east".into());
+                n(v, "b").site = Some("east".into());
+                n(v, "b").healthy = false;
+                n(v, "c").site = Some("west".into());
                 lose(v, "a");
                 deposed(v, "a", false, NodeLost);
             },
@@ -863,6 +891,7 @@ fn arb_node(id: &'static str) -> impl Strategy<Value = NodeView> {
                     matched,
                     maintenance,
                     excluded_until,
+                    site: None,
                 }
             },
         )

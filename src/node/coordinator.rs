@@ -263,6 +263,7 @@ fn build_view(
                 in_sync: matched.saturating_add(cfg.timing.max_lag) >= info.last_log_index,
                 matched,
                 maintenance: rec.is_some_and(|r| r.maintenance),
+                site: m.site.clone(),
                 excluded_until: st
                     .excluded
                     .get(&m.id)
