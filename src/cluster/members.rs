@@ -83,6 +83,17 @@ pub enum MemberError {
     Cluster(#[from] ClusterError),
 }
 
+/// The warning for `n` voters when it is an even number: allowed, but it tolerates no more
+/// failures than one voter fewer.
+pub fn even_voters(n: usize) -> Option<String> {
+    (n > 0 && n.is_multiple_of(2)).then(|| {
+        format!(
+            "{n} voters: an even number tolerates no more failures than {} (add or remove a witness)",
+            n - 1
+        )
+    })
+}
+
 /// The differences between a config's `[[member]]` list and the live table, one line each.
 pub fn drift(configured: &[Member], live: &[Member]) -> Vec<String> {
     let mut out = Vec::new();
@@ -213,14 +224,7 @@ impl Cluster {
                 lost_log: lost.get(&m.id).cloned(),
             });
         }
-        let mut warnings = Vec::new();
-        let n = voters.len();
-        if n > 0 && n % 2 == 0 {
-            warnings.push(format!(
-                "{n} voters: an even number tolerates no more failures than {} (add or remove a witness)",
-                n - 1
-            ));
-        }
+        let warnings = even_voters(voters.len()).into_iter().collect();
         MembersView {
             view_from: self.me.clone(),
             leader: metrics.current_leader.and_then(|id| self.name_of(id)),
@@ -244,10 +248,7 @@ impl Cluster {
         Ok(())
     }
 
-    fn raft_err<E: std::fmt::Display>(&self, e: openraft::error::RaftError<NodeId, E>) -> MemberError
-    where
-        E: std::error::Error,
-    {
+    fn raft_err<E: std::error::Error>(&self, e: openraft::error::RaftError<NodeId, E>) -> MemberError {
         MemberError::Cluster(ClusterError::Raft(e.to_string()))
     }
 

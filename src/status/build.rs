@@ -164,17 +164,9 @@ pub fn build_status(node: &Node) -> Status {
         }
         .to_string(),
         membership_drift: crate::cluster::members::drift(&cfg.members, &members),
-        membership_warnings: {
-            let voters = node.cluster.voters().len();
-            if voters > 0 && voters % 2 == 0 {
-                vec![format!(
-                    "{voters} voters: an even number tolerates no more failures than {} (add or remove a witness)",
-                    voters - 1
-                )]
-            } else {
-                Vec::new()
-            }
-        },
+        membership_warnings: crate::cluster::members::even_voters(node.cluster.voters().len())
+            .into_iter()
+            .collect(),
     }
 }
 
