@@ -193,9 +193,11 @@ pub fn render_status(s: &Status) -> String {
             sw.target.as_deref().unwrap_or("the best standby")
         ));
     }
+    let sites = s.nodes.iter().any(|n| n.site.is_some());
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(vec![
+    let mut header = if sites { vec!["site"] } else { Vec::new() };
+    header.extend([
         "node",
         "kind",
         "prio",
@@ -208,18 +210,33 @@ pub fn render_status(s: &Status) -> String {
         "paths",
         "cert expires",
     ]);
-    for n in &s.nodes {
+    t.set_header(header);
+    // Grouped by site when members have one.
+    let mut nodes: Vec<&NodeStatus> = s.nodes.iter().collect();
+    if sites {
+        nodes.sort_by(|a, b| a.site.cmp(&b.site));
+    }
+    for n in nodes {
         let checks = n
             .checks
             .iter()
             .map(|c| format!("{} {}", c.name, if c.healthy { "ok" } else { "FAIL" }))
             .collect::<Vec<_>>()
             .join("\n");
-        t.add_row(vec![
+        let mut row = if sites {
+            vec![n.site.clone().unwrap_or_else(|| "-".into())]
+        } else {
+            Vec::new()
+        };
+        row.extend([
             n.id.clone(),
             n.kind.to_string(),
             n.priority.to_string(),
-            n.role.clone(),
+            match (n.raft.as_str(), n.lost_log) {
+                (_, true) => format!("{} (LOST LOG: member replace {} {})", n.role, n.id, n.id),
+                ("voter", _) => n.role.clone(),
+                (raft, _) => format!("{} ({raft})", n.role),
+            },
             if n.kind == crate::config::NodeKind::Witness {
                 "-".into()
             } else {
@@ -240,9 +257,16 @@ pub fn render_status(s: &Status) -> String {
                 None => "-".to_string(),
             },
         ]);
+        t.add_row(row);
     }
     out.push_str(&t.to_string());
     out.push('\n');
+    for w in &s.membership_warnings {
+        out.push_str(&format!("warning: {w}\n"));
+    }
+    for d in &s.membership_drift {
+        out.push_str(&format!("drift ({}'s config file): {d}\n", s.view_from));
+    }
     out
 }
 
