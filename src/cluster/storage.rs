@@ -1206,8 +1206,10 @@ mod tests {
             state: &'a ClusterState,
             kv: &'a crate::kv::db::Db,
         }
-        let mut sm = SmData::default();
-        sm.last_applied = Some(LogId::new(CommittedLeaderId::new(3, 1), 42));
+        let mut sm = SmData {
+            last_applied: Some(LogId::new(CommittedLeaderId::new(3, 1), 42)),
+            ..Default::default()
+        };
         sm.state.epoch = 7;
         let old = postcard::to_allocvec(&OldSm {
             last_applied: &sm.last_applied,
