@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use standin::lab::harness::{LocalCluster, Spec};
+use standin::lab::probe::Prober;
 use standin::status::Status;
 
 mod common;
@@ -177,6 +178,22 @@ fn voters(s: &Status) -> Vec<String> {
         .collect()
 }
 
+/// Probes every data node's service (joiners included) every 10 ms: two nodes answering as
+/// active in one round, or an epoch going back, is counted.
+fn prober(c: &LocalCluster) -> Prober {
+    Prober::start(
+        c.nodes.iter().filter_map(|n| n.service).collect(),
+        Duration::from_millis(10),
+    )
+}
+
+/// Stops the prober: no round saw two actives or an old epoch.
+async fn never_two_actives(p: Prober) {
+    let stale = p.stale_answers();
+    p.stop().await;
+    assert_eq!(stale, 0, "rounds with two active nodes or an epoch going back");
+}
+
 /// Every started daemon is still running (none panicked or exited).
 fn all_alive(c: &mut LocalCluster) {
     for n in &mut c.nodes {
@@ -212,6 +229,7 @@ async fn grow_to_five_and_back_under_writes() {
         .map(|id| c.node(id).and_then(|n| n.store).expect("store"))
         .collect();
     let load = Load::start(stores, "grow");
+    let probe = prober(&c);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // c's file lists only itself and the witness (never the Raft leader): it learns the
@@ -286,6 +304,7 @@ async fn grow_to_five_and_back_under_writes() {
     assert!(unexpected.is_empty(), "keys nobody wrote: {unexpected:?}");
     assert_eq!(s.epoch, before.epoch, "no failover while the membership changed");
     assert_eq!(s.active, before.active);
+    never_two_actives(probe).await;
     all_alive(&mut c);
 }
 
@@ -305,6 +324,7 @@ async fn a_wiped_node_is_kept_out_and_replaced() {
     let admin = c.node(&active).expect("active").admin;
     let store = c.node(&active).and_then(|n| n.store).expect("store");
     let load = Load::start(vec![store], "wipe");
+    let probe = prober(&c);
     tokio::time::sleep(Duration::from_secs(1)).await;
     // The coordinator moves Raft leadership to the active node: the leader then has the
     // standby's acknowledgements when its log goes.
@@ -388,6 +408,7 @@ async fn a_wiped_node_is_kept_out_and_replaced() {
     .expect("join");
     assert!(n >= acked, "the replaced node has {n} of {acked} keys");
     assert_eq!(s.epoch, before.epoch, "a standby's replacement moves no role");
+    never_two_actives(probe).await;
     all_alive(&mut c);
 }
 
@@ -415,6 +436,7 @@ async fn removing_the_active_node_switches_over_first() {
         .map(|id| c.node(id).and_then(|n| n.store).expect("store"))
         .collect();
     let load = Load::start(stores.clone(), "remove");
+    let probe = prober(&c);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let (code, out, err) = standin(via, &["member", "remove", &active, "--timeout", "30s"]);
@@ -428,6 +450,7 @@ async fn removing_the_active_node_switches_over_first() {
         .await
         .expect("removed");
     assert_eq!(s.epoch, before.epoch + 1, "exactly one switchover");
+    never_two_actives(probe).await;
     assert!(
         s.membership_warnings.iter().any(|w| w.contains("2 voters")),
         "{:?}",
