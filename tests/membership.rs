@@ -278,6 +278,26 @@ async fn grow_to_five_and_back_under_writes() {
     assert_eq!(raft_of("c").as_deref(), Some("voter"), "{out}");
     assert_eq!(raft_of("v").as_deref(), Some("voter"), "{out}");
 
+    // The files of a and b do not list the new members: the leader raises a drift alarm for
+    // each (it asks every member every 5 s).
+    let drift_raised = |events: &[standin::cluster::state::Event], id: &str| {
+        events.iter().any(|e| {
+            e.kind == standin::cluster::state::EventKind::AlarmRaised
+                && e.detail.starts_with(&format!("membership-drift:{id}:"))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = c.events("a").await.unwrap_or_default();
+        if drift_raised(&events, "a") && drift_raised(&events, "b") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no membership-drift alarms for a and b: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     // Back to three.
     for id in ["v", "c"] {
         let (code, out, err) = standin(admin_a, &["member", "remove", id, "--timeout", "30s"]);

@@ -23,6 +23,65 @@ const EVERY: Duration = Duration::from_millis(250);
 /// Events older than this are not notified by a leader that finds them unnotified.
 const STALE_AFTER: Duration = Duration::from_secs(300);
 
+/// How often the leader asks every member where its config file disagrees with the live
+/// membership (the `membership-drift:ID` alarms).
+const DRIFT_EVERY: Duration = Duration::from_secs(5);
+
+/// Each member's config-file drift (see [`crate::cluster::members::drift`]): the leader's own
+/// from `status`, the others' from their own status, asked over the cluster transport. A
+/// member that does not answer keeps what it said last (its absence is its own alarm).
+async fn member_drift(
+    cluster: &Cluster,
+    status: &Status,
+    previous: &BTreeMap<String, Vec<String>>,
+) -> BTreeMap<String, Vec<String>> {
+    use crate::cluster::rpc::{Request, Response};
+    let members = cluster.members();
+    let asks = members.iter().filter(|m| m.id != status.view_from).map(|m| {
+        let id = m.id.clone();
+        async move {
+            let answer = cluster
+                .transport
+                .call(&id, &Request::Status, Duration::from_millis(500))
+                .await;
+            let drift = match answer {
+                Ok(Response::Json(s)) => serde_json::from_str::<Status>(&s)
+                    .ok()
+                    .map(|s| s.membership_drift),
+                _ => None,
+            };
+            (id, drift)
+        }
+    });
+    let mut out: BTreeMap<String, Vec<String>> = futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .filter_map(|(id, d)| {
+            let d = d.or_else(|| previous.get(&id).cloned())?;
+            Some((id, d))
+        })
+        .collect();
+    out.insert(status.view_from.clone(), status.membership_drift.clone());
+    out
+}
+
+/// `membership-drift:ID` for each member whose config file disagrees with the membership.
+fn drift_alarms(drift: &BTreeMap<String, Vec<String>>) -> BTreeMap<String, String> {
+    drift
+        .iter()
+        .filter(|(_, d)| !d.is_empty())
+        .map(|(id, d)| {
+            (
+                format!("membership-drift:{id}"),
+                format!(
+                    "the config file of {id} disagrees with the live membership: {}",
+                    d.join("; ")
+                ),
+            )
+        })
+        .collect()
+}
+
 /// On the leader: notifies new events and raises or clears alarms from this node's own view
 /// (`status`), until `cancel` fires.
 pub async fn run(
@@ -39,6 +98,8 @@ pub async fn run(
     // A new leader's view needs a moment (heartbeats, reports) before it judges anything.
     let grace = config.timing.settle_grace();
     let mut leading: Option<(u64, Instant)> = None;
+    let mut drift: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut drift_asked: Option<Instant> = None;
     // Events up to this sequence number were handled (by us or a previous leader).
     let mut handled: u64 = 0;
     let mut tick = tokio::time::interval(EVERY);
@@ -96,7 +157,12 @@ pub async fn run(
         }
         if leading.is_some_and(|(_, since)| since.elapsed() >= grace) {
             let status = status.own_status();
-            let want = evaluate(&status, &records);
+            if drift_asked.is_none_or(|t| t.elapsed() >= DRIFT_EVERY) {
+                drift_asked = Some(Instant::now());
+                drift = member_drift(&cluster, &status, &drift).await;
+            }
+            let mut want = evaluate(&status, &records);
+            want.extend(drift_alarms(&drift));
             let at = unix_ms();
             for (key, detail) in &want {
                 if !raised.contains_key(key) {
@@ -237,16 +303,6 @@ pub fn evaluate(status: &Status, records: &BTreeMap<String, NodeRecord>) -> BTre
             format!(
                 "{0} answered with less log than it had acknowledged (its data directory was lost?); it is kept out of replication: run `standin member replace {0} {0}`",
                 n.id
-            ),
-        );
-    }
-    if !status.membership_drift.is_empty() {
-        out.insert(
-            format!("membership-drift:{}", status.view_from),
-            format!(
-                "the config file of {} disagrees with the live membership: {}",
-                status.view_from,
-                status.membership_drift.join("; ")
             ),
         );
     }
