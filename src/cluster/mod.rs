@@ -825,6 +825,9 @@ impl Cluster {
         }
         let target = raft_id(to);
         let deadline = tokio::time::Instant::now() + within;
+        // Writes wait at most an election timeout for the target to catch up (then the attempt
+        // is given up and writes go on): lease renewals are reads and never wait.
+        let catch_up_by = deadline.min(tokio::time::Instant::now() + self.election_timeout);
         self.hold.send_replace(true);
         struct Release<'a>(&'a tokio::sync::watch::Sender<bool>);
         impl Drop for Release<'_> {
@@ -847,10 +850,10 @@ impl Cluster {
             if matched.is_some() && matched >= last {
                 break;
             }
-            if tokio::time::Instant::now() >= deadline {
+            if tokio::time::Instant::now() >= catch_up_by {
                 return Err(ClusterError::Raft(format!(
                     "{to} did not catch up within {} ms (at {matched:?} of {last:?})",
-                    within.as_millis()
+                    self.election_timeout.as_millis()
                 )));
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
