@@ -866,7 +866,9 @@ impl Cluster {
                 leader: to.to_string(),
                 reason: e.to_string(),
             })?;
-        while tokio::time::Instant::now() < deadline {
+        // The target campaigns at once; an election takes a round trip and an fsync.
+        let elected_by = deadline.min(tokio::time::Instant::now() + self.election_timeout * 2);
+        while tokio::time::Instant::now() < elected_by {
             if self.leader().is_some_and(|l| l != self.me) {
                 return Ok(());
             }
