@@ -165,8 +165,16 @@ impl Cluster {
             .collect()
     }
 
+    /// Every voter by name, or `None` while a voter's name is not known yet (this node has not
+    /// applied the entry that added it): a question that needs every voter's answer cannot
+    /// be complete then.
+    pub fn all_voters(&self) -> Option<Vec<Member>> {
+        let voters = self.voters();
+        (voters.len() == self.raft_ids(true).len()).then_some(voters)
+    }
+
     /// Raft ids of the voters (`voters`) or of the learners.
-    fn raft_ids(&self, voters: bool) -> BTreeSet<NodeId> {
+    pub(super) fn raft_ids(&self, voters: bool) -> BTreeSet<NodeId> {
         let m = self.raft.metrics();
         let m = m.borrow();
         let membership = m.membership_config.membership();
@@ -323,6 +331,12 @@ impl Cluster {
             }
             RaftRole::Learner => {}
         }
+        if let Some(lost) = self.reverts.get().get(id) {
+            return Err(MemberError::Refused(format!(
+                "{id} lost its log (it had acknowledged up to {}): replace it (`standin member replace {id} {id}`)",
+                lost.acknowledged
+            )));
+        }
         let view = self.members_view();
         let lag = view
             .members
@@ -374,14 +388,19 @@ impl Cluster {
                     "{id} is the last data node that votes: the cluster would have no node to run the service"
                 )));
             }
+            // A voter counts if it answers heartbeats and its Raft takes appends: one that lost
+            // its log answers pings but acknowledges nothing, and a joint configuration that
+            // needs it would never commit.
+            let lost = self.reverts.get();
             let heard = rest
                 .iter()
                 .filter(|v| {
                     v.id == self.me
-                        || self
-                            .transport
-                            .last_heard(&v.id)
-                            .is_some_and(|t| t.elapsed() < self.election_timeout * 4)
+                        || (!lost.contains_key(&v.id)
+                            && self
+                                .transport
+                                .last_heard(&v.id)
+                                .is_some_and(|t| t.elapsed() < self.election_timeout * 4))
                 })
                 .count();
             if heard * 2 <= rest.len() {
@@ -394,9 +413,29 @@ impl Cluster {
         if id == self.me {
             // openraft lets a leader remove itself, but this node then stops leading in the
             // middle of the change: hand leadership to another data voter first.
-            let Some(to) = voters.iter().find(|v| v.id != id && v.kind == NodeKind::Data) else {
+            // The active node if it is another, else the most caught-up reachable data voter.
+            let view = self.members_view();
+            let lost = self.reverts.get();
+            let to = voters
+                .iter()
+                .filter(|v| v.id != id && v.kind == NodeKind::Data && !lost.contains_key(&v.id))
+                .filter(|v| {
+                    self.transport
+                        .last_heard(&v.id)
+                        .is_some_and(|t| t.elapsed() < self.election_timeout * 4)
+                })
+                .max_by_key(|v| {
+                    let matched = view
+                        .members
+                        .iter()
+                        .find(|m| m.member.id == v.id)
+                        .and_then(|m| m.matched)
+                        .unwrap_or(0);
+                    (active == Some(v.id.as_str()), matched)
+                });
+            let Some(to) = to else {
                 return Err(MemberError::Refused(format!(
-                    "no other data voter can lead once {id} is gone"
+                    "no other reachable data voter can lead once {id} is gone"
                 )));
             };
             if let Err(e) = self.transfer_leadership(&to.id, self.election_timeout * 4).await {

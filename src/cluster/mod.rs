@@ -185,7 +185,10 @@ impl Reverts {
     }
 
     fn clear(&self, name: &str) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if m.remove(name).is_some() {
+            tracing::info!(peer = name, "replicating to {name} again");
+        }
     }
 }
 
@@ -196,7 +199,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         NetworkClient {
             transport: self.transport.clone(),
             target,
-            name: self.names.get(target).unwrap_or_default(),
+            names: self.names.clone(),
             reverts: self.reverts.clone(),
             acked: None,
             disk: self.disk.clone(),
@@ -213,7 +216,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct NetworkClient {
     transport: Transport,
     target: NodeId,
-    name: String,
+    /// Names are looked up per call: a stream made before this node applied the entry that
+    /// added the target would otherwise never learn its name.
+    names: Names,
     disk: DiskMark,
     /// Our own Raft metrics, for the current term.
     term: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, EmptyNode>>,
@@ -225,6 +230,12 @@ pub struct NetworkClient {
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, EmptyNode, RaftError<NodeId, E>>;
 
 impl NetworkClient {
+    /// The target's member name now (empty while it is unknown: the call then fails as an
+    /// unknown peer, and openraft retries).
+    fn name(&self) -> String {
+        self.names.get(self.target).unwrap_or_default()
+    }
+
     async fn send<E: std::error::Error>(
         &self,
         req: Request,
@@ -233,27 +244,34 @@ impl NetworkClient {
         // Transport failures are "network" errors, not "unreachable": openraft backs off for
         // 500 ms after an unreachable error, which would slow re-replication after a blip.
         self.transport
-            .call(&self.name, &req, option.hard_ttl())
+            .call(&self.name(), &req, option.hard_ttl())
             .await
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))
     }
 
     fn unexpected<E: std::error::Error>(&self, resp: Response) -> RpcErr<E> {
-        let e = std::io::Error::other(format!("unexpected reply from {}: {resp:?}", self.name));
+        let e = std::io::Error::other(format!("unexpected reply from {}: {resp:?}", self.name()));
         RPCError::Network(NetworkError::new(&e))
     }
 
     /// How far the target is known to match our log: what it acknowledged on this stream, or
     /// what openraft's replication metrics say (they outlive a stream restarted after a
     /// membership change).
-    fn matched(&self) -> Option<u64> {
-        let metrics = self
-            .term
-            .borrow()
-            .replication
-            .as_ref()
-            .and_then(|r| r.get(&self.target).cloned().flatten())
-            .map(|l| l.index);
+    /// Only metrics of the leadership `vote` this request is sent under count: a node that
+    /// lost and regained leadership may still show the previous term's progress, for a follower
+    /// whose unreplicated tail another leader truncated since.
+    fn matched(&self, vote: &openraft::Vote<NodeId>) -> Option<u64> {
+        let metrics = {
+            let m = self.term.borrow();
+            if m.vote == *vote {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(&self.target).cloned().flatten())
+                    .map(|l| l.index)
+            } else {
+                None
+            }
+        };
         metrics.max(self.acked.map(|l| l.index))
     }
 
@@ -265,8 +283,8 @@ impl NetworkClient {
 
     #[cold]
     fn refuse_answer<E: std::error::Error>(&self, vote: &openraft::Vote<NodeId>, why: String) -> RpcErr<E> {
-        tracing::warn!(peer = %self.name, term = vote.leader_id().get_term(), "implausible term in an answer; ignored");
-        let e = std::io::Error::other(format!("{} answered with {why}", self.name));
+        tracing::warn!(peer = %self.name(), term = vote.leader_id().get_term(), "implausible term in an answer; ignored");
+        let e = std::io::Error::other(format!("{} answered with {why}", self.name()));
         RPCError::Network(NetworkError::new(&e))
     }
 }
@@ -295,6 +313,7 @@ impl RaftNetwork<TypeConfig> for NetworkClient {
         // durable log (see `storage::DiskMark`). It learns the rest with the next request.
         rpc.leader_commit = self.disk.cap_commit(rpc.leader_commit);
         let prev = rpc.prev_log_id;
+        let vote = rpc.vote;
         let last = rpc.entries.last().map(|e| e.log_id).or(prev);
         // A run longer than the append budget is cut where the budget ends, measuring entries
         // one by one (counted, not encoded): a follower catching up on large store entries used to be sent runs of
@@ -332,7 +351,7 @@ impl RaftNetwork<TypeConfig> for NetworkClient {
             };
             match self
                 .transport
-                .call_within(&self.name, &req, option.hard_ttl(), limit)
+                .call_within(&self.name(), &req, option.hard_ttl(), limit)
                 .await
             {
                 Err(transport::TransportError::TooLarge { .. }) => {
@@ -353,16 +372,17 @@ impl RaftNetwork<TypeConfig> for NetworkClient {
         match resp {
             Response::AppendEntries(Ok(AppendEntriesResponse::Success)) if partial.is_some() => {
                 self.acked = self.acked.max(partial);
+                self.reverts.clear(&self.name());
                 Ok(AppendEntriesResponse::PartialSuccess(partial))
             }
             Response::AppendEntries(Ok(AppendEntriesResponse::Conflict)) => {
                 // A conflict at an index the target had already acknowledged: its log went
                 // back (see `Reverts`). Kept from openraft, which asserts this never happens.
                 let conflict = prev.map_or(0, |p| p.index);
-                match self.matched() {
+                match self.matched(&vote) {
                     Some(acknowledged) if prev.is_some() && conflict <= acknowledged => {
                         self.reverts.record(
-                            &self.name,
+                            &self.name(),
                             LostLog {
                                 acknowledged,
                                 conflict,
@@ -370,7 +390,7 @@ impl RaftNetwork<TypeConfig> for NetworkClient {
                         );
                         let e = std::io::Error::other(format!(
                             "{} lost log entries it had acknowledged (up to {acknowledged})",
-                            self.name
+                            self.name()
                         ));
                         Err(RPCError::Network(NetworkError::new(&e)))
                     }
@@ -380,6 +400,9 @@ impl RaftNetwork<TypeConfig> for NetworkClient {
             Response::AppendEntries(Ok(r)) => {
                 if matches!(r, AppendEntriesResponse::Success) {
                     self.acked = self.acked.max(last);
+                    // Replicating again (re-added, or a leader that never had its
+                    // acknowledgements): no longer kept out.
+                    self.reverts.clear(&self.name());
                 }
                 if let AppendEntriesResponse::PartialSuccess(p) = &r {
                     self.acked = self.acked.max(*p);
@@ -523,7 +546,7 @@ pub struct Cluster {
     pub reverts: Reverts,
     /// Set while leadership is handed over: new writes wait (see
     /// [`Cluster::transfer_leadership`]).
-    hold: Arc<tokio::sync::watch::Sender<bool>>,
+    hold: Arc<tokio::sync::watch::Sender<u32>>,
     me: String,
 }
 
@@ -629,7 +652,7 @@ impl Cluster {
             names,
             live,
             reverts,
-            hold: Arc::new(tokio::sync::watch::channel(false).0),
+            hold: Arc::new(tokio::sync::watch::channel(0).0),
             me: me.id.clone(),
         };
         Ok(cluster)
@@ -807,9 +830,9 @@ impl Cluster {
 
     /// Waits while leadership is being handed over (at most a few election timeouts).
     async fn unheld(&self) {
-        if *self.hold.borrow() {
+        if *self.hold.borrow() > 0 {
             let mut rx = self.hold.subscribe();
-            let _ = tokio::time::timeout(self.election_timeout * 4, rx.wait_for(|h| !*h)).await;
+            let _ = tokio::time::timeout(self.election_timeout * 4, rx.wait_for(|h| *h == 0)).await;
         }
     }
 
@@ -828,11 +851,13 @@ impl Cluster {
         // Writes wait at most an election timeout for the target to catch up (then the attempt
         // is given up and writes go on): lease renewals are reads and never wait.
         let catch_up_by = deadline.min(tokio::time::Instant::now() + self.election_timeout);
-        self.hold.send_replace(true);
-        struct Release<'a>(&'a tokio::sync::watch::Sender<bool>);
+        // A count: hand-overs started at once (coordinator, removal, hot restart) do not
+        // release each other's pause.
+        self.hold.send_modify(|h| *h += 1);
+        struct Release<'a>(&'a tokio::sync::watch::Sender<u32>);
         impl Drop for Release<'_> {
             fn drop(&mut self) {
-                self.0.send_replace(false);
+                self.0.send_modify(|h| *h = h.saturating_sub(1));
             }
         }
         let _release = Release(&self.hold);
@@ -1139,7 +1164,11 @@ mod tests {
         let mut client = NetworkClient {
             transport: leader,
             target: 2,
-            name: "b".into(),
+            names: {
+                let names = Names::default();
+                names.set([(2, "b".to_string())].into());
+                names
+            },
             disk: disk.clone(),
             term: tokio::sync::watch::channel(openraft::RaftMetrics::new_initial(1)).1,
             reverts: Reverts::default(),

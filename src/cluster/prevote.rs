@@ -91,7 +91,8 @@ impl Cluster {
     /// vote for it.
     async fn prevote_round(&self, timeout: Duration) -> bool {
         let voters: Vec<String> = self.voters().into_iter().map(|m| m.id).collect();
-        let majority = voters.len() / 2 + 1;
+        // Of every voter, named or not yet (an unnamed one is not asked and counts as a no).
+        let majority = self.raft_ids(true).len().max(voters.len()) / 2 + 1;
         let last = self.last_log_id().await;
         let req = Request::PreVote { last_log: last };
         let asks = voters.iter().filter(|n| **n != self.me).map(|peer| {

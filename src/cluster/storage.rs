@@ -861,7 +861,12 @@ pub fn decode_sm(bytes: &[u8]) -> Result<SmData, postcard::Error> {
     match postcard::from_bytes::<SmData>(bytes) {
         Ok(d) => Ok(d),
         Err(postcard::Error::DeserializeUnexpectedEnd) => {
-            let old: SmDataV1 = postcard::from_bytes(bytes)?;
+            // Read as a snapshot without the table only if that is exactly what it is: a
+            // damaged table (cut, or a length gone wrong) must not pass for an absent one.
+            let (old, rest): (SmDataV1, &[u8]) = postcard::take_from_bytes(bytes)?;
+            if !rest.is_empty() {
+                return Err(postcard::Error::DeserializeUnexpectedEnd);
+            }
             Ok(SmData {
                 last_applied: old.last_applied,
                 membership: old.membership,
@@ -1238,6 +1243,10 @@ mod tests {
         assert_eq!(read.ext, sm.ext);
         let older_build: SmDataV1 = postcard::from_bytes(&new).expect("an older build reads it");
         assert_eq!(older_build.state.epoch, 7);
+        // A table cut short is an error, not an absent table.
+        for cut in old.len() + 1..new.len() {
+            assert!(decode_sm(&new[..cut]).is_err(), "cut at {cut} of {}", new.len());
+        }
     }
 
     proptest::proptest! {

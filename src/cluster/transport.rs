@@ -667,7 +667,10 @@ impl Transport {
         let Some(p) = self.peer(peer) else {
             return Err(PathError::Failed(format!("{peer} is no longer a member")));
         };
-        let path = &p.paths[idx];
+        // The peer may have been replaced (its addresses changed) since the caller chose `idx`.
+        let Some(path) = p.paths.get(idx) else {
+            return Err(PathError::Failed(format!("{peer} has no path {idx} any more")));
+        };
         let attempt = {
             let mut slot = match tokio::time::timeout_at(deadline, path.conn.lock()).await {
                 Ok(s) => s,
@@ -719,7 +722,10 @@ impl Transport {
         let p = self
             .peer(peer)
             .ok_or_else(|| format!("{peer} is no longer a member"))?;
-        let path = &p.paths[idx];
+        let path = p
+            .paths
+            .get(idx)
+            .ok_or_else(|| format!("{peer} has no path {idx} any more"))?;
         let deadline = tokio::time::Instant::now() + CONNECT_DEADLINE;
         let attempt = async {
             let (io, peer_not_after, settled) = self.open(peer, path.addr).await?;
@@ -942,7 +948,7 @@ impl Transport {
                 r = self.call_path(&peer, idx, &ping, ping_timeout, MAX_FRAME) => r,
             };
             let Some(p) = self.peer(&peer) else { return };
-            let path = &p.paths[idx];
+            let Some(path) = p.paths.get(idx) else { return };
             let ok = matches!(result, Ok(Response::Pong { nonce: n }) if n == nonce);
             {
                 let mut s = lock(&path.stats);

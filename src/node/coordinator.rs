@@ -146,8 +146,11 @@ async fn refresh_grant_bound(node: &Arc<Node>, st: &mut State) {
     }
     let me = node.cluster.me().to_string();
     let timeout = node.config.timing.heartbeat_interval;
-    let members = node.cluster.members();
-    let asks = members.iter().filter(|m| m.id != d.node && m.id != me).map(|m| {
+    // Every voter (a learner never granted anything); none while one's name is unknown.
+    let Some(voters) = node.cluster.all_voters() else {
+        return;
+    };
+    let asks = voters.iter().filter(|m| m.id != d.node && m.id != me).map(|m| {
         let req = Request::LeaseBound {
             leader: me.clone(),
             node: d.node.clone(),
