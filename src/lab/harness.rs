@@ -398,7 +398,7 @@ impl LocalCluster {
     /// The directory of the cluster CA and the node certificates (`ca.pem`, `ID.pem`,
     /// `ID.key`), when the cluster runs with TLS.
     pub fn certs_dir(&self) -> Option<PathBuf> {
-        self.spec.tls.then(|| self.spec.dir.join("certs"))
+        self.spec.tls.then(|| self.spec.certs_dir())
     }
 
     pub fn node(&self, id: &str) -> Option<&LocalNode> {
