@@ -226,11 +226,15 @@ pub enum Cmd {
         #[command(subcommand)]
         which: CertsCmd,
     },
-    /// Start a local 3-node cluster (a, b, witness w) with a demo HTTP service.
+    /// Start a local 3-node cluster (a, b, witness w) with a demo HTTP service; `demo
+    /// add-node` and `demo remove-node` grow and shrink it while it runs.
+    #[command(args_conflicts_with_subcommands = true)]
     Demo {
         /// Where configs, data and logs go (default: a new temporary directory).
         #[arg(long)]
         dir: Option<PathBuf>,
+        #[command(subcommand)]
+        cmd: Option<DemoCmd>,
     },
     /// Benchmarks (see README: Performance).
     Bench {
@@ -271,6 +275,37 @@ pub enum Cmd {
         /// One more gratuitous ARP this often while holding; 0: never.
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         garp_refresh: Duration,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DemoCmd {
+    /// Add a node to the demo running in DIR: writes DIR/ID.toml (`[node] join = true`) and
+    /// its certificate (the demo's CA), starts it (log in DIR/ID.log) and runs `standin member
+    /// add` (learner, catching up, voter). demo.json gains it; the demo stops it when it stops.
+    AddNode {
+        /// The new node's id (not one in demo.json): DIR/ID.toml, DIR/ID.log, DIR/ID-data.
+        id: String,
+        #[arg(long, value_parser = ["data", "witness"])]
+        kind: String,
+        /// The running demo's directory (`standin demo --dir DIR`).
+        #[arg(long)]
+        dir: PathBuf,
+        /// How long the new node may take to catch up and vote.
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Take out a node `demo add-node` added: `standin member remove` (a switchover first if
+    /// it is active), then its processes are stopped and demo.json drops it.
+    RemoveNode {
+        /// A node `demo add-node` added.
+        id: String,
+        /// The running demo's directory (`standin demo --dir DIR`).
+        #[arg(long)]
+        dir: PathBuf,
+        /// How long the removal may take (a switchover included).
+        #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
 }
 
@@ -494,7 +529,7 @@ impl Cmd {
             self,
             Cmd::Node { .. }
                 | Cmd::Proxy { .. }
-                | Cmd::Demo { .. }
+                | Cmd::Demo { cmd: None, .. }
                 | Cmd::Bench { .. }
                 | Cmd::BenchBackend { .. }
                 | Cmd::DemoService { .. }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
 
-use super::args::{Args, BenchCmd, CertsCmd, Cmd};
+use super::args::{Args, BenchCmd, CertsCmd, Cmd, DemoCmd};
 use super::{client, exit, CliError};
 use crate::config::{Config, EXIT_CONFIG};
 
@@ -235,7 +235,25 @@ async fn dispatch(
             } => crate::certs::issue(&id, &ca, out.as_deref(), &san, valid_for),
             CertsCmd::Show { file, json } => crate::certs::show(&file, json),
         }),
-        Cmd::Demo { dir } => done_alternate(crate::demo::run(dir, until_signal()).await),
+        Cmd::Demo { dir, cmd: None } => done_alternate(crate::demo::run(dir, until_signal()).await),
+        Cmd::Demo { cmd: Some(cmd), .. } => cli_result(match cmd {
+            DemoCmd::AddNode {
+                id,
+                kind,
+                dir,
+                timeout,
+            } => {
+                let kind = if kind == "witness" {
+                    crate::config::NodeKind::Witness
+                } else {
+                    crate::config::NodeKind::Data
+                };
+                crate::demo::nodes::add_node(&dir, &id, kind, timeout).await
+            }
+            DemoCmd::RemoveNode { id, dir, timeout } => {
+                crate::demo::nodes::remove_node(&dir, &id, timeout).await
+            }
+        }),
         Cmd::Bench { which } => done_alternate(bench(which).await),
         Cmd::BenchBackend { listen, answer } => {
             match crate::bench::backend::run(listen, answer, until_signal()).await {

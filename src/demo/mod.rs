@@ -1,55 +1,25 @@
 //! `standin demo`: a 3-node cluster on loopback (data nodes `a` and `b`, witness `w`) managing
 //! the built-in HTTP service, with a live status view. Writes `DIR/demo.json` so scripts can
-//! drive it, and stops every process it started on Ctrl-C or SIGTERM.
+//! drive it, and stops every process it started on Ctrl-C or SIGTERM, and the nodes
+//! `standin demo add-node` added since (`nodes`: they are in demo.json with their pids).
 //!
 //! The demo also runs a front proxy (in this process) with two failover listeners: the
 //! service's floating address (HTTP, with `X-Standin-Epoch`) and the store's (TCP). demo.json
 //! holds them as `floating` and `store_floating`.
 
+pub mod layout;
+pub mod nodes;
 pub mod service;
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::lab::harness::{HarnessError, LocalCluster, Spec};
-
-#[derive(Serialize, PartialEq)]
-struct DemoNode {
-    id: String,
-    kind: String,
-    pid: Option<u32>,
-    service_pid: Option<u32>,
-    admin: String,
-    service: Option<String>,
-    store: Option<String>,
-    /// Cluster addresses (one per path), TLS with client certificates.
-    addresses: Vec<String>,
-    /// The node's certificate and key: what a script needs to talk to the cluster ports as
-    /// this member.
-    cert: Option<String>,
-    key: Option<String>,
-}
-
-#[derive(Serialize, PartialEq)]
-struct DemoFile {
-    dir: String,
-    /// The service's floating address (the front proxy), host:port.
-    floating: String,
-    /// The store's floating address, host:port.
-    store_floating: String,
-    /// The front proxy's control API, host:port.
-    proxy_admin: String,
-    /// The cluster CA certificate (PEM) every node certificate is signed by.
-    ca: Option<String>,
-    /// The admin API token (mutations need it: `STANDIN_TOKEN`), and the file it is in.
-    token: String,
-    token_file: String,
-    nodes: Vec<DemoNode>,
-}
+use crate::lab::harness::{HarnessError, LocalCluster};
+use layout::{DemoFile, DemoNode};
 
 /// A token of 32 hex digits from the kernel's random source.
 fn random_token() -> Result<String, HarnessError> {
@@ -71,7 +41,7 @@ fn write_token(dir: &std::path::Path) -> Result<(String, PathBuf), HarnessError>
         .create(dir)
         .map_err(|e| HarnessError(format!("{}: {e}", dir.display())))?;
     let token = random_token()?;
-    let path = dir.join("api.token");
+    let path = layout::token_file(dir);
     std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -134,15 +104,7 @@ pub async fn run(dir: Option<PathBuf>, cancel: CancellationToken) -> Result<(), 
     };
     let binary = std::env::current_exe().map_err(|e| HarnessError(format!("cannot find own binary: {e}")))?;
     let (token, token_file) = write_token(&dir)?;
-    let mut spec = Spec::new(&dir, &binary);
-    spec.extra_toml = format!("[api]\ntoken-file = \"{}\"\n", token_file.display());
-    spec.hooks_toml = concat!(
-        "on-promote = \"echo promoted $STANDIN_NODE to epoch $STANDIN_EPOCH, previous: $STANDIN_PREVIOUS\"\n",
-        "on-demote = \"echo $STANDIN_NODE demoted\"\n",
-        "on-fence = \"echo fencing $STANDIN_PREVIOUS\"\n"
-    )
-    .to_string();
-    let mut cluster = LocalCluster::create(spec).await?;
+    let mut cluster = LocalCluster::create(layout::spec(&dir, &binary)).await?;
     cluster.start_all()?;
     let tty = std::io::stdout().is_terminal();
     let proxy_cancel = cancel.child_token();
@@ -199,13 +161,19 @@ pub async fn run(dir: Option<PathBuf>, cancel: CancellationToken) -> Result<(), 
     let result = live(&cluster, &dir, &floating, &secrets, tty, &cancel).await;
     proxy_cancel.cancel();
     println!("stopping the demo cluster...");
+    // The nodes `demo add-node` added are stopped too: they are in demo.json with their pids.
+    let added: Vec<DemoNode> = layout::read(&dir)
+        .map(|f| f.nodes.into_iter().filter(|n| n.added).collect())
+        .unwrap_or_default();
     let ids: Vec<String> = cluster.nodes.iter().map(|n| n.id.clone()).collect();
     for id in &ids {
         let _ = cluster.signal_daemon(id, nix::sys::signal::Signal::SIGTERM);
     }
+    nodes::terminate(&added);
     for id in &ids {
         let _ = cluster.stop(id, Duration::from_secs(10));
     }
+    nodes::stop_added(&added, Duration::from_secs(10)).await;
     drop(cluster);
     if remove_after {
         let _ = std::fs::remove_dir_all(&dir);
@@ -245,7 +213,20 @@ async fn live(
                 addresses: n.paths.iter().map(|p| p.to_string()).collect(),
                 cert: file_in(format!("{}.pem", n.id)),
                 key: file_in(format!("{}.key", n.id)),
+                added: false,
+                config: None,
             });
+        }
+        // The services of the nodes `demo add-node` added, as their daemons report them.
+        let mut service_pids = BTreeMap::new();
+        if last_file.is_some() {
+            for n in layout::read(dir).map(|f| f.nodes).unwrap_or_default() {
+                if n.added && n.kind == "data" {
+                    if let Some(pid) = nodes::lease_service_pid(&n.admin).await {
+                        service_pids.insert(n.id, pid);
+                    }
+                }
+            }
         }
         let file = DemoFile {
             dir: dir.display().to_string(),
@@ -257,14 +238,9 @@ async fn live(
             token_file: token_file.display().to_string(),
             nodes,
         };
-        if last_file.as_ref() != Some(&file) {
-            let text = serde_json::to_string_pretty(&file).map_err(|e| HarnessError(e.to_string()))?;
-            let tmp = dir.join("demo.json.tmp");
-            std::fs::write(&tmp, text)
-                .and_then(|_| std::fs::rename(&tmp, dir.join("demo.json")))
-                .map_err(|e| HarnessError(format!("cannot write demo.json: {e}")))?;
-            last_file = Some(file);
-        }
+        // The first write of this demo drops the added nodes a previous run in DIR left.
+        let fresh = last_file.is_none();
+        layout::publish(dir, file, fresh, &service_pids, &mut last_file)?;
         match cluster.status().await {
             Some(s) if tty => {
                 // Clear the screen and redraw.
