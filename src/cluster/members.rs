@@ -558,13 +558,62 @@ impl Live {
             .map(|m| (m.id.clone(), m.addresses.clone()))
             .collect();
         self.transport.set_peers(&peers);
-        if list.iter().any(|m| m.id == self.me) {
-            // A joining node now knows every member.
-            self.transport.set_joining(false);
-        }
         let ids: Vec<&str> = list.iter().map(|m| m.id.as_str()).collect();
         tracing::info!(members = ?ids, "membership changed");
         *self.list.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(list);
+    }
+}
+
+/// Most members a learned table may name.
+const MAX_LEARNED: usize = 64;
+
+/// While no leader reaches this node (for four election timeouts), asks the members it knows
+/// for their member lists and admits the members it lacks: a node that missed a membership
+/// change (it is joining, or was away while a node was added) would otherwise refuse a leader
+/// its table does not name, and never receive the entry that names it. Only members this
+/// node knows are asked (their certificates prove who they are), and what they name is only
+/// admitted, not made a member: the table itself still comes from the log. Runs until the
+/// node is gone.
+pub(super) async fn learn_members(
+    live: std::sync::Weak<Live>,
+    metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, EmptyNode>>,
+    contact: Arc<super::prevote::LeaderContact>,
+    election_timeout: Duration,
+) {
+    let every = (election_timeout * 4).max(Duration::from_millis(200));
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(live) = live.upgrade() else { return };
+        let leads = metrics.borrow().state == openraft::ServerState::Leader;
+        if leads || contact.recent(every) {
+            continue;
+        }
+        for peer in live.transport.peer_ids() {
+            let answer = live
+                .transport
+                .call(&peer, &super::rpc::Request::MemberTable, election_timeout * 2)
+                .await;
+            let Ok(super::rpc::Response::Json(json)) = answer else {
+                continue;
+            };
+            let Ok(list) = serde_json::from_str::<Vec<Member>>(&json) else {
+                continue;
+            };
+            if list.len() > MAX_LEARNED || list.iter().any(|m| crate::config::check_member(m).is_err()) {
+                tracing::warn!(peer = %peer, "a member's table was refused (too long or invalid)");
+                continue;
+            }
+            let peers: Vec<_> = list
+                .iter()
+                .filter(|m| m.id != live.me)
+                .map(|m| (m.id.clone(), m.addresses.clone()))
+                .collect();
+            for id in live.transport.add_peers(&peers) {
+                live.names.add(raft_id(&id), &id);
+                tracing::info!(peer = %id, from = %peer, "admitting {id}, a member this node's table lacks (learned from {peer})");
+            }
+            break;
+        }
     }
 }
 

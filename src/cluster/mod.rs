@@ -147,6 +147,14 @@ impl Names {
     fn set(&self, names: BTreeMap<NodeId, String>) {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = names;
     }
+
+    fn add(&self, id: NodeId, name: &str) {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id)
+            .or_insert_with(|| name.to_string());
+    }
 }
 
 /// Followers whose log went back behind what they had acknowledged to this leader: their data
@@ -655,6 +663,12 @@ impl Cluster {
             hold: Arc::new(tokio::sync::watch::channel(0).0),
             me: me.id.clone(),
         };
+        tokio::spawn(members::learn_members(
+            Arc::downgrade(&cluster.live),
+            cluster.raft.metrics(),
+            cluster.contact.clone(),
+            cluster.election_timeout,
+        ));
         Ok(cluster)
     }
 
@@ -674,10 +688,6 @@ impl Cluster {
                 .await
                 .map_err(|e| ClusterError::Raft(e.to_string()))
         };
-        if config.node.join && self.sm.read(|d| d.ext.members.is_none()) {
-            // Until the member table arrives, the leader may be a node this config omits.
-            self.transport.set_joining(true);
-        }
         if initialized().await? {
             return Ok(());
         }
@@ -977,11 +987,7 @@ impl Cluster {
     /// saved (a vote for term 2^64-1 would be saved, then overflow openraft for good).
     fn admit(&self, from: &str, vote: &openraft::Vote<NodeId>, is_vote: bool) -> Result<(), String> {
         let claimed = vote.leader_id().voted_for();
-        // A joining node does not know every member yet: the sender's proven name stands in,
-        // as long as it is the one the message claims.
-        let joining =
-            || (self.transport.joining() && claimed == Some(raft_id(from))).then(|| from.to_string());
-        let Some(name) = claimed.and_then(|id| self.name_of(id)).or_else(joining) else {
+        let Some(name) = claimed.and_then(|id| self.name_of(id)) else {
             return Err(format!("{claimed:?} is not a member"));
         };
         if name != from {
@@ -1037,6 +1043,13 @@ impl Cluster {
                 Response::Vote(self.raft.vote(r).await)
             }
             Request::InstallSnapshot(r) => Response::InstallSnapshot(self.raft.install_snapshot(r).await),
+            Request::MemberTable => match serde_json::to_string(&*self.members()) {
+                Ok(json) => Response::Json(json),
+                Err(e) => Response::Error {
+                    message: e.to_string(),
+                    retry: false,
+                },
+            },
             Request::Elect => match self.raft.trigger().elect().await {
                 Ok(()) => Response::Ok,
                 Err(e) => Response::Error {

@@ -66,6 +66,10 @@ pub enum Request {
         min: u32,
         max: u32,
     },
+    /// The sender's live member list (answered with JSON of `[[member]]`s): how a node that
+    /// missed a membership change (it joined, or was away) learns members its table lacks,
+    /// so that it admits a leader that was added while it was away. Appended last.
+    MemberTable,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -260,8 +260,7 @@ struct Inner {
     /// The heartbeats' parent token, once [`Transport::spawn_heartbeats`] ran: a peer added
     /// later gets its heartbeat tasks under it.
     beat: std::sync::OnceLock<CancellationToken>,
-    /// See [`Transport::set_joining`].
-    joining: std::sync::atomic::AtomicBool,
+
     next_id: AtomicU64,
     /// Source of ping nonces (seeded at random; see [`nonce_seed`]).
     next_nonce: AtomicU64,
@@ -334,7 +333,7 @@ impl Transport {
                 me,
                 peers: std::sync::RwLock::new(peers),
                 beat: std::sync::OnceLock::new(),
-                joining: std::sync::atomic::AtomicBool::new(false),
+
                 next_id: AtomicU64::new(1),
                 next_nonce: AtomicU64::new(nonce_seed()),
                 inbound: Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND_CONNS)),
@@ -427,23 +426,26 @@ impl Transport {
         read(&self.inner.peers).contains_key(name)
     }
 
-    /// Whether a connection or a frame from `name` is served: a peer's, or, while this node
-    /// joins a cluster and knows only part of its members (see [`Transport::set_joining`]),
-    /// any other node's that proved its name (with TLS, a certificate from the cluster CA).
-    pub fn admits(&self, name: &str) -> bool {
-        self.is_peer(name) || (self.inner.joining.load(Ordering::Relaxed) && name != self.inner.me)
-    }
-
-    /// While `on`, nodes that are not (yet) in this node's member list are served too: a
-    /// node that joins a cluster learns the member table from the leader's log, which may come
-    /// from a member its config file does not list.
-    pub fn set_joining(&self, on: bool) {
-        self.inner.joining.store(on, Ordering::Relaxed);
-    }
-
-    /// Whether this node serves nodes outside its member list (see [`Transport::set_joining`]).
-    pub fn joining(&self) -> bool {
-        self.inner.joining.load(Ordering::Relaxed)
+    /// Adds the peers of `peers` this node does not know (a member list learned from a
+    /// member: see `Request::MemberTable`); known ones are left as they are. Returns the ids
+    /// added.
+    pub fn add_peers(&self, peers: &[(String, Vec<SocketAddr>)]) -> Vec<String> {
+        let mut added = Vec::new();
+        {
+            let mut map = self.inner.peers.write().unwrap_or_else(|p| p.into_inner());
+            for (id, addrs) in peers {
+                if *id != self.inner.me && !map.contains_key(id) && !addrs.is_empty() {
+                    let p = Arc::new(Peer::new(addrs.clone()));
+                    map.insert(id.clone(), p.clone());
+                    added.push((id.clone(), p));
+                }
+            }
+        }
+        for (id, p) in &added {
+            tracing::info!(peer = %id, "peer learned from a member's table");
+            self.beat_peer(id, p);
+        }
+        added.into_iter().map(|(id, _)| id).collect()
     }
 
     /// State of every path to `peer`.
@@ -1255,7 +1257,7 @@ impl Transport {
         };
         let named = crate::tls::peer_node_id(io.get_ref().1.peer_certificates());
         match named {
-            Some(id) if self.admits(&id) => {
+            Some(id) if self.is_peer(&id) => {
                 self.saw_certificate(&id, io.get_ref().1.peer_certificates());
                 let expires = io
                     .get_ref()
@@ -1440,7 +1442,7 @@ async fn serve_conn(
                         f.from
                     ))
                 }
-                Ok(f) if !transport.admits(&f.from) => {
+                Ok(f) if !transport.is_peer(&f.from) => {
                     tracing::warn!(%remote, from = %f.from, "request from a node that is not a member; refused");
                     Err(format!("{:?} is not a member of this cluster", f.from))
                 }
