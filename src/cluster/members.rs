@@ -266,7 +266,19 @@ impl Cluster {
     pub async fn add_learner(&self, m: Member) -> Result<String, MemberError> {
         self.must_lead()?;
         let members = self.members();
+        if !members.iter().any(|o| o.id == m.id) && members.len() >= MAX_LEARNED {
+            return Err(MemberError::Refused(format!(
+                "the cluster has {} members, the most it takes",
+                members.len()
+            )));
+        }
         for other in members.iter().filter(|o| o.id != m.id) {
+            if raft_id(&other.id) == raft_id(&m.id) {
+                return Err(MemberError::Refused(format!(
+                    "{:?} and {:?} hash to the same internal id; choose another id",
+                    m.id, other.id
+                )));
+            }
             if let Some(a) = other.addresses.iter().find(|a| m.addresses.contains(a)) {
                 return Err(MemberError::Refused(format!(
                     "address {a} is already {}'s",
