@@ -309,6 +309,25 @@ async fn grow_to_five_and_back_under_writes() {
         })
         .await
         .expect("three voters");
+    // Their files agree with the membership again: the drift alarms clear.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = c.events("a").await.unwrap_or_default();
+        let cleared = |id: &str| {
+            events.iter().any(|e| {
+                e.kind == standin::cluster::state::EventKind::AlarmCleared
+                    && e.detail.starts_with(&format!("membership-drift:{id}:"))
+            })
+        };
+        if cleared("a") && cleared("b") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "membership-drift alarms not cleared: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let reader = c.node("b").and_then(|n| n.store).expect("store");
     let (acked, lost, unexpected) = load.check(reader, "grow").await;
     println!(

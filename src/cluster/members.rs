@@ -496,6 +496,9 @@ impl Cluster {
 /// peers. Shared by the clones of a [`Cluster`]; followed by a task that holds it weakly.
 pub struct Live {
     list: RwLock<Arc<Vec<Member>>>,
+    /// The table `list` was made from (`None`: the config's list), to see a change without
+    /// converting anything: `refresh` runs after every applied entry.
+    table: RwLock<Option<Vec<MemberRecord>>>,
     /// The members of the config file: the membership until a change writes the table.
     configured: Arc<Vec<Member>>,
     pub(super) names: Names,
@@ -514,6 +517,7 @@ impl Live {
         let names = Names::default();
         names.set(names_of(&configured));
         let live = Arc::new(Live {
+            table: RwLock::new(None),
             list: RwLock::new(Arc::new(configured.clone())),
             configured: Arc::new(configured),
             names,
@@ -549,19 +553,14 @@ impl Live {
     /// Brings the names, the transport's peers and the list in line with the member table,
     /// when it changed (cheap when it did not: compared in place, nothing copied).
     pub(super) fn refresh(&self) {
-        let changed = self.sm.read(|d| match &d.ext.members {
-            None => false,
-            Some(t) => {
-                let live = self.list.read().unwrap_or_else(|p| p.into_inner());
-                t.len() != live.len() || t.iter().zip(live.iter()).any(|(r, m)| Member::from(r) != *m)
-            }
+        let table = self.sm.read(|d| {
+            let seen = self.table.read().unwrap_or_else(|p| p.into_inner());
+            (d.ext.members.is_some() && d.ext.members != *seen).then(|| d.ext.members.clone())
         });
-        if !changed {
-            return;
-        }
-        let Some(table) = self.sm.read(|d| d.ext.members.clone()) else {
+        let Some(Some(table)) = table else {
             return;
         };
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Some(table.clone());
         let list: Vec<Member> = table.iter().map(Member::from).collect();
         self.names.set(names_of(&list));
         let peers: Vec<_> = list

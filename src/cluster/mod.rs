@@ -751,12 +751,23 @@ impl Cluster {
     /// Raft progress from openraft's metrics.
     pub fn info(&self) -> RaftInfo {
         let m = self.raft.metrics().borrow().clone();
+        // A follower that lost its log is as far behind as can be, whatever it acknowledged
+        // (see `Reverts`): never in sync, never a candidate.
+        let lost = self.reverts.get();
         let matched = m
             .replication
             .as_ref()
             .map(|r| {
                 r.iter()
-                    .filter_map(|(id, log)| Some((self.name_of(*id)?, log.as_ref().map_or(0, |l| l.index))))
+                    .filter_map(|(id, log)| {
+                        let name = self.name_of(*id)?;
+                        let index = if lost.contains_key(&name) {
+                            0
+                        } else {
+                            log.as_ref().map_or(0, |l| l.index)
+                        };
+                        Some((name, index))
+                    })
                     .collect()
             })
             .unwrap_or_default();

@@ -138,3 +138,25 @@ impl Cluster {
         }
     }
 }
+
+#[cfg(test)]
+mod vote_guard_tests {
+    use super::*;
+    use openraft::CommittedLeaderId;
+
+    /// A node with no log beyond the initial membership refuses a candidate with more (it may
+    /// have lost what it acknowledged); a cluster being created still elects (every log at 0).
+    #[test]
+    fn a_node_without_a_log_votes_only_while_the_cluster_is_created() {
+        let at = |i| Some(LogId::new(CommittedLeaderId::new(1, 1), i));
+        assert!(lost_its_log(None, at(5)));
+        assert!(lost_its_log(at(0), at(1)));
+        assert!(!lost_its_log(None, at(0)));
+        assert!(!lost_its_log(at(0), at(0)));
+        assert!(!lost_its_log(None, None));
+        assert!(
+            !lost_its_log(at(3), at(9)),
+            "a node with a log votes by Raft's own rule"
+        );
+    }
+}

@@ -9,9 +9,8 @@
 //! the node's processes and drops it from `demo.json`. The running demo stops every added node
 //! still in `demo.json` when it stops ([`stop_added`]).
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use hyper::Method;
@@ -215,31 +214,9 @@ pub async fn add_node(dir: &Path, id: &str, kind: NodeKind, timeout: Duration) -
 
     // Started detached: its own process group, no terminal, stderr to its log.
     let log_path = dir.join(format!("{id}.log"));
-    let log = std::fs::File::options()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| fail(exit::UNAVAILABLE, format!("{}: {e}", log_path.display())))?;
     drop(held);
-    let mut child = Command::new(&binary)
-        .arg("node")
-        .arg("--config")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .env(
-            "STANDIN_LOG",
-            std::env::var("STANDIN_LOG").unwrap_or_else(|_| "info,openraft=off".into()),
-        )
-        .process_group(0)
-        .spawn()
-        .map_err(|e| {
-            fail(
-                exit::UNAVAILABLE,
-                format!("cannot start {}: {e}", binary.display()),
-            )
-        })?;
+    let mut child = crate::lab::harness::spawn_node(&binary, &config, &log_path)
+        .map_err(|e| fail(exit::UNAVAILABLE, e.0))?;
     let pid = child.id();
     println!(
         "{id}: started `standin node --config {}` (pid {pid}), log {}",

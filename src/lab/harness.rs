@@ -265,6 +265,30 @@ pub struct LocalCluster {
     service_pids: std::sync::Mutex<Vec<u32>>,
 }
 
+/// Starts `BINARY node --config CONFIG` detached: its own process group, no terminal, stderr
+/// appended to `log` (`STANDIN_LOG` passed on, default `info,openraft=off`).
+pub fn spawn_node(binary: &Path, config: &Path, log: &Path) -> Result<Child, HarnessError> {
+    let file = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| err(format!("{}: {e}", log.display())))?;
+    Command::new(binary)
+        .arg("node")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file)
+        .env(
+            "STANDIN_LOG",
+            std::env::var("STANDIN_LOG").unwrap_or_else(|_| "info,openraft=off".into()),
+        )
+        .process_group(0)
+        .spawn()
+        .map_err(|e| err(format!("cannot start {}: {e}", binary.display())))
+}
+
 impl LocalCluster {
     /// Chooses ports, writes one config per node under `spec.dir` (nothing is started).
     pub async fn create(spec: Spec) -> Result<LocalCluster, HarnessError> {
@@ -422,26 +446,7 @@ impl LocalCluster {
                 return Err(err(format!("{id} is already running")));
             }
         }
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| err(format!("{}: {e}", log_path.display())))?;
-        let child = Command::new(&binary)
-            .arg("node")
-            .arg("--config")
-            .arg(&n.config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .env(
-                "STANDIN_LOG",
-                std::env::var("STANDIN_LOG").unwrap_or_else(|_| "info,openraft=off".into()),
-            )
-            .process_group(0)
-            .spawn()
-            .map_err(|e| err(format!("cannot start {}: {e}", binary.display())))?;
-        n.child = Some(child);
+        n.child = Some(spawn_node(&binary, &n.config, &log_path)?);
         Ok(())
     }
 

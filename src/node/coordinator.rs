@@ -235,7 +235,6 @@ fn build_view(
     };
     let mut heard_count = 0;
     let voters = node.cluster.voters();
-    let lost = node.cluster.reverts.get();
     let nodes: Vec<NodeView> = voters
         .iter()
         .map(|m| {
@@ -248,11 +247,8 @@ fn build_view(
                 heard_count += 1;
             }
             let rec = records.get(&m.id);
-            // A node that lost its log is as far behind as can be, whatever it acknowledged.
             let matched = if m.id == me {
                 info.last_log_index
-            } else if lost.contains_key(&m.id) {
-                0
             } else {
                 info.matched.get(&m.id).copied().unwrap_or(0)
             };

@@ -58,8 +58,6 @@ pub fn build_status(node: &Node) -> Status {
             };
             let matched = if m.id == me {
                 info.last_log_index
-            } else if lost.contains_key(&m.id) {
-                0
             } else {
                 info.matched.get(&m.id).copied().unwrap_or(0)
             };
