@@ -162,6 +162,8 @@ pub enum EventKind {
     ConfigRejected,
     /// The membership changed (`standin member add/remove/replace`): the detail says how.
     MembershipChanged,
+    /// A deploy of the service (`standin deploy`): started, a step, failed, rolled back, done.
+    Deploy,
 }
 
 impl std::fmt::Display for EventKind {
@@ -257,6 +259,7 @@ fn kind_name<B>(c: &CommandOf<B>) -> &'static str {
         CommandOf::NodeResumed { .. } => "NodeResumed",
         CommandOf::ConfigReloaded { .. } => "ConfigReloaded",
         CommandOf::Members { .. } => "Members",
+        CommandOf::Change(_) => "Change",
     }
 }
 
@@ -275,6 +278,7 @@ impl<B> CommandOf<B> {
             | CommandOf::HookRun { node, .. }
             | CommandOf::Path { node, .. }
             | CommandOf::ConfigReloaded { node, .. } => Some(node),
+            CommandOf::Change(crate::cluster::change::ChangeCmd::Running { node, .. }) => Some(node),
             _ => None,
         }
     }
@@ -488,6 +492,10 @@ pub enum CommandOf<B> {
         change: String,
         at: u64,
     },
+    /// Change control of the service: versions and the rolling deploy (see
+    /// [`crate::cluster::change`]). Applied by the state machine, which keeps it beside the
+    /// cluster state (`storage::SmData::change`). Appended last.
+    Change(crate::cluster::change::ChangeCmd),
 }
 
 /// A member as the cluster records it: a `[[member]]` of the config, replicated so that every
@@ -545,13 +553,20 @@ pub struct CommandResult {
 }
 
 impl CommandResult {
-    fn ok() -> Self {
+    pub(crate) fn ok_with(message: String) -> Self {
+        CommandResult {
+            ok: true,
+            message,
+            ..Default::default()
+        }
+    }
+    pub(crate) fn ok() -> Self {
         CommandResult {
             ok: true,
             ..Default::default()
         }
     }
-    fn refused(message: impl Into<String>) -> Self {
+    pub(crate) fn refused(message: impl Into<String>) -> Self {
         CommandResult {
             ok: false,
             message: message.into(),
@@ -586,6 +601,11 @@ impl Batched for NoBatch {
 }
 
 impl ClusterState {
+    /// Records an event without a cause (for state kept beside this one, such as deploys).
+    pub fn record(&mut self, at: u64, kind: EventKind, node: Option<&str>, detail: String) {
+        self.event(at, kind, node, None, detail, None);
+    }
+
     /// Records a membership change in the history (the table itself is the state machine's).
     pub fn membership_changed(&mut self, change: &str, at: u64) {
         self.event(
@@ -1103,6 +1123,8 @@ impl ClusterState {
             CommandOf::Members { .. } => {
                 CommandResult::refused("member tables are applied by the state machine")
             }
+            // Applied by the state machine, which keeps change control beside this state.
+            CommandOf::Change(_) => CommandResult::refused("deploys are applied by the state machine"),
             CommandOf::ConfigReloaded {
                 node,
                 digest,

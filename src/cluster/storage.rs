@@ -837,6 +837,10 @@ pub struct SmData {
     /// default (see [`decode_sm`]).
     #[serde(default)]
     pub ext: SmExt,
+    /// Change control of the service (versions, the deploy under way), encoded after `ext`
+    /// the same way: a snapshot without it reads as no deploy ever made.
+    #[serde(default)]
+    pub change: super::change::ChangeControl,
 }
 
 /// The part of the state machine that follows [`SmData`]'s first fields in a snapshot.
@@ -856,27 +860,32 @@ struct SmDataV1 {
     kv: crate::kv::db::Db,
 }
 
-/// Decodes a snapshot of the state machine, with or without its [`SmExt`] part.
+/// Decodes a snapshot of the state machine, with or without the parts later builds added
+/// ([`SmExt`], then change control): each part is read only if bytes remain, and a part that
+/// is there must decode completely (a damaged part must not pass for an absent one).
 pub fn decode_sm(bytes: &[u8]) -> Result<SmData, postcard::Error> {
-    match postcard::from_bytes::<SmData>(bytes) {
-        Ok(d) => Ok(d),
-        Err(postcard::Error::DeserializeUnexpectedEnd) => {
-            // Read as a snapshot without the table only if that is exactly what it is: a
-            // damaged table (cut, or a length gone wrong) must not pass for an absent one.
-            let (old, rest): (SmDataV1, &[u8]) = postcard::take_from_bytes(bytes)?;
-            if !rest.is_empty() {
-                return Err(postcard::Error::DeserializeUnexpectedEnd);
-            }
-            Ok(SmData {
-                last_applied: old.last_applied,
-                membership: old.membership,
-                state: old.state,
-                kv: old.kv,
-                ext: SmExt::default(),
-            })
-        }
-        Err(e) => Err(e),
+    let (old, rest): (SmDataV1, &[u8]) = postcard::take_from_bytes(bytes)?;
+    let mut d = SmData {
+        last_applied: old.last_applied,
+        membership: old.membership,
+        state: old.state,
+        kv: old.kv,
+        ext: SmExt::default(),
+        change: Default::default(),
+    };
+    if rest.is_empty() {
+        return Ok(d);
     }
+    let (ext, rest): (SmExt, &[u8]) = postcard::take_from_bytes(rest)?;
+    d.ext = ext;
+    if rest.is_empty() {
+        return Ok(d);
+    }
+    let (change, rest) = postcard::take_from_bytes(rest)?;
+    d.change = change;
+    // Bytes after the last part this build knows: a later build's part, left alone.
+    let _ = rest;
+    Ok(d)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -1022,7 +1031,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let mut results = Vec::with_capacity(entries.len());
         let last = {
-            let mut d = self.data.write().unwrap_or_else(|p| p.into_inner());
+            let mut guard = self.data.write().unwrap_or_else(|p| p.into_inner());
+            let d = &mut *guard;
             for entry in entries {
                 d.last_applied = Some(entry.log_id);
                 let r = match &entry.payload {
@@ -1046,6 +1056,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             ..Default::default()
                         }
                     }
+                    EntryPayload::Normal(Command::Change(c)) => d.change.apply(&mut d.state, c),
                     EntryPayload::Normal(cmd) => d.state.apply(cmd),
                     EntryPayload::Membership(m) => {
                         d.membership = StoredMembership::new(Some(entry.log_id), m.clone());
@@ -1093,6 +1104,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 state: new.state,
                 kv: new.kv,
                 ext: new.ext,
+                change: new.change,
             };
             d.last_applied.map_or(0, |l| l.index)
         };
@@ -1243,10 +1255,21 @@ mod tests {
         assert_eq!(read.ext, sm.ext);
         let older_build: SmDataV1 = postcard::from_bytes(&new).expect("an older build reads it");
         assert_eq!(older_build.state.epoch, 7);
-        // A table cut short is an error, not an absent table.
-        for cut in old.len() + 1..new.len() {
+        // A part cut short is an error, not an absent part (a cut exactly between two parts
+        // cannot be told from a snapshot of a build that wrote only the first).
+        let ext_end = old.len() + postcard::to_allocvec(&sm.ext).expect("encode").len();
+        for cut in (old.len() + 1..new.len()).filter(|c| *c != ext_end) {
             assert!(decode_sm(&new[..cut]).is_err(), "cut at {cut} of {}", new.len());
         }
+        // Change control follows the table, and an older build still reads its fields.
+        sm.change.current = 3;
+        sm.change.desired.insert("a".into(), 3);
+        let newer = postcard::to_allocvec(&sm).expect("encode");
+        let read = decode_sm(&newer).expect("snapshot with change control");
+        assert_eq!(read.change, sm.change);
+        assert_eq!(read.ext, sm.ext);
+        let older_build: SmDataV1 = postcard::from_bytes(&newer).expect("an older build reads it");
+        assert_eq!(older_build.state.epoch, 7);
     }
 
     proptest::proptest! {

@@ -163,6 +163,7 @@ pub async fn run(
             }
             let mut want = evaluate(&status, &records);
             want.extend(drift_alarms(&drift));
+            want.extend(cluster.sm.read(|d| d.change.alarms()));
             let at = unix_ms();
             for (key, detail) in &want {
                 if !raised.contains_key(key) {

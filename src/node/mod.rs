@@ -10,6 +10,7 @@
 //! ```
 
 mod coordinator;
+pub mod deploy;
 mod lease;
 mod reporter;
 pub mod restart;
@@ -354,8 +355,25 @@ pub async fn run(
             }
         }
     }
+    // The service runs the version the cluster says this node should run (a deploy's, if
+    // one happened; the config file's `[service]` otherwise). An adopted process runs the
+    // version this node last reported.
+    let (service_version, service_spec) = cluster.sm.read(|d| {
+        let v = if adopt_service.is_some() {
+            d.change.running_of(&me.id)
+        } else {
+            d.change.desired_of(&me.id)
+        };
+        let known = v == 1 || d.change.version(v).is_some();
+        let v = if known { v } else { 1 };
+        (v, d.change.overlay(v))
+    });
     let (health, supervisor) = match (&config.service, me.kind) {
         (Some(svc), NodeKind::Data) => {
+            let svc = &service_spec.apply(svc);
+            if service_version != 1 {
+                tracing::info!(version = service_version, spec = %service_spec.summary(), "service runs a deployed version");
+            }
             let health = health::spawn_checks_from(
                 config.checks.clone(),
                 &initial_checks,
@@ -486,6 +504,10 @@ pub async fn run(
         ));
     }
     tracker.spawn(coordinator::run(node.clone(), tasks.clone()));
+    tracker.spawn(deploy::drive(node.clone(), tasks.clone()));
+    if node.supervisor.is_some() {
+        tracker.spawn(deploy::follow(node.clone(), service_version, tasks.clone()));
+    }
     tracker.spawn(crate::events::paths::run(
         cluster.clone(),
         config.clone(),

@@ -69,6 +69,9 @@ pub enum ProcState {
 enum Request {
     /// Start or stop; the reply is sent once the process runs (or failed to start) or is gone.
     SetDesired(bool, oneshot::Sender<()>),
+    /// Run another spec (a deploy): the running process is stopped and, if the service should
+    /// run, the new one started; the reply is sent once it runs (or failed to start).
+    Replace(Box<ServiceConfig>, oneshot::Sender<()>),
     /// Stop and end the task.
     Shutdown,
     /// Hot restart: describe the running process for the program that replaces this one,
@@ -97,6 +100,7 @@ impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Request::SetDesired(running, _) => write!(f, "SetDesired({running})"),
+            Request::Replace(cfg, _) => write!(f, "Replace({})", cfg.command),
             Request::Shutdown => f.write_str("Shutdown"),
             Request::HandOver(_) => f.write_str("HandOver"),
         }
@@ -146,6 +150,16 @@ impl Supervisor {
         let (tx, rx) = oneshot::channel();
         if self.commands.send(Request::SetDesired(running, tx)).await.is_ok() {
             // An Err means the task ended meanwhile (shutdown); nothing left to wait for.
+            let _ = rx.await;
+        }
+    }
+
+    /// Replaces the spec the service runs with (a deploy): stops the running process the way a
+    /// stop does (SIGTERM, SIGKILL after `stop-grace`) and starts `cfg` if the service should
+    /// run. Returns once the new process was spawned (or failed to, then retried with backoff).
+    pub async fn replace(&self, cfg: ServiceConfig) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Request::Replace(Box::new(cfg), tx)).await.is_ok() {
             let _ = rx.await;
         }
     }
@@ -218,6 +232,10 @@ impl Task {
                         self.set_desired(running).await;
                         let _ = reply.send(());
                     }
+                    Some(Request::Replace(cfg, reply)) => {
+                        self.replace(*cfg).await;
+                        let _ = reply.send(());
+                    }
                     // All handles dropped is a shutdown too: nobody could stop it later.
                     Some(Request::Shutdown) | None => break,
                     Some(Request::HandOver(reply)) => {
@@ -229,7 +247,7 @@ impl Task {
                                 _ = cancel.cancelled() => break,
                                 cmd = commands.recv() => match cmd {
                                     Some(Request::Shutdown) | None => break,
-                                    Some(Request::SetDesired(_, reply)) => { let _ = reply.send(()); }
+                                    Some(Request::SetDesired(_, reply)) | Some(Request::Replace(_, reply)) => { let _ = reply.send(()); }
                                     Some(Request::HandOver(reply)) => { let _ = reply.send(None); }
                                 },
                             }
@@ -334,6 +352,19 @@ impl Task {
             }
         } else {
             self.stop().await;
+        }
+    }
+
+    async fn replace(&mut self, cfg: ServiceConfig) {
+        let desired = self.desired;
+        self.desired = false;
+        self.stop().await;
+        self.restart_at = None;
+        self.cfg = cfg;
+        self.backoff = self.cfg.restart_backoff_min;
+        self.desired = desired;
+        if desired {
+            self.start();
         }
     }
 

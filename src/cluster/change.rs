@@ -1,0 +1,826 @@
+//! Change control of the managed service, replicated: the versions of its spec, which version
+//! each node should run and runs, and the rolling deploy under way.
+//!
+//! A version is an overlay on each node's own `[service]` section (what differs per node, such
+//! as a port or the node's id, stays in the node's file): version 1 is the files as they are;
+//! a deploy makes a new version from the current one plus changes. The deploy itself is a small
+//! state machine in the Raft log ([`Deploy`]): each step (switch the role away, set a node's
+//! version, watch it, go on or roll back) is a committed [`ChangeCmd`], so a new leader
+//! continues a deploy from where the last one left it. The driver that decides the steps runs
+//! on the leader (`node::deploy`); everything here is pure and applied identically everywhere.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::state::{ClusterState, CommandResult, EventKind};
+use crate::config::ServiceConfig;
+
+/// Versions kept (the oldest beyond are dropped, never one a node runs or should run).
+pub const MAX_VERSIONS: usize = 500;
+/// Finished deploys kept in the history.
+pub const MAX_DEPLOYS: usize = 200;
+/// Longest version label.
+pub const MAX_LABEL: usize = 64;
+/// Most arguments of a version's command.
+pub const MAX_ARGS: usize = 256;
+/// Most environment variables a version sets.
+pub const MAX_ENV: usize = 256;
+/// Longest string in a version (command, argument, variable name or value, workdir).
+pub const MAX_STRING: usize = 4096;
+/// Longest "by" (who asked) and failure reason kept.
+pub const MAX_NOTE: usize = 512;
+
+/// What a version changes in a node's `[service]` section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServiceOverlay {
+    /// Replaces `command`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Replaces `args` (all of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// Set on top of `env` (a variable the file sets too takes this value).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Replaces `workdir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<PathBuf>,
+}
+
+impl ServiceOverlay {
+    /// `base` (a node's `[service]`) with this overlay applied.
+    pub fn apply(&self, base: &ServiceConfig) -> ServiceConfig {
+        let mut s = base.clone();
+        if let Some(c) = &self.command {
+            s.command = c.clone();
+        }
+        if let Some(a) = &self.args {
+            s.args = a.clone();
+        }
+        for (k, v) in &self.env {
+            s.env.insert(k.clone(), v.clone());
+        }
+        if let Some(w) = &self.workdir {
+            s.workdir = Some(w.clone());
+        }
+        s
+    }
+
+    /// `self` with `changes` on top: what `changes` names replaces, its variables are added.
+    pub fn then(&self, changes: &ServiceOverlay) -> ServiceOverlay {
+        let mut o = self.clone();
+        if changes.command.is_some() {
+            o.command = changes.command.clone();
+        }
+        if changes.args.is_some() {
+            o.args = changes.args.clone();
+        }
+        for (k, v) in &changes.env {
+            o.env.insert(k.clone(), v.clone());
+        }
+        if changes.workdir.is_some() {
+            o.workdir = changes.workdir.clone();
+        }
+        o
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == ServiceOverlay::default()
+    }
+
+    /// Checks the overlay as the config checks `[service]`; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let text = |key: &str, s: &str| -> Result<(), String> {
+            if s.len() > MAX_STRING {
+                return Err(format!("{key}: longer than {MAX_STRING} bytes"));
+            }
+            if s.contains('\0') {
+                return Err(format!("{key}: holds a NUL byte"));
+            }
+            Ok(())
+        };
+        if let Some(c) = &self.command {
+            if c.trim().is_empty() {
+                return Err("service.command: must not be empty".into());
+            }
+            text("service.command", c)?;
+        }
+        if let Some(a) = &self.args {
+            if a.len() > MAX_ARGS {
+                return Err(format!("service.args: more than {MAX_ARGS} arguments"));
+            }
+            for (i, s) in a.iter().enumerate() {
+                text(&format!("service.args[{i}]"), s)?;
+            }
+        }
+        if self.env.len() > MAX_ENV {
+            return Err(format!("service.env: more than {MAX_ENV} variables"));
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains('=') {
+                return Err(format!("service.env: invalid variable name {k:?}"));
+            }
+            if k == "STANDIN_NODE" {
+                return Err("service.env.STANDIN_NODE: set by standin itself".into());
+            }
+            text(&format!("service.env.{k}"), k)?;
+            text(&format!("service.env.{k}"), v)?;
+        }
+        if let Some(w) = &self.workdir {
+            text("service.workdir", &w.to_string_lossy())?;
+            if !w.is_absolute() {
+                return Err("service.workdir: must be an absolute path".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// One line saying what the overlay sets (for plans, history and events).
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(c) = &self.command {
+            parts.push(format!("command={c}"));
+        }
+        if let Some(a) = &self.args {
+            parts.push(format!("args={a:?}"));
+        }
+        for (k, v) in &self.env {
+            parts.push(format!("{k}={v}"));
+        }
+        if let Some(w) = &self.workdir {
+            parts.push(format!("workdir={}", w.display()));
+        }
+        if parts.is_empty() {
+            "as in the config files".into()
+        } else {
+            parts.join(" ")
+        }
+    }
+}
+
+/// One version of the service spec.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServiceVersion {
+    pub number: u64,
+    pub label: String,
+    pub overlay: ServiceOverlay,
+    /// Who asked (as the client said; the API has one token, not users).
+    pub by: String,
+    pub at_unix_ms: u64,
+    /// How its last deploy ended (`None` while never deployed or under way).
+    pub outcome: Option<String>,
+}
+
+/// How a deploy moves the role and the traffic.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Standbys first, then a switchover to an updated standby, then the old active.
+    #[default]
+    Failover,
+    /// Like failover, and each node is drained (front proxies send it no new connections)
+    /// before its service restarts, and put back once it is healthy.
+    Balance,
+}
+
+/// What a deploy is.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeployKind {
+    /// A new version (or an earlier one, `standin deploy rollback`) going out.
+    Deploy,
+    /// The way back after a failed step: every node that got the failed version returns.
+    Rollback,
+}
+
+/// Where the deploy is with its current node.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// The step has not begun on the node: the driver decides how it begins.
+    Pending,
+    /// The node is active: the role moves to an updated standby first.
+    SwitchingOver,
+    /// The node is taken out of load balancing (balance strategy) and its connections finish.
+    Draining,
+    /// The node was told to run the new version; waiting for it to run and be healthy.
+    Updating,
+    /// The node runs the new version healthily; watched for the watch window.
+    Watching,
+    /// Put back into load balancing.
+    Undraining,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Pending => "pending",
+            Phase::SwitchingOver => "switching-over",
+            Phase::Draining => "draining",
+            Phase::Updating => "updating",
+            Phase::Watching => "watching",
+            Phase::Undraining => "undraining",
+        })
+    }
+}
+
+/// Timings of one deploy.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeployTimes {
+    /// Longest a step may take (the new version to run healthily, a switchover, a drain).
+    pub step_timeout_ms: u64,
+    /// How long a node must stay healthy on the new version before the next step.
+    pub watch_ms: u64,
+    /// How long a drained node's connections get before its service restarts (balance).
+    pub drain_ms: u64,
+}
+
+/// A deploy under way.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Deploy {
+    pub id: u64,
+    pub kind: DeployKind,
+    pub strategy: Strategy,
+    /// The version nodes leave and the one they go to.
+    pub from: u64,
+    pub to: u64,
+    /// Nodes in the order they are updated; the active node last.
+    pub plan: Vec<String>,
+    /// Index into `plan` of the node being updated.
+    pub step: usize,
+    pub phase: Phase,
+    /// When the current phase began (proposer's clock).
+    pub phase_at_unix_ms: u64,
+    pub times: DeployTimes,
+    pub by: String,
+    pub started_unix_ms: u64,
+    /// For a rollback: why the deploy it reverses failed.
+    pub failure: Option<String>,
+    /// For a rollback: the deploy it reverses.
+    pub reverses: Option<u64>,
+}
+
+impl Deploy {
+    pub fn node(&self) -> Option<&str> {
+        self.plan.get(self.step).map(String::as_str)
+    }
+}
+
+/// A finished deploy, for the history.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeployRecord {
+    pub id: u64,
+    pub kind: DeployKind,
+    pub strategy: Strategy,
+    pub from: u64,
+    pub to: u64,
+    pub plan: Vec<String>,
+    pub by: String,
+    pub started_unix_ms: u64,
+    pub ended_unix_ms: u64,
+    /// `deployed`, `rolled back: ...`, `failed: ...`.
+    pub outcome: String,
+    pub ok: bool,
+}
+
+/// The replicated change-control state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ChangeControl {
+    /// Every version kept, oldest first; empty until the first deploy (version 1, the files,
+    /// is then recorded too).
+    pub versions: VecDeque<ServiceVersion>,
+    /// The version the cluster runs when no deploy is under way (1 before any deploy).
+    pub current: u64,
+    /// The version each node should run (a node absent runs `current`).
+    pub desired: BTreeMap<String, u64>,
+    /// The version each node reported it runs, and since when.
+    pub running: BTreeMap<String, (u64, u64)>,
+    pub deploy: Option<Deploy>,
+    pub next_deploy: u64,
+    pub history: VecDeque<DeployRecord>,
+}
+
+impl ChangeControl {
+    /// The alarms change control raises, by key: `deploy-failed` while the last deploy failed
+    /// (until a deploy succeeds), `rolled-back` while the last thing that happened was an
+    /// automatic rollback.
+    pub fn alarms(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let last_deploy = self.history.iter().rev().find(|r| r.kind == DeployKind::Deploy);
+        if let Some(r) = last_deploy.filter(|r| !r.ok) {
+            out.insert(
+                "deploy-failed".to_string(),
+                format!("deploy {} of version {}: {}", r.id, r.to, r.outcome),
+            );
+        }
+        if let Some(r) = self.history.back().filter(|r| r.kind == DeployKind::Rollback) {
+            out.insert(
+                "rolled-back".to_string(),
+                format!("version {} rolled back to {}: {}", r.from, r.to, r.outcome),
+            );
+        }
+        out
+    }
+
+    /// The version the cluster runs when nothing is under way.
+    pub fn current(&self) -> u64 {
+        self.current.max(1)
+    }
+
+    /// The version `node` should run.
+    pub fn desired_of(&self, node: &str) -> u64 {
+        self.desired.get(node).copied().unwrap_or_else(|| self.current())
+    }
+
+    /// The version `node` last said it runs (1 if it never said).
+    pub fn running_of(&self, node: &str) -> u64 {
+        self.running.get(node).map_or(1, |r| r.0)
+    }
+
+    pub fn version(&self, number: u64) -> Option<&ServiceVersion> {
+        self.versions.iter().find(|v| v.number == number)
+    }
+
+    /// The overlay of `number` (version 1 and unknown ones: none).
+    pub fn overlay(&self, number: u64) -> ServiceOverlay {
+        self.version(number).map(|v| v.overlay.clone()).unwrap_or_default()
+    }
+
+    fn next_version(&self) -> u64 {
+        self.versions.back().map_or(1, |v| v.number) + 1
+    }
+
+    fn set_outcome(&mut self, number: u64, outcome: &str) {
+        if let Some(v) = self.versions.iter_mut().find(|v| v.number == number) {
+            v.outcome = Some(outcome.to_string());
+        }
+    }
+
+    fn trim(&mut self) {
+        while self.versions.len() > MAX_VERSIONS {
+            let in_use = |n: u64| {
+                n == self.current()
+                    || self.desired.values().any(|d| *d == n)
+                    || self.running.values().any(|r| r.0 == n)
+                    || self.deploy.as_ref().is_some_and(|d| d.from == n || d.to == n)
+            };
+            match self.versions.iter().position(|v| !in_use(v.number)) {
+                Some(i) => {
+                    self.versions.remove(i);
+                }
+                None => break,
+            }
+        }
+        while self.history.len() > MAX_DEPLOYS {
+            self.history.pop_front();
+        }
+    }
+
+    fn finish(&mut self, state: &mut ClusterState, outcome: String, ok: bool, at: u64) {
+        let Some(d) = self.deploy.take() else { return };
+        let version = if d.kind == DeployKind::Rollback {
+            d.from
+        } else {
+            d.to
+        };
+        self.set_outcome(version, &outcome);
+        if ok {
+            self.current = d.to;
+        }
+        state.record(
+            at,
+            EventKind::Deploy,
+            None,
+            format!(
+                "deploy {}: version {} -> {}: {outcome}",
+                d.id, d.from, d.to
+            ),
+        );
+        self.history.push_back(DeployRecord {
+            id: d.id,
+            kind: d.kind,
+            strategy: d.strategy,
+            from: d.from,
+            to: d.to,
+            plan: d.plan,
+            by: d.by,
+            started_unix_ms: d.started_unix_ms,
+            ended_unix_ms: at,
+            outcome,
+            ok,
+        });
+        self.trim();
+    }
+
+    /// Applies one command. Every command names the deploy it is about: one for another
+    /// deploy (a stale leader's) is refused.
+    pub fn apply(&mut self, state: &mut ClusterState, cmd: &ChangeCmd) -> CommandResult {
+        match cmd {
+            ChangeCmd::Start {
+                version,
+                target,
+                strategy,
+                plan,
+                times,
+                by,
+                at,
+            } => {
+                if let Some(d) = &self.deploy {
+                    return CommandResult::refused(format!(
+                        "deploy {} (version {} -> {}) is under way",
+                        d.id, d.from, d.to
+                    ));
+                }
+                if plan.is_empty() {
+                    return CommandResult::refused("no data node to deploy to");
+                }
+                let from = self.current();
+                let to = match (version, target) {
+                    (Some(v), None) => {
+                        if let Err(e) = v.overlay.validate() {
+                            return CommandResult::refused(e);
+                        }
+                        if self.versions.is_empty() {
+                            // Version 1 is the config files; recorded when a second appears.
+                            self.versions.push_back(ServiceVersion {
+                                number: 1,
+                                label: "config files".into(),
+                                overlay: ServiceOverlay::default(),
+                                by: "standin".into(),
+                                at_unix_ms: *at,
+                                outcome: Some("deployed".into()),
+                            });
+                        }
+                        let number = self.next_version();
+                        let mut v = v.clone();
+                        v.number = number;
+                        v.at_unix_ms = *at;
+                        v.outcome = None;
+                        self.versions.push_back(v);
+                        number
+                    }
+                    (None, Some(t)) => {
+                        if *t != 1 && self.version(*t).is_none() {
+                            return CommandResult::refused(format!("there is no version {t}"));
+                        }
+                        *t
+                    }
+                    _ => return CommandResult::refused("a deploy names a new version or an existing one"),
+                };
+                let id = self.next_deploy.max(1);
+                self.next_deploy = id + 1;
+                self.deploy = Some(Deploy {
+                    id,
+                    kind: DeployKind::Deploy,
+                    strategy: *strategy,
+                    from,
+                    to,
+                    plan: plan.clone(),
+                    step: 0,
+                    phase: Phase::Pending,
+                    phase_at_unix_ms: *at,
+                    times: *times,
+                    by: by.clone(),
+                    started_unix_ms: *at,
+                    failure: None,
+                    reverses: None,
+                });
+                state.record(
+                    *at,
+                    EventKind::Deploy,
+                    None,
+                    format!(
+                        "deploy {id} started by {by}: version {from} -> {to} ({}), order {}",
+                        self.overlay(to).summary(),
+                        plan.join(", ")
+                    ),
+                );
+                self.trim();
+                CommandResult::ok_with(format!("deploy {id}: version {from} -> {to}"))
+            }
+            ChangeCmd::Phase {
+                deploy,
+                step,
+                phase,
+                at,
+            } => {
+                let Some(d) = self.deploy.as_mut().filter(|d| d.id == *deploy) else {
+                    return CommandResult::refused("not the deploy under way");
+                };
+                if *step >= d.plan.len() {
+                    return CommandResult::refused("no such step");
+                }
+                let moved = d.step != *step;
+                d.step = *step;
+                d.phase = *phase;
+                d.phase_at_unix_ms = *at;
+                let node = d.plan[*step].clone();
+                if *phase == Phase::Updating {
+                    self.desired.insert(node.clone(), d.to);
+                }
+                let detail = format!(
+                    "deploy {}: {} {node} (version {}){}",
+                    d.id,
+                    phase,
+                    d.to,
+                    if moved { ", next node" } else { "" }
+                );
+                state.record(*at, EventKind::Deploy, Some(&node), detail);
+                CommandResult::ok()
+            }
+            ChangeCmd::Done { deploy, at } => {
+                let Some(d) = self.deploy.as_ref().filter(|d| d.id == *deploy) else {
+                    return CommandResult::refused("not the deploy under way");
+                };
+                match d.kind {
+                    DeployKind::Deploy => self.finish(state, "deployed".into(), true, *at),
+                    DeployKind::Rollback => {
+                        let failed = d.from;
+                        let outcome = format!(
+                            "rolled back to version {}: {}",
+                            d.to,
+                            d.failure.clone().unwrap_or_default()
+                        );
+                        self.finish(state, outcome.clone(), true, *at);
+                        // The version that was reversed keeps its failure as the outcome.
+                        self.set_outcome(failed, &format!("failed; {outcome}"));
+                    }
+                }
+                CommandResult::ok()
+            }
+            ChangeCmd::Fail {
+                deploy,
+                reason,
+                rollback_plan,
+                at,
+            } => {
+                let Some(d) = self.deploy.clone().filter(|d| d.id == *deploy) else {
+                    return CommandResult::refused("not the deploy under way");
+                };
+                let reason = cut(reason);
+                if d.kind == DeployKind::Rollback || rollback_plan.is_empty() {
+                    // Nothing to go back to, or the way back failed too: the deploy stops
+                    // here and an operator decides.
+                    let outcome = if d.kind == DeployKind::Rollback {
+                        format!("rollback failed: {reason}")
+                    } else {
+                        format!("failed: {reason}")
+                    };
+                    if d.kind == DeployKind::Rollback {
+                        self.set_outcome(d.from, &outcome);
+                    }
+                    self.finish(state, outcome, false, *at);
+                    return CommandResult::ok();
+                }
+                state.record(
+                    *at,
+                    EventKind::Deploy,
+                    d.node(),
+                    format!(
+                        "deploy {} failed at {} ({}): {reason}; rolling back {} to version {}",
+                        d.id,
+                        d.node().unwrap_or("-"),
+                        d.phase,
+                        rollback_plan.join(", "),
+                        d.from
+                    ),
+                );
+                self.set_outcome(d.to, &format!("failed: {reason}"));
+                self.history.push_back(DeployRecord {
+                    id: d.id,
+                    kind: d.kind,
+                    strategy: d.strategy,
+                    from: d.from,
+                    to: d.to,
+                    plan: d.plan.clone(),
+                    by: d.by.clone(),
+                    started_unix_ms: d.started_unix_ms,
+                    ended_unix_ms: *at,
+                    outcome: format!("failed at {}: {reason}", d.node().unwrap_or("-")),
+                    ok: false,
+                });
+                let id = self.next_deploy.max(1);
+                self.next_deploy = id + 1;
+                self.deploy = Some(Deploy {
+                    id,
+                    kind: DeployKind::Rollback,
+                    strategy: d.strategy,
+                    from: d.to,
+                    to: d.from,
+                    plan: rollback_plan.clone(),
+                    step: 0,
+                    phase: Phase::Pending,
+                    phase_at_unix_ms: *at,
+                    times: d.times,
+                    by: d.by.clone(),
+                    started_unix_ms: *at,
+                    failure: Some(reason),
+                    reverses: Some(d.id),
+                });
+                self.trim();
+                CommandResult::ok()
+            }
+            ChangeCmd::Running { node, version, at } => {
+                if self.running.get(node).map(|r| r.0) == Some(*version) {
+                    return CommandResult::ok();
+                }
+                self.running.insert(node.clone(), (*version, *at));
+                state.record(
+                    *at,
+                    EventKind::Deploy,
+                    Some(node),
+                    format!("{node} runs service version {version}"),
+                );
+                CommandResult::ok()
+            }
+            ChangeCmd::Forget { node } => {
+                self.desired.remove(node);
+                self.running.remove(node);
+                CommandResult::ok()
+            }
+        }
+    }
+}
+
+fn cut(s: &str) -> String {
+    if s.len() <= MAX_NOTE {
+        return s.to_string();
+    }
+    let mut end = MAX_NOTE;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// The commands of change control (inside `Command::Change`). Variant order is the encoding:
+/// append new ones at the end.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum ChangeCmd {
+    /// Starts a deploy: of a new `version` (its number is given when applied), or of an
+    /// existing one (`target`, for `standin deploy rollback N`).
+    Start {
+        version: Option<ServiceVersion>,
+        target: Option<u64>,
+        strategy: Strategy,
+        plan: Vec<String>,
+        times: DeployTimes,
+        by: String,
+        at: u64,
+    },
+    /// The deploy moves to `phase` on `plan[step]` (`Updating` sets that node's version).
+    Phase {
+        deploy: u64,
+        step: usize,
+        phase: Phase,
+        at: u64,
+    },
+    /// Every node runs the new version healthily (or, for a rollback, the old one again).
+    Done { deploy: u64, at: u64 },
+    /// A step failed: the deploy becomes a rollback of `rollback_plan` (the nodes that got the
+    /// new version, in the order they go back); a rollback that fails stops.
+    Fail {
+        deploy: u64,
+        reason: String,
+        rollback_plan: Vec<String>,
+        at: u64,
+    },
+    /// `node` runs `version` of the service now (it started it).
+    Running { node: String, version: u64, at: u64 },
+    /// `node` left the cluster.
+    Forget { node: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn times() -> DeployTimes {
+        DeployTimes {
+            step_timeout_ms: 10_000,
+            watch_ms: 1000,
+            drain_ms: 0,
+        }
+    }
+
+    fn start(cc: &mut ChangeControl, st: &mut ClusterState, env: &str) -> CommandResult {
+        let mut overlay = cc.overlay(cc.current());
+        overlay.env.insert("V".into(), env.into());
+        cc.apply(
+            st,
+            &ChangeCmd::Start {
+                version: Some(ServiceVersion {
+                    number: 0,
+                    label: env.into(),
+                    overlay,
+                    by: "t".into(),
+                    at_unix_ms: 0,
+                    outcome: None,
+                }),
+                target: None,
+                strategy: Strategy::Failover,
+                plan: vec!["b".into(), "a".into()],
+                times: times(),
+                by: "t".into(),
+                at: 1,
+            },
+        )
+    }
+
+    #[test]
+    fn a_good_deploy_moves_current_and_sets_versions_per_step() {
+        let (mut cc, mut st) = (ChangeControl::default(), ClusterState::default());
+        assert!(start(&mut cc, &mut st, "2").ok);
+        assert_eq!(cc.versions.len(), 2, "version 1 (the files) is recorded beside 2");
+        let id = cc.deploy.as_ref().map(|d| d.id).unwrap_or_default();
+        assert!(!start(&mut cc, &mut st, "3").ok, "one deploy at a time");
+        let phase = |step, phase| ChangeCmd::Phase {
+            deploy: id,
+            step,
+            phase,
+            at: 2,
+        };
+        assert!(cc.apply(&mut st, &phase(0, Phase::Updating)).ok);
+        assert_eq!(cc.desired_of("b"), 2);
+        assert_eq!(cc.desired_of("a"), 1);
+        assert_eq!(cc.desired_of("a"), 1, "a pending step changes nothing yet");
+        assert!(cc.apply(&mut st, &phase(1, Phase::Pending)).ok);
+        assert!(cc.apply(&mut st, &phase(1, Phase::SwitchingOver)).ok);
+        assert!(cc.apply(&mut st, &phase(1, Phase::Updating)).ok);
+        assert!(!cc.apply(&mut st, &phase(2, Phase::Updating)).ok, "no third step");
+        assert!(cc.apply(&mut st, &ChangeCmd::Done { deploy: id, at: 3 }).ok);
+        assert_eq!(cc.current(), 2);
+        assert!(cc.deploy.is_none());
+        assert_eq!(cc.version(2).and_then(|v| v.outcome.clone()).as_deref(), Some("deployed"));
+        assert!(!cc.apply(&mut st, &ChangeCmd::Done { deploy: id, at: 4 }).ok, "a stale leader's step is refused");
+    }
+
+    #[test]
+    fn a_failed_step_becomes_a_rollback_that_keeps_current() {
+        let (mut cc, mut st) = (ChangeControl::default(), ClusterState::default());
+        assert!(start(&mut cc, &mut st, "2").ok);
+        let id = cc.deploy.as_ref().map(|d| d.id).unwrap_or_default();
+        cc.apply(
+            &mut st,
+            &ChangeCmd::Phase {
+                deploy: id,
+                step: 0,
+                phase: Phase::Updating,
+                at: 2,
+            },
+        );
+        let fail = ChangeCmd::Fail {
+            deploy: id,
+            reason: "checks failed".into(),
+            rollback_plan: vec!["b".into()],
+            at: 3,
+        };
+        assert!(cc.apply(&mut st, &fail).ok);
+        let rb = cc.deploy.clone().expect("rollback under way");
+        assert_eq!((rb.kind, rb.from, rb.to), (DeployKind::Rollback, 2, 1));
+        assert_eq!(rb.plan, vec!["b".to_string()]);
+        cc.apply(
+            &mut st,
+            &ChangeCmd::Phase {
+                deploy: rb.id,
+                step: 0,
+                phase: Phase::Updating,
+                at: 4,
+            },
+        );
+        assert_eq!(cc.desired_of("b"), 1);
+        assert!(cc.apply(&mut st, &ChangeCmd::Done { deploy: rb.id, at: 5 }).ok);
+        assert_eq!(cc.current(), 1);
+        let outcome = cc.version(2).and_then(|v| v.outcome.clone()).unwrap_or_default();
+        assert!(outcome.starts_with("failed"), "{outcome}");
+        assert_eq!(cc.history.len(), 2);
+        assert!(!cc.history[0].ok);
+    }
+
+    #[test]
+    fn overlays_validate_and_compose() {
+        let mut o = ServiceOverlay::default();
+        o.env.insert("A=B".into(), "x".into());
+        assert!(o.validate().is_err());
+        let mut o = ServiceOverlay::default();
+        o.env.insert("STANDIN_NODE".into(), "x".into());
+        assert!(o.validate().is_err());
+        let o = ServiceOverlay {
+            workdir: Some("rel".into()),
+            ..Default::default()
+        };
+        assert!(o.validate().is_err());
+        let mut a = ServiceOverlay::default();
+        a.env.insert("V".into(), "1".into());
+        let mut b = ServiceOverlay {
+            command: Some("/bin/x".into()),
+            ..Default::default()
+        };
+        b.env.insert("W".into(), "2".into());
+        let c = a.then(&b);
+        assert_eq!(c.env.len(), 2);
+        assert_eq!(c.command.as_deref(), Some("/bin/x"));
+    }
+}
