@@ -120,6 +120,259 @@ pub enum AdminAction {
     },
     /// The membership as the leader sees it (a read: answered with a [`MembersView`]).
     Members,
+    /// `standin deploy`: a new version of the service (or an earlier one) goes out, node by
+    /// node. Answered with a [`DeployPlan`].
+    Deploy(DeployRequest),
+}
+
+/// What `standin deploy` asks for.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DeployRequest {
+    /// What the new version changes from the current one (empty with `target`).
+    #[serde(default)]
+    pub changes: crate::cluster::change::ServiceOverlay,
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Deploy this existing version instead (`standin deploy rollback N`).
+    #[serde(default)]
+    pub target: Option<u64>,
+    #[serde(default)]
+    pub strategy: crate::cluster::change::Strategy,
+    #[serde(default)]
+    pub step_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub watch_ms: Option<u64>,
+    #[serde(default)]
+    pub drain_ms: Option<u64>,
+    /// Who asks (as the client says).
+    #[serde(default)]
+    pub by: Option<String>,
+    /// Only answer with the plan.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// The answer to a deploy request: what will happen (or, with `dry_run`, would).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeployPlan {
+    pub dry_run: bool,
+    /// The deploy started (`None` for a dry run).
+    pub deploy: Option<u64>,
+    pub from: u64,
+    /// The version going out (for a new version, its number once created; a dry run shows
+    /// the number it would get).
+    pub to: u64,
+    pub label: String,
+    /// What the version sets, in one line.
+    pub spec: String,
+    pub strategy: crate::cluster::change::Strategy,
+    /// Nodes in order, each with what happens to it.
+    pub steps: Vec<String>,
+    pub times: crate::cluster::change::DeployTimes,
+    pub message: String,
+}
+
+/// `GET /v1/deploy`: versions, the deploy under way, and each data node's version.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeployView {
+    pub current: u64,
+    pub deploy: Option<crate::cluster::change::Deploy>,
+    pub nodes: Vec<DeployNode>,
+    pub versions: Vec<crate::cluster::change::ServiceVersion>,
+    pub history: Vec<crate::cluster::change::DeployRecord>,
+}
+
+/// One data node in [`DeployView`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeployNode {
+    pub id: String,
+    pub desired: u64,
+    pub running: u64,
+    pub healthy: bool,
+    pub active: bool,
+    pub drain: bool,
+}
+
+/// The change-control view of this node's replicated state.
+pub fn deploy_view(cluster: &Cluster) -> DeployView {
+    let members = cluster.members();
+    cluster.sm.read(|d| DeployView {
+        current: d.change.current(),
+        deploy: d.change.deploy.clone(),
+        nodes: members
+            .iter()
+            .filter(|m| m.kind == crate::config::NodeKind::Data)
+            .map(|m| {
+                let rec = d.state.nodes.get(&m.id);
+                DeployNode {
+                    id: m.id.clone(),
+                    desired: d.change.desired_of(&m.id),
+                    running: d.change.running_of(&m.id),
+                    healthy: rec.is_some_and(|r| r.healthy),
+                    active: d.state.active.as_deref() == Some(m.id.as_str()),
+                    drain: rec.is_some_and(|r| r.drain),
+                }
+            })
+            .collect(),
+        versions: d.change.versions.iter().cloned().collect(),
+        history: d.change.history.iter().cloned().collect(),
+    })
+}
+
+/// The default watch window: long enough for every check to fail `fall` times (and the
+/// report to arrive), at least 2 s.
+fn default_watch(config: &Config) -> u64 {
+    let longest = config
+        .checks
+        .iter()
+        .map(|c| {
+            let probes = u32::try_from(c.fall).unwrap_or(u32::MAX).saturating_add(1);
+            c.interval.saturating_mul(probes).saturating_mul(2) + c.timeout
+        })
+        .max()
+        .unwrap_or_default();
+    u64::try_from(longest.as_millis()).unwrap_or(u64::MAX).max(2000)
+}
+
+/// Leader side of `standin deploy`.
+async fn start_deploy(config: &Config, cluster: &Cluster, req: DeployRequest) -> Result<String, AdminError> {
+    use crate::cluster::change::{ChangeCmd, DeployTimes, ServiceVersion, Strategy};
+    let limit = |what: &str, v: Option<u64>, default: u64, max: u64| -> Result<u64, AdminError> {
+        let v = v.unwrap_or(default);
+        if v > max {
+            return Err(AdminError::Invalid(format!("{what} must be at most {max} ms")));
+        }
+        Ok(v)
+    };
+    const HOUR: u64 = 3_600_000;
+    let times = DeployTimes {
+        step_timeout_ms: limit("step-timeout", req.step_timeout_ms, 60_000, HOUR)?.max(1000),
+        watch_ms: limit("watch", req.watch_ms, default_watch(config), HOUR)?,
+        drain_ms: limit(
+            "drain-time",
+            req.drain_ms,
+            if req.strategy == Strategy::Balance { 2000 } else { 0 },
+            HOUR,
+        )?,
+    };
+    let label = req.label.clone().unwrap_or_default();
+    if label.len() > crate::cluster::change::MAX_LABEL || label.chars().any(char::is_control) {
+        return Err(AdminError::Invalid(format!(
+            "label: at most {} printable characters",
+            crate::cluster::change::MAX_LABEL
+        )));
+    }
+    let by: String = req
+        .by
+        .clone()
+        .unwrap_or_else(|| "api".into())
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(crate::cluster::change::MAX_NOTE)
+        .collect();
+    req.changes.validate().map_err(AdminError::Invalid)?;
+    let (state, change) = cluster.sm.read(|d| (d.state.clone(), d.change.clone()));
+    if let Some(d) = &change.deploy {
+        return Err(AdminError::Refused(format!(
+            "deploy {} (version {} -> {}) is under way",
+            d.id, d.from, d.to
+        )));
+    }
+    let order = crate::node::deploy::plan(&cluster.members(), &state).map_err(AdminError::Refused)?;
+    let from = change.current();
+    let (version, target, to, overlay) = match req.target {
+        Some(t) => {
+            if !req.changes.is_empty() {
+                return Err(AdminError::Invalid(
+                    "deploy an existing version or a change, not both".into(),
+                ));
+            }
+            if t != 1 && change.version(t).is_none() {
+                return Err(AdminError::Invalid(format!("there is no version {t}")));
+            }
+            if t == from {
+                return Err(AdminError::Refused(format!("version {t} is the current one")));
+            }
+            (None, Some(t), t, change.overlay(t))
+        }
+        None => {
+            if req.changes.is_empty() {
+                return Err(AdminError::Invalid(
+                    "nothing to deploy: name a change (--env, --arg, --command, --workdir, --file)".into(),
+                ));
+            }
+            let overlay = change.overlay(from).then(&req.changes);
+            if overlay == change.overlay(from) {
+                return Err(AdminError::Refused(format!(
+                    "the change makes no difference to the current version {from}"
+                )));
+            }
+            let to = change.versions.back().map_or(1, |v| v.number) + 1;
+            let v = ServiceVersion {
+                number: 0,
+                label: label.clone(),
+                overlay: overlay.clone(),
+                by: by.clone(),
+                at_unix_ms: 0,
+                outcome: None,
+            };
+            (Some(v), None, to, overlay)
+        }
+    };
+    let steps = order
+        .iter()
+        .map(|n| {
+            let mut s = String::new();
+            if state.active.as_deref() == Some(n.as_str()) {
+                s.push_str("switch the role to an updated standby, then ");
+            }
+            if req.strategy == Strategy::Balance {
+                s.push_str("drain, ");
+            }
+            s.push_str(&format!(
+                "restart {n} on version {to}, watch it healthy for {} ms",
+                times.watch_ms
+            ));
+            if req.strategy == Strategy::Balance {
+                s.push_str(", put it back");
+            }
+            s
+        })
+        .collect();
+    let mut plan = DeployPlan {
+        dry_run: req.dry_run,
+        deploy: None,
+        from,
+        to,
+        label,
+        spec: overlay.summary(),
+        strategy: req.strategy,
+        steps,
+        times,
+        message: String::new(),
+    };
+    if !req.dry_run {
+        let r = cluster
+            .write_local(Command::Change(ChangeCmd::Start {
+                version,
+                target,
+                strategy: req.strategy,
+                plan: order,
+                times,
+                by,
+                at: unix_ms(),
+            }))
+            .await?;
+        if !r.ok {
+            return Err(AdminError::Refused(r.message));
+        }
+        plan.deploy = cluster.sm.read(|d| d.change.deploy.as_ref().map(|d| d.id));
+        plan.to = cluster.sm.read(|d| d.change.deploy.as_ref().map_or(to, |d| d.to));
+        plan.message = r.message;
+    } else {
+        plan.message = "dry run: nothing changed".into();
+    }
+    serde_json::to_string(&plan).map_err(|e| AdminError::Refused(e.to_string()))
 }
 
 use crate::cluster::members::{MemberError, MembersView};
@@ -318,6 +571,7 @@ fn router(node: Arc<AdminContext>) -> Router {
         .route("/v1/reload", post(reload_handler))
         .route("/v1/restart", post(restart_handler))
         .route("/v1/daemon", get(daemon_handler))
+        .route("/v1/deploy", get(deploy_get_handler).post(deploy_post_handler))
         .route("/v1/members", get(members_handler).post(member_add_handler))
         .route("/v1/members/:id", axum::routing::delete(member_remove_handler))
         .route("/v1/members/:id/voter", post(member_voter_handler))
@@ -578,6 +832,34 @@ async fn members_handler(State(node): State<Arc<AdminContext>>) -> Response {
     // Drift is about the config file of the node asked.
     view.drift = crate::cluster::members::drift(&node.config.members, &node.cluster.members());
     Json(view).into_response()
+}
+
+/// `GET /v1/deploy`: see [`DeployView`] (every node has the same replicated state).
+async fn deploy_get_handler(State(node): State<Arc<AdminContext>>) -> Response {
+    Json(deploy_view(&node.cluster)).into_response()
+}
+
+/// `POST /v1/deploy` with a [`DeployRequest`]: starts a deploy on the leader (through any
+/// node); answered with the [`DeployPlan`].
+async fn deploy_post_handler(State(node): State<Arc<AdminContext>>, body: axum::body::Bytes) -> Response {
+    let req: DeployRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, format!("invalid deploy request: {e}"), false),
+    };
+    if let Err(e) = req.changes.validate() {
+        return error_response(StatusCode::BAD_REQUEST, e, false);
+    }
+    let body = match serde_json::to_string(&AdminAction::Deploy(req)) {
+        Ok(b) => b,
+        Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), false),
+    };
+    match forward_admin_raw(&node, &body).await {
+        Ok(json) => match serde_json::from_str::<DeployPlan>(&json) {
+            Ok(plan) => Json(plan).into_response(),
+            Err(e) => error_response(StatusCode::BAD_GATEWAY, format!("bad reply from leader: {e}"), true),
+        },
+        Err(e) => error_response(e.status(), e.to_string(), e.retryable()),
+    }
 }
 
 /// `POST /v1/members` with a member (as a `[[member]]` in JSON): adds it as a learner.
@@ -887,7 +1169,6 @@ fn validate_admin(members: &[crate::config::Member], action: &AdminAction) -> Re
 pub async fn apply_admin(config: &Config, cluster: &Cluster, body: &str) -> Result<String, AdminError> {
     let action: AdminAction =
         serde_json::from_str(body).map_err(|e| AdminError::Invalid(format!("bad admin request: {e}")))?;
-    let _ = config;
     validate_admin(&cluster.members(), &action)?;
     let (active, epoch) = cluster.sm.read(|d| (d.state.active.clone(), d.state.epoch));
     let at = unix_ms();
@@ -905,6 +1186,7 @@ pub async fn apply_admin(config: &Config, cluster: &Cluster, body: &str) -> Resu
             return serde_json::to_string(&cluster.members_view())
                 .map_err(|e| AdminError::Refused(e.to_string()))
         }
+        AdminAction::Deploy(req) => return start_deploy(config, cluster, req).await,
         AdminAction::MemberLearner { member } => return done(cluster.add_learner(member).await?),
         AdminAction::MemberVoter { id } => return done(cluster.promote_learner(&id).await?),
         AdminAction::MemberRemove { id } => {

@@ -100,6 +100,21 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: MemberCmd,
     },
+    /// Roll out a new version of the managed service, one node at a time: standbys first,
+    /// then a switchover to an updated standby, then the old active; each node must run it
+    /// healthily for the watch window, or the deploy stops and the updated nodes go back.
+    /// Exits 0 once every node runs the new version healthily, 1 if it rolled back.
+    #[command(args_conflicts_with_subcommands = true)]
+    Deploy {
+        #[command(subcommand)]
+        cmd: Option<DeployCmd>,
+        #[command(flatten)]
+        api: Api,
+        #[command(flatten)]
+        change: DeployChange,
+        #[command(flatten)]
+        opts: DeployOpts,
+    },
     /// Planned move of the active role (waits for the target to be in sync).
     Switchover {
         #[command(flatten)]
@@ -410,6 +425,103 @@ pub enum BenchCmd {
 }
 
 #[derive(clap::Subcommand)]
+pub enum DeployCmd {
+    /// The deploy under way (node, step, phase) and the version each node runs.
+    Status {
+        #[command(flatten)]
+        api: Api,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every version (who, when, spec, outcome) and every deploy.
+    History {
+        #[command(flatten)]
+        api: Api,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Go back to an earlier version (default: the one before the current), deployed the same
+    /// careful way.
+    Rollback {
+        #[command(flatten)]
+        api: Api,
+        /// The version to go back to.
+        version: Option<u64>,
+        #[command(flatten)]
+        opts: DeployOpts,
+    },
+}
+
+/// What a new version changes (from the current one).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct DeployChange {
+    /// The program to run instead.
+    #[arg(long)]
+    pub command: Option<String>,
+    /// The arguments (all of them; repeat the option for each).
+    #[arg(long = "arg", allow_hyphen_values = true)]
+    pub args: Vec<String>,
+    /// An environment variable, NAME=VALUE (repeat the option).
+    #[arg(long = "env")]
+    pub env: Vec<String>,
+    #[arg(long)]
+    pub workdir: Option<PathBuf>,
+    /// A whole `[service]` section in TOML: its command, args, env and workdir.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// A name for the version ("2.4.1").
+    #[arg(long)]
+    pub label: Option<String>,
+}
+
+/// How a deploy runs.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeployOpts {
+    /// `failover`: the standby first, then a switchover; `balance`: also drain each node
+    /// before its restart and put it back after.
+    #[arg(long, default_value = "failover", value_parser = ["failover", "balance"])]
+    pub strategy: String,
+    /// Longest a step may take (a node to run the version, a switchover).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub step_timeout: Duration,
+    /// How long each node must stay healthy on the new version (default: long enough for
+    /// every check to fail `fall` times, at least 2 s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub watch: Option<Duration>,
+    /// How long a drained node's connections get before its restart (balance; default 2 s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub drain_time: Option<Duration>,
+    /// Print the plan; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How long to follow the deploy ("0s": start it and return).
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    pub wait: Duration,
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl DeployOpts {
+    /// The request these options make (without the change).
+    pub fn request(&self) -> crate::api::DeployRequest {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        crate::api::DeployRequest {
+            strategy: if self.strategy == "balance" {
+                crate::cluster::change::Strategy::Balance
+            } else {
+                crate::cluster::change::Strategy::Failover
+            },
+            step_timeout_ms: Some(ms(self.step_timeout)),
+            watch_ms: self.watch.map(ms),
+            drain_ms: self.drain_time.map(ms),
+            dry_run: self.dry_run,
+            by: Some(crate::cli::deploy::who()),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(clap::Subcommand)]
 pub enum MemberCmd {
     /// Add a node: it joins as a learner, catches up (from a snapshot if the log was
     /// compacted), then votes. Start it first with `[node] join = true`. Exits 0 once it votes.
@@ -546,6 +658,16 @@ impl Cmd {
                     | MemberCmd::Remove { api, .. }
                     | MemberCmd::Replace { api, .. }
                     | MemberCmd::List { api, .. },
+            } => Some(api),
+            Cmd::Deploy { cmd: None, api, .. }
+            | Cmd::Deploy {
+                cmd:
+                    Some(
+                        DeployCmd::Status { api, .. }
+                        | DeployCmd::History { api, .. }
+                        | DeployCmd::Rollback { api, .. },
+                    ),
+                ..
             } => Some(api),
             Cmd::Status { api, .. }
             | Cmd::Switchover { api, .. }

@@ -334,7 +334,7 @@ fn encode_query_value(v: &str) -> String {
         .collect()
 }
 
-fn format_time(unix_ms: u64) -> String {
+pub(super) fn format_time(unix_ms: u64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_millis(unix_ms);
     humantime::format_rfc3339_millis(t).to_string()
 }

@@ -206,6 +206,32 @@ async fn dispatch(
             let expect = (from.as_deref(), epoch);
             cli_result(client::switchover(&api.api, to.as_deref(), expect, false, wait, json).await)
         }
+        Cmd::Deploy { cmd, api, change, opts } => {
+            use crate::cli::args::DeployCmd;
+            use crate::cli::deploy;
+            cli_result(match cmd {
+                Some(DeployCmd::Status { api, json }) => deploy::status(&api.api, json).await,
+                Some(DeployCmd::History { api, json }) => deploy::history(&api.api, json).await,
+                Some(DeployCmd::Rollback { api, version, opts }) => {
+                    deploy::rollback(&api.api, version, opts.request(), opts.wait, opts.json).await
+                }
+                None => match deploy::changes(
+                    change.command,
+                    change.args,
+                    change.env,
+                    change.workdir,
+                    change.file.as_deref(),
+                ) {
+                    Ok(changes) => {
+                        let mut req = opts.request();
+                        req.changes = changes;
+                        req.label = change.label;
+                        deploy::deploy(&api.api, req, opts.wait, opts.json).await
+                    }
+                    Err(e) => Err(e),
+                },
+            })
+        }
         Cmd::Reload { api, node, json } => cli_result(client::reload(&api.api, node.as_deref(), json).await),
         Cmd::Failback { api, wait, json } => {
             let wait = (!wait.is_zero()).then_some(wait);

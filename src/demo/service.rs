@@ -1,5 +1,9 @@
-//! The demo's managed service: a tiny HTTP server that answers with the node and the epoch
-//! serving it, and only claims to be active while its node holds a lease.
+//! The demo's managed service: a tiny HTTP server that answers with the node, the epoch and
+//! the version serving it, and only claims to be active while its node holds a lease.
+//!
+//! Its version comes from `DEMO_VERSION` in its environment (default 1), and with
+//! `DEMO_BROKEN=1` its health check (`/health`) fails: what `standin deploy --env ...` changes
+//! to show a good deploy and an automatic rollback.
 //!
 //! It learns its role by asking the local daemon (`GET /v1/lease`) every 20 ms and stops
 //! claiming "active" by itself when the lease it last heard of runs out, even if the daemon is
@@ -29,6 +33,10 @@ struct Role {
 
 struct Shared {
     node: String,
+    /// `DEMO_VERSION` (default "1").
+    version: String,
+    /// `DEMO_BROKEN=1`: `/health` fails.
+    broken: bool,
     role: Mutex<Role>,
 }
 
@@ -40,8 +48,18 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
+    let version = std::env::var("DEMO_VERSION")
+        .ok()
+        .filter(|v| !v.is_empty() && v.len() <= 64 && !v.contains(char::is_whitespace))
+        .unwrap_or_else(|| "1".into());
+    let broken = std::env::var("DEMO_BROKEN").is_ok_and(|v| v == "1");
+    if broken {
+        tracing::warn!(%version, "DEMO_BROKEN=1: the health check fails");
+    }
     let shared = Arc::new(Shared {
         node,
+        version,
+        broken,
         role: Mutex::new(Role::default()),
     });
     let poller = {
@@ -51,7 +69,7 @@ pub async fn run(
     };
     let app = Router::new()
         .route("/", get(root))
-        .route("/health", get(|| async { "ok\n" }))
+        .route("/health", get(health))
         .route("/echo", get(echo))
         .route("/delay/:ms", get(delay))
         .with_state(shared);
@@ -75,12 +93,26 @@ async fn root(State(s): State<Arc<Shared>>) -> (StatusCode, String) {
     match role.until {
         Some(until) if Instant::now() < until => (
             StatusCode::OK,
-            format!("node={} epoch={} role=active\n", s.node, role.epoch),
+            format!(
+                "node={} epoch={} role=active version={}\n",
+                s.node, role.epoch, s.version
+            ),
         ),
         _ => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("node={} role=standby\n", s.node),
+            format!("node={} role=standby version={}\n", s.node, s.version),
         ),
+    }
+}
+
+async fn health(State(s): State<Arc<Shared>>) -> (StatusCode, String) {
+    if s.broken {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("broken (DEMO_BROKEN=1), version={}\n", s.version),
+        )
+    } else {
+        (StatusCode::OK, format!("ok version={}\n", s.version))
     }
 }
 
@@ -92,9 +124,10 @@ async fn echo(State(s): State<Arc<Shared>>, headers: axum::http::HeaderMap) -> S
         role.until.is_some_and(|u| Instant::now() < u)
     };
     let mut out = format!(
-        "node={} role={}\n",
+        "node={} role={} version={}\n",
         s.node,
-        if active { "active" } else { "standby" }
+        if active { "active" } else { "standby" },
+        s.version
     );
     for (name, value) in &headers {
         out.push_str(&format!(

@@ -3,8 +3,17 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hyper::Method;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use standin::address::proxy::status::{ListenerStatus, ProxyStatus};
+use standin::api::client::request;
+use standin::lab::harness::LocalCluster;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -180,3 +189,110 @@ pub async fn status_with(
     .ok()?;
     serde_json::from_str(&r.body).ok()
 }
+
+/// A `standin proxy` process; killed on drop.
+pub struct ProxyProc {
+    pub child: std::process::Child,
+    pub admin: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl ProxyProc {
+    pub fn start(dir: &Path, cluster: &LocalCluster, listeners_toml: &str) -> ProxyProc {
+        let admin = free_addr();
+        let apis: Vec<String> = cluster.nodes.iter().map(|n| format!("\"{}\"", n.admin)).collect();
+        let text = format!(
+            "[proxy]\ncluster = [{}]\nadmin = \"{admin}\"\n{listeners_toml}\n",
+            apis.join(", ")
+        );
+        let config = dir.join("proxy.toml");
+        std::fs::write(&config, text).expect("write proxy config");
+        let log = dir.join("proxy.log");
+        let child = Command::new(binary())
+            .args(["proxy", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .env("STANDIN_LOG", "info,standin::address=debug")
+            .process_group(0)
+            .spawn()
+            .expect("start the proxy");
+        ProxyProc { child, admin, log }
+    }
+
+    pub async fn status(&self) -> Option<ProxyStatus> {
+        let r = request(
+            &self.admin.to_string(),
+            Method::GET,
+            "/v1/proxy",
+            None,
+            Duration::from_secs(2),
+        )
+        .await
+        .ok()?;
+        serde_json::from_str(&r.body).ok()
+    }
+
+    pub async fn listener(&self, name: &str) -> ListenerStatus {
+        let s = self.status().await.expect("proxy status");
+        s.listeners
+            .into_iter()
+            .find(|l| l.name == name)
+            .unwrap_or_else(|| panic!("no listener {name}"))
+    }
+
+    pub async fn addr(&self, name: &str) -> SocketAddr {
+        self.listener(name).await.address.parse().expect("address")
+    }
+
+    /// Waits until every listener forwards to `active` (failover) or has backends (balance).
+    pub async fn wait_following(&self, active: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        while Instant::now() < deadline {
+            if let Some(s) = self.status().await {
+                let ok = !s.listeners.is_empty()
+                    && s.listeners.iter().all(|l| match l.settings.mode {
+                        standin::address::proxy::config::Mode::Failover => {
+                            l.active.as_deref() == Some(active)
+                        }
+                        standin::address::proxy::config::Mode::Balance => {
+                            l.upstreams.iter().filter(|u| u.cluster_ok).count() >= 2
+                        }
+                    });
+                if ok {
+                    return;
+                }
+                last = Some(s);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "proxy not following {active} after {timeout:?}: {last:?}\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    pub async fn put(&self, name: &str, body: serde_json::Value) -> (u16, String) {
+        let r = request(
+            &self.admin.to_string(),
+            Method::PUT,
+            &format!("/v1/proxy/listeners/{name}"),
+            Some(body.to_string()),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("PUT");
+        (r.status, r.body)
+    }
+}
+
+impl Drop for ProxyProc {
+    fn drop(&mut self) {
+        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
