@@ -32,20 +32,21 @@ pub const MAX_STRING: usize = 4096;
 /// Longest "by" (who asked) and failure reason kept.
 pub const MAX_NOTE: usize = 512;
 
-/// What a version changes in a node's `[service]` section.
+/// What a version changes in a node's `[service]` section. (No `skip_serializing_if`: the
+/// log and snapshots encode it with postcard, which needs every field.)
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ServiceOverlay {
     /// Replaces `command`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub command: Option<String>,
     /// Replaces `args` (all of them).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub args: Option<Vec<String>>,
     /// Set on top of `env` (a variable the file sets too takes this value).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Replaces `workdir`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub workdir: Option<PathBuf>,
 }
 
@@ -797,6 +798,81 @@ mod tests {
         assert!(outcome.starts_with("failed"), "{outcome}");
         assert_eq!(cc.history.len(), 2);
         assert!(!cc.history[0].ok);
+    }
+
+    /// Every command survives the log's encoding (postcard needs every field written).
+    #[test]
+    fn commands_round_trip_through_postcard() {
+        let mut overlay = ServiceOverlay {
+            command: Some("/bin/x".into()),
+            args: Some(vec!["-v".into()]),
+            workdir: Some("/srv".into()),
+            ..Default::default()
+        };
+        overlay.env.insert("V".into(), "2".into());
+        let cmds = [
+            ChangeCmd::Start {
+                version: Some(ServiceVersion {
+                    number: 0,
+                    label: "l".into(),
+                    overlay,
+                    by: "t".into(),
+                    at_unix_ms: 0,
+                    outcome: None,
+                }),
+                target: None,
+                strategy: Strategy::Balance,
+                plan: vec!["b".into(), "a".into()],
+                times: times(),
+                by: "t".into(),
+                at: 1,
+            },
+            ChangeCmd::Start {
+                version: Some(ServiceVersion {
+                    number: 0,
+                    label: String::new(),
+                    overlay: ServiceOverlay::default(),
+                    by: "t".into(),
+                    at_unix_ms: 0,
+                    outcome: None,
+                }),
+                target: None,
+                strategy: Strategy::Failover,
+                plan: vec!["b".into()],
+                times: times(),
+                by: "t".into(),
+                at: 1,
+            },
+            ChangeCmd::Phase {
+                deploy: 1,
+                step: 1,
+                phase: Phase::Watching,
+                at: 2,
+            },
+            ChangeCmd::Done { deploy: 1, at: 3 },
+            ChangeCmd::Fail {
+                deploy: 1,
+                reason: "r".into(),
+                rollback_plan: vec!["b".into()],
+                at: 4,
+            },
+            ChangeCmd::Running {
+                node: "a".into(),
+                version: 2,
+                at: 5,
+            },
+            ChangeCmd::Forget { node: "a".into() },
+        ];
+        for c in cmds {
+            let bytes = postcard::to_allocvec(&crate::cluster::state::Command::Change(c.clone())).expect("encode");
+            let back: crate::cluster::state::Command = postcard::from_bytes(&bytes).expect("decode");
+            assert_eq!(back, crate::cluster::state::Command::Change(c));
+        }
+        let mut cc = ChangeControl::default();
+        let mut st = ClusterState::default();
+        assert!(start(&mut cc, &mut st, "2").ok);
+        let bytes = postcard::to_allocvec(&cc).expect("encode");
+        assert_eq!(postcard::from_bytes::<ChangeControl>(&bytes).expect("decode"), cc);
     }
 
     #[test]
