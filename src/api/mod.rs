@@ -123,6 +123,29 @@ pub enum AdminAction {
     /// `standin deploy`: a new version of the service (or an earlier one) goes out, node by
     /// node. Answered with a [`DeployPlan`].
     Deploy(DeployRequest),
+    /// `standin config set/apply/rollback`: the cluster settings become `text` (validated on
+    /// the leader against its own configuration), if they are still at version `base`.
+    Settings {
+        text: String,
+        change: String,
+        by: String,
+        base: u64,
+    },
+}
+
+/// `GET /v1/config`: a node's effective configuration (secrets redacted) and the cluster
+/// settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConfigView {
+    pub node: String,
+    /// The digest of the effective configuration.
+    pub digest: String,
+    /// The digests of the sections every member should share (`config-drift`).
+    pub shared: std::collections::BTreeMap<String, String>,
+    /// The effective configuration: the file, its live reloads, the cluster settings.
+    pub config: serde_json::Value,
+    /// Every version of the cluster settings (the last is in effect).
+    pub settings: Vec<crate::cluster::change::SettingsVersion>,
 }
 
 /// What `standin deploy` asks for.
@@ -251,7 +274,11 @@ async fn start_deploy(config: &Config, cluster: &Cluster, req: DeployRequest) ->
         drain_ms: limit(
             "drain-time",
             req.drain_ms,
-            if req.strategy == Strategy::Balance { 2000 } else { 0 },
+            if req.strategy == Strategy::Balance {
+                2000
+            } else {
+                0
+            },
             HOUR,
         )?,
     };
@@ -572,6 +599,8 @@ fn router(node: Arc<AdminContext>) -> Router {
         .route("/v1/restart", post(restart_handler))
         .route("/v1/daemon", get(daemon_handler))
         .route("/v1/deploy", get(deploy_get_handler).post(deploy_post_handler))
+        .route("/v1/config", get(config_get_handler))
+        .route("/v1/config/settings", post(settings_handler))
         .route("/v1/members", get(members_handler).post(member_add_handler))
         .route("/v1/members/:id", axum::routing::delete(member_remove_handler))
         .route("/v1/members/:id/voter", post(member_voter_handler))
@@ -834,6 +863,55 @@ async fn members_handler(State(node): State<Arc<AdminContext>>) -> Response {
     Json(view).into_response()
 }
 
+/// `GET /v1/config`: see [`ConfigView`].
+async fn config_get_handler(State(node): State<Arc<AdminContext>>) -> Response {
+    let config = node.live.get();
+    Json(ConfigView {
+        node: node.cluster.me().to_string(),
+        digest: config.digest(),
+        shared: config.shared_digests(),
+        config: config.redacted_json(),
+        settings: node
+            .cluster
+            .sm
+            .read(|d| d.change.settings.iter().cloned().collect()),
+    })
+    .into_response()
+}
+
+/// `POST /v1/config/settings` with `{"text", "change", "by", "base"}`: new cluster settings.
+async fn settings_handler(State(node): State<Arc<AdminContext>>, body: axum::body::Bytes) -> Response {
+    #[derive(Deserialize)]
+    struct Body {
+        text: String,
+        #[serde(default)]
+        change: String,
+        #[serde(default)]
+        by: String,
+        base: u64,
+    }
+    let b: Body = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!("invalid settings request: {e}"),
+                false,
+            )
+        }
+    };
+    admin(
+        &node,
+        AdminAction::Settings {
+            text: b.text,
+            change: b.change,
+            by: b.by,
+            base: b.base,
+        },
+    )
+    .await
+}
+
 /// `GET /v1/deploy`: see [`DeployView`] (every node has the same replicated state).
 async fn deploy_get_handler(State(node): State<Arc<AdminContext>>) -> Response {
     Json(deploy_view(&node.cluster)).into_response()
@@ -844,7 +922,13 @@ async fn deploy_get_handler(State(node): State<Arc<AdminContext>>) -> Response {
 async fn deploy_post_handler(State(node): State<Arc<AdminContext>>, body: axum::body::Bytes) -> Response {
     let req: DeployRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, format!("invalid deploy request: {e}"), false),
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!("invalid deploy request: {e}"),
+                false,
+            )
+        }
     };
     if let Err(e) = req.changes.validate() {
         return error_response(StatusCode::BAD_REQUEST, e, false);
@@ -856,7 +940,11 @@ async fn deploy_post_handler(State(node): State<Arc<AdminContext>>, body: axum::
     match forward_admin_raw(&node, &body).await {
         Ok(json) => match serde_json::from_str::<DeployPlan>(&json) {
             Ok(plan) => Json(plan).into_response(),
-            Err(e) => error_response(StatusCode::BAD_GATEWAY, format!("bad reply from leader: {e}"), true),
+            Err(e) => error_response(
+                StatusCode::BAD_GATEWAY,
+                format!("bad reply from leader: {e}"),
+                true,
+            ),
         },
         Err(e) => error_response(e.status(), e.to_string(), e.retryable()),
     }
@@ -1187,6 +1275,35 @@ pub async fn apply_admin(config: &Config, cluster: &Cluster, body: &str) -> Resu
                 .map_err(|e| AdminError::Refused(e.to_string()))
         }
         AdminAction::Deploy(req) => return start_deploy(config, cluster, req).await,
+        AdminAction::Settings {
+            text,
+            change,
+            by,
+            base,
+        } => {
+            config
+                .with_settings(&text)
+                .map_err(|e| AdminError::Invalid(e.to_string()))?;
+            let clean = |s: &str| -> String {
+                s.chars()
+                    .filter(|c| !c.is_control())
+                    .take(crate::cluster::change::MAX_NOTE)
+                    .collect()
+            };
+            let r = cluster
+                .write_local(Command::Change(crate::cluster::change::ChangeCmd::Settings {
+                    text,
+                    change: clean(&change),
+                    by: clean(&by),
+                    base,
+                    at,
+                }))
+                .await?;
+            if !r.ok {
+                return Err(AdminError::Refused(r.message));
+            }
+            return done(r.message);
+        }
         AdminAction::MemberLearner { member } => return done(cluster.add_learner(member).await?),
         AdminAction::MemberVoter { id } => return done(cluster.promote_learner(&id).await?),
         AdminAction::MemberRemove { id } => {

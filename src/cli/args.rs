@@ -100,6 +100,13 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: MemberCmd,
     },
+    /// The effective configuration of a node, where the members' configurations differ, and
+    /// the cluster settings (`[failback]`, `[hooks]`, `[alarms]`, `[events]`) that change
+    /// through the cluster: validated by the leader, applied live on every node, versioned.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
     /// Roll out a new version of the managed service, one node at a time: standbys first,
     /// then a switchover to an updated standby, then the old active; each node must run it
     /// healthily for the watch window, or the deploy stops and the updated nodes go back.
@@ -425,6 +432,62 @@ pub enum BenchCmd {
 }
 
 #[derive(clap::Subcommand)]
+pub enum ConfigCmd {
+    /// Print a node's effective configuration as TOML (secrets redacted): its file, its live
+    /// reloads and the cluster settings.
+    Export {
+        #[command(flatten)]
+        api: Api,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per section, where the members' effective configurations differ (each member asked at
+    /// its admin address); sections every member should share are marked DRIFT.
+    Diff {
+        #[command(flatten)]
+        api: Api,
+        /// Also the sections that name the node itself (node, service, store, addresses, TLS).
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set one cluster setting: SECTION.KEY VALUE (VALUE in TOML; a bare word is a string),
+    /// e.g. `failback.mode auto`, `events.retention 5000`.
+    Set {
+        #[command(flatten)]
+        api: Api,
+        key: String,
+        value: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the cluster settings with a TOML file of those sections.
+    Apply {
+        #[command(flatten)]
+        api: Api,
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every version of the cluster settings: when, by whom, what changed, digests.
+    History {
+        #[command(flatten)]
+        api: Api,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Go back to the settings of version N (0: none, every node with its file alone).
+    Rollback {
+        #[command(flatten)]
+        api: Api,
+        version: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Subcommand)]
 pub enum DeployCmd {
     /// The deploy under way (node, step, phase) and the version each node runs.
     Status {
@@ -658,6 +721,15 @@ impl Cmd {
                     | MemberCmd::Remove { api, .. }
                     | MemberCmd::Replace { api, .. }
                     | MemberCmd::List { api, .. },
+            } => Some(api),
+            Cmd::Config {
+                cmd:
+                    ConfigCmd::Export { api, .. }
+                    | ConfigCmd::Diff { api, .. }
+                    | ConfigCmd::Set { api, .. }
+                    | ConfigCmd::Apply { api, .. }
+                    | ConfigCmd::History { api, .. }
+                    | ConfigCmd::Rollback { api, .. },
             } => Some(api),
             Cmd::Deploy { cmd: None, api, .. }
             | Cmd::Deploy {

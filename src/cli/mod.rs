@@ -7,6 +7,7 @@
 
 pub mod args;
 pub mod client;
+pub mod config;
 pub mod deploy;
 pub mod member;
 pub mod run;

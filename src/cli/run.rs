@@ -206,7 +206,29 @@ async fn dispatch(
             let expect = (from.as_deref(), epoch);
             cli_result(client::switchover(&api.api, to.as_deref(), expect, false, wait, json).await)
         }
-        Cmd::Deploy { cmd, api, change, opts } => {
+        Cmd::Config { cmd } => {
+            use crate::cli::args::ConfigCmd;
+            use crate::cli::config;
+            cli_result(match cmd {
+                ConfigCmd::Export { api, json } => config::export(&api.api, json).await,
+                ConfigCmd::Diff { api, all, json } => config::diff(&api.api, all, json).await,
+                ConfigCmd::Set {
+                    api,
+                    key,
+                    value,
+                    json,
+                } => config::set(&api.api, &key, &value, json).await,
+                ConfigCmd::Apply { api, file, json } => config::apply(&api.api, &file, json).await,
+                ConfigCmd::History { api, json } => config::history(&api.api, json).await,
+                ConfigCmd::Rollback { api, version, json } => config::rollback(&api.api, version, json).await,
+            })
+        }
+        Cmd::Deploy {
+            cmd,
+            api,
+            change,
+            opts,
+        } => {
             use crate::cli::args::DeployCmd;
             use crate::cli::deploy;
             cli_result(match cmd {

@@ -301,9 +301,37 @@ pub struct ChangeControl {
     pub deploy: Option<Deploy>,
     pub next_deploy: u64,
     pub history: VecDeque<DeployRecord>,
+    /// Versions of the cluster settings (`standin config set/apply/rollback`), oldest first;
+    /// the last is in effect.
+    pub settings: VecDeque<SettingsVersion>,
+}
+
+/// One version of the cluster settings: a TOML document of the sections every node applies
+/// live on top of its file (`config::CLUSTER_SECTIONS`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SettingsVersion {
+    pub number: u64,
+    /// The whole document in effect from this version on (empty: none, the files alone).
+    pub text: String,
+    /// What changed, in words (`failback.mode = "auto"`, `rollback to 3`, `apply FILE`).
+    pub change: String,
+    pub by: String,
+    pub at_unix_ms: u64,
+    /// Digests of the document before and after.
+    pub old_digest: String,
+    pub new_digest: String,
 }
 
 impl ChangeControl {
+    /// The cluster settings in effect (`None`: none were ever set, or the last version is
+    /// empty).
+    pub fn settings_text(&self) -> Option<String> {
+        self.settings
+            .back()
+            .map(|v| v.text.clone())
+            .filter(|t| !t.trim().is_empty())
+    }
+
     /// The alarms change control raises, by key: `deploy-failed` while the last deploy failed
     /// (until a deploy succeeds), `rolled-back` while the last thing that happened was an
     /// automatic rollback.
@@ -346,7 +374,9 @@ impl ChangeControl {
 
     /// The overlay of `number` (version 1 and unknown ones: none).
     pub fn overlay(&self, number: u64) -> ServiceOverlay {
-        self.version(number).map(|v| v.overlay.clone()).unwrap_or_default()
+        self.version(number)
+            .map(|v| v.overlay.clone())
+            .unwrap_or_default()
     }
 
     fn next_version(&self) -> u64 {
@@ -394,10 +424,7 @@ impl ChangeControl {
             at,
             EventKind::Deploy,
             None,
-            format!(
-                "deploy {}: version {} -> {}: {outcome}",
-                d.id, d.from, d.to
-            ),
+            format!("deploy {}: version {} -> {}: {outcome}", d.id, d.from, d.to),
         );
         self.history.push_back(DeployRecord {
             id: d.id,
@@ -641,6 +668,48 @@ impl ChangeControl {
                 self.running.remove(node);
                 CommandResult::ok()
             }
+            ChangeCmd::Settings {
+                text,
+                change,
+                by,
+                base,
+                at,
+            } => {
+                let current = self.settings.back().map_or(0, |v| v.number);
+                if *base != current {
+                    return CommandResult::refused(format!(
+                        "the settings changed meanwhile (version {current}, the change was made on {base}): run it again"
+                    ));
+                }
+                if text.len() > crate::config::MAX_SETTINGS {
+                    return CommandResult::refused("settings too large");
+                }
+                let old = self.settings.back().map(|v| v.text.clone()).unwrap_or_default();
+                let number = current + 1;
+                let v = SettingsVersion {
+                    number,
+                    text: text.clone(),
+                    change: cut(change),
+                    by: cut(by),
+                    at_unix_ms: *at,
+                    old_digest: digest(&old),
+                    new_digest: digest(text),
+                };
+                state.record(
+                    *at,
+                    EventKind::ConfigChanged,
+                    None,
+                    format!(
+                        "cluster settings version {number} by {}: {} (digest {} -> {})",
+                        v.by, v.change, v.old_digest, v.new_digest
+                    ),
+                );
+                self.settings.push_back(v);
+                while self.settings.len() > MAX_VERSIONS {
+                    self.settings.pop_front();
+                }
+                CommandResult::ok_with(format!("cluster settings version {number}"))
+            }
         }
     }
 }
@@ -692,6 +761,20 @@ pub enum ChangeCmd {
     Running { node: String, version: u64, at: u64 },
     /// `node` left the cluster.
     Forget { node: String },
+    /// The cluster settings become `text` (a whole document), if the last version is still
+    /// `base` (a compare-and-set: two operators' changes do not overwrite each other).
+    Settings {
+        text: String,
+        change: String,
+        by: String,
+        base: u64,
+        at: u64,
+    },
+}
+
+/// A short digest of a settings document.
+pub fn digest(text: &str) -> String {
+    format!("{:016x}", crate::config::raft_id(text))
 }
 
 #[cfg(test)]
@@ -754,8 +837,14 @@ mod tests {
         assert!(cc.apply(&mut st, &ChangeCmd::Done { deploy: id, at: 3 }).ok);
         assert_eq!(cc.current(), 2);
         assert!(cc.deploy.is_none());
-        assert_eq!(cc.version(2).and_then(|v| v.outcome.clone()).as_deref(), Some("deployed"));
-        assert!(!cc.apply(&mut st, &ChangeCmd::Done { deploy: id, at: 4 }).ok, "a stale leader's step is refused");
+        assert_eq!(
+            cc.version(2).and_then(|v| v.outcome.clone()).as_deref(),
+            Some("deployed")
+        );
+        assert!(
+            !cc.apply(&mut st, &ChangeCmd::Done { deploy: id, at: 4 }).ok,
+            "a stale leader's step is refused"
+        );
     }
 
     #[test]
@@ -862,9 +951,17 @@ mod tests {
                 at: 5,
             },
             ChangeCmd::Forget { node: "a".into() },
+            ChangeCmd::Settings {
+                text: "[failback]\nmode = \"auto\"\n".into(),
+                change: "c".into(),
+                by: "t".into(),
+                base: 0,
+                at: 6,
+            },
         ];
         for c in cmds {
-            let bytes = postcard::to_allocvec(&crate::cluster::state::Command::Change(c.clone())).expect("encode");
+            let bytes =
+                postcard::to_allocvec(&crate::cluster::state::Command::Change(c.clone())).expect("encode");
             let back: crate::cluster::state::Command = postcard::from_bytes(&bytes).expect("decode");
             assert_eq!(back, crate::cluster::state::Command::Change(c));
         }
@@ -873,6 +970,31 @@ mod tests {
         assert!(start(&mut cc, &mut st, "2").ok);
         let bytes = postcard::to_allocvec(&cc).expect("encode");
         assert_eq!(postcard::from_bytes::<ChangeControl>(&bytes).expect("decode"), cc);
+    }
+
+    #[test]
+    fn settings_are_versioned_with_a_compare_and_set() {
+        let (mut cc, mut st) = (ChangeControl::default(), ClusterState::default());
+        let set = |text: &str, base| ChangeCmd::Settings {
+            text: text.into(),
+            change: "c".into(),
+            by: "t".into(),
+            base,
+            at: 1,
+        };
+        assert!(cc.apply(&mut st, &set("[events]\nretention = 10\n", 0)).ok);
+        assert!(
+            !cc.apply(&mut st, &set("[events]\nretention = 20\n", 0)).ok,
+            "made on a stale version"
+        );
+        assert!(cc.apply(&mut st, &set("", 1)).ok);
+        assert_eq!(cc.settings.len(), 2);
+        assert_eq!(cc.settings_text(), None, "an empty document is no settings");
+        let v = &cc.settings[1];
+        assert_eq!(
+            (v.old_digest.clone(), v.new_digest.clone()),
+            (digest("[events]\nretention = 10\n"), digest(""))
+        );
     }
 
     #[test]

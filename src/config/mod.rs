@@ -567,11 +567,9 @@ impl Config {
         changed
     }
 
-    /// A short digest of the effective configuration (what the node runs with, not the file's
-    /// formatting), published in `config-changed` events: FNV-1a over its JSON form with every
-    /// secret replaced by a marker, so the digest tells nothing about a token or password
-    /// (whether one is set still counts).
-    pub fn digest(&self) -> String {
+    /// The effective configuration as JSON with every secret replaced by [`REDACTED`] (what
+    /// `GET /v1/config` and `standin config export` show).
+    pub fn redacted_json(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(self).unwrap_or_default();
         // The config's shape is fixed (a few levels of sections and lists): an explicit stack
         // rather than recursion all the same.
@@ -591,9 +589,106 @@ impl Config {
                 _ => {}
             }
         }
-        format!("{:016x}", raft_id(&value.to_string()))
+        value
+    }
+
+    /// A short digest of the effective configuration (what the node runs with, not the file's
+    /// formatting), published in `config-changed` events: FNV-1a over its JSON form with every
+    /// secret replaced by a marker, so the digest tells nothing about a token or password
+    /// (whether one is set still counts).
+    pub fn digest(&self) -> String {
+        format!("{:016x}", raft_id(&self.redacted_json().to_string()))
+    }
+
+    /// A digest of each section every member should have the same (see [`SHARED_SECTIONS`]),
+    /// for the `config-drift` alarm: `"none"` for one left out.
+    pub fn shared_digests(&self) -> BTreeMap<String, String> {
+        let value = self.redacted_json();
+        SHARED_SECTIONS
+            .iter()
+            .map(|s| {
+                let v = value.get(s.replace('-', "_")).or_else(|| value.get(*s));
+                let d = match v {
+                    None | Some(serde_json::Value::Null) => "none".to_string(),
+                    Some(v) => format!("{:016x}", raft_id(&v.to_string())),
+                };
+                (s.to_string(), d)
+            })
+            .collect()
     }
 }
+
+/// The sections cluster settings may change (`standin config set/apply`, through the Raft
+/// log): the ones that apply live on every node (see [`Config::apply_live`]).
+pub const CLUSTER_SECTIONS: &[&str] = &["failback", "hooks", "alarms", "events"];
+
+/// Largest cluster settings document.
+pub const MAX_SETTINGS: usize = 64 * 1024;
+
+/// `cur` with the keys of `overlay` (a TOML table) set on it, read back as `T`: unknown keys
+/// and bad values are refused, naming `section`.
+fn merge_section<T>(cur: &T, overlay: &toml::Value, section: &str) -> Result<T, ConfigError>
+where
+    T: Serialize + serde::de::DeserializeOwned,
+{
+    let mut value = toml::Value::try_from(cur).map_err(|e| invalid(section, e.to_string()))?;
+    let (Some(table), Some(over)) = (value.as_table_mut(), overlay.as_table()) else {
+        return Err(invalid(section, "must be a table"));
+    };
+    for (k, v) in over {
+        table.insert(k.clone(), v.clone());
+    }
+    value
+        .try_into::<T>()
+        .map_err(|e| invalid(section, e.message().trim().to_string()))
+}
+
+impl Config {
+    /// This configuration with the cluster settings `text` (a TOML document of
+    /// [`CLUSTER_SECTIONS`]) applied: each key it sets replaces the file's, the rest of the
+    /// section stays. Refused, naming the key, if a section is not a cluster setting or the
+    /// result does not validate.
+    pub fn with_settings(&self, text: &str) -> Result<Config, ConfigError> {
+        if text.len() > MAX_SETTINGS {
+            return Err(invalid("settings", format!("larger than {MAX_SETTINGS} bytes")));
+        }
+        let doc: toml::Table =
+            toml::from_str(text).map_err(|e| invalid("settings", e.message().trim().to_string()))?;
+        let mut next = self.clone();
+        for (section, v) in &doc {
+            match section.as_str() {
+                "failback" => next.failback = merge_section(&next.failback, v, "failback")?,
+                "hooks" => next.hooks = merge_section(&next.hooks, v, "hooks")?,
+                "alarms" => next.alarms = merge_section(&next.alarms, v, "alarms")?,
+                "events" => next.events = merge_section(&next.events, v, "events")?,
+                "timing" => {
+                    return Err(invalid(
+                        "timing",
+                        "the timings must change on every node at once (the lease rests on them): \
+                         change [timing] in every file and restart the nodes one by one; \
+                         `standin config diff` shows where they differ",
+                    ))
+                }
+                other => {
+                    return Err(invalid(
+                        other,
+                        format!(
+                            "not a cluster setting (those are: {})",
+                            CLUSTER_SECTIONS.join(", ")
+                        ),
+                    ))
+                }
+            }
+        }
+        next.validate()?;
+        Ok(next)
+    }
+}
+
+/// The sections that must be the same on every member (the timings the lease argument rests
+/// on, and the policies whichever node leads applies): a difference raises `config-drift`.
+/// `hooks` is compared between data nodes only (a witness runs none).
+pub const SHARED_SECTIONS: &[&str] = &["timing", "failback", "hooks", "alarms", "events"];
 
 /// Largest secret file read (a token or password is a line).
 const MAX_SECRET_FILE: u64 = 64 * 1024;

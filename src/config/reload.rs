@@ -124,37 +124,81 @@ impl ReloadReport {
 }
 
 /// The configuration a node runs with now: what it started with, with the live settings of
-/// each valid reload applied. Cheap to clone (one shared channel); readers take the current
+/// each valid reload applied, and the cluster settings (`standin config set/apply`, replicated
+/// through the Raft log) on top. Cheap to clone (one shared channel); readers take the current
 /// [`Arc<Config>`] with [`Live::get`] each time they use a live setting, or wait for a change
 /// with [`Live::subscribe`].
 #[derive(Debug, Clone)]
-pub struct Live(Arc<watch::Sender<Arc<Config>>>);
+pub struct Live {
+    effective: Arc<watch::Sender<Arc<Config>>>,
+    /// The file's configuration (as started, with the live settings of each valid reload) and
+    /// the cluster settings applied on top of it.
+    base: Arc<std::sync::Mutex<(Arc<Config>, Option<String>)>>,
+}
 
 impl Live {
     pub fn new(config: Arc<Config>) -> Live {
-        Live(Arc::new(watch::channel(config).0))
+        Live {
+            effective: Arc::new(watch::channel(config.clone()).0),
+            base: Arc::new(std::sync::Mutex::new((config, None))),
+        }
     }
 
     /// The configuration in effect now.
     pub fn get(&self) -> Arc<Config> {
-        self.0.borrow().clone()
+        self.effective.borrow().clone()
     }
 
     /// A receiver that sees every applied reload.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Config>> {
-        self.0.subscribe()
+        self.effective.subscribe()
+    }
+
+    /// The file's configuration with `settings` on top (the file's alone if they do not apply,
+    /// which is logged: they were validated by the leader against its own file).
+    fn publish(&self, base: &Arc<Config>, settings: Option<&str>) {
+        let effective = match settings {
+            None => base.clone(),
+            Some(text) => match base.with_settings(text) {
+                Ok(c) => Arc::new(c),
+                Err(e) => {
+                    tracing::error!(error = %e, "the cluster settings do not apply to this node's configuration; running with its file's");
+                    base.clone()
+                }
+            },
+        };
+        self.effective.send_if_modified(|cur| {
+            if **cur == *effective {
+                return false;
+            }
+            *cur = effective;
+            true
+        });
+    }
+
+    /// Applies the cluster settings `text` (`None`: none) on top of the file's configuration.
+    pub fn set_settings(&self, text: Option<String>) {
+        let mut base = self.base.lock().unwrap_or_else(|p| p.into_inner());
+        if base.1 == text {
+            return;
+        }
+        base.1 = text;
+        self.publish(&base.0, base.1.as_deref());
     }
 
     /// A reload, as SIGHUP and `POST /v1/reload` both do it: the TLS files (`tls`, if the
     /// node has its own) loaded again, the configuration file read again, its live settings
     /// applied (see [`Config::apply_live`]) and the outcome logged. A file that does not
-    /// validate changes nothing. Reads files: call it off the async workers.
+    /// validate changes nothing. The cluster settings stay on top. Reads files: call it off
+    /// the async workers.
     pub fn reload(&self, path: &Path, tls: Option<&crate::tls::Tls>) -> ReloadReport {
-        let running = self.get();
-        let (mut report, next) = running.recheck(path);
+        let mut base = self.base.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut report, next) = base.0.recheck(path);
         if let Some(next) = next {
-            self.0.send_replace(Arc::new(next));
+            base.0 = Arc::new(next);
+            self.publish(&base.0, base.1.as_deref());
         }
+        drop(base);
         reload_tls(&mut report, tls);
         report.log(path);
         report

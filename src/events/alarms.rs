@@ -33,8 +33,8 @@ const DRIFT_EVERY: Duration = Duration::from_secs(5);
 async fn member_drift(
     cluster: &Cluster,
     status: &Status,
-    previous: &BTreeMap<String, Vec<String>>,
-) -> BTreeMap<String, Vec<String>> {
+    previous: &BTreeMap<String, Reported>,
+) -> BTreeMap<String, Reported> {
     use crate::cluster::rpc::{Request, Response};
     let members = cluster.members();
     let asks = members.iter().filter(|m| m.id != status.view_from).map(|m| {
@@ -44,16 +44,17 @@ async fn member_drift(
                 .transport
                 .call(&id, &Request::Status, Duration::from_millis(500))
                 .await;
-            let drift = match answer {
-                Ok(Response::Json(s)) => serde_json::from_str::<Status>(&s)
-                    .ok()
-                    .map(|s| s.membership_drift),
+            let reported = match answer {
+                Ok(Response::Json(s)) => serde_json::from_str::<Status>(&s).ok().map(|s| Reported {
+                    drift: s.membership_drift,
+                    shared: s.config_shared,
+                }),
                 _ => None,
             };
-            (id, drift)
+            (id, reported)
         }
     });
-    let mut out: BTreeMap<String, Vec<String>> = futures::future::join_all(asks)
+    let mut out: BTreeMap<String, Reported> = futures::future::join_all(asks)
         .await
         .into_iter()
         .filter_map(|(id, d)| {
@@ -61,14 +62,66 @@ async fn member_drift(
             Some((id, d))
         })
         .collect();
-    out.insert(status.view_from.clone(), status.membership_drift.clone());
+    out.insert(
+        status.view_from.clone(),
+        Reported {
+            drift: status.membership_drift.clone(),
+            shared: status.config_shared.clone(),
+        },
+    );
+    out
+}
+
+/// What a member reported about its configuration.
+#[derive(Debug, Clone, Default)]
+struct Reported {
+    /// Where its file disagrees with the live membership.
+    drift: Vec<String>,
+    /// Digests of its shared sections (empty from a build that does not report them).
+    shared: BTreeMap<String, String>,
+}
+
+/// `config-drift` while the members' shared sections differ (see
+/// [`crate::config::SHARED_SECTIONS`]; `hooks` between data nodes only): the detail names
+/// each section and how the members group by its value.
+fn config_drift_alarm(
+    reported: &BTreeMap<String, Reported>,
+    members: &[crate::config::Member],
+) -> BTreeMap<String, String> {
+    let mut parts = Vec::new();
+    for section in crate::config::SHARED_SECTIONS {
+        let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (id, r) in reported {
+            let data = members
+                .iter()
+                .any(|m| m.id == *id && m.kind == crate::config::NodeKind::Data);
+            if *section == "hooks" && !data {
+                continue;
+            }
+            if let Some(d) = r.shared.get(*section) {
+                groups.entry(d.as_str()).or_default().push(id.as_str());
+            }
+        }
+        if groups.len() > 1 {
+            let sides: Vec<String> = groups.values().map(|ids| ids.join(",")).collect();
+            parts.push(format!("[{section}] differs: {}", sides.join(" vs ")));
+        }
+    }
+    let mut out = BTreeMap::new();
+    if !parts.is_empty() {
+        out.insert(
+            "config-drift".to_string(),
+            format!("{}; `standin config diff` shows the values", parts.join("; ")),
+        );
+    }
     out
 }
 
 /// `membership-drift:ID` for each member whose config file disagrees with the membership.
-fn drift_alarms(drift: &BTreeMap<String, Vec<String>>) -> BTreeMap<String, String> {
+fn drift_alarms(drift: &BTreeMap<String, Reported>) -> BTreeMap<String, String> {
     drift
         .iter()
+        .map(|(id, r)| (id, &r.drift))
         .filter(|(_, d)| !d.is_empty())
         .map(|(id, d)| {
             (
@@ -98,7 +151,7 @@ pub async fn run(
     // A new leader's view needs a moment (heartbeats, reports) before it judges anything.
     let grace = config.timing.settle_grace();
     let mut leading: Option<(u64, Instant)> = None;
-    let mut drift: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut drift: BTreeMap<String, Reported> = BTreeMap::new();
     let mut drift_asked: Option<Instant> = None;
     // Events up to this sequence number were handled (by us or a previous leader).
     let mut handled: u64 = 0;
@@ -163,6 +216,7 @@ pub async fn run(
             }
             let mut want = evaluate(&status, &records);
             want.extend(drift_alarms(&drift));
+            want.extend(config_drift_alarm(&drift, &cluster.members()));
             want.extend(cluster.sm.read(|d| d.change.alarms()));
             let at = unix_ms();
             for (key, detail) in &want {
@@ -438,7 +492,50 @@ mod tests {
             membership_drift: Vec::new(),
             membership_warnings: Vec::new(),
             transport: "mutual-tls".into(),
+            config_shared: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn config_drift_names_the_section_and_ignores_a_witness_without_hooks() {
+        let member = |id: &str, kind| crate::config::Member {
+            id: id.into(),
+            kind,
+            priority: 100,
+            addresses: vec!["127.0.0.1:1".parse().expect("addr")],
+            admin: "127.0.0.1:2".parse().expect("addr"),
+            service_address: None,
+            store_address: None,
+            site: None,
+        };
+        let members = [
+            member("a", NodeKind::Data),
+            member("b", NodeKind::Data),
+            member("w", NodeKind::Witness),
+        ];
+        let shared = |timing: &str, hooks: &str| Reported {
+            drift: Vec::new(),
+            shared: [("timing", timing), ("hooks", hooks)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let mut reported: BTreeMap<String, Reported> = BTreeMap::new();
+        reported.insert("a".into(), shared("t1", "h1"));
+        reported.insert("b".into(), shared("t1", "h1"));
+        reported.insert("w".into(), shared("t1", "none"));
+        assert!(
+            config_drift_alarm(&reported, &members).is_empty(),
+            "a witness has no hooks"
+        );
+        reported.insert("b".into(), shared("t2", "h1"));
+        let alarms = config_drift_alarm(&reported, &members);
+        let detail = alarms.get("config-drift").expect("raised");
+        assert!(detail.contains("[timing] differs: a,w vs b"), "{detail}");
+        assert!(!detail.contains("hooks"), "{detail}");
+        // A member that does not report digests (an older build) is left out.
+        reported.insert("b".into(), Reported::default());
+        assert!(config_drift_alarm(&reported, &members).is_empty());
     }
 
     /// `version-mismatch` is up while the members run different versions (a rolling upgrade

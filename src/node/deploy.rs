@@ -11,6 +11,9 @@
 //!   committed step times, restarted after a change of leader), so a new leader continues
 //!   where the last one stopped.
 //!
+//! - [`follow_settings`] runs on every node: the cluster settings (`standin config set`) in
+//!   the replicated state are applied on top of the node's file (`config::Live`).
+//!
 //! A deploy waits while a failover is under way (no active node, a promotion or a deposed
 //! node whose lease may run), so it never competes with one.
 
@@ -79,6 +82,34 @@ pub async fn follow(node: Arc<Node>, mut running: u64, cancel: CancellationToken
     }
 }
 
+/// Applies the cluster settings of the replicated state to this node's live configuration
+/// whenever they change.
+pub async fn follow_settings(node: Arc<Node>, cancel: CancellationToken) {
+    let mut applied = node.cluster.sm.subscribe();
+    let mut last: Option<Option<String>> = None;
+    loop {
+        let text = node.cluster.sm.read(|d| d.change.settings_text());
+        if last.as_ref() != Some(&text) {
+            let number = node
+                .cluster
+                .sm
+                .read(|d| d.change.settings.back().map_or(0, |v| v.number));
+            if last.is_some() || text.is_some() {
+                tracing::info!(
+                    version = number,
+                    "cluster settings applied on top of the config file"
+                );
+            }
+            node.live.set_settings(text.clone());
+            last = Some(text);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = applied.changed() => if r.is_err() { return },
+        }
+    }
+}
+
 /// What the driver remembers locally (a new leader starts afresh).
 #[derive(Default)]
 struct Local {
@@ -107,8 +138,10 @@ pub async fn drive(node: Arc<Node>, cancel: CancellationToken) {
             local = Local::default();
             continue;
         }
-        let (deploy, state, change) =
-            node.cluster.sm.read(|d| (d.change.deploy.clone(), d.state.clone(), d.change.clone()));
+        let (deploy, state, change) = node
+            .cluster
+            .sm
+            .read(|d| (d.change.deploy.clone(), d.state.clone(), d.change.clone()));
         let Some(d) = deploy else {
             local = Local::default();
             continue;
@@ -180,7 +213,14 @@ async fn step(
     let elapsed = now.saturating_sub(since);
     let timed_out = elapsed > d.times.step_timeout_ms;
     let Some(id) = d.node().map(str::to_string) else {
-        return write(node, ChangeCmd::Done { deploy: d.id, at: now }).await;
+        return write(
+            node,
+            ChangeCmd::Done {
+                deploy: d.id,
+                at: now,
+            },
+        )
+        .await;
     };
     let rec = state.nodes.get(&id);
     let healthy = rec.is_some_and(|r| r.healthy && !r.checks.is_empty());
@@ -231,7 +271,11 @@ async fn step(
                 return Ok(());
             }
             let Some(target) = switchover_target(node, d, state, change, &id) else {
-                tracing::info!(deploy = d.id, version = d.to, "deploy waits for a standby that runs the version healthily");
+                tracing::info!(
+                    deploy = d.id,
+                    version = d.to,
+                    "deploy waits for a standby that runs the version healthily"
+                );
                 return Ok(());
             };
             tracing::info!(deploy = d.id, from = %id, to = %target, "deploy: switching over");
@@ -298,7 +342,14 @@ async fn step(
             // stays unhealthy longer than the window (or never gets a whole window within the
             // step timeout) fails the step.
             if !runs_target {
-                return fail(node, d, state, change, format!("{id} no longer runs version {}", d.to)).await;
+                return fail(
+                    node,
+                    d,
+                    state,
+                    change,
+                    format!("{id} no longer runs version {}", d.to),
+                )
+                .await;
             }
             if healthy {
                 local.unhealthy = None;
@@ -387,7 +438,14 @@ async fn advance(node: &Node, d: &Deploy, now: u64) -> Result<(), String> {
         .await;
     }
     tracing::info!(deploy = d.id, version = d.to, kind = ?d.kind, "deploy done");
-    write(node, ChangeCmd::Done { deploy: d.id, at: now }).await
+    write(
+        node,
+        ChangeCmd::Done {
+            deploy: d.id,
+            at: now,
+        },
+    )
+    .await
 }
 
 /// Where the role goes from `from`: a healthy data node that runs the deploy's target version

@@ -505,6 +505,7 @@ pub async fn run(
     }
     tracker.spawn(coordinator::run(node.clone(), tasks.clone()));
     tracker.spawn(deploy::drive(node.clone(), tasks.clone()));
+    tracker.spawn(deploy::follow_settings(node.clone(), tasks.clone()));
     if node.supervisor.is_some() {
         tracker.spawn(deploy::follow(node.clone(), service_version, tasks.clone()));
     }

@@ -165,6 +165,7 @@ pub fn build_status(node: &Node) -> Status {
         membership_warnings: crate::cluster::members::even_voters(node.cluster.voters().len())
             .into_iter()
             .collect(),
+        config_shared: node.live.get().shared_digests(),
     }
 }
 

@@ -47,6 +47,11 @@ pub struct Status {
     /// Things about the membership an operator should know (an even number of voters).
     #[serde(default)]
     pub membership_warnings: Vec<String>,
+    /// A digest of each section of `view_from`'s effective configuration that every member
+    /// should have the same (`config::SHARED_SECTIONS`): the leader compares them
+    /// (`config-drift`).
+    #[serde(default)]
+    pub config_shared: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
