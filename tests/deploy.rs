@@ -210,7 +210,10 @@ async fn a_good_deploy_switches_over_once_and_fails_no_request() {
         .await
         .expect("dry run");
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("plan (dry run)") && out.contains("DEMO_VERSION=2"), "{out}");
+    assert!(
+        out.contains("plan (dry run)") && out.contains("DEMO_VERSION=2"),
+        "{out}"
+    );
     assert!(f.view().await.versions.is_empty(), "a dry run creates no version");
 
     let started = Instant::now();
@@ -240,7 +243,10 @@ async fn a_good_deploy_switches_over_once_and_fails_no_request() {
         before.active,
         after.active
     );
-    assert_ne!(after.active, before.active, "the role moved to the updated standby");
+    assert_ne!(
+        after.active, before.active,
+        "the role moved to the updated standby"
+    );
 
     let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
     eprintln!(
@@ -251,7 +257,10 @@ async fn a_good_deploy_switches_over_once_and_fails_no_request() {
         seen.served_by
     );
     assert!(seen.failed.is_empty(), "failed requests: {:?}", seen.failed);
-    assert_eq!(seen.stale, 0, "two nodes answered at one epoch, or an epoch went back");
+    assert_eq!(
+        seen.stale, 0,
+        "two nodes answered at one epoch, or an epoch went back"
+    );
     assert_eq!(
         seen.served_by.last().map(|s| s.1.as_str()),
         Some("2"),
@@ -310,7 +319,12 @@ async fn a_broken_version_rolls_back_without_touching_the_active() {
     let v = f.view().await;
     assert_eq!(v.current, 1);
     for n in &v.nodes {
-        assert_eq!((n.running, n.desired), (1, 1), "{} after the rollback: {v:?}", n.id);
+        assert_eq!(
+            (n.running, n.desired),
+            (1, 1),
+            "{} after the rollback: {v:?}",
+            n.id
+        );
     }
     let broken = v.versions.iter().find(|x| x.number == 2).expect("version 2 kept");
     let outcome = broken.outcome.clone().unwrap_or_default();
@@ -339,7 +353,9 @@ async fn a_broken_version_rolls_back_without_touching_the_active() {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let e = f.events().await;
-        if raised(&e, "deploy-failed", EventKind::AlarmRaised) && raised(&e, "rolled-back", EventKind::AlarmRaised) {
+        if raised(&e, "deploy-failed", EventKind::AlarmRaised)
+            && raised(&e, "rolled-back", EventKind::AlarmRaised)
+        {
             break;
         }
         assert!(Instant::now() < deadline, "alarms not raised: {e:?}");
@@ -350,7 +366,11 @@ async fn a_broken_version_rolls_back_without_touching_the_active() {
     let (code, out) = f.deploy(&["--env", "DEMO_VERSION=3"]).await.expect("deploy");
     assert_eq!(code, Some(0), "{out}\n{}", f.logs());
     let v = f.view().await;
-    let three = v.versions.iter().find(|x| x.number == v.current).expect("current");
+    let three = v
+        .versions
+        .iter()
+        .find(|x| x.number == v.current)
+        .expect("current");
     assert!(
         !three.overlay.env.contains_key("DEMO_BROKEN"),
         "the broken change is not carried on: {three:?}"
@@ -358,7 +378,9 @@ async fn a_broken_version_rolls_back_without_touching_the_active() {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let e = f.events().await;
-        if raised(&e, "deploy-failed", EventKind::AlarmCleared) && raised(&e, "rolled-back", EventKind::AlarmCleared) {
+        if raised(&e, "deploy-failed", EventKind::AlarmCleared)
+            && raised(&e, "rolled-back", EventKind::AlarmCleared)
+        {
             break;
         }
         assert!(Instant::now() < deadline, "alarms not cleared: {e:?}");
@@ -379,12 +401,16 @@ async fn a_deploy_survives_the_death_of_the_node_driving_it() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let v = f.view().await;
-        if v.deploy.as_ref().is_some_and(|d| {
-            d.step == 0 && d.phase == standin::cluster::change::Phase::Watching
-        }) {
+        if v.deploy
+            .as_ref()
+            .is_some_and(|d| d.step == 0 && d.phase == standin::cluster::change::Phase::Watching)
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "the deploy never reached its first watch: {v:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the deploy never reached its first watch: {v:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let status = f.cluster.status().await.expect("status");
@@ -399,11 +425,17 @@ async fn a_deploy_survives_the_death_of_the_node_driving_it() {
     let v = loop {
         let v = f.view().await;
         let settled = v.deploy.is_none()
-            && v.nodes.iter().all(|n| n.running == v.current && n.desired == v.current && n.healthy);
+            && v.nodes
+                .iter()
+                .all(|n| n.running == v.current && n.desired == v.current && n.healthy);
         if settled {
             break v;
         }
-        assert!(Instant::now() < deadline, "the deploy did not end: {v:?}\n{}", f.logs());
+        assert!(
+            Instant::now() < deadline,
+            "the deploy did not end: {v:?}\n{}",
+            f.logs()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     stop.cancel();

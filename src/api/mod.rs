@@ -251,7 +251,11 @@ async fn start_deploy(config: &Config, cluster: &Cluster, req: DeployRequest) ->
         drain_ms: limit(
             "drain-time",
             req.drain_ms,
-            if req.strategy == Strategy::Balance { 2000 } else { 0 },
+            if req.strategy == Strategy::Balance {
+                2000
+            } else {
+                0
+            },
             HOUR,
         )?,
     };
@@ -844,7 +848,13 @@ async fn deploy_get_handler(State(node): State<Arc<AdminContext>>) -> Response {
 async fn deploy_post_handler(State(node): State<Arc<AdminContext>>, body: axum::body::Bytes) -> Response {
     let req: DeployRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, format!("invalid deploy request: {e}"), false),
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!("invalid deploy request: {e}"),
+                false,
+            )
+        }
     };
     if let Err(e) = req.changes.validate() {
         return error_response(StatusCode::BAD_REQUEST, e, false);
@@ -856,7 +866,11 @@ async fn deploy_post_handler(State(node): State<Arc<AdminContext>>, body: axum::
     match forward_admin_raw(&node, &body).await {
         Ok(json) => match serde_json::from_str::<DeployPlan>(&json) {
             Ok(plan) => Json(plan).into_response(),
-            Err(e) => error_response(StatusCode::BAD_GATEWAY, format!("bad reply from leader: {e}"), true),
+            Err(e) => error_response(
+                StatusCode::BAD_GATEWAY,
+                format!("bad reply from leader: {e}"),
+                true,
+            ),
         },
         Err(e) => error_response(e.status(), e.to_string(), e.retryable()),
     }

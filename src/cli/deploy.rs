@@ -111,7 +111,10 @@ pub async fn deploy(api: &str, req: DeployRequest, wait: Duration, json: bool) -
         print!("{}", render_plan(&plan));
     }
     let Some(id) = plan.deploy else {
-        return Err(CliError::new(exit::UNAVAILABLE, "the leader did not say which deploy started"));
+        return Err(CliError::new(
+            exit::UNAVAILABLE,
+            "the leader did not say which deploy started",
+        ));
     };
     follow(api, id, plan.steps.len() as u64, wait, json).await
 }
@@ -270,7 +273,10 @@ pub async fn status(api: &str, json: bool) -> Result<(), CliError> {
     }
     out.push_str(&render_nodes(&v));
     if let Some(r) = v.history.last() {
-        out.push_str(&format!("last: deploy {} ({} -> {}): {}\n", r.id, r.from, r.to, r.outcome));
+        out.push_str(&format!(
+            "last: deploy {} ({} -> {}): {}\n",
+            r.id, r.from, r.to, r.outcome
+        ));
     }
     print!("{out}");
     Ok(())
@@ -303,7 +309,9 @@ pub async fn history(api: &str, json: bool) -> Result<(), CliError> {
     println!("{t}");
     let mut d = Table::new();
     d.load_preset(UTF8_FULL_CONDENSED);
-    d.set_header(vec!["deploy", "kind", "versions", "nodes", "by", "ended", "outcome"]);
+    d.set_header(vec![
+        "deploy", "kind", "versions", "nodes", "by", "ended", "outcome",
+    ]);
     for r in &v.history {
         d.add_row(vec![
             r.id.to_string(),

@@ -346,7 +346,9 @@ impl ChangeControl {
 
     /// The overlay of `number` (version 1 and unknown ones: none).
     pub fn overlay(&self, number: u64) -> ServiceOverlay {
-        self.version(number).map(|v| v.overlay.clone()).unwrap_or_default()
+        self.version(number)
+            .map(|v| v.overlay.clone())
+            .unwrap_or_default()
     }
 
     fn next_version(&self) -> u64 {
@@ -394,10 +396,7 @@ impl ChangeControl {
             at,
             EventKind::Deploy,
             None,
-            format!(
-                "deploy {}: version {} -> {}: {outcome}",
-                d.id, d.from, d.to
-            ),
+            format!("deploy {}: version {} -> {}: {outcome}", d.id, d.from, d.to),
         );
         self.history.push_back(DeployRecord {
             id: d.id,
@@ -754,8 +753,14 @@ mod tests {
         assert!(cc.apply(&mut st, &ChangeCmd::Done { deploy: id, at: 3 }).ok);
         assert_eq!(cc.current(), 2);
         assert!(cc.deploy.is_none());
-        assert_eq!(cc.version(2).and_then(|v| v.outcome.clone()).as_deref(), Some("deployed"));
-        assert!(!cc.apply(&mut st, &ChangeCmd::Done { deploy: id, at: 4 }).ok, "a stale leader's step is refused");
+        assert_eq!(
+            cc.version(2).and_then(|v| v.outcome.clone()).as_deref(),
+            Some("deployed")
+        );
+        assert!(
+            !cc.apply(&mut st, &ChangeCmd::Done { deploy: id, at: 4 }).ok,
+            "a stale leader's step is refused"
+        );
     }
 
     #[test]
@@ -864,7 +869,8 @@ mod tests {
             ChangeCmd::Forget { node: "a".into() },
         ];
         for c in cmds {
-            let bytes = postcard::to_allocvec(&crate::cluster::state::Command::Change(c.clone())).expect("encode");
+            let bytes =
+                postcard::to_allocvec(&crate::cluster::state::Command::Change(c.clone())).expect("encode");
             let back: crate::cluster::state::Command = postcard::from_bytes(&bytes).expect("decode");
             assert_eq!(back, crate::cluster::state::Command::Change(c));
         }

@@ -107,8 +107,10 @@ pub async fn drive(node: Arc<Node>, cancel: CancellationToken) {
             local = Local::default();
             continue;
         }
-        let (deploy, state, change) =
-            node.cluster.sm.read(|d| (d.change.deploy.clone(), d.state.clone(), d.change.clone()));
+        let (deploy, state, change) = node
+            .cluster
+            .sm
+            .read(|d| (d.change.deploy.clone(), d.state.clone(), d.change.clone()));
         let Some(d) = deploy else {
             local = Local::default();
             continue;
@@ -180,7 +182,14 @@ async fn step(
     let elapsed = now.saturating_sub(since);
     let timed_out = elapsed > d.times.step_timeout_ms;
     let Some(id) = d.node().map(str::to_string) else {
-        return write(node, ChangeCmd::Done { deploy: d.id, at: now }).await;
+        return write(
+            node,
+            ChangeCmd::Done {
+                deploy: d.id,
+                at: now,
+            },
+        )
+        .await;
     };
     let rec = state.nodes.get(&id);
     let healthy = rec.is_some_and(|r| r.healthy && !r.checks.is_empty());
@@ -231,7 +240,11 @@ async fn step(
                 return Ok(());
             }
             let Some(target) = switchover_target(node, d, state, change, &id) else {
-                tracing::info!(deploy = d.id, version = d.to, "deploy waits for a standby that runs the version healthily");
+                tracing::info!(
+                    deploy = d.id,
+                    version = d.to,
+                    "deploy waits for a standby that runs the version healthily"
+                );
                 return Ok(());
             };
             tracing::info!(deploy = d.id, from = %id, to = %target, "deploy: switching over");
@@ -298,7 +311,14 @@ async fn step(
             // stays unhealthy longer than the window (or never gets a whole window within the
             // step timeout) fails the step.
             if !runs_target {
-                return fail(node, d, state, change, format!("{id} no longer runs version {}", d.to)).await;
+                return fail(
+                    node,
+                    d,
+                    state,
+                    change,
+                    format!("{id} no longer runs version {}", d.to),
+                )
+                .await;
             }
             if healthy {
                 local.unhealthy = None;
@@ -387,7 +407,14 @@ async fn advance(node: &Node, d: &Deploy, now: u64) -> Result<(), String> {
         .await;
     }
     tracing::info!(deploy = d.id, version = d.to, kind = ?d.kind, "deploy done");
-    write(node, ChangeCmd::Done { deploy: d.id, at: now }).await
+    write(
+        node,
+        ChangeCmd::Done {
+            deploy: d.id,
+            at: now,
+        },
+    )
+    .await
 }
 
 /// Where the role goes from `from`: a healthy data node that runs the deploy's target version

@@ -159,7 +159,12 @@ impl Supervisor {
     /// run. Returns once the new process was spawned (or failed to, then retried with backoff).
     pub async fn replace(&self, cfg: ServiceConfig) {
         let (tx, rx) = oneshot::channel();
-        if self.commands.send(Request::Replace(Box::new(cfg), tx)).await.is_ok() {
+        if self
+            .commands
+            .send(Request::Replace(Box::new(cfg), tx))
+            .await
+            .is_ok()
+        {
             let _ = rx.await;
         }
     }

@@ -295,4 +295,3 @@ impl Drop for ProxyProc {
         let _ = self.child.wait();
     }
 }
-
