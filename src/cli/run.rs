@@ -206,7 +206,12 @@ async fn dispatch(
             let expect = (from.as_deref(), epoch);
             cli_result(client::switchover(&api.api, to.as_deref(), expect, false, wait, json).await)
         }
-        Cmd::Deploy { cmd, api, change, opts } => {
+        Cmd::Deploy {
+            cmd,
+            api,
+            change,
+            opts,
+        } => {
             use crate::cli::args::DeployCmd;
             use crate::cli::deploy;
             cli_result(match cmd {
@@ -530,6 +535,10 @@ async fn bench(which: BenchCmd) -> Result<(), crate::lab::harness::HarnessError>
                 json,
             };
             bench::until_interrupted(bench::join::run(opts)).await
+        }
+        BenchCmd::Deploy { deploys, json } => {
+            let opts = bench::deploy::DeployOptions { deploys, json };
+            bench::until_interrupted(bench::deploy::run(opts)).await
         }
         BenchCmd::Upgrade {
             restarts,
