@@ -1082,6 +1082,19 @@ fn render(report: &Report) -> String {
         report.script_drain_max_ms / 1000,
         report.script_up_timeout_ms / 1000,
     ));
+    for s in report.sides.iter().filter(|s| !s.failures.is_empty()) {
+        let shown = s.failures.len().min(5);
+        out.push_str(&format!(
+            "{}: first failed requests (ms since its probe began): {}{}\n",
+            s.side,
+            s.failures[..shown].join(" | "),
+            if s.failures.len() > shown {
+                " | ... (see --json)"
+            } else {
+                ""
+            }
+        ));
+    }
     for s in &report.sides {
         if let Some(e) = &s.error {
             let first = e.lines().next().unwrap_or_default();
@@ -1183,5 +1196,6 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("not run: no deploy"), "{text}");
+        assert!(!text.contains("first failed requests"), "{text}");
     }
 }
