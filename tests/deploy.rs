@@ -248,33 +248,35 @@ async fn a_good_deploy_switches_over_once_and_fails_no_request() {
         "the role moved to the updated standby"
     );
 
-    let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
-    eprintln!(
-        "deploy took {took:?}; {} answers, {} failed, longest gap {:?}, served by {:?}",
-        seen.ok,
-        seen.failed.len(),
-        seen.longest_gap,
-        seen.served_by
-    );
-    assert!(seen.failed.is_empty(), "failed requests: {:?}", seen.failed);
-    assert_eq!(
-        seen.stale, 0,
-        "two nodes answered at one epoch, or an epoch went back"
-    );
-    assert_eq!(
-        seen.served_by.last().map(|s| s.1.as_str()),
-        Some("2"),
-        "the floating address serves version 2 at the end: {:?}",
-        seen.served_by
-    );
-    assert!(
-        seen.served_by.iter().all(|(node, version)| {
-            // The old active served version 1 only: it was updated after it handed over.
-            *node != before.active.clone().unwrap_or_default() || version == "1"
-        }),
-        "the active node was restarted while active: {:?}",
-        seen.served_by
-    );
+    {
+        let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+        eprintln!(
+            "deploy took {took:?}; {} answers, {} failed, longest gap {:?}, served by {:?}",
+            seen.ok,
+            seen.failed.len(),
+            seen.longest_gap,
+            seen.served_by
+        );
+        assert!(seen.failed.is_empty(), "failed requests: {:?}", seen.failed);
+        assert_eq!(
+            seen.stale, 0,
+            "two nodes answered at one epoch, or an epoch went back"
+        );
+        assert_eq!(
+            seen.served_by.last().map(|s| s.1.as_str()),
+            Some("2"),
+            "the floating address serves version 2 at the end: {:?}",
+            seen.served_by
+        );
+        assert!(
+            seen.served_by.iter().all(|(node, version)| {
+                // The old active served version 1 only: it was updated after it handed over.
+                *node != before.active.clone().unwrap_or_default() || version == "1"
+            }),
+            "the active node was restarted while active: {:?}",
+            seen.served_by
+        );
+    }
     let events = f.events().await;
     assert!(
         events

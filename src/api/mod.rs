@@ -249,7 +249,7 @@ fn default_watch(config: &Config) -> u64 {
         .checks
         .iter()
         .map(|c| {
-            let probes = u32::try_from(c.fall).unwrap_or(u32::MAX).saturating_add(1);
+            let probes = c.fall.saturating_add(1);
             c.interval.saturating_mul(probes).saturating_mul(2) + c.timeout
         })
         .max()
@@ -343,7 +343,7 @@ async fn start_deploy(config: &Config, cluster: &Cluster, req: DeployRequest) ->
                 at_unix_ms: 0,
                 outcome: None,
             };
-            (Some(v), None, to, overlay)
+            (Some(Box::new(v)), None, to, overlay)
         }
     };
     let steps = order

@@ -12,6 +12,7 @@
 //! them on Ctrl-C too).
 
 pub mod backend;
+pub mod deploy;
 pub mod disk;
 pub mod join;
 pub mod proxy;
@@ -443,7 +444,7 @@ pub async fn failover(o: FailoverOptions) -> Result<(), HarnessError> {
 }
 
 /// Waits until a request through `addr` is answered by an active node.
-async fn wait_active_via(addr: SocketAddr, timeout: Duration) -> Result<(), HarnessError> {
+pub(crate) async fn wait_active_via(addr: SocketAddr, timeout: Duration) -> Result<(), HarnessError> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if crate::lab::harness::probe_service(addr, Duration::from_millis(500))

@@ -75,6 +75,18 @@ impl StandinProxy {
         cluster_admins: &[SocketAddr],
         listeners: &[(&str, Protocol)],
     ) -> Result<StandinProxy, HarnessError> {
+        StandinProxy::start_with(binary, dir, cluster_admins, listeners, "")
+    }
+
+    /// [`StandinProxy::start`] with `settings` (TOML lines, e.g. `queue-timeout = "3s"`) added
+    /// to every listener.
+    pub fn start_with(
+        binary: &Path,
+        dir: &Path,
+        cluster_admins: &[SocketAddr],
+        listeners: &[(&str, Protocol)],
+        settings: &str,
+    ) -> Result<StandinProxy, HarnessError> {
         proxy_available(binary)?;
         let ports = free_ports(listeners.len() + 1)?;
         let local = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
@@ -88,9 +100,12 @@ impl StandinProxy {
         for ((name, protocol), port) in listeners.iter().zip(&ports[1..]) {
             let listen = local(*port);
             text.push_str(&format!(
-                "\n[[proxy.listener]]\nname = \"{name}\"\nlisten = \"{listen}\"\ntarget = \"service\"\nmode = \"failover\"\nprotocol = \"{}\"\n",
+                "\n[[proxy.listener]]\nname = \"{name}\"\nlisten = \"{listen}\"\ntarget = \"service\"\nmode = \"failover\"\nprotocol = \"{}\"\n{settings}",
                 protocol.as_str()
             ));
+            if !settings.is_empty() && !settings.ends_with('\n') {
+                text.push('\n');
+            }
             bound.push((name.to_string(), *protocol, listen));
         }
         let config = dir.join("proxy.toml");
@@ -108,6 +123,20 @@ impl StandinProxy {
             listeners: bound,
             admin,
         })
+    }
+
+    /// What the proxy's control API says (`GET /v1/proxy`), if it answers.
+    pub async fn status(&self) -> Option<crate::address::proxy::status::ProxyStatus> {
+        let r = request(
+            &self.admin.to_string(),
+            Method::GET,
+            "/v1/proxy",
+            None,
+            Duration::from_secs(2),
+        )
+        .await
+        .ok()?;
+        serde_json::from_str(&r.body).ok()
     }
 
     pub fn listener(&self, name: &str) -> Option<SocketAddr> {
@@ -136,7 +165,7 @@ fn proxy_available(binary: &Path) -> Result<(), HarnessError> {
 }
 
 /// Whether `name` is an executable on `PATH`.
-fn on_path(name: &str) -> bool {
+pub(crate) fn on_path(name: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
         .unwrap_or(false)

@@ -137,7 +137,7 @@ pub struct Report {
 }
 
 /// Counts requests and failures and the longest gap between successes.
-struct Meter {
+pub(crate) struct Meter {
     requests: u64,
     failed: u64,
     last_ok: Instant,
@@ -145,7 +145,7 @@ struct Meter {
 }
 
 impl Meter {
-    fn new() -> Meter {
+    pub(crate) fn new() -> Meter {
         Meter {
             requests: 0,
             failed: 0,
@@ -154,19 +154,19 @@ impl Meter {
         }
     }
 
-    fn ok(&mut self) {
+    pub(crate) fn ok(&mut self) {
         let now = Instant::now();
         self.requests += 1;
         self.max_gap = self.max_gap.max(now.duration_since(self.last_ok));
         self.last_ok = now;
     }
 
-    fn fail(&mut self) {
+    pub(crate) fn fail(&mut self) {
         self.requests += 1;
         self.failed += 1;
     }
 
-    fn traffic(&self) -> Traffic {
+    pub(crate) fn traffic(&self) -> Traffic {
         // A phase that ends failing counts its last gap up to the end.
         let gap = self.max_gap.max(self.last_ok.elapsed());
         Traffic {
@@ -177,7 +177,7 @@ impl Meter {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -363,7 +363,7 @@ async fn write_loop(
 }
 
 /// The median and maximum of `ms`.
-fn op_stats(ms: &[f64]) -> (Option<f64>, Option<f64>) {
+pub(crate) fn op_stats(ms: &[f64]) -> (Option<f64>, Option<f64>) {
     let mut v = ms.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     let p50 = match v.len() {
@@ -521,7 +521,7 @@ async fn stop_start(cluster: &mut LocalCluster, id: &str, epoch: u64) -> Result<
 
 /// Asks every data node for its lease, so the cluster's guard knows every service process
 /// (and kills them when dropped).
-async fn remember_services(cluster: &LocalCluster) {
+pub(crate) async fn remember_services(cluster: &LocalCluster) {
     for n in cluster.nodes.iter().filter(|n| !n.witness) {
         let _ = cluster.lease(&n.id).await;
     }

@@ -415,6 +415,15 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Rolling deploys under load (issue 17): good and broken versions alternating, through
+    /// standin proxy in front of a local cluster, beside HAProxy with a drain-and-restart script.
+    Deploy {
+        /// Deploys per side, alternating a good version and a broken one (rolled back).
+        #[arg(long, default_value_t = 20)]
+        deploys: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Floating-address proxy overhead with wrk: direct, HAProxy, standin's proxy (BENCHMARKS.md §4).
     Proxy {
         /// How long each wrk run lasts (whole seconds).

@@ -553,6 +553,10 @@ async fn bench(which: BenchCmd) -> Result<(), crate::lab::harness::HarnessError>
             };
             bench::until_interrupted(bench::join::run(opts)).await
         }
+        BenchCmd::Deploy { deploys, json } => {
+            let opts = bench::deploy::DeployOptions { deploys, json };
+            bench::until_interrupted(bench::deploy::run(opts)).await
+        }
         BenchCmd::Upgrade {
             restarts,
             reloads,

@@ -482,7 +482,7 @@ impl ChangeControl {
                             });
                         }
                         let number = self.next_version();
-                        let mut v = v.clone();
+                        let mut v = ServiceVersion::clone(v);
                         v.number = number;
                         v.at_unix_ms = *at;
                         v.outcome = None;
@@ -732,7 +732,8 @@ pub enum ChangeCmd {
     /// Starts a deploy: of a new `version` (its number is given when applied), or of an
     /// existing one (`target`, for `standin deploy rollback N`).
     Start {
-        version: Option<ServiceVersion>,
+        /// Boxed: the largest variant by far, and every log entry is sized by it.
+        version: Option<Box<ServiceVersion>>,
         target: Option<u64>,
         strategy: Strategy,
         plan: Vec<String>,
@@ -795,14 +796,14 @@ mod tests {
         cc.apply(
             st,
             &ChangeCmd::Start {
-                version: Some(ServiceVersion {
+                version: Some(Box::new(ServiceVersion {
                     number: 0,
                     label: env.into(),
                     overlay,
                     by: "t".into(),
                     at_unix_ms: 0,
                     outcome: None,
-                }),
+                })),
                 target: None,
                 strategy: Strategy::Failover,
                 plan: vec!["b".into(), "a".into()],
@@ -901,14 +902,14 @@ mod tests {
         overlay.env.insert("V".into(), "2".into());
         let cmds = [
             ChangeCmd::Start {
-                version: Some(ServiceVersion {
+                version: Some(Box::new(ServiceVersion {
                     number: 0,
                     label: "l".into(),
                     overlay,
                     by: "t".into(),
                     at_unix_ms: 0,
                     outcome: None,
-                }),
+                })),
                 target: None,
                 strategy: Strategy::Balance,
                 plan: vec!["b".into(), "a".into()],
@@ -917,14 +918,14 @@ mod tests {
                 at: 1,
             },
             ChangeCmd::Start {
-                version: Some(ServiceVersion {
+                version: Some(Box::new(ServiceVersion {
                     number: 0,
                     label: String::new(),
                     overlay: ServiceOverlay::default(),
                     by: "t".into(),
                     at_unix_ms: 0,
                     outcome: None,
-                }),
+                })),
                 target: None,
                 strategy: Strategy::Failover,
                 plan: vec!["b".into()],
