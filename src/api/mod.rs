@@ -305,7 +305,7 @@ async fn start_deploy(config: &Config, cluster: &Cluster, req: DeployRequest) ->
             d.id, d.from, d.to
         )));
     }
-    let order = crate::node::deploy::plan(&cluster.members(), &state).map_err(AdminError::Refused)?;
+    let order = crate::cluster::change::plan(&cluster.members(), &state).map_err(AdminError::Refused)?;
     let from = change.current();
     let (version, target, to, overlay) = match req.target {
         Some(t) => {

@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::unix_ms;
-use crate::cluster::change::{ChangeCmd, ChangeControl, Deploy, DeployKind, Phase, Strategy};
+use crate::cluster::change::{failover_under_way, ChangeCmd, ChangeControl, Deploy, DeployKind, Phase, Strategy};
 use crate::cluster::state::{ClusterState, Command};
 use crate::config::NodeKind;
 use crate::failover::Cause;
@@ -150,12 +150,6 @@ pub async fn drive(node: Arc<Node>, cancel: CancellationToken) {
             tracing::debug!(error = %e, deploy = d.id, "deploy step not written");
         }
     }
-}
-
-/// Whether a failover is under way (the deploy waits): no active node, a promotion not yet
-/// confirmed, or a deposed node that has not confirmed it stopped.
-fn failover_under_way(state: &ClusterState) -> bool {
-    state.active.is_none() || state.promotion.is_some() || state.deposed.as_ref().is_some_and(|d| !d.released)
 }
 
 async fn write(node: &Node, cmd: ChangeCmd) -> Result<(), String> {
@@ -516,25 +510,4 @@ async fn fail(
         },
     )
     .await
-}
-
-/// The order a deploy updates the data nodes in: standbys first (the lowest priority first),
-/// the active node last. `Err` when the cluster cannot take a deploy now.
-pub fn plan(members: &[crate::config::Member], state: &ClusterState) -> Result<Vec<String>, String> {
-    if failover_under_way(state) {
-        return Err("a failover is under way; deploy once a node is active".into());
-    }
-    let mut data: Vec<_> = members.iter().filter(|m| m.kind == NodeKind::Data).collect();
-    if data.len() < 2 {
-        return Err("a deploy needs a standby data node to switch over to".into());
-    }
-    let active = state.active.clone();
-    data.sort_by(|a, b| {
-        let is_active = |m: &crate::config::Member| active.as_deref() == Some(m.id.as_str());
-        is_active(a)
-            .cmp(&is_active(b))
-            .then(a.priority.cmp(&b.priority))
-            .then(a.id.cmp(&b.id))
-    });
-    Ok(data.into_iter().map(|m| m.id.clone()).collect())
 }
