@@ -726,7 +726,10 @@ pub fn plan(members: &[crate::config::Member], state: &ClusterState) -> Result<V
     if failover_under_way(state) {
         return Err("a failover is under way; deploy once a node is active".into());
     }
-    let mut data: Vec<_> = members.iter().filter(|m| m.kind == crate::config::NodeKind::Data).collect();
+    let mut data: Vec<_> = members
+        .iter()
+        .filter(|m| m.kind == crate::config::NodeKind::Data)
+        .collect();
     if data.len() < 2 {
         return Err("a deploy needs a standby data node to switch over to".into());
     }

@@ -23,7 +23,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::unix_ms;
-use crate::cluster::change::{failover_under_way, ChangeCmd, ChangeControl, Deploy, DeployKind, Phase, Strategy};
+use crate::cluster::change::{
+    failover_under_way, ChangeCmd, ChangeControl, Deploy, DeployKind, Phase, Strategy,
+};
 use crate::cluster::state::{ClusterState, Command};
 use crate::config::NodeKind;
 use crate::failover::Cause;
