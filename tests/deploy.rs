@@ -400,11 +400,12 @@ async fn a_broken_version_rolls_back_without_touching_the_active() {
     }
 }
 
-/// The Raft leader, which drives the deploy, is killed -9 once the first standby runs the new
-/// version: another node leads and the deploy ends (done or rolled back) with every node on one
-/// version, never two actives.
+/// The active node (most often also the Raft leader, which drives the deploy) is killed -9 once
+/// the first standby is watched on the new version: a failover during the deploy; another node
+/// leads, and the deploy ends (done or rolled back) with every node on one version, never two
+/// actives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deploy_survives_the_death_of_the_node_driving_it() {
+async fn a_deploy_survives_a_failover_and_the_death_of_the_node_driving_it() {
     let _g = SERIAL.lock().await;
     let mut f = Fixture::start().await;
     let (seen, stop, task) = probe(f.http);
@@ -425,11 +426,17 @@ async fn a_deploy_survives_the_death_of_the_node_driving_it() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The active node is killed: a failover during the deploy (the standby being watched on
+    // the new version takes over), and most often the Raft leader driving the deploy too.
     let status = f.cluster.status().await.expect("status");
-    let leader = status.leader.clone().expect("leader");
-    eprintln!("killing the leader {leader} (active: {:?})", status.active);
-    f.cluster.kill(&leader).await.expect("kill -9");
+    let victim = status.active.clone().expect("active");
+    eprintln!(
+        "killing the active node {victim} (raft leader: {:?})",
+        status.leader
+    );
+    f.cluster.kill(&victim).await.expect("kill -9");
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let leader = victim;
     f.cluster.start(&leader).expect("restart");
     let (code, out) = deploy.await.expect("deploy");
     eprintln!("deploy exited {code:?}: {out}");

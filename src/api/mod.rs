@@ -282,6 +282,21 @@ async fn start_deploy(config: &Config, cluster: &Cluster, req: DeployRequest) ->
             HOUR,
         )?,
     };
+    if times.watch_ms.saturating_add(times.drain_ms) >= times.step_timeout_ms {
+        return Err(AdminError::Invalid(format!(
+            "the step timeout ({} ms) must be longer than the watch window ({} ms) plus the drain time ({} ms): raise --step-timeout",
+            times.step_timeout_ms, times.watch_ms, times.drain_ms
+        )));
+    }
+    if config
+        .service
+        .as_ref()
+        .is_some_and(|s| s.mode == crate::config::ServiceMode::Warm)
+    {
+        return Err(AdminError::Refused(
+            "the service runs in warm mode (started on promotion only): a standby would never run the new version before it takes the role, so a deploy cannot test it; change the files and restart the nodes".into(),
+        ));
+    }
     let label = req.label.clone().unwrap_or_default();
     if label.len() > crate::cluster::change::MAX_LABEL || label.chars().any(char::is_control) {
         return Err(AdminError::Invalid(format!(
@@ -305,7 +320,7 @@ async fn start_deploy(config: &Config, cluster: &Cluster, req: DeployRequest) ->
             d.id, d.from, d.to
         )));
     }
-    let order = crate::cluster::change::plan(&cluster.members(), &state).map_err(AdminError::Refused)?;
+    let order = crate::cluster::state::plan(&cluster.members(), &state).map_err(AdminError::Refused)?;
     let from = change.current();
     let (version, target, to, overlay) = match req.target {
         Some(t) => {

@@ -14,7 +14,6 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::state::{ClusterState, CommandResult, EventKind};
 use crate::config::ServiceConfig;
 
 /// Versions kept (the oldest beyond are dropped, never one a node runs or should run).
@@ -29,6 +28,8 @@ pub const MAX_ARGS: usize = 256;
 pub const MAX_ENV: usize = 256;
 /// Longest string in a version (command, argument, variable name or value, workdir).
 pub const MAX_STRING: usize = 4096;
+/// Largest version spec (all its strings together).
+pub const MAX_OVERLAY: usize = 64 * 1024;
 /// Longest "by" (who asked) and failure reason kept.
 pub const MAX_NOTE: usize = 512;
 
@@ -115,6 +116,15 @@ impl ServiceOverlay {
             for (i, s) in a.iter().enumerate() {
                 text(&format!("service.args[{i}]"), s)?;
             }
+        }
+        let total = self.command.as_ref().map_or(0, String::len)
+            + self.args.iter().flatten().map(String::len).sum::<usize>()
+            + self.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + self.workdir.as_ref().map_or(0, |w| w.as_os_str().len());
+        if total > MAX_OVERLAY {
+            return Err(format!(
+                "service: the version's spec is larger than {MAX_OVERLAY} bytes"
+            ));
         }
         if self.env.len() > MAX_ENV {
             return Err(format!("service.env: more than {MAX_ENV} variables"));
@@ -286,6 +296,64 @@ pub struct DeployRecord {
     pub ok: bool,
 }
 
+/// What applying a command answers (the state machine turns it into a `CommandResult`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub ok: bool,
+    pub message: String,
+}
+
+impl Outcome {
+    fn ok() -> Self {
+        Outcome {
+            ok: true,
+            message: String::new(),
+        }
+    }
+    fn ok_with(message: String) -> Self {
+        Outcome { ok: true, message }
+    }
+    fn refused(message: impl Into<String>) -> Self {
+        Outcome {
+            ok: false,
+            message: message.into(),
+        }
+    }
+}
+
+/// Which history event a [`Note`] becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoteKind {
+    /// A `deploy` event.
+    Deploy,
+    /// A `config-changed` event (the cluster settings).
+    Settings,
+}
+
+/// An event for the history, recorded by the state machine (which owns the history).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub at: u64,
+    pub kind: NoteKind,
+    pub node: Option<String>,
+    pub detail: String,
+}
+
+/// The events one command produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Notes(pub Vec<Note>);
+
+impl Notes {
+    fn record(&mut self, at: u64, kind: NoteKind, node: Option<&str>, detail: String) {
+        self.0.push(Note {
+            at,
+            kind,
+            node: node.map(str::to_string),
+            detail,
+        });
+    }
+}
+
 /// The replicated change-control state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ChangeControl {
@@ -409,7 +477,7 @@ impl ChangeControl {
         }
     }
 
-    fn finish(&mut self, state: &mut ClusterState, outcome: String, ok: bool, at: u64) {
+    fn finish(&mut self, state: &mut Notes, outcome: String, ok: bool, at: u64) {
         let Some(d) = self.deploy.take() else { return };
         let version = if d.kind == DeployKind::Rollback {
             d.from
@@ -422,7 +490,7 @@ impl ChangeControl {
         }
         state.record(
             at,
-            EventKind::Deploy,
+            NoteKind::Deploy,
             None,
             format!("deploy {}: version {} -> {}: {outcome}", d.id, d.from, d.to),
         );
@@ -444,7 +512,17 @@ impl ChangeControl {
 
     /// Applies one command. Every command names the deploy it is about: one for another
     /// deploy (a stale leader's) is refused.
-    pub fn apply(&mut self, state: &mut ClusterState, cmd: &ChangeCmd) -> CommandResult {
+    ///
+    /// `active` is the node entitled to act as active, and `failover` whether a failover is
+    /// under way (see `state::failover_under_way`): a step that restarts or drains the active
+    /// node, or any during a failover, is refused whatever the driver read.
+    pub fn apply(
+        &mut self,
+        state: &mut Notes,
+        cmd: &ChangeCmd,
+        active: Option<&str>,
+        failover: bool,
+    ) -> Outcome {
         match cmd {
             ChangeCmd::Start {
                 version,
@@ -456,19 +534,19 @@ impl ChangeControl {
                 at,
             } => {
                 if let Some(d) = &self.deploy {
-                    return CommandResult::refused(format!(
+                    return Outcome::refused(format!(
                         "deploy {} (version {} -> {}) is under way",
                         d.id, d.from, d.to
                     ));
                 }
                 if plan.is_empty() {
-                    return CommandResult::refused("no data node to deploy to");
+                    return Outcome::refused("no data node to deploy to");
                 }
                 let from = self.current();
                 let to = match (version, target) {
                     (Some(v), None) => {
                         if let Err(e) = v.overlay.validate() {
-                            return CommandResult::refused(e);
+                            return Outcome::refused(e);
                         }
                         if self.versions.is_empty() {
                             // Version 1 is the config files; recorded when a second appears.
@@ -491,11 +569,11 @@ impl ChangeControl {
                     }
                     (None, Some(t)) => {
                         if *t != 1 && self.version(*t).is_none() {
-                            return CommandResult::refused(format!("there is no version {t}"));
+                            return Outcome::refused(format!("there is no version {t}"));
                         }
                         *t
                     }
-                    _ => return CommandResult::refused("a deploy names a new version or an existing one"),
+                    _ => return Outcome::refused("a deploy names a new version or an existing one"),
                 };
                 let id = self.next_deploy.max(1);
                 self.next_deploy = id + 1;
@@ -517,7 +595,7 @@ impl ChangeControl {
                 });
                 state.record(
                     *at,
-                    EventKind::Deploy,
+                    NoteKind::Deploy,
                     None,
                     format!(
                         "deploy {id} started by {by}: version {from} -> {to} ({}), order {}",
@@ -526,7 +604,7 @@ impl ChangeControl {
                     ),
                 );
                 self.trim();
-                CommandResult::ok_with(format!("deploy {id}: version {from} -> {to}"))
+                Outcome::ok_with(format!("deploy {id}: version {from} -> {to}"))
             }
             ChangeCmd::Phase {
                 deploy,
@@ -535,10 +613,18 @@ impl ChangeControl {
                 at,
             } => {
                 let Some(d) = self.deploy.as_mut().filter(|d| d.id == *deploy) else {
-                    return CommandResult::refused("not the deploy under way");
+                    return Outcome::refused("not the deploy under way");
                 };
-                if *step >= d.plan.len() {
-                    return CommandResult::refused("no such step");
+                if *step >= d.plan.len() || *step < d.step || *step > d.step + 1 {
+                    return Outcome::refused("not the step the deploy is at, or the next one");
+                }
+                if matches!(phase, Phase::Updating | Phase::Draining)
+                    && (failover || active == Some(d.plan[*step].as_str()))
+                {
+                    return Outcome::refused(format!(
+                        "{} is active or a failover is under way: its service is not touched",
+                        d.plan[*step]
+                    ));
                 }
                 let moved = d.step != *step;
                 d.step = *step;
@@ -555,12 +641,12 @@ impl ChangeControl {
                     d.to,
                     if moved { ", next node" } else { "" }
                 );
-                state.record(*at, EventKind::Deploy, Some(&node), detail);
-                CommandResult::ok()
+                state.record(*at, NoteKind::Deploy, Some(&node), detail);
+                Outcome::ok()
             }
             ChangeCmd::Done { deploy, at } => {
                 let Some(d) = self.deploy.as_ref().filter(|d| d.id == *deploy) else {
-                    return CommandResult::refused("not the deploy under way");
+                    return Outcome::refused("not the deploy under way");
                 };
                 match d.kind {
                     DeployKind::Deploy => self.finish(state, "deployed".into(), true, *at),
@@ -576,7 +662,7 @@ impl ChangeControl {
                         self.set_outcome(failed, &format!("failed; {outcome}"));
                     }
                 }
-                CommandResult::ok()
+                Outcome::ok()
             }
             ChangeCmd::Fail {
                 deploy,
@@ -585,7 +671,7 @@ impl ChangeControl {
                 at,
             } => {
                 let Some(d) = self.deploy.clone().filter(|d| d.id == *deploy) else {
-                    return CommandResult::refused("not the deploy under way");
+                    return Outcome::refused("not the deploy under way");
                 };
                 let reason = cut(reason);
                 if d.kind == DeployKind::Rollback || rollback_plan.is_empty() {
@@ -600,11 +686,11 @@ impl ChangeControl {
                         self.set_outcome(d.from, &outcome);
                     }
                     self.finish(state, outcome, false, *at);
-                    return CommandResult::ok();
+                    return Outcome::ok();
                 }
                 state.record(
                     *at,
-                    EventKind::Deploy,
+                    NoteKind::Deploy,
                     d.node(),
                     format!(
                         "deploy {} failed at {} ({}): {reason}; rolling back {} to version {}",
@@ -648,25 +734,25 @@ impl ChangeControl {
                     reverses: Some(d.id),
                 });
                 self.trim();
-                CommandResult::ok()
+                Outcome::ok()
             }
             ChangeCmd::Running { node, version, at } => {
                 if self.running.get(node).map(|r| r.0) == Some(*version) {
-                    return CommandResult::ok();
+                    return Outcome::ok();
                 }
                 self.running.insert(node.clone(), (*version, *at));
                 state.record(
                     *at,
-                    EventKind::Deploy,
+                    NoteKind::Deploy,
                     Some(node),
                     format!("{node} runs service version {version}"),
                 );
-                CommandResult::ok()
+                Outcome::ok()
             }
             ChangeCmd::Forget { node } => {
                 self.desired.remove(node);
                 self.running.remove(node);
-                CommandResult::ok()
+                Outcome::ok()
             }
             ChangeCmd::Settings {
                 text,
@@ -677,12 +763,12 @@ impl ChangeControl {
             } => {
                 let current = self.settings.back().map_or(0, |v| v.number);
                 if *base != current {
-                    return CommandResult::refused(format!(
+                    return Outcome::refused(format!(
                         "the settings changed meanwhile (version {current}, the change was made on {base}): run it again"
                     ));
                 }
                 if text.len() > crate::config::MAX_SETTINGS {
-                    return CommandResult::refused("settings too large");
+                    return Outcome::refused("settings too large");
                 }
                 let old = self.settings.back().map(|v| v.text.clone()).unwrap_or_default();
                 let number = current + 1;
@@ -697,7 +783,7 @@ impl ChangeControl {
                 };
                 state.record(
                     *at,
-                    EventKind::ConfigChanged,
+                    NoteKind::Settings,
                     None,
                     format!(
                         "cluster settings version {number} by {}: {} (digest {} -> {})",
@@ -708,40 +794,10 @@ impl ChangeControl {
                 while self.settings.len() > MAX_VERSIONS {
                     self.settings.pop_front();
                 }
-                CommandResult::ok_with(format!("cluster settings version {number}"))
+                Outcome::ok_with(format!("cluster settings version {number}"))
             }
         }
     }
-}
-
-/// Whether a failover is under way (the deploy waits): no active node, a promotion not yet
-/// confirmed, or a deposed node that has not confirmed it stopped.
-pub fn failover_under_way(state: &ClusterState) -> bool {
-    state.active.is_none() || state.promotion.is_some() || state.deposed.as_ref().is_some_and(|d| !d.released)
-}
-
-/// The order a deploy updates the data nodes in: standbys first (the lowest priority first),
-/// the active node last. `Err` when the cluster cannot take a deploy now.
-pub fn plan(members: &[crate::config::Member], state: &ClusterState) -> Result<Vec<String>, String> {
-    if failover_under_way(state) {
-        return Err("a failover is under way; deploy once a node is active".into());
-    }
-    let mut data: Vec<_> = members
-        .iter()
-        .filter(|m| m.kind == crate::config::NodeKind::Data)
-        .collect();
-    if data.len() < 2 {
-        return Err("a deploy needs a standby data node to switch over to".into());
-    }
-    let active = state.active.clone();
-    data.sort_by(|a, b| {
-        let is_active = |m: &crate::config::Member| active.as_deref() == Some(m.id.as_str());
-        is_active(a)
-            .cmp(&is_active(b))
-            .then(a.priority.cmp(&b.priority))
-            .then(a.id.cmp(&b.id))
-    });
-    Ok(data.into_iter().map(|m| m.id.clone()).collect())
 }
 
 fn cut(s: &str) -> String {
@@ -812,6 +868,12 @@ pub fn digest(text: &str) -> String {
 mod tests {
     use super::*;
 
+    impl ChangeControl {
+        fn apply_t(&mut self, st: &mut Notes, cmd: &ChangeCmd) -> Outcome {
+            self.apply(st, cmd, Some("a"), false)
+        }
+    }
+
     fn times() -> DeployTimes {
         DeployTimes {
             step_timeout_ms: 10_000,
@@ -820,10 +882,10 @@ mod tests {
         }
     }
 
-    fn start(cc: &mut ChangeControl, st: &mut ClusterState, env: &str) -> CommandResult {
+    fn start(cc: &mut ChangeControl, st: &mut Notes, env: &str) -> Outcome {
         let mut overlay = cc.overlay(cc.current());
         overlay.env.insert("V".into(), env.into());
-        cc.apply(
+        cc.apply_t(
             st,
             &ChangeCmd::Start {
                 version: Some(Box::new(ServiceVersion {
@@ -846,7 +908,7 @@ mod tests {
 
     #[test]
     fn a_good_deploy_moves_current_and_sets_versions_per_step() {
-        let (mut cc, mut st) = (ChangeControl::default(), ClusterState::default());
+        let (mut cc, mut st) = (ChangeControl::default(), Notes::default());
         assert!(start(&mut cc, &mut st, "2").ok);
         assert_eq!(cc.versions.len(), 2, "version 1 (the files) is recorded beside 2");
         let id = cc.deploy.as_ref().map(|d| d.id).unwrap_or_default();
@@ -857,15 +919,26 @@ mod tests {
             phase,
             at: 2,
         };
-        assert!(cc.apply(&mut st, &phase(0, Phase::Updating)).ok);
+        assert!(cc.apply_t(&mut st, &phase(0, Phase::Updating)).ok);
         assert_eq!(cc.desired_of("b"), 2);
         assert_eq!(cc.desired_of("a"), 1);
         assert_eq!(cc.desired_of("a"), 1, "a pending step changes nothing yet");
-        assert!(cc.apply(&mut st, &phase(1, Phase::Pending)).ok);
-        assert!(cc.apply(&mut st, &phase(1, Phase::SwitchingOver)).ok);
-        assert!(cc.apply(&mut st, &phase(1, Phase::Updating)).ok);
-        assert!(!cc.apply(&mut st, &phase(2, Phase::Updating)).ok, "no third step");
-        assert!(cc.apply(&mut st, &ChangeCmd::Done { deploy: id, at: 3 }).ok);
+        assert!(cc.apply_t(&mut st, &phase(1, Phase::Pending)).ok);
+        assert!(cc.apply_t(&mut st, &phase(1, Phase::SwitchingOver)).ok);
+        assert!(
+            !cc.apply_t(&mut st, &phase(1, Phase::Updating)).ok,
+            "the active node's service is never restarted"
+        );
+        assert!(
+            !cc.apply(&mut st, &phase(1, Phase::Updating), Some("b"), true).ok,
+            "nor during a failover"
+        );
+        assert!(cc.apply(&mut st, &phase(1, Phase::Updating), Some("b"), false).ok);
+        assert!(
+            !cc.apply_t(&mut st, &phase(2, Phase::Updating)).ok,
+            "no third step"
+        );
+        assert!(cc.apply_t(&mut st, &ChangeCmd::Done { deploy: id, at: 3 }).ok);
         assert_eq!(cc.current(), 2);
         assert!(cc.deploy.is_none());
         assert_eq!(
@@ -873,17 +946,17 @@ mod tests {
             Some("deployed")
         );
         assert!(
-            !cc.apply(&mut st, &ChangeCmd::Done { deploy: id, at: 4 }).ok,
+            !cc.apply_t(&mut st, &ChangeCmd::Done { deploy: id, at: 4 }).ok,
             "a stale leader's step is refused"
         );
     }
 
     #[test]
     fn a_failed_step_becomes_a_rollback_that_keeps_current() {
-        let (mut cc, mut st) = (ChangeControl::default(), ClusterState::default());
+        let (mut cc, mut st) = (ChangeControl::default(), Notes::default());
         assert!(start(&mut cc, &mut st, "2").ok);
         let id = cc.deploy.as_ref().map(|d| d.id).unwrap_or_default();
-        cc.apply(
+        cc.apply_t(
             &mut st,
             &ChangeCmd::Phase {
                 deploy: id,
@@ -898,11 +971,11 @@ mod tests {
             rollback_plan: vec!["b".into()],
             at: 3,
         };
-        assert!(cc.apply(&mut st, &fail).ok);
+        assert!(cc.apply_t(&mut st, &fail).ok);
         let rb = cc.deploy.clone().expect("rollback under way");
         assert_eq!((rb.kind, rb.from, rb.to), (DeployKind::Rollback, 2, 1));
         assert_eq!(rb.plan, vec!["b".to_string()]);
-        cc.apply(
+        cc.apply_t(
             &mut st,
             &ChangeCmd::Phase {
                 deploy: rb.id,
@@ -912,7 +985,7 @@ mod tests {
             },
         );
         assert_eq!(cc.desired_of("b"), 1);
-        assert!(cc.apply(&mut st, &ChangeCmd::Done { deploy: rb.id, at: 5 }).ok);
+        assert!(cc.apply_t(&mut st, &ChangeCmd::Done { deploy: rb.id, at: 5 }).ok);
         assert_eq!(cc.current(), 1);
         let outcome = cc.version(2).and_then(|v| v.outcome.clone()).unwrap_or_default();
         assert!(outcome.starts_with("failed"), "{outcome}");
@@ -997,7 +1070,7 @@ mod tests {
             assert_eq!(back, crate::cluster::state::Command::Change(c));
         }
         let mut cc = ChangeControl::default();
-        let mut st = ClusterState::default();
+        let mut st = Notes::default();
         assert!(start(&mut cc, &mut st, "2").ok);
         let bytes = postcard::to_allocvec(&cc).expect("encode");
         assert_eq!(postcard::from_bytes::<ChangeControl>(&bytes).expect("decode"), cc);
@@ -1005,7 +1078,7 @@ mod tests {
 
     #[test]
     fn settings_are_versioned_with_a_compare_and_set() {
-        let (mut cc, mut st) = (ChangeControl::default(), ClusterState::default());
+        let (mut cc, mut st) = (ChangeControl::default(), Notes::default());
         let set = |text: &str, base| ChangeCmd::Settings {
             text: text.into(),
             change: "c".into(),
@@ -1013,12 +1086,12 @@ mod tests {
             base,
             at: 1,
         };
-        assert!(cc.apply(&mut st, &set("[events]\nretention = 10\n", 0)).ok);
+        assert!(cc.apply_t(&mut st, &set("[events]\nretention = 10\n", 0)).ok);
         assert!(
-            !cc.apply(&mut st, &set("[events]\nretention = 20\n", 0)).ok,
+            !cc.apply_t(&mut st, &set("[events]\nretention = 20\n", 0)).ok,
             "made on a stale version"
         );
-        assert!(cc.apply(&mut st, &set("", 1)).ok);
+        assert!(cc.apply_t(&mut st, &set("", 1)).ok);
         assert_eq!(cc.settings.len(), 2);
         assert_eq!(cc.settings_text(), None, "an empty document is no settings");
         let v = &cc.settings[1];

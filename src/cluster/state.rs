@@ -498,6 +498,38 @@ pub enum CommandOf<B> {
     Change(crate::cluster::change::ChangeCmd),
 }
 
+/// Whether a failover is under way (the deploy waits): no active node, a promotion not yet
+/// confirmed.
+pub fn failover_under_way(state: &ClusterState) -> bool {
+    // (A deposed record stays after its successor is promoted, unreleased if the node died:
+    // it says nothing about now once a node is active again.)
+    state.active.is_none() || state.promotion.is_some()
+}
+
+/// The order a deploy updates the data nodes in: standbys first (the lowest priority first),
+/// the active node last. `Err` when the cluster cannot take a deploy now.
+pub fn plan(members: &[crate::config::Member], state: &ClusterState) -> Result<Vec<String>, String> {
+    if failover_under_way(state) {
+        return Err("a failover is under way; deploy once a node is active".into());
+    }
+    let mut data: Vec<_> = members
+        .iter()
+        .filter(|m| m.kind == crate::config::NodeKind::Data)
+        .collect();
+    if data.len() < 2 {
+        return Err("a deploy needs a standby data node to switch over to".into());
+    }
+    let active = state.active.clone();
+    data.sort_by(|a, b| {
+        let is_active = |m: &crate::config::Member| active.as_deref() == Some(m.id.as_str());
+        is_active(a)
+            .cmp(&is_active(b))
+            .then(a.priority.cmp(&b.priority))
+            .then(a.id.cmp(&b.id))
+    });
+    Ok(data.into_iter().map(|m| m.id.clone()).collect())
+}
+
 /// A member as the cluster records it: a `[[member]]` of the config, replicated so that every
 /// node knows a member added at run time (its addresses, to connect; its id, to admit it).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -553,13 +585,6 @@ pub struct CommandResult {
 }
 
 impl CommandResult {
-    pub(crate) fn ok_with(message: String) -> Self {
-        CommandResult {
-            ok: true,
-            message,
-            ..Default::default()
-        }
-    }
     pub(crate) fn ok() -> Self {
         CommandResult {
             ok: true,

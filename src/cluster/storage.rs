@@ -1056,7 +1056,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             ..Default::default()
                         }
                     }
-                    EntryPayload::Normal(Command::Change(c)) => d.change.apply(&mut d.state, c),
+                    EntryPayload::Normal(Command::Change(c)) => {
+                        let mut notes = super::change::Notes::default();
+                        let active = d.state.active.clone();
+                        let failover = super::state::failover_under_way(&d.state);
+                        let r = d.change.apply(&mut notes, c, active.as_deref(), failover);
+                        for n in notes.0 {
+                            let kind = match n.kind {
+                                super::change::NoteKind::Deploy => super::state::EventKind::Deploy,
+                                super::change::NoteKind::Settings => super::state::EventKind::ConfigChanged,
+                            };
+                            d.state.record(n.at, kind, n.node.as_deref(), n.detail);
+                        }
+                        CommandResult {
+                            ok: r.ok,
+                            message: r.message,
+                            ..Default::default()
+                        }
+                    }
                     EntryPayload::Normal(cmd) => d.state.apply(cmd),
                     EntryPayload::Membership(m) => {
                         d.membership = StoredMembership::new(Some(entry.log_id), m.clone());

@@ -23,9 +23,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::unix_ms;
-use crate::cluster::change::{
-    failover_under_way, ChangeCmd, ChangeControl, Deploy, DeployKind, Phase, Strategy,
-};
+use crate::cluster::change::{ChangeCmd, ChangeControl, Deploy, DeployKind, Phase, Strategy};
+use crate::cluster::state::failover_under_way;
 use crate::cluster::state::{ClusterState, Command};
 use crate::config::NodeKind;
 use crate::failover::Cause;
@@ -228,6 +227,10 @@ async fn step(
         at: now,
     };
     match d.phase {
+        Phase::Pending if !node.cluster.members().iter().any(|m| m.id == id) => {
+            tracing::info!(deploy = d.id, node = %id, "deploy skips a node that is no longer a member");
+            advance(node, d, now).await
+        }
         Phase::Pending => {
             let first = if state.active.as_deref() == Some(id.as_str()) {
                 Phase::SwitchingOver
@@ -488,6 +491,7 @@ async fn fail(
             .iter()
             .take(d.step + 1)
             .filter(|n| change.desired_of(n) == d.to || change.running_of(n) == d.to)
+            .filter(|n| node.cluster.members().iter().any(|m| m.id == **n))
             .cloned()
             .collect()
     };
