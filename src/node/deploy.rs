@@ -45,16 +45,16 @@ pub async fn follow(node: Arc<Node>, mut running: u64, cancel: CancellationToken
     let me = node.config.node.id.clone();
     let mut applied = node.cluster.sm.subscribe();
     loop {
-        let (desired, overlay, recorded, known) = node.cluster.sm.read(|d| {
+        let (desired, recorded, known) = node.cluster.sm.read(|d| {
             let want = d.change.desired_of(&me);
             (
                 want,
-                d.change.overlay(want),
                 d.change.running.get(&me).map(|r| r.0),
                 want == 1 || d.change.version(want).is_some(),
             )
         });
         if desired != running && known {
+            let overlay = node.cluster.sm.read(|d| d.change.overlay(desired));
             tracing::info!(from = running, to = desired, spec = %overlay.summary(), "service version changes: restarting the service");
             sup.replace(overlay.apply(&base)).await;
             running = desired;
@@ -87,22 +87,24 @@ pub async fn follow(node: Arc<Node>, mut running: u64, cancel: CancellationToken
 /// whenever they change.
 pub async fn follow_settings(node: Arc<Node>, cancel: CancellationToken) {
     let mut applied = node.cluster.sm.subscribe();
-    let mut last: Option<Option<String>> = None;
+    let mut seen: Option<u64> = None;
     loop {
-        let text = node.cluster.sm.read(|d| d.change.settings_text());
-        if last.as_ref() != Some(&text) {
-            let number = node
-                .cluster
-                .sm
-                .read(|d| d.change.settings.back().map_or(0, |v| v.number));
-            if last.is_some() || text.is_some() {
+        // The version number first (cheap, read on every applied entry); the text only when
+        // it changed.
+        let number = node
+            .cluster
+            .sm
+            .read(|d| d.change.settings.back().map_or(0, |v| v.number));
+        if seen != Some(number) {
+            let text = node.cluster.sm.read(|d| d.change.settings_text());
+            if seen.is_some() || text.is_some() {
                 tracing::info!(
                     version = number,
                     "cluster settings applied on top of the config file"
                 );
             }
-            node.live.set_settings(text.clone());
-            last = Some(text);
+            seen = Some(number);
+            node.live.set_settings(text);
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -127,26 +129,23 @@ struct Local {
 
 /// Moves the deploy under way while this node is the Raft leader.
 pub async fn drive(node: Arc<Node>, cancel: CancellationToken) {
-    let mut applied = node.cluster.sm.subscribe();
     let mut local = Local::default();
     loop {
+        // On a tick only: woken by every applied entry, a store under load would have this
+        // task read the state thousands of times a second for nothing.
         tokio::select! {
             _ = cancel.cancelled() => return,
-            r = applied.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(TICK) => {}
         }
         if !node.cluster.is_leader() {
             local = Local::default();
             continue;
         }
-        let (deploy, state, change) = node
-            .cluster
-            .sm
-            .read(|d| (d.change.deploy.clone(), d.state.clone(), d.change.clone()));
-        let Some(d) = deploy else {
+        let Some(d) = node.cluster.sm.read(|d| d.change.deploy.clone()) else {
             local = Local::default();
             continue;
         };
+        let (state, change) = node.cluster.sm.read(|d| (d.state.clone(), d.change.clone()));
         if let Err(e) = step(&node, &mut local, &d, &state, &change).await {
             tracing::debug!(error = %e, deploy = d.id, "deploy step not written");
         }
