@@ -296,19 +296,7 @@ async fn step(
         }
         Phase::Draining => {
             if !rec.is_some_and(|r| r.drain) {
-                let r = node
-                    .cluster
-                    .write_local(Command::Drain {
-                        node: id.clone(),
-                        on: true,
-                        at: now,
-                    })
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if !r.ok {
-                    return Err(r.message);
-                }
-                return Ok(());
+                return drain(node, &id, true, now).await;
             }
             if elapsed >= d.times.drain_ms {
                 return write(node, phase(Phase::Updating)).await;
@@ -402,22 +390,28 @@ async fn step(
         }
         Phase::Undraining => {
             if rec.is_some_and(|r| r.drain) {
-                let r = node
-                    .cluster
-                    .write_local(Command::Drain {
-                        node: id.clone(),
-                        on: false,
-                        at: now,
-                    })
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if !r.ok {
-                    return Err(r.message);
-                }
-                return Ok(());
+                return drain(node, &id, false, now).await;
             }
             advance(node, d, now).await
         }
+    }
+}
+
+/// Takes `id` out of load balancing (`on`) or puts it back.
+async fn drain(node: &Node, id: &str, on: bool, now: u64) -> Result<(), String> {
+    let r = node
+        .cluster
+        .write_local(Command::Drain {
+            node: id.to_string(),
+            on,
+            at: now,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    if r.ok {
+        Ok(())
+    } else {
+        Err(r.message)
     }
 }
 
