@@ -567,3 +567,49 @@ async fn cluster_settings_reach_every_node_and_drift_is_an_alarm() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `--strategy balance`: each node is drained before its restart and put back after (the
+/// history shows both phases for both nodes); every node ends on the new version, undrained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balance_deploy_drains_each_node_and_puts_it_back() {
+    let _g = SERIAL.lock().await;
+    let f = Fixture::start().await;
+    let (code, out) = f
+        .deploy(&[
+            "--env",
+            "DEMO_VERSION=2",
+            "--strategy",
+            "balance",
+            "--drain-time",
+            "300ms",
+        ])
+        .await
+        .expect("deploy");
+    assert_eq!(code, Some(0), "{out}\n{}", f.logs());
+    let v = f.view().await;
+    assert_eq!(v.current, 2);
+    for n in &v.nodes {
+        assert_eq!((n.running, n.desired, n.drain), (2, 2, false), "{n:?}");
+    }
+    let events = f.events().await;
+    for node in ["a", "b"] {
+        for phase in ["draining", "undraining"] {
+            assert!(
+                events.iter().any(|e| e.kind == EventKind::Deploy
+                    && e.node.as_deref() == Some(node)
+                    && e.detail.contains(&format!(": {phase} {node} "))),
+                "no {phase} step for {node}: {:?}",
+                events
+                    .iter()
+                    .filter(|e| e.kind == EventKind::Deploy)
+                    .collect::<Vec<_>>()
+            );
+        }
+        assert!(
+            events
+                .iter()
+                .any(|e| e.kind == EventKind::Drain && e.node.as_deref() == Some(node)),
+            "{node} was never drained"
+        );
+    }
+}

@@ -349,7 +349,7 @@ async fn start_deploy(config: &Config, cluster: &Cluster, req: DeployRequest) ->
                     "the change makes no difference to the current version {from}"
                 )));
             }
-            let to = change.versions.back().map_or(1, |v| v.number) + 1;
+            let to = change.next_version();
             let v = ServiceVersion {
                 number: 0,
                 label: label.clone(),

@@ -364,8 +364,8 @@ pub struct ChangeControl {
     pub current: u64,
     /// The version each node should run (a node absent runs `current`).
     pub desired: BTreeMap<String, u64>,
-    /// The version each node reported it runs, and since when.
-    pub running: BTreeMap<String, (u64, u64)>,
+    /// The version each node reported it runs (when is in the `deploy` event).
+    pub running: BTreeMap<String, u64>,
     pub deploy: Option<Deploy>,
     pub next_deploy: u64,
     pub history: VecDeque<DeployRecord>,
@@ -433,7 +433,7 @@ impl ChangeControl {
 
     /// The version `node` last said it runs (1 if it never said).
     pub fn running_of(&self, node: &str) -> u64 {
-        self.running.get(node).map_or(1, |r| r.0)
+        self.running.get(node).copied().unwrap_or(1)
     }
 
     pub fn version(&self, number: u64) -> Option<&ServiceVersion> {
@@ -447,7 +447,8 @@ impl ChangeControl {
             .unwrap_or_default()
     }
 
-    fn next_version(&self) -> u64 {
+    /// The number the next new version gets.
+    pub fn next_version(&self) -> u64 {
         self.versions.back().map_or(1, |v| v.number) + 1
     }
 
@@ -462,7 +463,7 @@ impl ChangeControl {
             let in_use = |n: u64| {
                 n == self.current()
                     || self.desired.values().any(|d| *d == n)
-                    || self.running.values().any(|r| r.0 == n)
+                    || self.running.values().any(|r| *r == n)
                     || self.deploy.as_ref().is_some_and(|d| d.from == n || d.to == n)
             };
             match self.versions.iter().position(|v| !in_use(v.number)) {
@@ -737,21 +738,16 @@ impl ChangeControl {
                 Outcome::ok()
             }
             ChangeCmd::Running { node, version, at } => {
-                if self.running.get(node).map(|r| r.0) == Some(*version) {
+                if self.running.get(node) == Some(version) {
                     return Outcome::ok();
                 }
-                self.running.insert(node.clone(), (*version, *at));
+                self.running.insert(node.clone(), *version);
                 state.record(
                     *at,
                     NoteKind::Deploy,
                     Some(node),
                     format!("{node} runs service version {version}"),
                 );
-                Outcome::ok()
-            }
-            ChangeCmd::Forget { node } => {
-                self.desired.remove(node);
-                self.running.remove(node);
                 Outcome::ok()
             }
             ChangeCmd::Settings {
@@ -846,8 +842,6 @@ pub enum ChangeCmd {
     },
     /// `node` runs `version` of the service now (it started it).
     Running { node: String, version: u64, at: u64 },
-    /// `node` left the cluster.
-    Forget { node: String },
     /// The cluster settings become `text` (a whole document), if the last version is still
     /// `base` (a compare-and-set: two operators' changes do not overwrite each other).
     Settings {
@@ -1054,7 +1048,6 @@ mod tests {
                 version: 2,
                 at: 5,
             },
-            ChangeCmd::Forget { node: "a".into() },
             ChangeCmd::Settings {
                 text: "[failback]\nmode = \"auto\"\n".into(),
                 change: "c".into(),

@@ -49,7 +49,7 @@ pub async fn follow(node: Arc<Node>, mut running: u64, cancel: CancellationToken
             let want = d.change.desired_of(&me);
             (
                 want,
-                d.change.running.get(&me).map(|r| r.0),
+                d.change.running.get(&me).copied(),
                 want == 1 || d.change.version(want).is_some(),
             )
         });
