@@ -26,6 +26,7 @@ pub mod handover;
 pub mod health;
 pub mod kv;
 pub mod lab;
+pub mod logring;
 pub mod malloc;
 pub mod metrics;
 pub mod net;

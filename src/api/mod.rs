@@ -6,6 +6,7 @@
 //! are forwarded to the leader and committed to the Raft log.
 
 pub mod client;
+pub mod drill;
 pub mod guard;
 pub mod metrics;
 pub mod serve;
@@ -623,6 +624,8 @@ fn router(node: Arc<AdminContext>) -> Router {
             "/v1/watch",
             get(move |State(node): State<Arc<AdminContext>>| watch_handler(node, watchers.clone())),
         )
+        .route("/v1/drill/fault", get(drill::fault_get).post(drill::fault_post))
+        .route("/v1/logs", get(drill::logs_get))
         .route("/metrics", get(metrics_handler))
         .route("/", get(dashboard_handler))
         .route("/dashboard", get(dashboard_handler))
