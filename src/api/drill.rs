@@ -226,3 +226,154 @@ pub async fn logs_get(uri: axum::http::Uri) -> Response {
     }
     Json(crate::logring::since(since, limit)).into_response()
 }
+
+/// This node's key space in short (`GET /v1/store/digest`): replicas that applied the same
+/// writes answer the same digest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoreDigest {
+    pub node: String,
+    pub applied_index: u64,
+    pub keys: u64,
+    pub digest: String,
+}
+
+/// `GET /v1/store/digest`.
+pub async fn store_digest(State(node): State<Arc<AdminContext>>) -> Json<StoreDigest> {
+    let (applied_index, keys, digest) = node.cluster.sm.read(|d| {
+        (
+            d.last_applied.map_or(0, |l| l.index),
+            d.kv.len() as u64,
+            format!("{:016x}", d.kv.digest()),
+        )
+    });
+    Json(StoreDigest {
+        node: node.cluster.me().to_string(),
+        applied_index,
+        keys,
+        digest,
+    })
+}
+
+/// One line of `GET /v1/drills`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RecordSummary {
+    pub id: String,
+    pub at: u64,
+    pub passed: bool,
+    pub scheduled: bool,
+    pub scenarios: Vec<(String, bool)>,
+    pub confirmations: usize,
+    pub bytes: usize,
+}
+
+/// `GET /v1/drills`: every recorded run, oldest first (this node's replica).
+pub async fn records_get(State(node): State<Arc<AdminContext>>) -> Json<Vec<RecordSummary>> {
+    Json(node.cluster.sm.read(|d| {
+        d.drills
+            .records
+            .iter()
+            .map(|r| RecordSummary {
+                id: r.id.clone(),
+                at: r.at,
+                passed: r.passed,
+                scheduled: r.scheduled,
+                scenarios: r.scenarios.clone(),
+                confirmations: r.confirmations.len(),
+                bytes: r.json.len(),
+            })
+            .collect()
+    }))
+}
+
+/// `GET /v1/drills/{id}`: the stored record with its confirmations.
+pub async fn record_get(
+    State(node): State<Arc<AdminContext>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    match node.cluster.sm.read(|d| d.drills.get(&id).cloned()) {
+        Some(r) => Json(r).into_response(),
+        None => error_response(
+            StatusCode::NOT_FOUND,
+            format!("no drill run {id} is recorded"),
+            false,
+        ),
+    }
+}
+
+/// `POST /v1/drills`: stores a run's record (a `DrillCmd::Record`, through the leader).
+pub async fn record_post(State(node): State<Arc<AdminContext>>, body: axum::body::Bytes) -> Response {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        id: String,
+        at: u64,
+        passed: bool,
+        #[serde(default)]
+        scheduled: bool,
+        scenarios: Vec<(String, bool)>,
+        json: String,
+    }
+    let b: Body = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!("invalid drill record: {e}"),
+                false,
+            )
+        }
+    };
+    if serde_json::from_str::<serde_json::Value>(&b.json).is_err() {
+        return error_response(StatusCode::BAD_REQUEST, "the record is not JSON".into(), false);
+    }
+    super::admin(
+        &node,
+        super::AdminAction::Drill(crate::cluster::drills::DrillCmd::Record {
+            id: b.id,
+            at: b.at,
+            passed: b.passed,
+            scheduled: b.scheduled,
+            scenarios: b.scenarios,
+            json: b.json,
+        }),
+    )
+    .await
+}
+
+/// `POST /v1/drills/{id}/confirm` with `{"by": NAME, "note": TEXT, "unresolved": [..]}`.
+pub async fn confirm_post(
+    State(node): State<Arc<AdminContext>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        by: String,
+        #[serde(default)]
+        note: String,
+        #[serde(default)]
+        unresolved: Vec<String>,
+    }
+    let b: Body = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!("invalid confirmation: {e}"),
+                false,
+            )
+        }
+    };
+    super::admin(
+        &node,
+        super::AdminAction::Drill(crate::cluster::drills::DrillCmd::Confirm {
+            id,
+            by: b.by,
+            note: b.note,
+            unresolved: b.unresolved,
+            at: 0,
+        }),
+    )
+    .await
+}
