@@ -19,6 +19,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod drill;
 pub mod events;
 pub mod failover;
 pub mod failstop;

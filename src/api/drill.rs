@@ -340,6 +340,31 @@ pub async fn record_post(State(node): State<Arc<AdminContext>>, body: axum::body
     .await
 }
 
+/// `POST /v1/drills/begin` with `{"id": RUN, "scheduled": BOOL}`: marks a run under way;
+/// 409 while another one is (one drill at a time).
+pub async fn begin_post(State(node): State<Arc<AdminContext>>, body: axum::body::Bytes) -> Response {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        id: String,
+        #[serde(default)]
+        scheduled: bool,
+    }
+    let b: Body = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, format!("invalid request: {e}"), false),
+    };
+    super::admin(
+        &node,
+        super::AdminAction::Drill(crate::cluster::drills::DrillCmd::Begin {
+            id: b.id,
+            at: 0,
+            scheduled: b.scheduled,
+        }),
+    )
+    .await
+}
+
 /// `POST /v1/drills/{id}/confirm` with `{"by": NAME, "note": TEXT, "unresolved": [..]}`.
 pub async fn confirm_post(
     State(node): State<Arc<AdminContext>>,

@@ -630,6 +630,7 @@ fn router(node: Arc<AdminContext>) -> Router {
         .route("/v1/logs", get(drill::logs_get))
         .route("/v1/store/digest", get(drill::store_digest))
         .route("/v1/drills", get(drill::records_get).post(drill::record_post))
+        .route("/v1/drills/begin", post(drill::begin_post))
         .route("/v1/drills/:id", get(drill::record_get))
         .route("/v1/drills/:id/confirm", post(drill::confirm_post))
         .route("/metrics", get(metrics_handler))
@@ -1301,8 +1302,10 @@ pub async fn apply_admin(config: &Config, cluster: &Cluster, body: &str) -> Resu
         AdminAction::Deploy(req) => return start_deploy(config, cluster, req).await,
         AdminAction::Drill(mut cmd) => {
             crate::cluster::drills::check(&cmd).map_err(AdminError::Invalid)?;
-            if let crate::cluster::drills::DrillCmd::Confirm { at: when, .. } = &mut cmd {
-                *when = at;
+            match &mut cmd {
+                crate::cluster::drills::DrillCmd::Confirm { at: when, .. }
+                | crate::cluster::drills::DrillCmd::Begin { at: when, .. } => *when = at,
+                crate::cluster::drills::DrillCmd::Record { .. } => {}
             }
             let r = cluster.write_local(Command::Drill(cmd)).await?;
             if !r.ok {

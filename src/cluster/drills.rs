@@ -26,7 +26,12 @@ pub const MAX_ID_BYTES: usize = 64;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Drills {
     pub records: VecDeque<StoredRecord>,
+    /// The run under way (its id and start), until its record arrives: one drill at a time.
+    pub running: Option<(String, u64)>,
 }
+
+/// A run that began this long ago and left no record is over (its client went away).
+pub const RUN_EXPIRES_MS: u64 = 3_600_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StoredRecord {
@@ -70,6 +75,8 @@ pub enum DrillCmd {
         unresolved: Vec<String>,
         at: u64,
     },
+    /// A run starts: refused while another one is under way.
+    Begin { id: String, at: u64, scheduled: bool },
 }
 
 fn valid_id(id: &str) -> bool {
@@ -100,6 +107,14 @@ pub fn check(cmd: &DrillCmd) -> Result<(), String> {
             }
             if scenarios.len() > 64 || scenarios.iter().any(|(s, _)| s.len() > 64) {
                 return Err("too many scenarios or a scenario name too long".into());
+            }
+            Ok(())
+        }
+        DrillCmd::Begin { id, .. } => {
+            if !valid_id(id) {
+                return Err(format!(
+                    "run id must be 1-{MAX_ID_BYTES} letters, digits, '-' or '_'"
+                ));
             }
             Ok(())
         }
@@ -163,6 +178,9 @@ impl Drills {
                         event: None,
                     };
                 }
+                if self.running.as_ref().is_some_and(|(r, _)| r == id) {
+                    self.running = None;
+                }
                 while self.records.len() >= MAX_RECORDS {
                     self.records.pop_front();
                 }
@@ -188,6 +206,26 @@ impl Drills {
                     } else {
                         format!("drill {id} FAILED: {}", failed.join(", "))
                     }),
+                }
+            }
+            DrillCmd::Begin { id, at, scheduled } => {
+                if let Some((other, since)) = self.under_way(*at) {
+                    return Applied {
+                        ok: false,
+                        message: format!(
+                            "drill {other} is under way (began at unix ms {since}); one drill at a time"
+                        ),
+                        event: None,
+                    };
+                }
+                self.running = Some((id.clone(), *at));
+                Applied {
+                    ok: true,
+                    message: String::new(),
+                    event: Some(format!(
+                        "drill {id} began{}",
+                        if *scheduled { " (scheduled)" } else { "" }
+                    )),
                 }
             }
             DrillCmd::Confirm {
@@ -224,6 +262,13 @@ impl Drills {
                 }
             }
         }
+    }
+
+    /// The run under way at `now`, if one began less than [`RUN_EXPIRES_MS`] ago.
+    pub fn under_way(&self, now_ms: u64) -> Option<&(String, u64)> {
+        self.running
+            .as_ref()
+            .filter(|(_, at)| now_ms.saturating_sub(*at) < RUN_EXPIRES_MS)
     }
 
     pub fn get(&self, id: &str) -> Option<&StoredRecord> {

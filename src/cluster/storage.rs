@@ -1089,7 +1089,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         if let Some(detail) = r.event {
                             let at = match c {
                                 super::drills::DrillCmd::Record { at, .. }
-                                | super::drills::DrillCmd::Confirm { at, .. } => *at,
+                                | super::drills::DrillCmd::Confirm { at, .. }
+                                | super::drills::DrillCmd::Begin { at, .. } => *at,
                             };
                             d.state.record(at, super::state::EventKind::Drill, None, detail);
                         }

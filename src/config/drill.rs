@@ -68,7 +68,7 @@ impl Default for DrillConfig {
     }
 }
 
-/// How often a schedule runs: `hourly`, `daily`, `weekly` or a duration of at least a minute.
+/// How often a schedule runs: `hourly`, `daily`, `weekly` or a duration of at least 10 s.
 pub fn parse_schedule(text: &str) -> Result<Duration, String> {
     let every = match text.trim() {
         "hourly" => Duration::from_secs(3600),
@@ -77,8 +77,8 @@ pub fn parse_schedule(text: &str) -> Result<Duration, String> {
         other => humantime::parse_duration(other)
             .map_err(|e| format!("`{other}` is not hourly, daily, weekly or a duration ({e})"))?,
     };
-    if every < Duration::from_secs(60) {
-        return Err("must be at least a minute apart".into());
+    if every < Duration::from_secs(10) {
+        return Err("must be at least 10s apart".into());
     }
     if every > Duration::from_secs(366 * 86_400) {
         return Err("must be at most a year apart".into());
@@ -235,7 +235,7 @@ mod tests {
     fn schedules_are_named_or_durations_within_bounds() {
         assert_eq!(parse_schedule("weekly").unwrap(), Duration::from_secs(604_800));
         assert_eq!(parse_schedule("12h").unwrap(), Duration::from_secs(43_200));
-        assert!(parse_schedule("10s").is_err());
+        assert!(parse_schedule("5s").is_err());
         assert!(parse_schedule("0 3 * * *").is_err());
         assert!(parse_schedule("400days").is_err());
     }
