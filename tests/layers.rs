@@ -350,6 +350,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("tools", &["src/demo/", "src/bench/"]),
     ("lab", &["src/lab/"]),
     ("operator", &["src/cli/", "src/certs.rs"]),
+    // Failover drills: a client of the admin API (the CLI and the node's scheduler run it).
+    ("apps", &["src/drill/"]),
     ("composition", &["src/node/"]),
     (
         "surfaces",
@@ -383,6 +385,8 @@ const LAYERS: &[(&str, &[&str])] = &[
             "src/version.rs",
             "src/sizes.rs",
             "src/clock.rs",
+            // The last log lines in memory (a tracing layer): drills collect them.
+            "src/logring.rs",
             "src/net.rs",
             "src/failstop.rs",
             "src/malloc.rs",

@@ -340,7 +340,7 @@ pub async fn record_post(State(node): State<Arc<AdminContext>>, body: axum::body
     .await
 }
 
-/// `POST /v1/drills/begin` with `{"id": RUN, "scheduled": BOOL}`: marks a run under way;
+/// `POST /v1/drills/begin` with `{"id": RUN, "scheduled": BOOL, "force": BOOL}`: marks a run under way;
 /// 409 while another one is (one drill at a time).
 pub async fn begin_post(State(node): State<Arc<AdminContext>>, body: axum::body::Bytes) -> Response {
     #[derive(Deserialize)]
@@ -349,6 +349,8 @@ pub async fn begin_post(State(node): State<Arc<AdminContext>>, body: axum::body:
         id: String,
         #[serde(default)]
         scheduled: bool,
+        #[serde(default)]
+        force: bool,
     }
     let b: Body = match serde_json::from_slice(&body) {
         Ok(b) => b,
@@ -360,6 +362,7 @@ pub async fn begin_post(State(node): State<Arc<AdminContext>>, body: axum::body:
             id: b.id,
             at: 0,
             scheduled: b.scheduled,
+            force: b.force,
         }),
     )
     .await

@@ -1267,6 +1267,7 @@ fn validate_admin(members: &[crate::config::Member], action: &AdminAction) -> Re
         AdminAction::Drain { node, .. } => data_member(node),
         AdminAction::MemberLearner { member } => crate::config::check_member(member)
             .map_err(|e| AdminError::Invalid(format!("invalid member: {e}"))),
+        AdminAction::Drill(cmd) => crate::cluster::drills::check(cmd).map_err(AdminError::Invalid),
         AdminAction::MemberVoter { id } | AdminAction::MemberRemove { id }
             if !members.iter().any(|m| m.id == *id) =>
         {

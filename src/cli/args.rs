@@ -533,7 +533,10 @@ pub enum DrillCmd {
         /// How long `recovery` waits for faulted nodes to come back.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "2m")]
         recovery_timeout: Duration,
-        /// Also write the record as Markdown, HTML or JSON to these files.
+        /// Start even though the cluster records another run under way (its client went away).
+        #[arg(long)]
+        force: bool,
+        /// Also write the record as Markdown or HTML to these files.
         #[arg(long)]
         markdown: Option<PathBuf>,
         #[arg(long)]

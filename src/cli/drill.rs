@@ -23,11 +23,13 @@ pub async fn dispatch(cmd: DrillCmd) -> Result<(), CliError> {
             store_password,
             max_interruption,
             recovery_timeout,
+            force,
             markdown,
             html,
             json,
         } => {
             let opts = RunOpts {
+                force,
                 scenarios,
                 service,
                 store,
@@ -62,6 +64,7 @@ pub async fn dispatch(cmd: DrillCmd) -> Result<(), CliError> {
 }
 
 struct RunOpts {
+    force: bool,
     scenarios: Vec<String>,
     service: Option<String>,
     store: Option<String>,
@@ -121,6 +124,7 @@ async fn run(api: &str, o: RunOpts) -> Result<(), CliError> {
         max_interruption: o.max_interruption,
         scheduled: false,
         recovery_timeout: o.recovery_timeout,
+        force: o.force,
     };
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = indicatif::ProgressBar::new_spinner();

@@ -31,7 +31,7 @@ pub struct Drills {
 }
 
 /// A run that began this long ago and left no record is over (its client went away).
-pub const RUN_EXPIRES_MS: u64 = 3_600_000;
+pub const RUN_EXPIRES_MS: u64 = 1_800_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StoredRecord {
@@ -75,8 +75,14 @@ pub enum DrillCmd {
         unresolved: Vec<String>,
         at: u64,
     },
-    /// A run starts: refused while another one is under way.
-    Begin { id: String, at: u64, scheduled: bool },
+    /// A run starts: refused while another one is under way, unless `force` (its client
+    /// went away).
+    Begin {
+        id: String,
+        at: u64,
+        scheduled: bool,
+        force: bool,
+    },
 }
 
 fn valid_id(id: &str) -> bool {
@@ -208,8 +214,13 @@ impl Drills {
                     }),
                 }
             }
-            DrillCmd::Begin { id, at, scheduled } => {
-                if let Some((other, since)) = self.under_way(*at) {
+            DrillCmd::Begin {
+                id,
+                at,
+                scheduled,
+                force,
+            } => {
+                if let Some((other, since)) = self.under_way(*at).filter(|_| !force) {
                     return Applied {
                         ok: false,
                         message: format!(

@@ -40,6 +40,8 @@ pub struct Plan {
     pub scheduled: bool,
     /// How long `recovery` waits for the faulted nodes to come back.
     pub recovery_timeout: Duration,
+    /// Start even if the cluster records another run under way (its client went away).
+    pub force: bool,
 }
 
 /// Requests to the admin APIs of the cluster.
@@ -50,8 +52,10 @@ struct Api {
 }
 
 const CALL: Duration = Duration::from_secs(3);
-/// How long a scenario waits for a healthy cluster before it starts.
+/// How long a fault scenario waits for a healthy cluster before it gives up.
 const HEALTHY_WAIT: Duration = Duration::from_secs(60);
+/// How long the others wait before they go ahead on a degraded cluster.
+const DEGRADED_WAIT: Duration = Duration::from_secs(15);
 /// Evidence bounds per scenario.
 const LOG_LINES_PER_NODE: usize = 25;
 const EVENT_LINES: usize = 60;
@@ -283,6 +287,21 @@ pub async fn run(
         timing: timing.clone(),
         ..Default::default()
     };
+    // Each daemon's own word on its program (the status carries what it reported at start).
+    for n in &mut record.nodes {
+        let admin = st.nodes.iter().find(|x| x.id == n.id).map(|x| x.admin.clone());
+        if let Some(admin) = admin {
+            if let Ok(d) = api
+                .get::<crate::node::shared::DaemonInfo>(&admin, "/v1/daemon")
+                .await
+            {
+                n.version = format!("{} ({})", d.version, d.commit);
+            }
+        }
+        if n.version.is_empty() {
+            n.version = "unknown (the node did not answer)".into();
+        }
+    }
     say(&format!("drill {id}: {} scenario(s)", plan.scenarios.len()));
     // The probes get a moment to see the service up before the first fault.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -513,9 +532,21 @@ impl Run<'_> {
                 .map_or_else(|| default_max(name, &self.timing), |d| d.as_millis() as u64),
             ..Default::default()
         };
-        // Every scenario but `recovery` starts from a healthy cluster.
+        // A fault is injected only into a healthy cluster (into a degraded one it could stop
+        // the service). A switchover, a recovery or a consistency check goes ahead on a
+        // degraded one after a short wait: the cluster's own checks and refusals are what
+        // they test.
+        let degraded_ok = matches!(name, "planned-switchover" | "recovery" | "store-consistency");
         let before = if name == "recovery" {
             self.status().await
+        } else if degraded_ok {
+            match self.wait_healthy(DEGRADED_WAIT).await {
+                Ok(st) => Ok(st),
+                Err(why) => {
+                    s.observed = format!("started on a degraded cluster ({why}); ");
+                    self.status().await
+                }
+            }
         } else {
             self.wait_healthy(HEALTHY_WAIT).await
         };
@@ -588,16 +619,59 @@ impl Run<'_> {
         if status != 200 {
             let why = error_text(&body, status);
             let still = self.status().await.ok().and_then(|st| st.active);
-            s.observed = format!(
+            s.observed += &format!(
                 "switchover refused: {why}; the active node {} kept serving",
                 still.as_deref().unwrap_or("(none!)")
             );
             return Err(format!("switchover refused: {why}"));
         }
         let within = Duration::from_millis(s.max_interruption_ms) + Duration::from_secs(10);
-        let (st, ms) = self.wait_takeover(&from, before.epoch, t0, within).await?;
+        // Accepted, then carried out, or cancelled by the coordinator (no eligible standby):
+        // the reason is the cancellation's event.
+        let deadline = t0 + within;
+        let (st, ms) = loop {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            let Ok(st) = self.status().await else { continue };
+            if st.active.as_deref().is_some_and(|a| a != from) && st.epoch > before.epoch {
+                break (st, t0.elapsed().as_millis() as u64);
+            }
+            if st.epoch == before.epoch
+                && st.switchover.is_none()
+                && t0.elapsed() > Duration::from_millis(200)
+            {
+                let admin = st
+                    .leader
+                    .as_deref()
+                    .and_then(|l| self.admin_of(&st, l))
+                    .unwrap_or(self.plan.api.clone());
+                let events = self
+                    .api
+                    .get::<Vec<Event>>(&admin, "/v1/events?since=5m")
+                    .await
+                    .unwrap_or_default();
+                let why = events
+                    .iter()
+                    .rev()
+                    .find(|e| e.kind == EventKind::SwitchoverCancelled)
+                    .map_or_else(|| "request dropped".to_string(), |e| e.detail.clone());
+                s.observed += &format!(
+                    "switchover accepted, then cancelled: {why}; the active node {} kept serving",
+                    st.active.as_deref().unwrap_or("(none!)")
+                );
+                return Err(format!("switchover refused: {why}"));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "no other node became active within {} ms{}",
+                    within.as_millis(),
+                    st.waiting
+                        .map(|w| format!(" (the cluster is waiting: {w})"))
+                        .unwrap_or_default()
+                ));
+            }
+        };
         s.failover_ms = Some(ms);
-        s.observed = format!(
+        s.observed += &format!(
             "{} became active at epoch {} {} ms after the request; {} is standby",
             st.active.as_deref().unwrap_or("?"),
             st.epoch,
@@ -616,7 +690,7 @@ impl Run<'_> {
             .find(|n| n.id == target)
             .ok_or("the active node is not in the status")?;
         if node.paths.len() < 2 && before.nodes.iter().all(|n| n.paths.len() < 2) {
-            s.observed = "not run".into();
+            s.observed += "not run";
             return Err(format!(
                 "{target} has a single peer path: losing it isolates the node; give every member a second address (redundant links)"
             ));
@@ -644,14 +718,14 @@ impl Run<'_> {
         let msg = v.get("message").and_then(|m| m.as_str()).unwrap_or("cut");
         match failover {
             None => {
-                s.observed = format!(
+                s.observed += &format!(
                     "{target}: {msg}; no failover: {target} stayed active at epoch {}",
                     before.epoch
                 );
                 Ok(())
             }
             Some((active, epoch, after)) => {
-                s.observed = format!(
+                s.observed += &format!(
                     "{target}: {msg}; the role moved to {} (epoch {epoch}) {after} ms into the cut",
                     active.as_deref().unwrap_or("nobody")
                 );
@@ -693,7 +767,7 @@ impl Run<'_> {
                 break;
             }
             if Instant::now() >= deadline {
-                s.observed = format!(
+                s.observed += &format!(
                     "{}; the service did not serve again",
                     v["message"].as_str().unwrap_or("killed")
                 );
@@ -709,7 +783,7 @@ impl Run<'_> {
         if moved {
             s.failover_ms = Some(t0.elapsed().as_millis() as u64);
         }
-        s.observed = format!(
+        s.observed += &format!(
             "{} on {target}; {} serves at epoch {}{}",
             v["message"].as_str().unwrap_or("killed"),
             st.active.as_deref().unwrap_or("?"),
@@ -757,7 +831,7 @@ impl Run<'_> {
             Ok(_) => "acts as standby",
             Err(_) => "does not answer",
         };
-        s.observed = format!(
+        s.observed += &format!(
             "every peer path of {target} cut for {for_ms} ms; {} became active at epoch {} after {ms} ms; {target} {stood_down}",
             st.active.as_deref().unwrap_or("?"),
             st.epoch
@@ -784,7 +858,7 @@ impl Run<'_> {
             .call(&admin, Method::GET, "/v1/daemon", None)
             .await
             .is_err();
-        s.observed = format!(
+        s.observed += &format!(
             "{target}'s daemon and service were killed (SIGKILL); {} became active at epoch {} after {ms} ms{}",
             st.active.as_deref().unwrap_or("?"),
             st.epoch,
@@ -810,7 +884,7 @@ impl Run<'_> {
         let st = match st {
             Ok(st) => st,
             Err(e) => {
-                s.observed = "not recovered".into();
+                s.observed += "not recovered";
                 return Err(e);
             }
         };
@@ -826,7 +900,7 @@ impl Run<'_> {
                 format!("{f} is {role}")
             })
             .collect();
-        s.observed = if faulted.is_empty() {
+        s.observed += &if faulted.is_empty() {
             format!(
                 "nothing to recover; every node healthy and in sync ({} active)",
                 st.active.as_deref().unwrap_or("?")
@@ -844,7 +918,7 @@ impl Run<'_> {
 
     async fn store_consistency(&mut self, s: &mut ScenarioRecord) -> Result<(), String> {
         let Some((addr, password)) = self.plan.store.clone() else {
-            s.observed = "not run".into();
+            s.observed += "not run";
             return Err("no store address to check (--store, or [drill] store)".into());
         };
         let id = self.id.clone();
@@ -893,7 +967,7 @@ impl Run<'_> {
         s.digests = digests.clone();
         let lost = read_back(&addr, password, &acked).await?;
         let agree = digests.len() == data.len() && digests.windows(2).all(|w| w[0].digest == w[1].digest);
-        s.observed = format!(
+        s.observed += &format!(
             "{} of {CONSISTENCY_KEYS} writes acknowledged ({failed} failed), {} read back as written; digests {}",
             acked.len(),
             acked.len() - lost.len(),
@@ -963,10 +1037,18 @@ impl Run<'_> {
             }
             s.store = Some(st);
         }
-        // Events of the window, from the cluster's history.
+        // Events of the window, from the cluster's history: the leader's copy first (an
+        // isolated node's is behind).
         let age = unix_ms().saturating_sub(from) + 1000;
         let path = format!("/v1/events?since={age}ms&limit=500");
-        for a in self.api.admins.clone() {
+        let mut order = self.api.admins.clone();
+        if let Ok(st) = self.status().await {
+            if let Some(l) = st.leader.as_deref().and_then(|l| self.admin_of(&st, l)) {
+                order.retain(|a| *a != l);
+                order.insert(0, l);
+            }
+        }
+        for a in order {
             if let Ok(events) = self.api.get::<Vec<Event>>(&a, &path).await {
                 for e in events
                     .iter()

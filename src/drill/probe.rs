@@ -230,9 +230,8 @@ impl Resp {
             let _ = s.set_nodelay(true);
             self.conn = Some(BufReader::new(s));
             if let Some(p) = self.password.clone() {
-                match self.exchange(&[b"AUTH", p.as_bytes()]).await? {
-                    Reply::Error(e) => return Err(format!("AUTH: {e}")),
-                    _ => {}
+                if let Reply::Error(e) = self.exchange(&[b"AUTH", p.as_bytes()]).await? {
+                    return Err(format!("AUTH: {e}"));
                 }
             }
         }

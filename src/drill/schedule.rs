@@ -54,6 +54,7 @@ pub fn plan_of(config: &Config) -> Result<(Plan, Duration), String> {
             max_interruption: d.max_interruption,
             scheduled: true,
             recovery_timeout: Duration::from_secs(120),
+            force: false,
         },
         every,
     ))
