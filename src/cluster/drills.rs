@@ -224,7 +224,8 @@ impl Drills {
                     return Applied {
                         ok: false,
                         message: format!(
-                            "drill {other} is under way (began at unix ms {since}); one drill at a time"
+                            "drill {other} is under way (began at unix ms {since}); one drill at a time \
+                             (`standin drill run --force` if its client went away)"
                         ),
                         event: None,
                     };

@@ -251,7 +251,7 @@ pub async fn run(
     match api
         .post_any(
             "/v1/drills/begin",
-            serde_json::json!({"id": id, "scheduled": plan.scheduled}),
+            serde_json::json!({"id": id, "scheduled": plan.scheduled, "force": plan.force}),
         )
         .await
     {
