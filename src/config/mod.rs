@@ -743,6 +743,15 @@ pub struct NodeSection {
     /// Raft's own records can no longer be written. 0 turns the check off.
     #[serde(default = "default_min_free_disk")]
     pub min_free_disk: u64,
+    /// Below this many free bytes on the data directory's file system the `disk-low:NODE`
+    /// alarm (warning) is raised, before writes are refused at `min-free-disk`. Default:
+    /// twice `min-free-disk`; 0 turns the warning off.
+    #[serde(default)]
+    pub disk_low_warning: Option<u64>,
+    /// Above this many bytes of resident memory (VmRSS) the `memory-high:NODE` alarm is
+    /// raised. Default: off.
+    #[serde(default)]
+    pub memory_warning: Option<u64>,
     /// This node joins a running cluster (`standin member add` makes it a member) instead of
     /// creating one with the `[[member]]` list on its first start. Its member list needs
     /// itself and at least one member of the running cluster.
@@ -752,6 +761,41 @@ pub struct NodeSection {
 
 fn default_min_free_disk() -> u64 {
     64 * 1024 * 1024
+}
+
+/// Smallest `memory-warning`: a smaller value is a unit mistake (the daemon alone takes more).
+pub const MIN_MEMORY_WARNING: u64 = 16 * 1024 * 1024;
+
+impl NodeSection {
+    /// The free bytes below which `disk-low:NODE` is raised (0: never).
+    pub fn disk_low_warning(&self) -> u64 {
+        self.disk_low_warning
+            .unwrap_or(self.min_free_disk.saturating_mul(2))
+    }
+
+    /// `disk-low-warning` and `memory-warning` make sense with `min-free-disk`.
+    fn validate_resources(&self) -> Result<(), ConfigError> {
+        if let Some(w) = self.disk_low_warning {
+            if w != 0 && w <= self.min_free_disk {
+                return Err(invalid(
+                    "node.disk-low-warning",
+                    format!(
+                        "{w} must be above node.min-free-disk ({}): the warning comes before writes are refused (0 turns it off)",
+                        self.min_free_disk
+                    ),
+                ));
+            }
+        }
+        if let Some(m) = self.memory_warning {
+            if m < MIN_MEMORY_WARNING {
+                return Err(invalid(
+                    "node.memory-warning",
+                    format!("{m} bytes is below {MIN_MEMORY_WARNING} (16 MiB); the value is in bytes"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Whether a member runs the service or only votes.
@@ -1298,6 +1342,7 @@ impl Config {
         if self.node.data_dir.as_os_str().is_empty() {
             return Err(invalid("node.data-dir", "must not be empty"));
         }
+        self.node.validate_resources()?;
         if self.members.is_empty() {
             return Err(invalid("member", "at least one [[member]] is required"));
         }

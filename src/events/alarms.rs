@@ -45,9 +45,16 @@ async fn member_drift(
                 .call(&id, &Request::Status, Duration::from_millis(500))
                 .await;
             let reported = match answer {
-                Ok(Response::Json(s)) => serde_json::from_str::<Status>(&s).ok().map(|s| Reported {
-                    drift: s.membership_drift,
-                    shared: s.config_shared,
+                Ok(Response::Json(s)) => serde_json::from_str::<Status>(&s).ok().map(|s| {
+                    // Its disk and memory as it measured them, for the leader's view.
+                    let own = s.nodes.iter().find(|n| n.id == id && s.view_from == id);
+                    if let Some(r) = own.and_then(|n| n.resources.clone()) {
+                        cluster.space.remember(&id, r);
+                    }
+                    Reported {
+                        drift: s.membership_drift,
+                        shared: s.config_shared,
+                    }
                 }),
                 _ => None,
             };
@@ -361,6 +368,7 @@ pub fn evaluate(status: &Status, records: &BTreeMap<String, NodeRecord>) -> BTre
             ),
         );
     }
+    out.extend(super::resources::alarms(status, &reachable));
     let versions: BTreeSet<&str> = status
         .nodes
         .iter()
@@ -379,9 +387,10 @@ pub fn evaluate(status: &Status, records: &BTreeMap<String, NodeRecord>) -> BTre
     out
 }
 
-fn severity_of(key: &str) -> &'static str {
+pub(crate) fn severity_of(key: &str) -> &'static str {
     match key.split(':').next().unwrap_or(key) {
-        "no-in-sync-standby" | "quorum-at-risk" | "node-unreachable" | "member-lost-log" => "critical",
+        "no-in-sync-standby" | "quorum-at-risk" | "node-unreachable" | "member-lost-log"
+        | "disk-critical" => "critical",
         _ => "warning",
     }
 }
@@ -470,6 +479,7 @@ mod tests {
             raft: "voter".into(),
             site: None,
             lost_log: false,
+            resources: None,
         }
     }
 

@@ -11,3 +11,4 @@
 pub mod alarms;
 pub mod notify;
 pub mod paths;
+pub mod resources;
