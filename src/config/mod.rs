@@ -1840,6 +1840,47 @@ pub(crate) mod tests {
 
     /// A complete 3-node cluster as seen from data node `a`: two data nodes and a witness,
     /// two cluster addresses each, a service, one check of every kind, hooks and failback.
+    /// `disk-low-warning` defaults to twice `min-free-disk` and must come before it;
+    /// `memory-warning` is off by default and refuses a value that is surely not in bytes.
+    #[test]
+    fn disk_and_memory_warnings_name_their_key() {
+        let with = |extra: &str| {
+            FULL.replace(
+                "data-dir = \"/var/lib/standin\"\n",
+                &format!("data-dir = \"/var/lib/standin\"\n{extra}\n"),
+            )
+        };
+        let c = Config::parse(&with("")).expect("defaults");
+        assert_eq!(c.node.disk_low_warning(), 2 * c.node.min_free_disk);
+        assert_eq!(c.node.memory_warning, None);
+        let c = Config::parse(&with("min-free-disk = 0")).expect("refusal off");
+        assert_eq!(c.node.disk_low_warning(), 0);
+        let c = Config::parse(&with("disk-low-warning = 0")).expect("warning off");
+        assert_eq!(c.node.disk_low_warning(), 0);
+        let c =
+            Config::parse(&with("disk-low-warning = 1073741824\nmemory-warning = 536870912")).expect("set");
+        assert_eq!(
+            (c.node.disk_low_warning(), c.node.memory_warning),
+            (1 << 30, Some(1 << 29))
+        );
+        for (extra, key) in [
+            ("disk-low-warning = 1000", "node.disk-low-warning"),
+            (
+                "min-free-disk = 100\ndisk-low-warning = 100",
+                "node.disk-low-warning",
+            ),
+            ("disk-low-warning = -1", "disk-low-warning"),
+            ("memory-warning = 512", "node.memory-warning"),
+            ("memory-warning = \"lots\"", "memory-warning"),
+        ] {
+            match Config::parse(&with(extra)) {
+                Err(ConfigError::Invalid { key: k, reason }) => assert_eq!(k, key, "{reason}"),
+                Err(e) => assert!(e.to_string().contains(key), "{extra}: {e}"),
+                Ok(_) => panic!("{extra} accepted"),
+            }
+        }
+    }
+
     const FULL: &str = r#"
 [tls]
 insecure = true
