@@ -114,6 +114,19 @@ fn state_registry(node: &super::AdminContext) -> Registry {
     }
 
     resource_gauges(&mut reg, &status);
+    // The alarms raised now (the replicated set: the same on every node).
+    let alarm = gauge_family(
+        &mut reg,
+        "alarm",
+        "1 for each alarm raised now, by key (disk-low:a, no-in-sync-standby, ...)",
+    );
+    for key in node
+        .cluster
+        .sm
+        .read(|d| d.state.alarms.keys().cloned().collect::<Vec<_>>())
+    {
+        alarm.get_or_create(&l(&[("alarm", &key)])).set(1);
+    }
 
     let cluster = gauge_family(&mut reg, "cluster", "Cluster-wide figures from this node's view");
     cluster
