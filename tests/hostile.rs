@@ -542,7 +542,24 @@ async fn a_nearly_full_disk_refuses_store_writes_with_the_reason() {
     );
     // The cluster itself still works: the role and the data are where they were.
     let now = cluster.status().await.expect("status");
-    assert_eq!((now.active, now.epoch), (s.active.clone(), s.epoch));
+    assert_eq!((now.active.clone(), now.epoch), (s.active.clone(), s.epoch));
+    // `standin status` says which disks and how much is left.
+    let table = standin::cli::client::render_status(&now);
+    eprintln!("{table}");
+    assert_eq!(table.matches("WRITES REFUSED").count(), 2, "{table}");
+    assert!(table.contains("mem ") && table.contains("disk "), "{table}");
+    for n in now.nodes.iter().filter(|n| n.id != "w") {
+        let r = n.resources.as_ref().expect("figures");
+        let redb = std::fs::metadata(data(&n.id).join("standin.redb"))
+            .expect("redb")
+            .len();
+        // The redb file, not the filler beside it.
+        assert!(
+            r.data_dir_bytes.is_some_and(|b| b <= redb + mib),
+            "{}: {r:?} vs {redb}",
+            n.id
+        );
+    }
     // Room again: the alarms clear and writes are accepted.
     for id in ["a", "b"] {
         std::fs::remove_file(data(id).join("filler")).expect("free space");

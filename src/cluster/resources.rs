@@ -41,7 +41,7 @@ pub struct Resources {
     pub disk_free_bytes: Option<u64>,
     /// Size of that file system.
     pub disk_total_bytes: Option<u64>,
-    /// Bytes the data directory takes on disk (the redb files).
+    /// Bytes the redb files in the data directory take on disk.
     pub data_dir_bytes: Option<u64>,
     /// Growth of the data directory in bytes per hour over the last hour (negative: it shrank,
     /// e.g. after compaction); unknown until a minute of samples.
@@ -182,8 +182,9 @@ impl Growth {
     }
 }
 
-/// Bytes the files under `dir` take on disk (allocated blocks), walking at most
-/// [`DIR_MAX_DEPTH`] levels and [`DIR_MAX_FILES`] entries; unreadable entries count 0.
+/// Bytes the redb files (`*.redb`: the log, the state and snapshots) under `dir` take on disk
+/// (allocated blocks), walking at most [`DIR_MAX_DEPTH`] levels and [`DIR_MAX_FILES`] entries;
+/// unreadable entries count 0. Other files an operator keeps there are not standin's growth.
 fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
     let mut total: u64 = 0;
@@ -208,7 +209,7 @@ fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
                 if depth + 1 < DIR_MAX_DEPTH {
                     stack.push((entry.path(), depth + 1));
                 }
-            } else if meta.is_file() {
+            } else if meta.is_file() && entry.path().extension().is_some_and(|e| e == "redb") {
                 total = total.saturating_add(meta.blocks().saturating_mul(512));
             }
         }
@@ -507,6 +508,8 @@ mod tests {
     async fn the_sampler_runs_without_min_free_disk() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("standin.redb"), vec![1u8; 64 * 1024]).expect("write");
+        // Not standin's: not counted.
+        std::fs::write(dir.path().join("filler"), vec![1u8; 1024 * 1024]).expect("write");
         let space = DiskSpace::watch(
             dir.path().to_path_buf(),
             Thresholds {
@@ -524,7 +527,11 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         assert!(r.disk_total_bytes.is_some_and(|t| t > 0), "{r:?}");
-        assert!(r.data_dir_bytes.is_some_and(|b| b >= 64 * 1024), "{r:?}");
+        assert!(
+            r.data_dir_bytes
+                .is_some_and(|b| (64 * 1024..1024 * 1024).contains(&b)),
+            "{r:?}"
+        );
         assert!(r.resident_memory_bytes.is_some_and(|m| m > 0), "{r:?}");
         assert!(r.disk_low, "below a warning of u64::MAX");
         assert!(!r.writes_refused, "min-free-disk 0: never refused");
