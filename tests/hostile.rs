@@ -412,7 +412,13 @@ async fn a_nearly_full_disk_refuses_store_writes_with_the_reason() {
     let mib = 1024 * 1024;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut spec = Spec::new(dir.path(), &binary());
-    spec.node_toml = format!("min-free-disk = {}\ndisk-low-warning = {}", 8 * mib, 16 * mib);
+    // memory-warning at its floor (16 MiB): every daemon is above it.
+    spec.node_toml = format!(
+        "min-free-disk = {}\ndisk-low-warning = {}\nmemory-warning = {}",
+        8 * mib,
+        16 * mib,
+        16 * mib
+    );
     let data = |id: &str| dir.path().join(format!("{id}-data"));
     let _mounts = Mounts::tmpfs(vec![data("a"), data("b")], "48m");
     let (cluster, _) = start(spec).await;
@@ -456,6 +462,12 @@ async fn a_nearly_full_disk_refuses_store_writes_with_the_reason() {
         assert!(!r.disk_low && !r.writes_refused, "{r:?}");
         assert!(r.store_used_memory_bytes.is_some(), "{id} runs a store: {r:?}");
     }
+
+    let high: Vec<String> = ["a", "b", "w"]
+        .iter()
+        .map(|id| format!("memory-high:{id}"))
+        .collect();
+    wait_alarms(&cluster, &leader, &high, true).await;
 
     let mut acked = Vec::new();
     for i in 0..20 {
@@ -528,7 +540,11 @@ async fn a_nearly_full_disk_refuses_store_writes_with_the_reason() {
             common::sample(&m, "standin_data_disk_low", &[("node", id)]),
             Some(1.0)
         );
-        for key in [format!("disk-low:{id}"), format!("disk-critical:{id}")] {
+        for key in [
+            format!("disk-low:{id}"),
+            format!("disk-critical:{id}"),
+            format!("memory-high:{id}"),
+        ] {
             assert_eq!(
                 common::sample(&m, "standin_alarm", &[("alarm", &key)]),
                 Some(1.0),
@@ -582,9 +598,19 @@ async fn a_nearly_full_disk_refuses_store_writes_with_the_reason() {
             common::sample(&m, "standin_store_writes_refused_disk_low", &[("node", id)]),
             Some(0.0)
         );
+        for key in [format!("disk-low:{id}"), format!("disk-critical:{id}")] {
+            assert_eq!(
+                common::sample(&m, "standin_alarm", &[("alarm", &key)]),
+                None,
+                "{key}"
+            );
+        }
+        // Memory has nothing to do with the disk: still above its warning.
+        let key = format!("memory-high:{id}");
         assert_eq!(
-            common::sample(&m, "standin_alarm", &[("alarm", &format!("disk-low:{id}"))]),
-            None
+            common::sample(&m, "standin_alarm", &[("alarm", &key)]),
+            Some(1.0),
+            "{key}"
         );
     }
     // Nothing acknowledged is lost.
