@@ -745,12 +745,13 @@ pub struct NodeSection {
     pub min_free_disk: u64,
     /// Below this many free bytes on the data directory's file system the `disk-low:NODE`
     /// alarm (warning) is raised, before writes are refused at `min-free-disk`. Default:
-    /// twice `min-free-disk`; 0 turns the warning off.
-    #[serde(default)]
+    /// twice `min-free-disk`; 0 turns the warning off. (Left out of the effective config while
+    /// unset, so that a file without it keeps its digest across an upgrade.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_low_warning: Option<u64>,
     /// Above this many bytes of resident memory (VmRSS) the `memory-high:NODE` alarm is
     /// raised. Default: off.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_warning: Option<u64>,
     /// This node joins a running cluster (`standin member add` makes it a member) instead of
     /// creating one with the `[[member]]` list on its first start. Its member list needs
@@ -1853,6 +1854,12 @@ pub(crate) mod tests {
         let c = Config::parse(&with("")).expect("defaults");
         assert_eq!(c.node.disk_low_warning(), 2 * c.node.min_free_disk);
         assert_eq!(c.node.memory_warning, None);
+        // Unset, they leave the effective config (and its digest) as it was before them.
+        let effective = c.redacted_json().to_string();
+        assert!(
+            !effective.contains("disk-low-warning") && !effective.contains("memory-warning"),
+            "{effective}"
+        );
         let c = Config::parse(&with("min-free-disk = 0")).expect("refusal off");
         assert_eq!(c.node.disk_low_warning(), 0);
         let c = Config::parse(&with("disk-low-warning = 0")).expect("warning off");
