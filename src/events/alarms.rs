@@ -24,7 +24,7 @@ const EVERY: Duration = Duration::from_millis(250);
 const STALE_AFTER: Duration = Duration::from_secs(300);
 
 /// How often the leader asks every member where its config file disagrees with the live
-/// membership (the `membership-drift:ID` alarms).
+/// membership (the `membership-drift:ID` alarms), and its disk and memory figures.
 const DRIFT_EVERY: Duration = Duration::from_secs(5);
 
 /// Each member's config-file drift (see [`crate::cluster::members::drift`]): the leader's own
