@@ -67,7 +67,9 @@ pub struct Resources {
 }
 
 impl Resources {
-    /// `1.2 GiB free (34%), dir 40 MiB +3 MiB/h, mem 48 MiB`: what `standin status` shows.
+    /// `disk 1.2 GiB free (34%), dir 40.0 MiB +3.0 MiB/h, mem 48.0 MiB, store 12.0 MiB`, with
+    /// `DISK LOW` or `WRITES REFUSED` after the disk and `HIGH` after the memory when past a
+    /// threshold: what `standin status` shows (one part a line in its table).
     pub fn summary(&self) -> String {
         let mut parts = Vec::new();
         if let Some(free) = self.disk_free_bytes {
@@ -76,14 +78,12 @@ impl Resources {
                 .filter(|t| *t > 0)
                 .map(|t| format!(" ({}%)", (u128::from(free) * 100 / u128::from(t)).min(100)))
                 .unwrap_or_default();
-            let state = if self.writes_refused {
-                " WRITES REFUSED"
+            parts.push(format!("disk {} free{pct}", human_bytes(free)));
+            if self.writes_refused {
+                parts.push("WRITES REFUSED".to_string());
             } else if self.disk_low {
-                " LOW"
-            } else {
-                ""
-            };
-            parts.push(format!("disk {} free{pct}{state}", human_bytes(free)));
+                parts.push("DISK LOW".to_string());
+            }
         }
         if let Some(d) = self.data_dir_bytes {
             let growth = self
@@ -483,7 +483,7 @@ mod tests {
         };
         assert_eq!(
             r.summary(),
-            "disk 1.2 GiB free (33%) LOW, dir 40.0 MiB -3.0 MiB/h, mem 48.0 MiB"
+            "disk 1.2 GiB free (33%), DISK LOW, dir 40.0 MiB -3.0 MiB/h, mem 48.0 MiB"
         );
         // A zero-sized file system (a hostile answer) shows no percentage.
         let r = Resources {
