@@ -23,9 +23,17 @@ fn init_tracing(format: LogFormat) {
         // If stderr goes away (the reader died), tracing would report that with eprintln!,
         // which panics: a daemon must outlive its log reader.
         .log_internal_errors(false);
+    // Beside stderr, the last lines stay in memory for drills (`GET /v1/logs`).
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.finish().with(standin::logring::layer()).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(standin::logring::layer())
+            .init(),
     }
 }
 

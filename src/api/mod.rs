@@ -6,6 +6,7 @@
 //! are forwarded to the leader and committed to the Raft log.
 
 pub mod client;
+pub mod drill;
 pub mod guard;
 pub mod metrics;
 pub mod serve;
@@ -131,6 +132,8 @@ pub enum AdminAction {
         by: String,
         base: u64,
     },
+    /// `standin drill`: a run's acceptance record, or an operator's confirmation of one.
+    Drill(crate::cluster::drills::DrillCmd),
 }
 
 /// `GET /v1/config`: a node's effective configuration (secrets redacted) and the cluster
@@ -623,6 +626,13 @@ fn router(node: Arc<AdminContext>) -> Router {
             "/v1/watch",
             get(move |State(node): State<Arc<AdminContext>>| watch_handler(node, watchers.clone())),
         )
+        .route("/v1/drill/fault", get(drill::fault_get).post(drill::fault_post))
+        .route("/v1/logs", get(drill::logs_get))
+        .route("/v1/store/digest", get(drill::store_digest))
+        .route("/v1/drills", get(drill::records_get).post(drill::record_post))
+        .route("/v1/drills/begin", post(drill::begin_post))
+        .route("/v1/drills/:id", get(drill::record_get))
+        .route("/v1/drills/:id/confirm", post(drill::confirm_post))
         .route("/metrics", get(metrics_handler))
         .route("/", get(dashboard_handler))
         .route("/dashboard", get(dashboard_handler))
@@ -1152,7 +1162,7 @@ async fn watch_handler(node: Arc<AdminContext>, watchers: Arc<tokio::sync::Semap
     axum::response::sse::Sse::new(stream).into_response()
 }
 
-async fn admin(node: &Arc<AdminContext>, action: AdminAction) -> Response {
+pub(crate) async fn admin(node: &Arc<AdminContext>, action: AdminAction) -> Response {
     // Bad requests are refused here, whichever node gets them.
     if let Err(e) = validate_admin(&node.cluster.members(), &action) {
         return error_response(e.status(), e.to_string(), false);
@@ -1290,6 +1300,19 @@ pub async fn apply_admin(config: &Config, cluster: &Cluster, body: &str) -> Resu
                 .map_err(|e| AdminError::Refused(e.to_string()))
         }
         AdminAction::Deploy(req) => return start_deploy(config, cluster, req).await,
+        AdminAction::Drill(mut cmd) => {
+            crate::cluster::drills::check(&cmd).map_err(AdminError::Invalid)?;
+            match &mut cmd {
+                crate::cluster::drills::DrillCmd::Confirm { at: when, .. }
+                | crate::cluster::drills::DrillCmd::Begin { at: when, .. } => *when = at,
+                crate::cluster::drills::DrillCmd::Record { .. } => {}
+            }
+            let r = cluster.write_local(Command::Drill(cmd)).await?;
+            if !r.ok {
+                return Err(AdminError::Refused(r.message));
+            }
+            return done(r.message);
+        }
         AdminAction::Settings {
             text,
             change,

@@ -107,6 +107,13 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Failover drills: acceptance tests against the live cluster (planned switchover, node
+    /// shutdown, service crash, link failure, node isolation, recovery, store consistency),
+    /// each with its expected behaviour and maximum interruption, recorded in the cluster.
+    Drill {
+        #[command(subcommand)]
+        cmd: DrillCmd,
+    },
     /// Roll out a new version of the managed service, one node at a time: standbys first,
     /// then a switchover to an updated standby, then the old active; each node must run it
     /// healthily for the watch window, or the deploy stops and the updated nodes go back.
@@ -497,6 +504,79 @@ pub enum ConfigCmd {
 }
 
 #[derive(clap::Subcommand)]
+pub enum DrillCmd {
+    /// Run the scenarios now (faults are injected by the nodes themselves: `[drill] enabled =
+    /// true` on each). Prints each scenario's outcome; the record is stored in the cluster.
+    /// Exit 0 if every scenario passed, 1 if one failed.
+    Run {
+        #[command(flatten)]
+        api: Api,
+        /// Comma-separated scenarios, in order (default: all, in the order of this list):
+        /// planned-switchover, link-failure, service-crash, node-isolation, node-shutdown,
+        /// recovery, store-consistency.
+        #[arg(long, value_delimiter = ',')]
+        scenarios: Vec<String>,
+        /// What to probe through the floating address: http://host:port/path or
+        /// tcp://host:port (default: the cluster's `[drill] service`).
+        #[arg(long)]
+        service: Option<String>,
+        /// The store's floating address, host:port (default: the cluster's `[drill] store`).
+        #[arg(long)]
+        store: Option<String>,
+        /// The store's password (`[store] requirepass`).
+        #[arg(long, env = "STANDIN_STORE_PASSWORD", hide_env_values = true)]
+        store_password: Option<String>,
+        /// The longest interruption any scenario may cause (default: per scenario, from the
+        /// timing profile).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        max_interruption: Option<Duration>,
+        /// How long `recovery` waits for faulted nodes to come back.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "2m")]
+        recovery_timeout: Duration,
+        /// Also write the record as Markdown, HTML or JSON to these files.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+        #[arg(long)]
+        html: Option<PathBuf>,
+        /// Print the record as JSON instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The recorded runs, oldest first.
+    List {
+        #[command(flatten)]
+        api: Api,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One run's record: as Markdown (default), JSON, or a self-contained HTML page.
+    Show {
+        #[command(flatten)]
+        api: Api,
+        run: String,
+        /// Write the HTML page to this file.
+        #[arg(long)]
+        html: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record an operator's acceptance of a run (and the issues left unresolved).
+    Confirm {
+        #[command(flatten)]
+        api: Api,
+        run: String,
+        /// Who confirms.
+        #[arg(long)]
+        by: String,
+        #[arg(long, default_value = "")]
+        note: String,
+        /// An issue left unresolved (repeatable).
+        #[arg(long)]
+        unresolved: Vec<String>,
+    },
+}
+
+#[derive(clap::Subcommand)]
 pub enum DeployCmd {
     /// The deploy under way (node, step, phase) and the version each node runs.
     Status {
@@ -749,6 +829,13 @@ impl Cmd {
                         | DeployCmd::Rollback { api, .. },
                     ),
                 ..
+            } => Some(api),
+            Cmd::Drill {
+                cmd:
+                    DrillCmd::Run { api, .. }
+                    | DrillCmd::List { api, .. }
+                    | DrillCmd::Show { api, .. }
+                    | DrillCmd::Confirm { api, .. },
             } => Some(api),
             Cmd::Status { api, .. }
             | Cmd::Switchover { api, .. }

@@ -37,6 +37,15 @@ pub fn set_ca(path: &std::path::Path) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The token and HTTPS settings every CLI request uses (for clients that make their own
+/// requests, such as a drill's).
+pub(super) fn access() -> crate::api::client::Access {
+    crate::api::client::Access {
+        token: TOKEN.get().cloned(),
+        tls: CA.get().cloned(),
+    }
+}
+
 pub(super) async fn request(
     api: &str,
     method: Method,

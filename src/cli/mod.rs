@@ -9,6 +9,7 @@ pub mod args;
 pub mod client;
 pub mod config;
 pub mod deploy;
+pub mod drill;
 pub mod member;
 pub mod run;
 

@@ -223,6 +223,7 @@ async fn dispatch(
                 ConfigCmd::Rollback { api, version, json } => config::rollback(&api.api, version, json).await,
             })
         }
+        Cmd::Drill { cmd } => cli_result(crate::cli::drill::dispatch(cmd).await),
         Cmd::Deploy {
             cmd,
             api,
@@ -414,6 +415,11 @@ async fn node(path: &Path, handover: Option<crate::handover::Handover>) -> ExitC
             crate::systemd::stopping();
         });
     }
+    // Scheduled drills (`[drill] schedule`) run beside the daemon, through its admin API.
+    tokio::spawn(crate::drill::schedule::run(
+        std::sync::Arc::new(config.clone()),
+        token.clone(),
+    ));
     match crate::node::run(config, path.to_path_buf(), listeners, token, handover).await {
         Ok(()) => code(exit::OK),
         Err(e) => {

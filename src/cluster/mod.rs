@@ -5,6 +5,7 @@
 //! [`Command`]s, [`ClusterState`] and [`RaftInfo`], so a move to openraft 0.10 stays local.
 
 pub mod change;
+pub mod drills;
 pub mod members;
 pub mod prevote;
 pub mod protocol;
@@ -1113,7 +1114,7 @@ mod tests {
             interval * 10,
             None,
         );
-        tokio::spawn(transport::serve(listener, follower, handler, cancel.clone()));
+        tokio::spawn(transport::serve(listener, 0, follower, handler, cancel.clone()));
         let leader = Transport::new(
             "a".into(),
             vec![("b".into(), vec![addr])],

@@ -164,6 +164,8 @@ pub enum EventKind {
     MembershipChanged,
     /// A deploy of the service (`standin deploy`): started, a step, failed, rolled back, done.
     Deploy,
+    /// A failover drill was recorded or confirmed (`standin drill`).
+    Drill,
 }
 
 impl std::fmt::Display for EventKind {
@@ -260,6 +262,7 @@ fn kind_name<B>(c: &CommandOf<B>) -> &'static str {
         CommandOf::ConfigReloaded { .. } => "ConfigReloaded",
         CommandOf::Members { .. } => "Members",
         CommandOf::Change(_) => "Change",
+        CommandOf::Drill(_) => "Drill",
     }
 }
 
@@ -496,6 +499,9 @@ pub enum CommandOf<B> {
     /// [`crate::cluster::change`]). Applied by the state machine, which keeps it beside the
     /// cluster state (`storage::SmData::change`). Appended last.
     Change(crate::cluster::change::ChangeCmd),
+    /// Acceptance records of failover drills (see [`crate::cluster::drills`]), kept by the
+    /// state machine beside the cluster state (`storage::SmData::drills`). Appended last.
+    Drill(crate::cluster::drills::DrillCmd),
 }
 
 /// Whether a failover is under way (the deploy waits): no active node, a promotion not yet
@@ -1150,6 +1156,8 @@ impl ClusterState {
             }
             // Applied by the state machine, which keeps change control beside this state.
             CommandOf::Change(_) => CommandResult::refused("deploys are applied by the state machine"),
+            // Applied by the state machine, which keeps drill records beside this state.
+            CommandOf::Drill(_) => CommandResult::refused("drill records are applied by the state machine"),
             CommandOf::ConfigReloaded {
                 node,
                 digest,

@@ -841,6 +841,10 @@ pub struct SmData {
     /// the same way: a snapshot without it reads as no deploy ever made.
     #[serde(default)]
     pub change: super::change::ChangeControl,
+    /// Acceptance records of failover drills, encoded after `change` the same way: a
+    /// snapshot without it reads as no drill ever recorded.
+    #[serde(default)]
+    pub drills: super::drills::Drills,
 }
 
 /// The part of the state machine that follows [`SmData`]'s first fields in a snapshot.
@@ -872,6 +876,7 @@ pub fn decode_sm(bytes: &[u8]) -> Result<SmData, postcard::Error> {
         kv: old.kv,
         ext: SmExt::default(),
         change: Default::default(),
+        drills: Default::default(),
     };
     if rest.is_empty() {
         return Ok(d);
@@ -883,6 +888,11 @@ pub fn decode_sm(bytes: &[u8]) -> Result<SmData, postcard::Error> {
     }
     let (change, rest) = postcard::take_from_bytes(rest)?;
     d.change = change;
+    if rest.is_empty() {
+        return Ok(d);
+    }
+    let (drills, rest) = postcard::take_from_bytes(rest)?;
+    d.drills = drills;
     // Bytes after the last part this build knows: a later build's part, left alone.
     let _ = rest;
     Ok(d)
@@ -1074,6 +1084,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             ..Default::default()
                         }
                     }
+                    EntryPayload::Normal(Command::Drill(c)) => {
+                        let r = d.drills.apply(c);
+                        if let Some(detail) = r.event {
+                            let at = match c {
+                                super::drills::DrillCmd::Record { at, .. }
+                                | super::drills::DrillCmd::Confirm { at, .. }
+                                | super::drills::DrillCmd::Begin { at, .. } => *at,
+                            };
+                            d.state.record(at, super::state::EventKind::Drill, None, detail);
+                        }
+                        CommandResult {
+                            ok: r.ok,
+                            message: r.message,
+                            ..Default::default()
+                        }
+                    }
                     EntryPayload::Normal(cmd) => d.state.apply(cmd),
                     EntryPayload::Membership(m) => {
                         d.membership = StoredMembership::new(Some(entry.log_id), m.clone());
@@ -1122,6 +1148,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 kv: new.kv,
                 ext: new.ext,
                 change: new.change,
+                drills: new.drills,
             };
             d.last_applied.map_or(0, |l| l.index)
         };

@@ -279,6 +279,17 @@ struct Inner {
     refused: [AtomicU64; 4],
     /// The peer protocol versions this node speaks ([`Range::OURS`] but in tests).
     protocols: Range,
+    /// Paths a drill cut, until when (see [`Transport::cut_paths`]).
+    cut: Mutex<Option<PathCut>>,
+}
+
+/// Paths of this node a drill cut: nothing goes out on them and what comes in is not
+/// answered, as on a dead link, until `until`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathCut {
+    /// Path indexes (the order of this node's addresses); `None`: every path.
+    pub paths: Option<Vec<usize>>,
+    pub until: Instant,
 }
 
 /// Handle to the transport; cheap to clone.
@@ -348,6 +359,7 @@ impl Transport {
                 tls,
                 refused: Default::default(),
                 protocols: Range::OURS,
+                cut: Mutex::new(None),
             }),
         }
     }
@@ -402,6 +414,40 @@ impl Transport {
 
     fn refuse(&self, r: Refusal) {
         self.inner.refused[r as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Cuts this node's paths (`None`: all of them) for `duration`, as a dead link would:
+    /// requests on them get no answer (they wait out their deadline), and requests arriving on
+    /// them are read and dropped. Heals by itself when the time is up; a new cut replaces the
+    /// previous one. For failover drills (`[drill] enabled`).
+    pub fn cut_paths(&self, paths: Option<Vec<usize>>, duration: Duration) -> PathCut {
+        let cut = PathCut {
+            paths,
+            until: Instant::now() + duration,
+        };
+        *lock(&self.inner.cut) = Some(cut.clone());
+        cut
+    }
+
+    /// Ends a drill's cut now; `true` if one was in force.
+    pub fn heal_paths(&self) -> bool {
+        lock(&self.inner.cut)
+            .take()
+            .is_some_and(|c| c.until > Instant::now())
+    }
+
+    /// The cut in force, if any.
+    pub fn path_cut(&self) -> Option<PathCut> {
+        let mut cut = lock(&self.inner.cut);
+        if cut.as_ref().is_some_and(|c| c.until <= Instant::now()) {
+            *cut = None;
+        }
+        cut.clone()
+    }
+
+    fn is_cut(&self, idx: usize) -> bool {
+        self.path_cut()
+            .is_some_and(|c| c.paths.as_ref().is_none_or(|p| p.contains(&idx)))
     }
 
     pub fn me(&self) -> &str {
@@ -599,6 +645,11 @@ impl Transport {
         limit: usize,
     ) -> Result<Response, PathError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        if self.is_cut(idx) {
+            // A dead link answers nothing: the request waits out its deadline.
+            tokio::time::sleep_until(deadline).await;
+            return Err(PathError::Failed("no answer (path cut by a drill)".into()));
+        }
         let conn = self.connection(peer, idx, deadline).await?;
         self.call_conn(&conn, req, deadline, limit).await
     }
@@ -1145,7 +1196,14 @@ pub type Handler =
 /// [`MAX_INBOUND_CONNS`] authenticated ones at once over all listeners (more are closed at
 /// once: the listener never runs the node out of descriptors or memory), and at most
 /// [`MAX_PENDING_HANDSHAKES`] handshakes under way.
-pub async fn serve(listener: TcpListener, transport: Transport, handler: Handler, cancel: CancellationToken) {
+/// Serves peers on `listener`, this node's path `path` (the index of its address).
+pub async fn serve(
+    listener: TcpListener,
+    path: usize,
+    transport: Transport,
+    handler: Handler,
+    cancel: CancellationToken,
+) {
     while let Some((stream, remote)) = accept(&listener, &cancel).await {
         crate::net::keepalive(&stream, PEER_KEEPALIVE_SECS);
         let transport = transport.clone();
@@ -1166,6 +1224,7 @@ pub async fn serve(listener: TcpListener, transport: Transport, handler: Handler
                 peer,
                 expires,
                 negotiated,
+                path,
             };
             serve_conn(io, conn, transport, handler, cancel).await;
             drop(permit);
@@ -1326,6 +1385,8 @@ struct Inbound {
     peer: Option<String>,
     expires: Option<i64>,
     negotiated: Negotiated,
+    /// Which of this node's paths it arrived on.
+    path: usize,
 }
 
 /// Serves one connection.
@@ -1341,6 +1402,7 @@ async fn serve_conn(
         peer,
         expires,
         mut negotiated,
+        path,
     } = conn;
     let ours = transport.inner.protocols;
     let (read, write) = tokio::io::split(stream);
@@ -1405,6 +1467,11 @@ async fn serve_conn(
         };
         let Some(frame) = frame else { break };
         partial_since = None;
+        if transport.is_cut(path) {
+            // A drill cut this path: what arrives on it is lost, as on a dead link.
+            drop(permit);
+            continue;
+        }
         let bytes = match frame {
             Some(Ok(b)) => b,
             // A peer that stops (or drops a connection it replaced) closes without TLS's
@@ -1672,7 +1739,7 @@ mod tests {
             Duration::from_millis(500),
             None,
         );
-        tokio::spawn(serve(listener, t, handler, cancel.clone()));
+        tokio::spawn(serve(listener, 0, t, handler, cancel.clone()));
         (addr, cancel)
     }
 
@@ -1991,7 +2058,7 @@ mod tests {
             Some(tls_as(dir, "b")),
         );
         let handler: Handler = Arc::new(|from, _req| Box::pin(async move { Response::Json(from) }));
-        tokio::spawn(serve(listener, t.clone(), handler, cancel.clone()));
+        tokio::spawn(serve(listener, 0, t.clone(), handler, cancel.clone()));
         (addr, t, cancel)
     }
 
@@ -2084,7 +2151,7 @@ mod tests {
         )
         .speaking(range(server));
         let handler: Handler = Arc::new(|_from, _req| Box::pin(async move { Response::Ok }));
-        tokio::spawn(serve(listener, b.clone(), handler, cancel.clone()));
+        tokio::spawn(serve(listener, 0, b.clone(), handler, cancel.clone()));
         let a = Transport::new(
             "a".into(),
             vec![("b".into(), vec![addr])],
@@ -2235,7 +2302,7 @@ mod tests {
                 Some(tls_as(server_dir, server_cert)),
             );
             let handler: Handler = Arc::new(|_from, _req| Box::pin(async move { Response::Ok }));
-            tokio::spawn(serve(listener, impostor, handler, cancel.clone()));
+            tokio::spawn(serve(listener, 0, impostor, handler, cancel.clone()));
             let a = client(dir.path(), "a", "a", addr);
             let e = a
                 .call("b", &Request::Status, t)
@@ -2357,7 +2424,7 @@ mod tests {
             Some(with_bundle(old.path(), "b")),
         );
         let handler: Handler = Arc::new(|from, _req| Box::pin(async move { Response::Json(from) }));
-        tokio::spawn(serve(listener, b, handler, cancel.clone()));
+        tokio::spawn(serve(listener, 0, b, handler, cancel.clone()));
         let a = Transport::new(
             "a".into(),
             vec![("b".into(), vec![addr])],

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod drill;
 pub mod reload;
 pub mod rules;
 pub use reload::{Live, LiveChange, ReloadOutcome, ReloadReport};
@@ -62,6 +63,9 @@ pub struct Config {
     /// Mutual TLS between nodes. Required unless `insecure = true`.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// Failover drills: the fault API (off unless enabled), probes, schedule.
+    #[serde(default)]
+    pub drill: drill::DrillConfig,
 }
 
 /// `[tls]`: the cluster CA and this node's certificate and key (PEM files). Every connection
@@ -1591,6 +1595,7 @@ impl Config {
                 ));
             }
         }
+        self.drill.validate()?;
         if self.events.retention == 0 || self.events.retention > 1_000_000 {
             return Err(invalid("events.retention", "must be between 1 and 1000000"));
         }

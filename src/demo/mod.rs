@@ -60,17 +60,25 @@ struct Floating {
     admin: std::net::SocketAddr,
 }
 
-/// Starts the front proxy over the demo cluster: two failover listeners on free ports.
-async fn start_proxy(cluster: &LocalCluster, cancel: &CancellationToken) -> Result<Floating, HarnessError> {
+fn proxy_text(cluster: &[String], listen: [&str; 3]) -> String {
+    format!(
+        "[proxy]\ncluster = [{}]\nadmin = \"{}\"\n\
+         [[proxy.listener]]\nname = \"service\"\nlisten = \"{}\"\nprotocol = \"http\"\n\
+         [[proxy.listener]]\nname = \"store\"\nlisten = \"{}\"\ntarget = \"store\"\n",
+        cluster.join(", "),
+        listen[0],
+        listen[1],
+        listen[2]
+    )
+}
+
+/// Binds the front proxy's sockets (two failover listeners and its control API on free
+/// ports) before the cluster exists, so that the nodes' `[drill]` settings can name them.
+async fn bind_proxy() -> Result<(crate::address::proxy::Bound, Floating), HarnessError> {
     use crate::address::proxy::{self, config::ProxyConfig};
-    let apis: Vec<String> = cluster.nodes.iter().map(|n| format!("\"{}\"", n.admin)).collect();
-    let text = format!(
-        "[proxy]\ncluster = [{}]\nadmin = \"127.0.0.1:0\"\n\
-         [[proxy.listener]]\nname = \"service\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"http\"\n\
-         [[proxy.listener]]\nname = \"store\"\nlisten = \"127.0.0.1:0\"\ntarget = \"store\"\n",
-        apis.join(", ")
-    );
-    let cfg = ProxyConfig::parse(&text).map_err(|e| HarnessError(format!("demo proxy config: {e}")))?;
+    let any = "127.0.0.1:0";
+    let cfg = ProxyConfig::parse(&proxy_text(&["\"127.0.0.1:1\"".into()], [any, any, any]))
+        .map_err(|e| HarnessError(format!("demo proxy config: {e}")))?;
     let bound = proxy::Bound::bind(&cfg)
         .await
         .map_err(|e| HarnessError(e.to_string()))?;
@@ -85,13 +93,34 @@ async fn start_proxy(cluster: &LocalCluster, cancel: &CancellationToken) -> Resu
                 .ok_or_else(|| HarnessError("no proxy admin".into()))?,
         )?,
     };
+    Ok((bound, floating))
+}
+
+/// Starts the front proxy over the demo cluster on the sockets [`bind_proxy`] bound.
+fn start_proxy(
+    cluster: &LocalCluster,
+    bound: crate::address::proxy::Bound,
+    floating: &Floating,
+    cancel: &CancellationToken,
+) -> Result<(), HarnessError> {
+    use crate::address::proxy::{self, config::ProxyConfig};
+    let apis: Vec<String> = cluster.nodes.iter().map(|n| format!("\"{}\"", n.admin)).collect();
+    let text = proxy_text(
+        &apis,
+        [
+            &floating.admin.to_string(),
+            &floating.service.to_string(),
+            &floating.store.to_string(),
+        ],
+    );
+    let cfg = ProxyConfig::parse(&text).map_err(|e| HarnessError(format!("demo proxy config: {e}")))?;
     let cancel = cancel.clone();
     tokio::spawn(async move {
         if let Err(e) = proxy::run(cfg, bound, cancel).await {
             tracing::error!(error = %e, "demo proxy failed");
         }
     });
-    Ok(floating)
+    Ok(())
 }
 
 pub async fn run(dir: Option<PathBuf>, cancel: CancellationToken) -> Result<(), HarnessError> {
@@ -104,11 +133,18 @@ pub async fn run(dir: Option<PathBuf>, cancel: CancellationToken) -> Result<(), 
     };
     let binary = std::env::current_exe().map_err(|e| HarnessError(format!("cannot find own binary: {e}")))?;
     let (token, token_file) = write_token(&dir)?;
-    let mut cluster = LocalCluster::create(layout::spec(&dir, &binary)).await?;
+    let (bound, floating) = bind_proxy().await?;
+    let mut spec = layout::spec(&dir, &binary);
+    // Drills: the nodes inject faults into themselves when asked, and know what to probe.
+    spec.extra_toml.push_str(&format!(
+        "[drill]\nenabled = true\nservice = \"http://{}/\"\nstore = \"{}\"\n",
+        floating.service, floating.store
+    ));
+    let mut cluster = LocalCluster::create(spec).await?;
     cluster.start_all()?;
     let tty = std::io::stdout().is_terminal();
     let proxy_cancel = cancel.child_token();
-    let floating = start_proxy(&cluster, &proxy_cancel).await?;
+    start_proxy(&cluster, bound, &floating, &proxy_cancel)?;
     println!("standin demo: 3 nodes in {}", dir.display());
     println!(
         "  floating address (front proxy, follows the active node): http://{}/",
@@ -158,7 +194,7 @@ pub async fn run(dir: Option<PathBuf>, cancel: CancellationToken) -> Result<(), 
         );
     }
     let secrets = (token, token_file);
-    let result = live(&cluster, &dir, &floating, &secrets, tty, &cancel).await;
+    let result = live(&mut cluster, &dir, &floating, &secrets, tty, &cancel).await;
     proxy_cancel.cancel();
     println!("stopping the demo cluster...");
     // The nodes `demo add-node` added are stopped too: they are in demo.json with their pids.
@@ -183,7 +219,7 @@ pub async fn run(dir: Option<PathBuf>, cancel: CancellationToken) -> Result<(), 
 }
 
 async fn live(
-    cluster: &LocalCluster,
+    cluster: &mut LocalCluster,
     dir: &std::path::Path,
     floating: &Floating,
     (token, token_file): &(String, PathBuf),
@@ -195,6 +231,11 @@ async fn live(
     let mut last_file = None;
     let mut last_line = String::new();
     loop {
+        // The demo supervises its nodes the way systemd's `Restart=on-failure` would: a
+        // daemon that was killed (a drill's node-shutdown, or `kill -9`) is started again.
+        for (id, how) in cluster.restart_failed() {
+            println!("demo: node {id}'s daemon ended ({how}); started it again, as its supervisor would");
+        }
         let mut nodes = Vec::new();
         for n in &cluster.nodes {
             let service_pid = if n.witness {

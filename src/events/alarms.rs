@@ -162,6 +162,8 @@ pub async fn run(
     let mut drift_asked: Option<Instant> = None;
     // Events up to this sequence number were handled (by us or a previous leader).
     let mut handled: u64 = 0;
+    // `drill-overdue` counts from here when no drill ever passed.
+    let watching_since = unix_ms();
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -225,6 +227,12 @@ pub async fn run(
             want.extend(drift_alarms(&drift));
             want.extend(config_drift_alarm(&drift, &cluster.members()));
             want.extend(cluster.sm.read(|d| d.change.alarms()));
+            let overdue = config.drill.overdue_after().map(|d| d.as_millis() as u64);
+            want.extend(
+                cluster
+                    .sm
+                    .read(|d| d.drills.alarms(unix_ms(), overdue, watching_since)),
+            );
             let at = unix_ms();
             for (key, detail) in &want {
                 if !raised.contains_key(key) {

@@ -222,6 +222,25 @@ impl Db {
         self.expires.len()
     }
 
+    /// A digest of the whole key space (keys, values, expiries, scan order): replicas that
+    /// applied the same writes have the same one. FNV-1a over each entry's encoding in key
+    /// order: a consistency check between nodes, not a defence against forgery.
+    pub fn digest(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for b in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        for (k, e) in &self.entries {
+            eat(k);
+            // Encoding a plain value into memory cannot fail.
+            eat(&postcard::to_allocvec(e).unwrap_or_default());
+        }
+        h
+    }
+
     /// The live value at `key`, if any (for inspection and tests).
     pub fn value(&self, key: &[u8], now_ms: i64) -> Option<&Value> {
         self.live(key, now_ms).map(|e| &e.value)

@@ -450,6 +450,28 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// What a supervisor with `Restart=on-failure` does: every node whose daemon ended on a
+    /// signal or with a failure status (not 0, not 64: a config error) is started again.
+    /// Returns the nodes restarted and how their daemons had ended.
+    pub fn restart_failed(&mut self) -> Vec<(String, String)> {
+        let mut ended = Vec::new();
+        for n in &mut self.nodes {
+            let Some(c) = n.child.as_mut() else { continue };
+            if let Ok(Some(status)) = c.try_wait() {
+                if !matches!(status.code(), Some(0) | Some(64)) {
+                    ended.push((n.id.clone(), status.to_string()));
+                }
+            }
+        }
+        let mut restarted = Vec::new();
+        for (id, how) in ended {
+            if self.start(&id).is_ok() {
+                restarted.push((id, how));
+            }
+        }
+        restarted
+    }
+
     pub fn start_all(&mut self) -> Result<(), HarnessError> {
         let ids: Vec<String> = self
             .nodes

@@ -470,9 +470,10 @@ pub async fn run(
     };
     // Peers are served on their own token: on fail-stop they stop hearing us first.
     let peer_token = tasks.child_token();
-    for l in listeners.cluster {
+    for (path, l) in listeners.cluster.into_iter().enumerate() {
         tracker.spawn(transport::serve(
             l,
+            path,
             transport.clone(),
             handler.clone(),
             peer_token.clone(),

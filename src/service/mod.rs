@@ -190,6 +190,14 @@ impl Supervisor {
         }
     }
 
+    /// Kills the service's process group with SIGKILL, as a crash would (failover drills):
+    /// the supervisor sees an exit like any other. The pid killed, or `None` if none ran.
+    pub fn kill_now(&self) -> Option<u32> {
+        let pid = self.pid()?;
+        process::signal_group(Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        Some(pid)
+    }
+
     /// Stops the service and ends the supervisor task; returns when both are done. Safe to
     /// call more than once, from several clones, and after `cancel` fired.
     pub async fn shutdown(&self) {
