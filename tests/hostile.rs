@@ -370,34 +370,143 @@ fn leave_free(dir: &std::path::Path, free: u64) {
         .expect("truncate");
 }
 
-/// A nearly full data disk: store writes are refused with a clear error naming the setting,
-/// before the disk is completely full, while Raft's own records still fit; writes go through
-/// again once there is room.
+/// Whether `events` holds an `AlarmRaised` (`raised`) or `AlarmCleared` event for `key`.
+fn alarm_event(events: &[standin::cluster::state::Event], key: &str, raised: bool) -> bool {
+    use standin::cluster::state::EventKind;
+    let kind = if raised {
+        EventKind::AlarmRaised
+    } else {
+        EventKind::AlarmCleared
+    };
+    events
+        .iter()
+        .any(|e| e.kind == kind && e.detail.starts_with(&format!("{key}: ")))
+}
+
+/// Waits until every alarm in `keys` was raised (or cleared) per the event history.
+async fn wait_alarms(cluster: &LocalCluster, via: &str, keys: &[String], raised: bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let events = cluster.events(via).await.unwrap_or_default();
+        if keys.iter().all(|k| alarm_event(&events, k, raised)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alarms {keys:?} not {}: {events:?}",
+            if raised { "raised" } else { "cleared" }
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A filling data disk (issue 18): every node's disk and memory figures are in the leader's
+/// `/v1/status` and its `/metrics`; below `disk-low-warning` the `disk-low:NODE` alarms are
+/// raised while writes still go through; below `min-free-disk` store writes are refused with a
+/// clear error naming the setting, before the disk is completely full, while Raft's own records
+/// still fit, and `disk-critical:NODE` is raised; every acknowledged write is kept; once space
+/// is freed the alarms clear and writes go through again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nearly_full_disk_refuses_store_writes_with_the_reason() {
     let _g = SERIAL.lock().await;
+    let mib = 1024 * 1024;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut spec = Spec::new(dir.path(), &binary());
-    spec.node_toml = format!("min-free-disk = {}", 8 * 1024 * 1024);
+    // memory-warning at its floor (16 MiB): every daemon is above it.
+    spec.node_toml = format!(
+        "min-free-disk = {}\ndisk-low-warning = {}\nmemory-warning = {}",
+        8 * mib,
+        16 * mib,
+        16 * mib
+    );
     let data = |id: &str| dir.path().join(format!("{id}-data"));
     let _mounts = Mounts::tmpfs(vec![data("a"), data("b")], "48m");
     let (cluster, _) = start(spec).await;
     let s = settled(&cluster).await;
-    let other = if s.leader.as_deref() == Some("a") {
-        "b"
-    } else {
-        "a"
-    };
+    let leader = s.leader.clone().expect("leader");
+    let other = if leader == "a" { "b" } else { "a" };
     let via = cluster.node(other).and_then(|n| n.store).expect("store");
-    assert_eq!(redis(via, &[b"SET", b"before", b"v"]).await, "+OK");
-    // Both data disks (whichever leads) down to 4 MiB free, under min-free-disk.
+    let admin = cluster.node(&leader).expect("leader").admin.to_string();
+
+    // Every node's figures reach the leader's view (the witness's too, on its own disk).
+    let s = cluster
+        .wait_for(Duration::from_secs(20), "every node's disk and memory", |s| {
+            s.nodes.iter().all(|n| {
+                n.resources.as_ref().is_some_and(|r| {
+                    r.disk_free_bytes.is_some()
+                        && r.disk_total_bytes.is_some()
+                        && r.data_dir_bytes.is_some_and(|b| b > 0)
+                        && r.resident_memory_bytes.is_some_and(|m| m > 0)
+                })
+            })
+        })
+        .await
+        .expect("figures in the status");
     for id in ["a", "b"] {
-        leave_free(&data(id), 4 * 1024 * 1024);
+        let r = s
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .and_then(|n| n.resources.clone())
+            .expect("figures");
+        let total = r.disk_total_bytes.expect("total");
+        assert!(
+            (40 * mib..=56 * mib).contains(&total),
+            "{id} on a 48 MiB tmpfs: {r:?}"
+        );
+        assert_eq!(
+            (r.min_free_disk, r.disk_low_warning),
+            (8 * mib, 16 * mib),
+            "{r:?}"
+        );
+        assert!(!r.disk_low && !r.writes_refused, "{r:?}");
+        assert!(r.store_used_memory_bytes.is_some(), "{id} runs a store: {r:?}");
+    }
+
+    let high: Vec<String> = ["a", "b", "w"]
+        .iter()
+        .map(|id| format!("memory-high:{id}"))
+        .collect();
+    wait_alarms(&cluster, &leader, &high, true).await;
+
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let key = format!("before{i}");
+        assert_eq!(redis(via, &[b"SET", key.as_bytes(), b"v"]).await, "+OK");
+        acked.push(key);
+    }
+    // Both data disks (whichever leads) down to 12 MiB free: a warning, writes still accepted.
+    for id in ["a", "b"] {
+        leave_free(&data(id), 12 * mib);
+    }
+    let low: Vec<String> = ["a", "b"].iter().map(|id| format!("disk-low:{id}")).collect();
+    wait_alarms(&cluster, &leader, &low, true).await;
+    let s = cluster.status().await.expect("status");
+    for n in s.nodes.iter().filter(|n| n.id != "w") {
+        let r = n.resources.as_ref().expect("figures");
+        assert!(r.disk_low && !r.writes_refused, "{}: {r:?}", n.id);
+    }
+    for i in 0..5 {
+        let key = format!("low{i}");
+        assert_eq!(
+            redis(via, &[b"SET", key.as_bytes(), b"v"]).await,
+            "+OK",
+            "warning only"
+        );
+        acked.push(key);
+    }
+
+    // Down to 4 MiB free, under min-free-disk: refused with the reason.
+    for id in ["a", "b"] {
+        leave_free(&data(id), 4 * mib);
     }
     let mut refused = None;
-    for _ in 0..50 {
-        let r = redis(via, &[b"SET", b"late", b"v"]).await;
-        if r.starts_with('-') {
+    for i in 0..50 {
+        let key = format!("late{i}");
+        let r = redis(via, &[b"SET", key.as_bytes(), b"v"]).await;
+        if r == "+OK" {
+            acked.push(key);
+        } else if r.starts_with('-') {
             refused = Some(r);
             break;
         }
@@ -405,23 +514,109 @@ async fn a_nearly_full_disk_refuses_store_writes_with_the_reason() {
     }
     let refused = refused.expect("a write refused while the disk is nearly full");
     assert!(refused.contains("min-free-disk"), "{refused}");
+    let critical: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|id| format!("disk-critical:{id}"))
+        .collect();
+    wait_alarms(&cluster, &leader, &critical, true).await;
+    // The leader's /metrics: every data node's disk, and the refusal.
+    let m = common::scrape(&admin).await;
+    for id in ["a", "b"] {
+        let free = common::sample(&m, "standin_data_disk_free_bytes", &[("node", id)]).expect("free");
+        assert!(free < (8 * mib) as f64, "{id}: {free}");
+        assert!(
+            common::sample(&m, "standin_data_disk_total_bytes", &[("node", id)]).is_some_and(|t| t > free)
+        );
+        assert!(common::sample(&m, "standin_data_dir_bytes", &[("node", id)]).is_some_and(|b| b > 0.0));
+        assert!(
+            common::sample(&m, "standin_process_resident_memory_bytes", &[("node", id)])
+                .is_some_and(|b| b > 0.0)
+        );
+        assert_eq!(
+            common::sample(&m, "standin_store_writes_refused_disk_low", &[("node", id)]),
+            Some(1.0)
+        );
+        assert_eq!(
+            common::sample(&m, "standin_data_disk_low", &[("node", id)]),
+            Some(1.0)
+        );
+        for key in [
+            format!("disk-low:{id}"),
+            format!("disk-critical:{id}"),
+            format!("memory-high:{id}"),
+        ] {
+            assert_eq!(
+                common::sample(&m, "standin_alarm", &[("alarm", &key)]),
+                Some(1.0),
+                "{key}"
+            );
+        }
+    }
+    assert_eq!(
+        common::sample(&m, "standin_store_writes_refused_disk_low", &[("node", "w")]),
+        Some(0.0)
+    );
     // The cluster itself still works: the role and the data are where they were.
     let now = cluster.status().await.expect("status");
-    assert_eq!((now.active, now.epoch), (s.active.clone(), s.epoch));
-    assert_eq!(redis(via, &[b"GET", b"before"]).await, "$1\nv");
-    // Room again: accepted.
+    assert_eq!((now.active.clone(), now.epoch), (s.active.clone(), s.epoch));
+    // `standin status` says which disks and how much is left.
+    let table = standin::cli::client::render_status(&now);
+    eprintln!("{table}");
+    assert_eq!(table.matches("WRITES REFUSED").count(), 2, "{table}");
+    assert!(table.contains("mem ") && table.contains("disk "), "{table}");
+    for n in now.nodes.iter().filter(|n| n.id != "w") {
+        let r = n.resources.as_ref().expect("figures");
+        let redb = std::fs::metadata(data(&n.id).join("standin.redb"))
+            .expect("redb")
+            .len();
+        // The redb file, not the filler beside it.
+        assert!(
+            r.data_dir_bytes.is_some_and(|b| b <= redb + mib),
+            "{}: {r:?} vs {redb}",
+            n.id
+        );
+    }
+    // Room again: the alarms clear and writes are accepted.
     for id in ["a", "b"] {
         std::fs::remove_file(data(id).join("filler")).expect("free space");
     }
     let mut accepted = false;
     for _ in 0..50 {
-        if redis(via, &[b"SET", b"late", b"v"]).await == "+OK" {
+        if redis(via, &[b"SET", b"after", b"v"]).await == "+OK" {
+            acked.push("after".to_string());
             accepted = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(accepted, "writes accepted again once space is freed");
+    let all: Vec<String> = low.iter().chain(&critical).cloned().collect();
+    wait_alarms(&cluster, &leader, &all, false).await;
+    let m = common::scrape(&admin).await;
+    for id in ["a", "b"] {
+        assert_eq!(
+            common::sample(&m, "standin_store_writes_refused_disk_low", &[("node", id)]),
+            Some(0.0)
+        );
+        for key in [format!("disk-low:{id}"), format!("disk-critical:{id}")] {
+            assert_eq!(
+                common::sample(&m, "standin_alarm", &[("alarm", &key)]),
+                None,
+                "{key}"
+            );
+        }
+        // Memory has nothing to do with the disk: still above its warning.
+        let key = format!("memory-high:{id}");
+        assert_eq!(
+            common::sample(&m, "standin_alarm", &[("alarm", &key)]),
+            Some(1.0),
+            "{key}"
+        );
+    }
+    // Nothing acknowledged is lost.
+    for key in &acked {
+        assert_eq!(redis(via, &[b"GET", key.as_bytes()]).await, "$1\nv", "{key}");
+    }
 }
 
 /// A full disk used to leave a zombie leader: "raft stopped" for every write, yet pings

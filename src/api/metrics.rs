@@ -113,6 +113,21 @@ fn state_registry(node: &super::AdminContext) -> Registry {
         drain.get_or_create(&l(&[("node", id)])).set(i64::from(n.drain));
     }
 
+    resource_gauges(&mut reg, &status);
+    // The alarms raised now (the replicated set: the same on every node).
+    let alarm = gauge_family(
+        &mut reg,
+        "alarm",
+        "1 for each alarm raised now, by key (disk-low:a, no-in-sync-standby, ...)",
+    );
+    for key in node
+        .cluster
+        .sm
+        .read(|d| d.state.alarms.keys().cloned().collect::<Vec<_>>())
+    {
+        alarm.get_or_create(&l(&[("alarm", &key)])).set(1);
+    }
+
     let cluster = gauge_family(&mut reg, "cluster", "Cluster-wide figures from this node's view");
     cluster
         .get_or_create(&l(&[("figure", "epoch")]))
@@ -254,6 +269,77 @@ fn state_registry(node: &super::AdminContext) -> Registry {
     let stats = node.cluster.sm.read(|d| d.state.stats.clone());
     reg.register_collector(Box::new(StatsCollector(stats)));
     reg
+}
+
+/// Each node's data disk and memory, as it measured them (this node's own, and on the leader
+/// what each member last reported: see `cluster::resources`).
+fn resource_gauges(reg: &mut Registry, status: &crate::status::Status) {
+    let free = gauge_family(
+        reg,
+        "data_disk_free_bytes",
+        "Bytes free to the daemon on the file system of the node's data directory",
+    );
+    let total = gauge_family(
+        reg,
+        "data_disk_total_bytes",
+        "Size of the file system of the node's data directory",
+    );
+    let dir = gauge_family(
+        reg,
+        "data_dir_bytes",
+        "Bytes the node's data directory (the redb files) takes on disk",
+    );
+    let growth = gauge_family(
+        reg,
+        "data_dir_growth_bytes_per_hour",
+        "Growth of the node's data directory over the last hour, in bytes per hour",
+    );
+    let rss = gauge_family(
+        reg,
+        "process_resident_memory_bytes",
+        "Resident memory of the node's standin daemon (VmRSS)",
+    );
+    let store = gauge_family(
+        reg,
+        "store_used_memory_bytes",
+        "Bytes of keys and values in the node's store (what maxmemory counts)",
+    );
+    let refused = gauge_family(
+        reg,
+        "store_writes_refused_disk_low",
+        "1 while the node refuses store writes because its data disk has less free space than \
+         node.min-free-disk",
+    );
+    let low = gauge_family(
+        reg,
+        "data_disk_low",
+        "1 while the node's data disk has less free space than node.disk-low-warning",
+    );
+    let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    for n in &status.nodes {
+        let Some(r) = &n.resources else { continue };
+        let labels = l(&[("node", &n.id)]);
+        if let Some(v) = r.disk_free_bytes {
+            free.get_or_create(&labels).set(clamp(v));
+        }
+        if let Some(v) = r.disk_total_bytes {
+            total.get_or_create(&labels).set(clamp(v));
+        }
+        if let Some(v) = r.data_dir_bytes {
+            dir.get_or_create(&labels).set(clamp(v));
+        }
+        if let Some(v) = r.data_dir_growth_bytes_per_hour {
+            growth.get_or_create(&labels).set(v);
+        }
+        if let Some(v) = r.resident_memory_bytes {
+            rss.get_or_create(&labels).set(clamp(v));
+        }
+        if let Some(v) = r.store_used_memory_bytes {
+            store.get_or_create(&labels).set(clamp(v));
+        }
+        refused.get_or_create(&labels).set(i64::from(r.writes_refused));
+        low.get_or_create(&labels).set(i64::from(r.disk_low));
+    }
 }
 
 /// Inbound peer connections and frames refused by this node, by reason.

@@ -218,6 +218,7 @@ pub fn render_status(s: &Status) -> String {
         "checks",
         "paths",
         "cert expires",
+        "disk, memory",
     ]);
     t.set_header(header);
     // Grouped by site when members have one.
@@ -265,6 +266,11 @@ pub fn render_status(s: &Status) -> String {
                 Some(t) => crate::tls::in_words(t - crate::tls::unix_now()),
                 None => "-".to_string(),
             },
+            n.resources
+                .as_ref()
+                .map(|r| r.summary().replace(", ", "\n"))
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "-".to_string()),
         ]);
         t.add_row(row);
     }

@@ -9,6 +9,7 @@ pub mod drills;
 pub mod members;
 pub mod prevote;
 pub mod protocol;
+pub mod resources;
 pub mod rpc;
 pub mod state;
 pub mod storage;
@@ -33,6 +34,8 @@ use crate::config::{raft_id, Config, NodeKind};
 use rpc::{Request, Response};
 use storage::{DiskMark, LogStore, StateMachine};
 use transport::Transport;
+
+pub use resources::DiskSpace;
 
 pub type NodeId = u64;
 
@@ -460,86 +463,14 @@ impl RaftNetwork<TypeConfig> for NetworkClient {
     }
 }
 
-/// Free space of the data directory's file system, sampled in the background, so a write
-/// can be refused while there is still room for Raft's own records.
-#[derive(Clone)]
-pub struct DiskSpace {
-    min_free: u64,
-    free: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl DiskSpace {
-    /// Samples `dir` every 250 ms until the last handle is dropped.
-    fn watch(dir: std::path::PathBuf, min_free: u64) -> DiskSpace {
-        let free = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
-        let space = DiskSpace {
-            min_free,
-            free: free.clone(),
-        };
-        if min_free > 0 {
-            tokio::spawn(async move {
-                let mut was_low = false;
-                while Arc::strong_count(&free) > 1 {
-                    match free_bytes(&dir) {
-                        Ok(n) => {
-                            free.store(n, std::sync::atomic::Ordering::Relaxed);
-                            let low = n < min_free;
-                            if low != was_low {
-                                was_low = low;
-                                if low {
-                                    tracing::error!(free = n, min = min_free, dir = %dir.display(), "data disk nearly full: store writes refused");
-                                } else {
-                                    tracing::info!(free = n, dir = %dir.display(), "data disk has room again: store writes accepted");
-                                }
-                            }
-                        }
-                        Err(e) => tracing::debug!(error = %e, "statvfs of the data directory failed"),
-                    }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-            });
-        }
-        space
-    }
-
-    /// `Err` while the disk has less free space than the configured minimum.
-    pub fn check(&self) -> Result<(), ClusterError> {
-        let free = self.free.load(std::sync::atomic::Ordering::Relaxed);
-        if self.min_free > 0 && free < self.min_free {
-            return Err(ClusterError::DiskLow {
-                free,
-                min: self.min_free,
-            });
-        }
-        Ok(())
-    }
-}
-
-/// Bytes available to this process on the file system holding `dir`.
-fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::other("data directory path holds a NUL byte"))?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `path` is a NUL-terminated string that outlives the call; `st` points at writable
-    // memory of the right type, read only after the call reported success.
-    #[allow(unsafe_code)]
-    let st = unsafe {
-        if libc::statvfs(path.as_ptr(), st.as_mut_ptr()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        st.assume_init()
-    };
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
-}
-
 /// One node's membership in the Raft group.
 #[derive(Clone)]
 pub struct Cluster {
     pub raft: Raft<TypeConfig>,
     pub sm: StateMachine,
     pub transport: Transport,
-    /// Free space of the data disk; store writes are refused while it is low.
+    /// Free space of the data disk (store writes are refused while it is low), and this
+    /// node's (and, on the leader, each member's) disk and memory figures.
     pub space: DiskSpace,
     /// When a leader's append last arrived (a pre-vote is refused while one is recent).
     contact: Arc<prevote::LeaderContact>,
@@ -654,7 +585,14 @@ impl Cluster {
             raft,
             sm,
             transport,
-            space: DiskSpace::watch(config.node.data_dir.clone(), config.node.min_free_disk),
+            space: DiskSpace::watch(
+                config.node.data_dir.clone(),
+                resources::Thresholds {
+                    min_free: config.node.min_free_disk,
+                    disk_warning: config.node.disk_low_warning(),
+                    memory_warning: config.node.memory_warning.unwrap_or(0),
+                },
+            ),
             contact: Arc::default(),
             log: log_reader,
             election_timeout: Duration::from_millis(election_min),

@@ -747,6 +747,16 @@ pub struct NodeSection {
     /// Raft's own records can no longer be written. 0 turns the check off.
     #[serde(default = "default_min_free_disk")]
     pub min_free_disk: u64,
+    /// Below this many free bytes on the data directory's file system the `disk-low:NODE`
+    /// alarm (warning) is raised, before writes are refused at `min-free-disk`. Default:
+    /// twice `min-free-disk`; 0 turns the warning off. (Left out of the effective config while
+    /// unset, so that a file without it keeps its digest across an upgrade.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_low_warning: Option<u64>,
+    /// Above this many bytes of resident memory (VmRSS) the `memory-high:NODE` alarm is
+    /// raised. Default: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_warning: Option<u64>,
     /// This node joins a running cluster (`standin member add` makes it a member) instead of
     /// creating one with the `[[member]]` list on its first start. Its member list needs
     /// itself and at least one member of the running cluster.
@@ -756,6 +766,41 @@ pub struct NodeSection {
 
 fn default_min_free_disk() -> u64 {
     64 * 1024 * 1024
+}
+
+/// Smallest `memory-warning`: a smaller value is a unit mistake (the daemon alone takes more).
+pub const MIN_MEMORY_WARNING: u64 = 16 * 1024 * 1024;
+
+impl NodeSection {
+    /// The free bytes below which `disk-low:NODE` is raised (0: never).
+    pub fn disk_low_warning(&self) -> u64 {
+        self.disk_low_warning
+            .unwrap_or(self.min_free_disk.saturating_mul(2))
+    }
+
+    /// `disk-low-warning` and `memory-warning` make sense with `min-free-disk`.
+    fn validate_resources(&self) -> Result<(), ConfigError> {
+        if let Some(w) = self.disk_low_warning {
+            if w != 0 && w <= self.min_free_disk {
+                return Err(invalid(
+                    "node.disk-low-warning",
+                    format!(
+                        "{w} must be above node.min-free-disk ({}): the warning comes before writes are refused (0 turns it off)",
+                        self.min_free_disk
+                    ),
+                ));
+            }
+        }
+        if let Some(m) = self.memory_warning {
+            if m < MIN_MEMORY_WARNING {
+                return Err(invalid(
+                    "node.memory-warning",
+                    format!("{m} bytes is below {MIN_MEMORY_WARNING} (16 MiB); the value is in bytes"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Whether a member runs the service or only votes.
@@ -1302,6 +1347,7 @@ impl Config {
         if self.node.data_dir.as_os_str().is_empty() {
             return Err(invalid("node.data-dir", "must not be empty"));
         }
+        self.node.validate_resources()?;
         if self.members.is_empty() {
             return Err(invalid("member", "at least one [[member]] is required"));
         }
@@ -1800,6 +1846,53 @@ pub(crate) mod tests {
 
     /// A complete 3-node cluster as seen from data node `a`: two data nodes and a witness,
     /// two cluster addresses each, a service, one check of every kind, hooks and failback.
+    /// `disk-low-warning` defaults to twice `min-free-disk` and must come before it;
+    /// `memory-warning` is off by default and refuses a value that is surely not in bytes.
+    #[test]
+    fn disk_and_memory_warnings_name_their_key() {
+        let with = |extra: &str| {
+            FULL.replace(
+                "data-dir = \"/var/lib/standin\"\n",
+                &format!("data-dir = \"/var/lib/standin\"\n{extra}\n"),
+            )
+        };
+        let c = Config::parse(&with("")).expect("defaults");
+        assert_eq!(c.node.disk_low_warning(), 2 * c.node.min_free_disk);
+        assert_eq!(c.node.memory_warning, None);
+        // Unset, they leave the effective config (and its digest) as it was before them.
+        let effective = c.redacted_json().to_string();
+        assert!(
+            !effective.contains("disk-low-warning") && !effective.contains("memory-warning"),
+            "{effective}"
+        );
+        let c = Config::parse(&with("min-free-disk = 0")).expect("refusal off");
+        assert_eq!(c.node.disk_low_warning(), 0);
+        let c = Config::parse(&with("disk-low-warning = 0")).expect("warning off");
+        assert_eq!(c.node.disk_low_warning(), 0);
+        let c =
+            Config::parse(&with("disk-low-warning = 1073741824\nmemory-warning = 536870912")).expect("set");
+        assert_eq!(
+            (c.node.disk_low_warning(), c.node.memory_warning),
+            (1 << 30, Some(1 << 29))
+        );
+        for (extra, key) in [
+            ("disk-low-warning = 1000", "node.disk-low-warning"),
+            (
+                "min-free-disk = 100\ndisk-low-warning = 100",
+                "node.disk-low-warning",
+            ),
+            ("disk-low-warning = -1", "disk-low-warning"),
+            ("memory-warning = 512", "node.memory-warning"),
+            ("memory-warning = \"lots\"", "memory-warning"),
+        ] {
+            match Config::parse(&with(extra)) {
+                Err(ConfigError::Invalid { key: k, reason }) => assert_eq!(k, key, "{reason}"),
+                Err(e) => assert!(e.to_string().contains(key), "{extra}: {e}"),
+                Ok(_) => panic!("{extra} accepted"),
+            }
+        }
+    }
+
     const FULL: &str = r#"
 [tls]
 insecure = true

@@ -24,7 +24,7 @@ const EVERY: Duration = Duration::from_millis(250);
 const STALE_AFTER: Duration = Duration::from_secs(300);
 
 /// How often the leader asks every member where its config file disagrees with the live
-/// membership (the `membership-drift:ID` alarms).
+/// membership (the `membership-drift:ID` alarms), and its disk and memory figures.
 const DRIFT_EVERY: Duration = Duration::from_secs(5);
 
 /// Each member's config-file drift (see [`crate::cluster::members::drift`]): the leader's own
@@ -45,9 +45,16 @@ async fn member_drift(
                 .call(&id, &Request::Status, Duration::from_millis(500))
                 .await;
             let reported = match answer {
-                Ok(Response::Json(s)) => serde_json::from_str::<Status>(&s).ok().map(|s| Reported {
-                    drift: s.membership_drift,
-                    shared: s.config_shared,
+                Ok(Response::Json(s)) => serde_json::from_str::<Status>(&s).ok().map(|s| {
+                    // Its disk and memory as it measured them, for the leader's view.
+                    let own = s.nodes.iter().find(|n| n.id == id && s.view_from == id);
+                    if let Some(r) = own.and_then(|n| n.resources.clone()) {
+                        cluster.space.remember(&id, r);
+                    }
+                    Reported {
+                        drift: s.membership_drift,
+                        shared: s.config_shared,
+                    }
                 }),
                 _ => None,
             };
@@ -369,6 +376,7 @@ pub fn evaluate(status: &Status, records: &BTreeMap<String, NodeRecord>) -> BTre
             ),
         );
     }
+    out.extend(super::resources::alarms(status, &reachable));
     let versions: BTreeSet<&str> = status
         .nodes
         .iter()
@@ -387,9 +395,10 @@ pub fn evaluate(status: &Status, records: &BTreeMap<String, NodeRecord>) -> BTre
     out
 }
 
-fn severity_of(key: &str) -> &'static str {
+pub(crate) fn severity_of(key: &str) -> &'static str {
     match key.split(':').next().unwrap_or(key) {
-        "no-in-sync-standby" | "quorum-at-risk" | "node-unreachable" | "member-lost-log" => "critical",
+        "no-in-sync-standby" | "quorum-at-risk" | "node-unreachable" | "member-lost-log"
+        | "disk-critical" => "critical",
         _ => "warning",
     }
 }
@@ -478,6 +487,7 @@ mod tests {
             raft: "voter".into(),
             site: None,
             lost_log: false,
+            resources: None,
         }
     }
 

@@ -7,7 +7,10 @@
 //!   state and its live view, raises and clears them as replicated alarms (deduplicated by key),
 //!   and delivers notable events (failover, switchover, fence, alarm raised/cleared) through
 //!   [`notify`]: webhooks, an exec command and syslog.
+//! * [`resources`]: the disk and memory alarms (`disk-low`, `disk-critical`, `memory-high`)
+//!   judged from each node's own figures.
 
 pub mod alarms;
 pub mod notify;
 pub mod paths;
+pub mod resources;

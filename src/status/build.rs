@@ -117,6 +117,18 @@ pub fn build_status(node: &Node) -> Status {
                 raft: node.cluster.raft_role(&m.id).to_string(),
                 site: m.site.clone(),
                 lost_log: lost.contains_key(&m.id),
+                resources: if m.id == me {
+                    node.cluster.space.own().map(|mut r| {
+                        r.store_used_memory_bytes = node
+                            .config
+                            .store
+                            .is_some()
+                            .then(|| node.cluster.sm.read(|d| d.kv.used_memory() as u64));
+                        r
+                    })
+                } else {
+                    node.cluster.space.peer(&m.id)
+                },
             }
         })
         .collect();

@@ -8,6 +8,7 @@ pub mod build;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::resources::Resources;
 use crate::cluster::transport::PathStatus;
 use crate::config::NodeKind;
 use crate::failover::Cause;
@@ -104,6 +105,10 @@ pub struct NodeStatus {
     /// was lost): kept out until `standin member replace ID ID`.
     #[serde(default)]
     pub lost_log: bool,
+    /// The node's data disk and memory, as the node measured them (its own view's, or what it
+    /// last told the leader; none from a node not heard recently or an older build).
+    #[serde(default)]
+    pub resources: Option<Resources>,
 }
 
 fn voter() -> String {
