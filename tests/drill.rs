@@ -209,7 +209,7 @@ async fn every_scenario_passes_and_the_record_holds_the_evidence() {
         (link.active_after.clone(), link.epoch_after)
     );
     assert!(
-        by_name("node-shutdown").logs.iter().any(|l| l.contains("drill")),
+        by_name("node-isolation").logs.iter().any(|l| l.contains("drill")),
         "log lines as evidence"
     );
     let consistency = by_name("store-consistency");
