@@ -512,3 +512,64 @@ async fn the_fault_api_is_off_unless_enabled_and_checks_its_input() {
     .expect("get");
     assert_eq!(r.status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_runs_scheduled_drills_and_records_them() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The proxy's addresses are chosen first: the nodes' `[drill]` names them.
+    let http = common::free_addr();
+    let store = common::free_addr();
+    let mut spec = Spec::new(dir.path(), &binary());
+    spec.extra_toml = format!(
+        "[drill]\nenabled = true\nservice = \"http://{http}/\"\nstore = \"{store}\"\nschedule = \"15s\"\n\
+         scenarios = [\"planned-switchover\", \"link-failure\"]\n"
+    );
+    let (cluster, status) = LocalCluster::launch(spec).await.expect("cluster");
+    let listeners = format!(
+        "[[proxy.listener]]\nname = \"http\"\nlisten = \"{http}\"\nprotocol = \"http\"\n\
+         [[proxy.listener]]\nname = \"store\"\nlisten = \"{store}\"\ntarget = \"store\"\n"
+    );
+    let proxy = ProxyProc::start(dir.path(), &cluster, &listeners);
+    proxy
+        .wait_following(status.active.as_deref().expect("active"), Duration::from_secs(15))
+        .await;
+    let admin = cluster.nodes[0].admin.to_string();
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let run = loop {
+        let r = request(&admin, Method::GET, "/v1/drills", None, Duration::from_secs(2)).await;
+        let runs: Vec<standin::api::drill::RecordSummary> = r
+            .ok()
+            .and_then(|r| serde_json::from_str(&r.body).ok())
+            .unwrap_or_default();
+        if let Some(run) = runs.into_iter().find(|r| r.scheduled) {
+            break run;
+        }
+        assert!(Instant::now() < deadline, "no scheduled drill was recorded");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(
+        run.scenarios,
+        vec![
+            ("planned-switchover".to_string(), true),
+            ("link-failure".to_string(), true)
+        ],
+        "{run:?}"
+    );
+    assert!(run.passed);
+    // The stored record reads back whole.
+    let r = request(
+        &admin,
+        Method::GET,
+        &format!("/v1/drills/{}", run.id),
+        None,
+        Duration::from_secs(2),
+    )
+    .await
+    .expect("record");
+    let stored: standin::cluster::drills::StoredRecord = serde_json::from_str(&r.body).expect("stored");
+    let record: Record = serde_json::from_str(&stored.json).expect("record json");
+    assert!(record.scheduled && record.passed);
+    assert_eq!(record.service_probe, format!("http://{http}/"));
+    drop(proxy);
+}
