@@ -1302,7 +1302,8 @@ mod tests {
         // A part cut short is an error, not an absent part (a cut exactly between two parts
         // cannot be told from a snapshot of a build that wrote only the first).
         let ext_end = old.len() + postcard::to_allocvec(&sm.ext).expect("encode").len();
-        for cut in (old.len() + 1..new.len()).filter(|c| *c != ext_end) {
+        let change_end = ext_end + postcard::to_allocvec(&sm.change).expect("encode").len();
+        for cut in (old.len() + 1..new.len()).filter(|c| *c != ext_end && *c != change_end) {
             assert!(decode_sm(&new[..cut]).is_err(), "cut at {cut} of {}", new.len());
         }
         // Change control follows the table, and an older build still reads its fields.
@@ -1314,6 +1315,31 @@ mod tests {
         assert_eq!(read.ext, sm.ext);
         let older_build: SmDataV1 = postcard::from_bytes(&newer).expect("an older build reads it");
         assert_eq!(older_build.state.epoch, 7);
+        // Drill records follow change control the same way.
+        sm.drills.apply(&crate::cluster::drills::DrillCmd::Record {
+            id: "r1".into(),
+            at: 5,
+            passed: true,
+            scheduled: false,
+            scenarios: vec![("recovery".into(), true)],
+            json: "{}".into(),
+        });
+        let newest = postcard::to_allocvec(&sm).expect("encode");
+        assert!(
+            newest.starts_with(&newer[..newer.len() - 2]),
+            "the records follow change control"
+        );
+        let read = decode_sm(&newest).expect("snapshot with drill records");
+        assert_eq!(read.drills, sm.drills);
+        assert_eq!(read.change, sm.change);
+        let without = decode_sm(&newest[..change_end_of(&sm)]).expect("a build before drills");
+        assert!(without.drills.records.is_empty());
+    }
+
+    /// Where change control ends in `sm`'s encoding (a snapshot of a build before drills).
+    fn change_end_of(sm: &SmData) -> usize {
+        let full = postcard::to_allocvec(sm).expect("encode");
+        full.len() - postcard::to_allocvec(&sm.drills).expect("encode").len()
     }
 
     proptest::proptest! {

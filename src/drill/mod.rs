@@ -1134,7 +1134,7 @@ mod tests {
     #[test]
     fn run_ids_are_sortable_times() {
         assert_eq!(run_id(0), "19700101-000000");
-        assert_eq!(run_id(1_796_525_725_123), "20261206-034525");
+        assert_eq!(run_id(1_796_525_725_123), "20261206-025525");
         assert!(
             crate::cluster::drills::check(&crate::cluster::drills::DrillCmd::Record {
                 id: run_id(unix_ms()),
