@@ -101,6 +101,32 @@ pub async fn fault_post(
     }
     let max = node.config.drill.max_fault;
     let paths = node.config.me().addresses.len();
+    // A drill must not turn into an outage: the active node refuses to crash or isolate
+    // itself while no other data node could take over.
+    let stops_me = matches!(
+        req,
+        FaultRequest::Crash { .. } | FaultRequest::CutPaths { paths: None, .. }
+    );
+    if stops_me && node.local.borrow().acting != crate::node::shared::Acting::Standby {
+        let st = node.status.cluster_status().await;
+        let me = node.cluster.me().to_string();
+        let standby = st.nodes.iter().any(|n| {
+            n.id != me
+                && n.kind == crate::config::NodeKind::Data
+                && n.reachable
+                && n.healthy
+                && n.in_sync
+                && !n.maintenance
+                && n.priority > 0
+        });
+        if !standby {
+            return error_response(
+                StatusCode::CONFLICT,
+                "this node is active and no healthy, in-sync standby could take over: refusing a fault that would stop the service".into(),
+                false,
+            );
+        }
+    }
     let message = match req {
         FaultRequest::KillService => {
             let Some(sup) = &node.supervisor else {

@@ -1305,8 +1305,8 @@ pub async fn apply_admin(config: &Config, cluster: &Cluster, body: &str) -> Resu
             crate::cluster::drills::check(&cmd).map_err(AdminError::Invalid)?;
             match &mut cmd {
                 crate::cluster::drills::DrillCmd::Confirm { at: when, .. }
-                | crate::cluster::drills::DrillCmd::Begin { at: when, .. } => *when = at,
-                crate::cluster::drills::DrillCmd::Record { .. } => {}
+                | crate::cluster::drills::DrillCmd::Begin { at: when, .. }
+                | crate::cluster::drills::DrillCmd::Record { at: when, .. } => *when = at,
             }
             let r = cluster.write_local(Command::Drill(cmd)).await?;
             if !r.ok {

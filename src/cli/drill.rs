@@ -154,11 +154,18 @@ async fn run(api: &str, o: RunOpts) -> Result<(), CliError> {
     } else {
         print!("{}", summary(&rec));
     }
-    if let Some(why) = not_stored {
+    if let Some(why) = &not_stored {
         eprintln!("standin: the record could not be stored in the cluster: {why}");
     }
     if rec.passed {
-        Ok(())
+        match not_stored {
+            // A run without its record is not an acceptance: the files above are all of it.
+            Some(why) => Err(CliError::new(
+                exit::UNAVAILABLE,
+                format!("drill {} passed but its record was not stored: {why}", rec.id),
+            )),
+            None => Ok(()),
+        }
     } else {
         Err(CliError::new(
             exit::REFUSED,

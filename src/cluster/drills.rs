@@ -12,14 +12,17 @@ use serde::{Deserialize, Serialize};
 
 /// Records kept (the oldest goes first).
 pub const MAX_RECORDS: usize = 100;
-/// The largest record document.
-pub const MAX_RECORD_BYTES: usize = 256 * 1024;
+/// The largest record document: its request, the document as a JSON string inside JSON,
+/// must fit the admin API's 64 KiB body limit.
+pub const MAX_RECORD_BYTES: usize = 56 * 1024;
 /// Confirmations kept per record.
-pub const MAX_CONFIRMATIONS: usize = 20;
-/// The longest confirmation note, name or unresolved issue.
+pub const MAX_CONFIRMATIONS: usize = 5;
+/// The longest confirmation note.
 pub const MAX_NOTE_BYTES: usize = 4096;
+/// The longest name of who confirms, or unresolved issue.
+pub const MAX_NAME_BYTES: usize = 1024;
 /// Unresolved issues per confirmation.
-pub const MAX_UNRESOLVED: usize = 20;
+pub const MAX_UNRESOLVED: usize = 10;
 /// The longest run id.
 pub const MAX_ID_BYTES: usize = 64;
 
@@ -36,7 +39,8 @@ pub const RUN_EXPIRES_MS: u64 = 1_800_000;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StoredRecord {
     pub id: String,
-    /// When the run started (Unix ms).
+    /// When the run was recorded (Unix ms, by the leader's clock; the run's own times are in
+    /// its document).
     pub at: u64,
     pub passed: bool,
     /// Run by the cluster's schedule (not by an operator).
@@ -114,6 +118,13 @@ pub fn check(cmd: &DrillCmd) -> Result<(), String> {
             if scenarios.len() > 64 || scenarios.iter().any(|(s, _)| s.len() > 64) {
                 return Err("too many scenarios or a scenario name too long".into());
             }
+            if scenarios.is_empty() {
+                return Err("a record names at least one scenario".into());
+            }
+            let passed_all = scenarios.iter().all(|(_, ok)| *ok);
+            if cmd_passed(cmd) != passed_all {
+                return Err("`passed` must say whether every scenario passed".into());
+            }
             Ok(())
         }
         DrillCmd::Begin { id, .. } => {
@@ -137,17 +148,23 @@ pub fn check(cmd: &DrillCmd) -> Result<(), String> {
             if by.trim().is_empty() {
                 return Err("`by` must name who confirms".into());
             }
-            if by.len() > MAX_NOTE_BYTES || note.len() > MAX_NOTE_BYTES {
-                return Err(format!("`by` and `note` must be at most {MAX_NOTE_BYTES} bytes"));
-            }
-            if unresolved.len() > MAX_UNRESOLVED || unresolved.iter().any(|u| u.len() > MAX_NOTE_BYTES) {
+            if by.len() > MAX_NAME_BYTES || note.len() > MAX_NOTE_BYTES {
                 return Err(format!(
-                    "at most {MAX_UNRESOLVED} unresolved issues of at most {MAX_NOTE_BYTES} bytes"
+                    "`by` must be at most {MAX_NAME_BYTES} bytes and `note` at most {MAX_NOTE_BYTES}"
+                ));
+            }
+            if unresolved.len() > MAX_UNRESOLVED || unresolved.iter().any(|u| u.len() > MAX_NAME_BYTES) {
+                return Err(format!(
+                    "at most {MAX_UNRESOLVED} unresolved issues of at most {MAX_NAME_BYTES} bytes"
                 ));
             }
             Ok(())
         }
     }
+}
+
+fn cmd_passed(cmd: &DrillCmd) -> bool {
+    matches!(cmd, DrillCmd::Record { passed: true, .. })
 }
 
 /// What applying a command did.
@@ -287,9 +304,9 @@ impl Drills {
         self.records.iter().find(|r| r.id == id)
     }
 
-    /// The last run that passed (Unix ms).
+    /// When the last run that passed was recorded (Unix ms, the leader's clock).
     pub fn last_passed(&self) -> Option<u64> {
-        self.records.iter().filter(|r| r.passed).map(|r| r.at).max()
+        self.records.iter().rev().find(|r| r.passed).map(|r| r.at)
     }
 
     /// `drill-failed` while the latest run failed; `drill-overdue` when `overdue_after_ms` is
@@ -301,7 +318,8 @@ impl Drills {
         since_ms: u64,
     ) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
-        if let Some(r) = self.records.iter().max_by_key(|r| r.at).filter(|r| !r.passed) {
+        // The latest run is the last recorded (log order, not a client's clock).
+        if let Some(r) = self.records.back().filter(|r| !r.passed) {
             let failed: Vec<&str> = r
                 .scenarios
                 .iter()

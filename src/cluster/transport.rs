@@ -1467,8 +1467,9 @@ async fn serve_conn(
         };
         let Some(frame) = frame else { break };
         partial_since = None;
-        if transport.is_cut(path) {
-            // A drill cut this path: what arrives on it is lost, as on a dead link.
+        if matches!(frame, Some(Ok(_))) && transport.is_cut(path) {
+            // A drill cut this path: what arrives on it is lost, as on a dead link. (An end
+            // or an error still ends the connection below.)
             drop(permit);
             continue;
         }

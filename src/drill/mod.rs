@@ -339,6 +339,37 @@ pub async fn run(
     }
     let samples = run.probes.stop().await;
     if let Some((addr, password)) = &plan.store {
+        // Every acknowledged write of the run, once more, now that every cut healed and the
+        // faulted nodes are back (a rollback of a rejoining node would show here).
+        let (writes, failed, acked): (u64, u64, Vec<(String, String)>) = {
+            let s = samples.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                s.store.len() as u64,
+                s.store.iter().filter(|x| !x.acked).count() as u64,
+                s.store
+                    .iter()
+                    .filter(|x| x.acked)
+                    .map(|x| (x.key.clone(), x.value.clone()))
+                    .collect(),
+            )
+        };
+        let mut st = StoreStats {
+            writes,
+            acked: acked.len() as u64,
+            failed,
+            ..Default::default()
+        };
+        match read_back(addr, password.clone(), &acked).await {
+            Ok(lost) => {
+                st.lost = lost.len() as u64;
+                st.lost_keys = lost.into_iter().take(10).collect();
+            }
+            Err(e) => {
+                st.lost = st.acked;
+                st.first_error = Some(format!("not read back: {e}"));
+            }
+        }
+        record.store_final = Some(st);
         let keys: Vec<String> = samples
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -355,7 +386,15 @@ pub async fn run(
         .filter(|s| !s.passed)
         .map(|s| format!("{}: {}", s.name, s.reason.as_deref().unwrap_or("failed")))
         .collect();
-    record.passed = !record.scenarios.is_empty() && record.scenarios.iter().all(|s| s.passed);
+    if let Some(st) = record.store_final.as_ref().filter(|st| st.lost > 0) {
+        record.unresolved.push(format!(
+            "{} acknowledged write(s) of the run did not read back at its end",
+            st.lost
+        ));
+    }
+    record.passed = !record.scenarios.is_empty()
+        && record.scenarios.iter().all(|s| s.passed)
+        && record.store_final.as_ref().is_none_or(|st| st.lost == 0);
     fit(&mut record);
     let stored = store_record(&run.api, &record).await.err();
     Ok((record, stored))
@@ -363,9 +402,15 @@ pub async fn run(
 
 /// Trims the evidence until the record fits the cluster's limit: log lines first, then events.
 fn fit(r: &mut Record) {
-    let size = |r: &Record| serde_json::to_string(r).map_or(usize::MAX, |s| s.len());
-    let limit = crate::cluster::drills::MAX_RECORD_BYTES - 1024;
-    while size(r) > limit {
+    // Both limits: the document's own, and the request that carries it as a JSON string.
+    let fits = |r: &Record| {
+        serde_json::to_string(r).is_ok_and(|doc| {
+            doc.len() <= crate::cluster::drills::MAX_RECORD_BYTES
+                && serde_json::to_string(&doc)
+                    .is_ok_and(|quoted| quoted.len() + 2048 <= crate::api::serve::MAX_BODY)
+        })
+    };
+    while !fits(r) {
         let longest = r
             .scenarios
             .iter_mut()
@@ -424,6 +469,9 @@ async fn cleanup(addr: &str, password: Option<String>, id: &str, mut keys: Vec<S
 
 /// Keys `store-consistency` writes.
 const CONSISTENCY_KEYS: usize = 500;
+/// Every key a drill writes expires after an hour, so that a drill client that dies leaves
+/// nothing in the store for long.
+pub const KEY_TTL_MS: &str = "3600000";
 
 /// Reads `pairs` back through `addr`; returns the keys that did not read back as written.
 /// `Err` if the store could not be read at all within 15 s.
@@ -597,6 +645,14 @@ impl Run<'_> {
             if st.lost > 0 {
                 reasons.push(format!("{} acknowledged write(s) lost", st.lost));
             }
+            // A store that acknowledged nothing proves nothing about lost writes.
+            if st.writes > 0 && st.acked == 0 {
+                reasons.push(format!(
+                    "the store acknowledged none of {} writes (first error: {})",
+                    st.writes,
+                    st.first_error.as_deref().unwrap_or("-")
+                ));
+            }
         }
         if !s.two_actives.is_empty() {
             reasons.push(format!("two nodes acted as active at once: {}", s.two_actives[0]));
@@ -684,18 +740,14 @@ impl Run<'_> {
     async fn link_failure(&mut self, s: &mut ScenarioRecord, before: &Status) -> Result<(), String> {
         let target = before.active.clone().unwrap_or_default();
         s.target = Some(target.clone());
-        let node = before
-            .nodes
-            .iter()
-            .find(|n| n.id == target)
-            .ok_or("the active node is not in the status")?;
-        if node.paths.len() < 2 && before.nodes.iter().all(|n| n.paths.len() < 2) {
+        let admin = self.admin_of(before, &target).ok_or("no admin address")?;
+        let view: serde_json::Value = self.api.get(&admin, "/v1/drill/fault").await?;
+        if view["paths"].as_u64().unwrap_or(0) < 2 {
             s.observed += "not run";
             return Err(format!(
                 "{target} has a single peer path: losing it isolates the node; give every member a second address (redundant links)"
             ));
         }
-        let admin = self.admin_of(before, &target).ok_or("no admin address")?;
         let for_ms = cut_for("link-failure", &self.timing);
         let v = self
             .fault(
@@ -925,15 +977,28 @@ impl Run<'_> {
         let mut c = Resp::new(addr.clone(), password.clone());
         let mut acked = Vec::new();
         let mut failed = 0u64;
+        let mut first_error: Option<String> = None;
         for i in 0..CONSISTENCY_KEYS {
             let k = format!("standin-drill:{id}:c:{i}");
             let v = format!("{i}");
-            match c.call(&[b"SET", k.as_bytes(), v.as_bytes()]).await {
+            match c
+                .call(&[b"SET", k.as_bytes(), v.as_bytes(), b"PX", KEY_TTL_MS.as_bytes()])
+                .await
+            {
                 Ok(Reply::Simple(ok)) if ok == "OK" => acked.push((k, v)),
-                _ => failed += 1,
+                Ok(other) => {
+                    failed += 1;
+                    first_error.get_or_insert_with(|| format!("{other:?}"));
+                }
+                Err(e) => {
+                    failed += 1;
+                    first_error.get_or_insert(e);
+                }
             }
         }
-        // Every data node's key space must converge to the same digest.
+        // Every data node's key space must converge to the same digest: the store probe
+        // pauses meanwhile, so that the nodes can agree.
+        self.probes.pause_store(true);
         let st = self.status().await?;
         let data: Vec<(String, String)> = st
             .nodes
@@ -964,6 +1029,7 @@ impl Run<'_> {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
+        self.probes.pause_store(false);
         s.digests = digests.clone();
         let lost = read_back(&addr, password, &acked).await?;
         let agree = digests.len() == data.len() && digests.windows(2).all(|w| w[0].digest == w[1].digest);
@@ -983,6 +1049,12 @@ impl Run<'_> {
         if !lost.is_empty() {
             return Err(format!("{} acknowledged consistency write(s) lost", lost.len()));
         }
+        if failed > 0 {
+            return Err(format!(
+                "{failed} of {CONSISTENCY_KEYS} writes to a healthy cluster failed (first: {})",
+                first_error.unwrap_or_default()
+            ));
+        }
         if !agree {
             return Err("the data nodes' key spaces differ".into());
         }
@@ -995,11 +1067,11 @@ impl Run<'_> {
         let (service, store, two) = {
             let samples = self.probes.samples.lock().unwrap_or_else(|p| p.into_inner());
             let service = probe::service_stats(&samples.service, from, to);
-            let store: Vec<(String, String, bool)> = samples
+            let store: Vec<(String, String, bool, Option<String>)> = samples
                 .store
                 .iter()
                 .filter(|x| x.at_ms >= from && x.at_ms <= to)
-                .map(|x| (x.key.clone(), x.value.clone(), x.acked))
+                .map(|x| (x.key.clone(), x.value.clone(), x.acked, x.error.clone()))
                 .collect();
             let two: Vec<String> = samples
                 .two_actives
@@ -1021,6 +1093,7 @@ impl Run<'_> {
                 writes: store.len() as u64,
                 acked: acked.len() as u64,
                 failed: store.iter().filter(|x| !x.2).count() as u64,
+                first_error: store.iter().find_map(|x| x.3.clone()),
                 ..Default::default()
             };
             match read_back(addr, password.clone(), &acked).await {

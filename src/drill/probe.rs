@@ -68,6 +68,8 @@ pub struct Probes {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The data nodes' admin addresses the role watcher asks (replaced as the run learns).
     admins: Arc<Mutex<Vec<(String, String)>>>,
+    /// While set, the store probe writes nothing.
+    store_paused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The samples cap: a probe stops recording beyond it (an hour at the service's rate).
@@ -87,6 +89,7 @@ impl Probes {
         let samples = Arc::new(Mutex::new(Samples::default()));
         let stop = CancellationToken::new();
         let admins = Arc::new(Mutex::new(admins));
+        let store_paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut tasks = vec![tokio::spawn(service_loop(service, samples.clone(), stop.clone()))];
         if let Some((addr, password)) = store {
             tasks.push(tokio::spawn(store_loop(
@@ -94,6 +97,7 @@ impl Probes {
                 password,
                 format!("standin-drill:{run_id}"),
                 samples.clone(),
+                store_paused.clone(),
                 stop.clone(),
             )));
         }
@@ -107,7 +111,14 @@ impl Probes {
             stop,
             tasks,
             admins,
+            store_paused,
         }
+    }
+
+    /// Pauses (or resumes) the store probe's writes.
+    pub fn pause_store(&self, paused: bool) {
+        self.store_paused
+            .store(paused, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn set_admins(&self, admins: Vec<(String, String)>) {
@@ -299,6 +310,7 @@ async fn store_loop(
     password: Option<String>,
     prefix: String,
     samples: Arc<Mutex<Samples>>,
+    paused: Arc<std::sync::atomic::AtomicBool>,
     stop: CancellationToken,
 ) {
     let mut client = Resp::new(addr, password);
@@ -310,11 +322,22 @@ async fn store_loop(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        if paused.load(std::sync::atomic::Ordering::Relaxed) {
+            continue;
+        }
         n += 1;
         let at_ms = unix_ms();
         let key = format!("{prefix}:{n}");
         let value = format!("{n}@{at_ms}");
-        let r = client.call(&[b"SET", key.as_bytes(), value.as_bytes()]).await;
+        let r = client
+            .call(&[
+                b"SET",
+                key.as_bytes(),
+                value.as_bytes(),
+                b"PX",
+                super::KEY_TTL_MS.as_bytes(),
+            ])
+            .await;
         let (acked, error) = match r {
             Ok(Reply::Simple(s)) if s == "OK" => (true, None),
             Ok(Reply::Error(e)) => (false, Some(e)),

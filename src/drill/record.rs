@@ -23,6 +23,10 @@ pub struct Record {
     pub scenarios: Vec<ScenarioRecord>,
     /// Reasons of the scenarios that failed, for the operator to resolve.
     pub unresolved: Vec<String>,
+    /// Every write the store probe had acknowledged during the whole run, read back once
+    /// more at its end (after every cut healed and the faulted nodes rejoined).
+    #[serde(default)]
+    pub store_final: Option<StoreStats>,
     /// The operator's confirmations (from the stored record; empty in the run's own copy).
     #[serde(default)]
     pub confirmations: Vec<ConfirmationView>,
@@ -60,6 +64,9 @@ pub struct StoreStats {
     pub lost: u64,
     /// The first few lost keys.
     pub lost_keys: Vec<String>,
+    /// The first error a write got, if any.
+    #[serde(default)]
+    pub first_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -228,6 +235,12 @@ pub fn markdown(r: &Record) -> String {
         list(&mut o, "Alarms cleared", &s.alarms_cleared);
         list(&mut o, "Events", &s.events);
         list(&mut o, "Log lines", &s.logs);
+    }
+    if let Some(st) = &r.store_final {
+        o.push_str(&format!(
+            "\n## Store over the whole run\n\n{} writes, {} acknowledged, {} failed; read back at the end: {} acknowledged and lost\n",
+            st.writes, st.acked, st.failed, st.lost
+        ));
     }
     o.push_str("\n## Unresolved issues\n\n");
     if r.unresolved.is_empty() {

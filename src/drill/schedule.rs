@@ -43,7 +43,7 @@ pub fn plan_of(config: &Config) -> Result<(Plan, Duration), String> {
         token: config.api.resolved_token.clone(),
         tls,
     };
-    let password = config.store.as_ref().and_then(|s| s.requirepass.clone());
+    let password = config.store.as_ref().and_then(|s| s.resolved_requirepass.clone());
     Ok((
         Plan {
             api: format!("{}://{}", config.api.scheme(), me.admin),

@@ -228,11 +228,17 @@ pub async fn run(
             want.extend(config_drift_alarm(&drift, &cluster.members()));
             want.extend(cluster.sm.read(|d| d.change.alarms()));
             let overdue = config.drill.overdue_after().map(|d| d.as_millis() as u64);
-            want.extend(
-                cluster
-                    .sm
-                    .read(|d| d.drills.alarms(unix_ms(), overdue, watching_since)),
-            );
+            // Without a passing drill, the age counts from the oldest event kept (the cluster's
+            // history, not this leader's start: a leader change must not restart the clock).
+            want.extend(cluster.sm.read(|d| {
+                let since = d
+                    .state
+                    .events
+                    .iter()
+                    .next()
+                    .map_or(watching_since, |e| e.at_unix_ms.min(watching_since));
+                d.drills.alarms(unix_ms(), overdue, since)
+            }));
             let at = unix_ms();
             for (key, detail) in &want {
                 if !raised.contains_key(key) {
