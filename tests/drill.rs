@@ -181,6 +181,8 @@ async fn every_scenario_passes_and_the_record_holds_the_evidence() {
     }
     assert_eq!(code, 0, "drill failed:\n{err}\n{:?}", record.unresolved);
     assert!(record.passed && record.unresolved.is_empty());
+    let whole = record.store_final.as_ref().expect("the run's writes read back at its end");
+    assert!(whole.acked > 100 && whole.lost == 0, "{whole:?}");
     // Every field an acceptance record needs.
     assert_eq!(record.nodes.len(), 3);
     assert!(record.nodes.iter().all(|n| !n.version.is_empty()));
@@ -192,6 +194,7 @@ async fn every_scenario_passes_and_the_record_holds_the_evidence() {
         assert!(s.service.interruption_ms <= s.max_interruption_ms);
         let store = s.store.as_ref().expect("store stats");
         assert_eq!(store.lost, 0, "{}: no acknowledged write lost", s.name);
+        assert!(store.acked > 0, "{}: the store took writes", s.name);
         assert!(s.two_actives.is_empty(), "{}: {:?}", s.name, s.two_actives);
         assert!(s.ended_unix_ms > s.started_unix_ms);
     }
