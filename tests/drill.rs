@@ -181,7 +181,10 @@ async fn every_scenario_passes_and_the_record_holds_the_evidence() {
     }
     assert_eq!(code, 0, "drill failed:\n{err}\n{:?}", record.unresolved);
     assert!(record.passed && record.unresolved.is_empty());
-    let whole = record.store_final.as_ref().expect("the run's writes read back at its end");
+    let whole = record
+        .store_final
+        .as_ref()
+        .expect("the run's writes read back at its end");
     assert!(whole.acked > 100 && whole.lost == 0, "{whole:?}");
     // Every field an acceptance record needs.
     assert_eq!(record.nodes.len(), 3);

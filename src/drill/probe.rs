@@ -396,8 +396,8 @@ async fn roles_loop(
 pub struct ServiceStats {
     pub requests: u64,
     pub failed: u64,
-    /// The longest time without a successful answer (ms), from the last success before a
-    /// failure to the first one after it; 0 when none failed.
+    /// The longest time a client waited (ms): between two successful answers, by when they
+    /// came back, less the probe interval (20 ms); 0 when answers kept coming.
     pub interruption_ms: u64,
     /// Answer latency of the successful requests.
     pub latency_p50_ms: f64,
@@ -425,23 +425,31 @@ pub fn service_stats(samples: &[ServiceSample], from_ms: u64, to_ms: u64) -> Ser
             latencies[((latencies.len() - 1) as f64 * p).round() as usize]
         }
     };
-    // The longest run of failures, measured between the successes around it (or the window's
-    // edges when the run touches one).
+    // What a client waits for: the longest time between two successful answers, by when they
+    // came back (a request the proxy held through a failover is late, not failed), less the
+    // probe's own interval; a window that ends failing counts to its end.
+    let mut done: Vec<(u64, bool)> = in_window
+        .iter()
+        .map(|s| (s.at_ms + s.latency_ms.max(0.0) as u64, s.ok))
+        .collect();
+    done.sort_by_key(|d| d.0);
+    let every = SERVICE_EVERY.as_millis() as u64;
     let mut interruption = 0u64;
     let mut last_ok = from_ms;
-    let mut failing = false;
-    for s in &in_window {
-        if s.ok {
-            if failing {
-                interruption = interruption.max(s.at_ms.saturating_sub(last_ok));
-                failing = false;
+    let mut since_ok_failed = false;
+    for (at, ok) in &done {
+        if *ok {
+            let gap = at.saturating_sub(last_ok);
+            if since_ok_failed || gap > 2 * every {
+                interruption = interruption.max(gap.saturating_sub(every));
             }
-            last_ok = s.at_ms;
+            last_ok = *at;
+            since_ok_failed = false;
         } else {
-            failing = true;
+            since_ok_failed = true;
         }
     }
-    if failing {
+    if since_ok_failed {
         interruption = interruption.max(to_ms.saturating_sub(last_ok));
     }
     ServiceStats {
@@ -479,7 +487,7 @@ mod tests {
     }
 
     #[test]
-    fn interruption_is_measured_between_the_successes_around_the_failures() {
+    fn interruption_is_measured_between_the_answers_around_the_failures() {
         let samples = vec![
             s(100, true),
             s(120, false),
@@ -491,15 +499,23 @@ mod tests {
         let st = service_stats(&samples, 100, 200);
         assert_eq!(st.requests, 6);
         assert_eq!(st.failed, 3);
-        assert_eq!(st.interruption_ms, 60, "100 -> 160");
+        assert_eq!(
+            st.interruption_ms, 40,
+            "answers at 101 and 161, less the 20 ms interval"
+        );
         assert_eq!(st.availability_pct, 50.0);
         assert_eq!(st.first_error.as_deref(), Some("down"));
         // Failing at the end of the window: up to the window's end.
         let st = service_stats(&[s(100, true), s(120, false)], 100, 500);
-        assert_eq!(st.interruption_ms, 400);
-        // Nothing failed.
-        let st = service_stats(&[s(100, true), s(120, true)], 0, 1000);
+        assert_eq!(st.interruption_ms, 399);
+        // Nothing failed and answers kept coming.
+        let st = service_stats(&[s(100, true), s(120, true), s(140, true)], 0, 1000);
         assert_eq!((st.failed, st.interruption_ms), (0, 0));
+        // A request held 800 ms (a proxy queueing through a failover) is an interruption.
+        let mut held = s(140, true);
+        held.latency_ms = 800.0;
+        let st = service_stats(&[s(100, true), s(120, true), held], 0, 1000);
+        assert_eq!((st.failed, st.interruption_ms), (0, 800 + 140 - 121 - 20));
         // An empty window.
         assert_eq!(service_stats(&[], 0, 10).requests, 0);
     }
