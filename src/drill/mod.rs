@@ -1214,7 +1214,7 @@ mod tests {
                 at: 0,
                 passed: true,
                 scheduled: false,
-                scenarios: vec![],
+                scenarios: vec![("recovery".into(), true)],
                 json: "{}".into(),
             })
             .is_ok()

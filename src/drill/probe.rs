@@ -435,22 +435,22 @@ pub fn service_stats(samples: &[ServiceSample], from_ms: u64, to_ms: u64) -> Ser
     done.sort_by_key(|d| d.0);
     let every = SERVICE_EVERY.as_millis() as u64;
     let mut interruption = 0u64;
-    let mut last_ok = from_ms;
+    let mut last_ok: Option<u64> = None;
     let mut since_ok_failed = false;
     for (at, ok) in &done {
         if *ok {
-            let gap = at.saturating_sub(last_ok);
-            if since_ok_failed || gap > 2 * every {
+            let gap = at.saturating_sub(last_ok.unwrap_or(from_ms));
+            if since_ok_failed || (last_ok.is_some() && gap > 2 * every) {
                 interruption = interruption.max(gap.saturating_sub(every));
             }
-            last_ok = *at;
+            last_ok = Some(*at);
             since_ok_failed = false;
         } else {
             since_ok_failed = true;
         }
     }
     if since_ok_failed {
-        interruption = interruption.max(to_ms.saturating_sub(last_ok));
+        interruption = interruption.max(to_ms.saturating_sub(last_ok.unwrap_or(from_ms)));
     }
     ServiceStats {
         requests,
