@@ -5,6 +5,7 @@
 //! to this node's own view, marked `"stale": true`, if the leader cannot be reached. Mutations
 //! are forwarded to the leader and committed to the Raft log.
 
+pub mod backup;
 pub mod client;
 pub mod guard;
 pub mod metrics;
@@ -623,6 +624,19 @@ fn router(node: Arc<AdminContext>) -> Router {
             "/v1/watch",
             get(move |State(node): State<Arc<AdminContext>>| watch_handler(node, watchers.clone())),
         )
+        .route("/v1/backup", get(backup::export_handler))
+        .route("/v1/backup/digest", get(backup::digest_handler))
+        .route("/v1/backup/status", get(backup::status_handler))
+        .route("/v1/backup/report", post(backup::report_handler))
+        .route("/v1/restore/begin", post(backup::begin_handler))
+        .route(
+            "/v1/restore/chunk",
+            post(backup::chunk_handler).layer(axum::extract::DefaultBodyLimit::max(
+                crate::cluster::backup::MAX_CHUNK_BODY,
+            )),
+        )
+        .route("/v1/restore/commit", post(backup::commit_handler))
+        .route("/v1/restore/abort", post(backup::abort_handler))
         .route("/metrics", get(metrics_handler))
         .route("/", get(dashboard_handler))
         .route("/dashboard", get(dashboard_handler))

@@ -164,6 +164,8 @@ pub enum EventKind {
     MembershipChanged,
     /// A deploy of the service (`standin deploy`): started, a step, failed, rolled back, done.
     Deploy,
+    /// A restore of the key space from a backup (`standin restore`): done or abandoned.
+    Restore,
 }
 
 impl std::fmt::Display for EventKind {
@@ -260,6 +262,7 @@ fn kind_name<B>(c: &CommandOf<B>) -> &'static str {
         CommandOf::ConfigReloaded { .. } => "ConfigReloaded",
         CommandOf::Members { .. } => "Members",
         CommandOf::Change(_) => "Change",
+        CommandOf::Backup(_) => "Backup",
     }
 }
 
@@ -279,6 +282,7 @@ impl<B> CommandOf<B> {
             | CommandOf::Path { node, .. }
             | CommandOf::ConfigReloaded { node, .. } => Some(node),
             CommandOf::Change(crate::cluster::change::ChangeCmd::Running { node, .. }) => Some(node),
+            CommandOf::Backup(crate::cluster::backup::BackupCmd::Report { node, .. }) => Some(node),
             _ => None,
         }
     }
@@ -496,6 +500,10 @@ pub enum CommandOf<B> {
     /// [`crate::cluster::change`]). Applied by the state machine, which keeps it beside the
     /// cluster state (`storage::SmData::change`). Appended last.
     Change(crate::cluster::change::ChangeCmd),
+    /// Backups and restores (see [`crate::cluster::backup`]): a restore's staged chunks and
+    /// its swap, and nodes' reports of scheduled backups. Applied by the state machine, which
+    /// keeps them beside the cluster state (`storage::SmData::backup`). Appended last.
+    Backup(crate::cluster::backup::BackupCmd),
 }
 
 /// Whether a failover is under way (the deploy waits): no active node, a promotion not yet
@@ -1150,6 +1158,7 @@ impl ClusterState {
             }
             // Applied by the state machine, which keeps change control beside this state.
             CommandOf::Change(_) => CommandResult::refused("deploys are applied by the state machine"),
+            CommandOf::Backup(_) => CommandResult::refused("restores are applied by the state machine"),
             CommandOf::ConfigReloaded {
                 node,
                 digest,

@@ -841,6 +841,10 @@ pub struct SmData {
     /// the same way: a snapshot without it reads as no deploy ever made.
     #[serde(default)]
     pub change: super::change::ChangeControl,
+    /// Backups: a restore under way (its staging key space) and the nodes' backup reports,
+    /// encoded after change control the same way.
+    #[serde(default)]
+    pub backup: super::backup::BackupPart,
 }
 
 /// The part of the state machine that follows [`SmData`]'s first fields in a snapshot.
@@ -872,6 +876,7 @@ pub fn decode_sm(bytes: &[u8]) -> Result<SmData, postcard::Error> {
         kv: old.kv,
         ext: SmExt::default(),
         change: Default::default(),
+        backup: Default::default(),
     };
     if rest.is_empty() {
         return Ok(d);
@@ -883,6 +888,11 @@ pub fn decode_sm(bytes: &[u8]) -> Result<SmData, postcard::Error> {
     }
     let (change, rest) = postcard::take_from_bytes(rest)?;
     d.change = change;
+    if rest.is_empty() {
+        return Ok(d);
+    }
+    let (backup, rest) = postcard::take_from_bytes(rest)?;
+    d.backup = backup;
     // Bytes after the last part this build knows: a later build's part, left alone.
     let _ = rest;
     Ok(d)
@@ -1074,6 +1084,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             ..Default::default()
                         }
                     }
+                    EntryPayload::Normal(Command::Backup(c)) => {
+                        let a = d.backup.apply(&mut d.kv, c);
+                        if let Some(detail) = a.event {
+                            let at = match c {
+                                super::backup::BackupCmd::Commit { at, .. }
+                                | super::backup::BackupCmd::Abort { at, .. } => *at,
+                                _ => 0,
+                            };
+                            d.state.record(at, super::state::EventKind::Restore, None, detail);
+                        }
+                        CommandResult {
+                            ok: a.ok,
+                            message: a.message,
+                            ..Default::default()
+                        }
+                    }
                     EntryPayload::Normal(cmd) => d.state.apply(cmd),
                     EntryPayload::Membership(m) => {
                         d.membership = StoredMembership::new(Some(entry.log_id), m.clone());
@@ -1122,6 +1148,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 kv: new.kv,
                 ext: new.ext,
                 change: new.change,
+                backup: new.backup,
             };
             d.last_applied.map_or(0, |l| l.index)
         };

@@ -227,6 +227,26 @@ impl Db {
         self.live(key, now_ms).map(|e| &e.value)
     }
 
+    /// Every stored key with its value and expiry, in key order (expired keys not yet
+    /// reclaimed included, with their expiry: a copy restores the same state). For backups.
+    pub fn records(&self) -> impl Iterator<Item = (&Bytes, &Value, Option<i64>)> + '_ {
+        self.entries.iter().map(|(k, e)| (k, &e.value, e.expire_at))
+    }
+
+    /// Stores `key` as a backup holds it (restore). An empty collection is not stored (the
+    /// store never keeps one); a key already there is replaced.
+    pub fn restore_record(&mut self, key: Bytes, value: Value, expire_at: Option<i64>) {
+        let empty = match &value {
+            Value::Str(_) => false,
+            Value::Hash(h) => h.is_empty(),
+            Value::List(l) => l.is_empty(),
+            Value::Set(s) => s.is_empty(),
+        };
+        if !empty {
+            self.put(&key, value, expire_at);
+        }
+    }
+
     // ---- storage primitives: the only code that touches the indexes and the estimate ----
 
     pub(super) fn live(&self, key: &[u8], now: i64) -> Option<&Entry> {
