@@ -838,3 +838,12 @@ async fn restart_one(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The token and TLS settings every request of this CLI process uses (for the apps that take
+/// them as a parameter, such as backups).
+pub fn access() -> crate::api::client::Access {
+    crate::api::client::Access {
+        token: TOKEN.get().cloned(),
+        tls: CA.get().cloned(),
+    }
+}
