@@ -444,7 +444,7 @@ async fn node(path: &Path, handover: Option<crate::handover::Handover>) -> ExitC
             crate::systemd::stopping();
         });
     }
-    if config.backup.dir.is_some() {
+    if config.backup.scheduled(config.me().kind) {
         // Scheduled backups: a client of this node's own admin API, beside it like the proxy.
         tokio::spawn(crate::backup::schedule::run(
             std::sync::Arc::new(config.clone()),

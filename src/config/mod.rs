@@ -100,7 +100,13 @@ impl BackupConfig {
         self.max_age.unwrap_or(self.every * 2)
     }
 
-    fn validate(&self, kind: NodeKind) -> Result<(), ConfigError> {
+    /// Whether this node takes scheduled backups: a data node with `dir` (a witness ignores
+    /// the section, so the same snippet can go into every member's file).
+    pub fn scheduled(&self, kind: NodeKind) -> bool {
+        self.dir.is_some() && kind == NodeKind::Data
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
         if self.every < Duration::from_secs(1) || self.every > Duration::from_secs(366 * 24 * 3600) {
             return Err(invalid("backup.every", "must be between 1s and 366days"));
         }
@@ -113,12 +119,6 @@ impl BackupConfig {
         if let Some(d) = &self.dir {
             if d.as_os_str().is_empty() || !d.is_absolute() {
                 return Err(invalid("backup.dir", "must be an absolute path"));
-            }
-            if kind == NodeKind::Witness {
-                return Err(invalid(
-                    "backup.dir",
-                    "a witness takes no scheduled backups (set it on the data nodes)",
-                ));
             }
         }
         Ok(())
@@ -1609,7 +1609,7 @@ impl Config {
         if self.events.retention == 0 || self.events.retention > 1_000_000 {
             return Err(invalid("events.retention", "must be between 1 and 1000000"));
         }
-        self.backup.validate(me.kind)?;
+        self.backup.validate()?;
         for (i, url) in self.alarms.webhook.iter().enumerate() {
             let ok = url
                 .parse::<hyper::Uri>()
