@@ -11,7 +11,8 @@
 //! - A mutation that carries an `Origin` header that is not allowed is refused with 403 before
 //!   anything happens (a "simple" cross-origin POST is sent without a preflight).
 //! - A mutation with a body needs `Content-Type: application/json` (415 otherwise), which a
-//!   page cannot send cross-origin without a preflight.
+//!   page cannot send cross-origin without a preflight; `application/octet-stream` (binary
+//!   restore chunks) is not CORS-safelisted either, so it passes too.
 //! - The `Host` a request names must be an IP address, `localhost` or one of the configured
 //!   host names (421 otherwise): a page whose DNS name an attacker points at this address
 //!   ("DNS rebinding") is same-origin to the browser, and would otherwise read everything
@@ -97,7 +98,10 @@ fn is_json(headers: &HeaderMap) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        .is_some_and(|t| {
+            let t = t.trim();
+            t.eq_ignore_ascii_case("application/json") || t.eq_ignore_ascii_case("application/octet-stream")
+        })
 }
 
 /// The middleware: see the module doc.

@@ -506,6 +506,7 @@ pub async fn serve(listener: TcpListener, node: Arc<AdminContext>, cancel: Cance
     let limits = serve::Limits {
         header_read_timeout: cfg.header_read_timeout,
         max_connections: cfg.max_connections,
+        large_body: Some(("/v1/restore/chunk", crate::cluster::backup::MAX_CHUNK_BODY)),
     };
     let tls = match cfg.tls_files(&node.config.tls) {
         // The node's own certificate: the same material the transport uses, reloaded with it
