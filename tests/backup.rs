@@ -295,7 +295,7 @@ async fn scheduled_backups_rotate_alarm_and_show_in_metrics() {
         ("[backup]\ndir = \"/tmp/x\"\nevery = \"10s\"\nmax-age = \"1s\"\n", "backup.max-age"),
     ] {
         let text = format!(
-            "[tls]\ninsecure = true\n[node]\nid = \"a\"\ndata-dir = \"/tmp/d\"\n[[member]]\nid = \"a\"\nkind = \"witness\"\naddresses = [\"127.0.0.1:{}\"]\nadmin = \"127.0.0.1:{}\"\n{toml}",
+            "[tls]\ninsecure = true\n[node]\nid = \"a\"\ndata-dir = \"/tmp/d\"\n[[member]]\nid = \"a\"\nkind = \"data\"\naddresses = [\"127.0.0.1:{}\"]\nadmin = \"127.0.0.1:{}\"\n[service]\ncommand = \"/bin/true\"\n{toml}",
             free_port(),
             free_port()
         );
