@@ -82,7 +82,10 @@ fn load(addr: SocketAddr, n: usize) {
         let mut p = redis::pipe();
         for &i in batch {
             match i % 5 {
-                0 => p.cmd("SET").arg(format!("str:{i}")).arg(format!("value-{i}-{}", "x".repeat(i % 50))),
+                0 => p
+                    .cmd("SET")
+                    .arg(format!("str:{i}"))
+                    .arg(format!("value-{i}-{}", "x".repeat(i % 50))),
                 1 => p
                     .cmd("HSET")
                     .arg(format!("hash:{i}"))
@@ -91,7 +94,11 @@ fn load(addr: SocketAddr, n: usize) {
                     .arg("b")
                     .arg(format!("b{i}")),
                 2 => p.cmd("RPUSH").arg(format!("list:{i}")).arg("z").arg("a").arg(i),
-                3 => p.cmd("SADD").arg(format!("set:{i}")).arg("m1").arg(format!("m{i}")),
+                3 => p
+                    .cmd("SADD")
+                    .arg(format!("set:{i}"))
+                    .arg("m1")
+                    .arg(format!("m{i}")),
                 _ => p
                     .cmd("SET")
                     .arg(format!("ttl:{i}"))
@@ -120,7 +127,12 @@ fn dump(addr: SocketAddr) -> BTreeMap<Vec<u8>, (String, Vec<Vec<u8>>, i64)> {
         let mut v: Vec<Vec<u8>> = match ty.as_str() {
             "string" => vec![redis::cmd("GET").arg(&k).query(&mut c).expect("get")],
             "hash" => redis::cmd("HGETALL").arg(&k).query(&mut c).expect("hgetall"),
-            "list" => redis::cmd("LRANGE").arg(&k).arg(0).arg(-1).query(&mut c).expect("lrange"),
+            "list" => redis::cmd("LRANGE")
+                .arg(&k)
+                .arg(0)
+                .arg(-1)
+                .query(&mut c)
+                .expect("lrange"),
             "set" => redis::cmd("SMEMBERS").arg(&k).query(&mut c).expect("smembers"),
             other => panic!("unexpected type {other}"),
         };
@@ -140,16 +152,28 @@ fn dump(addr: SocketAddr) -> BTreeMap<Vec<u8>, (String, Vec<Vec<u8>>, i64)> {
 }
 
 async fn store_digest(api: &str) -> (u64, String) {
-    let r = standin::api::client::request(api, hyper::Method::GET, "/v1/backup/digest", None, Duration::from_secs(30))
-        .await
-        .expect("digest");
+    let r = standin::api::client::request(
+        api,
+        hyper::Method::GET,
+        "/v1/backup/digest",
+        None,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("digest");
     if r.status == 421 {
-        let leader = json(&r.body)["leader_api"].as_str().expect("leader api").to_string();
+        let leader = json(&r.body)["leader_api"]
+            .as_str()
+            .expect("leader api")
+            .to_string();
         return Box::pin(store_digest(&leader)).await;
     }
     assert_eq!(r.status, 200, "{}", r.body);
     let v = json(&r.body);
-    (v["keys"].as_u64().expect("keys"), v["digest"].as_str().expect("digest").to_string())
+    (
+        v["keys"].as_u64().expect("keys"),
+        v["digest"].as_str().expect("digest").to_string(),
+    )
 }
 
 /// Copies `file` with `edit` applied.
@@ -180,7 +204,15 @@ async fn a_backup_restores_into_a_new_cluster_after_the_old_one_is_wiped() {
         let (keys, d) = store_digest(&admin(&c, "a")).await;
         assert_eq!(keys as usize, expected.len());
         // Asked of a node that may not lead: the backup is taken by the leader (421 followed).
-        let (code, out, err) = standin(&["backup", "create", "--out", file.to_str().expect("path"), "--api", &admin(&c, "w"), "--json"]);
+        let (code, out, err) = standin(&[
+            "backup",
+            "create",
+            "--out",
+            file.to_str().expect("path"),
+            "--api",
+            &admin(&c, "w"),
+            "--json",
+        ]);
         assert_eq!(code, 0, "{out}{err}");
         let created = json(&out);
         assert_eq!(created["keys"].as_u64(), Some(keys));
@@ -201,15 +233,24 @@ async fn a_backup_restores_into_a_new_cluster_after_the_old_one_is_wiped() {
     let inspected = json(&out);
     assert_eq!(inspected["keys"].as_u64(), Some(keys_before));
     assert_eq!(inspected["kv_digest"].as_str(), Some(digest_before.as_str()));
-    assert!(inspected["events"].as_u64().unwrap_or(0) > 0, "the events are kept: {out}");
-    assert_eq!(inspected["header"]["versions"].as_object().map(|v| v.len()), Some(3), "{out}");
+    assert!(
+        inspected["events"].as_u64().unwrap_or(0) > 0,
+        "the events are kept: {out}"
+    );
+    assert_eq!(
+        inspected["header"]["versions"].as_object().map(|v| v.len()),
+        Some(3),
+        "{out}"
+    );
 
     // Damaged copies: each refused by verify with 65, naming what is wrong.
     let len = std::fs::metadata(&file).expect("meta").len() as usize;
     let flipped = damaged(&file, "flipped.standin", |b| b[len / 2] ^= 0x10);
     let truncated = damaged(&file, "truncated.standin", |b| b.truncate(len - 100));
     let magic = damaged(&file, "magic.standin", |b| b[0] = b'X');
-    let oversized = damaged(&file, "oversized.standin", |b| b[11..15].copy_from_slice(&u32::MAX.to_le_bytes()));
+    let oversized = damaged(&file, "oversized.standin", |b| {
+        b[11..15].copy_from_slice(&u32::MAX.to_le_bytes())
+    });
     for (f, says) in [
         (&flipped, "damaged"),
         (&truncated, "cut short"),
@@ -229,12 +270,28 @@ async fn a_backup_restores_into_a_new_cluster_after_the_old_one_is_wiped() {
     assert_eq!(empty_keys, 0);
     // Damaged files are refused by restore too, before anything is sent.
     for f in [&flipped, &truncated, &magic, &oversized] {
-        let (code, _, err) = standin(&["restore", f.to_str().expect("path"), "--api", &admin(&c, "a"), "--force"]);
+        let (code, _, err) = standin(&[
+            "restore",
+            f.to_str().expect("path"),
+            "--api",
+            &admin(&c, "a"),
+            "--force",
+        ]);
         assert_eq!(code, 65, "{}: {err}", f.display());
     }
-    assert_eq!(store_digest(&admin(&c, "b")).await, (0, empty_digest.clone()), "nothing changed");
+    assert_eq!(
+        store_digest(&admin(&c, "b")).await,
+        (0, empty_digest.clone()),
+        "nothing changed"
+    );
     // Restore through a node that may not lead (the leader is found).
-    let (code, out, err) = standin(&["restore", file.to_str().expect("path"), "--api", &admin(&c, "w"), "--json"]);
+    let (code, out, err) = standin(&[
+        "restore",
+        file.to_str().expect("path"),
+        "--api",
+        &admin(&c, "w"),
+        "--json",
+    ]);
     assert_eq!(code, 0, "{out}{err}");
     let restored = json(&out);
     assert_eq!(restored["keys"].as_u64(), Some(keys_before));
@@ -248,13 +305,20 @@ async fn a_backup_restores_into_a_new_cluster_after_the_old_one_is_wiped() {
     // The history says so.
     let events = c.events(&act).await.expect("events");
     assert!(
-        events.iter().any(|e| e.kind == standin::cluster::state::EventKind::Restore && e.detail.contains(&digest_before)),
+        events
+            .iter()
+            .any(|e| e.kind == standin::cluster::state::EventKind::Restore
+                && e.detail.contains(&digest_before)),
         "a restore event"
     );
 
     // The store holds keys now: refused without --force, nothing changed.
     let mut rc = con(store(&c, &act));
-    let _: () = redis::cmd("SET").arg("after").arg("1").query(&mut rc).expect("set");
+    let _: () = redis::cmd("SET")
+        .arg("after")
+        .arg("1")
+        .query(&mut rc)
+        .expect("set");
     let (_, with_extra) = store_digest(&admin(&c, "a")).await;
     let (code, _, err) = standin(&["restore", file.to_str().expect("path"), "--api", &admin(&c, "a")]);
     assert_eq!(code, 1, "{err}");
@@ -292,7 +356,10 @@ async fn scheduled_backups_rotate_alarm_and_show_in_metrics() {
         ("[backup]\ndir = \"/tmp/x\"\nevery = \"0s\"\n", "backup.every"),
         ("[backup]\ndir = \"relative\"\n", "backup.dir"),
         ("[backup]\ndir = \"/tmp/x\"\nkeep = 0\n", "backup.keep"),
-        ("[backup]\ndir = \"/tmp/x\"\nevery = \"10s\"\nmax-age = \"1s\"\n", "backup.max-age"),
+        (
+            "[backup]\ndir = \"/tmp/x\"\nevery = \"10s\"\nmax-age = \"1s\"\n",
+            "backup.max-age",
+        ),
     ] {
         let text = format!(
             "[tls]\ninsecure = true\n[node]\nid = \"a\"\ndata-dir = \"/tmp/d\"\n[[member]]\nid = \"a\"\nkind = \"data\"\naddresses = [\"127.0.0.1:{}\"]\nadmin = \"127.0.0.1:{}\"\n[service]\ncommand = \"/bin/true\"\n{toml}",
@@ -328,7 +395,11 @@ async fn scheduled_backups_rotate_alarm_and_show_in_metrics() {
     let b2 = backups.clone();
     let list = move |node: &str| standin::backup::schedule::list(&b2, node).unwrap_or_default();
     let l2 = list.clone();
-    wait_for("backups of a and b", Box::new(move || l2("a").len() == 2 && l2("b").len() == 2)).await;
+    wait_for(
+        "backups of a and b",
+        Box::new(move || l2("a").len() == 2 && l2("b").len() == 2),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     for node in ["a", "b"] {
         let files = list(node);
@@ -340,16 +411,29 @@ async fn scheduled_backups_rotate_alarm_and_show_in_metrics() {
     // Reported: metrics and `backup status`.
     let m = scrape(&admin(&c, "a")).await;
     for node in ["a", "b"] {
-        let last = sample(&m, "standin_backup_last_success_timestamp_seconds", &[("node", node)]).expect("last success");
+        let last = sample(
+            &m,
+            "standin_backup_last_success_timestamp_seconds",
+            &[("node", node)],
+        )
+        .expect("last success");
         assert!(last > 1.7e9, "{last}");
         assert!(sample(&m, "standin_backup_size_bytes", &[("node", node)]).expect("size") > 1000.0);
         assert!(sample(&m, "standin_backup_age_seconds", &[("node", node)]).expect("age") < 10.0);
-        assert_eq!(sample(&m, "standin_backup_failures_total", &[("node", node)]), Some(0.0));
+        assert_eq!(
+            sample(&m, "standin_backup_failures_total", &[("node", node)]),
+            Some(0.0)
+        );
     }
     let (code, out, err) = standin(&["backup", "status", "--api", &admin(&c, "b"), "--json"]);
     assert_eq!(code, 0, "{err}");
     let st = json(&out);
-    assert!(st["reports"]["a"]["last_path"].as_str().is_some_and(|p| p.contains("standin-a-")), "{out}");
+    assert!(
+        st["reports"]["a"]["last_path"]
+            .as_str()
+            .is_some_and(|p| p.contains("standin-a-")),
+        "{out}"
+    );
 
     // The directory becomes a file: every backup fails.
     std::fs::remove_dir_all(&backups).expect("rm");
@@ -378,7 +462,10 @@ async fn scheduled_backups_rotate_alarm_and_show_in_metrics() {
         if a.iter().any(|k| k == "backup-failed:a") && a.iter().any(|k| k == "backup-stale:a") {
             break;
         }
-        assert!(Instant::now() < deadline, "failed and stale alarms not raised: {a:?}");
+        assert!(
+            Instant::now() < deadline,
+            "failed and stale alarms not raised: {a:?}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let m = scrape(&admin(&c, "b")).await;
@@ -409,14 +496,27 @@ impl Redis {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server (Debian package redis-server) must be installed");
-        let r = Redis { child, port, _dir: dir };
+        let r = Redis {
+            child,
+            port,
+            _dir: dir,
+        };
         drop(con(r.addr()));
         r
     }
@@ -436,7 +536,13 @@ impl Drop for Redis {
 /// `redis-cli -p PORT --pipe < file`: every command answered without error.
 fn pipe(addr: SocketAddr, file: &Path) {
     let out = Command::new("redis-cli")
-        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string(), "--pipe"])
+        .args([
+            "-h",
+            &addr.ip().to_string(),
+            "-p",
+            &addr.port().to_string(),
+            "--pipe",
+        ])
         .stdin(std::fs::File::open(file).expect("open"))
         .output()
         .expect("redis-cli");
@@ -459,22 +565,53 @@ async fn key_spaces_go_to_redis_and_come_back() {
     let expected = dump(store(&c, &act));
 
     let resp = work.path().join("keys.resp");
-    let (code, out, err) = standin(&["backup", "create", "--format", "resp", "--out", resp.to_str().expect("path"), "--api", &admin(&c, &act), "--json"]);
+    let (code, out, err) = standin(&[
+        "backup",
+        "create",
+        "--format",
+        "resp",
+        "--out",
+        resp.to_str().expect("path"),
+        "--api",
+        &admin(&c, &act),
+        "--json",
+    ]);
     assert_eq!(code, 0, "{out}{err}");
     let redis = Redis::start();
     pipe(redis.addr(), &resp);
     assert_eq!(dump(redis.addr()), expected, "Redis holds the same key space");
     // The same stream from a backup file.
     let file = work.path().join("keys.standin");
-    let (code, _, err) = standin(&["backup", "create", "--out", file.to_str().expect("path"), "--api", &admin(&c, &act)]);
+    let (code, _, err) = standin(&[
+        "backup",
+        "create",
+        "--out",
+        file.to_str().expect("path"),
+        "--api",
+        &admin(&c, &act),
+    ]);
     assert_eq!(code, 0, "{err}");
     let resp2 = work.path().join("keys2.resp");
-    let (code, _, err) = standin(&["backup", "to-resp", file.to_str().expect("path"), "--out", resp2.to_str().expect("path")]);
+    let (code, _, err) = standin(&[
+        "backup",
+        "to-resp",
+        file.to_str().expect("path"),
+        "--out",
+        resp2.to_str().expect("path"),
+    ]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(std::fs::read(&resp).expect("read"), std::fs::read(&resp2).expect("read"));
+    assert_eq!(
+        std::fs::read(&resp).expect("read"),
+        std::fs::read(&resp2).expect("read")
+    );
 
     // Back from Redis: SCAN and reads, then into an emptied standin store.
-    let _: () = redis::cmd("ZADD").arg("zs").arg(1).arg("m").query(&mut con(redis.addr())).expect("zadd");
+    let _: () = redis::cmd("ZADD")
+        .arg("zs")
+        .arg(1)
+        .arg("m")
+        .query(&mut con(redis.addr()))
+        .expect("zadd");
     let from_redis = work.path().join("from-redis.resp");
     let (code, out, err) = standin(&[
         "backup",

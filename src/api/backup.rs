@@ -73,7 +73,11 @@ async fn copy(
             return Err(not_leader(node));
         }
         if let Err(e) = node.cluster.confirm_leadership().await {
-            return Err(error_response(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), true));
+            return Err(error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.to_string(),
+                true,
+            ));
         }
         "leader read barrier"
     };
@@ -91,7 +95,8 @@ pub async fn export_handler(State(node): State<Arc<AdminContext>>, Query(q): Que
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let taken = crate::clock::unix_ms();
     tokio::task::spawn_blocking(move || {
-        let r = crate::cluster::backup::export(copy, &me, read, taken, |bytes| tx.blocking_send(bytes).is_ok());
+        let r =
+            crate::cluster::backup::export(copy, &me, read, taken, |bytes| tx.blocking_send(bytes).is_ok());
         if let Err(e) = r {
             // The stream ends early: the client sees it cut short and refuses it.
             tracing::warn!(error = %e, "backup export stopped");
@@ -262,7 +267,11 @@ pub async fn chunk_handler(
         Err(e) => {
             return error_response(
                 StatusCode::BAD_REQUEST,
-                format!("restore chunk {} of {} bytes cannot be decoded: {e}", q.seq, body.len()),
+                format!(
+                    "restore chunk {} of {} bytes cannot be decoded: {e}",
+                    q.seq,
+                    body.len()
+                ),
                 false,
             )
         }

@@ -267,13 +267,13 @@ async fn serve_connection<S>(
                 // client trickling its body would otherwise hold a busy connection forever.
                 let (parts, body) = req.into_parts();
                 let max = match large_body {
-                    Some((path, max)) if parts.method == hyper::Method::POST && parts.uri.path() == path => max,
+                    Some((path, max)) if parts.method == hyper::Method::POST && parts.uri.path() == path => {
+                        max
+                    }
                     _ => MAX_BODY,
                 };
-                let read = tokio::time::timeout(
-                    body_timeout,
-                    http_body_util::Limited::new(body, max).collect(),
-                );
+                let read =
+                    tokio::time::timeout(body_timeout, http_body_util::Limited::new(body, max).collect());
                 let body = match read.await {
                     Ok(Ok(b)) => Body::from(b.to_bytes()),
                     Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {

@@ -69,7 +69,9 @@ pub(crate) async fn open(api: &str, path: &str, access: &Access) -> Result<(Stre
             }
         }
     }
-    Err(BackupError::Refused("the leader moved while the backup was asked for; try again".into()))
+    Err(BackupError::Refused(
+        "the leader moved while the backup was asked for; try again".into(),
+    ))
 }
 
 /// Takes a backup from `api` into `out`: from the leader after a read barrier, or with
@@ -83,7 +85,11 @@ pub async fn create(
     progress: bool,
 ) -> Result<Created, BackupError> {
     let started = Instant::now();
-    let path = if local { "/v1/backup?local=true" } else { "/v1/backup" };
+    let path = if local {
+        "/v1/backup?local=true"
+    } else {
+        "/v1/backup"
+    };
     let (mut stream, _) = open(api, path, access).await?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(16);
     let out_path = out.to_path_buf();
@@ -150,7 +156,13 @@ fn write_file(
         .create_new(true)
         .open(&tmp)
         .map_err(|e| BackupError::Failed(format!("cannot create {}: {e}", tmp.display())))?;
-    let result = write_frames(rx, std::io::BufWriter::with_capacity(1 << 20, file), out, format, progress);
+    let result = write_frames(
+        rx,
+        std::io::BufWriter::with_capacity(1 << 20, file),
+        out,
+        format,
+        progress,
+    );
     match result {
         Ok((file, created)) => {
             commit_file(file, &tmp, out)
@@ -177,7 +189,8 @@ fn write_frames(
     format: OutFormat,
     progress: bool,
 ) -> Result<(std::fs::File, Created), BackupError> {
-    let failed = |e: &dyn std::fmt::Display| BackupError::Failed(format!("cannot write {}: {e}", path.display()));
+    let failed =
+        |e: &dyn std::fmt::Display| BackupError::Failed(format!("cannot write {}: {e}", path.display()));
     let mut buf: Vec<u8> = Vec::new();
     let mut pos = 0usize;
     let mut out = Some(out);
@@ -291,7 +304,8 @@ fn write_frames(
                 }
             }
             ExportFrame::End { keys, digest: sent } => {
-                let h = header.ok_or_else(|| BackupError::Failed("the export stream has no header".into()))?;
+                let h =
+                    header.ok_or_else(|| BackupError::Failed("the export stream has no header".into()))?;
                 let (got_keys, kv_digest) = (digest.keys, digest.finish());
                 if keys != got_keys || sent != kv_digest || h.keys != got_keys {
                     return Err(BackupError::Failed(format!(
@@ -342,7 +356,11 @@ fn write_frames(
 }
 
 /// `GET /v1/backup/digest` (on the leader unless `local`): the key space's digest now.
-pub async fn digest(api: &str, access: &Access, local: bool) -> Result<crate::api::backup::DigestView, BackupError> {
+pub async fn digest(
+    api: &str,
+    access: &Access,
+    local: bool,
+) -> Result<crate::api::backup::DigestView, BackupError> {
     let path = if local {
         "/v1/backup/digest?local=true"
     } else {

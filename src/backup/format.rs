@@ -117,7 +117,11 @@ const fn crc_table() -> [u32; 256] {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 { 0x82F6_3B78 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0x82F6_3B78 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
             k += 1;
         }
         t[i] = c;
@@ -426,7 +430,8 @@ pub fn read<R: Read>(
                 on_chunk(records)?;
             }
             KIND_EVENTS => {
-                let events: Vec<crate::cluster::state::Event> = postcard::from_bytes(&payload).map_err(decode)?;
+                let events: Vec<crate::cluster::state::Event> =
+                    postcard::from_bytes(&payload).map_err(decode)?;
                 s.events = events.len() as u64;
                 s.events_bytes = len as u64;
             }
@@ -556,8 +561,11 @@ mod tests {
                 .expect("section");
             chunks += 1;
         }
-        w.section(KIND_EVENTS, &postcard::to_allocvec(&Vec::<crate::cluster::state::Event>::new()).expect("e"))
-            .expect("events");
+        w.section(
+            KIND_EVENTS,
+            &postcard::to_allocvec(&Vec::<crate::cluster::state::Event>::new()).expect("e"),
+        )
+        .expect("events");
         w.section(
             KIND_CHANGE,
             &postcard::to_allocvec(&crate::cluster::change::ChangeControl::default()).expect("c"),

@@ -9,8 +9,8 @@
 
 pub mod fetch;
 pub mod format;
-pub mod restore;
 pub mod resp;
+pub mod restore;
 pub mod schedule;
 
 use crate::api::client::ClientError;
@@ -68,10 +68,11 @@ pub(crate) struct Progress {
 impl Progress {
     pub(crate) fn new(total: u64, what: &str, allowed: bool) -> Progress {
         use std::io::IsTerminal;
-        let bar = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::hidden());
-        if let Ok(style) =
-            indicatif::ProgressStyle::with_template("{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} keys ({eta})")
-        {
+        let bar =
+            indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::hidden());
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} keys ({eta})",
+        ) {
             bar.set_style(style);
         }
         bar.set_message(what.to_string());

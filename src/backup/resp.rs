@@ -63,7 +63,13 @@ impl<W: Write> RespWriter<W> {
     }
 
     /// A collection in batches: `name key e1 e2 ...`.
-    fn batched<'a>(&mut self, name: &[u8], key: &[u8], items: impl Iterator<Item = &'a [u8]>, per: usize) -> std::io::Result<()> {
+    fn batched<'a>(
+        &mut self,
+        name: &[u8],
+        key: &[u8],
+        items: impl Iterator<Item = &'a [u8]>,
+        per: usize,
+    ) -> std::io::Result<()> {
         let mut args: Vec<&[u8]> = vec![name, key];
         for item in items {
             args.push(item);
@@ -86,7 +92,12 @@ impl<W: Write> RespWriter<W> {
             Value::Str(s) => self.command(&[b"SET", key, s])?,
             Value::Hash(h) => {
                 self.command(&[b"DEL", key])?;
-                self.batched(b"HSET", key, h.iter().flat_map(|(f, v)| [f.as_ref(), v.as_ref()]), 2)?;
+                self.batched(
+                    b"HSET",
+                    key,
+                    h.iter().flat_map(|(f, v)| [f.as_ref(), v.as_ref()]),
+                    2,
+                )?;
             }
             Value::List(l) => {
                 self.command(&[b"DEL", key])?;
@@ -120,14 +131,21 @@ impl<W: Write> RespWriter<W> {
 
 /// Writes the key space of a backup file as Redis commands (`backup create --format resp`
 /// from a file already taken goes through here too).
-pub fn file_to_resp(from: &Path, to: &Path, now_ms: i64) -> Result<(super::format::Summary, u64), BackupError> {
+pub fn file_to_resp(
+    from: &Path,
+    to: &Path,
+    now_ms: i64,
+) -> Result<(super::format::Summary, u64), BackupError> {
     let f = std::fs::File::open(from).map_err(|e| BackupError::format(from, e.into()))?;
     let tmp = to.with_file_name(format!(
         ".{}.tmp-{}",
-        to.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        to.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         std::process::id()
     ));
-    let out = std::fs::File::create(&tmp).map_err(|e| BackupError::Failed(format!("cannot create {}: {e}", tmp.display())))?;
+    let out = std::fs::File::create(&tmp)
+        .map_err(|e| BackupError::Failed(format!("cannot create {}: {e}", tmp.display())))?;
     let mut w = RespWriter::new(std::io::BufWriter::new(out), now_ms);
     let summary = super::format::read(std::io::BufReader::with_capacity(1 << 20, f), |records| {
         w.records(&records).map_err(super::format::FormatError::Io)
@@ -140,8 +158,11 @@ pub fn file_to_resp(from: &Path, to: &Path, now_ms: i64) -> Result<(super::forma
         }
     };
     let (out, bytes) = w.finish().map_err(|e| BackupError::Failed(e.to_string()))?;
-    let file = out.into_inner().map_err(|e| BackupError::Failed(e.error().to_string()))?;
-    super::fetch::commit_file(file, &tmp, to).map_err(|e| BackupError::Failed(format!("cannot put {} in place: {e}", to.display())))?;
+    let file = out
+        .into_inner()
+        .map_err(|e| BackupError::Failed(e.error().to_string()))?;
+    super::fetch::commit_file(file, &tmp, to)
+        .map_err(|e| BackupError::Failed(format!("cannot put {} in place: {e}", to.display())))?;
     Ok((summary, bytes))
 }
 
@@ -187,7 +208,10 @@ pub async fn read_reply<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Result
     loop {
         let l = line(r).await?;
         let (tag, rest) = l.split_at(l.len().min(1));
-        let num = || rest.parse::<i64>().map_err(|_| format!("bad length or number {rest:?}"));
+        let num = || {
+            rest.parse::<i64>()
+                .map_err(|_| format!("bad length or number {rest:?}"))
+        };
         let mut item = match tag {
             "+" => Reply::Simple(rest.to_string()),
             "-" => Reply::Error(rest.to_string()),
@@ -322,10 +346,13 @@ pub async fn export_redis(addr: &str, password: Option<&str>, out: &Path) -> Res
     }
     let tmp = out.with_file_name(format!(
         ".{}.tmp-{}",
-        out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        out.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         std::process::id()
     ));
-    let file = std::fs::File::create(&tmp).map_err(|e| BackupError::Failed(format!("cannot create {}: {e}", tmp.display())))?;
+    let file = std::fs::File::create(&tmp)
+        .map_err(|e| BackupError::Failed(format!("cannot create {}: {e}", tmp.display())))?;
     let now = crate::clock::unix_ms() as i64;
     let mut w = RespWriter::new(std::io::BufWriter::with_capacity(1 << 20, file), now);
     let mut imported = Imported::default();
@@ -333,12 +360,18 @@ pub async fn export_redis(addr: &str, password: Option<&str>, out: &Path) -> Res
         let mut cursor = b"0".to_vec();
         loop {
             let reply = c
-                .pipeline(&[vec![b"SCAN".to_vec(), cursor.clone(), b"COUNT".to_vec(), b"1000".to_vec()]])
+                .pipeline(&[vec![
+                    b"SCAN".to_vec(),
+                    cursor.clone(),
+                    b"COUNT".to_vec(),
+                    b"1000".to_vec(),
+                ]])
                 .await
                 .map_err(|e| fail("SCAN failed", e))?;
             let (next, keys) = match reply.into_iter().next() {
                 Some(Reply::Array(Some(mut parts))) if parts.len() == 2 => {
-                    let keys = bulks(parts.pop().unwrap_or(Reply::Array(None))).map_err(|e| fail("SCAN failed", e))?;
+                    let keys = bulks(parts.pop().unwrap_or(Reply::Array(None)))
+                        .map_err(|e| fail("SCAN failed", e))?;
                     let next = match parts.pop() {
                         Some(Reply::Bulk(Some(c))) => c.to_vec(),
                         other => return Err(fail("SCAN failed", format!("bad cursor {other:?}"))),
@@ -350,7 +383,12 @@ pub async fn export_redis(addr: &str, password: Option<&str>, out: &Path) -> Res
             if !keys.is_empty() {
                 let meta: Vec<Vec<Vec<u8>>> = keys
                     .iter()
-                    .flat_map(|k| [vec![b"TYPE".to_vec(), k.to_vec()], vec![b"PTTL".to_vec(), k.to_vec()]])
+                    .flat_map(|k| {
+                        [
+                            vec![b"TYPE".to_vec(), k.to_vec()],
+                            vec![b"PTTL".to_vec(), k.to_vec()],
+                        ]
+                    })
                     .collect();
                 let meta = c.pipeline(&meta).await.map_err(|e| fail("TYPE/PTTL failed", e))?;
                 let mut reads = Vec::new();
@@ -367,7 +405,12 @@ pub async fn export_redis(addr: &str, password: Option<&str>, out: &Path) -> Res
                     let read: Option<Vec<Vec<u8>>> = match ty.as_str() {
                         "string" => Some(vec![b"GET".to_vec(), k.to_vec()]),
                         "hash" => Some(vec![b"HGETALL".to_vec(), k.to_vec()]),
-                        "list" => Some(vec![b"LRANGE".to_vec(), k.to_vec(), b"0".to_vec(), b"-1".to_vec()]),
+                        "list" => Some(vec![
+                            b"LRANGE".to_vec(),
+                            k.to_vec(),
+                            b"0".to_vec(),
+                            b"-1".to_vec(),
+                        ]),
                         "set" => Some(vec![b"SMEMBERS".to_vec(), k.to_vec()]),
                         // Gone between SCAN and TYPE.
                         "none" => None,
@@ -383,7 +426,10 @@ pub async fn export_redis(addr: &str, password: Option<&str>, out: &Path) -> Res
                         wanted.push((k.clone(), ty, expire));
                     }
                 }
-                let values = c.pipeline(&reads).await.map_err(|e| fail("reading values failed", e))?;
+                let values = c
+                    .pipeline(&reads)
+                    .await
+                    .map_err(|e| fail("reading values failed", e))?;
                 for ((key, ty, expire), v) in wanted.into_iter().zip(values) {
                     let value = match (ty.as_str(), v) {
                         (_, Reply::Bulk(None)) | (_, Reply::Array(None)) => continue,
@@ -398,8 +444,18 @@ pub async fn export_redis(addr: &str, password: Option<&str>, out: &Path) -> Res
                             }
                             Value::Hash(h)
                         }
-                        ("list", r) => Value::List(bulks(r).map_err(|e| fail("LRANGE failed", e))?.into_iter().collect()),
-                        ("set", r) => Value::Set(bulks(r).map_err(|e| fail("SMEMBERS failed", e))?.into_iter().collect()),
+                        ("list", r) => Value::List(
+                            bulks(r)
+                                .map_err(|e| fail("LRANGE failed", e))?
+                                .into_iter()
+                                .collect(),
+                        ),
+                        ("set", r) => Value::Set(
+                            bulks(r)
+                                .map_err(|e| fail("SMEMBERS failed", e))?
+                                .into_iter()
+                                .collect(),
+                        ),
                         (_, Reply::Error(e)) => return Err(fail("reading a value failed", e)),
                         (t, other) => return Err(fail("reading a value failed", format!("{t}: {other:?}"))),
                     };
@@ -410,8 +466,9 @@ pub async fn export_redis(addr: &str, password: Option<&str>, out: &Path) -> Res
                         Value::Str(_) => false,
                     };
                     if !empty {
-                        w.record(&key, &value, expire)
-                            .map_err(|e| BackupError::Failed(format!("cannot write {}: {e}", tmp.display())))?;
+                        w.record(&key, &value, expire).map_err(|e| {
+                            BackupError::Failed(format!("cannot write {}: {e}", tmp.display()))
+                        })?;
                     }
                 }
             }
@@ -430,7 +487,9 @@ pub async fn export_redis(addr: &str, password: Option<&str>, out: &Path) -> Res
     imported.commands = w.commands;
     let (o, bytes) = w.finish().map_err(|e| BackupError::Failed(e.to_string()))?;
     imported.bytes = bytes;
-    let file = o.into_inner().map_err(|e| BackupError::Failed(e.error().to_string()))?;
+    let file = o
+        .into_inner()
+        .map_err(|e| BackupError::Failed(e.error().to_string()))?;
     super::fetch::commit_file(file, &tmp, out)
         .map_err(|e| BackupError::Failed(format!("cannot put {} in place: {e}", out.display())))?;
     imported.seconds = started.elapsed().as_secs_f64();
@@ -444,10 +503,16 @@ mod tests {
     #[test]
     fn records_become_commands_and_expired_keys_are_left_out() {
         let mut w = RespWriter::new(Vec::new(), 1000);
-        w.record(b"s", &Value::Str(Bytes::from("v")), Some(5000)).expect("write");
-        w.record(b"gone", &Value::Str(Bytes::from("v")), Some(10)).expect("write");
-        w.record(b"l", &Value::List(["a", "b"].iter().map(|s| Bytes::from(*s)).collect()), None)
+        w.record(b"s", &Value::Str(Bytes::from("v")), Some(5000))
             .expect("write");
+        w.record(b"gone", &Value::Str(Bytes::from("v")), Some(10))
+            .expect("write");
+        w.record(
+            b"l",
+            &Value::List(["a", "b"].iter().map(|s| Bytes::from(*s)).collect()),
+            None,
+        )
+        .expect("write");
         let (out, _) = w.finish().expect("finish");
         let text = String::from_utf8(out).expect("text");
         assert_eq!(

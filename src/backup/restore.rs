@@ -40,7 +40,13 @@ pub struct Restored {
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Posts `body` to the leader's `path`; the answer's body, or the error.
-async fn post(api: &str, access: &Access, path: &str, body: Vec<u8>, ct: &str) -> Result<String, BackupError> {
+async fn post(
+    api: &str,
+    access: &Access,
+    path: &str,
+    body: Vec<u8>,
+    ct: &str,
+) -> Result<String, BackupError> {
     let s = request_streaming(api, Method::POST, path, Some((body, ct)), STEP_TIMEOUT, access).await?;
     let status = s.status;
     let text = s.text().await;
@@ -86,16 +92,29 @@ pub async fn restore(
     let pre = match pre_backup {
         Some(p) => p,
         None => {
-            let dir = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let dir = file
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             dir.join(format!("pre-restore-{}.standin", crate::clock::unix_ms()))
         }
     };
-    super::fetch::create(&leader, access, false, &pre, super::fetch::OutFormat::Standin, false).await?;
+    super::fetch::create(
+        &leader,
+        access,
+        false,
+        &pre,
+        super::fetch::OutFormat::Standin,
+        false,
+    )
+    .await?;
     // 4. Begin, chunks, commit.
     let id = (crate::clock::unix_ms() << 16) ^ u64::from(std::process::id());
     let by = format!(
         "standin restore {} (pid {})",
-        file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        file.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         std::process::id()
     );
     post(
@@ -185,7 +204,8 @@ async fn send_chunks(
         let mut pending: Vec<KvRecord> = Vec::new();
         let mut size = 0usize;
         let flush = |pending: &mut Vec<KvRecord>| -> Result<(), super::format::FormatError> {
-            let bytes = postcard::to_allocvec(pending).map_err(|e| super::format::FormatError::Other(e.to_string()))?;
+            let bytes = postcard::to_allocvec(pending)
+                .map_err(|e| super::format::FormatError::Other(e.to_string()))?;
             pending.clear();
             tx.blocking_send(bytes)
                 .map_err(|_| super::format::FormatError::Other("the restore stopped".into()))
@@ -211,7 +231,9 @@ async fn send_chunks(
     let mut seq = 0u32;
     let mut bar = super::Progress::new(keys, "restore", progress);
     while let Some(chunk) = rx.recv().await {
-        let n: u64 = postcard::take_from_bytes::<u32>(&chunk).map(|(n, _)| u64::from(n)).unwrap_or(0);
+        let n: u64 = postcard::take_from_bytes::<u32>(&chunk)
+            .map(|(n, _)| u64::from(n))
+            .unwrap_or(0);
         post(
             leader,
             access,

@@ -98,13 +98,22 @@ pub fn inspect(file: &Path, json: bool) -> Result<(), CliError> {
         ("file", file.display().to_string()),
         ("format", h.format.to_string()),
         ("taken", format!("{} by {}", time(h.taken_unix_ms), h.node)),
-        ("consistent at", format!("index {} term {} ({})", h.index, h.term, h.read)),
+        (
+            "consistent at",
+            format!("index {} term {} ({})", h.index, h.term, h.read),
+        ),
         ("epoch", h.epoch.to_string()),
         ("node versions", versions.join(", ")),
-        ("written by", format!("standin {} (source: {})", h.build, h.source)),
+        (
+            "written by",
+            format!("standin {} (source: {})", h.build, h.source),
+        ),
         ("keys", s.keys.to_string()),
         ("data bytes", h.data_bytes.to_string()),
-        ("key space", format!("{} chunks, {} bytes", s.kv_chunks, s.kv_bytes)),
+        (
+            "key space",
+            format!("{} chunks, {} bytes", s.kv_chunks, s.kv_bytes),
+        ),
         ("events", format!("{} ({} bytes)", s.events, s.events_bytes)),
         (
             "change control",
@@ -124,14 +133,23 @@ pub fn inspect(file: &Path, json: bool) -> Result<(), CliError> {
 
 /// `standin backup status`.
 pub async fn status(api: &str, json: bool) -> Result<(), CliError> {
-    let (st, body) = super::client::get_json::<crate::api::backup::BackupStatus>(api, "/v1/backup/status").await?;
+    let (st, body) =
+        super::client::get_json::<crate::api::backup::BackupStatus>(api, "/v1/backup/status").await?;
     if json {
         println!("{body}");
         return Ok(());
     }
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(vec!["node", "last good backup", "size", "keys", "failures", "last error", "path"]);
+    t.set_header(vec![
+        "node",
+        "last good backup",
+        "size",
+        "keys",
+        "failures",
+        "last error",
+        "path",
+    ]);
     for (n, r) in &st.reports {
         t.add_row(vec![
             n.clone(),
@@ -174,7 +192,12 @@ pub fn to_resp(file: &Path, out: &Path, json: bool) -> Result<(), CliError> {
 }
 
 /// `standin backup export-redis`.
-pub async fn export_redis(from: &str, password: Option<&str>, out: &Path, json: bool) -> Result<(), CliError> {
+pub async fn export_redis(
+    from: &str,
+    password: Option<&str>,
+    out: &Path,
+    json: bool,
+) -> Result<(), CliError> {
     let r = backup::resp::export_redis(from, password, out).await?;
     if json {
         return print_json(&r);
@@ -203,7 +226,15 @@ pub async fn restore(
     json: bool,
 ) -> Result<(), CliError> {
     let access = super::client::access();
-    let r = backup::restore::restore(api, &access, file, force, pre_backup.map(Path::to_path_buf), !json).await?;
+    let r = backup::restore::restore(
+        api,
+        &access,
+        file,
+        force,
+        pre_backup.map(Path::to_path_buf),
+        !json,
+    )
+    .await?;
     if json {
         return print_json(&r);
     }

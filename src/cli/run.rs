@@ -207,7 +207,9 @@ async fn dispatch(
             force,
             pre_backup,
             json,
-        } => cli_result(crate::cli::backup::restore(&api.api, &file, force, pre_backup.as_deref(), json).await),
+        } => {
+            cli_result(crate::cli::backup::restore(&api.api, &file, force, pre_backup.as_deref(), json).await)
+        }
         Cmd::Member { cmd } => {
             use crate::cli::args::MemberCmd;
             use crate::cli::member;

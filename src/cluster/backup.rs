@@ -117,8 +117,12 @@ impl KvDigest {
 pub fn db_digest(db: &Db) -> Result<String, String> {
     let mut d = KvDigest::new().ok_or("SHA-256 is not available")?;
     for (key, value, expire_at) in db.records() {
-        d.add(&KvRecordRef { key, value, expire_at })
-            .map_err(|e| e.to_string())?;
+        d.add(&KvRecordRef {
+            key,
+            value,
+            expire_at,
+        })
+        .map_err(|e| e.to_string())?;
     }
     Ok(d.finish())
 }
@@ -261,14 +265,10 @@ impl BackupPart {
                     ));
                 }
                 if st.kv.len() as u64 + records.len() as u64 > st.keys {
-                    return refused(format!(
-                        "restore {id}: more keys than the {} announced",
-                        st.keys
-                    ));
+                    return refused(format!("restore {id}: more keys than the {} announced", st.keys));
                 }
                 for r in records {
-                    st.kv
-                        .restore_record(r.key.clone(), r.value.clone(), r.expire_at);
+                    st.kv.restore_record(r.key.clone(), r.value.clone(), r.expire_at);
                 }
                 st.next_seq += 1;
                 st.last_unix_ms = *at;
@@ -462,7 +462,10 @@ pub enum ExportFrame {
     Events(Vec<super::state::Event>),
     Change(super::change::ChangeControl),
     /// The last frame: the digest of the key space sent.
-    End { keys: u64, digest: String },
+    End {
+        keys: u64,
+        digest: String,
+    },
 }
 
 /// Largest export frame a reader accepts.
@@ -481,7 +484,13 @@ fn frame(f: &ExportFrame) -> Result<Vec<u8>, String> {
 
 /// Cuts `copy` into export frames and hands each to `send` (which returns `false` when the
 /// reader went away). Runs on a blocking thread: it encodes the whole key space.
-pub fn export(copy: Copy, node: &str, read: &str, taken_unix_ms: u64, mut send: impl FnMut(Vec<u8>) -> bool) -> Result<(), String> {
+pub fn export(
+    copy: Copy,
+    node: &str,
+    read: &str,
+    taken_unix_ms: u64,
+    mut send: impl FnMut(Vec<u8>) -> bool,
+) -> Result<(), String> {
     let data_bytes: u64 = copy
         .kv
         .records()
@@ -507,7 +516,11 @@ pub fn export(copy: Copy, node: &str, read: &str, taken_unix_ms: u64, mut send: 
     let mut chunk: Vec<KvRecord> = Vec::new();
     let mut size = 0usize;
     for (key, value, expire_at) in copy.kv.records() {
-        let r = KvRecordRef { key, value, expire_at };
+        let r = KvRecordRef {
+            key,
+            value,
+            expire_at,
+        };
         digest.add(&r).map_err(|e| e.to_string())?;
         let n = encoded_estimate(key, value);
         if !chunk.is_empty() && size + n > CHUNK_BYTES {
@@ -586,7 +599,12 @@ mod tests {
             by: "t".into(),
             at: 1,
         };
-        let chunk = |id, seq, records| BackupCmd::Chunk { id, seq, records, at: 2 };
+        let chunk = |id, seq, records| BackupCmd::Chunk {
+            id,
+            seq,
+            records,
+            at: 2,
+        };
         let commit = |id, force| BackupCmd::Commit {
             id,
             chunks: 2,
@@ -597,16 +615,28 @@ mod tests {
             at: 3,
         };
         assert!(part.apply(&mut kv, &begin(1)).ok);
-        assert!(part.apply(&mut kv, &chunk(1, 0, vec![rec("a", "1"), rec("b", "2")])).ok);
-        assert!(!part.apply(&mut kv, &chunk(1, 0, vec![rec("c", "3")])).ok, "out of order");
+        assert!(
+            part.apply(&mut kv, &chunk(1, 0, vec![rec("a", "1"), rec("b", "2")]))
+                .ok
+        );
+        assert!(
+            !part.apply(&mut kv, &chunk(1, 0, vec![rec("c", "3")])).ok,
+            "out of order"
+        );
         assert!(!part.apply(&mut kv, &commit(1, false)).ok, "a chunk is missing");
         assert!(kv.is_empty(), "nothing visible before the commit");
         assert!(part.apply(&mut kv, &chunk(1, 1, vec![rec("c", "3")])).ok);
-        assert!(!part.apply(&mut kv, &chunk(1, 2, vec![rec("d", "4")])).ok, "more than announced");
+        assert!(
+            !part.apply(&mut kv, &chunk(1, 2, vec![rec("d", "4")])).ok,
+            "more than announced"
+        );
         // A new restore supersedes this one.
         assert!(part.apply(&mut kv, &begin(2)).ok);
         assert!(!part.apply(&mut kv, &commit(1, false)).ok);
-        assert!(part.apply(&mut kv, &chunk(2, 0, vec![rec("a", "1"), rec("b", "2")])).ok);
+        assert!(
+            part.apply(&mut kv, &chunk(2, 0, vec![rec("a", "1"), rec("b", "2")]))
+                .ok
+        );
         assert!(part.apply(&mut kv, &chunk(2, 1, vec![rec("c", "3")])).ok);
         let a = part.apply(&mut kv, &commit(2, false));
         assert!(a.ok, "{}", a.message);
@@ -615,7 +645,10 @@ mod tests {
         // The store now holds keys: a restore without force is refused and changes nothing.
         assert!(part.apply(&mut kv, &begin(3)).ok);
         assert!(part.apply(&mut kv, &chunk(3, 0, vec![rec("x", "1")])).ok);
-        assert!(part.apply(&mut kv, &chunk(3, 1, vec![rec("y", "1"), rec("z", "1")])).ok);
+        assert!(
+            part.apply(&mut kv, &chunk(3, 1, vec![rec("y", "1"), rec("z", "1")]))
+                .ok
+        );
         let a = part.apply(&mut kv, &commit(3, false));
         assert!(!a.ok && a.message.contains("--force"), "{}", a.message);
         assert_eq!(kv.value(b"a", 0), Some(&Value::Str(Bytes::from("1"))));

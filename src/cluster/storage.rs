@@ -1337,7 +1337,12 @@ mod tests {
         };
         assert!(sm.backup.apply(&mut kv, &chunk).ok);
         let mid_restore = postcard::to_allocvec(&sm).expect("encode");
-        assert!(mid_restore.starts_with(&newer[..newer.len() - postcard::to_allocvec(&crate::cluster::backup::BackupPart::default()).expect("encode").len()]));
+        assert!(mid_restore.starts_with(
+            &newer[..newer.len()
+                - postcard::to_allocvec(&crate::cluster::backup::BackupPart::default())
+                    .expect("encode")
+                    .len()]
+        ));
         let read = decode_sm(&mid_restore).expect("snapshot mid-restore");
         assert_eq!(read.backup, sm.backup);
         assert_eq!(read.change, sm.change);

@@ -219,7 +219,8 @@ pub async fn run(
             want.extend(config_drift_alarm(&drift, &cluster.members()));
             want.extend(cluster.sm.read(|d| d.change.alarms()));
             let at = unix_ms();
-            let (backup_alarms, abandoned) = cluster.sm.read(|d| (d.backup.alarms(at), d.backup.abandoned(at)));
+            let (backup_alarms, abandoned) =
+                cluster.sm.read(|d| (d.backup.alarms(at), d.backup.abandoned(at)));
             want.extend(backup_alarms);
             if let Some(id) = abandoned {
                 // Its own entry: the state machine applies it, not a batch.
