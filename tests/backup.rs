@@ -117,8 +117,11 @@ fn load(addr: SocketAddr, n: usize) {
         .expect("binary");
 }
 
+/// Key → (type, contents, whether it has an expiry).
+type Dump = BTreeMap<Vec<u8>, (String, Vec<Vec<u8>>, i64)>;
+
 /// Every key with its type, contents (sorted where the type has no order) and expiry.
-fn dump(addr: SocketAddr) -> BTreeMap<Vec<u8>, (String, Vec<Vec<u8>>, i64)> {
+fn dump(addr: SocketAddr) -> Dump {
     let mut c = con(addr);
     let keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query(&mut c).expect("keys");
     let mut out = BTreeMap::new();

@@ -266,54 +266,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses_parse_with_and_without_a_scheme() {
-        let t = |a: &str, d: bool| Target::parse(a, d).map(|t| (t.https, t.authority));
-        assert_eq!(
-            t("127.0.0.1:7400", false).ok(),
-            Some((false, "127.0.0.1:7400".into()))
-        );
-        assert_eq!(
-            t("127.0.0.1:7400", true).ok(),
-            Some((true, "127.0.0.1:7400".into()))
-        );
-        assert_eq!(t("https://n1:7400/", false).ok(), Some((true, "n1:7400".into())));
-        assert_eq!(
-            t("http://[::1]:7400", true).ok(),
-            Some((false, "[::1]:7400".into()))
-        );
-        assert_eq!(
-            Target::parse("https://[::1]:7400", false)
-                .map(|t| t.host().to_string())
-                .ok(),
-            Some("::1".into())
-        );
-        for bad in ["", "n1", "https://n1", "ftp://n1:1", "u:p@n1:1", "n1:1/x"] {
-            assert!(Target::parse(bad, false).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn a_token_in_plain_text_off_the_machine_is_warned_about() {
-        let w = |api: &str, token: bool, ca: bool| plaintext_token_warning(api, token, ca).is_some();
-        assert!(w("10.0.0.1:7400", true, false));
-        assert!(w("http://node-a.example:7400", true, true));
-        assert!(!w("10.0.0.1:7400", false, false), "no token, nothing to leak");
-        assert!(
-            !w("10.0.0.1:7400", true, true),
-            "a bare address with a CA is HTTPS"
-        );
-        assert!(!w("https://10.0.0.1:7400", true, true));
-        assert!(!w("127.0.0.1:7400", true, false));
-        assert!(!w("localhost:7400", true, false));
-        assert!(!w("[::1]:7400", true, false));
-    }
-}
-
 /// An answer whose body is read as it arrives (a backup export): the connection lives as
 /// long as this does.
 pub struct Streaming {
@@ -408,5 +360,53 @@ pub async fn request_streaming(
             api: api.to_string(),
             timeout,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_with_and_without_a_scheme() {
+        let t = |a: &str, d: bool| Target::parse(a, d).map(|t| (t.https, t.authority));
+        assert_eq!(
+            t("127.0.0.1:7400", false).ok(),
+            Some((false, "127.0.0.1:7400".into()))
+        );
+        assert_eq!(
+            t("127.0.0.1:7400", true).ok(),
+            Some((true, "127.0.0.1:7400".into()))
+        );
+        assert_eq!(t("https://n1:7400/", false).ok(), Some((true, "n1:7400".into())));
+        assert_eq!(
+            t("http://[::1]:7400", true).ok(),
+            Some((false, "[::1]:7400".into()))
+        );
+        assert_eq!(
+            Target::parse("https://[::1]:7400", false)
+                .map(|t| t.host().to_string())
+                .ok(),
+            Some("::1".into())
+        );
+        for bad in ["", "n1", "https://n1", "ftp://n1:1", "u:p@n1:1", "n1:1/x"] {
+            assert!(Target::parse(bad, false).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_token_in_plain_text_off_the_machine_is_warned_about() {
+        let w = |api: &str, token: bool, ca: bool| plaintext_token_warning(api, token, ca).is_some();
+        assert!(w("10.0.0.1:7400", true, false));
+        assert!(w("http://node-a.example:7400", true, true));
+        assert!(!w("10.0.0.1:7400", false, false), "no token, nothing to leak");
+        assert!(
+            !w("10.0.0.1:7400", true, true),
+            "a bare address with a CA is HTTPS"
+        );
+        assert!(!w("https://10.0.0.1:7400", true, true));
+        assert!(!w("127.0.0.1:7400", true, false));
+        assert!(!w("localhost:7400", true, false));
+        assert!(!w("[::1]:7400", true, false));
     }
 }
