@@ -350,6 +350,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("tools", &["src/demo/", "src/bench/"]),
     ("lab", &["src/lab/"]),
     ("operator", &["src/cli/", "src/certs.rs"]),
+    ("apps", &["src/backup/"]),
     ("composition", &["src/node/"]),
     (
         "surfaces",

@@ -81,8 +81,33 @@ async fn copy(
         }
         "leader read barrier"
     };
-    let c = node.cluster.sm.read(crate::cluster::backup::Copy::of);
+    let c = node
+        .cluster
+        .sm
+        .read(copy_of)
+        .map_err(|e| error_response(StatusCode::INTERNAL_SERVER_ERROR, e, false))?;
     Ok((c, read))
+}
+
+/// Copies what a backup holds from the state machine's data (under its read lock).
+fn copy_of(d: &crate::cluster::storage::SmData) -> Result<crate::cluster::backup::Copy, String> {
+    let events: Vec<&crate::cluster::state::Event> = d.state.events.iter().collect();
+    let encoded = postcard::to_allocvec(&events).map_err(|e| e.to_string())?;
+    Ok(crate::cluster::backup::Copy {
+        index: d.last_applied.map_or(0, |l| l.index),
+        term: d.last_applied.map_or(0, |l| l.leader_id.term),
+        epoch: d.state.epoch,
+        kv: d.kv.clone(),
+        events: encoded,
+        event_count: events.len() as u64,
+        change: d.change.clone(),
+        versions: d
+            .state
+            .nodes
+            .iter()
+            .map(|(n, r)| (n.clone(), r.version.clone()))
+            .collect(),
+    })
 }
 
 /// `GET /v1/backup`: the export stream.

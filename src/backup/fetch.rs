@@ -131,18 +131,6 @@ fn temp_beside(out: &Path) -> PathBuf {
     out.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
-/// Puts the finished temporary file in place: fsync, rename, fsync the directory.
-pub(crate) fn commit_file(file: std::fs::File, tmp: &Path, out: &Path) -> std::io::Result<()> {
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(tmp, out)?;
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::File::open(dir)?.sync_all()
-}
-
 /// Splits the stream into frames and writes the file. Runs on a blocking thread.
 fn write_file(
     rx: std::sync::mpsc::Receiver<Vec<u8>>,
@@ -165,7 +153,7 @@ fn write_file(
     );
     match result {
         Ok((file, created)) => {
-            commit_file(file, &tmp, out)
+            super::commit_file(file, &tmp, out)
                 .map_err(|e| BackupError::Failed(format!("cannot put {} in place: {e}", out.display())))?;
             Ok(created)
         }
@@ -293,8 +281,7 @@ fn write_frames(
             }
             ExportFrame::Events(events) => {
                 if let Some(Sink::Standin(w)) = sink.as_mut() {
-                    let payload = postcard::to_allocvec(&events).map_err(|e| failed(&e))?;
-                    w.section(KIND_EVENTS, &payload).map_err(|e| failed(&e))?;
+                    w.section(KIND_EVENTS, &events).map_err(|e| failed(&e))?;
                 }
             }
             ExportFrame::Change(change) => {

@@ -13,6 +13,8 @@ pub mod resp;
 pub mod restore;
 pub mod schedule;
 
+use std::path::{Path, PathBuf};
+
 use crate::api::client::ClientError;
 
 /// Why a backup command failed, with what the CLI needs for its exit code.
@@ -97,4 +99,16 @@ impl Progress {
             self.bar.finish_and_clear();
         }
     }
+}
+
+/// Puts the finished temporary file in place: fsync, rename, fsync the directory.
+pub(crate) fn commit_file(file: std::fs::File, tmp: &Path, out: &Path) -> std::io::Result<()> {
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(tmp, out)?;
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
 }

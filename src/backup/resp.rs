@@ -161,7 +161,7 @@ pub fn file_to_resp(
     let file = out
         .into_inner()
         .map_err(|e| BackupError::Failed(e.error().to_string()))?;
-    super::fetch::commit_file(file, &tmp, to)
+    super::commit_file(file, &tmp, to)
         .map_err(|e| BackupError::Failed(format!("cannot put {} in place: {e}", to.display())))?;
     Ok((summary, bytes))
 }
@@ -490,7 +490,7 @@ pub async fn export_redis(addr: &str, password: Option<&str>, out: &Path) -> Res
     let file = o
         .into_inner()
         .map_err(|e| BackupError::Failed(e.error().to_string()))?;
-    super::fetch::commit_file(file, &tmp, out)
+    super::commit_file(file, &tmp, out)
         .map_err(|e| BackupError::Failed(format!("cannot put {} in place: {e}", out.display())))?;
     imported.seconds = started.elapsed().as_secs_f64();
     Ok(imported)

@@ -16,7 +16,7 @@
 //! Only the key space is restored: the events, deploy history and settings versions a backup
 //! also holds describe the cluster it was taken from, and are kept in the file for the record.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -401,37 +401,21 @@ impl BackupPart {
     }
 }
 
-/// A consistent copy of what a backup holds, taken at one applied index.
+/// A consistent copy of what a backup holds, taken at one applied index (built by the admin
+/// API under the state machine's read lock: the key space's values are shared `Bytes`, so
+/// this copies the maps, not the data).
 pub struct Copy {
     pub index: u64,
     pub term: u64,
     pub epoch: u64,
     pub kv: Db,
-    pub events: VecDeque<super::state::Event>,
+    /// The event history, postcard-encoded (`Vec<Event>`): this file stays below the cluster
+    /// state, which carries its commands.
+    pub events: Vec<u8>,
+    pub event_count: u64,
     pub change: super::change::ChangeControl,
     /// The build version of every node, as it last reported it.
     pub versions: BTreeMap<String, String>,
-}
-
-impl Copy {
-    /// Copies the state machine's data (under its read lock: the key space's values are
-    /// shared `Bytes`, so this copies the maps, not the data).
-    pub fn of(d: &super::storage::SmData) -> Copy {
-        Copy {
-            index: d.last_applied.map_or(0, |l| l.index),
-            term: d.last_applied.map_or(0, |l| l.leader_id.term),
-            epoch: d.state.epoch,
-            kv: d.kv.clone(),
-            events: d.state.events.clone(),
-            change: d.change.clone(),
-            versions: d
-                .state
-                .nodes
-                .iter()
-                .map(|(n, r)| (n.clone(), r.version.clone()))
-                .collect(),
-        }
-    }
 }
 
 /// The first frame of an export: where and when it was taken, and what follows.
@@ -459,7 +443,8 @@ pub struct ExportHeader {
 pub enum ExportFrame {
     Header(ExportHeader),
     Kv(Vec<KvRecord>),
-    Events(Vec<super::state::Event>),
+    /// The event history, postcard-encoded (`Vec<Event>`).
+    Events(Vec<u8>),
     Change(super::change::ChangeControl),
     /// The last frame: the digest of the key space sent.
     End {
@@ -506,7 +491,7 @@ pub fn export(
         versions: copy.versions.clone(),
         keys: copy.kv.len() as u64,
         data_bytes,
-        events: copy.events.len() as u64,
+        events: copy.event_count,
         build: crate::version::VERSION.to_string(),
     };
     if !send(frame(&ExportFrame::Header(header))?) {
@@ -539,8 +524,7 @@ pub fn export(
     if !chunk.is_empty() && !send(frame(&ExportFrame::Kv(chunk))?) {
         return Err("the reader went away".into());
     }
-    let events: Vec<_> = copy.events.into_iter().collect();
-    if !send(frame(&ExportFrame::Events(events))?) || !send(frame(&ExportFrame::Change(copy.change))?) {
+    if !send(frame(&ExportFrame::Events(copy.events))?) || !send(frame(&ExportFrame::Change(copy.change))?) {
         return Err("the reader went away".into());
     }
     let keys = digest.keys;
