@@ -486,6 +486,16 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Backup and restore of a store of N keys (create, verify, restore into a new cluster),
+    /// beside Redis's `redis-cli --rdb` and `DEBUG RELOAD` of the same keys.
+    Backup {
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Zero-downtime changes (BENCHMARKS.md §5): hot restarts and reloads of the active node
     /// under service and store load, beside a stop-and-start and HAProxy's own reloads.
     Upgrade {

@@ -592,6 +592,18 @@ async fn bench(which: BenchCmd) -> Result<(), crate::lab::harness::HarnessError>
             };
             bench::until_interrupted(bench::join::run(opts)).await
         }
+        BenchCmd::Backup {
+            keys,
+            value_size,
+            json,
+        } => {
+            let opts = bench::backup::BackupOptions {
+                keys,
+                value_size,
+                json,
+            };
+            bench::until_interrupted(bench::backup::run(opts)).await
+        }
         BenchCmd::Deploy { deploys, json } => {
             let opts = bench::deploy::DeployOptions { deploys, json };
             bench::until_interrupted(bench::deploy::run(opts)).await
