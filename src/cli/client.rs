@@ -267,6 +267,27 @@ pub fn render_status(s: &Status) -> String {
     for d in &s.membership_drift {
         out.push_str(&format!("drift ({}'s config file): {d}\n", s.view_from));
     }
+    for n in &s.nodes {
+        if let Some(b) = &n.backup {
+            let last = match b.last_success_unix_ms {
+                Some(ms) => format!(
+                    "last good {} ago, {} bytes, {}",
+                    humantime::format_duration(std::time::Duration::from_secs(
+                        crate::clock::unix_ms().saturating_sub(ms) / 1000
+                    )),
+                    b.size_bytes,
+                    b.path
+                ),
+                None => "no good backup yet".to_string(),
+            };
+            let failed = match (&b.last_error, b.failures_total) {
+                (_, 0) => String::new(),
+                (Some(e), n) => format!("; {n} failed, last: {e}"),
+                (None, n) => format!("; {n} failed"),
+            };
+            out.push_str(&format!("backup {}: {last}{failed}\n", n.id));
+        }
+    }
     out
 }
 

@@ -482,6 +482,7 @@ mod tests {
             raft: "voter".into(),
             site: None,
             lost_log: false,
+            backup: None,
         }
     }
 

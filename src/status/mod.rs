@@ -104,6 +104,19 @@ pub struct NodeStatus {
     /// was lost): kept out until `standin member replace ID ID`.
     #[serde(default)]
     pub lost_log: bool,
+    /// The node's last scheduled backup (`[backup]`), as it reported it; `None` without any.
+    #[serde(default)]
+    pub backup: Option<NodeBackup>,
+}
+
+/// A node's scheduled backups as `status` shows them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeBackup {
+    pub last_success_unix_ms: Option<u64>,
+    pub size_bytes: u64,
+    pub path: String,
+    pub failures_total: u64,
+    pub last_error: Option<String>,
 }
 
 fn voter() -> String {
