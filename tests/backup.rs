@@ -437,6 +437,22 @@ async fn scheduled_backups_rotate_alarm_and_show_in_metrics() {
             .is_some_and(|p| p.contains("standin-a-")),
         "{out}"
     );
+    // And in `status`, per node.
+    let (code, out, err) = standin(&["status", "--api", &admin(&c, "w"), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let status = json(&out);
+    let nodes = status["nodes"].as_array().expect("nodes");
+    for n in nodes {
+        let id = n["id"].as_str().unwrap_or("");
+        let path = n["backup"]["path"].as_str();
+        if id == "w" {
+            assert!(n["backup"].is_null(), "{out}");
+        } else {
+            assert!(path.is_some_and(|p| p.contains(&format!("standin-{id}-"))), "{out}");
+        }
+    }
+    let (_, out, _) = standin(&["status", "--api", &admin(&c, "a")]);
+    assert!(out.contains("backup a: last good"), "{out}");
 
     // The directory becomes a file: every backup fails.
     // (Moved away in one step: a backup being written meanwhile finishes in the old place.)
