@@ -448,7 +448,10 @@ async fn scheduled_backups_rotate_alarm_and_show_in_metrics() {
         if id == "w" {
             assert!(n["backup"].is_null(), "{out}");
         } else {
-            assert!(path.is_some_and(|p| p.contains(&format!("standin-{id}-"))), "{out}");
+            assert!(
+                path.is_some_and(|p| p.contains(&format!("standin-{id}-"))),
+                "{out}"
+            );
         }
     }
     let (_, out, _) = standin(&["status", "--api", &admin(&c, "a")]);

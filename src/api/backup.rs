@@ -269,6 +269,10 @@ pub async fn begin_handler(State(node): State<Arc<AdminContext>>, Json(b): Json<
     if !node.cluster.is_leader() {
         return not_leader(&node);
     }
+    // A restore writes the whole key space to the log: not on a disk that is nearly full.
+    if let Err(e) = node.cluster.space.check() {
+        return error_response(StatusCode::INSUFFICIENT_STORAGE, e.to_string(), false);
+    }
     let cmd = BackupCmd::Begin {
         id: b.id,
         keys: b.keys,
@@ -286,6 +290,9 @@ pub async fn chunk_handler(
 ) -> Response {
     if !node.cluster.is_leader() {
         return not_leader(&node);
+    }
+    if let Err(e) = node.cluster.space.check() {
+        return error_response(StatusCode::INSUFFICIENT_STORAGE, e.to_string(), false);
     }
     let records: Vec<KvRecord> = match postcard::from_bytes(&body) {
         Ok(r) => r,
