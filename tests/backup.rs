@@ -155,28 +155,38 @@ fn dump(addr: SocketAddr) -> Dump {
 }
 
 async fn store_digest(api: &str) -> (u64, String) {
-    let r = standin::api::client::request(
-        api,
-        hyper::Method::GET,
-        "/v1/backup/digest",
-        None,
-        Duration::from_secs(30),
-    )
-    .await
-    .expect("digest");
-    if r.status == 421 {
-        let leader = json(&r.body)["leader_api"]
-            .as_str()
-            .expect("leader api")
-            .to_string();
-        return Box::pin(store_digest(&leader)).await;
+    // Asked of the leader: a 421 names it; while none is known (an election), ask again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut api = api.to_string();
+    loop {
+        let r = standin::api::client::request(
+            &api,
+            hyper::Method::GET,
+            "/v1/backup/digest",
+            None,
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("digest");
+        if r.status == 200 {
+            let v = json(&r.body);
+            return (
+                v["keys"].as_u64().expect("keys"),
+                v["digest"].as_str().expect("digest").to_string(),
+            );
+        }
+        assert!(
+            matches!(r.status, 421 | 503) && Instant::now() < deadline,
+            "{}: {}",
+            r.status,
+            r.body
+        );
+        if let Some(leader) = json(&r.body)["leader_api"].as_str() {
+            api = leader.to_string();
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
-    assert_eq!(r.status, 200, "{}", r.body);
-    let v = json(&r.body);
-    (
-        v["keys"].as_u64().expect("keys"),
-        v["digest"].as_str().expect("digest").to_string(),
-    )
 }
 
 /// Copies `file` with `edit` applied.

@@ -44,23 +44,36 @@ pub struct Created {
 /// space on a slow node takes a while).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Opens `GET path` on `api`; a 421 (not the leader) is followed once to the leader's API.
-/// Returns the answer and the API that gave it.
+/// How long a request waits for a leader to be known (an election under way).
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+/// Opens `GET path` on `api`; a 421 (not the leader) is followed to the leader's API, and
+/// while no leader is known (421 without one, or 503 from a read barrier that did not
+/// complete) it is asked again for up to [`LEADER_WAIT`]. Returns the answer and the API that
+/// gave it.
 pub(crate) async fn open(api: &str, path: &str, access: &Access) -> Result<(Streaming, String), BackupError> {
+    let deadline = Instant::now() + LEADER_WAIT;
     let mut api = api.to_string();
-    for _ in 0..2 {
+    let mut hops = 0;
+    loop {
         let s = request_streaming(&api, Method::GET, path, None, HEAD_TIMEOUT, access).await?;
-        match s.status {
+        let status = s.status;
+        match status {
             200 => return Ok((s, api)),
             401 => return Err(BackupError::Auth(super::api_error(&s.text().await, 401))),
-            421 => {
+            421 | 503 => {
                 let body = s.text().await;
                 let leader = serde_json::from_str::<crate::api::backup::NotLeader>(&body)
                     .ok()
                     .and_then(|n| n.leader_api);
                 match leader {
-                    Some(l) => api = l,
-                    None => return Err(BackupError::Refused(super::api_error(&body, 421))),
+                    // Followed a few times at most (leadership moving while we ask).
+                    Some(l) if hops < 3 => {
+                        hops += 1;
+                        api = l;
+                    }
+                    _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+                    _ => return Err(BackupError::Refused(super::api_error(&body, status))),
                 }
             }
             status => {
@@ -69,9 +82,6 @@ pub(crate) async fn open(api: &str, path: &str, access: &Access) -> Result<(Stre
             }
         }
     }
-    Err(BackupError::Refused(
-        "the leader moved while the backup was asked for; try again".into(),
-    ))
 }
 
 /// Takes a backup from `api` into `out`: from the leader after a read barrier, or with
