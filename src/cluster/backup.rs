@@ -639,6 +639,33 @@ mod tests {
         assert!(kv.value(b"x", 0).is_none());
     }
 
+    /// A restore that stops making progress is named for the leader to drop, and an Abort
+    /// drops it (only the one under way).
+    #[test]
+    fn an_idle_restore_is_abandoned() {
+        let mut part = BackupPart::default();
+        let mut kv = Db::new();
+        let begin = BackupCmd::Begin {
+            id: 7,
+            keys: 1,
+            by: "t".into(),
+            at: 1000,
+        };
+        assert!(part.apply(&mut kv, &begin).ok);
+        assert_eq!(part.abandoned(1000 + STAGING_IDLE_MS), None);
+        assert_eq!(part.abandoned(1001 + STAGING_IDLE_MS), Some(7));
+        let abort = |id| BackupCmd::Abort {
+            id,
+            reason: "idle".into(),
+            at: 2,
+        };
+        assert!(!part.apply(&mut kv, &abort(8)).ok, "not the one under way");
+        let a = part.apply(&mut kv, &abort(7));
+        assert!(a.ok && a.event.is_some_and(|e| e.contains("abandoned")));
+        assert!(part.staging.is_none());
+        assert_eq!(part.abandoned(u64::MAX), None);
+    }
+
     #[test]
     fn stale_and_failed_alarms_follow_the_reports() {
         let mut part = BackupPart::default();
