@@ -314,31 +314,7 @@ pub async fn chunk_handler(
         records,
         at: crate::clock::unix_ms(),
     };
-    // Answered once the chunk is in the leader's log, not once it is applied: the client's
-    // next chunk goes in behind it while this one replicates (the chunks of a restore are
-    // pipelined). Nothing is lost by not waiting: the state machine applies chunks only in
-    // order and the commit checks that every one arrived, so a chunk refused or lost (a leader
-    // change) makes the commit refuse, naming how many arrived.
-    match node.cluster.submit(Command::Backup(cmd)).await {
-        Ok(applied) => {
-            let seq = q.seq;
-            tokio::spawn(async move {
-                match applied.await {
-                    Ok(r) if !r.ok => tracing::warn!(seq, reason = %r.message, "restore chunk refused"),
-                    Err(e) => tracing::warn!(seq, error = %e, "restore chunk not committed"),
-                    Ok(_) => {}
-                }
-            });
-            Json(super::AdminReply {
-                ok: true,
-                message: format!("chunk {seq} in the log"),
-                epoch: node.cluster.sm.read(|d| d.state.epoch),
-                active: None,
-            })
-            .into_response()
-        }
-        Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), e.retryable()),
-    }
+    write(&node.cluster, Command::Backup(cmd), true).await
 }
 
 pub async fn commit_handler(State(node): State<Arc<AdminContext>>, Json(b): Json<CommitBody>) -> Response {
