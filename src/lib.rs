@@ -12,6 +12,7 @@
 
 pub mod address;
 pub mod api;
+pub mod backup;
 pub mod bench;
 pub mod certs;
 pub mod cli;

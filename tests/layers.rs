@@ -350,8 +350,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("tools", &["src/demo/", "src/bench/"]),
     ("lab", &["src/lab/"]),
     ("operator", &["src/cli/", "src/certs.rs"]),
-    // Failover drills: a client of the admin API (the CLI and the node's scheduler run it).
-    ("apps", &["src/drill/"]),
+    // Failover drills and backups: clients of the admin API (the CLI and the node run them).
+    ("apps", &["src/drill/", "src/backup/"]),
     ("composition", &["src/node/"]),
     (
         "surfaces",

@@ -266,6 +266,103 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// An answer whose body is read as it arrives (a backup export): the connection lives as
+/// long as this does.
+pub struct Streaming {
+    pub status: u16,
+    pub body: hyper::body::Incoming,
+    _conn: AbortOnDrop<Result<(), hyper::Error>>,
+}
+
+impl Streaming {
+    /// The next piece of the body (`None` at its end).
+    pub async fn next(&mut self) -> Option<Result<Bytes, ClientError>> {
+        loop {
+            match self.body.frame().await? {
+                Ok(f) => match f.into_data() {
+                    Ok(d) => return Some(Ok(d)),
+                    Err(_) => continue,
+                },
+                Err(e) => {
+                    return Some(Err(ClientError::Unreachable {
+                        api: "the admin API".into(),
+                        reason: format!("the answer was cut off: {}", error_chain(&e)),
+                    }))
+                }
+            }
+        }
+    }
+
+    /// The whole (small) body as text, for an error answer.
+    pub async fn text(mut self) -> String {
+        let mut out = Vec::new();
+        while let Some(Ok(b)) = self.next().await {
+            out.extend_from_slice(&b);
+            if out.len() > 64 * 1024 {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// Sends one request and returns as soon as the answer's head arrived (within `timeout`);
+/// the body is read from the [`Streaming`] answer with no time limit of its own. `body` is
+/// sent with `content_type`.
+pub async fn request_streaming(
+    api: &str,
+    method: Method,
+    path: &str,
+    body: Option<(Vec<u8>, &str)>,
+    timeout: Duration,
+    access: &Access,
+) -> Result<Streaming, ClientError> {
+    let unreachable = |reason: String| ClientError::Unreachable {
+        api: api.to_string(),
+        reason,
+    };
+    let fut = async {
+        let (target, io) = connect(api, access, timeout).await?;
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, &target.authority);
+        let bytes = match body {
+            Some((b, ct)) => {
+                req = req.header(hyper::header::CONTENT_TYPE, ct);
+                b
+            }
+            None => Vec::new(),
+        };
+        if let Some(t) = &access.token {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Full::new(Bytes::from(bytes)))
+            .map_err(|_| ClientError::Address(format!("{api}{path}")))?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| unreachable(error_chain(&e)))?;
+        let conn = AbortOnDrop(tokio::spawn(conn));
+        let resp = send
+            .send_request(req)
+            .await
+            .map_err(|e| unreachable(error_chain(&e)))?;
+        Ok(Streaming {
+            status: resp.status().as_u16(),
+            body: resp.into_body(),
+            _conn: conn,
+        })
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(ClientError::Timeout {
+            api: api.to_string(),
+            timeout,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

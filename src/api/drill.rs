@@ -253,33 +253,6 @@ pub async fn logs_get(uri: axum::http::Uri) -> Response {
     Json(crate::logring::since(since, limit)).into_response()
 }
 
-/// This node's key space in short (`GET /v1/store/digest`): replicas that applied the same
-/// writes answer the same digest.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct StoreDigest {
-    pub node: String,
-    pub applied_index: u64,
-    pub keys: u64,
-    pub digest: String,
-}
-
-/// `GET /v1/store/digest`.
-pub async fn store_digest(State(node): State<Arc<AdminContext>>) -> Json<StoreDigest> {
-    let (applied_index, keys, digest) = node.cluster.sm.read(|d| {
-        (
-            d.last_applied.map_or(0, |l| l.index),
-            d.kv.len() as u64,
-            format!("{:016x}", d.kv.digest()),
-        )
-    });
-    Json(StoreDigest {
-        node: node.cluster.me().to_string(),
-        applied_index,
-        keys,
-        digest,
-    })
-}
-
 /// One line of `GET /v1/drills`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RecordSummary {

@@ -3,7 +3,8 @@
 //! through the operator's browser.
 //!
 //! - Mutations (any method but `GET`, `HEAD`, `OPTIONS`) need the token when one is set;
-//!   reads too unless `read_open`. Without a token the API is open: the config allows that
+//!   reads too unless `read_open` (never the backup export, `/v1/backup…`: it is the whole
+//!   key space). Without a token the API is open: the config allows that
 //!   only on a loopback address or with an explicit `insecure-open`.
 //! - CORS is granted only to the allowed origins (the members' own admin origins), never `*`:
 //!   the answer names the caller's origin. A preflight from any other origin gets no
@@ -11,7 +12,8 @@
 //! - A mutation that carries an `Origin` header that is not allowed is refused with 403 before
 //!   anything happens (a "simple" cross-origin POST is sent without a preflight).
 //! - A mutation with a body needs `Content-Type: application/json` (415 otherwise), which a
-//!   page cannot send cross-origin without a preflight.
+//!   page cannot send cross-origin without a preflight; `application/octet-stream` (binary
+//!   restore chunks) is not CORS-safelisted either, so it passes too.
 //! - The `Host` a request names must be an IP address, `localhost` or one of the configured
 //!   host names (421 otherwise): a page whose DNS name an attacker points at this address
 //!   ("DNS rebinding") is same-origin to the browser, and would otherwise read everything
@@ -97,7 +99,10 @@ fn is_json(headers: &HeaderMap) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        .is_some_and(|t| {
+            let t = t.trim();
+            t.eq_ignore_ascii_case("application/json") || t.eq_ignore_ascii_case("application/octet-stream")
+        })
 }
 
 /// The middleware: see the module doc.
@@ -171,7 +176,9 @@ pub async fn guard(
 fn check_token(g: &Guard, req: &axum::extract::Request, mutation: bool) -> Option<Response> {
     let token = g.token.as_deref()?;
     let open = g.open_paths.contains(&req.uri().path());
-    if open || (!mutation && g.read_open) {
+    // A backup export is the whole key space: it needs the token even where reads are open.
+    let secret_read = req.uri().path().starts_with("/v1/backup");
+    if open || (!mutation && g.read_open && !secret_read) {
         return None;
     }
     let given = req
@@ -359,5 +366,40 @@ mod tests {
         }
         assert!(host_allowed("127.0.0.1", &[]));
         assert!(!host_allowed("localhost.evil", &[]));
+    }
+
+    /// The backup export is the whole key space: `read-open` does not open it.
+    #[tokio::test]
+    async fn the_backup_export_needs_the_token_even_when_reads_are_open() {
+        let g = Arc::new(Guard {
+            token: Some("t0k3n".into()),
+            read_open: true,
+            open_paths: &[],
+            origins: Vec::new(),
+            scheme: "http",
+            hosts: Vec::new(),
+        });
+        let app = Router::new()
+            .route("/v1/backup", get(|| async { "everything" }))
+            .route("/v1/status", get(|| async { "status" }))
+            .layer(axum::middleware::from_fn_with_state(g, guard));
+        let get_it = |path: &'static str, token: Option<&'static str>| {
+            let app = app.clone();
+            async move {
+                let mut req = axum::http::Request::builder()
+                    .uri(path)
+                    .header("host", "127.0.0.1");
+                if let Some(t) = token {
+                    req = req.header("authorization", format!("Bearer {t}"));
+                }
+                app.oneshot(req.body(axum::body::Body::empty()).expect("request"))
+                    .await
+                    .expect("answer")
+                    .status()
+            }
+        };
+        assert_eq!(get_it("/v1/status", None).await, StatusCode::OK);
+        assert_eq!(get_it("/v1/backup", None).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(get_it("/v1/backup", Some("t0k3n")).await, StatusCode::OK);
     }
 }

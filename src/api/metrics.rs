@@ -268,6 +268,9 @@ fn state_registry(node: &super::AdminContext) -> Registry {
     // Replicated counters (they survive restarts and are the same on every node).
     let stats = node.cluster.sm.read(|d| d.state.stats.clone());
     reg.register_collector(Box::new(StatsCollector(stats)));
+    node.cluster
+        .sm
+        .read(|d| super::backup::register_metrics(&mut reg, &d.backup, crate::clock::unix_ms()));
     reg
 }
 

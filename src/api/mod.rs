@@ -5,6 +5,7 @@
 //! to this node's own view, marked `"stale": true`, if the leader cannot be reached. Mutations
 //! are forwarded to the leader and committed to the Raft log.
 
+pub mod backup;
 pub mod client;
 pub mod drill;
 pub mod guard;
@@ -508,6 +509,7 @@ pub async fn serve(listener: TcpListener, node: Arc<AdminContext>, cancel: Cance
     let limits = serve::Limits {
         header_read_timeout: cfg.header_read_timeout,
         max_connections: cfg.max_connections,
+        large_body: Some(("/v1/restore/chunk", crate::cluster::backup::MAX_CHUNK_BODY)),
     };
     let tls = match cfg.tls_files(&node.config.tls) {
         // The node's own certificate: the same material the transport uses, reloaded with it
@@ -628,11 +630,23 @@ fn router(node: Arc<AdminContext>) -> Router {
         )
         .route("/v1/drill/fault", get(drill::fault_get).post(drill::fault_post))
         .route("/v1/logs", get(drill::logs_get))
-        .route("/v1/store/digest", get(drill::store_digest))
         .route("/v1/drills", get(drill::records_get).post(drill::record_post))
         .route("/v1/drills/begin", post(drill::begin_post))
         .route("/v1/drills/:id", get(drill::record_get))
         .route("/v1/drills/:id/confirm", post(drill::confirm_post))
+        .route("/v1/backup", get(backup::export_handler))
+        .route("/v1/backup/digest", get(backup::digest_handler))
+        .route("/v1/backup/status", get(backup::status_handler))
+        .route("/v1/backup/report", post(backup::report_handler))
+        .route("/v1/restore/begin", post(backup::begin_handler))
+        .route(
+            "/v1/restore/chunk",
+            post(backup::chunk_handler).layer(axum::extract::DefaultBodyLimit::max(
+                crate::cluster::backup::MAX_CHUNK_BODY,
+            )),
+        )
+        .route("/v1/restore/commit", post(backup::commit_handler))
+        .route("/v1/restore/abort", post(backup::abort_handler))
         .route("/metrics", get(metrics_handler))
         .route("/", get(dashboard_handler))
         .route("/dashboard", get(dashboard_handler))

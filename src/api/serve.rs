@@ -48,6 +48,9 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Open connections at most (see the module doc for what happens at the cap).
     pub max_connections: usize,
+    /// One path whose POST bodies may be larger than [`MAX_BODY`], up to this many bytes (the
+    /// admin API's restore chunks); read within the same time budget.
+    pub large_body: Option<(&'static str, usize)>,
 }
 
 impl Default for Limits {
@@ -55,6 +58,7 @@ impl Default for Limits {
         Limits {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 256,
+            large_body: None,
         }
     }
 }
@@ -254,6 +258,7 @@ async fn serve_connection<S>(
     let svc = {
         let busy = busy.clone();
         let body_timeout = limits.header_read_timeout;
+        let large_body = limits.large_body;
         hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let guard = BusyGuard::new(busy.clone());
             let app = app.clone();
@@ -261,14 +266,18 @@ async fn serve_connection<S>(
                 // The body (at most MAX_BODY) is read whole, within the header-read timeout: a
                 // client trickling its body would otherwise hold a busy connection forever.
                 let (parts, body) = req.into_parts();
-                let read = tokio::time::timeout(
-                    body_timeout,
-                    http_body_util::Limited::new(body, MAX_BODY).collect(),
-                );
+                let max = match large_body {
+                    Some((path, max)) if parts.method == hyper::Method::POST && parts.uri.path() == path => {
+                        max
+                    }
+                    _ => MAX_BODY,
+                };
+                let read =
+                    tokio::time::timeout(body_timeout, http_body_util::Limited::new(body, max).collect());
                 let body = match read.await {
                     Ok(Ok(b)) => Body::from(b.to_bytes()),
                     Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                        let msg = format!("request body larger than {MAX_BODY} bytes");
+                        let msg = format!("request body larger than {max} bytes");
                         return Ok(error_response(StatusCode::PAYLOAD_TOO_LARGE, msg, false));
                     }
                     Ok(Err(e)) => {
@@ -506,6 +515,7 @@ mod tests {
         let (addr, _stop) = start(Limits {
             header_read_timeout: Duration::from_millis(200),
             max_connections: 8,
+            large_body: None,
         })
         .await;
         let mut s = TcpStream::connect(addr).await.expect("connect");
@@ -531,6 +541,7 @@ mod tests {
         let (addr, _stop) = start(Limits {
             header_read_timeout: Duration::from_millis(200),
             max_connections: 8,
+            large_body: None,
         })
         .await;
         let (status, body) = exchange(
@@ -549,6 +560,7 @@ mod tests {
         let (addr, _stop) = start(Limits {
             header_read_timeout: Duration::from_secs(60),
             max_connections: 16,
+            large_body: None,
         })
         .await;
         let mut idle = Vec::new();

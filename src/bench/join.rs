@@ -47,7 +47,7 @@ const PIPELINE: usize = 16;
 
 /// Loads `keys` keys `k<i>` with values of `size` bytes into the Redis-protocol server at
 /// `addr` (standin's store or redis-server): pipelined MSETs, every reply checked.
-async fn load(addr: SocketAddr, keys: u64, size: usize) -> Result<(), HarnessError> {
+pub(crate) async fn load(addr: SocketAddr, keys: u64, size: usize) -> Result<(), HarnessError> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| err(format!("connect {addr}: {e}")))?;

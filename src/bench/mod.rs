@@ -12,6 +12,7 @@
 //! them on Ctrl-C too).
 
 pub mod backend;
+pub mod backup;
 pub mod deploy;
 pub mod disk;
 pub mod join;

@@ -265,6 +265,29 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: Option<DemoCmd>,
     },
+    /// Backups: take one from a running cluster (`create`), check or show a file (`verify`,
+    /// `inspect`), see the scheduled ones (`status`), or copy a Redis key space into Redis
+    /// commands (`export-redis`).
+    Backup {
+        #[command(subcommand)]
+        cmd: BackupCmd,
+    },
+    /// Restore a backup's key space into a running cluster, replicated as one operation: the
+    /// file is checked first, a store that holds keys is refused without --force, and a
+    /// pre-restore backup is written before the swap. Exit 65 for a damaged file.
+    Restore {
+        file: PathBuf,
+        #[command(flatten)]
+        api: Api,
+        /// Replace the keys the store holds now.
+        #[arg(long)]
+        force: bool,
+        /// Where the pre-restore backup goes (default: beside FILE, pre-restore-TIME.standin).
+        #[arg(long)]
+        pre_backup: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmarks (see README: Performance).
     Bench {
         #[command(subcommand)]
@@ -339,6 +362,70 @@ pub enum DemoCmd {
 }
 
 #[derive(Subcommand)]
+pub enum BackupCmd {
+    /// Write a consistent point-in-time copy of the cluster (key space, events, deploy history,
+    /// settings versions) to FILE: from the leader after a read barrier (or, with --local, from
+    /// the node asked at its applied index). Written to a temporary file and renamed.
+    Create {
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        api: Api,
+        /// `standin` (the checksummed backup format) or `resp` (Redis commands for
+        /// `redis-cli --pipe`).
+        #[arg(long, default_value = "standin", value_parser = ["standin", "resp"])]
+        format: String,
+        /// Copy the node asked as it is, without asking the leader.
+        #[arg(long)]
+        local: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every checksum of FILE: exit 0 if it is a valid backup, 65 if not (saying what
+    /// is wrong and where).
+    Verify {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what FILE holds: keys, bytes, Raft index and term, time, node, versions, parts.
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The scheduled backups of every node (last good one, size, path, failures) and a restore
+    /// under way.
+    Status {
+        #[command(flatten)]
+        api: Api,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a backup FILE's key space as Redis commands (`redis-cli --pipe < OUT`).
+    ToResp {
+        file: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read every key of a Redis (no RDB access needed: SCAN and reads) and write them as Redis
+    /// commands that `redis-cli -p STORE_PORT --pipe < OUT` loads into standin's store.
+    ExportRedis {
+        /// The Redis to read: HOST:PORT.
+        #[arg(long)]
+        from: String,
+        #[arg(long, env = "REDISCLI_AUTH", hide_env_values = true)]
+        password: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum BenchCmd {
     /// Store throughput and latency with redis-benchmark vs Redis (BENCHMARKS.md §3).
     Store {
@@ -399,6 +486,16 @@ pub enum BenchCmd {
     /// How long a node added to a running cluster takes to catch up on N keys and vote
     /// (`standin member add`), beside a fresh Redis replica's full sync of the same keys.
     Join {
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Backup and restore of a store of N keys (create, verify, restore into a new cluster),
+    /// beside Redis's `redis-cli --rdb` and `DEBUG RELOAD` of the same keys.
+    Backup {
         #[arg(long, default_value_t = 1_000_000)]
         keys: u64,
         #[arg(long, default_value_t = 100)]
@@ -847,7 +944,11 @@ impl Cmd {
             | Cmd::Restart { api, .. }
             | Cmd::Maintenance { api, .. }
             | Cmd::Drain { api, .. }
-            | Cmd::Events { api, .. } => Some(api),
+            | Cmd::Events { api, .. }
+            | Cmd::Restore { api, .. }
+            | Cmd::Backup {
+                cmd: BackupCmd::Create { api, .. } | BackupCmd::Status { api, .. },
+            } => Some(api),
             _ => None,
         }
     }

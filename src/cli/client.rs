@@ -37,15 +37,6 @@ pub fn set_ca(path: &std::path::Path) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The token and HTTPS settings every CLI request uses (for clients that make their own
-/// requests, such as a drill's).
-pub(super) fn access() -> crate::api::client::Access {
-    crate::api::client::Access {
-        token: TOKEN.get().cloned(),
-        tls: CA.get().cloned(),
-    }
-}
-
 pub(super) async fn request(
     api: &str,
     method: Method,
@@ -281,6 +272,27 @@ pub fn render_status(s: &Status) -> String {
     }
     for d in &s.membership_drift {
         out.push_str(&format!("drift ({}'s config file): {d}\n", s.view_from));
+    }
+    for n in &s.nodes {
+        if let Some(b) = &n.backup {
+            let last = match b.last_success_unix_ms {
+                Some(ms) => format!(
+                    "last good {} ago, {} bytes, {}",
+                    humantime::format_duration(std::time::Duration::from_secs(
+                        crate::clock::unix_ms().saturating_sub(ms) / 1000
+                    )),
+                    b.size_bytes,
+                    b.path
+                ),
+                None => "no good backup yet".to_string(),
+            };
+            let failed = match (&b.last_error, b.failures_total) {
+                (_, 0) => String::new(),
+                (Some(e), n) => format!("; {n} failed, last: {e}"),
+                (None, n) => format!("; {n} failed"),
+            };
+            out.push_str(&format!("backup {}: {last}{failed}\n", n.id));
+        }
     }
     out
 }
@@ -851,5 +863,14 @@ async fn restart_one(
             return Ok(report);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The token and TLS settings every request of this CLI process uses (for the apps that take
+/// them as a parameter: drills, backups).
+pub fn access() -> crate::api::client::Access {
+    crate::api::client::Access {
+        token: TOKEN.get().cloned(),
+        tls: CA.get().cloned(),
     }
 }

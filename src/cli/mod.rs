@@ -6,6 +6,7 @@
 //! This module holds what they all share: the exit codes and the error that carries one.
 
 pub mod args;
+pub mod backup;
 pub mod client;
 pub mod config;
 pub mod deploy;

@@ -178,6 +178,38 @@ async fn dispatch(
         Cmd::Proxy { config, .. } => proxy(&config, proxy_handover).await,
         Cmd::ProxyStatus { proxy, json } => cli_result(client::proxy_status(&proxy, json).await),
         Cmd::Status { api, json } => cli_result(client::status(&api.api, json).await),
+        Cmd::Backup { cmd } => {
+            use crate::cli::args::BackupCmd;
+            use crate::cli::backup;
+            cli_result(match cmd {
+                BackupCmd::Create {
+                    out,
+                    api,
+                    format,
+                    local,
+                    json,
+                } => backup::create(&api.api, &out, &format, local, json).await,
+                BackupCmd::Verify { file, json } => backup::verify(&file, json),
+                BackupCmd::Inspect { file, json } => backup::inspect(&file, json),
+                BackupCmd::Status { api, json } => backup::status(&api.api, json).await,
+                BackupCmd::ToResp { file, out, json } => backup::to_resp(&file, &out, json),
+                BackupCmd::ExportRedis {
+                    from,
+                    password,
+                    out,
+                    json,
+                } => backup::export_redis(&from, password.as_deref(), &out, json).await,
+            })
+        }
+        Cmd::Restore {
+            file,
+            api,
+            force,
+            pre_backup,
+            json,
+        } => {
+            cli_result(crate::cli::backup::restore(&api.api, &file, force, pre_backup.as_deref(), json).await)
+        }
         Cmd::Member { cmd } => {
             use crate::cli::args::MemberCmd;
             use crate::cli::member;
@@ -420,6 +452,13 @@ async fn node(path: &Path, handover: Option<crate::handover::Handover>) -> ExitC
         std::sync::Arc::new(config.clone()),
         token.clone(),
     ));
+    if config.backup.scheduled(config.me().kind) {
+        // Scheduled backups: a client of this node's own admin API, beside it like the proxy.
+        tokio::spawn(crate::backup::schedule::run(
+            std::sync::Arc::new(config.clone()),
+            token.clone(),
+        ));
+    }
     match crate::node::run(config, path.to_path_buf(), listeners, token, handover).await {
         Ok(()) => code(exit::OK),
         Err(e) => {
@@ -558,6 +597,18 @@ async fn bench(which: BenchCmd) -> Result<(), crate::lab::harness::HarnessError>
                 json,
             };
             bench::until_interrupted(bench::join::run(opts)).await
+        }
+        BenchCmd::Backup {
+            keys,
+            value_size,
+            json,
+        } => {
+            let opts = bench::backup::BackupOptions {
+                keys,
+                value_size,
+                json,
+            };
+            bench::until_interrupted(bench::backup::run(opts)).await
         }
         BenchCmd::Deploy { deploys, json } => {
             let opts = bench::deploy::DeployOptions { deploys, json };

@@ -4,6 +4,7 @@
 //! openraft's types stay inside this module (and `rpc`): the rest of the crate talks in
 //! [`Command`]s, [`ClusterState`] and [`RaftInfo`], so a move to openraft 0.10 stays local.
 
+pub mod backup;
 pub mod change;
 pub mod drills;
 pub mod members;

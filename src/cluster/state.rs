@@ -166,6 +166,8 @@ pub enum EventKind {
     Deploy,
     /// A failover drill was recorded or confirmed (`standin drill`).
     Drill,
+    /// A restore of the key space from a backup (`standin restore`): done or abandoned.
+    Restore,
 }
 
 impl std::fmt::Display for EventKind {
@@ -263,6 +265,7 @@ fn kind_name<B>(c: &CommandOf<B>) -> &'static str {
         CommandOf::Members { .. } => "Members",
         CommandOf::Change(_) => "Change",
         CommandOf::Drill(_) => "Drill",
+        CommandOf::Backup(_) => "Backup",
     }
 }
 
@@ -282,6 +285,7 @@ impl<B> CommandOf<B> {
             | CommandOf::Path { node, .. }
             | CommandOf::ConfigReloaded { node, .. } => Some(node),
             CommandOf::Change(crate::cluster::change::ChangeCmd::Running { node, .. }) => Some(node),
+            CommandOf::Backup(crate::cluster::backup::BackupCmd::Report { node, .. }) => Some(node),
             _ => None,
         }
     }
@@ -502,6 +506,10 @@ pub enum CommandOf<B> {
     /// Acceptance records of failover drills (see [`crate::cluster::drills`]), kept by the
     /// state machine beside the cluster state (`storage::SmData::drills`). Appended last.
     Drill(crate::cluster::drills::DrillCmd),
+    /// Backups and restores (see [`crate::cluster::backup`]): a restore's staged chunks and
+    /// its swap, and nodes' reports of scheduled backups. Applied by the state machine, which
+    /// keeps them beside the cluster state (`storage::SmData::backup`). Appended last.
+    Backup(crate::cluster::backup::BackupCmd),
 }
 
 /// Whether a failover is under way (the deploy waits): no active node, a promotion not yet
@@ -1158,6 +1166,7 @@ impl ClusterState {
             CommandOf::Change(_) => CommandResult::refused("deploys are applied by the state machine"),
             // Applied by the state machine, which keeps drill records beside this state.
             CommandOf::Drill(_) => CommandResult::refused("drill records are applied by the state machine"),
+            CommandOf::Backup(_) => CommandResult::refused("restores are applied by the state machine"),
             CommandOf::ConfigReloaded {
                 node,
                 digest,

@@ -845,6 +845,10 @@ pub struct SmData {
     /// snapshot without it reads as no drill ever recorded.
     #[serde(default)]
     pub drills: super::drills::Drills,
+    /// Backups: a restore under way (its staging key space) and the nodes' backup reports,
+    /// encoded after the drill records the same way.
+    #[serde(default)]
+    pub backup: super::backup::BackupPart,
 }
 
 /// The part of the state machine that follows [`SmData`]'s first fields in a snapshot.
@@ -877,6 +881,7 @@ pub fn decode_sm(bytes: &[u8]) -> Result<SmData, postcard::Error> {
         ext: SmExt::default(),
         change: Default::default(),
         drills: Default::default(),
+        backup: Default::default(),
     };
     if rest.is_empty() {
         return Ok(d);
@@ -893,6 +898,11 @@ pub fn decode_sm(bytes: &[u8]) -> Result<SmData, postcard::Error> {
     }
     let (drills, rest) = postcard::take_from_bytes(rest)?;
     d.drills = drills;
+    if rest.is_empty() {
+        return Ok(d);
+    }
+    let (backup, rest) = postcard::take_from_bytes(rest)?;
+    d.backup = backup;
     // Bytes after the last part this build knows: a later build's part, left alone.
     let _ = rest;
     Ok(d)
@@ -1100,6 +1110,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             ..Default::default()
                         }
                     }
+                    EntryPayload::Normal(Command::Backup(c)) => {
+                        let a = d.backup.apply(&mut d.kv, c);
+                        if let Some(detail) = a.event {
+                            let at = match c {
+                                super::backup::BackupCmd::Commit { at, .. }
+                                | super::backup::BackupCmd::Abort { at, .. } => *at,
+                                _ => 0,
+                            };
+                            d.state.record(at, super::state::EventKind::Restore, None, detail);
+                        }
+                        CommandResult {
+                            ok: a.ok,
+                            message: a.message,
+                            ..Default::default()
+                        }
+                    }
                     EntryPayload::Normal(cmd) => d.state.apply(cmd),
                     EntryPayload::Membership(m) => {
                         d.membership = StoredMembership::new(Some(entry.log_id), m.clone());
@@ -1149,6 +1175,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 ext: new.ext,
                 change: new.change,
                 drills: new.drills,
+                backup: new.backup,
             };
             d.last_applied.map_or(0, |l| l.index)
         };
@@ -1303,7 +1330,8 @@ mod tests {
         // cannot be told from a snapshot of a build that wrote only the first).
         let ext_end = old.len() + postcard::to_allocvec(&sm.ext).expect("encode").len();
         let change_end = ext_end + postcard::to_allocvec(&sm.change).expect("encode").len();
-        for cut in (old.len() + 1..new.len()).filter(|c| *c != ext_end && *c != change_end) {
+        let drills_end = change_end + postcard::to_allocvec(&sm.drills).expect("encode").len();
+        for cut in (old.len() + 1..new.len()).filter(|c| ![ext_end, change_end, drills_end].contains(c)) {
             assert!(decode_sm(&new[..cut]).is_err(), "cut at {cut} of {}", new.len());
         }
         // Change control follows the table, and an older build still reads its fields.
@@ -1315,7 +1343,38 @@ mod tests {
         assert_eq!(read.ext, sm.ext);
         let older_build: SmDataV1 = postcard::from_bytes(&newer).expect("an older build reads it");
         assert_eq!(older_build.state.epoch, 7);
-        // Drill records follow change control the same way.
+        // A restore under way (its staging key space) follows change control, and a snapshot
+        // taken mid-restore reads back with it.
+        let mut kv = crate::kv::db::Db::new();
+        let begin = crate::cluster::backup::BackupCmd::Begin {
+            id: 9,
+            keys: 1,
+            by: "t".into(),
+            at: 1,
+        };
+        assert!(sm.backup.apply(&mut kv, &begin).ok);
+        let chunk = crate::cluster::backup::BackupCmd::Chunk {
+            id: 9,
+            seq: 0,
+            records: vec![crate::cluster::backup::KvRecord {
+                key: bytes::Bytes::from("k"),
+                value: crate::kv::db::Value::Str(bytes::Bytes::from("v")),
+                expire_at: None,
+            }],
+            at: 2,
+        };
+        assert!(sm.backup.apply(&mut kv, &chunk).ok);
+        let mid_restore = postcard::to_allocvec(&sm).expect("encode");
+        assert!(mid_restore.starts_with(
+            &newer[..newer.len()
+                - postcard::to_allocvec(&crate::cluster::backup::BackupPart::default())
+                    .expect("encode")
+                    .len()]
+        ));
+        let read = decode_sm(&mid_restore).expect("snapshot mid-restore");
+        assert_eq!(read.backup, sm.backup);
+        assert_eq!(read.change, sm.change);
+        // Drill records follow change control the same way (before the backup part).
         sm.drills.apply(&crate::cluster::drills::DrillCmd::Record {
             id: "r1".into(),
             at: 5,
@@ -1325,12 +1384,9 @@ mod tests {
             json: "{}".into(),
         });
         let newest = postcard::to_allocvec(&sm).expect("encode");
-        assert!(
-            newest.starts_with(&newer[..newer.len() - 2]),
-            "the records follow change control"
-        );
         let read = decode_sm(&newest).expect("snapshot with drill records");
         assert_eq!(read.drills, sm.drills);
+        assert_eq!(read.backup, sm.backup);
         assert_eq!(read.change, sm.change);
         let without = decode_sm(&newest[..change_end_of(&sm)]).expect("a build before drills");
         assert!(without.drills.records.is_empty());
@@ -1339,7 +1395,9 @@ mod tests {
     /// Where change control ends in `sm`'s encoding (a snapshot of a build before drills).
     fn change_end_of(sm: &SmData) -> usize {
         let full = postcard::to_allocvec(sm).expect("encode");
-        full.len() - postcard::to_allocvec(&sm.drills).expect("encode").len()
+        full.len()
+            - postcard::to_allocvec(&sm.drills).expect("encode").len()
+            - postcard::to_allocvec(&sm.backup).expect("encode").len()
     }
 
     proptest::proptest! {

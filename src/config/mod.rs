@@ -66,6 +66,67 @@ pub struct Config {
     /// Failover drills: the fault API (off unless enabled), probes, schedule.
     #[serde(default)]
     pub drill: drill::DrillConfig,
+    /// Scheduled backups of this node's state (data nodes; see `crate::backup::schedule`).
+    #[serde(default)]
+    pub backup: BackupConfig,
+}
+
+/// `[backup]`: scheduled backups this node takes of its own state machine into `dir`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct BackupConfig {
+    /// Where backups go; none are taken without it.
+    pub dir: Option<PathBuf>,
+    /// How often.
+    #[serde(with = "humantime_serde")]
+    pub every: Duration,
+    /// Backups kept in `dir` (the oldest beyond are removed).
+    pub keep: usize,
+    /// The last good backup older than this raises `backup-stale` (default: twice `every`).
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            dir: None,
+            every: Duration::from_secs(3600),
+            keep: 24,
+            max_age: None,
+        }
+    }
+}
+
+impl BackupConfig {
+    /// `max-age`, or twice `every`.
+    pub fn max_age(&self) -> Duration {
+        self.max_age.unwrap_or(self.every * 2)
+    }
+
+    /// Whether this node takes scheduled backups: a data node with `dir` (a witness ignores
+    /// the section, so the same snippet can go into every member's file).
+    pub fn scheduled(&self, kind: NodeKind) -> bool {
+        self.dir.is_some() && kind == NodeKind::Data
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.every < Duration::from_secs(1) || self.every > Duration::from_secs(366 * 24 * 3600) {
+            return Err(invalid("backup.every", "must be between 1s and 366days"));
+        }
+        if self.keep == 0 || self.keep > 100_000 {
+            return Err(invalid("backup.keep", "must be between 1 and 100000"));
+        }
+        if self.max_age.is_some_and(|m| m < self.every) {
+            return Err(invalid("backup.max-age", "must be at least `every`"));
+        }
+        if let Some(d) = &self.dir {
+            if d.as_os_str().is_empty() || !d.is_absolute() {
+                return Err(invalid("backup.dir", "must be an absolute path"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[tls]`: the cluster CA and this node's certificate and key (PEM files). Every connection
@@ -1599,6 +1660,7 @@ impl Config {
         if self.events.retention == 0 || self.events.retention > 1_000_000 {
             return Err(invalid("events.retention", "must be between 1 and 1000000"));
         }
+        self.backup.validate()?;
         for (i, url) in self.alarms.webhook.iter().enumerate() {
             let ok = url
                 .parse::<hyper::Uri>()

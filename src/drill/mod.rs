@@ -1012,14 +1012,14 @@ impl Run<'_> {
             for (node, admin) in &data {
                 if let Ok(d) = self
                     .api
-                    .get::<crate::api::drill::StoreDigest>(admin, "/v1/store/digest")
+                    .get::<crate::api::backup::DigestView>(admin, "/v1/backup/digest?local=true")
                     .await
                 {
                     got.push(NodeDigest {
                         node: node.clone(),
                         keys: d.keys,
                         digest: d.digest,
-                        applied_index: d.applied_index,
+                        applied_index: d.index,
                     });
                 }
             }

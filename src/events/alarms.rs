@@ -240,6 +240,18 @@ pub async fn run(
                 d.drills.alarms(unix_ms(), overdue, since)
             }));
             let at = unix_ms();
+            let (backup_alarms, abandoned) =
+                cluster.sm.read(|d| (d.backup.alarms(at), d.backup.abandoned(at)));
+            want.extend(backup_alarms);
+            if let Some(id) = abandoned {
+                // Its own entry: the state machine applies it, not a batch.
+                let abort = Command::Backup(crate::cluster::backup::BackupCmd::Abort {
+                    id,
+                    reason: "no progress for 10 minutes".into(),
+                    at,
+                });
+                let _ = tokio::time::timeout(Duration::from_secs(1), cluster.write_local(abort)).await;
+            }
             for (key, detail) in &want {
                 if !raised.contains_key(key) {
                     writes.push(Change::Alarm {
@@ -494,6 +506,7 @@ mod tests {
             site: None,
             lost_log: false,
             resources: None,
+            backup: None,
         }
     }
 

@@ -92,6 +92,7 @@ mod tests {
             site: None,
             lost_log: false,
             resources,
+            backup: None,
         }
     }
 

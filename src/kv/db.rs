@@ -222,28 +222,29 @@ impl Db {
         self.expires.len()
     }
 
-    /// A digest of the whole key space (keys, values, expiries, scan order): replicas that
-    /// applied the same writes have the same one. FNV-1a over each entry's encoding in key
-    /// order: a consistency check between nodes, not a defence against forgery.
-    pub fn digest(&self) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut eat = |bytes: &[u8]| {
-            for b in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
-                h ^= u64::from(*b);
-                h = h.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-        };
-        for (k, e) in &self.entries {
-            eat(k);
-            // Encoding a plain value into memory cannot fail.
-            eat(&postcard::to_allocvec(e).unwrap_or_default());
-        }
-        h
-    }
-
     /// The live value at `key`, if any (for inspection and tests).
     pub fn value(&self, key: &[u8], now_ms: i64) -> Option<&Value> {
         self.live(key, now_ms).map(|e| &e.value)
+    }
+
+    /// Every stored key with its value and expiry, in key order (expired keys not yet
+    /// reclaimed included, with their expiry: a copy restores the same state). For backups.
+    pub fn records(&self) -> impl Iterator<Item = (&Bytes, &Value, Option<i64>)> + '_ {
+        self.entries.iter().map(|(k, e)| (k, &e.value, e.expire_at))
+    }
+
+    /// Stores `key` as a backup holds it (restore). An empty collection is not stored (the
+    /// store never keeps one); a key already there is replaced.
+    pub fn restore_record(&mut self, key: Bytes, value: Value, expire_at: Option<i64>) {
+        let empty = match &value {
+            Value::Str(_) => false,
+            Value::Hash(h) => h.is_empty(),
+            Value::List(l) => l.is_empty(),
+            Value::Set(s) => s.is_empty(),
+        };
+        if !empty {
+            self.put(&key, value, expire_at);
+        }
     }
 
     // ---- storage primitives: the only code that touches the indexes and the estimate ----

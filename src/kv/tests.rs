@@ -413,13 +413,9 @@ fn snapshot_round_trip_keeps_everything() {
     back.check_invariants();
     assert_eq!(back, t.db);
     // Scan positions survive too: a new key goes after all the old ones on both.
-    assert_eq!(back.digest(), t.db.digest());
     let mut u = T { db: back, now: t.now };
     assert_eq!(u.run("SET z 1"), t.run("SET z 1"));
     assert_eq!(u.db, t.db);
-    assert_eq!(u.db.digest(), t.db.digest());
-    u.run("SET z 2");
-    assert_ne!(u.db.digest(), t.db.digest(), "a changed value changes the digest");
 }
 
 // ---------------------------------------------------------------- properties

@@ -21,13 +21,14 @@ pub fn build_status(node: &Node) -> Status {
     let info = node.cluster.info();
     let me = node.cluster.me().to_string();
     let local_probes = node.health.as_ref().map(|h| h.snapshot()).unwrap_or_default();
-    let (active, epoch, promotion, switchover, records) = node.cluster.sm.read(|d| {
+    let (active, epoch, promotion, switchover, records, backups) = node.cluster.sm.read(|d| {
         (
             d.state.active.clone(),
             d.state.epoch,
             d.state.promotion.clone(),
             d.state.switchover.clone(),
             d.state.nodes.clone(),
+            d.backup.reports.clone(),
         )
     });
     let now = Instant::now();
@@ -129,6 +130,13 @@ pub fn build_status(node: &Node) -> Status {
                 } else {
                     node.cluster.space.peer(&m.id)
                 },
+                backup: backups.get(&m.id).map(|r| super::NodeBackup {
+                    last_success_unix_ms: r.last_success_unix_ms,
+                    size_bytes: r.last_size_bytes,
+                    path: r.last_path.clone(),
+                    failures_total: r.failures_total,
+                    last_error: r.last_error.clone(),
+                }),
             }
         })
         .collect();

@@ -109,6 +109,19 @@ pub struct NodeStatus {
     /// last told the leader; none from a node not heard recently or an older build).
     #[serde(default)]
     pub resources: Option<Resources>,
+    /// The node's last scheduled backup (`[backup]`), as it reported it; `None` without any.
+    #[serde(default)]
+    pub backup: Option<NodeBackup>,
+}
+
+/// A node's scheduled backups as `status` shows them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeBackup {
+    pub last_success_unix_ms: Option<u64>,
+    pub size_bytes: u64,
+    pub path: String,
+    pub failures_total: u64,
+    pub last_error: Option<String>,
 }
 
 fn voter() -> String {
