@@ -6,81 +6,50 @@ use std::time::Duration;
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 
-use super::args::DrillCmd;
 use super::client::{access, get_json, post};
 use super::{exit, CliError};
 use crate::api::drill::RecordSummary;
 use crate::cluster::drills::StoredRecord;
 use crate::drill::record::{self, ConfirmationView, Record};
 
-pub async fn dispatch(cmd: DrillCmd) -> Result<(), CliError> {
-    match cmd {
-        DrillCmd::Run {
-            api,
-            scenarios,
-            service,
-            store,
-            store_password,
-            max_interruption,
-            recovery_timeout,
-            force,
-            markdown,
-            html,
-            json,
-        } => {
-            let opts = RunOpts {
-                force,
-                scenarios,
-                service,
-                store,
-                store_password,
-                max_interruption,
-                recovery_timeout,
-                markdown,
-                html,
-                json,
-            };
-            run(&api.api, opts).await
-        }
-        DrillCmd::List { api, json } => list(&api.api, json).await,
-        DrillCmd::Show { api, run, html, json } => show(&api.api, &run, html.as_deref(), json).await,
-        DrillCmd::Confirm {
-            api,
-            run,
-            by,
-            note,
-            unresolved,
-        } => {
-            post(
-                &api.api,
-                &format!("/v1/drills/{run}/confirm"),
-                Some(serde_json::json!({"by": by, "note": note, "unresolved": unresolved})),
-            )
-            .await?;
-            println!("drill {run} confirmed by {by}");
-            Ok(())
-        }
-    }
+/// `standin drill confirm RUN --by NAME ...`.
+pub async fn confirm(
+    api: &str,
+    run: &str,
+    by: &str,
+    note: &str,
+    unresolved: &[String],
+) -> Result<(), CliError> {
+    post(
+        api,
+        &format!("/v1/drills/{run}/confirm"),
+        Some(serde_json::json!({"by": by, "note": note, "unresolved": unresolved})),
+    )
+    .await?;
+    println!("drill {run} confirmed by {by}");
+    Ok(())
 }
 
-struct RunOpts {
-    force: bool,
-    scenarios: Vec<String>,
-    service: Option<String>,
-    store: Option<String>,
-    store_password: Option<String>,
-    max_interruption: Option<Duration>,
-    recovery_timeout: Duration,
-    markdown: Option<std::path::PathBuf>,
-    html: Option<std::path::PathBuf>,
-    json: bool,
+/// What `standin drill run` was asked for.
+pub struct RunOpts {
+    pub force: bool,
+    pub scenarios: Vec<String>,
+    pub service: Option<String>,
+    pub store: Option<String>,
+    pub store_password: Option<String>,
+    pub max_interruption: Option<Duration>,
+    pub recovery_timeout: Duration,
+    pub markdown: Option<std::path::PathBuf>,
+    pub html: Option<std::path::PathBuf>,
+    pub json: bool,
 }
 
 fn usage(message: impl Into<String>) -> CliError {
     CliError::new(exit::USAGE, message)
 }
 
-async fn run(api: &str, o: RunOpts) -> Result<(), CliError> {
+/// `standin drill run`.
+pub async fn run(api: &str, o: RunOpts) -> Result<(), CliError> {
     // What to probe: the options, else the cluster's `[drill]` settings.
     let (cfg, _) = get_json::<serde_json::Value>(api, "/v1/config").await?;
     let drill_cfg = cfg
@@ -223,7 +192,8 @@ fn summary(r: &Record) -> String {
     )
 }
 
-async fn list(api: &str, json: bool) -> Result<(), CliError> {
+/// `standin drill list`.
+pub async fn list(api: &str, json: bool) -> Result<(), CliError> {
     let (runs, raw) = get_json::<Vec<RecordSummary>>(api, "/v1/drills").await?;
     if json {
         println!("{raw}");
@@ -276,7 +246,8 @@ pub fn record_of(stored: &StoredRecord) -> Result<Record, String> {
     Ok(r)
 }
 
-async fn show(api: &str, run: &str, html: Option<&std::path::Path>, json: bool) -> Result<(), CliError> {
+/// `standin drill show RUN`.
+pub async fn show(api: &str, run: &str, html: Option<&std::path::Path>, json: bool) -> Result<(), CliError> {
     let (stored, _) = get_json::<StoredRecord>(api, &format!("/v1/drills/{run}")).await?;
     let r = record_of(&stored).map_err(|e| CliError::new(exit::UNAVAILABLE, e))?;
     write_reports(&r, None, html)?;

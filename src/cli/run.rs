@@ -255,7 +255,50 @@ async fn dispatch(
                 ConfigCmd::Rollback { api, version, json } => config::rollback(&api.api, version, json).await,
             })
         }
-        Cmd::Drill { cmd } => cli_result(crate::cli::drill::dispatch(cmd).await),
+        Cmd::Drill { cmd } => {
+            use crate::cli::args::DrillCmd;
+            use crate::cli::drill;
+            cli_result(match cmd {
+                DrillCmd::Run {
+                    api,
+                    scenarios,
+                    service,
+                    store,
+                    store_password,
+                    max_interruption,
+                    recovery_timeout,
+                    force,
+                    markdown,
+                    html,
+                    json,
+                } => {
+                    let opts = drill::RunOpts {
+                        force,
+                        scenarios,
+                        service,
+                        store,
+                        store_password,
+                        max_interruption,
+                        recovery_timeout,
+                        markdown,
+                        html,
+                        json,
+                    };
+                    drill::run(&api.api, opts).await
+                }
+                DrillCmd::List { api, json } => drill::list(&api.api, json).await,
+                DrillCmd::Show { api, run, html, json } => {
+                    drill::show(&api.api, &run, html.as_deref(), json).await
+                }
+                DrillCmd::Confirm {
+                    api,
+                    run,
+                    by,
+                    note,
+                    unresolved,
+                } => drill::confirm(&api.api, &run, &by, &note, &unresolved).await,
+            })
+        }
         Cmd::Deploy {
             cmd,
             api,
