@@ -4,7 +4,7 @@
 //!
 //! - Mutations (any method but `GET`, `HEAD`, `OPTIONS`) need the token when one is set;
 //!   reads too unless `read_open` (never the backup export, `/v1/backup…`: it is the whole
-//!   key space). Without a token the API is open: the config allows that
+//!   key space; nor the daemon's log lines, `/v1/logs`). Without a token the API is open: the config allows that
 //!   only on a loopback address or with an explicit `insecure-open`.
 //! - CORS is granted only to the allowed origins (the members' own admin origins), never `*`:
 //!   the answer names the caller's origin. A preflight from any other origin gets no
@@ -176,8 +176,10 @@ pub async fn guard(
 fn check_token(g: &Guard, req: &axum::extract::Request, mutation: bool) -> Option<Response> {
     let token = g.token.as_deref()?;
     let open = g.open_paths.contains(&req.uri().path());
-    // A backup export is the whole key space: it needs the token even where reads are open.
-    let secret_read = req.uri().path().starts_with("/v1/backup");
+    // A backup export is the whole key space, and log lines can name anything the daemon
+    // saw: they need the token even where reads are open.
+    let path = req.uri().path();
+    let secret_read = path.starts_with("/v1/backup") || path == "/v1/logs";
     if open || (!mutation && g.read_open && !secret_read) {
         return None;
     }
@@ -381,6 +383,7 @@ mod tests {
         });
         let app = Router::new()
             .route("/v1/backup", get(|| async { "everything" }))
+            .route("/v1/logs", get(|| async { "lines" }))
             .route("/v1/status", get(|| async { "status" }))
             .layer(axum::middleware::from_fn_with_state(g, guard));
         let get_it = |path: &'static str, token: Option<&'static str>| {
@@ -400,6 +403,8 @@ mod tests {
         };
         assert_eq!(get_it("/v1/status", None).await, StatusCode::OK);
         assert_eq!(get_it("/v1/backup", None).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(get_it("/v1/logs", None).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(get_it("/v1/logs", Some("t0k3n")).await, StatusCode::OK);
         assert_eq!(get_it("/v1/backup", Some("t0k3n")).await, StatusCode::OK);
     }
 }
