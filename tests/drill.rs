@@ -214,6 +214,12 @@ async fn every_scenario_passes_and_the_record_holds_the_evidence() {
         (link.active_before.clone(), link.epoch_before),
         (link.active_after.clone(), link.epoch_after)
     );
+    // The cut was real: the cut path went down (and came back) while the other carried on.
+    assert!(
+        link.events.iter().any(|e| e.contains("path-changed")),
+        "no path went down during the link failure: {:?}",
+        link.events
+    );
     assert!(
         by_name("node-isolation").logs.iter().any(|l| l.contains("drill")),
         "log lines as evidence"
