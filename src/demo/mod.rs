@@ -186,6 +186,11 @@ pub async fn run(dir: Option<PathBuf>, cancel: CancellationToken) -> Result<(), 
         cluster.nodes[0].admin,
         token_file.display()
     );
+    println!(
+        "  failover drill (every scenario, about 12 s; the record stays in the cluster): STANDIN_API={} STANDIN_TOKEN=$(cat {}) standin drill run",
+        cluster.nodes[0].admin,
+        token_file.display()
+    );
     if let Some(certs) = cluster.certs_dir() {
         println!(
             "  nodes talk over mutual TLS: CA and node certificates in {} (standin certs show {}/a.pem)",
