@@ -509,7 +509,29 @@ pub async fn serve(listener: TcpListener, node: Arc<AdminContext>, cancel: Cance
     let limits = serve::Limits {
         header_read_timeout: cfg.header_read_timeout,
         max_connections: cfg.max_connections,
-        large_body: Some(("/v1/restore/chunk", crate::cluster::backup::MAX_CHUNK_BODY)),
+        large_body: Some(serve::LargeBody {
+            path: "/v1/restore/chunk",
+            max: crate::cluster::backup::MAX_CHUNK_BODY,
+            // The token as the guard checks it, read live (a reload applies at once); with no
+            // token configured the API is open (loopback or `insecure-open` only).
+            allowed: {
+                let live = node.live.clone();
+                Arc::new(move |headers: &hyper::HeaderMap| {
+                    let config = live.get();
+                    let Some(token) = config.api.resolved_token.as_deref() else {
+                        return true;
+                    };
+                    headers
+                        .get(hyper::header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("Bearer "))
+                        .is_some_and(|g| {
+                            crate::config::rules::secret_eq(g.trim().as_bytes(), token.as_bytes())
+                        })
+                })
+            },
+            one_at_a_time: Arc::new(tokio::sync::Semaphore::new(1)),
+        }),
     };
     let tls = match cfg.tls_files(&node.config.tls) {
         // The node's own certificate: the same material the transport uses, reloaded with it

@@ -42,15 +42,25 @@ pub const MAX_HEADERS: usize = 100;
 const DRAIN: Duration = Duration::from_secs(2);
 
 /// The budgets of one listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Limits {
     /// Whole request head within this long, and the keep-alive idle timeout.
     pub header_read_timeout: Duration,
     /// Open connections at most (see the module doc for what happens at the cap).
     pub max_connections: usize,
-    /// One path whose POST bodies may be larger than [`MAX_BODY`], up to this many bytes (the
-    /// admin API's restore chunks); read within the same time budget.
-    pub large_body: Option<(&'static str, usize)>,
+    /// One path whose POST bodies may be larger than [`MAX_BODY`] (the admin API's restore
+    /// chunks); read within the same time budget.
+    pub large_body: Option<LargeBody>,
+}
+
+/// A path whose POST bodies may be large: only for a request `allowed` says carries the
+/// right credentials (checked before a byte of the body is read), and one at a time.
+#[derive(Clone)]
+pub struct LargeBody {
+    pub path: &'static str,
+    pub max: usize,
+    pub allowed: Arc<dyn Fn(&hyper::HeaderMap) -> bool + Send + Sync>,
+    pub one_at_a_time: Arc<tokio::sync::Semaphore>,
 }
 
 impl Default for Limits {
@@ -146,10 +156,11 @@ pub async fn serve_with(
         let (busy, evict) = (conn.busy.clone(), conn.evict.clone());
         conns.lock().unwrap_or_else(|p| p.into_inner()).insert(id, conn);
         let (app, conns, cancel) = (app.clone(), conns.clone(), cancel.clone());
+        let limits = limits.clone();
         let acceptor = tls.as_ref().map(|t| t.acceptor());
         tracker.spawn(async move {
             match acceptor {
-                None => serve_connection(stream, app, limits, busy, evict, cancel).await,
+                None => serve_connection(stream, app, limits.clone(), busy, evict, cancel).await,
                 Some(acceptor) => {
                     let handshake = tls_handshake(stream, acceptor, limits.header_read_timeout);
                     let stream = tokio::select! {
@@ -258,17 +269,33 @@ async fn serve_connection<S>(
     let svc = {
         let busy = busy.clone();
         let body_timeout = limits.header_read_timeout;
-        let large_body = limits.large_body;
+        let large_body = limits.large_body.clone();
         hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let guard = BusyGuard::new(busy.clone());
             let app = app.clone();
+            let large_body = large_body.clone();
             async move {
                 // The body (at most MAX_BODY) is read whole, within the header-read timeout: a
                 // client trickling its body would otherwise hold a busy connection forever.
                 let (parts, body) = req.into_parts();
-                let max = match large_body {
-                    Some((path, max)) if parts.method == hyper::Method::POST && parts.uri.path() == path => {
-                        max
+                // A large body only with the credentials, and one at a time: memory is taken
+                // for nobody else.
+                let mut _large_permit = None;
+                let max = match &large_body {
+                    Some(l) if parts.method == hyper::Method::POST && parts.uri.path() == l.path => {
+                        if !(l.allowed)(&parts.headers) {
+                            let msg =
+                                "this call needs the API token: Authorization: Bearer <token>".to_string();
+                            return Ok(error_response(StatusCode::UNAUTHORIZED, msg, false));
+                        }
+                        match l.one_at_a_time.clone().try_acquire_owned() {
+                            Ok(p) => _large_permit = Some(p),
+                            Err(_) => {
+                                let msg = "another large request is being read; retry".to_string();
+                                return Ok(error_response(StatusCode::SERVICE_UNAVAILABLE, msg, true));
+                            }
+                        }
+                        l.max
                     }
                     _ => MAX_BODY,
                 };

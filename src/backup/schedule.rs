@@ -36,7 +36,11 @@ pub fn list(dir: &Path, node: &str) -> std::io::Result<Vec<PathBuf>> {
         .filter(|path| {
             path.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&p) && n.ends_with(".standin"))
+                .and_then(|n| n.strip_prefix(&p))
+                .and_then(|rest| rest.strip_suffix(".standin"))
+                // Exactly the node's own names: its id, then only the time's digits (a member
+                // `db` must not take `db-2`'s files for its own in a shared directory).
+                .is_some_and(|time| !time.is_empty() && time.bytes().all(|b| b.is_ascii_digit()))
         })
         .collect();
     out.sort();
@@ -192,5 +196,34 @@ pub async fn run(config: Arc<Config>, cancel: CancellationToken) {
         if unsent.len() > 16 {
             unsent.drain(..unsent.len() - 16);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_lists_and_prunes_only_its_own_backups_in_a_shared_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for name in [
+            "standin-db-0000000000001.standin",
+            "standin-db-0000000000002.standin",
+            "standin-db-2-0000000000001.standin",
+            "standin-db-2-0000000000002.standin",
+            "standin-db-notes.standin",
+        ] {
+            std::fs::write(dir.path().join(name), b"x").expect("write");
+        }
+        let own = list(dir.path(), "db").expect("list");
+        assert_eq!(own.len(), 2, "{own:?}");
+        let removed = prune(dir.path(), "db", 1).expect("prune");
+        assert_eq!(removed.len(), 1);
+        assert!(removed[0].ends_with("standin-db-0000000000001.standin"));
+        assert_eq!(
+            list(dir.path(), "db-2").expect("list").len(),
+            2,
+            "the neighbour's files stay"
+        );
     }
 }
