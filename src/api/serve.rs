@@ -467,6 +467,11 @@ mod tests {
         let app = Router::new()
             .route("/ping", get(|| async { "pong" }))
             .route("/json", post(|axum::Json(_b): axum::Json<Body>| async { "ok" }))
+            .route(
+                "/big",
+                post(|b: axum::body::Bytes| async move { b.len().to_string() })
+                    .layer(axum::extract::DefaultBodyLimit::max(4 * MAX_BODY)),
+            )
             .fallback(not_found);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -533,6 +538,33 @@ mod tests {
         }
         let (status, body) = exchange(addr, &format!("GET /ping HTTP/1.1\r\n{close}\r\n")).await;
         assert_eq!((status, body.as_str()), (200, "pong"));
+    }
+
+    /// The large-body path takes a large body only from a request with the credentials,
+    /// refused before the body is read; other paths keep the small limit.
+    #[tokio::test]
+    async fn a_large_body_needs_the_credentials_first() {
+        let (addr, _stop) = start(Limits {
+            large_body: Some(LargeBody {
+                path: "/big",
+                max: 4 * MAX_BODY,
+                allowed: Arc::new(|h: &hyper::HeaderMap| h.contains_key("x-ok")),
+                one_at_a_time: Arc::new(tokio::sync::Semaphore::new(1)),
+            }),
+            ..Limits::default()
+        })
+        .await;
+        let big = |extra: &str| {
+            format!(
+                "POST /big HTTP/1.1\r\nConnection: close\r\nHost: x\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+                2 * MAX_BODY,
+                " ".repeat(2 * MAX_BODY)
+            )
+        };
+        let (status, body) = exchange(addr, &big("")).await;
+        assert_eq!(status, 401, "{body}");
+        let (status, body) = exchange(addr, &big("x-ok: 1\r\n")).await;
+        assert_eq!((status, body), (200, (2 * MAX_BODY).to_string()));
     }
 
     /// A slowloris client (a request head that never ends) is disconnected after the
