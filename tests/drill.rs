@@ -99,14 +99,19 @@ impl Fixture {
         c
     }
 
-    /// Runs `standin drill run` with `args`, restarting a daemon that dies meanwhile as a
-    /// supervisor would; returns (exit code, stdout, stderr).
-    async fn drill(&mut self, args: &[&str], within: Duration) -> (i32, String, String) {
+    /// `standin drill run ARGS` against the fixture's floating addresses.
+    fn drill_run(&self, args: &[&str]) -> tokio::process::Command {
         let service = format!("http://{}/", self.http);
         let store = self.store.to_string();
         let mut all = vec!["drill", "run", "--service", &service, "--store", &store];
         all.extend_from_slice(args);
-        let child = self.cli(&all).spawn().expect("standin drill run");
+        self.cli(&all)
+    }
+
+    /// Runs `standin drill run` with `args`, restarting a daemon that dies meanwhile as a
+    /// supervisor would; returns (exit code, stdout, stderr).
+    async fn drill(&mut self, args: &[&str], within: Duration) -> (i32, String, String) {
+        let child = self.drill_run(args).spawn().expect("standin drill run");
         let out = child.wait_with_output();
         tokio::pin!(out);
         let deadline = Instant::now() + within;
@@ -329,19 +334,8 @@ async fn a_killed_drill_client_leaves_no_fault_behind() {
     let f = Fixture::start(false).await;
     let before = f.cluster.status().await.expect("status");
     let active = before.active.clone().expect("active");
-    let service = format!("http://{}/", f.http);
-    let store = f.store.to_string();
     let mut child = f
-        .cli(&[
-            "drill",
-            "run",
-            "--scenarios",
-            "node-isolation",
-            "--service",
-            &service,
-            "--store",
-            &store,
-        ])
+        .drill_run(&["--scenarios", "node-isolation"])
         .spawn()
         .expect("drill");
     // Kill the client once the cut is in force.
@@ -377,16 +371,7 @@ async fn a_killed_drill_client_leaves_no_fault_behind() {
     }
     // The abandoned run blocks the next one until forced.
     let o = f
-        .cli(&[
-            "drill",
-            "run",
-            "--scenarios",
-            "recovery",
-            "--service",
-            &service,
-            "--store",
-            &store,
-        ])
+        .drill_run(&["--scenarios", "recovery"])
         .output()
         .await
         .expect("drill");
@@ -398,17 +383,7 @@ async fn a_killed_drill_client_leaves_no_fault_behind() {
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("under way"));
     let o = f
-        .cli(&[
-            "drill",
-            "run",
-            "--force",
-            "--scenarios",
-            "recovery",
-            "--service",
-            &service,
-            "--store",
-            &store,
-        ])
+        .drill_run(&["--force", "--scenarios", "recovery"])
         .output()
         .await
         .expect("drill");

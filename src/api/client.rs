@@ -187,6 +187,15 @@ pub async fn request_with_token(
     request_with(api, method, path, body, timeout, &access).await
 }
 
+/// The error text of an API answer: its `{"error": ...}`, or the status and the start of the
+/// body when it is not one.
+pub fn error_text(body: &str, status: u16) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+        .unwrap_or_else(|| format!("HTTP {status}: {}", body.chars().take(300).collect::<String>()))
+}
+
 /// Sends one request to `api` (HTTP or HTTPS, see the module doc) with `access`'s token.
 /// A body is sent as `application/json`. The whole exchange is bounded by `timeout`.
 pub async fn request_with(

@@ -50,13 +50,7 @@ impl BackupError {
     }
 }
 
-/// The error text of an API answer (`{"error": ...}` or the body itself).
-pub(crate) fn api_error(body: &str, status: u16) -> String {
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-        .unwrap_or_else(|| format!("HTTP {status}: {}", body.chars().take(300).collect::<String>()))
-}
+pub(crate) use crate::api::client::error_text as api_error;
 
 /// A progress bar on stderr that shows up only when stderr is a terminal, the work has taken
 /// more than a second, and the output is not JSON.

@@ -81,12 +81,7 @@ pub(super) async fn get_json<T: serde::de::DeserializeOwned>(
     Ok((parsed, reply.body))
 }
 
-pub(super) fn api_error(body: &str, status: u16) -> String {
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-        .unwrap_or_else(|| format!("HTTP {status}: {body}"))
-}
+pub(super) use crate::api::client::error_text as api_error;
 
 pub(super) async fn post(
     api: &str,

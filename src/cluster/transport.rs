@@ -281,6 +281,9 @@ struct Inner {
     protocols: Range,
     /// Paths a drill cut, until when (see [`Transport::cut_paths`]).
     cut: Mutex<Option<PathCut>>,
+    /// Whether `cut` may hold one: every frame asks, and almost always the answer is no
+    /// without taking the lock.
+    cut_set: std::sync::atomic::AtomicBool,
 }
 
 /// Paths of this node a drill cut: nothing goes out on them and what comes in is not
@@ -360,6 +363,7 @@ impl Transport {
                 refused: Default::default(),
                 protocols: Range::OURS,
                 cut: Mutex::new(None),
+                cut_set: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -426,14 +430,15 @@ impl Transport {
             until: Instant::now() + duration,
         };
         *lock(&self.inner.cut) = Some(cut.clone());
+        self.inner.cut_set.store(true, Ordering::Release);
         cut
     }
 
     /// Ends a drill's cut now; `true` if one was in force.
     pub fn heal_paths(&self) -> bool {
-        lock(&self.inner.cut)
-            .take()
-            .is_some_and(|c| c.until > Instant::now())
+        let mut cut = lock(&self.inner.cut);
+        self.inner.cut_set.store(false, Ordering::Release);
+        cut.take().is_some_and(|c| c.until > Instant::now())
     }
 
     /// The cut in force, if any.
@@ -441,11 +446,15 @@ impl Transport {
         let mut cut = lock(&self.inner.cut);
         if cut.as_ref().is_some_and(|c| c.until <= Instant::now()) {
             *cut = None;
+            self.inner.cut_set.store(false, Ordering::Release);
         }
         cut.clone()
     }
 
     fn is_cut(&self, idx: usize) -> bool {
+        if !self.inner.cut_set.load(Ordering::Acquire) {
+            return false;
+        }
         self.path_cut()
             .is_some_and(|c| c.paths.as_ref().is_none_or(|p| p.contains(&idx)))
     }

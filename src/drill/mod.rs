@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use hyper::Method;
 use serde::de::DeserializeOwned;
 
-use crate::api::client::Access;
+use crate::api::client::{error_text, Access};
 use crate::clock::unix_ms;
 use crate::cluster::state::{Event, EventKind};
 use crate::config::drill::ProbeTarget;
@@ -118,13 +118,6 @@ impl Api {
             }
         }
     }
-}
-
-fn error_text(body: &str, status: u16) -> String {
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-        .unwrap_or_else(|| format!("HTTP {status}: {}", body.chars().take(200).collect::<String>()))
 }
 
 fn clip(s: &str) -> String {

@@ -7,10 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::Method;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::backup::resp::read_reply;
+pub use crate::backup::resp::Reply;
 use crate::clock::unix_ms;
 use crate::config::drill::ProbeTarget;
 
@@ -22,8 +24,6 @@ pub const STORE_EVERY: Duration = Duration::from_millis(50);
 pub const ROLES_EVERY: Duration = Duration::from_millis(50);
 /// One probe's time budget.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
-/// The longest reply line the store client reads.
-const MAX_LINE: usize = 64 * 1024;
 
 /// One answer (or its absence) of the service.
 #[derive(Debug, Clone, PartialEq)]
@@ -201,15 +201,6 @@ pub struct Resp {
     conn: Option<BufReader<TcpStream>>,
 }
 
-/// A reply the drill cares about.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Reply {
-    Simple(String),
-    Error(String),
-    Bulk(Option<Vec<u8>>),
-    Int(i64),
-}
-
 impl Resp {
     pub fn new(addr: String, password: Option<String>) -> Resp {
         Resp {
@@ -258,51 +249,8 @@ impl Resp {
             out.extend_from_slice(b"\r\n");
         }
         conn.get_mut().write_all(&out).await.map_err(|e| e.to_string())?;
-        let line = read_line(conn).await?;
-        let (kind, rest) = line.split_at(1.min(line.len()));
-        match kind {
-            "+" => Ok(Reply::Simple(rest.to_string())),
-            "-" => Ok(Reply::Error(rest.to_string())),
-            ":" => rest
-                .parse()
-                .map(Reply::Int)
-                .map_err(|_| format!("bad integer reply {rest:?}")),
-            "$" => {
-                let n: i64 = rest.parse().map_err(|_| format!("bad bulk length {rest:?}"))?;
-                if n < 0 {
-                    return Ok(Reply::Bulk(None));
-                }
-                if n as usize > MAX_LINE {
-                    return Err(format!("bulk reply of {n} bytes is larger than a drill reads"));
-                }
-                let mut buf = vec![0u8; n as usize + 2];
-                conn.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
-                buf.truncate(n as usize);
-                Ok(Reply::Bulk(Some(buf)))
-            }
-            _ => Err(format!(
-                "unexpected reply {:?}",
-                line.chars().take(40).collect::<String>()
-            )),
-        }
+        read_reply(conn).await
     }
-}
-
-async fn read_line(conn: &mut BufReader<TcpStream>) -> Result<String, String> {
-    let mut line = Vec::new();
-    let n = (&mut *conn)
-        .take(MAX_LINE as u64)
-        .read_until(b'\n', &mut line)
-        .await
-        .map_err(|e| e.to_string())?;
-    if n == 0 {
-        return Err("connection closed".into());
-    }
-    if !line.ends_with(b"\r\n") {
-        return Err("reply line too long or cut off".into());
-    }
-    line.truncate(line.len() - 2);
-    Ok(String::from_utf8_lossy(&line).into_owned())
 }
 
 async fn store_loop(
